@@ -1,0 +1,31 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` runs the main job, `make test` runs the tests.
+# Each creates .venv and installs the project into it when missing or when pyproject.toml changed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+
+.PHONY: demo test bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "crossmatch needs Python 3.11, got " + sys.version.split()[0]'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m jobs.sample $(OUT)/archive
+	$(PY) -m jobs.manifest $(OUT)/archive --label-pattern '*/{label}/*' --output $(OUT)/results
+	$(PY) -m jobs.show $(OUT)/results
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_manifest.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check jobs ops cluster tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,177 @@
+"""jobs.manifest: list an archive, hash every object, tell its media kind from its content, commit manifest/ and errors/.
+
+    python -m jobs.manifest ARCHIVE [--glob '**'] [--label-pattern '{label}/*'] [--output out/results]
+
+Every listed object ends as exactly one row: in ``manifest/`` (uri, size, sha256, media kind, label, duplicate_of)
+or in ``errors/`` (stage, error type, message). Hashing runs as a Ray Data pipeline, one task per shard of objects.
+"""
+
+from __future__ import annotations
+
+import heapq
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
+from ops.media import sniff
+from ops.storage import ObjectInfo, Store, glob_regex, resolve
+from ops.tables import OutputRun
+
+JOB = "manifest"
+# A shard is one Ray task's work. Several shards per core keep every core busy when object sizes vary; a floor of
+# bytes per shard keeps task overhead small next to the hashing.
+SHARDS_PER_CPU = 4
+MIN_SHARD_BYTES = 16 << 20
+
+
+@dataclass
+class ManifestConfig(JobConfig):
+    archive: str = field(
+        default="", metadata={"positional": True, "run_key": True,
+                              "help": "the archive to list: a folder, file:// URI or s3://bucket/prefix"})
+    glob: str = field(default="**", metadata={"run_key": True,
+                                              "help": "which objects below the archive to take, e.g. '**/*.jpg'"})
+    label_pattern: str | None = field(
+        default=None, metadata={"help": "take a label from each path below the archive, e.g. '{label}/*' or "
+                                        "'**/{label}/*'; paths that do not match get no label"})
+
+
+# What a hashing task returns per object: the manifest's columns, or an error's.
+_HASHED = pa.schema([
+    ("relpath", pa.string()), ("size", pa.int64()), ("sha256", pa.string()), ("media_kind", pa.string()),
+    ("media_category", pa.string()), ("mime", pa.string()), ("stage", pa.string()), ("error_type", pa.string()),
+    ("message", pa.string()),
+])
+
+
+def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
+    """Stream each object once: sha256, size and media kind, or the reason it could not be read or recognised."""
+    rows = []
+    for relpath in batch.column("relpath").to_pylist():
+        row = dict.fromkeys(_HASHED.names)
+        row["relpath"] = relpath
+        try:
+            digest, size, head = archive.join(relpath).sha256()
+        except Exception as exc:  # noqa: BLE001 - any failure to read one object is that object's error row
+            row.update(stage="read", error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+            rows.append(row)
+            continue
+        row.update(sha256=digest, size=size)
+        kind = sniff(head)
+        if size == 0:
+            row.update(stage="sniff", error_type="EmptyFile", message="the object is empty (0 bytes)")
+        elif kind is None:
+            row.update(stage="sniff", error_type="UnknownMediaType",
+                       message="content is not a recognised image, audio or video format "
+                               f"(first bytes: {head[:12].hex(' ')})")
+        else:
+            row.update(media_kind=kind.kind, media_category=kind.category, mime=kind.mime)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=_HASHED)
+
+
+def shard(objects: list[ObjectInfo], cpus: int) -> list[list[ObjectInfo]]:
+    """Split objects into shards of similar total size (largest first, each to the lightest shard)."""
+    total = sum(o.size for o in objects)
+    n = max(1, min(len(objects), max(cpus * SHARDS_PER_CPU, total // MIN_SHARD_BYTES)))
+    heap = [(0, i) for i in range(n)]
+    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
+    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
+        load, i = heapq.heappop(heap)
+        shards[i].append(obj)
+        heapq.heappush(heap, (load + max(obj.size, 1), i))
+    return [s for s in shards if s]
+
+
+def run(config: ManifestConfig, ctx: JobContext) -> dict:
+    if not config.archive:
+        raise JobFailed("no archive given: python -m jobs.manifest ARCHIVE (a folder or s3://bucket/prefix)")
+    archive = resolve(config.archive)
+    objects = archive.list(config.glob)
+    if not objects:
+        raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
+    total_bytes = sum(o.size for o in objects)
+    ctx.log.info("listed %d objects (%.1f MiB) under %s", len(objects), total_bytes / 2**20, archive.uri)
+
+    ensure_ray()
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = [pa.Table.from_pylist([{"relpath": o.relpath} for o in s]) for s in shard(objects, cpus)]
+    hashed_ds = ray.data.from_arrow(blocks).map_batches(
+        hash_objects, fn_kwargs={"archive": archive}, batch_format="pyarrow", batch_size=None
+    )
+    progress = Progress("hashed objects", len(objects), total_bytes)
+    parts = []
+    for batch in hashed_ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        parts.append(batch)
+        progress.update(batch.num_rows, sum(s or 0 for s in batch.column("size").to_pylist()))
+    hashed = pa.concat_tables(parts) if parts else _HASHED.empty_table()
+
+    manifest, errors = _tables(hashed, objects, archive, config.label_pattern, ctx.run_id)
+    if manifest.num_rows + errors.num_rows != len(objects):  # the promise: every object exactly once
+        raise JobFailed(f"accounting mismatch: {len(objects)} objects listed, but {manifest.num_rows} manifest "
+                        f"and {errors.num_rows} error rows; nothing was committed")
+
+    duplicates = manifest.column("duplicate_of").drop_null().length()
+    summary = {
+        "objects": len(objects),
+        "bytes": total_bytes,
+        "manifest_rows": manifest.num_rows,
+        "error_rows": errors.num_rows,
+        "duplicates": duplicates,
+        "errors_by_type": dict(Counter(errors.column("error_type").to_pylist())),
+        "kinds": dict(Counter(manifest.column("media_kind").to_pylist())),
+    }
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.write("manifest", manifest)
+    out.write("errors", errors)
+    marker = out.commit(tables=("manifest", "errors"), config=asdict(config), summary=summary)
+    ctx.log.info("%d objects: %d in manifest (%d duplicates), %d errors %s", len(objects), manifest.num_rows,
+                 duplicates, errors.num_rows, summary["errors_by_type"] or "")
+    ctx.log.info("committed run %s: %s (tables manifest/, errors/)", ctx.run_id,
+                 ctx.output.join("_commits", f"{ctx.run_id}.json").uri)
+    return marker
+
+
+def _tables(hashed: pa.Table, objects: list[ObjectInfo], archive: Store, label_pattern: str | None,
+            run_id: str) -> tuple[pa.Table, pa.Table]:
+    """Join listing and hashing results, add labels and duplicate flags, and split into manifest and errors."""
+    listing = pa.table({
+        "relpath": [o.relpath for o in objects],
+        "uri": [o.uri for o in objects],
+        "modified": pa.array([o.modified for o in objects], pa.timestamp("ms", tz="UTC")),
+    })
+    rows = listing.join(hashed, "relpath", join_type="left outer").sort_by("relpath")
+    rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
+    failed = pc.is_valid(rows.column("error_type"))
+
+    ok = rows.filter(pc.invert(failed))
+    labels = [None] * ok.num_rows
+    if label_pattern:
+        matcher = glob_regex(label_pattern)
+        if "label" not in matcher.groupindex:
+            raise JobFailed(f"--label-pattern {label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
+        labels = [(m.group("label") if (m := matcher.fullmatch(p)) else None)
+                  for p in ok.column("relpath").to_pylist()]
+    ok = ok.append_column("label", pa.array(labels, pa.string()))
+    first = ok.group_by("sha256").aggregate([("uri", "min")]).rename_columns(["sha256", "first_uri"])
+    ok = ok.join(first, "sha256").sort_by("relpath")
+    is_copy = pc.not_equal(ok.column("uri"), ok.column("first_uri"))
+    ok = ok.append_column("duplicate_of", pc.if_else(is_copy, ok.column("first_uri"), pa.scalar(None, pa.string())))
+
+    errors = rows.filter(failed)
+    errors = errors.append_column("job", pa.array([JOB] * errors.num_rows, pa.string()))
+    return ok, errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, ManifestConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""What every job shares: a CLI from its config dataclass, a run id, logging, progress, Ray, and exit codes.
+
+A job module defines a config dataclass (subclass of :class:`JobConfig`) and a ``run(config, ctx)`` function, and
+its ``main(argv)`` is ``run_job(...)``. Exit codes: 0 done, 2 a failure the user can fix (the message says how),
+1 a bug (with a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ops.storage import Store, StorageError, resolve
+from ops.tables import CommitError, check_run_id
+
+log = logging.getLogger("crossmatch")
+
+
+class JobFailed(Exception):
+    """A job failure whose message names the problem and the fix."""
+
+
+@dataclass
+class JobConfig:
+    """Options every job takes. A field with ``metadata={"run_key": True}`` defines the default run id."""
+
+    output: str = field(
+        default="out/results",
+        metadata={"help": "output root: a folder, file:// URI or s3://bucket/prefix (tables are committed there)"},
+    )
+    run_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "run id; by default derived from the job and its inputs, so that rerunning the same command "
+            "replaces its earlier output instead of adding to it"
+        },
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+
+C = TypeVar("C", bound=JobConfig)
+
+
+@dataclass
+class JobContext:
+    """What a running job gets besides its config."""
+
+    job: str
+    run_id: str
+    output: Store
+    log: logging.Logger
+
+
+def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
+    """Build ``cls`` from command-line arguments generated from its fields (``positional`` metadata, ``help``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = _base_type(hints[f.name])
+        help_ = f.metadata.get("help", "")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, type=kind, help=help_)
+        elif kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=default, help=help_)
+        else:
+            shown = f" (default: {default})" if default not in (None, "") else ""
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                                help=help_ + shown)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def default_run_id(job: str, config: JobConfig) -> str:
+    """``<job>-<hash of the fields marked run_key>``: the same inputs give the same run id, so reruns replace."""
+    key = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("run_key")}
+    digest = hashlib.sha256(json.dumps([job, key], sort_keys=True, default=str).encode()).hexdigest()
+    return f"{job}-{digest[:12]}"
+
+
+def run_job(job: str, cls: type[C], run: Callable[[C, JobContext], Any], argv: list[str] | None,
+            description: str) -> int:
+    """Parse, set up logging, run, and turn failures into an exit code with a clear message."""
+    config = parse_config(cls, argv, prog=f"python -m jobs.{job}", description=description)
+    _setup_logging(config.log_level)
+    try:
+        run_id = check_run_id(config.run_id or default_run_id(job, config))
+        output = resolve(config.output)
+        log.info("job %s, run %s, output %s", job, run_id, output.uri)
+        started = time.monotonic()
+        run(config, JobContext(job, run_id, output, log))
+        log.info("job %s finished in %.1f s", job, time.monotonic() - started)
+        return 0
+    except (JobFailed, StorageError, CommitError, ValueError) as exc:
+        log.error("job %s failed: %s", job, exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("job %s interrupted: nothing of this attempt was committed", job)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, and exit non-zero
+        log.exception("job %s failed with an unexpected error (a bug: please report it with this log)", job)
+        return 1
+
+
+def ensure_ray() -> None:
+    """Connect to RAY_ADDRESS when it is set (as under ``ray job submit``), else start a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        log.info("starting a local Ray cluster (set RAY_ADDRESS to use a running one)")
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    import ray.data
+
+    # Our own progress lines read better in `ray job logs` than Ray Data's redrawn bars.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+class Progress:
+    """Logs ``done/total`` with a rate at most every ``every`` seconds, and once at the end."""
+
+    def __init__(self, what: str, total: int, total_bytes: int = 0, every: float = 5.0) -> None:
+        self.what, self.total, self.total_bytes, self.every = what, total, total_bytes, every
+        self.done = self.bytes = 0
+        self.started = self._last = time.monotonic()
+
+    def update(self, n: int, nbytes: int = 0) -> None:
+        self.done += n
+        self.bytes += nbytes
+        now = time.monotonic()
+        if now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            self.report()
+
+    def report(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        extra = ""
+        if self.total_bytes:
+            extra = f", {self.bytes / 2**20:.1f}/{self.total_bytes / 2**20:.1f} MiB, {self.bytes / 2**20 / elapsed:.1f} MiB/s"
+        log.info("%s: %d/%d (%.0f%%)%s, %.1f s", self.what, self.done, self.total, pct, extra, elapsed)
+
+
+def _base_type(hint: Any) -> type:
+    """``str | None`` -> str: the type argparse converts to."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )

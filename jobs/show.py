@@ -1,0 +1,57 @@
+"""jobs.show: what is committed under an output root: each run, its tables and row counts, and a few rows.
+
+    python -m jobs.show OUTPUT [--table manifest] [--rows 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ops.storage import StorageError, resolve
+from ops.tables import CommitError, committed_runs, read_table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.show", description=__doc__.split("\n")[0])
+    parser.add_argument("output", help="an output root: folder, file:// URI or s3://bucket/prefix")
+    parser.add_argument("--table", help="print rows of this table")
+    parser.add_argument("--run-id", help="only this run")
+    parser.add_argument("--rows", type=int, default=10, help="how many rows to print (default 10)")
+    args = parser.parse_args(argv)
+    try:
+        root = resolve(args.output)
+        runs = committed_runs(root)
+        if not runs:
+            print(f"nothing committed under {root.uri}")
+            return 1
+        for marker in runs:
+            if args.run_id and marker["run_id"] != args.run_id:
+                continue
+            tables = ", ".join(f"{name} {entry['rows']} rows" for name, entry in marker["tables"].items())
+            print(f"{root.uri}: run {marker['run_id']} ({marker['job']}), committed {marker['committed_at']}: "
+                  f"{tables}")
+            for key, value in (marker.get("summary") or {}).items():
+                print(f"    {key}: {value}")
+        for table in [args.table] if args.table else ["errors"]:
+            rows = read_table(root, table, run_id=args.run_id)
+            if rows.num_rows:
+                print(f"\n{table} (first {min(args.rows, rows.num_rows)} of {rows.num_rows} rows):")
+                print(rows.slice(0, args.rows).drop_columns(["run_id"]).to_pandas().to_string(max_colwidth=60)
+                      if _has_pandas() else rows.slice(0, args.rows).to_pylist())
+    except (StorageError, CommitError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _has_pandas() -> bool:
+    try:
+        import pandas  # noqa: F401  - Ray Data brings it; only used for a readable table
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Committed Parquet output: readers see a run's tables whole, or not at all, and a rerun replaces, never duplicates.
+
+Layout under an output root (a local folder or an S3 prefix)::
+
+    <root>/<table>/<run_id>/<attempt>/part-00000.parquet   data files, written first (the staging prefix)
+    <root>/_commits/<run_id>.json                          the commit marker, written last, in one atomic put
+
+A marker lists every data file of every table of the run with its row count. Readers read exactly the files that
+markers list, so the files of an attempt that failed, or of one still running, are never read. A rerun with the
+same run id writes a new attempt and replaces the marker in one put; the superseded attempts are then deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from ops.schemas import SCHEMA_VERSION, conform, schema_for
+from ops.storage import Store, StorageError
+
+COMMITS = "_commits"
+MARKER_FORMAT = "crossmatch.commit/1"
+# Row groups of about this much Arrow memory: large enough for fast scans, small enough to stream.
+ROW_GROUP_BYTES = 64 << 20
+# Files rotate past this much data, so that a big run is a handful of large files rather than thousands of tiny ones.
+FILE_BYTES = 512 << 20
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class CommitError(Exception):
+    """Committed output that cannot be read as asked (unknown run, newer schema, a listed file missing)."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One committed Parquet file: ``path`` is relative to the output root."""
+
+    table: str
+    path: str
+    rows: int
+    bytes: int
+
+
+def check_run_id(run_id: str) -> str:
+    """Run ids become object keys: letters, digits, '.', '_' and '-' only."""
+    if not _RUN_ID.match(run_id or ""):
+        raise ValueError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-'")
+    return run_id
+
+
+class TableWriter:
+    """Writes one table of one attempt as zstd Parquet parts with the table's explicit schema."""
+
+    def __init__(self, root: Store, table: str, run_id: str, attempt: str) -> None:
+        self.root, self.table, self.schema = root, table, schema_for(table)
+        self.prefix = f"{table}/{run_id}/{attempt}"
+        self.files: list[DataFile] = []
+        self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._sink = None
+        self._file_rows = 0
+        self._file_bytes = 0
+
+    def write(self, data: pa.Table) -> None:
+        """Buffer rows; they reach storage in row groups of about ROW_GROUP_BYTES."""
+        if data.num_rows == 0:
+            return
+        data = conform(data, self.schema)
+        self._pending.append(data)
+        self._pending_bytes += data.nbytes
+        if self._pending_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def close(self) -> list[DataFile]:
+        """Write what is buffered and return the files written (none for a table that got no rows)."""
+        self._flush()
+        self._close_file()
+        return list(self.files)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        group = pa.concat_tables(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        if self._writer is None:
+            path = f"{self.prefix}/part-{len(self.files):05d}.parquet"
+            self._sink = self.root.join(path).open("wb")
+            self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
+            self._path = path
+        self._writer.write_table(group, row_group_size=group.num_rows)
+        self._file_rows += group.num_rows
+        self._file_bytes += group.nbytes
+        if self._file_bytes >= FILE_BYTES:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        size = self._sink.tell()
+        self._sink.close()
+        self.files.append(DataFile(self.table, self._path, self._file_rows, size))
+        self._writer = self._sink = None
+        self._file_rows = self._file_bytes = 0
+
+
+@dataclass
+class OutputRun:
+    """One attempt at a run's output under ``root``: tables are written, then committed together or not at all."""
+
+    root: Store
+    run_id: str
+    job: str
+    attempt: str = field(default_factory=lambda: _now().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3))
+    started_at: datetime = field(default_factory=lambda: _now())
+    _writers: dict[str, TableWriter] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+
+    def write(self, table: str, data: pa.Table) -> None:
+        """Append rows to ``table`` (invisible to readers until :meth:`commit`)."""
+        if table not in self._writers:
+            self._writers[table] = TableWriter(self.root, table, self.run_id, self.attempt)
+        self._writers[table].write(data)
+
+    def commit(self, tables: tuple[str, ...] = (), **info: Any) -> dict:
+        """Make every table of this attempt visible in one atomic put, then delete superseded attempts.
+
+        ``tables`` names tables to list even when they got no rows (so an empty errors table is recorded as
+        empty rather than missing); ``info`` (config, counts) is stored in the marker for traceability.
+        """
+        for table in tables:
+            self._writers.setdefault(table, TableWriter(self.root, table, self.run_id, self.attempt))
+        files = {name: writer.close() for name, writer in self._writers.items()}
+        marker = {
+            "format": MARKER_FORMAT,
+            "run_id": self.run_id,
+            "job": self.job,
+            "attempt": self.attempt,
+            "started_at": self.started_at.isoformat(),
+            "committed_at": _now().isoformat(),
+            "schema_version": SCHEMA_VERSION,
+            "tables": {
+                name: {"rows": sum(f.rows for f in fs), "files": [asdict(f) for f in fs]}
+                for name, fs in sorted(files.items())
+            },
+            **info,
+        }
+        self.root.join(COMMITS, f"{self.run_id}.json").put_atomic(
+            json.dumps(marker, indent=1, default=str).encode()
+        )
+        self._remove_superseded()
+        return marker
+
+    def abort(self) -> None:
+        """Delete this attempt's files (best effort: uncommitted files are never read anyway)."""
+        for name in list(self._writers):
+            self.root.join(name, self.run_id, self.attempt).remove_tree()
+        self._writers.clear()
+
+    def _remove_superseded(self) -> None:
+        # Only this run's other attempts: they are no longer referenced by any marker.
+        for name in self._writers:
+            run_dir = self.root.join(name, self.run_id)
+            for path in run_dir.fs.ls(run_dir.path, detail=False):
+                if path.rstrip("/").rsplit("/", 1)[-1] != self.attempt:
+                    Store(run_dir.scheme, path.rstrip("/"), run_dir.endpoint_url).remove_tree()
+
+
+def committed_runs(root: Store) -> list[dict]:
+    """The commit markers under ``root``, oldest commit first."""
+    commits = root.join(COMMITS)
+    try:
+        names = [p for p in commits.fs.ls(commits.path, detail=False) if p.endswith(".json")]
+    except FileNotFoundError:
+        return []
+    markers = [json.loads(Store(root.scheme, p, root.endpoint_url).read_bytes()) for p in names]
+    markers = [m for m in markers if m.get("format") == MARKER_FORMAT]
+    return sorted(markers, key=lambda m: m["committed_at"])
+
+
+def committed_files(root: Store, table: str, run_id: str | None = None) -> list[DataFile]:
+    """The data files of ``table`` that commits list (of one run, or of every committed run)."""
+    runs = committed_runs(root)
+    if run_id is not None:
+        runs = [m for m in runs if m["run_id"] == run_id]
+        if not runs:
+            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
+    files = []
+    for marker in runs:
+        if marker.get("schema_version", 0) > SCHEMA_VERSION:
+            raise CommitError(
+                f"run {marker['run_id']} under {root.uri} was written with schema version "
+                f"{marker['schema_version']}, newer than this crossmatch ({SCHEMA_VERSION}): upgrade to read it"
+            )
+        entry = marker["tables"].get(table)
+        if entry:
+            files.extend(DataFile(**f) for f in entry["files"])
+    return files
+
+
+def read_table(
+    root: Store, table: str, run_id: str | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """The committed rows of ``table`` under ``root`` (one run's, or every committed run's)."""
+    schema = schema_for(table)
+    files = committed_files(root, table, run_id)
+    if not files:
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    paths = [root.join(f.path).path for f in files]
+    try:
+        dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=root.arrow)
+        return dataset.to_table(columns=columns)
+    except (FileNotFoundError, OSError) as exc:
+        raise CommitError(f"a committed file of {table} under {root.uri} cannot be read: {exc}") from exc
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+__all__ = [
+    "CommitError",
+    "DataFile",
+    "OutputRun",
+    "StorageError",
+    "TableWriter",
+    "check_run_id",
+    "committed_files",
+    "committed_runs",
+    "read_table",
+]
