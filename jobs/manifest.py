@@ -1,4 +1,4 @@
-"""jobs.manifest: list an archive, hash every object, tell its media kind from its content, commit manifest/ and errors/.
+"""jobs.manifest: list an archive, hash every object, tell its media kind from its content, commit the manifest.
 
     python -m jobs.manifest ARCHIVE [--glob '**'] [--label-pattern '{label}/*'] [--output out/results]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ops.storage import Store, StorageError, resolve
+from ops.storage import StorageError, Store, resolve
 from ops.tables import CommitError, check_run_id
 
 log = logging.getLogger("crossmatch")
@@ -93,16 +93,20 @@ def run_job(job: str, cls: type[C], run: Callable[[C, JobContext], Any], argv: l
             description: str) -> int:
     """Parse, set up logging, run, and turn failures into an exit code with a clear message."""
     config = parse_config(cls, argv, prog=f"python -m jobs.{job}", description=description)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     try:
-        run_id = check_run_id(config.run_id or default_run_id(job, config))
+        run_id = config.run_id or default_run_id(job, config)
+        try:
+            check_run_id(run_id)
+        except ValueError as exc:
+            raise JobFailed(str(exc)) from None
         output = resolve(config.output)
         log.info("job %s, run %s, output %s", job, run_id, output.uri)
         started = time.monotonic()
         run(config, JobContext(job, run_id, output, log))
         log.info("job %s finished in %.1f s", job, time.monotonic() - started)
         return 0
-    except (JobFailed, StorageError, CommitError, ValueError) as exc:
+    except (JobFailed, StorageError, CommitError) as exc:
         log.error("job %s failed: %s", job, exc)
         return 2
     except KeyboardInterrupt:
@@ -153,7 +157,8 @@ class Progress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         extra = ""
         if self.total_bytes:
-            extra = f", {self.bytes / 2**20:.1f}/{self.total_bytes / 2**20:.1f} MiB, {self.bytes / 2**20 / elapsed:.1f} MiB/s"
+            mib, total_mib = self.bytes / 2**20, self.total_bytes / 2**20
+            extra = f", {mib:.1f}/{total_mib:.1f} MiB, {mib / elapsed:.1f} MiB/s"
         log.info("%s: %d/%d (%.0f%%)%s, %.1f s", self.what, self.done, self.total, pct, extra, elapsed)
 
 
@@ -165,10 +170,11 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+def setup_logging(level: str = "INFO") -> None:
+    """Log the crossmatch logger's lines to stderr (once), leaving the root logger to whoever owns the process."""
+    log.setLevel(getattr(logging, level.upper(), logging.INFO))
+    if not any(getattr(h, "_crossmatch", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._crossmatch = True
+        log.addHandler(handler)

@@ -6,13 +6,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from jobs.runtime import log, setup_logging
 from ops.samples import make_sample_archive
 from ops.storage import StorageError, resolve
-
-log = logging.getLogger("crossmatch")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", help="folder, file:// URI or s3://bucket/prefix to write the archive to")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     try:
         dest = resolve(args.dest)
         paths = make_sample_archive(dest, seed=args.seed)

@@ -65,8 +65,7 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     missing = [name for name in schema.names if name not in data.column_names]
     if missing:
         raise ValueError(f"table {schema.metadata[TABLE_KEY].decode()} is missing columns {missing}")
-    out = data.select(schema.names).cast(schema)
-    nulls = [f.name for f in schema if not f.nullable and out.column(f.name).null_count]
+    nulls = [f.name for f in schema if not f.nullable and data.column(f.name).null_count]
     if nulls:
         raise ValueError(f"table {schema.metadata[TABLE_KEY].decode()} has nulls in required columns {nulls}")
-    return out
+    return data.select(schema.names).cast(schema)

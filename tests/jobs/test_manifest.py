@@ -1,0 +1,152 @@
+import logging
+import os
+
+import pyarrow as pa
+import pytest
+
+from jobs import manifest
+from ops.samples import SAMPLE_LAYOUT, make_sample_archive
+from ops.storage import ObjectInfo, resolve
+from ops.tables import committed_runs, read_table
+
+LABELS = ["--label-pattern", "*/{label}/*"]
+
+
+def run_manifest(archive: str, output: str, *extra: str) -> int:
+    return manifest.main([archive, "--output", output, *extra])
+
+
+def accounted(output) -> tuple[pa.Table, pa.Table]:
+    """The committed manifest and errors, after checking that no uri appears twice across them."""
+    root = resolve(str(output))
+    rows, errors = read_table(root, "manifest"), read_table(root, "errors")
+    uris = rows.column("uri").to_pylist() + errors.column("uri").to_pylist()
+    assert len(uris) == len(set(uris)), "an object was accounted for twice"
+    return rows, errors
+
+
+def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
+    (tmp_path / "ok.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"just words")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling.wav")
+    batch = pa.table({"relpath": ["ok.png", "empty.jpg", "text.jpg", "dangling.wav", "deleted.mp4"]})
+    out = manifest.hash_objects(batch, resolve(str(tmp_path))).to_pylist()
+    got = {r["relpath"]: (r["media_kind"], r["stage"], r["error_type"]) for r in out}
+    assert got == {
+        "ok.png": ("png", None, None),
+        "empty.jpg": (None, "sniff", "EmptyFile"),
+        "text.jpg": (None, "sniff", "UnknownMediaType"),
+        "dangling.wav": (None, "read", "StorageError"),
+        "deleted.mp4": (None, "read", "StorageError"),
+    }
+    assert "not found" in out[4]["message"] and "deleted.mp4" in out[4]["message"]
+
+
+def test_shards_balance_bytes():
+    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate([100, 90, 10, 10, 5, 5, 1, 0])]
+    shards = manifest.shard(objects, cpus=1)
+    assert sorted(o.relpath for s in shards for o in s) == sorted(o.relpath for o in objects)
+    assert len(shards) == 4
+    loads = sorted(sum(o.size for o in s) for s in shards)
+    assert loads[-1] == 100 and loads[0] >= 10
+
+
+def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive, tmp_path, caplog):
+    caplog.set_level(logging.INFO, "crossmatch")
+    assert run_manifest(str(sample_archive), str(tmp_path / "out"), *LABELS) == 0
+    rows, errors = accounted(tmp_path / "out")
+    assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT)
+    by_path = {r["relpath"]: r for r in rows.to_pylist()}
+    for relpath, kind in SAMPLE_LAYOUT.items():
+        if kind is not None:
+            assert by_path[relpath]["media_kind"] == kind, relpath
+    # content, not the name: a PNG called .mp3
+    assert by_path["misnamed/recording.mp3"]["media_category"] == "image"
+    assert by_path["photos/bob/portrait-2.bmp"]["label"] == "bob"
+    assert by_path["videos/interview.mp4"]["label"] is None  # "videos/interview.mp4" has no person folder
+    copy, original = by_path["copies/portrait-copy.jpg"], by_path["photos/alice/portrait-1.jpg"]
+    assert copy["sha256"] == original["sha256"]
+    assert (copy["duplicate_of"], original["duplicate_of"]) == (None, copy["uri"])  # the first uri keeps the flag off
+    assert sum(r["duplicate_of"] is not None for r in by_path.values()) == 2
+    assert {e["uri"].rsplit("/", 1)[-1]: e["error_type"] for e in errors.to_pylist()} == {
+        "empty.jpg": "EmptyFile", "notes.txt": "UnknownMediaType"}
+    run_ids = set(rows.column("run_id").to_pylist()) | set(errors.column("run_id").to_pylist())
+    assert run_ids == {committed_runs(resolve(str(tmp_path / "out")))[0]["run_id"]}
+    assert "committed run manifest-" in caplog.text
+
+
+def test_rerun_replaces_instead_of_duplicating(ray_cluster, sample_archive, tmp_path):
+    out = str(tmp_path / "out")
+    assert run_manifest(str(sample_archive), out) == 0
+    (sample_archive / "photos" / "late.png").write_bytes((sample_archive / "photos/alice/portrait-2.png").read_bytes())
+    assert run_manifest(str(sample_archive), out) == 0
+    rows, errors = accounted(out)
+    assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT) + 1
+    assert len(committed_runs(resolve(out))) == 1
+    # an explicit, different run id is a different run: both are committed, each whole
+    assert run_manifest(str(sample_archive), out, "--run-id", "second", "--glob", "photos/**") == 0
+    assert len(read_table(resolve(out), "manifest", run_id="second")) == 7
+
+
+def test_glob_selects_objects(ray_cluster, sample_archive, tmp_path):
+    assert run_manifest(str(sample_archive), str(tmp_path / "out"), "--glob", "voices/**/*.wav") == 0
+    rows, errors = accounted(tmp_path / "out")
+    assert rows.column("relpath").to_pylist() == ["voices/alice/greeting.wav"] and errors.num_rows == 0
+
+
+def test_unreadable_files_become_error_rows(ray_cluster, tmp_path):
+    archive = tmp_path / "archive"
+    make_sample_archive(resolve(str(archive)))
+    os.symlink(tmp_path / "gone", archive / "photos" / "dangling.jpg")
+    locked = archive / "photos" / "locked.jpg"
+    locked.write_bytes(b"\xff\xd8\xff" + bytes(10))
+    locked.chmod(0)
+    assert run_manifest(str(archive), str(tmp_path / "out")) == 0
+    rows, errors = accounted(tmp_path / "out")
+    assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT) + 2
+    reasons = {e["uri"].rsplit("/", 1)[-1]: (e["stage"], e["error_type"]) for e in errors.to_pylist()}
+    assert reasons["dangling.jpg"] == ("read", "StorageError")
+    if os.geteuid() != 0:  # root reads mode-000 files
+        assert reasons["locked.jpg"] == ("read", "StorageError")
+
+
+@pytest.mark.parametrize(
+    "archive, words",
+    [("{tmp}/missing", "does not exist"), ("gs://bucket/x", "unsupported URI scheme 'gs'"),
+     ("", "no archive given")],
+)
+def test_bad_archive_fails_with_a_clear_message(tmp_path, caplog, archive, words):
+    caplog.set_level(logging.INFO, "crossmatch")
+    assert run_manifest(archive.format(tmp=tmp_path), str(tmp_path / "out")) == 2
+    assert words in caplog.text
+    assert committed_runs(resolve(str(tmp_path / "out"))) == []
+
+
+def test_glob_matching_nothing_fails(tmp_path, caplog):
+    (tmp_path / "a.txt").write_bytes(b"x")
+    assert run_manifest(str(tmp_path), str(tmp_path / "out"), "--glob", "*.jpg") == 2
+    assert "no objects under" in caplog.text and "--glob" in caplog.text
+
+
+def test_label_pattern_needs_a_label_field(ray_cluster, sample_archive, tmp_path, caplog):
+    assert run_manifest(str(sample_archive), str(tmp_path / "out"), "--label-pattern", "*/*") == 2
+    assert "has no {label} field" in caplog.text
+
+
+def test_s3_archive_and_output(ray_cluster, s3):
+    make_sample_archive(resolve(s3.uri("archive")))
+    assert run_manifest(s3.uri("archive"), s3.uri("results"), *LABELS) == 0
+    rows, errors = accounted(s3.uri("results"))
+    assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT)
+    assert all(u.startswith(f"s3://{s3.bucket}/archive/") for u in rows.column("uri").to_pylist())
+    assert errors.num_rows == 2
+
+
+def test_s3_wrong_credentials_fail_with_the_fix(rclone_endpoint, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "crossmatch")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert run_manifest("s3://bucket/archive", "s3://bucket/results") == 2
+    assert "access denied to s3://bucket/archive" in caplog.text and "check the S3 credentials" in caplog.text
+    assert "not-the-secret" not in caplog.text

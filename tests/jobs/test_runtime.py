@@ -1,0 +1,70 @@
+import logging
+from dataclasses import dataclass, field
+
+import pytest
+
+from jobs.runtime import JobConfig, JobFailed, Progress, default_run_id, parse_config, run_job
+
+
+@dataclass
+class DemoConfig(JobConfig):
+    source: str = field(default="", metadata={"positional": True, "run_key": True, "help": "input"})
+    limit: int = field(default=3, metadata={"help": "how many"})
+    fast: bool = field(default=False, metadata={"help": "go fast"})
+    note: str | None = field(default=None, metadata={"help": "free text"})
+
+
+def test_parse_config_builds_the_dataclass():
+    config = parse_config(DemoConfig, ["in/", "--limit", "5", "--fast", "--run-id", "r1"], "demo", "")
+    assert config == DemoConfig(source="in/", limit=5, fast=True, run_id="r1")
+    assert parse_config(DemoConfig, ["x"], "demo", "").output == "out/results"
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(DemoConfig, ["--help"], "demo", "a demo job")
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(word in text for word in ("a demo job", "--limit", "--no-fast", "--output", "--run-id", "input"))
+
+
+def test_default_run_id_follows_the_inputs_only():
+    a = default_run_id("demo", DemoConfig(source="in/", limit=1))
+    assert a == default_run_id("demo", DemoConfig(source="in/", limit=9, output="elsewhere"))
+    assert a != default_run_id("demo", DemoConfig(source="other/"))
+    assert a.startswith("demo-") and len(a) == len("demo-") + 12
+
+
+def _run(argv, body):
+    return run_job("demo", DemoConfig, body, argv, "a demo job")
+
+
+def test_exit_codes_and_messages(caplog, tmp_path):
+    caplog.set_level(logging.INFO, "crossmatch")
+    seen = {}
+    assert _run(["in/", "--output", str(tmp_path)], lambda c, ctx: seen.update(run_id=ctx.run_id)) == 0
+    assert seen["run_id"] == default_run_id("demo", DemoConfig(source="in/"))
+
+    def fails(config, ctx):
+        raise JobFailed("the archive is empty: check --glob")
+
+    assert _run(["in/"], fails) == 2
+    assert "job demo failed: the archive is empty: check --glob" in caplog.text
+
+    def bug(config, ctx):
+        raise ZeroDivisionError("oops")
+
+    assert _run(["in/"], bug) == 1
+    assert "unexpected error (a bug" in caplog.text and "ZeroDivisionError" in caplog.text
+    assert _run(["in/", "--run-id", "../escape"], lambda c, ctx: None) == 2
+    assert _run(["in/", "--output", "gs://b/x"], lambda c, ctx: None) == 2
+    assert "unsupported URI scheme 'gs'" in caplog.text
+
+
+def test_progress_reports(caplog):
+    caplog.set_level(logging.INFO, "crossmatch")
+    progress = Progress("hashed", total=4, total_bytes=4 << 20, every=3600)
+    progress.update(2, 2 << 20)
+    assert "hashed" not in caplog.text  # not yet: at most every hour here
+    progress.update(2, 2 << 20)
+    assert "hashed: 4/4 (100%), 4.0/4.0 MiB" in caplog.text
