@@ -22,30 +22,50 @@ from ops.storage import ObjectInfo, Store, glob_regex, resolve
 from ops.tables import OutputRun
 
 JOB = "manifest"
-# A shard is one Ray task's work. Several shards per core keep every core busy when object sizes vary; a floor of
-# bytes per shard keeps task overhead small next to the hashing.
+# A shard is one Ray task's work. Several shards per core keep every core busy when object sizes vary; shards of
+# at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s per core
+# with SHA extensions); shards of at most MAX_SHARD_BYTES keep progress and retries fine-grained on huge archives.
 SHARDS_PER_CPU = 4
-MIN_SHARD_BYTES = 16 << 20
+MIN_SHARD_BYTES = 64 << 20
+MAX_SHARD_BYTES = 4 << 30
 
 
 @dataclass
 class ManifestConfig(JobConfig):
     archive: str = field(
-        default="", metadata={"positional": True, "run_key": True,
-                              "help": "the archive to list: a folder, file:// URI or s3://bucket/prefix"})
-    glob: str = field(default="**", metadata={"run_key": True,
-                                              "help": "which objects below the archive to take, e.g. '**/*.jpg'"})
+        default="",
+        metadata={
+            "positional": True,
+            "run_key": True,
+            "help": "the archive to list: a folder, file:// URI or s3://bucket/prefix",
+        },
+    )
+    glob: str = field(
+        default="**", metadata={"run_key": True, "help": "which objects below the archive to take, e.g. '**/*.jpg'"}
+    )
     label_pattern: str | None = field(
-        default=None, metadata={"help": "take a label from each path below the archive, e.g. '{label}/*' or "
-                                        "'**/{label}/*'; paths that do not match get no label"})
+        default=None,
+        metadata={
+            "help": "take a label from each path below the archive, e.g. '{label}/*' or "
+            "'**/{label}/*'; paths that do not match get no label"
+        },
+    )
 
 
 # What a hashing task returns per object: the manifest's columns, or an error's.
-_HASHED = pa.schema([
-    ("relpath", pa.string()), ("size", pa.int64()), ("sha256", pa.string()), ("media_kind", pa.string()),
-    ("media_category", pa.string()), ("mime", pa.string()), ("stage", pa.string()), ("error_type", pa.string()),
-    ("message", pa.string()),
-])
+_HASHED = pa.schema(
+    [
+        ("relpath", pa.string()),
+        ("size", pa.int64()),
+        ("sha256", pa.string()),
+        ("media_kind", pa.string()),
+        ("media_category", pa.string()),
+        ("mime", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
 
 
 def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
@@ -65,9 +85,11 @@ def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
         if size == 0:
             row.update(stage="sniff", error_type="EmptyFile", message="the object is empty (0 bytes)")
         elif kind is None:
-            row.update(stage="sniff", error_type="UnknownMediaType",
-                       message="content is not a recognised image, audio or video format "
-                               f"(first bytes: {head[:12].hex(' ')})")
+            row.update(
+                stage="sniff",
+                error_type="UnknownMediaType",
+                message=f"content is not a recognised image, audio or video format (first bytes: {head[:12].hex(' ')})",
+            )
         else:
             row.update(media_kind=kind.kind, media_category=kind.category, mime=kind.mime)
         rows.append(row)
@@ -77,7 +99,8 @@ def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
 def shard(objects: list[ObjectInfo], cpus: int) -> list[list[ObjectInfo]]:
     """Split objects into shards of similar total size (largest first, each to the lightest shard)."""
     total = sum(o.size for o in objects)
-    n = max(1, min(len(objects), max(cpus * SHARDS_PER_CPU, total // MIN_SHARD_BYTES)))
+    n = min(cpus * SHARDS_PER_CPU, total // MIN_SHARD_BYTES)
+    n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
     heap = [(0, i) for i in range(n)]
     shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
     for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
@@ -114,8 +137,10 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
 
     manifest, errors = _tables(hashed, objects, archive, config.label_pattern, ctx.run_id)
     if manifest.num_rows + errors.num_rows != len(objects):  # the promise: every object exactly once
-        raise JobFailed(f"accounting mismatch: {len(objects)} objects listed, but {manifest.num_rows} manifest "
-                        f"and {errors.num_rows} error rows; nothing was committed")
+        raise JobFailed(
+            f"accounting mismatch: {len(objects)} objects listed, but {manifest.num_rows} manifest "
+            f"and {errors.num_rows} error rows; nothing was committed"
+        )
 
     duplicates = manifest.column("duplicate_of").drop_null().length()
     summary = {
@@ -131,21 +156,33 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     out.write("manifest", manifest)
     out.write("errors", errors)
     marker = out.commit(tables=("manifest", "errors"), config=asdict(config), summary=summary)
-    ctx.log.info("%d objects: %d in manifest (%d duplicates), %d errors %s", len(objects), manifest.num_rows,
-                 duplicates, errors.num_rows, summary["errors_by_type"] or "")
-    ctx.log.info("committed run %s: %s (tables manifest/, errors/)", ctx.run_id,
-                 ctx.output.join("_commits", f"{ctx.run_id}.json").uri)
+    ctx.log.info(
+        "%d objects: %d in manifest (%d duplicates), %d errors %s",
+        len(objects),
+        manifest.num_rows,
+        duplicates,
+        errors.num_rows,
+        summary["errors_by_type"] or "",
+    )
+    ctx.log.info(
+        "committed run %s: %s (tables manifest/, errors/)",
+        ctx.run_id,
+        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
+    )
     return marker
 
 
-def _tables(hashed: pa.Table, objects: list[ObjectInfo], archive: Store, label_pattern: str | None,
-            run_id: str) -> tuple[pa.Table, pa.Table]:
+def _tables(
+    hashed: pa.Table, objects: list[ObjectInfo], archive: Store, label_pattern: str | None, run_id: str
+) -> tuple[pa.Table, pa.Table]:
     """Join listing and hashing results, add labels and duplicate flags, and split into manifest and errors."""
-    listing = pa.table({
-        "relpath": [o.relpath for o in objects],
-        "uri": [o.uri for o in objects],
-        "modified": pa.array([o.modified for o in objects], pa.timestamp("ms", tz="UTC")),
-    })
+    listing = pa.table(
+        {
+            "relpath": [o.relpath for o in objects],
+            "uri": [o.uri for o in objects],
+            "modified": pa.array([o.modified for o in objects], pa.timestamp("ms", tz="UTC")),
+        }
+    )
     rows = listing.join(hashed, "relpath", join_type="left outer").sort_by("relpath")
     rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
     failed = pc.is_valid(rows.column("error_type"))
@@ -156,8 +193,7 @@ def _tables(hashed: pa.Table, objects: list[ObjectInfo], archive: Store, label_p
         matcher = glob_regex(label_pattern)
         if "label" not in matcher.groupindex:
             raise JobFailed(f"--label-pattern {label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
-        labels = [(m.group("label") if (m := matcher.fullmatch(p)) else None)
-                  for p in ok.column("relpath").to_pylist()]
+        labels = [(m.group("label") if (m := matcher.fullmatch(p)) else None) for p in ok.column("relpath").to_pylist()]
     ok = ok.append_column("label", pa.array(labels, pa.string()))
     first = ok.group_by("sha256").aggregate([("uri", "min")]).rename_columns(["sha256", "first_uri"])
     ok = ok.join(first, "sha256").sort_by("relpath")

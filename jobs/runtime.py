@@ -73,12 +73,14 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: s
         if f.metadata.get("positional"):
             parser.add_argument(f.name, type=kind, help=help_)
         elif kind is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                                default=default, help=help_)
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default, help=help_
+            )
         else:
             shown = f" (default: {default})" if default not in (None, "") else ""
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                                help=help_ + shown)
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default, help=help_ + shown
+            )
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -89,8 +91,9 @@ def default_run_id(job: str, config: JobConfig) -> str:
     return f"{job}-{digest[:12]}"
 
 
-def run_job(job: str, cls: type[C], run: Callable[[C, JobContext], Any], argv: list[str] | None,
-            description: str) -> int:
+def run_job(
+    job: str, cls: type[C], run: Callable[[C, JobContext], Any], argv: list[str] | None, description: str
+) -> int:
     """Parse, set up logging, run, and turn failures into an exit code with a clear message."""
     config = parse_config(cls, argv, prog=f"python -m jobs.{job}", description=description)
     setup_logging(config.log_level)

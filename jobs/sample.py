@@ -1,6 +1,6 @@
 """jobs.sample: write the sample archive (real images, audio and video, plus bad inputs) to a folder or S3 prefix.
 
-    python -m jobs.sample DEST
+python -m jobs.sample DEST
 """
 
 from __future__ import annotations

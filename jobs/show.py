@@ -1,6 +1,6 @@
 """jobs.show: what is committed under an output root: each run, its tables and row counts, and a few rows.
 
-    python -m jobs.show OUTPUT [--table manifest] [--rows 10]
+python -m jobs.show OUTPUT [--table manifest] [--rows 10]
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.run_id and marker["run_id"] != args.run_id:
                 continue
             tables = ", ".join(f"{name} {entry['rows']} rows" for name, entry in marker["tables"].items())
-            print(f"{root.uri}: run {marker['run_id']} ({marker['job']}), committed {marker['committed_at']}: "
-                  f"{tables}")
+            print(f"{root.uri}: run {marker['run_id']} ({marker['job']}), committed {marker['committed_at']}: {tables}")
             for key, value in (marker.get("summary") or {}).items():
                 print(f"    {key}: {value}")
         for table in [args.table] if args.table else ["errors"]:
             rows = read_table(root, table, run_id=args.run_id)
             if rows.num_rows:
                 print(f"\n{table} (first {min(args.rows, rows.num_rows)} of {rows.num_rows} rows):")
-                print(rows.slice(0, args.rows).drop_columns(["run_id"]).to_pandas().to_string(max_colwidth=60)
-                      if _has_pandas() else rows.slice(0, args.rows).to_pylist())
+                print(
+                    rows.slice(0, args.rows).drop_columns(["run_id"]).to_pandas().to_string(max_colwidth=60)
+                    if _has_pandas()
+                    else rows.slice(0, args.rows).to_pylist()
+                )
     except (StorageError, CommitError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

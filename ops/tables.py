@@ -156,9 +156,7 @@ class OutputRun:
             },
             **info,
         }
-        self.root.join(COMMITS, f"{self.run_id}.json").put_atomic(
-            json.dumps(marker, indent=1, default=str).encode()
-        )
+        self.root.join(COMMITS, f"{self.run_id}.json").put_atomic(json.dumps(marker, indent=1, default=str).encode())
         self._remove_superseded()
         return marker
 
@@ -213,9 +211,7 @@ def committed_files(root: Store, table: str, run_id: str | None = None) -> list[
     return files
 
 
-def read_table(
-    root: Store, table: str, run_id: str | None = None, columns: list[str] | None = None
-) -> pa.Table:
+def read_table(root: Store, table: str, run_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """The committed rows of ``table`` under ``root`` (one run's, or every committed run's)."""
     schema = schema_for(table)
     files = committed_files(root, table, run_id)

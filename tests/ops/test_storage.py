@@ -23,8 +23,12 @@ def test_resolve_s3_takes_endpoint_from_env(monkeypatch):
 
 @pytest.mark.parametrize(
     "uri, words",
-    [("gs://bucket/x", "unsupported URI scheme 'gs'"), ("", "empty path"), ("s3://", "names no bucket"),
-     ("http://host/x", "use a local path, file:///path or s3://bucket/prefix")],
+    [
+        ("gs://bucket/x", "unsupported URI scheme 'gs'"),
+        ("", "empty path"),
+        ("s3://", "names no bucket"),
+        ("http://host/x", "use a local path, file:///path or s3://bucket/prefix"),
+    ],
 )
 def test_resolve_refuses_what_it_cannot_serve(uri, words):
     with pytest.raises(StorageError, match=words):
@@ -41,11 +45,13 @@ def test_join_stays_inside(tmp_path):
 
 @pytest.mark.parametrize(
     "pattern, yes, no",
-    [("**", ["a", "a/b/c.jpg"], []),
-     ("*.jpg", ["x.jpg"], ["a/x.jpg", "x.png"]),
-     ("**/*.jpg", ["x.jpg", "a/b/x.jpg"], ["x.jpeg"]),
-     ("photos/*/*.[jp][pn]g", ["photos/al/1.jpg", "photos/b/2.png"], ["photos/1.jpg", "photos/a/b/1.jpg"]),
-     ("{label}/*", ["alice/1.jpg"], ["1.jpg", "a/b/1.jpg"])],
+    [
+        ("**", ["a", "a/b/c.jpg"], []),
+        ("*.jpg", ["x.jpg"], ["a/x.jpg", "x.png"]),
+        ("**/*.jpg", ["x.jpg", "a/b/x.jpg"], ["x.jpeg"]),
+        ("photos/*/*.[jp][pn]g", ["photos/al/1.jpg", "photos/b/2.png"], ["photos/1.jpg", "photos/a/b/1.jpg"]),
+        ("{label}/*", ["alice/1.jpg"], ["1.jpg", "a/b/1.jpg"]),
+    ],
 )
 def test_glob_regex(pattern, yes, no):
     regex = glob_regex(pattern)

@@ -11,10 +11,17 @@ from tests.conftest import new_bucket
 
 
 def errors(n: int, run_id: str, tag: str = "") -> pa.Table:
-    return pa.table({
-        "run_id": [run_id] * n, "job": ["test"] * n, "uri": [f"u{tag}{i}" for i in range(n)], "sha256": [None] * n,
-        "stage": ["read"] * n, "error_type": ["E"] * n, "message": [f"m{i}" for i in range(n)],
-    })
+    return pa.table(
+        {
+            "run_id": [run_id] * n,
+            "job": ["test"] * n,
+            "uri": [f"u{tag}{i}" for i in range(n)],
+            "sha256": [None] * n,
+            "stage": ["read"] * n,
+            "error_type": ["E"] * n,
+            "message": [f"m{i}" for i in range(n)],
+        }
+    )
 
 
 @pytest.fixture(params=["local", "moto", "rclone"])
