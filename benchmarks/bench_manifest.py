@@ -1,6 +1,6 @@
 """Manifest hashing throughput against coreutils `sha256sum` on the same files, in one run, interleaved.
 
-    python benchmarks/bench_manifest.py [--files 48] [--mib 8] [--rounds 3]
+    python benchmarks/bench_manifest.py [--files 128] [--mib 8] [--rounds 3]
 
 Prints MiB/s for: sha256sum on one core, sha256sum on every core (xargs -P), a plain hashlib loop on one core
 (the per-core ceiling for our own hashing), and the manifest job (Ray Data, every core, listing, sniffing and
