@@ -114,6 +114,8 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if not config.archive:
         raise JobFailed("no archive given: python -m jobs.manifest ARCHIVE (a folder or s3://bucket/prefix)")
     archive = resolve(config.archive)
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
     objects = archive.list(config.glob)
     if not objects:
         raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
@@ -135,12 +137,15 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         progress.update(batch.num_rows, sum(s or 0 for s in batch.column("size").to_pylist()))
     hashed = pa.concat_tables(parts) if parts else _HASHED.empty_table()
 
-    manifest, errors = _tables(hashed, objects, archive, config.label_pattern, ctx.run_id)
-    if manifest.num_rows + errors.num_rows != len(objects):  # the promise: every object exactly once
+    # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
+    # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
+    hashed_paths = hashed.column("relpath").to_pylist()
+    if len(hashed_paths) != len(objects) or set(hashed_paths) != {o.relpath for o in objects}:
         raise JobFailed(
-            f"accounting mismatch: {len(objects)} objects listed, but {manifest.num_rows} manifest "
-            f"and {errors.num_rows} error rows; nothing was committed"
+            f"accounting mismatch: {len(objects)} objects listed but {len(hashed_paths)} results "
+            f"({len(set(hashed_paths))} distinct); nothing was committed, rerun the job"
         )
+    manifest, errors = _tables(hashed, objects, config.label_pattern, ctx.run_id)
 
     duplicates = manifest.column("duplicate_of").drop_null().length()
     summary = {
@@ -152,7 +157,6 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         "errors_by_type": dict(Counter(errors.column("error_type").to_pylist())),
         "kinds": dict(Counter(manifest.column("media_kind").to_pylist())),
     }
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.write("manifest", manifest)
     out.write("errors", errors)
     marker = out.commit(tables=("manifest", "errors"), config=asdict(config), summary=summary)
@@ -173,7 +177,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
 
 
 def _tables(
-    hashed: pa.Table, objects: list[ObjectInfo], archive: Store, label_pattern: str | None, run_id: str
+    hashed: pa.Table, objects: list[ObjectInfo], label_pattern: str | None, run_id: str
 ) -> tuple[pa.Table, pa.Table]:
     """Join listing and hashing results, add labels and duplicate flags, and split into manifest and errors."""
     listing = pa.table(

@@ -8,12 +8,14 @@ pyarrow one over the same client, so pyarrow, Ray Data and fsspec see the same o
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import hashlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
@@ -130,10 +132,7 @@ class Store:
         Raises StorageError when the prefix does not exist (for S3: when nothing is stored under it).
         """
         base = self.path
-        try:
-            found = self.fs.find(base, detail=True, withdirs=False)
-        except Exception as exc:  # noqa: BLE001 - translated into a message that names the fix
-            raise _explain(exc, self.uri) from exc
+        found = self._call(self.fs.find, base, detail=True, withdirs=False)
         if not found and not self._call(self.fs.exists, base):
             hint = "check the bucket and prefix" if self.scheme == "s3" else "check the path"
             raise StorageError(f"nothing found at {self.uri}: it does not exist ({hint})")
@@ -169,12 +168,8 @@ class Store:
         return digest.hexdigest(), size, head
 
     def _call(self, fn, *args, **kwargs):
-        try:
+        with storage_errors(self.uri):
             return fn(*args, **kwargs)
-        except StorageError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - translated into a message that names the fix
-            raise _explain(exc, self.uri) from exc
 
 
 # Enough bytes to recognise every container we sniff, ID3-tagged MP3 and Matroska DocType included.
@@ -200,6 +195,17 @@ def resolve(uri: str) -> Store:
     raise StorageError(
         f"unsupported URI scheme {scheme!r} in {uri}: use a local path, file:///path or s3://bucket/prefix"
     )
+
+
+@contextlib.contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Turn any client error raised in the block into a StorageError that names ``uri`` and the fix."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated into a message that names the fix
+        raise _explain(exc, uri) from exc
 
 
 def _aws_env_key() -> tuple[str | None, ...]:

@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ops.schemas import SCHEMA_VERSION, conform, schema_for
-from ops.storage import StorageError, Store
+from ops.storage import StorageError, Store, storage_errors
 
 COMMITS = "_commits"
 MARKER_FORMAT = "crossmatch.commit/1"
@@ -89,6 +89,10 @@ class TableWriter:
     def _flush(self) -> None:
         if not self._pending:
             return
+        with storage_errors(self.root.join(self.prefix).uri):
+            self._write_group()
+
+    def _write_group(self) -> None:
         group = pa.concat_tables(self._pending)
         self._pending, self._pending_bytes = [], 0
         if self._writer is None:
@@ -105,6 +109,10 @@ class TableWriter:
     def _close_file(self) -> None:
         if self._writer is None:
             return
+        with storage_errors(self.root.join(self._path).uri):
+            self._finish_file()
+
+    def _finish_file(self) -> None:
         self._writer.close()
         size = self._sink.tell()
         self._sink.close()
@@ -126,6 +134,12 @@ class OutputRun:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
+
+    def check_writable(self) -> None:
+        """Fail now, not after hours of work, when the output root cannot be written."""
+        probe = self.root.join(COMMITS, f".write-check-{self.attempt}")
+        probe.put_atomic(b"")
+        probe.remove_tree()
 
     def write(self, table: str, data: pa.Table) -> None:
         """Append rows to ``table`` (invisible to readers until :meth:`commit`)."""

@@ -159,10 +159,27 @@ def test_s3_archive_and_output(ray_cluster, s3):
     assert errors.num_rows == 2
 
 
-def test_s3_wrong_credentials_fail_with_the_fix(rclone_endpoint, monkeypatch, caplog):
+def test_s3_wrong_credentials_fail_with_the_fix(rclone_endpoint, monkeypatch, caplog, tmp_path):
     caplog.set_level(logging.INFO, "crossmatch")
     monkeypatch.setenv("AWS_ENDPOINT_URL", rclone_endpoint)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    assert run_manifest("s3://bucket/archive", "s3://bucket/results") == 2
+    assert run_manifest("s3://bucket/archive", str(tmp_path / "out")) == 2
     assert "access denied to s3://bucket/archive" in caplog.text and "check the S3 credentials" in caplog.text
     assert "not-the-secret" not in caplog.text
+
+
+def test_s3_missing_credentials_fail_with_the_fix(moto_endpoint, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, "crossmatch")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert run_manifest("s3://bucket/archive", "s3://bucket/results") == 2  # the output's write check says so
+    assert "no S3 credentials found for s3://bucket/results" in caplog.text and "AWS_ACCESS_KEY_ID" in caplog.text
+
+
+def test_unwritable_output_fails_before_any_work(s3, sample_archive, caplog):
+    caplog.set_level(logging.INFO, "crossmatch")
+    assert run_manifest(str(sample_archive), "s3://no-such-bucket-crossmatch/results") == 2
+    assert "s3://no-such-bucket-crossmatch/results/_commits/.write-check-" in caplog.text
+    assert "listed" not in caplog.text  # failed before listing, let alone hashing

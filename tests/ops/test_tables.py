@@ -117,3 +117,14 @@ def test_abort_leaves_nothing(tmp_path):
     run.abort()
     assert not root.join("errors", "r", run.attempt).exists()
     assert committed_runs(root) == []
+
+
+def test_write_errors_name_the_object(s3):
+    from ops.storage import StorageError
+
+    run = OutputRun(resolve("s3://no-such-bucket-crossmatch/out"), "r", "test")
+    run.write("errors", errors(2, "r"))
+    with pytest.raises(StorageError, match="s3://no-such-bucket-crossmatch/out/errors/r/"):
+        run.commit()
+    with pytest.raises(StorageError, match="no-such-bucket-crossmatch"):
+        OutputRun(resolve("s3://no-such-bucket-crossmatch/out"), "r", "test").check_writable()
