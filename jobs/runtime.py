@@ -135,8 +135,9 @@ def ensure_ray() -> None:
         ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     import ray.data
 
-    # Our own progress lines read better in `ray job logs` than Ray Data's redrawn bars.
+    # Our own progress lines read better in `ray job logs` than Ray Data's redrawn bars and plan dumps.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 class Progress:
