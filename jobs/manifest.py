@@ -8,7 +8,6 @@ or in ``errors/`` (stage, error type, message). Hashing runs as a Ray Data pipel
 
 from __future__ import annotations
 
-import heapq
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -16,18 +15,15 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
 from ops.media import sniff
 from ops.storage import ObjectInfo, Store, glob_regex, resolve
 from ops.tables import OutputRun
 
 JOB = "manifest"
-# A shard is one Ray task's work. Several shards per core keep every core busy when object sizes vary; shards of
-# at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s per core
-# with SHA extensions); shards of at most MAX_SHARD_BYTES keep progress and retries fine-grained on huge archives.
-SHARDS_PER_CPU = 4
+# Shards of at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s
+# per core with SHA extensions).
 MIN_SHARD_BYTES = 64 << 20
-MAX_SHARD_BYTES = 4 << 30
 
 
 @dataclass
@@ -96,20 +92,6 @@ def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=_HASHED)
 
 
-def shard(objects: list[ObjectInfo], cpus: int) -> list[list[ObjectInfo]]:
-    """Split objects into shards of similar total size (largest first, each to the lightest shard)."""
-    total = sum(o.size for o in objects)
-    n = min(cpus * SHARDS_PER_CPU, total // MIN_SHARD_BYTES)
-    n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
-    heap = [(0, i) for i in range(n)]
-    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
-    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
-        load, i = heapq.heappop(heap)
-        shards[i].append(obj)
-        heapq.heappush(heap, (load + max(obj.size, 1), i))
-    return [s for s in shards if s]
-
-
 def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if not config.archive:
         raise JobFailed("no archive given: python -m jobs.manifest ARCHIVE (a folder or s3://bucket/prefix)")
@@ -126,7 +108,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = [pa.Table.from_pylist([{"relpath": o.relpath} for o in s]) for s in shard(objects, cpus)]
+    blocks = [pa.Table.from_pylist([{"relpath": o.relpath} for o in s]) for s in shard(objects, cpus, MIN_SHARD_BYTES)]
     hashed_ds = ray.data.from_arrow(blocks).map_batches(
         hash_objects, fn_kwargs={"archive": archive}, batch_format="pyarrow", batch_size=None
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ops.storage import StorageError, Store, resolve
+from ops.storage import ObjectInfo, StorageError, Store, resolve
 from ops.tables import CommitError, check_run_id
 
 log = logging.getLogger("crossmatch")
@@ -164,6 +165,27 @@ class Progress:
             mib, total_mib = self.bytes / 2**20, self.total_bytes / 2**20
             extra = f", {mib:.1f}/{total_mib:.1f} MiB, {mib / elapsed:.1f} MiB/s"
         log.info("%s: %d/%d (%.0f%%)%s, %.1f s", self.what, self.done, self.total, pct, extra, elapsed)
+
+
+# Several shards per core keep every core busy when sizes vary; shards of at most MAX_SHARD_BYTES keep progress
+# and retries fine-grained on huge archives.
+SHARDS_PER_CPU = 4
+MAX_SHARD_BYTES = 4 << 30
+
+
+def shard(objects: list[ObjectInfo], cpus: int, min_bytes: int) -> list[list[ObjectInfo]]:
+    """Split objects into shards (one Ray task each) of similar total size, none smaller than ``min_bytes``
+    unless there is less than that in all: largest object first, each to the lightest shard."""
+    total = sum(o.size for o in objects)
+    n = min(cpus * SHARDS_PER_CPU, total // max(min_bytes, 1))
+    n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
+    heap = [(0, i) for i in range(n)]
+    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
+    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
+        load, i = heapq.heappop(heap)
+        shards[i].append(obj)
+        heapq.heappush(heap, (load + max(obj.size, 1), i))
+    return [s for s in shards if s]
 
 
 def _base_type(hint: Any) -> type:

@@ -49,15 +49,44 @@ ERRORS = _table(
     _f("message", pa.string(), doc="what went wrong, for a person"),
 )
 
+
+def voices(dim: int) -> pa.Schema:
+    """Speaker embeddings: a row per speech segment and a row per source (the pooled embedding and the counts)."""
+    return _table(
+        "voices",
+        _f("run_id", pa.string()),
+        _f("uri", pa.string(), doc="the source"),
+        _f("sha256", SHA256, doc="the source's content hash"),
+        _f("level", pa.string(), doc="'segment' or 'source'"),
+        _f("segment_index", pa.int32(), nullable=True, doc="0, 1, ... within the source; null on source rows"),
+        _f("start", pa.float64(), nullable=True, doc="seconds from the start of the source to the first speech"),
+        _f("end", pa.float64(), nullable=True, doc="seconds from the start of the source to the end of the speech"),
+        _f("duration", pa.float64(), doc="seconds: the segment's span, or the source's decoded length"),
+        _f("speech_seconds", pa.float64(), doc="seconds of speech embedded"),
+        _f("speech_ratio", pa.float32(), doc="speech_seconds / duration"),
+        _f("partials", pa.int32(), doc="1.6 s partials averaged into the embedding"),
+        _f("embedding", pa.list_(pa.float32(), dim), nullable=True, doc="L2-normalised; null when no speech"),
+        _f("status", pa.string(), doc="ok, no_speech, or truncated (decoding stopped early; see message)"),
+        _f("message", pa.string(), nullable=True),
+        _f("model_name", pa.string()),
+        _f("model_sha256", SHA256, doc="sha256 of the model's checkpoint"),
+    )
+
+
 TABLES: dict[str, pa.Schema] = {"manifest": MANIFEST, "errors": ERRORS}
+# Tables whose embedding width depends on the model: their schema is built for a dimension.
+SIZED_TABLES = {"voices": voices}
 
 
-def schema_for(table: str) -> pa.Schema:
-    """The schema of ``table``; KeyError names the known tables."""
+def schema_for(table: str, dim: int | None = None) -> pa.Schema | None:
+    """The schema of ``table`` (for sized tables, of embedding width ``dim``; None when no width is given)."""
+    if table in SIZED_TABLES:
+        return SIZED_TABLES[table](dim) if dim else None
     try:
         return TABLES[table]
     except KeyError:
-        raise KeyError(f"unknown table {table!r}; known: {', '.join(sorted(TABLES))}") from None
+        known = ", ".join(sorted([*TABLES, *SIZED_TABLES]))
+        raise KeyError(f"unknown table {table!r}; known: {known}") from None
 
 
 def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:

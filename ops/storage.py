@@ -176,8 +176,11 @@ class Store:
 HEAD_BYTES = 4096
 
 
-def resolve(uri: str) -> Store:
-    """Parse a plain path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Store`."""
+def resolve(uri: str, endpoint_url: str | None = None) -> Store:
+    """Parse a plain path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Store`.
+
+    An S3 store's endpoint is ``endpoint_url`` when given (workers get the driver's this way), else
+    AWS_ENDPOINT_URL."""
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError("an empty path was given: pass a folder, file:// URI or s3://bucket/prefix")
     uri = uri.strip()
@@ -191,7 +194,7 @@ def resolve(uri: str) -> Store:
         rest = rest.strip("/")
         if not rest:
             raise StorageError(f"{uri} names no bucket: use s3://bucket/prefix")
-        return Store("s3", rest, os.environ.get("AWS_ENDPOINT_URL") or None)
+        return Store("s3", rest, endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
     raise StorageError(
         f"unsupported URI scheme {scheme!r} in {uri}: use a local path, file:///path or s3://bucket/prefix"
     )

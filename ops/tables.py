@@ -59,8 +59,11 @@ def check_run_id(run_id: str) -> str:
 class TableWriter:
     """Writes one table of one attempt as zstd Parquet parts with the table's explicit schema."""
 
-    def __init__(self, root: Store, table: str, run_id: str, attempt: str) -> None:
-        self.root, self.table, self.schema = root, table, schema_for(table)
+    def __init__(self, root: Store, table: str, run_id: str, attempt: str, schema: pa.Schema | None = None) -> None:
+        self.root, self.table = root, table
+        self.schema = schema or schema_for(table)
+        if self.schema is None:
+            raise ValueError(f"table {table} needs an explicit schema (its width depends on the model)")
         self.prefix = f"{table}/{run_id}/{attempt}"
         self.files: list[DataFile] = []
         self._pending: list[pa.Table] = []
@@ -141,10 +144,10 @@ class OutputRun:
         probe.put_atomic(b"")
         probe.remove_tree()
 
-    def write(self, table: str, data: pa.Table) -> None:
-        """Append rows to ``table`` (invisible to readers until :meth:`commit`)."""
+    def write(self, table: str, data: pa.Table, schema: pa.Schema | None = None) -> None:
+        """Append rows to ``table`` (invisible to readers until :meth:`commit`); ``schema`` for sized tables."""
         if table not in self._writers:
-            self._writers[table] = TableWriter(self.root, table, self.run_id, self.attempt)
+            self._writers[table] = TableWriter(self.root, table, self.run_id, self.attempt, schema)
         self._writers[table].write(data)
 
     def commit(self, tables: tuple[str, ...] = (), **info: Any) -> dict:
@@ -227,11 +230,11 @@ def committed_files(root: Store, table: str, run_id: str | None = None) -> list[
 
 def read_table(root: Store, table: str, run_id: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """The committed rows of ``table`` under ``root`` (one run's, or every committed run's)."""
-    schema = schema_for(table)
+    schema = schema_for(table)  # None for sized tables: the files' own schema (all of one width, or an error)
     files = committed_files(root, table, run_id)
     if not files:
-        empty = schema.empty_table()
-        return empty.select(columns) if columns else empty
+        empty = (schema or pa.schema([])).empty_table()
+        return empty.select(columns) if columns and schema else empty
     paths = [root.join(f.path).path for f in files]
     try:
         dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=root.arrow)

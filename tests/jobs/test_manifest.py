@@ -6,7 +6,7 @@ import pytest
 
 from jobs import manifest
 from ops.samples import SAMPLE_LAYOUT, make_sample_archive
-from ops.storage import ObjectInfo, resolve
+from ops.storage import resolve
 from ops.tables import committed_runs, read_table
 
 LABELS = ["--label-pattern", "*/{label}/*"]
@@ -41,30 +41,6 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
         "deleted.mp4": (None, "read", "StorageError"),
     }
     assert "not found" in out[4]["message"] and "deleted.mp4" in out[4]["message"]
-
-
-def test_shards_balance_bytes(monkeypatch):
-    monkeypatch.setattr(manifest, "MIN_SHARD_BYTES", 1)
-    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate([100, 90, 10, 10, 5, 5, 1, 0])]
-    shards = manifest.shard(objects, cpus=1)
-    assert sorted(o.relpath for s in shards for o in s) == sorted(o.relpath for o in objects)
-    assert len(shards) == 4
-    loads = sorted(sum(o.size for o in s) for s in shards)
-    assert loads[-1] == 100 and loads[0] >= 10
-
-
-@pytest.mark.parametrize(
-    "sizes, cpus, expected",
-    [
-        ([1 << 20] * 100, 2, 1),  # 100 MiB: one shard beats eight tasks of overhead
-        ([1 << 30] * 4, 2, 4),  # 4 GiB, one object each: no more shards than objects
-        ([64 << 20] * 64, 2, 8),  # 4 GiB of 64 MiB objects: four shards per core
-        ([1 << 30] * 40, 2, 10),
-    ],  # 40 GiB: shards of at most 4 GiB
-)
-def test_shard_count(sizes, cpus, expected):
-    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate(sizes)]
-    assert len(manifest.shard(objects, cpus)) == expected
 
 
 def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive, tmp_path, caplog):

@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from jobs.runtime import JobConfig, JobFailed, Progress, default_run_id, parse_config, run_job
+from jobs.runtime import JobConfig, JobFailed, Progress, default_run_id, parse_config, run_job, shard
+from ops.storage import ObjectInfo
 
 
 @dataclass
@@ -68,3 +69,26 @@ def test_progress_reports(caplog):
     assert "hashed" not in caplog.text  # not yet: at most every hour here
     progress.update(2, 2 << 20)
     assert "hashed: 4/4 (100%), 4.0/4.0 MiB" in caplog.text
+
+
+def test_shards_balance_bytes():
+    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate([100, 90, 10, 10, 5, 5, 1, 0])]
+    shards = shard(objects, cpus=1, min_bytes=1)
+    assert sorted(o.relpath for s in shards for o in s) == sorted(o.relpath for o in objects)
+    assert len(shards) == 4
+    loads = sorted(sum(o.size for o in s) for s in shards)
+    assert loads[-1] == 100 and loads[0] >= 10
+
+
+@pytest.mark.parametrize(
+    "sizes, cpus, expected",
+    [
+        ([1 << 20] * 100, 2, 1),  # 100 MiB: one shard beats eight tasks of overhead
+        ([1 << 30] * 4, 2, 4),  # 4 GiB, one object each: no more shards than objects
+        ([64 << 20] * 64, 2, 8),  # 4 GiB of 64 MiB objects: four shards per core
+        ([1 << 30] * 40, 2, 10),
+    ],  # 40 GiB: shards of at most 4 GiB
+)
+def test_shard_count(sizes, cpus, expected):
+    objects = [ObjectInfo(f"u{i}", f"p{i}", size, None) for i, size in enumerate(sizes)]
+    assert len(shard(objects, cpus, min_bytes=64 << 20)) == expected

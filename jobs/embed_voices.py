@@ -1,0 +1,382 @@
+"""jobs.embed_voices: find the speech in every audio and video source of a manifest and embed each speaker stretch.
+
+    python -m jobs.embed_voices [MANIFEST_ROOT] [--model ge2e-resemblyzer] [--output out/results]
+
+Sources are the committed manifest's audio and video objects. A CPU stage decodes each one in a stream (PyAV),
+downmixes, resamples to 16 kHz (torchaudio), normalises loudness and cuts the speech into segments (webrtcvad);
+encoder actors pinned to GPUs batch the segments of many sources together. ``voices/`` gets a row per segment and
+a row per source (the pooled embedding, or status no_speech); a source that cannot be decoded at all is a row in
+``errors/``. Every source ends as exactly one source row or one error row.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
+from ops.audio import AudioError, SpeechSegmenter, decode_mono
+from ops.registry import ModelError, load_folder, locate, models_root, read_card
+from ops.schemas import voices
+from ops.speaker import SpeakerEmbedder, normalise
+from ops.storage import ObjectInfo, Store, resolve
+from ops.tables import OutputRun, read_table
+
+JOB = "embed_voices"
+# Decoding runs at hundreds of times real time: a shard of this many bytes of compressed audio is seconds of work.
+MIN_SHARD_BYTES = 4 << 20
+ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded memory for hours-long sources
+
+
+@dataclass
+class EmbedVoicesConfig(JobConfig):
+    manifest: str = field(
+        default="out/results",
+        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
+    )
+    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+    model: str = field(
+        default="ge2e-resemblyzer",
+        metadata={"run_key": True, "help": "speaker encoder: registry name or URI of a pulled model"},
+    )
+    models: str | None = field(
+        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
+    )
+    min_segment_seconds: float = field(default=0.5, metadata={"help": "drop segments with less speech"})
+    max_segment_seconds: float = field(default=10.0, metadata={"help": "seconds of speech per segment at most"})
+    max_gap_seconds: float = field(default=1.0, metadata={"help": "a longer silence starts a new segment"})
+    vad_mode: int = field(default=3, metadata={"help": "webrtcvad aggressiveness, 0 (lenient) to 3 (strict)"})
+    max_source_seconds: float = field(
+        default=12 * 3600.0, metadata={"help": "embed at most this much of one source (the rest is reported)"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "segments per encoder batch"})
+    pool_size: int | None = field(default=None, metadata={"help": "encoder actors (default: one per GPU, or 1)"})
+    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
+
+
+# What the decode stage hands to the encoder stage: segment rows (with their samples), source rows, error rows.
+_STAGED = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("segment_index", pa.int32()),
+        ("start", pa.float64()),
+        ("end", pa.float64()),
+        ("speech_seconds", pa.float64()),
+        ("samples", pa.binary()),
+        ("duration", pa.float64()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def decode_segments(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
+    """Decode each source of the batch into speech segments, then one source row; or one error row."""
+    for uri, sha in zip(batch.column("uri").to_pylist(), batch.column("sha256").to_pylist(), strict=True):
+        rows: list[dict] = []
+        segmenter = SpeechSegmenter(
+            params["min_segment_seconds"],
+            params["max_segment_seconds"],
+            params["max_gap_seconds"],
+            vad_mode=params["vad_mode"],
+        )
+        status, message = "ok", None
+        try:
+            with resolve(uri, endpoint_url).open() as f:
+                _, chunks = decode_mono(f, max_seconds=params["max_source_seconds"])
+                try:
+                    for chunk in chunks:
+                        rows += [_segment_row(uri, sha, s) for s in segmenter.push(chunk)]
+                        if len(rows) >= ROWS_PER_YIELD:
+                            yield pa.Table.from_pylist(rows, schema=_STAGED)
+                            rows = []
+                except AudioError as exc:
+                    if segmenter.total_samples == 0:
+                        raise
+                    status, message = "truncated", f"{exc.error_type}: {exc}"  # keep what was decoded, say why
+            rows += [_segment_row(uri, sha, s) for s in segmenter.finish()]
+            if status == "ok" and segmenter.speech_samples == 0:
+                status = "no_speech"
+            rows.append(
+                {
+                    "kind": "source",
+                    "uri": uri,
+                    "sha256": sha,
+                    "duration": segmenter.total_seconds,
+                    "speech_seconds": segmenter.speech_seconds,
+                    "status": status,
+                    "message": message,
+                }
+            )
+        except Exception as exc:  # noqa: BLE001 - one source's failure is that source's error row
+            rows = [
+                {
+                    "kind": "error",
+                    "uri": uri,
+                    "sha256": sha,
+                    "stage": "decode",
+                    "error_type": getattr(exc, "error_type", type(exc).__name__),
+                    "message": str(exc) or type(exc).__name__,
+                }
+            ]
+        yield pa.Table.from_pylist(rows, schema=_STAGED)
+
+
+def _segment_row(uri: str, sha: str, s) -> dict:
+    return {
+        "kind": "segment",
+        "uri": uri,
+        "sha256": sha,
+        "segment_index": s.index,
+        "start": s.start,
+        "end": s.end,
+        "speech_seconds": s.speech_seconds,
+        "samples": s.samples.astype(np.float32).tobytes(),
+    }
+
+
+class VoiceEncoderActor:
+    """Loads the encoder once per actor; embeds the segments of each batch together, passes other rows on."""
+
+    def __init__(self, model_folder: Store) -> None:
+        model = load_folder(model_folder)
+        self.embedder = SpeakerEmbedder.from_state(model.state)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kinds = batch.column("kind").to_pylist()
+        rows = [i for i, k in enumerate(kinds) if k == "segment"]
+        samples = batch.column("samples")
+        waves = [np.frombuffer(samples[i].as_py(), dtype=np.float32) for i in rows]
+        sums, counts = self.embedder.partial_sums(waves)
+        sum_col: list = [None] * len(kinds)
+        count_col: list = [None] * len(kinds)
+        for j, i in enumerate(rows):
+            sum_col[i], count_col[i] = sums[j], int(counts[j])
+        # The sums of partial embeddings, not their mean: the driver pools a source's segments exactly.
+        out = batch.drop_columns(["samples"])
+        out = out.append_column("partial_sum", pa.array(sum_col, pa.list_(pa.float32())))
+        return out.append_column("partials", pa.array(count_col, pa.int32()))
+
+
+def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
+    manifest_root = resolve(config.manifest)
+    folder = locate(config.model, models_root(config.models))
+    try:
+        card = read_card(folder)
+    except ModelError as exc:
+        raise JobFailed(str(exc)) from None
+    if card.get("modality") != "voice":
+        raise JobFailed(f"{card['name']} is a {card.get('modality', 'non-voice')} model: pass a speaker encoder")
+    load_folder(folder)  # verify the checkpoint here, once, before any work is scheduled
+    dim = int(card["output_dim"])
+    schema = voices(dim)
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+
+    manifest = read_table(manifest_root, "manifest", run_id=config.manifest_run_id)
+    if manifest.num_rows == 0:
+        raise JobFailed(f"no committed manifest under {manifest_root.uri}: run `python -m jobs.manifest` first")
+    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(["audio", "video"])))
+    sources = sources.sort_by("uri")
+    uris = sources.column("uri").to_pylist()
+    if len(set(uris)) != len(uris):
+        raise JobFailed(f"the manifest under {manifest_root.uri} lists a uri twice: pass --manifest-run-id")
+    ctx.log.info(
+        "%d audio and video sources of %d manifest rows; model %s (%s)",
+        len(uris),
+        manifest.num_rows,
+        card["name"],
+        card["checkpoint_sha256"][:12],
+    )
+    out.write("voices", schema.empty_table(), schema)
+    if not uris:
+        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+
+    ensure_ray()
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else 1)
+    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
+    shas = dict(zip(uris, sources.column("sha256").to_pylist(), strict=True))
+    blocks = [
+        pa.table({"uri": [o.uri for o in s], "sha256": [shas[o.uri] for o in s]})
+        for s in shard(objects, cpus, MIN_SHARD_BYTES)
+    ]
+    params = {
+        k: getattr(config, k)
+        for k in ("min_segment_seconds", "max_segment_seconds", "max_gap_seconds", "vad_mode", "max_source_seconds")
+    }
+    staged = ray.data.from_arrow(blocks).map_batches(
+        decode_segments,
+        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
+        batch_format="pyarrow",
+        batch_size=1,
+        # A worker lost mid-source (a node going away) reruns the shard. Also keeps the remote args unlike the
+        # encoder's, so Ray does not fuse decoding into the encoder actors (pool_size processes would decode).
+        max_retries=3,
+    )
+    embedded = staged.map_batches(
+        VoiceEncoderActor,
+        fn_constructor_kwargs={"model_folder": folder},
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_gpus=gpus_per_actor,
+        # A fraction of a CPU: on small machines a whole one per actor would starve the decode tasks.
+        num_cpus=0.5 if gpus_per_actor else 1,
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+    )
+    ctx.log.info("decoding on %d CPUs, %d encoder actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
+
+    provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
+    pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]
+    source_rows, error_rows = {}, {}
+    progress = Progress("sources", len(uris))
+    for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
+        kinds = np.asarray(batch.column("kind").to_pylist())
+        segments = batch.filter(pa.array(kinds == "segment"))
+        if segments.num_rows:
+            out.write("voices", _segment_table(segments, provenance, dim), schema)
+            for uri, psum, n in zip(
+                segments.column("uri").to_pylist(),
+                segments.column("partial_sum").to_numpy(zero_copy_only=False),
+                segments.column("partials").to_pylist(),
+                strict=True,
+            ):
+                acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
+                acc[0] += psum
+                acc[1] += n
+                acc[2] += 1
+        for row in batch.filter(pa.array(kinds != "segment")).to_pylist():
+            target = source_rows if row["kind"] == "source" else error_rows
+            if row["uri"] in source_rows or row["uri"] in error_rows:
+                raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
+            target[row["uri"]] = row
+            progress.update(1)
+
+    missing = set(uris) - set(source_rows) - set(error_rows)
+    if missing:
+        raise JobFailed(
+            f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
+            "nothing was committed, rerun the job"
+        )
+    out.write("voices", _source_table(source_rows, pooled, provenance, dim), schema)
+    errors = (
+        pa.Table.from_pylist(
+            [
+                {**provenance, "job": JOB, **{k: r[k] for k in ("uri", "sha256", "stage", "error_type", "message")}}
+                for r in error_rows.values()
+            ]
+        )
+        if error_rows
+        else None
+    )
+    if errors is not None:
+        out.write("errors", errors)
+    statuses = Counter(r["status"] for r in source_rows.values())
+    summary = {
+        "sources": len(uris),
+        "with_speech": statuses["ok"]
+        + sum(1 for r in source_rows.values() if r["status"] == "truncated" and r["uri"] in pooled),
+        "no_speech": statuses["no_speech"],
+        "truncated": statuses["truncated"],
+        "errors": len(error_rows),
+        "errors_by_type": dict(Counter(r["error_type"] for r in error_rows.values())),
+        "segments": sum(acc[2] for acc in pooled.values()),
+        "audio_hours": round(sum(r["duration"] for r in source_rows.values()) / 3600, 4),
+        "speech_hours": round(sum(r["speech_seconds"] for r in source_rows.values()) / 3600, 4),
+        "model": card["name"],
+        "model_sha256": card["checkpoint_sha256"],
+    }
+    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
+    ctx.log.info(
+        "%d sources: %d with speech, %d without, %d truncated, %d errors %s; %d segments",
+        len(uris),
+        summary["with_speech"],
+        summary["no_speech"],
+        summary["truncated"],
+        summary["errors"],
+        summary["errors_by_type"] or "",
+        summary["segments"],
+    )
+    ctx.log.info(
+        "committed run %s: %s (tables voices/, errors/)",
+        ctx.run_id,
+        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
+    )
+    return marker
+
+
+def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:
+    n = segments.num_rows
+    sums = np.stack(segments.column("partial_sum").to_numpy(zero_copy_only=False)).astype(np.float32)
+    start, end = segments.column("start").to_numpy(), segments.column("end").to_numpy()
+    speech = segments.column("speech_seconds").to_numpy()
+    return pa.table(
+        {
+            "run_id": [provenance["run_id"]] * n,
+            "uri": segments.column("uri"),
+            "sha256": segments.column("sha256"),
+            "level": ["segment"] * n,
+            "segment_index": segments.column("segment_index"),
+            "start": start,
+            "end": end,
+            "duration": end - start,
+            "speech_seconds": speech,
+            "speech_ratio": np.minimum(1.0, speech / np.maximum(end - start, 1e-9)).astype(np.float32),
+            "partials": segments.column("partials"),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(normalise(sums).ravel()), dim),
+            "status": ["ok"] * n,
+            "message": pa.nulls(n, pa.string()),
+            "model_name": [provenance["model_name"]] * n,
+            "model_sha256": [provenance["model_sha256"]] * n,
+        }
+    )
+
+
+def _source_table(source_rows: dict, pooled: dict, provenance: dict, dim: int) -> pa.Table:
+    rows = []
+    for uri, r in sorted(source_rows.items()):
+        acc = pooled.get(uri)
+        embedding = normalise(acc[0] / acc[1]).tolist() if acc and acc[1] else None
+        rows.append(
+            {
+                "run_id": provenance["run_id"],
+                "uri": uri,
+                "sha256": r["sha256"],
+                "level": "source",
+                "segment_index": None,
+                "start": None,
+                "end": None,
+                "duration": r["duration"],
+                "speech_seconds": r["speech_seconds"],
+                "speech_ratio": r["speech_seconds"] / r["duration"] if r["duration"] else 0.0,
+                "partials": acc[1] if acc else 0,
+                "embedding": embedding,
+                "status": r["status"] if embedding is not None or r["status"] != "ok" else "no_speech",
+                "message": r["message"],
+                "model_name": provenance["model_name"],
+                "model_sha256": provenance["model_sha256"],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=voices(dim))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, EmbedVoicesConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
