@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m jobs.sample $(OUT)/archive
 	$(PY) -m jobs.manifest $(OUT)/archive --label-pattern '*/{label}/*' --output $(OUT)/results
+	$(PY) -m jobs.models pull ge2e-resemblyzer --models $(OUT)/models
+	$(PY) -m jobs.embed_voices $(OUT)/results --models $(OUT)/models --output $(OUT)/results
 	$(PY) -m jobs.show $(OUT)/results
 
 test: $(VENV)/.installed
@@ -23,6 +25,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_manifest.py
+	$(PY) benchmarks/bench_voices.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks

@@ -31,6 +31,7 @@ from ops.tables import OutputRun, read_table
 JOB = "embed_voices"
 # Decoding runs at hundreds of times real time: a shard of this many bytes of compressed audio is seconds of work.
 MIN_SHARD_BYTES = 4 << 20
+DECODE_MEMORY = 256 << 20
 ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded memory for hours-long sources
 
 
@@ -224,9 +225,10 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
         batch_format="pyarrow",
         batch_size=1,
-        # A worker lost mid-source (a node going away) reruns the shard. Also keeps the remote args unlike the
-        # encoder's, so Ray does not fuse decoding into the encoder actors (pool_size processes would decode).
-        max_retries=3,
+        # A decoder holds a demuxer, an analysis block and an open segment: far below this, so a node never runs
+        # more decoders than its memory holds. Also keeps the remote args unlike the encoder's, so Ray does not
+        # fuse decoding into the encoder actors (where only pool_size processes would decode).
+        memory=DECODE_MEMORY,
     )
     embedded = staged.map_batches(
         VoiceEncoderActor,

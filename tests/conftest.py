@@ -156,3 +156,14 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared is only beside developer and CI checkouts)")
     return path
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """A models root with the real GE2E weights pulled from PyPI (Resemblyzer 0.1.4), once per session."""
+    from ops.registry import pull
+    from ops.storage import resolve
+
+    root = resolve(str(tmp_path_factory.mktemp("models")))
+    pull("ge2e-resemblyzer", root)
+    return root
