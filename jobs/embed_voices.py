@@ -29,9 +29,8 @@ from ops.storage import ObjectInfo, Store, resolve
 from ops.tables import OutputRun, read_table
 
 JOB = "embed_voices"
-# Decoding runs at hundreds of times real time: a shard of this many bytes of compressed audio is seconds of work.
-MIN_SHARD_BYTES = 4 << 20
-DECODE_MEMORY = 256 << 20
+# Compressed speech is about 25 KB per second of audio: a shard of this many bytes is a few seconds of work.
+MIN_SHARD_BYTES = 256 << 10
 ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded memory for hours-long sources
 
 
@@ -209,7 +208,10 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     resources = ray.cluster_resources()
     cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
     gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else 1)
+    # With GPUs: one encoder actor per GPU, decoding in CPU tasks beside them (Ray keeps the stages apart, their
+    # resources differ). Without: one actor per core, and Ray fuses decoding into the actors, so that every core
+    # decodes and embeds its own sources with no hand-off between processes.
+    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else cpus)
     objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
     shas = dict(zip(uris, sources.column("sha256").to_pylist(), strict=True))
     blocks = [
@@ -225,22 +227,18 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
         batch_format="pyarrow",
         batch_size=1,
-        # A decoder holds a demuxer, an analysis block and an open segment: far below this, so a node never runs
-        # more decoders than its memory holds. Also keeps the remote args unlike the encoder's, so Ray does not
-        # fuse decoding into the encoder actors (where only pool_size processes would decode).
-        memory=DECODE_MEMORY,
     )
     embedded = staged.map_batches(
         VoiceEncoderActor,
         fn_constructor_kwargs={"model_folder": folder},
         compute=ray.data.ActorPoolStrategy(size=pool),
         num_gpus=gpus_per_actor,
-        # A fraction of a CPU: on small machines a whole one per actor would starve the decode tasks.
+        # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
         num_cpus=0.5 if gpus_per_actor else 1,
         batch_size=config.batch_size,
         batch_format="pyarrow",
     )
-    ctx.log.info("decoding on %d CPUs, %d encoder actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
+    ctx.log.info("%d CPUs, %d encoder actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
 
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
     pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]

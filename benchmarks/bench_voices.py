@@ -1,0 +1,205 @@
+"""Voice embedding throughput against the Resemblyzer package on the same files, in one run, interleaved.
+
+    python benchmarks/bench_voices.py [--folder ../shared/data/voices] [--rounds 3]
+
+Contenders, each over every file: Resemblyzer (``preprocess_wav`` then ``embed_utterance``, one file at a time, as
+its README does); our pipeline in one process (PyAV decode, torchaudio resampling, VAD, GE2E with the partials of
+all files batched), with where its time goes; and the ``jobs.embed_voices`` job on local Ray (every core; Ray's
+start-up excluded). Prints seconds of audio per wall second, ratios, and how close the embeddings are.
+Without ``../shared`` it makes 40 ten-second files of synthetic voices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs import embed_voices, manifest  # noqa: E402
+from jobs.runtime import ensure_ray  # noqa: E402
+from ops.audio import SpeechSegmenter, decode_mono  # noqa: E402
+from ops.registry import load, models_root, pull  # noqa: E402
+from ops.samples import _voice, encode_audio  # noqa: E402
+from ops.speaker import SpeakerEmbedder, normalise  # noqa: E402
+from ops.storage import resolve  # noqa: E402
+from ops.tables import read_table  # noqa: E402
+
+SHARED_VOICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "voices"
+
+
+def synthetic(folder: Path, n: int = 40) -> list[Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"speaker{i % 8}" / f"take{i}.flac"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_audio(_voice(rng, 90.0 + 20 * (i % 8), 10.0, 16000), 16000, "flac"))
+        paths.append(path)
+    return paths
+
+
+def resemblyzer(paths: list[Path], encoder) -> dict[str, np.ndarray]:
+    from resemblyzer import preprocess_wav
+
+    return {str(p): encoder.embed_utterance(preprocess_wav(p)) for p in paths}
+
+
+def ours(paths: list[Path], embedder: SpeakerEmbedder, clock: dict[str, float]) -> dict[str, np.ndarray]:
+    """Decode and segment every file, then embed all segments in one batched pass; pooled per file."""
+    waves, owners = [], []
+    for path in paths:
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            _, chunks = decode_mono(f)
+            audio = list(chunks)
+        t1 = time.perf_counter()
+        segmenter = SpeechSegmenter()
+        segments = [s for chunk in audio for s in segmenter.push(chunk)] + segmenter.finish()
+        t2 = time.perf_counter()
+        clock["decode + resample"] += t1 - t0
+        clock["VAD + segments"] += t2 - t1
+        waves += [s.samples for s in segments]
+        owners += [str(path)] * len(segments)
+    t3 = time.perf_counter()
+    sums, counts = embedder.partial_sums(waves)
+    clock["encoder"] += time.perf_counter() - t3
+    pooled: dict[str, list] = {}
+    for owner, s, n in zip(owners, sums, counts, strict=True):
+        acc = pooled.setdefault(owner, [np.zeros_like(s), 0])
+        acc[0] += s
+        acc[1] += n
+    return {k: normalise(v[0] / v[1]) for k, v in pooled.items()}
+
+
+def job(out: Path, models: str, round_: int | str, *extra: str) -> dict[str, np.ndarray]:
+    code = embed_voices.main(
+        [
+            str(out),
+            "--output",
+            str(out),
+            "--models",
+            models,
+            "--run-id",
+            f"bench{round_}",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ]
+    )
+    assert code == 0, "the embed_voices job failed"
+    rows = read_table(resolve(str(out)), "voices", run_id=f"bench{round_}").to_pylist()
+    return {r["uri"]: np.asarray(r["embedding"]) for r in rows if r["level"] == "source"}
+
+
+def _rewrite_manifest(root: Path, keep: list[str]) -> None:
+    """Commit a manifest of only ``keep`` under ``root`` (the two-file run that measures the job's fixed cost)."""
+    from ops.tables import OutputRun
+
+    rows = read_table(resolve(str(root)), "manifest")
+    rows = rows.filter(np.isin(np.asarray(rows.column("uri").to_pylist()), keep))
+    out = OutputRun(resolve(str(root)), "tiny", "manifest")
+    out.write("manifest", rows)
+    out.commit(tables=("errors",))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", type=Path, default=SHARED_VOICES if SHARED_VOICES.exists() else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    from resemblyzer import VoiceEncoder
+
+    with tempfile.TemporaryDirectory(prefix="bench-voices-") as tmp:
+        folder = args.folder or Path(tmp, "voices")
+        paths = sorted(folder.glob("**/*.flac")) if args.folder else synthetic(folder)
+        seconds = 0.0
+        for p in paths:
+            with open(p, "rb") as f:
+                seconds += sum(len(c) for c in decode_mono(f)[1]) / 16000
+        root = models_root(str(Path(tmp, "models")))
+        pull("ge2e-resemblyzer", root)
+        embedder = SpeakerEmbedder.from_state(load("ge2e-resemblyzer", root).state, "cpu")
+        encoder = VoiceEncoder("cpu", verbose=False)
+        out = Path(tmp, "out")
+        assert manifest.main([str(folder), "--glob", "**/*.flac", "--output", str(out), "--log-level", "WARNING"]) == 0
+        ensure_ray()
+        # Warm-up: librosa/numba compile, Ray workers start, models load.
+        resemblyzer(paths[:2], encoder)
+        ours(paths[:2], embedder, {"decode + resample": 0, "VAD + segments": 0, "encoder": 0})
+        job(out, root.uri, -1)
+
+        # The job's fixed cost (reading the manifest, starting the actor pool, loading the model, committing) is
+        # measured on a two-file manifest in each round, and subtracted for its steady-state rate.
+        tiny = Path(tmp, "tiny")
+        assert (
+            manifest.main(
+                [
+                    str(folder),
+                    "--glob",
+                    "**/*.flac",
+                    "--output",
+                    str(tiny),
+                    "--log-level",
+                    "WARNING",
+                    "--run-id",
+                    "tiny",
+                ]
+            )
+            == 0
+        )
+        tiny_rows = read_table(resolve(str(tiny)), "manifest")
+        keep = tiny_rows.column("uri").to_pylist()[:2]
+        tiny_seconds = 0.0
+        for uri in keep:
+            with open(uri, "rb") as f:
+                tiny_seconds += sum(len(c) for c in decode_mono(f)[1]) / 16000
+        _rewrite_manifest(tiny, keep)
+        times: dict[str, list[float]] = {"Resemblyzer, 1 process": [], "ours, 1 process": [], "embed_voices job": []}
+        fixed: list[float] = []
+        clock = {"decode + resample": 0.0, "VAD + segments": 0.0, "encoder": 0.0}
+        for round_ in range(args.rounds):  # interleaved: a noisy neighbour slows every contender alike
+            t = time.perf_counter()
+            theirs = resemblyzer(paths, encoder)
+            times["Resemblyzer, 1 process"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            mine = ours(paths, embedder, clock)
+            times["ours, 1 process"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            jobbed = job(out, root.uri, round_)
+            times["embed_voices job"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            job(tiny, root.uri, f"tiny{round_}")
+            fixed.append(time.perf_counter() - t)
+
+        cos = np.array([float(mine[k] @ theirs[k]) for k in theirs])
+        cos_job = np.array([float(jobbed[k] @ theirs[k]) for k in theirs])
+        print(f"\n{len(paths)} files, {seconds:.0f} s of audio, {args.rounds} rounds (median)")
+        rates = {name: seconds / statistics.median(ts) for name, ts in times.items()}
+        for name, rate in rates.items():
+            runs = ", ".join(f"{t:.2f}s" for t in times[name])
+            print(f"  {name:<24} {rate:8.1f} s of audio per s   (runs: {runs})")
+        base = rates["Resemblyzer, 1 process"]
+        print(f"  ours / Resemblyzer, 1 process each: {rates['ours, 1 process'] / base:.2f}x")
+        print(f"  embed_voices job / Resemblyzer:      {rates['embed_voices job'] / base:.2f}x end to end")
+        steady = (seconds - tiny_seconds) / (statistics.median(times["embed_voices job"]) - statistics.median(fixed))
+        print(
+            f"  embed_voices job, steady state:    {steady:8.1f} s of audio per s = {steady / base:.2f}x Resemblyzer "
+            f"(fixed cost per run {statistics.median(fixed):.1f} s: actor start-up, model load, commit)"
+        )
+        total = sum(clock.values())
+        print("  where our time goes: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in clock.items()))
+        print(
+            f"  embeddings vs Resemblyzer's: cosine mean {cos.mean():.5f}, min {cos.min():.5f} (one process); "
+            f"job mean {cos_job.mean():.5f}, min {cos_job.min():.5f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
