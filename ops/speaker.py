@@ -18,7 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
-from ops.registry import ModelSpec, PackageSource, register
+from ops.registry import Architecture, LoadedModel, ModelSpec, PackageSource, register, register_architecture
 
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
@@ -166,5 +166,55 @@ GE2E = register(
             # Cosine similarity above which two utterances are called the same speaker, before calibration.
             "default_threshold": 0.75,
         },
+    )
+)
+
+
+def speaker_embedder(model: LoadedModel, device: str | torch.device | None = None):
+    """The embedder for a pulled or imported speaker model: ``partial_sums(waves) -> (sums, counts)``."""
+    from ops.ecapa import ECAPAEmbedder
+
+    architecture = model.card["architecture"]
+    if architecture == GE2E.architecture:
+        return SpeakerEmbedder.from_state(model.state, device)
+    if architecture == ECAPA_SPEECHBRAIN.name:
+        return ECAPAEmbedder(model.state, device)
+    raise ValueError(f"{model.name} is a {architecture}, not a speaker encoder")
+
+
+def _convert_ge2e_checkpoint(data: bytes) -> dict[str, torch.Tensor]:
+    return _convert_resemblyzer(data)
+
+
+register_architecture(
+    Architecture(
+        name=GE2E.architecture,
+        convert=_convert_ge2e_checkpoint,  # a GE2E encoder trained with Resemblyzer's or Real-Time-Voice-Cloning's code
+        card=lambda state: dict(GE2E.card),
+    )
+)
+
+
+def _ecapa_card(state: dict[str, torch.Tensor]) -> dict:
+    return {
+        "modality": "voice",
+        "input": {"sample_rate": 16000, "features": "80 log-mel fbank (SpeechBrain Fbank), per-utterance mean removed"},
+        "output_dim": int(state["fc.conv.weight"].shape[0]),
+        "metric": "cosine",
+        "default_threshold": 0.25,  # SpeechBrain's SpeakerRecognition.verify_batch default
+    }
+
+
+def _convert_ecapa(data: bytes) -> dict[str, torch.Tensor]:
+    from ops.ecapa import convert_speechbrain
+
+    return convert_speechbrain(data)
+
+
+ECAPA_SPEECHBRAIN = register_architecture(
+    Architecture(
+        name="ecapa-tdnn-speechbrain",
+        convert=_convert_ecapa,
+        card=_ecapa_card,
     )
 )

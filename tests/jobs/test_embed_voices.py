@@ -177,3 +177,24 @@ def test_speech_is_found_in_the_hamilton_clip(ray_cluster, models, tmp_path):
     assert (
         source["status"] == "ok" and source["speech_seconds"] > 3.0 and source["duration"] == pytest.approx(10, abs=1)
     )
+
+
+def test_an_imported_ecapa_model_embeds_too(ray_cluster, tmp_path):
+    from ops.registry import import_checkpoint
+    from tests.ops.test_ecapa import speechbrain_checkpoint
+
+    _, data = speechbrain_checkpoint(channels=(256, 256, 256, 256, 768), dim=192)
+    (tmp_path / "embedding_model.ckpt").write_bytes(data)
+    models = resolve(str(tmp_path / "models"))
+    card = import_checkpoint(str(tmp_path / "embedding_model.ckpt"), "ecapa-tdnn-speechbrain", "ecapa-test", models)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "a.flac").write_bytes(encode_audio(voice(12.0, 16000), 16000, "flac"))
+    (archive / "b.wav").write_bytes(encode_audio(voice(3.0, 16000, seed=1), 16000, "wav"))
+    assert run_both(archive, tmp_path / "out", models, "--model", "ecapa-test") == 0
+    rows = read_table(resolve(str(tmp_path / "out")), "voices")
+    assert rows.schema.field("embedding").type.list_size == 192
+    assert set(rows.column("model_sha256").to_pylist()) == {card["checkpoint_sha256"]}
+    sources = [r for r in rows.to_pylist() if r["level"] == "source"]
+    assert len(sources) == 2 and all(np.linalg.norm(r["embedding"]) == pytest.approx(1, abs=1e-5) for r in sources)
+    assert len([r for r in rows.to_pylist() if r["level"] == "segment"]) == 3  # 10 s + 2 s, and 3 s
