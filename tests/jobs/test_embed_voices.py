@@ -198,3 +198,22 @@ def test_an_imported_ecapa_model_embeds_too(ray_cluster, tmp_path):
     sources = [r for r in rows.to_pylist() if r["level"] == "source"]
     assert len(sources) == 2 and all(np.linalg.norm(r["embedding"]) == pytest.approx(1, abs=1e-5) for r in sources)
     assert len([r for r in rows.to_pylist() if r["level"] == "segment"]) == 3  # 10 s + 2 s, and 3 s
+
+
+def test_s3_archive_models_and_output(ray_cluster, models, s3):
+    """Decode workers and encoder actors reach the S3 server through the endpoint the driver resolved."""
+    from ops.registry import CARD, CHECKPOINT
+
+    s3_models = resolve(s3.uri("models"))
+    for name in (CARD, CHECKPOINT):
+        s3_models.join("ge2e-resemblyzer", name).put_atomic(models.join("ge2e-resemblyzer", name).read_bytes())
+    archive = resolve(s3.uri("archive"))
+    archive.join("a.flac").put_atomic(encode_audio(voice(3.0, 16000), 16000, "flac"))
+    archive.join("b.mp4").put_atomic(_silent_video(np.zeros((5, 32, 32, 3), np.uint8)))
+    assert manifest.main([archive.uri, "--output", s3.uri("out"), "--log-level", "WARNING"]) == 0
+    assert embed_voices.main([s3.uri("out"), "--output", s3.uri("out"), "--models", s3_models.uri]) == 0
+    out = resolve(s3.uri("out"))
+    sources = [r for r in read_table(out, "voices").to_pylist() if r["level"] == "source"]
+    errors = [e for e in read_table(out, "errors").to_pylist() if e["job"] == "embed_voices"]
+    assert [r["uri"] for r in sources] == [s3.uri("archive", "a.flac")] and sources[0]["status"] == "ok"
+    assert [(e["uri"], e["error_type"]) for e in errors] == [(s3.uri("archive", "b.mp4"), "NoAudioStream")]
