@@ -271,7 +271,8 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
             "nothing was committed, rerun the job"
         )
-    out.write("voices", _source_table(source_rows, pooled, provenance, dim), schema)
+    source_table = _source_table(source_rows, pooled, provenance, dim)
+    out.write("voices", source_table, schema)
     errors = (
         pa.Table.from_pylist(
             [
@@ -284,15 +285,16 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     )
     if errors is not None:
         out.write("errors", errors)
-    statuses = Counter(r["status"] for r in source_rows.values())
+    statuses = Counter(source_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),
-        "with_speech": statuses["ok"]
-        + sum(1 for r in source_rows.values() if r["status"] == "truncated" and r["uri"] in pooled),
+        # ok + no_speech + truncated + errors == sources; with_speech counts the sources that have an embedding
+        "ok": statuses["ok"],
         "no_speech": statuses["no_speech"],
         "truncated": statuses["truncated"],
         "errors": len(error_rows),
         "errors_by_type": dict(Counter(r["error_type"] for r in error_rows.values())),
+        "with_speech": sum(1 for uri in source_rows if uri in pooled),
         "segments": sum(acc[2] for acc in pooled.values()),
         "audio_hours": round(sum(r["duration"] for r in source_rows.values()) / 3600, 4),
         "speech_hours": round(sum(r["speech_seconds"] for r in source_rows.values()) / 3600, 4),

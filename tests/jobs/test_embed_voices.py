@@ -109,7 +109,9 @@ def test_every_source_ends_as_one_row(ray_cluster, models, tmp_path):
     (marker,) = [m for m in committed_runs(root) if m["job"] == "embed_voices"]
     summary = marker["summary"]
     assert summary["sources"] == len(expected)
-    assert summary["with_speech"] + summary["no_speech"] + summary["errors"] == len(expected) or summary["truncated"]
+    assert summary["ok"] + summary["no_speech"] + summary["truncated"] + summary["errors"] == len(expected)
+    assert summary["errors_by_type"] == {"EmptyAudio": 1, "DecodeError": 1, "NoAudioStream": 1}
+    assert summary["with_speech"] == sum(r["embedding"] is not None for r in sources)
 
     # a rerun replaces: same row count, one committed run of this job
     assert embed_voices.main([str(tmp_path / "out"), "--output", str(tmp_path / "out"), "--models", models.uri]) == 0
