@@ -17,6 +17,7 @@ demo: $(VENV)/.installed
 	$(PY) -m jobs.sample $(OUT)/archive
 	$(PY) -m jobs.manifest $(OUT)/archive --label-pattern '*/{label}/*' --output $(OUT)/results
 	$(PY) -m jobs.models pull ge2e-resemblyzer --models $(OUT)/models
+	$(PY) -m jobs.models pull silero-vad --models $(OUT)/models
 	$(PY) -m jobs.embed_voices $(OUT)/results --models $(OUT)/models --output $(OUT)/results
 	$(PY) -m jobs.show $(OUT)/results
 

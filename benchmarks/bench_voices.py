@@ -26,7 +26,7 @@ from jobs import embed_voices, manifest  # noqa: E402
 from jobs.runtime import ensure_ray  # noqa: E402
 from ops.audio import SpeechSegmenter, decode_mono  # noqa: E402
 from ops.registry import load, models_root, pull  # noqa: E402
-from ops.samples import _voice, encode_audio  # noqa: E402
+from ops.samples import encode_audio, speech  # noqa: E402
 from ops.speaker import SpeakerEmbedder, normalise  # noqa: E402
 from ops.storage import resolve  # noqa: E402
 from ops.tables import read_table  # noqa: E402
@@ -40,7 +40,9 @@ def synthetic(folder: Path, n: int = 40) -> list[Path]:
     for i in range(n):
         path = folder / f"speaker{i % 8}" / f"take{i}.flac"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(encode_audio(_voice(rng, 90.0 + 20 * (i % 8), 10.0, 16000), 16000, "flac"))
+        path.write_bytes(
+            encode_audio(speech(rng, 90.0 + 20 * (i % 8), 10.0, 16000, tract=0.9 + 0.05 * (i % 8)), 16000, "flac")
+        )
         paths.append(path)
     return paths
 

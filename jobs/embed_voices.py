@@ -11,6 +11,7 @@ a row per source (the pooled embedding, or status no_speech); a source that cann
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -21,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
-from ops.audio import AudioError, SpeechSegmenter, decode_mono
+from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
 from ops.registry import ModelError, load_folder, locate, models_root, read_card
 from ops.schemas import voices
+from ops.silero import SileroVAD
 from ops.speaker import normalise, speaker_embedder
 from ops.storage import ObjectInfo, Store, resolve
 from ops.tables import OutputRun, read_table
@@ -51,6 +53,14 @@ class EmbedVoicesConfig(JobConfig):
     min_segment_seconds: float = field(default=0.5, metadata={"help": "drop segments with less speech"})
     max_segment_seconds: float = field(default=10.0, metadata={"help": "seconds of speech per segment at most"})
     max_gap_seconds: float = field(default=1.0, metadata={"help": "a longer silence starts a new segment"})
+    vad: str = field(
+        default="silero",
+        metadata={
+            "help": "speech detector: silero (learned; rejects music and noise) or webrtc (fast; takes music "
+            "for speech)"
+        },
+    )
+    vad_model: str = field(default="silero-vad", metadata={"help": "the Silero VAD model: registry name or URI"})
     vad_mode: int = field(default=3, metadata={"help": "webrtcvad aggressiveness, 0 (lenient) to 3 (strict)"})
     max_source_seconds: float = field(
         default=12 * 3600.0, metadata={"help": "embed at most this much of one source (the rest is reported)"}
@@ -80,15 +90,28 @@ _STAGED = pa.schema(
 )
 
 
-def decode_segments(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
+@functools.lru_cache(maxsize=4)
+def speech_detector(kind: str, mode: int, model_folder: Store | None):
+    """The detector for a worker process, built once (the Silero model loads from the models root)."""
+    if kind == "webrtc":
+        return WebRTCDetector(mode)
+    model = SileroVAD()
+    model.load_state_dict(load_folder(model_folder).state, strict=True)
+    return SileroDetector(model)
+
+
+def decode_segments(
+    batch: pa.Table, endpoint_url: str | None, params: dict, vad_folder: Store | None = None
+) -> Iterator[pa.Table]:
     """Decode each source of the batch into speech segments, then one source row; or one error row."""
+    detector = speech_detector(params["vad"], params["vad_mode"], vad_folder)
     for uri, sha in zip(batch.column("uri").to_pylist(), batch.column("sha256").to_pylist(), strict=True):
         rows: list[dict] = []
         segmenter = SpeechSegmenter(
             params["min_segment_seconds"],
             params["max_segment_seconds"],
             params["max_gap_seconds"],
-            vad_mode=params["vad_mode"],
+            detector=detector,
         )
         status, message = "ok", None
         try:
@@ -177,6 +200,15 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     if card.get("modality") != "voice":
         raise JobFailed(f"{card['name']} is a {card.get('modality', 'non-voice')} model: pass a speaker encoder")
     load_folder(folder)  # verify the checkpoint here, once, before any work is scheduled
+    if config.vad not in ("silero", "webrtc"):
+        raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
+    vad_folder = None
+    if config.vad == "silero":
+        vad_folder = locate(config.vad_model, models_root(config.models))
+        try:
+            load_folder(vad_folder)
+        except ModelError as exc:
+            raise JobFailed(str(exc)) from None
     dim = int(card["output_dim"])
     schema = voices(dim)
     out = OutputRun(ctx.output, ctx.run_id, JOB)
@@ -219,11 +251,18 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     ]
     params = {
         k: getattr(config, k)
-        for k in ("min_segment_seconds", "max_segment_seconds", "max_gap_seconds", "vad_mode", "max_source_seconds")
+        for k in (
+            "min_segment_seconds",
+            "max_segment_seconds",
+            "max_gap_seconds",
+            "vad",
+            "vad_mode",
+            "max_source_seconds",
+        )
     }
     staged = ray.data.from_arrow(blocks).map_batches(
         decode_segments,
-        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
+        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},
         batch_format="pyarrow",
         batch_size=1,
     )
@@ -380,4 +419,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not __main__'s: Ray pickles functions by module name, and workers can
+    # import jobs.embed_voices but not this process's __main__.
+    from jobs.embed_voices import main as imported_main
+
+    sys.exit(imported_main())

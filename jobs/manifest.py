@@ -196,4 +196,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not __main__'s: Ray pickles functions by module name, and workers can
+    # import jobs.manifest but not this process's __main__.
+    from jobs.manifest import main as imported_main
+
+    sys.exit(imported_main())

@@ -183,8 +183,42 @@ def speech_windows(wav: np.ndarray, mode: int = 3) -> np.ndarray:
     padded = np.concatenate([np.zeros((w - 1) // 2), flags, np.zeros(w // 2)])
     sums = np.convolve(padded, np.ones(w), mode="valid")
     smoothed = np.round(sums / w).astype(bool)
-    # Bridge pauses of up to VAD_BRIDGE windows.
-    return np.convolve(smoothed, np.ones(VAD_BRIDGE + 1), mode="same") > 0
+    return bridge(smoothed, VAD_BRIDGE)
+
+
+def bridge(mask: np.ndarray, windows: int) -> np.ndarray:
+    """Widen speech by ``windows // 2`` on each side, which bridges pauses of up to ``windows`` windows."""
+    return np.convolve(mask, np.ones(windows + 1), mode="same") > 0 if len(mask) else mask
+
+
+class WebRTCDetector:
+    """webrtcvad (GMM-based, WebRTC's): fast, and what GE2E's front end used; it takes music for speech."""
+
+    window = VAD_WINDOW
+
+    def __init__(self, mode: int = 3) -> None:
+        self.mode = mode
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        return speech_windows(wav, self.mode)
+
+
+class SileroDetector:
+    """Silero VAD (a learned detector): speech where its probability reaches ``threshold``; silence, noise and
+    music-only stretches fall below. Short pauses are bridged as for webrtcvad."""
+
+    def __init__(self, model: torch.nn.Module, threshold: float = 0.5, bridge_windows: int = 6) -> None:
+        from ops.silero import WINDOW
+
+        self.model, self.threshold, self.bridge_windows, self.window = model.eval(), threshold, bridge_windows, WINDOW
+
+    def __call__(self, wav: np.ndarray) -> np.ndarray:
+        n = len(wav) // self.window
+        if n == 0:
+            return np.zeros(0, bool)
+        with torch.inference_mode():
+            probs = self.model(torch.from_numpy(np.ascontiguousarray(wav[: n * self.window]))).numpy()
+        return bridge(probs[:n] >= self.threshold, self.bridge_windows)
 
 
 @dataclass
@@ -219,13 +253,14 @@ class SpeechSegmenter:
         max_seconds: float = 10.0,
         max_gap_seconds: float = 1.0,
         block_seconds: float = 30.0,
-        vad_mode: int = 3,
+        detector=None,
     ) -> None:
         self.min_samples = int(min_seconds * TARGET_RATE)
         self.max_samples = int(max_seconds * TARGET_RATE)
         self.max_gap = int(max_gap_seconds * TARGET_RATE)
-        self.block = int(block_seconds * TARGET_RATE) // VAD_WINDOW * VAD_WINDOW
-        self.vad_mode = vad_mode
+        self.detector = detector or WebRTCDetector()
+        self.window = self.detector.window
+        self.block = int(block_seconds * TARGET_RATE) // self.window * self.window
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = 0  # absolute sample index of buffer[0]
         self.pieces: list[np.ndarray] = []  # speech of the open segment
@@ -261,12 +296,12 @@ class SpeechSegmenter:
 
     def _analyse(self, block: np.ndarray) -> list[Segment]:
         block = loudness_normalise(block)
-        mask = speech_windows(block, self.vad_mode)
+        mask = self.detector(block)
         out: list[Segment] = []
         edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
         for a, b in zip(edges[::2], edges[1::2], strict=True):
-            run = block[a * VAD_WINDOW : b * VAD_WINDOW]
-            at = self.buffer_start + a * VAD_WINDOW
+            run = block[a * self.window : b * self.window]
+            at = self.buffer_start + a * self.window
             if self.open_len and at - self.open_end > self.max_gap:  # a long silence ends the segment
                 out += self._close()
             while len(run):

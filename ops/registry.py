@@ -263,4 +263,5 @@ def _read_member(data: bytes, filename: str, member: str) -> bytes:
 
 def _load_builtin_specs() -> None:
     # Model modules register their specs on import; importing here keeps the registry complete wherever it is used.
+    import ops.silero  # noqa: F401  (Silero VAD)
     import ops.speaker  # noqa: F401  (GE2E, ECAPA-TDNN)

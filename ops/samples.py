@@ -11,6 +11,8 @@ from fractions import Fraction
 
 import av
 import numpy as np
+import torch
+import torchaudio
 
 from ops.storage import Store
 
@@ -29,6 +31,7 @@ SAMPLE_LAYOUT: dict[str, str | None] = {
     "voices/bob/greeting.mp3": "mp3",
     "voices/bob/reading.opus": "opus",
     "voices/carol/greeting.m4a": "m4a",
+    "music/concert.flac": "flac",  # no voice in it: a learned speech detector finds no speech
     "videos/interview.mp4": "mp4",
     "videos/interview.mov": "mov",
     "videos/street.webm": "webm",
@@ -52,11 +55,14 @@ def make_sample_archive(dest: Store, seed: int = 0) -> list[str]:
                 files[relpath] = encode_image(first if "-1." in relpath else second, kind)
             elif relpath.startswith(f"voices/{person}/"):
                 rate = 44100 if kind == "mp3" else 16000  # archives mix rates: the voice path must resample
-                files[relpath] = encode_audio(_voice(rng, pitch=110.0 + 60.0 * i, rate=rate), rate, kind)
-    video, audio = _scene(rng), _voice(rng, pitch=150.0, seconds=2.0, rate=44100)
+                files[relpath] = encode_audio(
+                    speech(rng, pitch=110.0 + 60.0 * i, rate=rate, tract=1.0 + 0.1 * i), rate, kind
+                )
+    video, audio = _scene(rng), speech(rng, pitch=150.0, seconds=2.0, rate=44100)
     for relpath, kind in SAMPLE_LAYOUT.items():
         if relpath.startswith("videos/"):
             files[relpath] = encode_video(video, audio, 44100, kind)
+    files["music/concert.flac"] = encode_audio(music(rng, 4.0), 16000, "flac")
     files["copies/portrait-copy.jpg"] = files["photos/alice/portrait-1.jpg"]
     files["misnamed/recording.mp3"] = files["photos/alice/portrait-2.png"]
     files["broken/empty.jpg"] = b""
@@ -162,14 +168,67 @@ def _portrait(rng: np.random.Generator, person: int, size: tuple[int, int] = (96
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _voice(rng: np.random.Generator, pitch: float, seconds: float = 1.5, rate: int = 16000) -> np.ndarray:
-    """A voiced, syllable-like sound: harmonics of a wavering pitch under a 4 Hz amplitude envelope."""
+# Vowel formants (F1, F2, F3 in Hz) of an adult voice: /a/, /i/, /u/, /e/, /o/, /ae/.
+_VOWELS = (
+    (730, 1090, 2440),
+    (270, 2290, 3010),
+    (300, 870, 2240),
+    (530, 1840, 2480),
+    (570, 840, 2410),
+    (660, 1720, 2410),
+)
+
+
+def speech(
+    rng: np.random.Generator, pitch: float, seconds: float = 1.5, rate: int = 16000, tract: float = 1.0
+) -> np.ndarray:
+    """Speech-like sound from a source-filter model: syllables of a fricative burst and a vowel (glottal pulses at
+    ``pitch`` Hz through three formant resonators scaled by ``tract``), with a falling intonation and pauses.
+    A learned speech detector takes it for speech; ``pitch`` and ``tract`` make different synthetic speakers."""
+    out, phase, total = [], 0.0, int(seconds * rate)
+    length = 0
+    while length < total:
+        burst = int(0.05 * rate)
+        fricative = rng.normal(0, 0.05, burst) * np.hanning(burst)
+        fricative[1:] -= 0.9 * fricative[:-1]  # a crude high-pass: hiss, not rumble
+        n = int(rng.uniform(0.14, 0.22) * rate)
+        t = np.arange(n) / rate
+        f0 = pitch * (1.1 - 0.2 * length / total) * (1 + 0.05 * np.sin(2 * np.pi * rng.uniform(3, 6) * t))
+        cycles = phase + np.cumsum(f0) / rate
+        phase = cycles[-1]
+        pulses = np.diff(np.floor(cycles), prepend=np.floor(cycles[0])).astype(np.float32)
+        voiced = torchaudio.functional.lfilter(
+            torch.from_numpy(pulses), torch.tensor([1.0, -0.97]), torch.tensor([1.0, 0.0]), clamp=False
+        )  # glottal roll-off
+        for formant, bandwidth in zip(_VOWELS[rng.integers(len(_VOWELS))], (80, 100, 120), strict=True):
+            r, theta = np.exp(-np.pi * bandwidth / rate), 2 * np.pi * formant * tract / rate
+            a = torch.tensor([1.0, -2 * r * np.cos(theta), r * r], dtype=torch.float32)
+            b = torch.tensor([1 - r, 0.0, 0.0], dtype=torch.float32)
+            voiced = torchaudio.functional.lfilter(voiced, a, b, clamp=False)
+        vowel = voiced.numpy() * np.hanning(n)
+        pieces = [fricative, 0.3 * vowel / (np.abs(vowel).max() + 1e-9)]
+        if rng.random() < 0.15:
+            pieces.append(np.zeros(int(rng.uniform(0.1, 0.3) * rate)))
+        out += pieces
+        length += sum(len(p) for p in pieces)
+    x = np.concatenate(out)[:total]
+    return (x + rng.normal(0, 0.002, len(x))).astype(np.float32)
+
+
+def music(rng: np.random.Generator, seconds: float = 4.0, rate: int = 16000) -> np.ndarray:
+    """Music without a voice: plucked notes of an arpeggio over a sustained chord, and hi-hat noise bursts."""
     t = np.arange(int(seconds * rate)) / rate
-    f0 = pitch * (1 + 0.03 * np.sin(2 * np.pi * 5 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = np.clip(np.sin(2 * np.pi * 4 * t), 0, None) ** 0.5
-    return (0.3 * wave * envelope + rng.normal(0, 0.005, t.size)).astype(np.float32)
+    x = 0.3 * sum(np.sin(2 * np.pi * f * t) for f in (110.0, 138.6, 164.8))
+    notes = 220 * 2 ** (np.array([0, 4, 7, 12, 7, 4]) / 12)
+    for i in range(int(seconds * 3)):
+        start, f0 = int(i * rate / 3), notes[i % len(notes)]
+        tt = t[: len(t) - start]
+        x[start:] += sum(np.sin(2 * np.pi * k * f0 * tt) / k**1.5 for k in range(1, 6)) * np.exp(-3 * tt)
+    for i in range(int(seconds * 4)):
+        start = int(i * rate / 4)
+        hit = rng.normal(0, 0.5, 800) * np.exp(-np.arange(800) / 150)
+        x[start : start + 800] += hit[: len(x) - start]
+    return (0.2 * x / np.abs(x).max()).astype(np.float32)
 
 
 def _scene(rng: np.random.Generator, frames: int = 20, size: tuple[int, int] = (96, 128)) -> np.ndarray:

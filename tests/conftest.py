@@ -160,10 +160,12 @@ def shared_data(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """A models root with the real GE2E weights pulled from PyPI (Resemblyzer 0.1.4), once per session."""
+    """A models root with real weights pulled from PyPI, once per session: GE2E (Resemblyzer 0.1.4) and Silero VAD
+    (silero-vad 6.2.3)."""
     from ops.registry import pull
     from ops.storage import resolve
 
     root = resolve(str(tmp_path_factory.mktemp("models")))
     pull("ge2e-resemblyzer", root)
+    pull("silero-vad", root)
     return root

@@ -8,7 +8,7 @@ import pytest
 
 from jobs import embed_voices, manifest
 from ops.metrics import equal_error_rate
-from ops.samples import _voice, encode_audio, encode_video
+from ops.samples import encode_audio, encode_video, music, speech
 from ops.speaker import GE2E
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
@@ -16,7 +16,7 @@ from tests.conftest import shared_data
 
 
 def voice(seconds, rate, seed=0, pitch=140.0):
-    return _voice(np.random.default_rng(seed), pitch, seconds, rate)
+    return speech(np.random.default_rng(seed), pitch, seconds, rate)
 
 
 def empty_wav() -> bytes:
@@ -51,6 +51,7 @@ def hard_archive(folder) -> dict[str, str]:
         "corrupt.wav": (b"RIFF\x24\x00\x00\x00WAVE" + bytes(range(256)) * 8, "DecodeError"),
         "truncated.flac": (flac[: len(flac) // 2], "truncated|ok"),
         "interview.mp4": (encode_video(frames, voice(2.0, 44100, seed=6), 44100, "mp4"), "ok"),
+        "concert.flac": (encode_audio(music(np.random.default_rng(7), 4.0), 16000, "flac"), "no_speech"),
     }
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
@@ -181,19 +182,20 @@ def test_speech_is_found_in_the_hamilton_clip(ray_cluster, models, tmp_path):
     )
 
 
-def test_an_imported_ecapa_model_embeds_too(ray_cluster, tmp_path):
+def test_an_imported_ecapa_model_embeds_too(ray_cluster, models, tmp_path):
     from ops.registry import import_checkpoint
     from tests.ops.test_ecapa import speechbrain_checkpoint
 
     _, data = speechbrain_checkpoint(channels=(256, 256, 256, 256, 768), dim=192)
     (tmp_path / "embedding_model.ckpt").write_bytes(data)
-    models = resolve(str(tmp_path / "models"))
-    card = import_checkpoint(str(tmp_path / "embedding_model.ckpt"), "ecapa-tdnn-speechbrain", "ecapa-test", models)
+    mine = resolve(str(tmp_path / "models"))
+    card = import_checkpoint(str(tmp_path / "embedding_model.ckpt"), "ecapa-tdnn-speechbrain", "ecapa-test", mine)
     archive = tmp_path / "archive"
     archive.mkdir()
     (archive / "a.flac").write_bytes(encode_audio(voice(12.0, 16000), 16000, "flac"))
     (archive / "b.wav").write_bytes(encode_audio(voice(3.0, 16000, seed=1), 16000, "wav"))
-    assert run_both(archive, tmp_path / "out", models, "--model", "ecapa-test") == 0
+    vad = models.join("silero-vad").uri  # a model named by URI, from another root
+    assert run_both(archive, tmp_path / "out", mine, "--model", "ecapa-test", "--vad-model", vad) == 0
     rows = read_table(resolve(str(tmp_path / "out")), "voices")
     assert rows.schema.field("embedding").type.list_size == 192
     assert set(rows.column("model_sha256").to_pylist()) == {card["checkpoint_sha256"]}
@@ -207,8 +209,9 @@ def test_s3_archive_models_and_output(ray_cluster, models, s3):
     from ops.registry import CARD, CHECKPOINT
 
     s3_models = resolve(s3.uri("models"))
-    for name in (CARD, CHECKPOINT):
-        s3_models.join("ge2e-resemblyzer", name).put_atomic(models.join("ge2e-resemblyzer", name).read_bytes())
+    for model in ("ge2e-resemblyzer", "silero-vad"):
+        for name in (CARD, CHECKPOINT):
+            s3_models.join(model, name).put_atomic(models.join(model, name).read_bytes())
     archive = resolve(s3.uri("archive"))
     archive.join("a.flac").put_atomic(encode_audio(voice(3.0, 16000), 16000, "flac"))
     archive.join("b.mp4").put_atomic(_silent_video(np.zeros((5, 32, 32, 3), np.uint8)))

@@ -20,11 +20,11 @@ from ops.audio import (
     loudness_normalise,
     speech_windows,
 )
-from ops.samples import _voice, encode_audio, encode_image, encode_video
+from ops.samples import encode_audio, encode_image, encode_video, music, speech
 
 
 def voice(seconds: float, rate: int = TARGET_RATE, pitch: float = 140.0, seed: int = 0) -> np.ndarray:
-    return _voice(np.random.default_rng(seed), pitch, seconds, rate)
+    return speech(np.random.default_rng(seed), pitch, seconds, rate)
 
 
 def silence(seconds: float, rate: int = TARGET_RATE) -> np.ndarray:
@@ -163,3 +163,51 @@ def test_memory_stays_bounded_over_a_long_stream():
         peak = max(peak, len(seg.buffer) + seg.open_len)
     assert peak <= 40 * TARGET_RATE  # a block and an open segment, never the recording
     assert seg.total_seconds == pytest.approx(600.0)
+
+
+@pytest.fixture(scope="module")
+def silero(models):
+    from ops.audio import SileroDetector
+    from ops.registry import load
+    from ops.silero import SileroVAD
+
+    model = SileroVAD()
+    model.load_state_dict(load("silero-vad", models).state, strict=True)
+    return SileroDetector(model)
+
+
+def test_silero_port_equals_the_package(models):
+    """The proof of the port: the same probabilities as silero-vad's own model, window by window."""
+    from silero_vad import load_silero_vad
+
+    from ops.registry import load
+    from ops.silero import SileroVAD
+
+    ours = SileroVAD()
+    ours.load_state_dict(load("silero-vad", models).state, strict=True)
+    theirs = load_silero_vad()
+    x = torch.from_numpy(np.concatenate([silence(0.5), voice(2.0), music(np.random.default_rng(3), 2.0)]))
+    with torch.no_grad():
+        a = ours.eval()(x)
+        theirs.reset_states()
+        b = theirs.audio_forward(x, TARGET_RATE)[0]
+    assert a.shape == b.shape and torch.abs(a - b).max() < 1e-4
+
+
+def test_silero_rejects_music_that_webrtc_takes_for_speech(silero):
+    from ops.audio import WebRTCDetector
+
+    tune = music(np.random.default_rng(5), 6.0)
+    assert silero(tune).mean() < 0.1
+    assert WebRTCDetector()(tune).mean() > 0.5  # why silero is the default
+    talk = np.concatenate([silence(1.0), voice(4.0, pitch=120.0), silence(1.0)])
+    mask = silero(talk)
+    speech_at = np.flatnonzero(mask) * 0.032
+    assert mask.mean() > 0.4 and 0.8 < speech_at.min() < 1.3 and 4.6 < speech_at.max() < 5.3
+
+
+def test_segmenter_with_silero(silero):
+    x = np.concatenate([voice(3.0, seed=1), music(np.random.default_rng(2), 5.0), voice(3.0, seed=3)])
+    segments, seg = _segments(x, detector=silero)
+    assert len(segments) == 2  # the music between two speakers separates them and is not embedded
+    assert segments[0].end < 4.0 and segments[1].start > 7.5  # the detector lags a few windows at onsets

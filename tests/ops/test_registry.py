@@ -16,7 +16,7 @@ def test_pulled_model_has_its_card_and_verified_weights(models):
     assert card["source"]["sha256"] == GE2E.source.sha256 and card["output_dim"] == 256
     assert card["metric"] == "cosine" and "default_threshold" in card and card["input"]["sample_rate"] == 16000
     assert set(model.state) == set(GE2EEncoder().state_dict())  # similarity scale/bias dropped, nothing else
-    assert [c["name"] for c in pulled(models)] == ["ge2e-resemblyzer"]
+    assert [c["name"] for c in pulled(models)] == ["ge2e-resemblyzer", "silero-vad"]
 
 
 def test_a_model_is_found_by_uri_too(models):
@@ -54,6 +54,6 @@ def test_unverified_source_is_refused(tmp_path):
 def test_missing_and_unknown_models_say_what_to_do(tmp_path):
     with pytest.raises(ModelError, match="python -m jobs.models pull ge2e-resemblyzer"):
         load("ge2e-resemblyzer", resolve(str(tmp_path)))
-    with pytest.raises(ModelError, match="unknown model 'nope'; registered: ge2e-resemblyzer"):
+    with pytest.raises(ModelError, match="unknown model 'nope'; registered: ge2e-resemblyzer, silero-vad"):
         spec_for("nope")
     assert "ge2e-resemblyzer" in registered()

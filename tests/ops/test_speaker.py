@@ -30,10 +30,10 @@ def test_partials_follow_resemblyzers_slicing(reference):
 
 
 def _waves(seconds=(1.2, 3.0, 7.5)) -> list[np.ndarray]:
-    from ops.samples import _voice
+    from ops.samples import speech
 
     rng = np.random.default_rng(0)
-    return [_voice(rng, 100.0 + 30 * i, s, TARGET_RATE) for i, s in enumerate(seconds)]
+    return [speech(rng, 100.0 + 30 * i, s, TARGET_RATE) for i, s in enumerate(seconds)]
 
 
 def test_port_equals_resemblyzer(embedder, reference):
