@@ -18,17 +18,18 @@ from ops.storage import StorageError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.models", description=__doc__.split("\n")[0])
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)  # --models after any verb
+    common.add_argument(
         "--models", help="models root: folder or s3:// prefix (default $CROSSMATCH_MODELS or out/models)"
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", help="registered models and what is pulled")
-    p = verbs.add_parser("pull", help="fetch, verify, convert and store a model")
+    verbs.add_parser("list", help="registered models and what is pulled", parents=[common])
+    p = verbs.add_parser("pull", help="fetch, verify, convert and store a model", parents=[common])
     p.add_argument("name")
     p.add_argument("--source", help="the distribution file, already downloaded (offline machines)")
-    s = verbs.add_parser("show", help="a pulled model's card, after verifying its checkpoint")
+    s = verbs.add_parser("show", help="a pulled model's card, after verifying its checkpoint", parents=[common])
     s.add_argument("name")
-    i = verbs.add_parser("import", help="store a checkpoint you hold, in a known layout, as a named model")
+    i = verbs.add_parser("import", help="store a checkpoint you hold as a named model", parents=[common])
     i.add_argument("checkpoint", help="the checkpoint file or object URI")
     i.add_argument("--architecture", required=True, help="its layout, e.g. ecapa-tdnn-speechbrain")
     i.add_argument("--name", required=True, help="the model's name in the registry root")
