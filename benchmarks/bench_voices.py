@@ -3,9 +3,10 @@
     python benchmarks/bench_voices.py [--folder ../shared/data/voices] [--rounds 3]
 
 Contenders, each over every file: Resemblyzer (``preprocess_wav`` then ``embed_utterance``, one file at a time, as
-its README does); our pipeline in one process (PyAV decode, torchaudio resampling, VAD, GE2E with the partials of
-all files batched), with where its time goes; and the ``jobs.embed_voices`` job on local Ray (every core; Ray's
-start-up excluded). Prints seconds of audio per wall second, ratios, and how close the embeddings are.
+its README does); our pipeline in one process (PyAV decode, torchaudio resampling, Silero VAD, GE2E with the
+partials of all files batched), with where its time goes; and the ``jobs.embed_voices`` job on local Ray
+(every core; Ray's start-up excluded). Prints seconds of audio per wall second, ratios, and how close the
+embeddings are.
 Without ``../shared`` it makes 40 ten-second files of synthetic voices.
 """
 
@@ -24,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import embed_voices, manifest  # noqa: E402
 from jobs.runtime import ensure_ray  # noqa: E402
-from ops.audio import SpeechSegmenter, decode_mono  # noqa: E402
+from ops.audio import SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono  # noqa: E402
 from ops.registry import load, models_root, pull  # noqa: E402
 from ops.samples import encode_audio, speech  # noqa: E402
+from ops.silero import SileroVAD
 from ops.speaker import SpeakerEmbedder, normalise  # noqa: E402
 from ops.storage import resolve  # noqa: E402
 from ops.tables import read_table  # noqa: E402
@@ -53,7 +55,7 @@ def resemblyzer(paths: list[Path], encoder) -> dict[str, np.ndarray]:
     return {str(p): encoder.embed_utterance(preprocess_wav(p)) for p in paths}
 
 
-def ours(paths: list[Path], embedder: SpeakerEmbedder, clock: dict[str, float]) -> dict[str, np.ndarray]:
+def ours(paths: list[Path], embedder: SpeakerEmbedder, detector, clock: dict[str, float]) -> dict[str, np.ndarray]:
     """Decode and segment every file, then embed all segments in one batched pass; pooled per file."""
     waves, owners = [], []
     for path in paths:
@@ -62,7 +64,7 @@ def ours(paths: list[Path], embedder: SpeakerEmbedder, clock: dict[str, float]) 
             _, chunks = decode_mono(f)
             audio = list(chunks)
         t1 = time.perf_counter()
-        segmenter = SpeechSegmenter()
+        segmenter = SpeechSegmenter(detector=detector)
         segments = [s for chunk in audio for s in segmenter.push(chunk)] + segmenter.finish()
         t2 = time.perf_counter()
         clock["decode + resample"] += t1 - t0
@@ -80,6 +82,9 @@ def ours(paths: list[Path], embedder: SpeakerEmbedder, clock: dict[str, float]) 
     return {k: normalise(v[0] / v[1]) for k, v in pooled.items()}
 
 
+VAD = ["--vad", "silero"]  # set from the command line in main()
+
+
 def job(out: Path, models: str, round_: int | str, *extra: str) -> dict[str, np.ndarray]:
     code = embed_voices.main(
         [
@@ -92,6 +97,7 @@ def job(out: Path, models: str, round_: int | str, *extra: str) -> dict[str, np.
             f"bench{round_}",
             "--log-level",
             "WARNING",
+            *VAD,
             *extra,
         ]
     )
@@ -115,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folder", type=Path, default=SHARED_VOICES if SHARED_VOICES.exists() else None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--vad", choices=["silero", "webrtc"], default="silero", help="our speech detector")
     args = parser.parse_args()
+    VAD[1] = args.vad
     from resemblyzer import VoiceEncoder
 
     with tempfile.TemporaryDirectory(prefix="bench-voices-") as tmp:
@@ -127,6 +135,10 @@ def main() -> None:
                 seconds += sum(len(c) for c in decode_mono(f)[1]) / 16000
         root = models_root(str(Path(tmp, "models")))
         pull("ge2e-resemblyzer", root)
+        pull("silero-vad", root)
+        vad = SileroVAD()
+        vad.load_state_dict(load("silero-vad", root).state, strict=True)
+        detector = SileroDetector(vad) if args.vad == "silero" else WebRTCDetector()
         embedder = SpeakerEmbedder.from_state(load("ge2e-resemblyzer", root).state, "cpu")
         encoder = VoiceEncoder("cpu", verbose=False)
         out = Path(tmp, "out")
@@ -134,7 +146,7 @@ def main() -> None:
         ensure_ray()
         # Warm-up: librosa/numba compile, Ray workers start, models load.
         resemblyzer(paths[:2], encoder)
-        ours(paths[:2], embedder, {"decode + resample": 0, "VAD + segments": 0, "encoder": 0})
+        ours(paths[:2], embedder, detector, {"decode + resample": 0, "VAD + segments": 0, "encoder": 0})
         job(out, root.uri, -1)
 
         # The job's fixed cost (reading the manifest, starting the actor pool, loading the model, committing) is
@@ -171,7 +183,7 @@ def main() -> None:
             theirs = resemblyzer(paths, encoder)
             times["Resemblyzer, 1 process"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            mine = ours(paths, embedder, clock)
+            mine = ours(paths, embedder, detector, clock)
             times["ours, 1 process"].append(time.perf_counter() - t)
             t = time.perf_counter()
             jobbed = job(out, root.uri, round_)
@@ -182,7 +194,7 @@ def main() -> None:
 
         cos = np.array([float(mine[k] @ theirs[k]) for k in theirs])
         cos_job = np.array([float(jobbed[k] @ theirs[k]) for k in theirs])
-        print(f"\n{len(paths)} files, {seconds:.0f} s of audio, {args.rounds} rounds (median)")
+        print(f"\n{len(paths)} files, {seconds:.0f} s of audio, {args.rounds} rounds (median), our VAD: {args.vad}")
         rates = {name: seconds / statistics.median(ts) for name, ts in times.items()}
         for name, rate in rates.items():
             runs = ", ".join(f"{t:.2f}s" for t in times[name])
