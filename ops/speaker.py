@@ -18,6 +18,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from ops.ecapa import ECAPAEmbedder, convert_speechbrain
 from ops.registry import Architecture, LoadedModel, ModelSpec, PackageSource, register, register_architecture
 
 SAMPLE_RATE = 16000
@@ -172,8 +173,6 @@ GE2E = register(
 
 def speaker_embedder(model: LoadedModel, device: str | torch.device | None = None):
     """The embedder for a pulled or imported speaker model: ``partial_sums(waves) -> (sums, counts)``."""
-    from ops.ecapa import ECAPAEmbedder
-
     architecture = model.card["architecture"]
     if architecture == GE2E.architecture:
         return SpeakerEmbedder.from_state(model.state, device)
@@ -182,14 +181,10 @@ def speaker_embedder(model: LoadedModel, device: str | torch.device | None = Non
     raise ValueError(f"{model.name} is a {architecture}, not a speaker encoder")
 
 
-def _convert_ge2e_checkpoint(data: bytes) -> dict[str, torch.Tensor]:
-    return _convert_resemblyzer(data)
-
-
 register_architecture(
     Architecture(
         name=GE2E.architecture,
-        convert=_convert_ge2e_checkpoint,  # a GE2E encoder trained with Resemblyzer's or Real-Time-Voice-Cloning's code
+        convert=_convert_resemblyzer,  # a GE2E encoder trained with Resemblyzer's or Real-Time-Voice-Cloning's code
         card=lambda state: dict(GE2E.card),
     )
 )
@@ -205,16 +200,10 @@ def _ecapa_card(state: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def _convert_ecapa(data: bytes) -> dict[str, torch.Tensor]:
-    from ops.ecapa import convert_speechbrain
-
-    return convert_speechbrain(data)
-
-
 ECAPA_SPEECHBRAIN = register_architecture(
     Architecture(
         name="ecapa-tdnn-speechbrain",
-        convert=_convert_ecapa,
+        convert=convert_speechbrain,
         card=_ecapa_card,
     )
 )
