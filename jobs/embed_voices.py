@@ -273,7 +273,9 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         num_gpus=gpus_per_actor,
         # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
         num_cpus=0.5 if gpus_per_actor else 1,
-        batch_size=config.batch_size,
+        # Fused with decoding (no GPUs), a batch size would bundle that many *sources* per task, leaving actors
+        # idle on a few large tasks; there each decoded block goes to the encoder as it comes.
+        batch_size=config.batch_size if gpus_per_actor else None,
         batch_format="pyarrow",
     )
     ctx.log.info("%d CPUs, %d encoder actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
