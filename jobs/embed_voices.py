@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
 from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
-from ops.registry import ModelError, load_folder, locate, models_root, read_card
+from ops.registry import ModelError, load_folder, locate, models_root
 from ops.schemas import voices
 from ops.silero import SileroVAD
 from ops.speaker import normalise, speaker_embedder
@@ -192,23 +192,12 @@ class VoiceEncoderActor:
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
-    folder = locate(config.model, models_root(config.models))
-    try:
-        card = read_card(folder)
-    except ModelError as exc:
-        raise JobFailed(str(exc)) from None
+    folder, card = _verified_model(config.model, config.models)
     if card.get("modality") != "voice":
         raise JobFailed(f"{card['name']} is a {card.get('modality', 'non-voice')} model: pass a speaker encoder")
-    load_folder(folder)  # verify the checkpoint here, once, before any work is scheduled
     if config.vad not in ("silero", "webrtc"):
         raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
-    vad_folder = None
-    if config.vad == "silero":
-        vad_folder = locate(config.vad_model, models_root(config.models))
-        try:
-            load_folder(vad_folder)
-        except ModelError as exc:
-            raise JobFailed(str(exc)) from None
+    vad_folder = _verified_model(config.vad_model, config.models)[0] if config.vad == "silero" else None
     dim = int(card["output_dim"])
     schema = voices(dim)
     out = OutputRun(ctx.output, ctx.run_id, JOB)
@@ -314,18 +303,14 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         )
     source_table = _source_table(source_rows, pooled, provenance, dim)
     out.write("voices", source_table, schema)
-    errors = (
-        pa.Table.from_pylist(
-            [
-                {**provenance, "job": JOB, **{k: r[k] for k in ("uri", "sha256", "stage", "error_type", "message")}}
-                for r in error_rows.values()
-            ]
+    if error_rows:
+        fields = ("uri", "sha256", "stage", "error_type", "message")
+        out.write(
+            "errors",
+            pa.Table.from_pylist(
+                [{**provenance, "job": JOB, **{k: r[k] for k in fields}} for r in error_rows.values()]
+            ),
         )
-        if error_rows
-        else None
-    )
-    if errors is not None:
-        out.write("errors", errors)
     statuses = Counter(source_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),
@@ -359,6 +344,15 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
     )
     return marker
+
+
+def _verified_model(ref: str, models: str | None) -> tuple[Store, dict]:
+    """The model's folder and card, its checkpoint verified here, once, before any work is scheduled."""
+    folder = locate(ref, models_root(models))
+    try:
+        return folder, load_folder(folder).card
+    except ModelError as exc:
+        raise JobFailed(str(exc)) from None
 
 
 def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:
