@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard, verified_model
 from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
-from ops.registry import ModelError, load_folder, locate, models_root
+from ops.registry import load_folder
 from ops.schemas import voices
 from ops.silero import SileroVAD
 from ops.speaker import normalise, speaker_embedder
@@ -192,12 +192,12 @@ class VoiceEncoderActor:
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
-    folder, card = _verified_model(config.model, config.models)
+    folder, card = verified_model(config.model, config.models)
     if card.get("modality") != "voice":
         raise JobFailed(f"{card['name']} is a {card.get('modality', 'non-voice')} model: pass a speaker encoder")
     if config.vad not in ("silero", "webrtc"):
         raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
-    vad_folder = _verified_model(config.vad_model, config.models)[0] if config.vad == "silero" else None
+    vad_folder = verified_model(config.vad_model, config.models)[0] if config.vad == "silero" else None
     dim = int(card["output_dim"])
     schema = voices(dim)
     out = OutputRun(ctx.output, ctx.run_id, JOB)
@@ -344,15 +344,6 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
     )
     return marker
-
-
-def _verified_model(ref: str, models: str | None) -> tuple[Store, dict]:
-    """The model's folder and card, its checkpoint verified here, once, before any work is scheduled."""
-    folder = locate(ref, models_root(models))
-    try:
-        return folder, load_folder(folder).card
-    except ModelError as exc:
-        raise JobFailed(str(exc)) from None
 
 
 def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:

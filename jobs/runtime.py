@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from ops.registry import ModelError, load_folder, locate, models_root
 from ops.storage import ObjectInfo, StorageError, Store, resolve
 from ops.tables import CommitError, check_run_id
 
@@ -204,3 +205,12 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._crossmatch = True
         log.addHandler(handler)
+
+
+def verified_model(ref: str, models: str | None) -> tuple[Store, dict]:
+    """A model's folder and card, its checkpoint verified here, once, before any work is scheduled."""
+    folder = locate(ref, models_root(models))
+    try:
+        return folder, load_folder(folder).card
+    except ModelError as exc:
+        raise JobFailed(str(exc)) from None

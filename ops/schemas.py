@@ -73,9 +73,54 @@ def voices(dim: int) -> pa.Schema:
     )
 
 
-TABLES: dict[str, pa.Schema] = {"manifest": MANIFEST, "errors": ERRORS}
+def faces(dim: int) -> pa.Schema:
+    """Face embeddings: a row per detected face (per frame, or per track with --per-track)."""
+    return _table(
+        "faces",
+        _f("run_id", pa.string()),
+        _f("uri", pa.string(), doc="the source image or video"),
+        _f("sha256", SHA256, doc="the source's content hash"),
+        _f("frame_index", pa.int32(), doc="frame number in the video stream; 0 for images"),
+        _f("timestamp", pa.float64(), nullable=True, doc="seconds into the video; null for images"),
+        _f("face_index", pa.int32(), doc="0, 1, ... within the frame, best detection first"),
+        _f("track_id", pa.int32(), nullable=True, doc="video: the face track the row belongs to"),
+        _f("track_frames", pa.int32(), nullable=True, doc="video: sampled frames in the track"),
+        _f("box", pa.list_(pa.float32(), 4), doc="x1, y1, x2, y2 in source pixels (upright image)"),
+        _f("landmarks", pa.list_(pa.float32(), 10), doc="x, y of eyes, nose tip, mouth corners (image-left first)"),
+        _f("score", pa.float32(), doc="detector probability (MTCNN O-Net)"),
+        _f("face_size", pa.float32(), doc="shorter side of the box, source pixels"),
+        _f("eye_distance", pa.float32(), doc="between the eye centres, source pixels"),
+        _f("sharpness", pa.float32(), doc="variance of the Laplacian of the aligned chip: low means blurred"),
+        _f("embedding", pa.list_(pa.float32(), dim), doc="the recogniser's output, as it gives it"),
+        _f("detector_name", pa.string()),
+        _f("detector_sha256", SHA256),
+        _f("model_name", pa.string()),
+        _f("model_sha256", SHA256, doc="sha256 of the recogniser's checkpoint"),
+    )
+
+
+FACE_SOURCES = _table(
+    "face_sources",
+    _f("run_id", pa.string()),
+    _f("uri", pa.string()),
+    _f("sha256", SHA256),
+    _f("media_category", pa.string(), doc="image or video"),
+    _f("width", pa.int32(), nullable=True, doc="upright pixels"),
+    _f("height", pa.int32(), nullable=True),
+    _f("frames", pa.int32(), doc="frames examined (1 for an image)"),
+    _f("faces", pa.int32(), doc="faces found over all frames"),
+    _f("face_rows", pa.int32(), doc="rows in faces/ (fewer than faces with --per-track)"),
+    _f("status", pa.string(), doc="ok, no_face, or truncated (decoding stopped early; see message)"),
+    _f("message", pa.string(), nullable=True),
+    _f("detector_name", pa.string()),
+    _f("detector_sha256", SHA256),
+    _f("model_name", pa.string()),
+    _f("model_sha256", SHA256),
+)
+
+TABLES: dict[str, pa.Schema] = {"manifest": MANIFEST, "errors": ERRORS, "face_sources": FACE_SOURCES}
 # Tables whose embedding width depends on the model: their schema is built for a dimension.
-SIZED_TABLES = {"voices": voices}
+SIZED_TABLES = {"voices": voices, "faces": faces}
 
 
 def schema_for(table: str, dim: int | None = None) -> pa.Schema | None:

@@ -1,0 +1,498 @@
+"""jobs.embed_faces: find the faces in every image and video of a manifest and embed each one.
+
+    python -m jobs.embed_faces [MANIFEST_ROOT] [--model dlib-resnet-v1] [--fps 1] [--per-track] [--output out/results]
+
+Sources are the committed manifest's image and video objects. A CPU stage decodes them (Pillow for images, with
+EXIF orientation; PyAV for video frames sampled at --fps); face actors pinned to GPUs detect (MTCNN), align and
+embed the faces of many frames together. ``faces/`` gets a row per face (per frame, or per track with
+--per-track), ``face_sources/`` a row per source (frames, faces, status ok / no_face / truncated), ``errors/`` a row
+per source that could not be decoded. Every source ends as exactly one face_sources row or one error row.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard, verified_model
+from ops.faces import FacePipeline
+from ops.images import DEFAULT_MAX_PIXELS, Frame, ImageDecodeError, decode_image, sample_video
+from ops.mtcnn import DetectorConfig
+from ops.registry import load_folder
+from ops.schemas import FACE_SOURCES, faces
+from ops.storage import ObjectInfo, Store, resolve
+from ops.tables import OutputRun, read_table
+
+JOB = "embed_faces"
+MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
+FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
+
+
+@dataclass
+class EmbedFacesConfig(JobConfig):
+    manifest: str = field(
+        default="out/results",
+        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
+    )
+    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+    model: str = field(
+        default="dlib-resnet-v1", metadata={"run_key": True, "help": "face recogniser: registry name or URI"}
+    )
+    detector: str = field(default="mtcnn", metadata={"run_key": True, "help": "face detector: registry name or URI"})
+    models: str | None = field(
+        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
+    )
+    min_face: float = field(default=20.0, metadata={"run_key": True, "help": "smallest face side searched, pixels"})
+    min_score: float = field(default=0.7, metadata={"run_key": True, "help": "detector threshold (O-Net stage)"})
+    fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second (0: all)"})
+    max_frames: int = field(default=36000, metadata={"help": "frames examined per video at most (the rest reported)"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images declaring more pixels"})
+    max_side: int = field(
+        default=4096,
+        metadata={"help": "shrink larger images to this side before detection (boxes stay in source pixels)"},
+    )
+    per_track: bool = field(
+        default=False, metadata={"run_key": True, "help": "video: one row per face track (its best face)"}
+    )
+    batch_size: int = field(default=16, metadata={"help": "frames per face-actor batch (GPU)"})
+    pool_size: int | None = field(default=None, metadata={"help": "face actors (default: one per GPU, or per CPU)"})
+    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
+
+
+_STAGED = pa.schema(
+    [
+        ("kind", pa.string()),  # frame, source or error
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("media_category", pa.string()),
+        ("frame_index", pa.int32()),
+        ("timestamp", pa.float64()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("scale", pa.float64()),
+        ("pixels", pa.binary()),
+        ("frames", pa.int32()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+_FACE_FIELDS = [
+    ("face_index", pa.int32()),
+    ("faces", pa.int32()),
+    ("box", pa.list_(pa.float32())),
+    ("landmarks", pa.list_(pa.float32())),
+    ("score", pa.float32()),
+    ("eye_distance", pa.float32()),
+    ("sharpness", pa.float32()),
+    ("embedding", pa.list_(pa.float32())),
+]
+# What the face actors hand on: the staged rows without pixels (frames carry their face count), plus face rows.
+_EMBEDDED = pa.schema([f for f in _STAGED if f.name != "pixels"] + [pa.field(n, t) for n, t in _FACE_FIELDS])
+
+
+def _frame_row(uri: str, sha: str, category: str, frame: Frame) -> dict:
+    h, w = frame.rgb.shape[:2]
+    return {
+        "kind": "frame",
+        "uri": uri,
+        "sha256": sha,
+        "media_category": category,
+        "frame_index": frame.index,
+        "timestamp": frame.timestamp,
+        "height": h,
+        "width": w,
+        "scale": frame.scale,
+        "pixels": frame.rgb.tobytes(),
+    }
+
+
+def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
+    """Each source of the batch as frame rows, then one source row; or one error row."""
+    for uri, sha, category in zip(
+        *(batch.column(c).to_pylist() for c in ("uri", "sha256", "media_category")), strict=True
+    ):
+        rows: list[dict] = []
+        try:
+            source = {"kind": "source", "uri": uri, "sha256": sha, "media_category": category, "status": "ok"}
+            if category == "image":
+                frame = decode_image(resolve(uri, endpoint_url).read_bytes(), params["max_pixels"], params["max_side"])
+                rows.append(_frame_row(uri, sha, category, frame))
+                h, w = frame.rgb.shape[:2]
+                source |= {"frames": 1, "height": round(h * frame.scale), "width": round(w * frame.scale)}
+            else:
+                count, size = 0, None
+                try:
+                    with resolve(uri, endpoint_url).open() as f:
+                        for frame in sample_video(
+                            f, params["fps"], params["max_frames"], params["max_pixels"], params["max_side"]
+                        ):
+                            rows.append(_frame_row(uri, sha, category, frame))
+                            count += 1
+                            size = (round(frame.rgb.shape[0] * frame.scale), round(frame.rgb.shape[1] * frame.scale))
+                            if len(rows) >= FRAMES_PER_YIELD:
+                                yield pa.Table.from_pylist(rows, schema=_STAGED)
+                                rows = []
+                except ImageDecodeError as exc:
+                    if count == 0:
+                        raise
+                    source |= {"status": "truncated", "message": f"{exc.error_type}: {exc}"}
+                if count == 0:
+                    raise ImageDecodeError("the video stream holds no decodable frame")
+                source |= {"frames": count, "height": size[0], "width": size[1]}
+            rows.append(source)
+        except Exception as exc:  # noqa: BLE001 - one source's failure is that source's error row
+            rows = [
+                {
+                    "kind": "error",
+                    "uri": uri,
+                    "sha256": sha,
+                    "media_category": category,
+                    "stage": "decode",
+                    "error_type": getattr(exc, "error_type", type(exc).__name__),
+                    "message": str(exc) or type(exc).__name__,
+                }
+            ]
+        yield pa.Table.from_pylist(rows, schema=_STAGED)
+
+
+@functools.lru_cache(maxsize=2)
+def _pipeline(detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> FacePipeline:
+    config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
+    return FacePipeline(load_folder(detector_folder), load_folder(model_folder), config)
+
+
+class FaceActor:
+    """Loads detector and recogniser once per actor; finds and embeds the faces of a batch of frames together."""
+
+    def __init__(self, detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> None:
+        self.pipeline = _pipeline(detector_folder, model_folder, min_face, min_score)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kinds = batch.column("kind").to_pylist()
+        frames = [i for i, k in enumerate(kinds) if k == "frame"]
+        pixels, heights, widths = batch.column("pixels"), batch.column("height"), batch.column("width")
+        images = [
+            np.frombuffer(pixels[i].as_py(), np.uint8).reshape(heights[i].as_py(), widths[i].as_py(), 3) for i in frames
+        ]
+        found = dict(zip(frames, self.pipeline(images), strict=True))
+        rows = []
+        for i, row in enumerate(batch.drop_columns(["pixels"]).to_pylist()):
+            if i not in found:
+                rows.append(row)
+                continue
+            ff, scale = found[i], row["scale"]
+            rows.append(row | {"faces": len(ff.scores)})
+            for k in range(len(ff.scores)):
+                rows.append(
+                    row
+                    | {
+                        "kind": "face",
+                        "face_index": k,
+                        "box": (ff.boxes[k] * scale).tolist(),
+                        "landmarks": (ff.landmarks[k] * scale).ravel().tolist(),
+                        "score": float(ff.scores[k]),
+                        "eye_distance": float(ff.eye_distance[k] * scale),
+                        "sharpness": float(ff.sharpness[k]),
+                        "embedding": ff.embeddings[k].tolist(),
+                    }
+                )
+        return pa.Table.from_pylist(rows, schema=_EMBEDDED)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area = lambda x: (x[:, 2:] - x[:, :2]).prod(axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def assign_tracks(rows: list[dict], max_gap: int = 2, min_iou: float = 0.3, min_cos: float = 0.7) -> list[int]:
+    """Track ids for one video's face rows: a face continues the track of the previous sampled frames (up to
+    ``max_gap`` samples back) whose last box overlaps it and whose last embedding agrees; greedy, best overlap first."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["frame_index"], rows[i]["face_index"]))
+    frames = sorted({rows[i]["frame_index"] for i in order})
+    sample_of = {f: n for n, f in enumerate(frames)}
+    ids = [-1] * len(rows)
+    tracks: list[dict] = []  # last box, last unit embedding, last sample
+    by_frame: dict[int, list[int]] = defaultdict(list)
+    for i in order:
+        by_frame[rows[i]["frame_index"]].append(i)
+    for f in frames:
+        now = sample_of[f]
+        members = by_frame[f]
+        live = [t for t, tr in enumerate(tracks) if now - tr["sample"] <= max_gap]
+        boxes = np.array([rows[i]["box"] for i in members], np.float64)
+        embs = np.array([rows[i]["embedding"] for i in members], np.float64)
+        embs /= np.maximum(np.linalg.norm(embs, axis=1, keepdims=True), 1e-12)
+        pairs = []
+        if live:
+            iou = _iou(boxes, np.array([tracks[t]["box"] for t in live]))
+            cos = embs @ np.array([tracks[t]["emb"] for t in live]).T
+            pairs = sorted(
+                (
+                    (iou[m, n], m, live[n])
+                    for m in range(len(members))
+                    for n in range(len(live))
+                    if iou[m, n] >= min_iou and cos[m, n] >= min_cos
+                ),
+                reverse=True,
+            )
+        taken_m, taken_t = set(), set()
+        for _, m, t in pairs:
+            if m not in taken_m and t not in taken_t:
+                taken_m.add(m)
+                taken_t.add(t)
+                ids[members[m]] = t
+        for m, i in enumerate(members):
+            if ids[i] < 0:
+                tracks.append({})
+                ids[i] = len(tracks) - 1
+            tracks[ids[i]] = {"box": boxes[m], "emb": embs[m], "sample": now}
+    return ids
+
+
+def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
+    manifest_root = resolve(config.manifest)
+    detector_folder, detector_card = verified_model(config.detector, config.models)
+    model_folder, card = verified_model(config.model, config.models)
+    if detector_card.get("task") != "face-detection":
+        raise JobFailed(f"{detector_card['name']} is not a face detector: pass --detector mtcnn")
+    if card.get("task") != "face-embedding":
+        raise JobFailed(f"{card['name']} is not a face recogniser: pass a face-embedding model such as dlib-resnet-v1")
+    if config.fps < 0 or config.max_frames < 1 or config.min_face < 12:
+        raise JobFailed("--fps must be >= 0, --max-frames >= 1 and --min-face >= 12 (MTCNN's smallest window)")
+    dim = int(card["output_dim"])
+    schema = faces(dim)
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+
+    manifest = read_table(manifest_root, "manifest", run_id=config.manifest_run_id)
+    if manifest.num_rows == 0:
+        raise JobFailed(f"no committed manifest under {manifest_root.uri}: run `python -m jobs.manifest` first")
+    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(["image", "video"]))).sort_by("uri")
+    uris = sources.column("uri").to_pylist()
+    if len(set(uris)) != len(uris):
+        raise JobFailed(f"the manifest under {manifest_root.uri} lists a uri twice: pass --manifest-run-id")
+    ctx.log.info(
+        "%d image and video sources of %d manifest rows; detector %s, recogniser %s (%s)",
+        len(uris),
+        manifest.num_rows,
+        detector_card["name"],
+        card["name"],
+        card["checkpoint_sha256"][:12],
+    )
+    provenance = {
+        "run_id": ctx.run_id,
+        "detector_name": detector_card["name"],
+        "detector_sha256": detector_card["checkpoint_sha256"],
+        "model_name": card["name"],
+        "model_sha256": card["checkpoint_sha256"],
+    }
+    out.write("faces", schema.empty_table(), schema)
+    out.write("face_sources", FACE_SOURCES.empty_table(), FACE_SOURCES)
+    if not uris:
+        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+
+    ensure_ray()
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    # As in embed_voices: one actor per GPU beside CPU decode tasks; without GPUs one per core, fused with decoding.
+    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else cpus)
+    info = {
+        u: (s, c)
+        for u, s, c in zip(uris, *(sources.column(k).to_pylist() for k in ("sha256", "media_category")), strict=True)
+    }
+    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
+    blocks = [
+        pa.table(
+            {
+                "uri": [o.uri for o in s],
+                "sha256": [info[o.uri][0] for o in s],
+                "media_category": [info[o.uri][1] for o in s],
+            }
+        )
+        for s in shard(objects, cpus, MIN_SHARD_BYTES)
+    ]
+    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side")}
+    staged = ray.data.from_arrow(blocks).map_batches(
+        decode_frames,
+        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
+        batch_format="pyarrow",
+        batch_size=1,
+    )
+    embedded = staged.map_batches(
+        FaceActor,
+        fn_constructor_kwargs={
+            "detector_folder": detector_folder,
+            "model_folder": model_folder,
+            "min_face": config.min_face,
+            "min_score": config.min_score,
+        },
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_gpus=gpus_per_actor,
+        num_cpus=0.5 if gpus_per_actor else 1,  # beside a GPU, leave the cores to decoding
+        batch_size=config.batch_size if gpus_per_actor else None,  # fused with decoding: each decoded block as it comes
+        batch_format="pyarrow",
+    )
+    ctx.log.info("%d CPUs, %d face actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
+
+    source_rows, error_rows, frame_faces = {}, {}, Counter()
+    video_faces: dict[str, list[dict]] = defaultdict(list)  # held for tracking; a video's rows are small
+    written = Counter()
+    progress = Progress("sources", len(uris))
+    for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
+        kinds = np.asarray(batch.column("kind").to_pylist())
+        face_rows = batch.filter(pa.array(kinds == "face"))
+        if face_rows.num_rows:
+            images = face_rows.filter(pc.equal(face_rows.column("media_category"), "image"))
+            if images.num_rows:
+                out.write("faces", _face_table(images.to_pylist(), provenance, dim), schema)
+                written.update(images.column("uri").to_pylist())
+            for row in face_rows.filter(pc.equal(face_rows.column("media_category"), "video")).to_pylist():
+                video_faces[row["uri"]].append(row)
+        for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces"]).to_pylist():
+            frame_faces[row["uri"]] += row["faces"]
+        for row in batch.filter(pa.array((kinds == "source") | (kinds == "error"))).to_pylist():
+            if row["uri"] in source_rows or row["uri"] in error_rows:
+                raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
+            (source_rows if row["kind"] == "source" else error_rows)[row["uri"]] = row
+            progress.update(1)
+
+    missing = set(uris) - set(source_rows) - set(error_rows)
+    if missing:
+        raise JobFailed(
+            f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
+            "nothing was committed, rerun the job"
+        )
+    for uri, rows in sorted(video_faces.items()):
+        ids = assign_tracks(rows)
+        lengths = Counter(ids)
+        for row, track in zip(rows, ids, strict=True):
+            row["track_id"], row["track_frames"] = track, lengths[track]
+        if config.per_track:
+            best: dict[int, dict] = {}
+            for row in rows:  # the clearest face of each track: detector confidence times resolution
+                key = row["score"] * row["eye_distance"]
+                if (
+                    row["track_id"] not in best
+                    or key > best[row["track_id"]]["score"] * best[row["track_id"]]["eye_distance"]
+                ):
+                    best[row["track_id"]] = row
+            rows = [best[t] for t in sorted(best)]
+        out.write("faces", _face_table(rows, provenance, dim), schema)
+        written[uri] += len(rows)
+    sources_table = _sources_table(source_rows, frame_faces, written, provenance)
+    out.write("face_sources", sources_table, FACE_SOURCES)
+    if error_rows:
+        fields = ("uri", "sha256", "stage", "error_type", "message")
+        out.write(
+            "errors",
+            pa.Table.from_pylist(
+                [{"run_id": ctx.run_id, "job": JOB, **{k: r[k] for k in fields}} for r in error_rows.values()]
+            ),
+        )
+    statuses = Counter(sources_table.column("status").to_pylist())
+    summary = {
+        "sources": len(uris),
+        # ok + no_face + truncated + errors == sources
+        "ok": statuses["ok"],
+        "no_face": statuses["no_face"],
+        "truncated": statuses["truncated"],
+        "errors": len(error_rows),
+        "errors_by_type": dict(Counter(r["error_type"] for r in error_rows.values())),
+        "frames": int(sum(r["frames"] for r in source_rows.values())),
+        "faces": int(sum(frame_faces.values())),
+        "face_rows": int(sum(written.values())),
+        "detector": detector_card["name"],
+        "model": card["name"],
+        "model_sha256": card["checkpoint_sha256"],
+    }
+    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
+    ctx.log.info(
+        "%d sources: %d with faces, %d without, %d truncated, %d errors %s; %d frames, %d faces, %d rows",
+        len(uris),
+        summary["ok"],
+        summary["no_face"],
+        summary["truncated"],
+        summary["errors"],
+        summary["errors_by_type"] or "",
+        summary["frames"],
+        summary["faces"],
+        summary["face_rows"],
+    )
+    ctx.log.info(
+        "committed run %s: %s (tables faces/, face_sources/, errors/)",
+        ctx.run_id,
+        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
+    )
+    return marker
+
+
+def _face_table(rows: list[dict], provenance: dict, dim: int) -> pa.Table:
+    table = [
+        {
+            **provenance,
+            "uri": r["uri"],
+            "sha256": r["sha256"],
+            "frame_index": r["frame_index"],
+            "timestamp": r["timestamp"],
+            "face_index": r["face_index"],
+            "track_id": r.get("track_id"),
+            "track_frames": r.get("track_frames"),
+            "box": r["box"],
+            "landmarks": r["landmarks"],
+            "score": r["score"],
+            "face_size": float(min(r["box"][2] - r["box"][0], r["box"][3] - r["box"][1])),
+            "eye_distance": r["eye_distance"],
+            "sharpness": r["sharpness"],
+            "embedding": r["embedding"],
+        }
+        for r in rows
+    ]
+    return pa.Table.from_pylist(table, schema=faces(dim))
+
+
+def _sources_table(source_rows: dict, frame_faces: Counter, written: Counter, provenance: dict) -> pa.Table:
+    rows = []
+    for uri, r in sorted(source_rows.items()):
+        found = frame_faces[uri]
+        status = r["status"] if r["status"] != "ok" or found else "no_face"
+        rows.append(
+            {
+                **provenance,
+                "uri": uri,
+                "sha256": r["sha256"],
+                "media_category": r["media_category"],
+                "width": r["width"],
+                "height": r["height"],
+                "frames": r["frames"],
+                "faces": found,
+                "face_rows": written[uri],
+                "status": status,
+                "message": r["message"],
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=FACE_SOURCES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, EmbedFacesConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not __main__'s: Ray pickles functions by module name.
+    from jobs.embed_faces import main as imported_main
+
+    sys.exit(imported_main())
