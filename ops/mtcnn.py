@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,24 @@ from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
 from ops.registry import ModelSpec, PackageSource, register
+
+
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    """Face logit minus background logit: the face probability is its sigmoid. Ranked by this, strong candidates
+    do not tie (the float32 probability of many is exactly 1.0, and NMS would then keep whichever sorts first)."""
+    return logits[:, 1] - logits[:, 0]
+
+
+def _nms(boxes: torch.Tensor, margins: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
+    # Exact ties left (flat image regions) are broken by candidate order, which is the same for an image alone
+    # or anywhere in a batch: detection does not depend on the batch.
+    rank = torch.arange(len(margins), device=margins.device, dtype=torch.float64)
+    order = torch.zeros_like(rank)
+    for i in idxs.unique():
+        sel = idxs == i
+        order[sel] = rank[: int(sel.sum())]
+    keys = margins.double() - order * 1e-9
+    return batched_nms(boxes.double(), keys, idxs, threshold)
 
 
 class PNet(nn.Module):
@@ -35,7 +54,7 @@ class PNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return F.softmax(self.conv4_1(x), dim=1)[:, 1], self.conv4_2(x)
+        return _margin(self.conv4_1(x)), self.conv4_2(x)
 
 
 class RNet(nn.Module):
@@ -52,7 +71,7 @@ class RNet(nn.Module):
         x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
         x = self.prelu3(self.conv3(x))
         x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))  # Caffe's (w, h, c) flattening order
-        return F.softmax(self.dense5_1(x), dim=1)[:, 1], self.dense5_2(x)
+        return _margin(self.dense5_1(x)), self.dense5_2(x)
 
 
 class ONet(nn.Module):
@@ -71,7 +90,7 @@ class ONet(nn.Module):
         x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
-        return F.softmax(self.dense6_1(x), dim=1)[:, 1], self.dense6_2(x), self.dense6_3(x)
+        return _margin(self.dense6_1(x)), self.dense6_2(x), self.dense6_3(x)
 
 
 @dataclass
@@ -97,6 +116,11 @@ class DetectorConfig:
     nms: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)  # per scale, across scales, R-Net, O-Net (min)
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log(p / (1 - p))
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
@@ -114,7 +138,7 @@ def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
     """NMS by intersection over the smaller box (the final MTCNN step): drops boxes nested in a better one."""
-    order = scores.argsort(descending=True)
+    order = scores.argsort(descending=True, stable=True)
     boxes, idxs = boxes[order], idxs[order]
     lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
     rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
@@ -160,35 +184,35 @@ class MTCNN(nn.Module):
         found = []
         for scale in self._scales(height, width, config):
             size = (int(height * scale + 1), int(width * scale + 1))
-            prob, reg = self.pnet(_normalise(F.interpolate(images, size=size, mode="area")))
-            b, y, x = torch.nonzero(prob >= t1, as_tuple=True)
+            margin, reg = self.pnet(_normalise(F.interpolate(images, size=size, mode="area")))
+            b, y, x = torch.nonzero(margin >= _logit(t1), as_tuple=True)
             if len(b) == 0:
                 continue
             cells = torch.stack([x, y, x, y], dim=1).to(images.dtype) * 2 + torch.tensor([0, 0, 12, 12], device=device)
-            boxes, scores = cells / scale, prob[b, y, x]
+            boxes, scores = cells / scale, margin[b, y, x]
             offsets = reg[b, :, y, x]
-            keep = batched_nms(boxes, scores, b, config.nms[0])
+            keep = _nms(boxes, scores, b, config.nms[0])
             found.append((boxes[keep], scores[keep], offsets[keep], b[keep]))
         if not found:
             return [self._empty(device) for _ in range(n)]
         boxes, scores, offsets, idx = (torch.cat(parts) for parts in zip(*found, strict=True))
-        keep = batched_nms(boxes, scores, idx, config.nms[1])
+        keep = _nms(boxes, scores, idx, config.nms[1])
         boxes, idx = _square(_regress(boxes[keep], offsets[keep])), idx[keep]
         # Stage 2: R-Net on 24x24 crops.
-        prob, reg = self.rnet(self._crops(images, boxes, idx, 24))
-        keep = prob >= t2
-        boxes, scores, reg, idx = boxes[keep], prob[keep], reg[keep], idx[keep]
-        keep = batched_nms(boxes, scores, idx, config.nms[2])
+        margin, reg = self.rnet(self._crops(images, boxes, idx, 24))
+        keep = margin >= _logit(t2)
+        boxes, scores, reg, idx = boxes[keep], margin[keep], reg[keep], idx[keep]
+        keep = _nms(boxes, scores, idx, config.nms[2])
         boxes, idx = _square(_regress(boxes[keep], reg[keep])), idx[keep]
         # Stage 3: O-Net on 48x48 crops: final score, box and five landmarks.
-        prob, reg, marks = self.onet(self._crops(images, boxes, idx, 48))
-        keep = prob >= t3
-        boxes, scores, reg, marks, idx = boxes[keep], prob[keep], reg[keep], marks[keep], idx[keep]
+        margin, reg, marks = self.onet(self._crops(images, boxes, idx, 48))
+        keep = margin >= _logit(t3)
+        boxes, scores, reg, marks, idx = boxes[keep], margin[keep], reg[keep], marks[keep], idx[keep]
         size = boxes[:, 2:] - boxes[:, :2]
         landmarks = torch.stack([marks[:, :5], marks[:, 5:]], dim=2) * size[:, None, :] + boxes[:, None, :2]
         boxes = _regress(boxes, reg)
         keep = _nms_min(boxes, scores, idx, config.nms[3])
-        boxes, scores, landmarks, idx = boxes[keep], scores[keep], landmarks[keep], idx[keep]
+        boxes, scores, landmarks, idx = boxes[keep], torch.sigmoid(scores[keep]), landmarks[keep], idx[keep]
         return [Faces(boxes[idx == i], scores[idx == i], landmarks[idx == i]) for i in range(n)]
 
     @staticmethod

@@ -169,3 +169,31 @@ def models(tmp_path_factory):
     pull("ge2e-resemblyzer", root)
     pull("silero-vad", root)
     return root
+
+
+@pytest.fixture(scope="session")
+def face_models(tmp_path_factory):
+    """A models root with the face models pulled from PyPI, once per session: MTCNN (facenet-pytorch 2.6.0) and
+    dlib's ResNet (face_recognition_models 0.3.0)."""
+    from ops.registry import pull
+    from ops.storage import resolve
+
+    root = resolve(str(tmp_path_factory.mktemp("face-models")))
+    pull("mtcnn", root)
+    pull("dlib-resnet-v1", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dlib_files(tmp_path_factory):
+    """dlib's own model files from the same verified package, for the dlib-bin reference: recogniser, 5 points."""
+    from ops.registry import source_members
+
+    folder = tmp_path_factory.mktemp("dlib")
+    names = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
+    members = source_members("dlib-resnet-v1", tuple(f"face_recognition_models/models/{n}" for n in names))
+    paths = {}
+    for member, data in members.items():
+        paths[member.rsplit("/", 1)[-1].split("_")[0]] = path = folder / member.rsplit("/", 1)[-1]
+        path.write_bytes(data)
+    return paths  # {"dlib": recogniser, "shape": 5-point predictor}

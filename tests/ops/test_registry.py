@@ -54,6 +54,8 @@ def test_unverified_source_is_refused(tmp_path):
 def test_missing_and_unknown_models_say_what_to_do(tmp_path):
     with pytest.raises(ModelError, match="python -m jobs.models pull ge2e-resemblyzer"):
         load("ge2e-resemblyzer", resolve(str(tmp_path)))
-    with pytest.raises(ModelError, match="unknown model 'nope'; registered: dlib-resnet-v1, ge2e-resemblyzer, mtcnn, silero-vad"):
+    with pytest.raises(
+        ModelError, match="unknown model 'nope'; registered: dlib-resnet-v1, ge2e-resemblyzer, mtcnn, silero-vad"
+    ):
         spec_for("nope")
     assert "ge2e-resemblyzer" in registered()
