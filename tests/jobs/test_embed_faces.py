@@ -2,11 +2,10 @@ import io
 from collections import Counter
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from jobs import embed_faces, manifest
-from ops.samples import _portrait, encode_audio, encode_image, encode_video, speech
+from ops.samples import _portrait, encode_image, encode_video, speech
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
 from tests.conftest import shared_data
@@ -55,7 +54,7 @@ def hard_archive(folder) -> dict[str, str]:
         "grey.png": (_png(face.convert("L")), "ok"),
         "cmyk.jpg": (_jpeg(face.convert("CMYK")), "ok"),
         "alpha.png": (_png(face.convert("RGBA")), "ok"),
-        "deep-16bit.png": (_png(Image.fromarray((np.asarray(face.convert("L")).astype(np.uint16) * 257))), "ok"),
+        "deep-16bit.png": (_png(Image.fromarray(np.asarray(face.convert("L")).astype(np.uint16) * 257)), "ok"),
         "animated.gif": (encode_image(np.asarray(face), "gif"), "ok"),
         "crowd.jpg": (encode_image(crowd, "jpeg"), "ok"),
         "no-face.png": (encode_image(scene, "png"), "no_face"),
