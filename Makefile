@@ -19,6 +19,9 @@ demo: $(VENV)/.installed
 	$(PY) -m jobs.models pull ge2e-resemblyzer --models $(OUT)/models
 	$(PY) -m jobs.models pull silero-vad --models $(OUT)/models
 	$(PY) -m jobs.embed_voices $(OUT)/results --models $(OUT)/models --output $(OUT)/results
+	$(PY) -m jobs.models pull mtcnn --models $(OUT)/models
+	$(PY) -m jobs.models pull dlib-resnet-v1 --models $(OUT)/models
+	$(PY) -m jobs.embed_faces $(OUT)/results --models $(OUT)/models --output $(OUT)/results
 	$(PY) -m jobs.show $(OUT)/results
 
 test: $(VENV)/.installed
@@ -27,6 +30,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_manifest.py
 	$(PY) benchmarks/bench_voices.py
+	$(PY) benchmarks/bench_faces.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks

