@@ -140,6 +140,7 @@ DLIB_RESNET = register(
         convert=convert_dlib_resnet,
         checkpoint_sha256="f7d1eee02d767b9b5dcd259fb0f72170287c3aba849ccec4e7cd5e1f87224d44",
         card={
+            "modality": "face",
             "task": "face-embedding",
             "input": "150x150 RGB face chip aligned as dlib's get_face_chip(size=150, padding=0.25)",
             "normalisation": "(pixel - (122.782, 117.001, 104.298)) / 256",

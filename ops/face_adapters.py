@@ -198,6 +198,7 @@ def _iresnet(depth: int) -> Architecture:
             name=f"arcface-iresnet{depth}",
             convert=lambda data: _strict(ArcFaceIResNet(depth), _read(data)),
             card=lambda state: {
+                "modality": "face",
                 "task": "face-embedding",
                 "input": "112x112 RGB face chip, insightface arcface template",
                 "normalisation": "(pixel / 255 - 0.5) / 0.5",
@@ -222,6 +223,7 @@ FACENET = register_architecture(
         name="facenet-inception-resnet-v1",
         convert=_facenet,
         card=lambda state: {
+            "modality": "face",
             "task": "face-embedding",
             "input": "160x160 RGB face chip, arcface template scaled to 160",
             "normalisation": "(pixel - 127.5) / 128",

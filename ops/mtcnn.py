@@ -248,6 +248,7 @@ MTCNN_SPEC = register(
         convert=convert_mtcnn,
         checkpoint_sha256="154e70c87dd9196b4426f436afb8c9812d501ea5fbbe1131fdc94625f0d0cd0a",
         card={
+            "modality": "face",
             "task": "face-detection",
             "input": "RGB image, any size; pyramid from min_face 20 px, factor 0.709",
             "normalisation": "(pixel - 127.5) / 128",
