@@ -118,7 +118,54 @@ FACE_SOURCES = _table(
     _f("model_sha256", SHA256),
 )
 
-TABLES: dict[str, pa.Schema] = {"manifest": MANIFEST, "errors": ERRORS, "face_sources": FACE_SOURCES}
+MATCHES = _table(
+    "matches",
+    _f("run_id", pa.string()),
+    _f("mode", pa.string(), doc="search, verify or identify"),
+    _f("query_uri", pa.string()),
+    _f("query_sha256", SHA256),
+    _f("query_item", pa.string(), doc="the query: a source uri, or uri#frame=F&face=I, or uri#segment=S"),
+    _f("gallery_uri", pa.string(), nullable=True, doc="the matched item's source; null for identify"),
+    _f("gallery_sha256", SHA256, nullable=True),
+    _f("gallery_item", pa.string(), nullable=True),
+    _f("identity", pa.string(), nullable=True, doc="identify: the enrolled identity"),
+    _f("rank", pa.int32(), doc="1 = best; verify rows are rank 1"),
+    _f("score", pa.float32(), doc="cosine similarity of the L2-normalised embeddings, exact"),
+    _f("threshold", pa.float32(), nullable=True, doc="the decision threshold, when one applies"),
+    _f("threshold_source", pa.string(), nullable=True, doc="--threshold, a calibration record's uri, or the model card"),
+    _f("decision", pa.string(), nullable=True, doc="verify: accept/reject; identify (rank 1): the identity or unknown"),
+    _f("model_name", pa.string()),
+    _f("model_sha256", SHA256),
+)
+
+CALIBRATIONS = _table(
+    "calibrations",
+    _f("run_id", pa.string()),
+    _f("model_name", pa.string()),
+    _f("model_sha256", SHA256),
+    _f("table", pa.string(), doc="faces or voices"),
+    _f("sources", pa.int64(), doc="labelled sources scored"),
+    _f("labels", pa.int64()),
+    _f("same_pairs", pa.int64()),
+    _f("different_pairs", pa.int64()),
+    _f("auc", pa.float64()),
+    _f("eer", pa.float64()),
+    _f("tar_at_far_0.01", pa.float64()),
+    _f("tar_at_far_0.001", pa.float64()),
+    _f("tar_at_far_0.0001", pa.float64()),
+    _f("target_far", pa.float64()),
+    _f("threshold", pa.float64(), doc="cosine threshold: accept score >= threshold"),
+    _f("impostor_pairs_above_threshold", pa.int64(), doc="what the target FAR rests on"),
+    _f("record_uri", pa.string(), doc="the JSON record beside the ROC, DET and score PNGs"),
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "calibrations": CALIBRATIONS,
+    "manifest": MANIFEST,
+    "errors": ERRORS,
+    "face_sources": FACE_SOURCES,
+    "matches": MATCHES,
+}
 # Tables whose embedding width depends on the model: their schema is built for a dimension.
 SIZED_TABLES = {"voices": voices, "faces": faces}
 

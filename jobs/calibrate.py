@@ -1,0 +1,151 @@
+"""jobs.calibrate: from labelled embeddings, the threshold for a target false accept rate and the curves behind it.
+
+    python -m jobs.calibrate [ROOT] [--table faces|voices] [--labels labels.csv] [--target-far 1e-3]
+
+Every pair of labelled sources (each source's embedding: its pooled voice, or its clearest face) is scored; pairs
+of one label are genuine, others impostor. Writes a calibration record (ROC AUC, EER, TAR at FAR 1e-2/1e-3/1e-4,
+the threshold for --target-far, pair counts, model provenance) as ``calibration/<run_id>/record.json`` beside ROC,
+DET and score-histogram PNGs, and one ``calibrations/`` row; ``jobs.match verify|identify --calibration
+<record.json>`` then decides at that threshold instead of the model card's.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.match import _labels, _read_set
+from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
+from ops import metrics
+from ops.schemas import CALIBRATIONS
+from ops.tables import OutputRun
+
+JOB = "calibrate"
+FARS = (1e-2, 1e-3, 1e-4)
+
+
+@dataclass
+class CalibrateConfig(JobConfig):
+    embeddings: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the embeddings"}
+    )
+    table: str = field(default="faces", metadata={"run_key": True, "help": "embedding table: faces or voices"})
+    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of the table"})
+    labels: str | None = field(
+        default=None, metadata={"run_key": True, "help": "CSV uri,label (default: the manifest's labels)"}
+    )
+    target_far: float = field(
+        default=1e-3, metadata={"run_key": True, "help": "false accept rate to set the threshold at"}
+    )
+    max_sources: int = field(default=20000, metadata={"help": "score all pairs of at most this many sources"})
+
+
+def _figures(scores: np.ndarray, same: np.ndarray, threshold: float, title: str) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    far, tar, _ = metrics.roc(scores, same)
+    out = {}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(np.maximum(far, 1e-6), tar)
+    ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate", title=f"ROC: {title}", ylim=(0, 1.01))
+    ax.grid(True, alpha=0.3)
+    out["roc.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(np.maximum(far, 1e-6), np.maximum(1 - tar, 1e-6))
+    ax.set(xscale="log", yscale="log", xlabel="false accept rate", ylabel="false reject rate", title=f"DET: {title}")
+    ax.grid(True, which="both", alpha=0.3)
+    out["det.png"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4))
+    bins = np.linspace(min(scores.min(), threshold) - 0.02, max(scores.max(), threshold) + 0.02, 60)
+    ax.hist(scores[~same], bins=bins, alpha=0.6, density=True, label=f"different ({(~same).sum()})")
+    ax.hist(scores[same], bins=bins, alpha=0.6, density=True, label=f"same ({same.sum()})")
+    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="cosine score", ylabel="density", title=f"Scores: {title}")
+    ax.legend()
+    out["scores.png"] = fig
+    encoded = {}
+    for name, fig in out.items():
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        encoded[name] = buf.getvalue()
+    return encoded
+
+
+def run(config: CalibrateConfig, ctx: JobContext) -> dict:
+    if not 0 < config.target_far < 1:
+        raise JobFailed("--target-far must be between 0 and 1")
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    data = _read_set(config.embeddings, config.table, config.embeddings_run_id, per_source=True)
+    labels = _labels(config, config.embeddings)  # type: ignore[arg-type]  (same fields as the match config)
+    labelled = [i for i, u in enumerate(data.uris) if u in labels]
+    if len(labelled) > config.max_sources:
+        labelled = sorted(np.random.default_rng(0).choice(labelled, config.max_sources, replace=False).tolist())
+    names = np.array([labels[data.uris[i]] for i in labelled])
+    if len(set(names)) < 2 or all((names == n).sum() < 2 for n in set(names)):
+        raise JobFailed(
+            f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "
+            "needs at least two labels and a label with two sources"
+        )
+    vectors = data.vectors[labelled].astype(np.float64)
+    upper = np.triu_indices(len(labelled), 1)
+    scores = (vectors @ vectors.T)[upper]
+    same = names[upper[0]] == names[upper[1]]
+    threshold = metrics.threshold_at_far(scores, same, config.target_far)
+    record = {
+        "run_id": ctx.run_id,
+        "model_name": data.model_name,
+        "model_sha256": data.model_sha256,
+        "table": config.table,
+        "sources": len(labelled),
+        "labels": len(set(names)),
+        "same_pairs": int(same.sum()),
+        "different_pairs": int((~same).sum()),
+        "auc": metrics.auc(scores, same),
+        "eer": metrics.equal_error_rate(scores, same),
+        **{f"tar_at_far_{far:g}": metrics.tar_at_far(scores, same, far) for far in FARS},
+        "target_far": config.target_far,
+        "threshold": threshold,
+        # With few impostor pairs a small FAR cannot be measured: say how many the target rests on.
+        "impostor_pairs_above_threshold": int((scores[~same] >= threshold).sum()),
+    }
+    folder = ctx.output.join("calibration", ctx.run_id)
+    for name, png in _figures(scores, same, threshold, f"{data.model_name}, {config.table}").items():
+        folder.join(name).put_atomic(png)
+    folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
+    row = record | {"record_uri": folder.join("record.json").uri}
+    out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
+    marker = out.commit(config=asdict(config), summary=record)
+    ctx.log.info(
+        "%s on %d sources (%d same, %d different pairs): AUC %.4f, EER %.4f, threshold %.4f at FAR %g",
+        data.model_name,
+        len(labelled),
+        record["same_pairs"],
+        record["different_pairs"],
+        record["auc"],
+        record["eer"],
+        threshold,
+        config.target_far,
+    )
+    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, CalibrateConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    from jobs.calibrate import main as imported_main  # Ray pickles by module name
+
+    sys.exit(imported_main())

@@ -1,0 +1,407 @@
+"""jobs.match: exact top-K search, 1:1 verification and 1:K identification over committed embeddings.
+
+    python -m jobs.match search   [--queries out/results] [--gallery ROOT] [--table faces|voices] [--k 10]
+    python -m jobs.match verify   --pairs pairs.csv [--queries out/results] [--threshold T | --calibration URI]
+    python -m jobs.match identify [--gallery ROOT] [--queries ROOT] [--labels labels.csv] [--k 5]
+
+search: every query item against every gallery item, top K per query, on gallery shards held by actors (pinned to
+GPUs with --gpus-per-shard; the gallery stays in device memory across query batches). verify: a pairs table
+(columns ``a`` and ``b``: source uris or item keys) scored and decided at a threshold. identify: identities enrolled
+from the gallery's labels (the manifest's, or --labels uri,label), one or more sources each, averaged; each probe
+gets its top-K identities and, at rank 1, the identity or ``unknown`` when below the threshold (open set).
+Thresholds come from --threshold, else a calibration record (jobs.calibrate), else the model card, else the job
+refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored land in ``errors/`` with a reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
+from ops.embeddings import EmbeddingError, EmbeddingSet, check_comparable, read_embeddings
+from ops.registry import models_root, read_card
+from ops.schemas import MATCHES
+from ops.search import ExactSearch, SearchError, TopK, merge, normalise
+from ops.storage import StorageError, resolve
+from ops.tables import OutputRun, read_table
+
+JOB = "match"
+MODES = ("search", "verify", "identify")
+
+
+@dataclass
+class MatchConfig(JobConfig):
+    mode: str = field(
+        default="search", metadata={"positional": True, "run_key": True, "help": "search, verify or identify"}
+    )
+    queries: str = field(default="out/results", metadata={"run_key": True, "help": "root with the query embeddings"})
+    gallery: str | None = field(
+        default=None, metadata={"run_key": True, "help": "root with the gallery (default: queries)"}
+    )
+    table: str = field(default="faces", metadata={"run_key": True, "help": "embedding table: faces or voices"})
+    queries_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of the query table"})
+    gallery_run_id: str | None = field(
+        default=None, metadata={"run_key": True, "help": "this run of the gallery table"}
+    )
+    per_source: bool = field(
+        default=False, metadata={"run_key": True, "help": "search: one item per source instead of every face/segment"}
+    )
+    k: int = field(default=10, metadata={"run_key": True, "help": "results per query"})
+    pairs: str | None = field(
+        default=None, metadata={"run_key": True, "help": "verify: CSV or Parquet with columns a, b"}
+    )
+    labels: str | None = field(
+        default=None, metadata={"run_key": True, "help": "identify: CSV uri,label (default: the manifest's labels)"}
+    )
+    threshold: float | None = field(default=None, metadata={"run_key": True, "help": "cosine threshold to decide at"})
+    calibration: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "a calibration record (jobs.calibrate) to take the threshold from"},
+    )
+    models: str | None = field(default=None, metadata={"help": "models root, for the model card's threshold"})
+    shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
+    gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
+    precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
+    query_batch: int = field(default=8192, metadata={"help": "queries sent to the shards at a time"})
+
+
+class GalleryShard:
+    """One gallery shard held by an actor (on its GPU when it has one); answers query batches."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, precision: str) -> None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.engine = ExactSearch(vectors, ids, device=device, precision=precision if device == "cuda" else "fp32")
+
+    def search(self, queries: np.ndarray, k: int) -> TopK:
+        return self.engine.search(queries, k)
+
+
+def sharded_search(gallery: np.ndarray, queries: np.ndarray, k: int, config: MatchConfig, ctx: JobContext) -> TopK:
+    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly."""
+    ensure_ray()
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    per_shard = config.gpus_per_shard if config.gpus_per_shard is not None else (1.0 if gpus else 0.0)
+    n_shards = max(1, min(config.shards or (int(gpus / per_shard) if per_shard else 1), len(gallery)))
+    bounds = np.linspace(0, len(gallery), n_shards + 1).astype(int)
+    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
+    shards = [
+        actor.remote(gallery[a:b], np.arange(a, b, dtype=np.int64), config.precision)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    ctx.log.info("%d gallery items in %d shard(s) with %g GPU each", len(gallery), n_shards, per_shard)
+    parts, progress = [], Progress("queries", len(queries))
+    for start in range(0, len(queries), config.query_batch):
+        batch = queries[start : start + config.query_batch]
+        parts.append(merge(ray.get([s.search.remote(batch, k) for s in shards]), k))
+        progress.update(len(batch))
+    for s in shards:
+        ray.kill(s)
+    return TopK(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]))
+
+
+def _read_set(root: str, table: str, run_id: str | None, per_source: bool) -> EmbeddingSet:
+    try:
+        return read_embeddings(resolve(root), table, run_id, per_source)
+    except EmbeddingError as exc:
+        raise JobFailed(str(exc)) from None
+
+
+def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
+    """The cosine threshold and where it came from: the flag, a calibration record, or the model card."""
+    if config.threshold is not None:
+        return config.threshold, "--threshold"
+    if config.calibration:
+        try:
+            record = json.loads(resolve(config.calibration).read_bytes())
+        except (StorageError, json.JSONDecodeError) as exc:
+            raise JobFailed(f"cannot read the calibration record {config.calibration}: {exc}") from None
+        if record.get("model_name") != model_name:
+            raise JobFailed(f"{config.calibration} calibrates {record.get('model_name')}, not {model_name}")
+        return float(record["threshold"]), config.calibration
+    try:
+        card = read_card(models_root(config.models).join(model_name))
+    except Exception:  # noqa: BLE001 - no card is the same problem as no cosine threshold on it
+        card = {}
+    if card.get("metric") == "cosine" and card.get("default_threshold") is not None:
+        return float(card["default_threshold"]), f"model card of {model_name}"
+    raise JobFailed(
+        f"no cosine threshold for {model_name} (its card's metric is {card.get('metric', 'unknown')}): run "
+        "`python -m jobs.calibrate` on labelled data and pass --calibration, or pass --threshold"
+    )
+
+
+def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> dict:
+    return {
+        "run_id": run_id,
+        "mode": mode,
+        "query_uri": queries.uris[q],
+        "query_sha256": queries.sha256[q],
+        "query_item": queries.items[q],
+        "model_name": queries.model_name,
+        "model_sha256": queries.model_sha256,
+        **fields,
+    }
+
+
+def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    queries = _read_set(config.queries, config.table, config.queries_run_id, config.per_source)
+    gallery_root = config.gallery or config.queries
+    same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
+    gallery = queries if same_set else _read_set(gallery_root, config.table, config.gallery_run_id, config.per_source)
+    _comparable(queries, gallery)
+    if len(gallery) == 0:
+        raise JobFailed(f"the gallery under {gallery_root} is empty")
+    k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
+    found = sharded_search(gallery.vectors, queries.vectors, k, config, ctx) if len(queries) else None
+    rows = []
+    for q in range(len(queries)):
+        rank = 0
+        for score, g in zip(found.scores[q], found.ids[q], strict=True):
+            if g < 0 or (same_set and g == q) or rank == config.k:
+                continue
+            rank += 1
+            rows.append(
+                _rows(
+                    "search",
+                    queries,
+                    q,
+                    out.run_id,
+                    gallery_uri=gallery.uris[g],
+                    gallery_sha256=gallery.sha256[g],
+                    gallery_item=gallery.items[g],
+                    rank=rank,
+                    score=float(score),
+                )
+            )
+    errors = [_error(r, "invalid_embedding") for r in queries.invalid + ([] if same_set else gallery.invalid)]
+    return _finish(out, rows, errors, {"queries": len(queries), "gallery": len(gallery), "k": config.k})
+
+
+def _read_pairs(uri: str) -> list[tuple[str, str]]:
+    try:
+        data = resolve(uri).read_bytes()
+    except StorageError as exc:
+        raise JobFailed(f"cannot read the pairs table {uri}: {exc}") from None
+    if data[:4] == b"PAR1":
+        table = pq.read_table(io.BytesIO(data))
+        if not {"a", "b"} <= set(table.column_names):
+            raise JobFailed(f"{uri} needs columns a and b; it has {table.column_names}")
+        return list(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True))
+    reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
+    if not reader.fieldnames or not {"a", "b"} <= set(reader.fieldnames):
+        raise JobFailed(f"{uri} needs a header with columns a and b; it has {reader.fieldnames}")
+    return [(row["a"], row["b"]) for row in reader]
+
+
+def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    if not config.pairs:
+        raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
+    pairs = _read_pairs(config.pairs)
+    per_source = _read_set(config.queries, config.table, config.queries_run_id, per_source=True)
+    items = _read_set(config.queries, config.table, config.queries_run_id, per_source=False)
+    _comparable(per_source, items)
+    threshold, source = _threshold(config, per_source.model_name)
+    index = {key: (s, i) for s in (items, per_source) for i, key in enumerate(s.items)}
+    invalid = {r["item"]: r["reason"] for r in per_source.invalid + items.invalid}
+    rows, errors = [], []
+    for a, b in pairs:
+        missing = [x for x in (a, b) if x not in index]
+        if missing:
+            reason = "; ".join(
+                f"{x}: {invalid.get(x, 'no embedding (not in the embeddings, no face/speech found, or not a source)')}"
+                for x in missing
+            )
+            errors.append(
+                {"uri": a, "sha256": None, "error_type": "unmatched_pair", "message": f"pair ({a}, {b}): {reason}"}
+            )
+            continue
+        (sa, ia), (sb, ib) = index[a], index[b]
+        score = float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
+        rows.append(
+            _rows(
+                "verify",
+                sa,
+                ia,
+                out.run_id,
+                gallery_uri=sb.uris[ib],
+                gallery_sha256=sb.sha256[ib],
+                gallery_item=sb.items[ib],
+                rank=1,
+                score=score,
+                threshold=threshold,
+                threshold_source=source,
+                decision="accept" if score >= threshold else "reject",
+            )
+        )
+    decisions = Counter(r["decision"] for r in rows)
+    return _finish(
+        out,
+        rows,
+        errors,
+        {
+            "pairs": len(pairs),
+            "accept": decisions["accept"],
+            "reject": decisions["reject"],
+            "threshold": threshold,
+            "threshold_source": source,
+        },
+    )
+
+
+def _labels(config: MatchConfig, root: str) -> dict[str, str]:
+    if config.labels:
+        try:
+            text = resolve(config.labels).read_bytes().decode("utf-8")
+        except StorageError as exc:
+            raise JobFailed(f"cannot read the labels {config.labels}: {exc}") from None
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
+            raise JobFailed(f"{config.labels} needs a header with columns uri and label")
+        labels: dict[str, str] = {}
+        for row in reader:
+            if row["uri"] in labels and labels[row["uri"]] != row["label"]:
+                raise JobFailed(
+                    f"{config.labels} gives {row['uri']} two identities: {labels[row['uri']]}, {row['label']}"
+                )
+            labels[row["uri"]] = row["label"]
+        return labels
+    manifest = read_table(resolve(root), "manifest", columns=["uri", "label"])
+    return {
+        u: lab
+        for u, lab in zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True)
+        if lab
+    }
+
+
+def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    gallery_root = config.gallery or config.queries
+    gallery = _read_set(gallery_root, config.table, config.gallery_run_id, per_source=True)
+    labels = _labels(config, gallery_root)
+    enrolled = [i for i, u in enumerate(gallery.uris) if u in labels]
+    if not enrolled:
+        raise JobFailed(
+            f"no gallery source under {gallery_root} has a label: run the manifest with --label-pattern, or pass "
+            "--labels uri,label"
+        )
+    identities = sorted({labels[gallery.uris[i]] for i in enrolled})
+    # One-shot or few-shot enrolment: an identity is the mean of its sources' unit embeddings, made unit again.
+    sums = np.zeros((len(identities), gallery.dim))
+    where = {name: n for n, name in enumerate(identities)}
+    for i in enrolled:
+        sums[where[labels[gallery.uris[i]]]] += gallery.vectors[i]
+    centroids = normalise(sums.astype(np.float32))
+    probes_all = _read_set(config.queries, config.table, config.queries_run_id, per_source=True)
+    _comparable(probes_all, gallery)
+    probe_index = np.array(
+        [i for i, u in enumerate(probes_all.uris) if u not in labels or gallery_root != config.queries], np.int64
+    )
+    probes = probes_all.take(probe_index)
+    threshold, source = _threshold(config, gallery.model_name)
+    k = min(config.k, len(identities))
+    found = (
+        ExactSearch(centroids).search(probes.vectors, k)
+        if len(probes)
+        else TopK(np.zeros((0, k)), np.zeros((0, k), np.int64))
+    )
+    rows = []
+    for q in range(len(probes)):
+        for rank, (score, ident) in enumerate(zip(found.scores[q], found.ids[q], strict=True), start=1):
+            decision = None
+            if rank == 1:
+                decision = identities[ident] if score >= threshold else "unknown"
+            rows.append(
+                _rows(
+                    "identify",
+                    probes,
+                    q,
+                    out.run_id,
+                    identity=identities[ident],
+                    rank=rank,
+                    score=float(score),
+                    threshold=threshold,
+                    threshold_source=source,
+                    decision=decision,
+                )
+            )
+    decided = Counter(r["decision"] for r in rows if r["rank"] == 1)
+    errors = [_error(r, "invalid_embedding") for r in gallery.invalid + probes_all.invalid]
+    return _finish(
+        out,
+        rows,
+        errors,
+        {
+            "identities": len(identities),
+            "enrolled_sources": len(enrolled),
+            "probes": len(probes),
+            "unknown": decided["unknown"],
+            "threshold": threshold,
+            "threshold_source": source,
+        },
+    )
+
+
+def _comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
+    try:
+        check_comparable(a, b)
+    except EmbeddingError as exc:
+        raise JobFailed(str(exc)) from None
+
+
+def _error(row: dict, error_type: str) -> dict:
+    return {
+        "uri": row["uri"],
+        "sha256": row["sha256"],
+        "error_type": error_type,
+        "message": f"{row['item']}: {row['reason']}",
+    }
+
+
+def _finish(out: OutputRun, rows: list[dict], errors: list[dict], summary: dict) -> dict:
+    out.write("matches", pa.Table.from_pylist(rows, schema=MATCHES) if rows else MATCHES.empty_table(), MATCHES)
+    if errors:
+        out.write(
+            "errors",
+            pa.Table.from_pylist([{"run_id": out.run_id, "job": JOB, "stage": "match", **e} for e in errors]),
+        )
+    summary |= {"matches": len(rows), "errors": len(errors)}
+    return summary
+
+
+def run(config: MatchConfig, ctx: JobContext) -> dict:
+    if config.mode not in MODES:
+        raise JobFailed(f"unknown mode {config.mode!r}: use {', '.join(MODES)}")
+    if config.k < 1:
+        raise JobFailed("--k must be at least 1")
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    try:
+        summary = {"search": run_search, "verify": run_verify, "identify": run_identify}[config.mode](config, ctx, out)
+    except SearchError as exc:
+        raise JobFailed(str(exc)) from None
+    marker = out.commit(tables=("errors",), config=asdict(config), summary={"mode": config.mode, **summary})
+    ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
+    ctx.log.info("committed run %s (tables matches/, errors/)", ctx.run_id)
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, MatchConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    from jobs.match import main as imported_main  # Ray pickles by module name
+
+    sys.exit(imported_main())

@@ -1,0 +1,127 @@
+"""Embedding sets for matching: rows of a committed ``faces/`` or ``voices/`` table as normalised vectors with keys.
+
+An item is what a score is about: a face (``uri#frame=F&face=I``), a speech segment (``uri#segment=S``) or a whole
+source (``uri``: its pooled voice, or its clearest face). Sets refuse to mix models: the provenance columns of
+every row must name one model and checkpoint. Rows whose vectors are NaN, infinite or zero are set aside with a
+reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ops.search import invalid_rows, normalise
+from ops.storage import Store
+from ops.tables import read_table
+
+EMBEDDING_TABLES = ("faces", "voices")
+
+
+class EmbeddingError(ValueError):
+    """An embedding set that cannot be matched as asked (mixed models, other dimensions, empty), with the fix."""
+
+
+@dataclass
+class EmbeddingSet:
+    uris: list[str]
+    sha256: list[str]
+    items: list[str]
+    vectors: np.ndarray  # (N, D) float32, unit rows
+    model_name: str
+    model_sha256: str
+    invalid: list[dict]  # {uri, sha256, item, reason} of rows set aside
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, index: np.ndarray) -> EmbeddingSet:
+        index = np.asarray(index, np.int64)
+        return EmbeddingSet(
+            [self.uris[i] for i in index],
+            [self.sha256[i] for i in index],
+            [self.items[i] for i in index],
+            self.vectors[index],
+            self.model_name,
+            self.model_sha256,
+            [],
+        )
+
+
+def _items(table: pa.Table, name: str, per_source: bool) -> list[str]:
+    uris = table.column("uri").to_pylist()
+    if per_source:
+        return uris
+    if name == "faces":
+        frames, faces = table.column("frame_index").to_pylist(), table.column("face_index").to_pylist()
+        return [f"{u}#frame={f}&face={i}" for u, f, i in zip(uris, frames, faces, strict=True)]
+    segments = table.column("segment_index").to_pylist()
+    return [f"{u}#segment={s}" for u, s in zip(uris, segments, strict=True)]
+
+
+def read_embeddings(root: Store, table: str, run_id: str | None = None, per_source: bool = False) -> EmbeddingSet:
+    """The committed embeddings of ``table`` under ``root``: every face or speech segment, or with ``per_source``
+    one item per source (a voice source's pooled embedding; an image or video's clearest face: the largest, then
+    the most confident)."""
+    if table not in EMBEDDING_TABLES:
+        raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
+    data = read_table(root, table, run_id=run_id)
+    if data.num_rows == 0:
+        raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
+    if table == "voices":
+        data = data.filter(pc.equal(data.column("level"), "source" if per_source else "segment"))
+        data = data.filter(pc.is_valid(data.column("embedding")))  # no_speech sources: nothing to match
+    elif per_source:
+        order = pc.sort_indices(data, [("uri", "ascending"), ("face_size", "descending"), ("score", "descending")])
+        data = data.take(order)
+        uris = data.column("uri").to_pylist()
+        first = [i for i, u in enumerate(uris) if i == 0 or u != uris[i - 1]]
+        data = data.take(pa.array(first))
+    models = sorted(
+        set(zip(data.column("model_name").to_pylist(), data.column("model_sha256").to_pylist(), strict=True))
+    )
+    if len(models) > 1:
+        raise EmbeddingError(
+            f"{table}/ under {root.uri} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in models)}: "
+            "pass the run id of one of them"
+        )
+    if not models:
+        raise EmbeddingError(f"{table}/ under {root.uri} has no embeddings to match")
+    raw = np.asarray(data.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+    raw = raw.reshape(data.num_rows, -1)
+    uris, shas, items = (
+        data.column("uri").to_pylist(),
+        data.column("sha256").to_pylist(),
+        _items(data, table, per_source),
+    )
+    bad = invalid_rows(raw)
+    invalid = [
+        {"uri": uris[i], "sha256": shas[i], "item": items[i], "reason": "the embedding is NaN, infinite or zero"}
+        for i in np.flatnonzero(bad)
+    ]
+    keep = np.flatnonzero(~bad)
+    return EmbeddingSet(
+        [uris[i] for i in keep],
+        [shas[i] for i in keep],
+        [items[i] for i in keep],
+        normalise(raw[keep]) if len(keep) else np.zeros((0, raw.shape[1]), np.float32),
+        models[0][0],
+        models[0][1],
+        invalid,
+    )
+
+
+def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
+    """Scores only mean something between embeddings of one model: same name, checkpoint and dimension."""
+    if (a.model_name, a.model_sha256) != (b.model_name, b.model_sha256) or a.dim != b.dim:
+        raise EmbeddingError(
+            f"cannot compare {a.model_name} ({a.model_sha256[:12]}, {a.dim}-d) with {b.model_name} "
+            f"({b.model_sha256[:12]}, {b.dim}-d) embeddings: match sets made by the same model"
+        )
