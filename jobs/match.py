@@ -95,6 +95,11 @@ def sharded_search(gallery: np.ndarray, queries: np.ndarray, k: int, config: Mat
     gpus = int(ray.cluster_resources().get("GPU", 0))
     per_shard = config.gpus_per_shard if config.gpus_per_shard is not None else (1.0 if gpus else 0.0)
     n_shards = max(1, min(config.shards or (int(gpus / per_shard) if per_shard else 1), len(gallery)))
+    if per_shard and n_shards * per_shard > gpus:  # the actors would wait for GPUs forever
+        raise JobFailed(
+            f"{n_shards} shards x {per_shard:g} GPU need {n_shards * per_shard:g} GPUs, the cluster has {gpus}: "
+            "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
+        )
     bounds = np.linspace(0, len(gallery), n_shards + 1).astype(int)
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     shards = [

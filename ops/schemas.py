@@ -132,7 +132,7 @@ MATCHES = _table(
     _f("rank", pa.int32(), doc="1 = best; verify rows are rank 1"),
     _f("score", pa.float32(), doc="cosine similarity of the L2-normalised embeddings, exact"),
     _f("threshold", pa.float32(), nullable=True, doc="the decision threshold, when one applies"),
-    _f("threshold_source", pa.string(), nullable=True, doc="--threshold, a calibration record's uri, or the model card"),
+    _f("threshold_source", pa.string(), nullable=True, doc="--threshold, a calibration record, or the card"),
     _f("decision", pa.string(), nullable=True, doc="verify: accept/reject; identify (rank 1): the identity or unknown"),
     _f("model_name", pa.string()),
     _f("model_sha256", SHA256),

@@ -1,0 +1,242 @@
+"""jobs.match and jobs.calibrate on committed embedding tables made here (and, with ../shared, on real voices)."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import calibrate, match
+from ops.schemas import MANIFEST, faces
+from ops.search import normalise
+from ops.storage import resolve
+from ops.tables import OutputRun, read_table
+from tests.conftest import shared_data
+
+SHA = "ab" * 32
+
+
+def write_faces(root, vectors, uris, labels=None, model=("dlib-resnet-v1", SHA), run_id="embed_faces-test"):
+    """A committed faces/ run (one face per source) and a manifest with labels, as the jobs would write them."""
+    n, dim = vectors.shape
+    rows = [
+        {
+            "run_id": run_id,
+            "uri": u,
+            "sha256": f"{i:064x}",
+            "frame_index": 0,
+            "timestamp": None,
+            "face_index": 0,
+            "track_id": None,
+            "track_frames": None,
+            "box": [0, 0, 50, 50],
+            "landmarks": [0.0] * 10,
+            "score": 0.99,
+            "face_size": 50.0,
+            "eye_distance": 20.0,
+            "sharpness": 100.0,
+            "embedding": vectors[i].tolist(),
+            "detector_name": "mtcnn",
+            "detector_sha256": SHA,
+            "model_name": model[0],
+            "model_sha256": model[1],
+        }
+        for i, u in enumerate(uris)
+    ]
+    out = OutputRun(resolve(str(root)), run_id, "embed_faces")
+    out.write("faces", pa.Table.from_pylist(rows, schema=faces(dim)), faces(dim))
+    out.commit()
+    if labels is not None:
+        m = OutputRun(resolve(str(root)), "manifest-test", "manifest")
+        m.write(
+            "manifest",
+            pa.Table.from_pylist(
+                [
+                    {
+                        "run_id": "manifest-test",
+                        "uri": u,
+                        "relpath": u,
+                        "size": 1,
+                        "modified": None,
+                        "sha256": f"{i:064x}",
+                        "media_kind": "jpeg",
+                        "media_category": "image",
+                        "mime": "image/jpeg",
+                        "label": lab,
+                        "duplicate_of": None,
+                    }
+                    for i, (u, lab) in enumerate(zip(uris, labels, strict=True))
+                ],
+                schema=MANIFEST,
+            ),
+        )
+        m.commit()
+
+
+def identities(rng, people=4, per_person=3, dim=16, spread=0.3):
+    centres = rng.standard_normal((people, dim))
+    vectors = np.concatenate([centres[p] + spread * rng.standard_normal((per_person, dim)) for p in range(people)])
+    labels = [f"p{p}" for p in range(people) for _ in range(per_person)]
+    uris = [f"/archive/{lab}/{i}.jpg" for i, lab in enumerate(labels)]
+    return vectors.astype(np.float32), uris, labels
+
+
+def run(*args):
+    return match.main([*map(str, args), "--log-level", "WARNING"])
+
+
+def test_search_gives_exact_top_k_without_self_matches(ray_cluster, tmp_path):
+    rng = np.random.default_rng(0)
+    vectors, uris, _ = identities(rng)
+    write_faces(tmp_path, vectors, uris)
+    assert run("search", "--queries", tmp_path, "--output", tmp_path, "--k", 3, "--shards", 2, "--gpus-per-shard", 0.5) == 0
+    rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
+    assert len(rows) == 12 * 3 and all(r["query_uri"] != r["gallery_uri"] for r in rows)
+    unit = normalise(vectors).astype(np.float64)
+    scores = unit @ unit.T
+    np.fill_diagonal(scores, -np.inf)
+    for q in range(12):
+        got = [r for r in rows if r["query_uri"] == uris[q]]
+        assert [uris.index(r["gallery_uri"]) for r in got] == list(np.argsort(-scores[q], kind="stable")[:3])
+        assert [r["rank"] for r in got] == [1, 2, 3]
+        np.testing.assert_allclose([r["score"] for r in got], np.sort(scores[q])[::-1][:3], atol=1e-6)
+
+
+def test_verify_decides_and_reports_pairs_it_cannot_score(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors, uris, _ = identities(rng, spread=0.1)
+    write_faces(tmp_path, vectors, uris)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{uris[0]},{uris[1]}\n{uris[0]},{uris[5]}\n{uris[0]},/archive/nobody.jpg\n")
+    assert run("verify", "--queries", tmp_path, "--output", tmp_path, "--pairs", pairs, "--threshold", 0.8) == 0
+    rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
+    assert [r["decision"] for r in rows] == ["accept", "reject"]
+    assert rows[0]["threshold_source"] == "--threshold"
+    (error,) = read_table(resolve(str(tmp_path)), "errors").to_pylist()
+    assert error["error_type"] == "unmatched_pair" and "/archive/nobody.jpg" in error["message"]
+
+
+def test_verify_without_a_cosine_threshold_says_how_to_get_one(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    vectors, uris, _ = identities(rng)
+    write_faces(tmp_path, vectors, uris)
+    (tmp_path / "pairs.csv").write_text(f"a,b\n{uris[0]},{uris[1]}\n")
+    assert run("verify", "--queries", tmp_path, "--pairs", tmp_path / "pairs.csv", "--models", tmp_path / "m") == 2
+    assert "python -m jobs.calibrate" in caplog.text
+
+
+def test_calibrate_then_identify_open_set(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors, uris, labels = identities(rng, people=5, per_person=4, spread=0.2)
+    # one labelled source per person enrols it; an unlabelled stranger and unlabelled repeats are the probes
+    stranger = rng.standard_normal((1, 16)).astype(np.float32)
+    enrol = [i for i in range(20) if i % 4 == 0]
+    probe_uris = [f"/probes/{i}.jpg" for i in range(20) if i % 4 == 1] + ["/probes/stranger.jpg"]
+    probe_vectors = np.concatenate([vectors[[i for i in range(20) if i % 4 == 1]], stranger])
+    root = tmp_path / "r"
+    write_faces(
+        root, np.concatenate([vectors, probe_vectors]), uris + probe_uris, labels=labels + [None] * len(probe_uris)
+    )
+    assert calibrate.main([str(root), "--output", str(root), "--target-far", "0.01", "--log-level", "WARNING"]) == 0
+    (record,) = read_table(resolve(str(root)), "calibrations").to_pylist()
+    assert record["auc"] > 0.95 and record["same_pairs"] == 5 * 6 and record["different_pairs"] == 190 - 30
+    for png in ("roc.png", "det.png", "scores.png"):
+        assert resolve(record["record_uri"].rsplit("/", 1)[0]).join(png).read_bytes()[:4] == b"\x89PNG"
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("uri,label\n" + "".join(f"{uris[i]},{labels[i]}\n" for i in enrol))
+    assert (
+        run(
+            "identify",
+            "--queries",
+            root,
+            "--output",
+            root,
+            "--labels",
+            labels_csv,
+            "--k",
+            2,
+            "--calibration",
+            record["record_uri"],
+        )
+        == 0
+    )
+    rows = read_table(resolve(str(root)), "matches").to_pylist()
+    top = {r["query_uri"]: r for r in rows if r["rank"] == 1}
+    assert top["/probes/stranger.jpg"]["decision"] == "unknown"
+    assert all(top[f"/probes/{i}.jpg"]["decision"] == labels[i] for i in range(20) if i % 4 == 1)
+    assert all(r["threshold"] == pytest.approx(record["threshold"]) for r in rows)
+
+
+def test_bad_inputs_fail_or_become_error_rows(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    vectors, uris, labels = identities(rng)
+    vectors[2] = np.nan
+    write_faces(tmp_path / "a", vectors, uris, labels=labels)
+    assert run("search", "--queries", tmp_path / "a", "--output", tmp_path / "a", "--shards", 1) == 0
+    errors = read_table(resolve(str(tmp_path / "a")), "errors").to_pylist()
+    assert [e["error_type"] for e in errors] == ["invalid_embedding"] and errors[0]["uri"] == uris[2]
+    # other dimensions / another model
+    write_faces(tmp_path / "b", rng.standard_normal((3, 8)).astype(np.float32), uris[:3], model=("other", "cd" * 32))
+    assert run("search", "--queries", tmp_path / "a", "--gallery", tmp_path / "b") == 2
+    assert "match sets made by the same model" in caplog.text
+    # two models in one table
+    write_faces(
+        tmp_path / "a",
+        rng.standard_normal((3, 16)).astype(np.float32),
+        uris[:3],
+        model=("other", "cd" * 32),
+        run_id="embed_faces-other",
+    )
+    assert run("search", "--queries", tmp_path / "a") == 2
+    assert "mixes models" in caplog.text
+    # an identity file naming one source twice with two identities
+    (tmp_path / "labels.csv").write_text(f"uri,label\n{uris[0]},x\n{uris[0]},y\n")
+    args = ["--queries-run-id", "embed_faces-test", "--gallery-run-id", "embed_faces-test", "--threshold", 0.5]
+    assert run("identify", "--queries", tmp_path / "a", "--labels", tmp_path / "labels.csv", *args) == 2
+    assert "two identities" in caplog.text
+    # no embeddings at all
+    assert run("search", "--queries", tmp_path / "empty") == 2
+    assert "no committed faces/ rows" in caplog.text
+
+
+def test_real_voices_calibrate_and_identify(ray_cluster, models, tmp_path):
+    from jobs import embed_voices, manifest
+
+    folder = shared_data("voices")
+    out = tmp_path / "out"
+    assert (
+        manifest.main([str(folder), "--output", str(out), "--label-pattern", "{label}/*", "--log-level", "WARNING"])
+        == 0
+    )
+    assert embed_voices.main([str(out), "--output", str(out), "--models", models.uri, "--log-level", "WARNING"]) == 0
+    assert calibrate.main([str(out), "--table", "voices", "--output", str(out), "--log-level", "WARNING"]) == 0
+    (record,) = read_table(resolve(str(out)), "calibrations").to_pylist()
+    assert record["auc"] > 0.99 and record["sources"] == 50
+    labels = tmp_path / "enrol.csv"
+    enrol = sorted(p for p in folder.glob("*/*.flac"))[::10]  # the first file of each speaker
+    labels.write_text("uri,label\n" + "".join(f"{p},{p.parent.name}\n" for p in enrol))
+    assert (
+        match.main(
+            [
+                "identify",
+                "--queries",
+                str(out),
+                "--table",
+                "voices",
+                "--labels",
+                str(labels),
+                "--calibration",
+                record["record_uri"],
+                "--output",
+                str(out),
+                "--log-level",
+                "WARNING",
+            ]
+        )
+        == 0
+    )
+    top = [r for r in read_table(resolve(str(out)), "matches").to_pylist() if r["rank"] == 1]
+    assert len(top) == 45
+    correct = sum(r["identity"] == r["query_uri"].rsplit("/", 2)[-2] for r in top)
+    assert correct / len(top) >= 0.95
+    assert json.loads(resolve(record["record_uri"]).read_bytes())["model_name"] == "ge2e-resemblyzer"
