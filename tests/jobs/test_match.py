@@ -89,7 +89,10 @@ def test_search_gives_exact_top_k_without_self_matches(ray_cluster, tmp_path):
     rng = np.random.default_rng(0)
     vectors, uris, _ = identities(rng)
     write_faces(tmp_path, vectors, uris)
-    assert run("search", "--queries", tmp_path, "--output", tmp_path, "--k", 3, "--shards", 2, "--gpus-per-shard", 0.5) == 0
+    assert (
+        run("search", "--queries", tmp_path, "--output", tmp_path, "--k", 3, "--shards", 2, "--gpus-per-shard", 0.5)
+        == 0
+    )
     rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
     assert len(rows) == 12 * 3 and all(r["query_uri"] != r["gallery_uri"] for r in rows)
     unit = normalise(vectors).astype(np.float64)
