@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_manifest.py
 	$(PY) benchmarks/bench_voices.py
 	$(PY) benchmarks/bench_faces.py
+	$(PY) benchmarks/bench_search.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks
