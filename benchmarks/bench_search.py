@@ -96,7 +96,7 @@ def main() -> None:
             )
             same = 1 - len(differ) / ours.ids.size
             print(
-                f"  top-{args.k} {p} vs faiss: {same:.6%} identical; the {len(differ)} others are fp32 near-ties: {close}"
+                f"  top-{args.k} {p} vs faiss: {same:.6%} identical; {len(differ)} others, all fp32 near-ties: {close}"
             )
 
 
