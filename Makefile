@@ -22,6 +22,9 @@ demo: $(VENV)/.installed
 	$(PY) -m jobs.models pull mtcnn --models $(OUT)/models
 	$(PY) -m jobs.models pull dlib-resnet-v1 --models $(OUT)/models
 	$(PY) -m jobs.embed_faces $(OUT)/results --models $(OUT)/models --output $(OUT)/results
+	$(PY) -m jobs.match search --queries $(OUT)/results --per-source --k 3 --output $(OUT)/results
+	$(PY) -m jobs.calibrate $(OUT)/results --output $(OUT)/results
+	$(PY) -m jobs.match identify --queries $(OUT)/results --calibration $(OUT)/results --k 2 --output $(OUT)/results
 	$(PY) -m jobs.show $(OUT)/results
 
 test: $(VENV)/.installed

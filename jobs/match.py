@@ -32,7 +32,7 @@ from ops.registry import models_root, read_card
 from ops.schemas import MATCHES
 from ops.search import ExactSearch, SearchError, TopK, merge, normalise
 from ops.storage import StorageError, resolve
-from ops.tables import OutputRun, read_table
+from ops.tables import OutputRun, committed_runs, read_table
 
 JOB = "match"
 MODES = ("search", "verify", "identify")
@@ -129,13 +129,8 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
     if config.threshold is not None:
         return config.threshold, "--threshold"
     if config.calibration:
-        try:
-            record = json.loads(resolve(config.calibration).read_bytes())
-        except (StorageError, json.JSONDecodeError) as exc:
-            raise JobFailed(f"cannot read the calibration record {config.calibration}: {exc}") from None
-        if record.get("model_name") != model_name:
-            raise JobFailed(f"{config.calibration} calibrates {record.get('model_name')}, not {model_name}")
-        return float(record["threshold"]), config.calibration
+        record, where = _calibration(config.calibration, model_name)
+        return float(record["threshold"]), where
     try:
         card = read_card(models_root(config.models).join(model_name))
     except Exception:  # noqa: BLE001 - no card is the same problem as no cosine threshold on it
@@ -146,6 +141,24 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
         f"no cosine threshold for {model_name} (its card's metric is {card.get('metric', 'unknown')}): run "
         "`python -m jobs.calibrate` on labelled data and pass --calibration, or pass --threshold"
     )
+
+
+def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
+    """A calibration record: the JSON file itself, or an output root whose newest calibration of the model is used."""
+    if uri.endswith(".json"):
+        try:
+            record = json.loads(resolve(uri).read_bytes())
+        except (StorageError, json.JSONDecodeError) as exc:
+            raise JobFailed(f"cannot read the calibration record {uri}: {exc}") from None
+        if record.get("model_name") != model_name:
+            raise JobFailed(f"{uri} calibrates {record.get('model_name')}, not {model_name}")
+        return record, uri
+    rows = [r for r in read_table(resolve(uri), "calibrations").to_pylist() if r["model_name"] == model_name]
+    if not rows:
+        raise JobFailed(f"no committed calibration of {model_name} under {uri}: run `python -m jobs.calibrate` first")
+    markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}
+    newest = max(rows, key=lambda r: markers.get(r["run_id"], ""))
+    return newest, newest["record_uri"]
 
 
 def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> dict:
