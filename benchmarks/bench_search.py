@@ -51,6 +51,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--scaling",
+        type=int,
+        nargs="*",
+        default=[1, 2, 4],
+        help="shard actors to time jobs.match's sharded search with",
+    )
     args = parser.parse_args()
     import faiss
 
@@ -98,6 +105,32 @@ def main() -> None:
             print(
                 f"  top-{args.k} {p} vs faiss: {same:.6%} identical; {len(differ)} others, all fp32 near-ties: {close}"
             )
+    if args.scaling:
+        scaling(args.scaling, min(args.queries, 4000), min(args.gallery, 400_000), args.dims[0], args.k, args.rounds)
+
+
+def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int, rounds: int) -> None:
+    """The sharded search of jobs.match on local Ray with 1, 2, 4 ... shard actors (one CPU, or one GPU, each)."""
+    import ray
+
+    from jobs.match import sharded_search
+
+    ray.init(num_cpus=max(shard_counts), include_dashboard=False, logging_level="ERROR")
+    rng = np.random.default_rng(1)
+    g, q = unit(rng, gallery, d), unit(rng, queries, d)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    print(f"sharded search (jobs.match) on local Ray, {queries} x {gallery}, d={d}, {os.cpu_count()} cores:")
+    times: dict[int, list[float]] = {n: [] for n in shard_counts}
+    for _ in range(rounds):
+        for n in shard_counts:
+            t = time.perf_counter()
+            sharded_search(g, q, k, shards=n, gpus_per_shard=1.0 if gpus >= n else 0.0)
+            times[n].append(time.perf_counter() - t)
+    one = statistics.median(times[shard_counts[0]])
+    for n in shard_counts:
+        s = statistics.median(times[n])
+        print(f"  {n} shard(s): {s:6.2f} s  {queries * gallery / s / 1e9:5.2f} G pairs/s  {one / s:4.2f}x one shard")
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -87,14 +88,22 @@ class GalleryShard:
         return self.engine.search(queries, k)
 
 
-def sharded_search(gallery: np.ndarray, queries: np.ndarray, k: int, config: MatchConfig, ctx: JobContext) -> TopK:
+def sharded_search(
+    gallery: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    shards: int | None = None,
+    gpus_per_shard: float | None = None,
+    precision: str = "fp32",
+    query_batch: int = 8192,
+) -> TopK:
     """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly."""
     ensure_ray()
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    per_shard = config.gpus_per_shard if config.gpus_per_shard is not None else (1.0 if gpus else 0.0)
-    n_shards = max(1, min(config.shards or (int(gpus / per_shard) if per_shard else 1), len(gallery)))
+    per_shard = gpus_per_shard if gpus_per_shard is not None else (1.0 if gpus else 0.0)
+    n_shards = max(1, min(shards or (int(gpus / per_shard) if per_shard else 1), len(gallery)))
     if per_shard and n_shards * per_shard > gpus:  # the actors would wait for GPUs forever
         raise JobFailed(
             f"{n_shards} shards x {per_shard:g} GPU need {n_shards * per_shard:g} GPUs, the cluster has {gpus}: "
@@ -103,13 +112,15 @@ def sharded_search(gallery: np.ndarray, queries: np.ndarray, k: int, config: Mat
     bounds = np.linspace(0, len(gallery), n_shards + 1).astype(int)
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     shards = [
-        actor.remote(gallery[a:b], np.arange(a, b, dtype=np.int64), config.precision)
+        actor.remote(gallery[a:b], np.arange(a, b, dtype=np.int64), precision)
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
-    ctx.log.info("%d gallery items in %d shard(s) with %g GPU each", len(gallery), n_shards, per_shard)
+    logging.getLogger("crossmatch").info(
+        "%d gallery items in %d shard(s), %g GPU each", len(gallery), n_shards, per_shard
+    )
     parts, progress = [], Progress("queries", len(queries))
-    for start in range(0, len(queries), config.query_batch):
-        batch = queries[start : start + config.query_batch]
+    for start in range(0, len(queries), query_batch):
+        batch = queries[start : start + query_batch]
         parts.append(merge(ray.get([s.search.remote(batch, k) for s in shards]), k))
         progress.update(len(batch))
     for s in shards:
@@ -183,7 +194,17 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     if len(gallery) == 0:
         raise JobFailed(f"the gallery under {gallery_root} is empty")
     k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
-    found = sharded_search(gallery.vectors, queries.vectors, k, config, ctx) if len(queries) else None
+    found = None
+    if len(queries):
+        found = sharded_search(
+            gallery.vectors,
+            queries.vectors,
+            k,
+            config.shards,
+            config.gpus_per_shard,
+            config.precision,
+            config.query_batch,
+        )
     rows = []
     for q in range(len(queries)):
         rank = 0

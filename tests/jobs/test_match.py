@@ -168,6 +168,25 @@ def test_calibrate_then_identify_open_set(tmp_path):
     assert top["/probes/stranger.jpg"]["decision"] == "unknown"
     assert all(top[f"/probes/{i}.jpg"]["decision"] == labels[i] for i in range(20) if i % 4 == 1)
     assert all(r["threshold"] == pytest.approx(record["threshold"]) for r in rows)
+    # an output root stands for its newest calibration of the model
+    assert (
+        run(
+            "identify",
+            "--queries",
+            root,
+            "--output",
+            root,
+            "--labels",
+            labels_csv,
+            "--calibration",
+            root,
+            "--run-id",
+            "identify-by-root",
+        )
+        == 0
+    )
+    again = read_table(resolve(str(root)), "matches", run_id="identify-by-root").to_pylist()
+    assert {r["threshold_source"] for r in again} == {record["record_uri"]}
 
 
 def test_bad_inputs_fail_or_become_error_rows(tmp_path, caplog):
