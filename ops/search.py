@@ -4,7 +4,7 @@ Queries go in blocks against gallery blocks. A block's scores come from one matr
 numpy's BLAS, which runs faster than torch's here; on CUDA fp32, fp16 or bf16 through torch); only entries that can
 still enter a query's top K are kept as candidates: at or above the query's current K-th best score minus a
 margin that bounds the product's rounding error. Candidates are re-scored exactly (float64 dot products of the
-stored fp32 vectors) and merged into a running top K ordered by score, then by gallery id: deterministic, and the
+stored fp32 vectors, on the host) and merged into a running top K ordered by score, then by gallery id: deterministic, and the
 same answer whatever the precision, block sizes, device or sharding.
 
 The margin is a proof, not a tolerance: for unit vectors q and g, a product whose inputs are rounded with unit
@@ -80,6 +80,7 @@ class ExactSearch:
         precision: str = "fp32",
         gallery_block: int = 4096,
         query_block: int = 512,
+        backend: str | None = None,
     ) -> None:
         if precision not in UNIT_ROUNDOFF:
             raise SearchError(f"precision {precision!r}: use one of {', '.join(UNIT_ROUNDOFF)}")
@@ -96,9 +97,12 @@ class ExactSearch:
         if gallery_block % CHUNK or gallery_block < CHUNK:
             raise SearchError(f"gallery_block must be a multiple of {CHUNK}")
         self.gallery_block, self.query_block = gallery_block, query_block
-        if self.device.type == "cuda":  # stays in device memory across query batches
+        # numpy's BLAS on CPU; torch on CUDA (or on CPU when asked, which is how the CUDA code path is tested here)
+        self.backend = backend or ("torch" if self.device.type == "cuda" else "numpy")
+        if self.backend not in ("numpy", "torch") or (self.backend == "numpy" and self.device.type != "cpu"):
+            raise SearchError(f"backend {self.backend!r} on {self.device.type}: use numpy on CPU or torch")
+        if self.backend == "torch":  # stays in device memory across query batches
             self.device_gallery = torch.from_numpy(self.gallery).to(self.device, DTYPES[precision])
-            self.exact_gallery = torch.from_numpy(self.gallery).to(self.device, torch.float64)
 
     def __len__(self) -> int:
         return len(self.gallery)
@@ -111,7 +115,7 @@ class ExactSearch:
             raise SearchError(f"k must be at least 1, not {k}")
         step = self.query_block
         blocks = [queries[i : i + step] for i in range(0, len(queries), step)]
-        if self.device.type == "cuda":
+        if self.backend == "torch":
             parts = [self._block(b, k) for b in blocks]
         else:
             parts = self._parallel(blocks, k)
@@ -133,11 +137,11 @@ class ExactSearch:
 
     def _block(self, q: np.ndarray, k: int) -> TopK:
         nq = len(q)
-        buffer = np.empty((nq, self.gallery_block), np.float32) if self.device.type == "cpu" else None
+        buffer = np.empty((nq, self.gallery_block), np.float32) if self.backend == "numpy" else None
         best_s = np.full((nq, k), -np.inf)
         best_i = np.full((nq, k), -1, np.int64)
         threshold = np.full(nq, -np.inf)
-        q_dev = torch.from_numpy(q).to(self.device, DTYPES[self.precision]) if self.device.type == "cuda" else None
+        q_dev = torch.from_numpy(q).to(self.device, DTYPES[self.precision]) if self.backend == "torch" else None
         rows_buf, cols_buf, pending = [], [], 0
         for start in range(0, len(self.gallery), self.gallery_block):
             stop = min(start + self.gallery_block, len(self.gallery))
@@ -196,10 +200,7 @@ class ExactSearch:
         return r.cpu().numpy(), c.cpu().numpy()
 
     def _exact(self, q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        if self.device.type == "cuda":
-            qe = torch.from_numpy(q).to(self.device, torch.float64)
-            r, c = torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)
-            return (qe[r] * self.exact_gallery[c]).sum(dim=1).cpu().numpy()
+        # On the host whatever the device: one summation order, so every path gives bit-identical scores.
         return np.einsum("ij,ij->i", q[rows].astype(np.float64), self.gallery[cols].astype(np.float64))
 
     def _merge(self, q, rows, cols, best_s, best_i, k) -> tuple[np.ndarray, np.ndarray]:

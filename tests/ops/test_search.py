@@ -28,6 +28,16 @@ def test_matches_brute_force_exactly_whatever_the_blocks(gallery_block, query_bl
     np.testing.assert_allclose(got.scores, scores, rtol=0, atol=1e-12)
 
 
+def test_the_torch_code_path_gives_the_same_answer():
+    # The path CUDA takes (torch products, torch filter, device-side re-scoring), run here on the CPU.
+    rng = np.random.default_rng(5)
+    g, q = unit(rng, 3000), unit(rng, 300)
+    numpy_path = ExactSearch(g, gallery_block=256).search(q, 8)
+    torch_path = ExactSearch(g, gallery_block=256, query_block=128, backend="torch").search(q, 8)
+    np.testing.assert_array_equal(torch_path.ids, numpy_path.ids)
+    np.testing.assert_array_equal(torch_path.scores, numpy_path.scores)
+
+
 def test_ties_go_to_the_lower_id_and_short_galleries_pad():
     rng = np.random.default_rng(1)
     base = unit(rng, 5)
