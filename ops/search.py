@@ -4,8 +4,8 @@ Queries go in blocks against gallery blocks. A block's scores come from one matr
 numpy's BLAS, which runs faster than torch's here; on CUDA fp32, fp16 or bf16 through torch); only entries that can
 still enter a query's top K are kept as candidates: at or above the query's current K-th best score minus a
 margin that bounds the product's rounding error. Candidates are re-scored exactly (float64 dot products of the
-stored fp32 vectors, on the host) and merged into a running top K ordered by score, then by gallery id: deterministic, and the
-same answer whatever the precision, block sizes, device or sharding.
+stored fp32 vectors, on the host) and merged into a running top K ordered by score, then by gallery id:
+deterministic, and the same answer whatever the precision, block sizes, device or sharding.
 
 The margin is a proof, not a tolerance: for unit vectors q and g, a product whose inputs are rounded with unit
 roundoff u and whose output is rounded with u again differs from the exact q.g by at most 3u + d 2^-23 (the last
