@@ -21,7 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard, verified_model
+from jobs.runtime import (
+    JobConfig,
+    JobContext,
+    JobFailed,
+    Progress,
+    actor_plan,
+    ensure_ray,
+    run_job,
+    shard,
+    verified_model,
+)
 from ops.faces import FacePipeline
 from ops.images import DEFAULT_MAX_PIXELS, Frame, ImageDecodeError, decode_image, sample_video
 from ops.mtcnn import DetectorConfig
@@ -305,11 +315,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     ensure_ray()
     import ray
 
-    resources = ray.cluster_resources()
-    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
-    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    # As in embed_voices: one actor per GPU beside CPU decode tasks; without GPUs one per core, fused with decoding.
-    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else cpus)
+    plan = actor_plan(config.pool_size, config.gpus_per_actor)
     info = {
         u: (s, c)
         for u, s, c in zip(uris, *(sources.column(k).to_pylist() for k in ("sha256", "media_category")), strict=True)
@@ -323,7 +329,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
                 "media_category": [info[o.uri][1] for o in s],
             }
         )
-        for s in shard(objects, cpus, MIN_SHARD_BYTES)
+        for s in shard(objects, plan.cpus, MIN_SHARD_BYTES)
     ]
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side")}
     staged = ray.data.from_arrow(blocks).map_batches(
@@ -340,13 +346,10 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             "min_face": config.min_face,
             "min_score": config.min_score,
         },
-        compute=ray.data.ActorPoolStrategy(size=pool),
-        num_gpus=gpus_per_actor,
-        num_cpus=0.5 if gpus_per_actor else 1,  # beside a GPU, leave the cores to decoding
-        batch_size=config.batch_size if gpus_per_actor else None,  # fused with decoding: each decoded block as it comes
+        **plan.map_args(config.batch_size),
         batch_format="pyarrow",
     )
-    ctx.log.info("%d CPUs, %d face actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
+    ctx.log.info("%d CPUs, %d face actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
 
     source_rows, error_rows, frame_faces = {}, {}, Counter()
     video_faces: dict[str, list[dict]] = defaultdict(list)  # held for tracking; a video's rows are small

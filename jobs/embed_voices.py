@@ -21,7 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard, verified_model
+from jobs.runtime import (
+    JobConfig,
+    JobContext,
+    JobFailed,
+    Progress,
+    actor_plan,
+    ensure_ray,
+    run_job,
+    shard,
+    verified_model,
+)
 from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
 from ops.registry import load_folder
 from ops.schemas import voices
@@ -225,18 +235,12 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     ensure_ray()
     import ray
 
-    resources = ray.cluster_resources()
-    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
-    gpus_per_actor = config.gpus_per_actor if config.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    # With GPUs: one encoder actor per GPU, decoding in CPU tasks beside them (Ray keeps the stages apart, their
-    # resources differ). Without: one actor per core, and Ray fuses decoding into the actors, so that every core
-    # decodes and embeds its own sources with no hand-off between processes.
-    pool = config.pool_size or (max(1, int(gpus / gpus_per_actor)) if gpus_per_actor else cpus)
+    plan = actor_plan(config.pool_size, config.gpus_per_actor)
     objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
     shas = dict(zip(uris, sources.column("sha256").to_pylist(), strict=True))
     blocks = [
         pa.table({"uri": [o.uri for o in s], "sha256": [shas[o.uri] for o in s]})
-        for s in shard(objects, cpus, MIN_SHARD_BYTES)
+        for s in shard(objects, plan.cpus, MIN_SHARD_BYTES)
     ]
     params = {
         k: getattr(config, k)
@@ -258,16 +262,10 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     embedded = staged.map_batches(
         VoiceEncoderActor,
         fn_constructor_kwargs={"model_folder": folder},
-        compute=ray.data.ActorPoolStrategy(size=pool),
-        num_gpus=gpus_per_actor,
-        # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
-        num_cpus=0.5 if gpus_per_actor else 1,
-        # Fused with decoding (no GPUs), a batch size would bundle that many *sources* per task, leaving actors
-        # idle on a few large tasks; there each decoded block goes to the encoder as it comes.
-        batch_size=config.batch_size if gpus_per_actor else None,
+        **plan.map_args(config.batch_size),
         batch_format="pyarrow",
     )
-    ctx.log.info("%d CPUs, %d encoder actor(s) with %g GPU each", cpus, pool, gpus_per_actor)
+    ctx.log.info("%d CPUs, %d encoder actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
 
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
     pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]

@@ -214,3 +214,39 @@ def verified_model(ref: str, models: str | None) -> tuple[Store, dict]:
         return folder, load_folder(folder).card
     except ModelError as exc:
         raise JobFailed(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How a job's model stage sits on the cluster: one actor per GPU beside CPU decode tasks (Ray keeps the stages
+    apart, their resources differ); without GPUs one actor per core, and Ray fuses decoding into the actors, so that
+    every core decodes and runs the model on its own sources with no hand-off between processes."""
+
+    cpus: int
+    gpus_per_actor: float
+    pool: int
+
+    def map_args(self, gpu_batch_size: int) -> dict:
+        """``map_batches`` arguments for the model stage."""
+        import ray
+
+        return {
+            "compute": ray.data.ActorPoolStrategy(size=self.pool),
+            "num_gpus": self.gpus_per_actor,
+            # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
+            "num_cpus": 0.5 if self.gpus_per_actor else 1,
+            # Fused with decoding (no GPUs), a batch size would bundle that many *sources* per task, leaving actors
+            # idle on a few large tasks; there each decoded block goes to the model as it comes.
+            "batch_size": gpu_batch_size if self.gpus_per_actor else None,
+        }
+
+
+def actor_plan(pool_size: int | None, gpus_per_actor: float | None) -> ActorPlan:
+    """The plan for the connected cluster; ``pool_size`` and ``gpus_per_actor`` override the defaults."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+    per_actor = gpus_per_actor if gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    pool = pool_size or (max(1, int(gpus / per_actor)) if per_actor else cpus)
+    return ActorPlan(cpus, per_actor, pool)
