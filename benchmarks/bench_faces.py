@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.faces import FacePipeline  # noqa: E402
 from ops.images import decode_image  # noqa: E402
 from ops.registry import load, models_root, pull, source_members  # noqa: E402
-from ops.samples import _portrait  # noqa: E402
+from ops.samples import portrait  # noqa: E402
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 
@@ -51,7 +51,7 @@ def images_640x480() -> list[bytes]:
         for i in range(16):
             canvas = Image.new("RGB", (640, 480), tuple(int(v) for v in rng.integers(60, 200, 3)))
             for j in range(2):
-                canvas.paste(Image.fromarray(_portrait(rng, i + j)).resize((192, 240)), (80 + 280 * j, 120))
+                canvas.paste(Image.fromarray(portrait(rng, i + j)).resize((192, 240)), (80 + 280 * j, 120))
             out.append(canvas)
     encoded = []
     for im in out:

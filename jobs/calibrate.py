@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.match import _labels, _read_set
 from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
 from ops import metrics
+from ops.embeddings import read_embeddings, read_labels
 from ops.schemas import CALIBRATIONS
+from ops.storage import resolve
 from ops.tables import OutputRun
 
 JOB = "calibrate"
@@ -88,8 +89,9 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         raise JobFailed("--target-far must be between 0 and 1")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
-    data = _read_set(config.embeddings, config.table, config.embeddings_run_id, per_source=True)
-    labels = _labels(config, config.embeddings)  # type: ignore[arg-type]  (same fields as the match config)
+    root = resolve(config.embeddings)
+    data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True)
+    labels = read_labels(root, config.labels)
     labelled = [i for i, u in enumerate(data.uris) if u in labels]
     if len(labelled) > config.max_sources:
         labelled = sorted(np.random.default_rng(0).choice(labelled, config.max_sources, replace=False).tolist())

@@ -11,7 +11,6 @@ per source that could not be decoded. Every source ends as exactly one face_sour
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -25,11 +24,12 @@ from jobs.runtime import (
     JobConfig,
     JobContext,
     JobFailed,
-    Progress,
+    SourceLedger,
     actor_plan,
     ensure_ray,
+    manifest_sources,
     run_job,
-    shard,
+    source_blocks,
     verified_model,
 )
 from ops.faces import FacePipeline
@@ -37,8 +37,8 @@ from ops.images import DEFAULT_MAX_PIXELS, Frame, ImageDecodeError, decode_image
 from ops.mtcnn import DetectorConfig
 from ops.registry import load_folder
 from ops.schemas import FACE_SOURCES, faces
-from ops.storage import ObjectInfo, Store, resolve
-from ops.tables import OutputRun, read_table
+from ops.storage import Store, resolve
+from ops.tables import OutputRun
 
 JOB = "embed_faces"
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
@@ -174,17 +174,12 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
         yield pa.Table.from_pylist(rows, schema=_STAGED)
 
 
-@functools.lru_cache(maxsize=2)
-def _pipeline(detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> FacePipeline:
-    config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
-    return FacePipeline(load_folder(detector_folder), load_folder(model_folder), config)
-
-
 class FaceActor:
     """Loads detector and recogniser once per actor; finds and embeds the faces of a batch of frames together."""
 
     def __init__(self, detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> None:
-        self.pipeline = _pipeline(detector_folder, model_folder, min_face, min_score)
+        config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
+        self.pipeline = FacePipeline(load_folder(detector_folder), load_folder(model_folder), config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()
@@ -285,17 +280,12 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
 
-    manifest = read_table(manifest_root, "manifest", run_id=config.manifest_run_id)
-    if manifest.num_rows == 0:
-        raise JobFailed(f"no committed manifest under {manifest_root.uri}: run `python -m jobs.manifest` first")
-    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(["image", "video"]))).sort_by("uri")
+    sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("image", "video"))
     uris = sources.column("uri").to_pylist()
-    if len(set(uris)) != len(uris):
-        raise JobFailed(f"the manifest under {manifest_root.uri} lists a uri twice: pass --manifest-run-id")
     ctx.log.info(
         "%d image and video sources of %d manifest rows; detector %s, recogniser %s (%s)",
         len(uris),
-        manifest.num_rows,
+        manifest_rows,
         detector_card["name"],
         card["name"],
         card["checkpoint_sha256"][:12],
@@ -316,21 +306,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     import ray
 
     plan = actor_plan(config.pool_size, config.gpus_per_actor)
-    info = {
-        u: (s, c)
-        for u, s, c in zip(uris, *(sources.column(k).to_pylist() for k in ("sha256", "media_category")), strict=True)
-    }
-    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
-    blocks = [
-        pa.table(
-            {
-                "uri": [o.uri for o in s],
-                "sha256": [info[o.uri][0] for o in s],
-                "media_category": [info[o.uri][1] for o in s],
-            }
-        )
-        for s in shard(objects, plan.cpus, MIN_SHARD_BYTES)
-    ]
+    blocks = source_blocks(sources, ["uri", "sha256", "media_category"], plan.cpus, MIN_SHARD_BYTES)
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side")}
     staged = ray.data.from_arrow(blocks).map_batches(
         decode_frames,
@@ -351,10 +327,9 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     )
     ctx.log.info("%d CPUs, %d face actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
 
-    source_rows, error_rows, frame_faces = {}, {}, Counter()
+    ledger, frame_faces = SourceLedger(uris), Counter()
     video_faces: dict[str, list[dict]] = defaultdict(list)  # held for tracking; a video's rows are small
     written = Counter()
-    progress = Progress("sources", len(uris))
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
         face_rows = batch.filter(pa.array(kinds == "face"))
@@ -368,44 +343,25 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces"]).to_pylist():
             frame_faces[row["uri"]] += row["faces"]
         for row in batch.filter(pa.array((kinds == "source") | (kinds == "error"))).to_pylist():
-            if row["uri"] in source_rows or row["uri"] in error_rows:
-                raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
-            (source_rows if row["kind"] == "source" else error_rows)[row["uri"]] = row
-            progress.update(1)
+            ledger.report(row)
 
-    missing = set(uris) - set(source_rows) - set(error_rows)
-    if missing:
-        raise JobFailed(
-            f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
-            "nothing was committed, rerun the job"
-        )
+    ledger.check_complete()
+    source_rows, error_rows = ledger.results, ledger.errors
     for uri, rows in sorted(video_faces.items()):
         ids = assign_tracks(rows)
         lengths = Counter(ids)
         for row, track in zip(rows, ids, strict=True):
             row["track_id"], row["track_frames"] = track, lengths[track]
-        if config.per_track:
-            best: dict[int, dict] = {}
-            for row in rows:  # the clearest face of each track: detector confidence times resolution
-                key = row["score"] * row["eye_distance"]
-                if (
-                    row["track_id"] not in best
-                    or key > best[row["track_id"]]["score"] * best[row["track_id"]]["eye_distance"]
-                ):
-                    best[row["track_id"]] = row
-            rows = [best[t] for t in sorted(best)]
+        if config.per_track:  # the clearest face of each track: detector confidence times resolution
+            tracks: dict[int, list[dict]] = defaultdict(list)
+            for row in rows:
+                tracks[row["track_id"]].append(row)
+            rows = [max(tracks[t], key=lambda r: r["score"] * r["eye_distance"]) for t in sorted(tracks)]
         out.write("faces", _face_table(rows, provenance, dim), schema)
         written[uri] += len(rows)
     sources_table = _sources_table(source_rows, frame_faces, written, provenance)
     out.write("face_sources", sources_table, FACE_SOURCES)
-    if error_rows:
-        fields = ("uri", "sha256", "stage", "error_type", "message")
-        out.write(
-            "errors",
-            pa.Table.from_pylist(
-                [{"run_id": ctx.run_id, "job": JOB, **{k: r[k] for k in fields}} for r in error_rows.values()]
-            ),
-        )
+    out.write_errors(list(error_rows.values()))
     statuses = Counter(sources_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),

@@ -19,17 +19,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from jobs.runtime import (
     JobConfig,
     JobContext,
     JobFailed,
-    Progress,
+    SourceLedger,
     actor_plan,
     ensure_ray,
+    manifest_sources,
     run_job,
-    shard,
+    source_blocks,
     verified_model,
 )
 from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
@@ -37,8 +37,8 @@ from ops.registry import load_folder
 from ops.schemas import voices
 from ops.silero import SileroVAD
 from ops.speaker import normalise, speaker_embedder
-from ops.storage import ObjectInfo, Store, resolve
-from ops.tables import OutputRun, read_table
+from ops.storage import Store, resolve
+from ops.tables import OutputRun
 
 JOB = "embed_voices"
 # Compressed speech is about 25 KB per second of audio: a shard of this many bytes is a few seconds of work.
@@ -213,18 +213,12 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
 
-    manifest = read_table(manifest_root, "manifest", run_id=config.manifest_run_id)
-    if manifest.num_rows == 0:
-        raise JobFailed(f"no committed manifest under {manifest_root.uri}: run `python -m jobs.manifest` first")
-    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(["audio", "video"])))
-    sources = sources.sort_by("uri")
+    sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("audio", "video"))
     uris = sources.column("uri").to_pylist()
-    if len(set(uris)) != len(uris):
-        raise JobFailed(f"the manifest under {manifest_root.uri} lists a uri twice: pass --manifest-run-id")
     ctx.log.info(
         "%d audio and video sources of %d manifest rows; model %s (%s)",
         len(uris),
-        manifest.num_rows,
+        manifest_rows,
         card["name"],
         card["checkpoint_sha256"][:12],
     )
@@ -236,12 +230,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     import ray
 
     plan = actor_plan(config.pool_size, config.gpus_per_actor)
-    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
-    shas = dict(zip(uris, sources.column("sha256").to_pylist(), strict=True))
-    blocks = [
-        pa.table({"uri": [o.uri for o in s], "sha256": [shas[o.uri] for o in s]})
-        for s in shard(objects, plan.cpus, MIN_SHARD_BYTES)
-    ]
+    blocks = source_blocks(sources, ["uri", "sha256"], plan.cpus, MIN_SHARD_BYTES)
     params = {
         k: getattr(config, k)
         for k in (
@@ -269,8 +258,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
 
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
     pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]
-    source_rows, error_rows = {}, {}
-    progress = Progress("sources", len(uris))
+    ledger = SourceLedger(uris)
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
         segments = batch.filter(pa.array(kinds == "segment"))
@@ -287,28 +275,13 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
                 acc[1] += n
                 acc[2] += 1
         for row in batch.filter(pa.array(kinds != "segment")).to_pylist():
-            target = source_rows if row["kind"] == "source" else error_rows
-            if row["uri"] in source_rows or row["uri"] in error_rows:
-                raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
-            target[row["uri"]] = row
-            progress.update(1)
+            ledger.report(row)
 
-    missing = set(uris) - set(source_rows) - set(error_rows)
-    if missing:
-        raise JobFailed(
-            f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
-            "nothing was committed, rerun the job"
-        )
+    ledger.check_complete()
+    source_rows, error_rows = ledger.results, ledger.errors
     source_table = _source_table(source_rows, pooled, provenance, dim)
     out.write("voices", source_table, schema)
-    if error_rows:
-        fields = ("uri", "sha256", "stage", "error_type", "message")
-        out.write(
-            "errors",
-            pa.Table.from_pylist(
-                [{**provenance, "job": JOB, **{k: r[k] for k in fields}} for r in error_rows.values()]
-            ),
-        )
+    out.write_errors(list(error_rows.values()))
     statuses = Counter(source_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),

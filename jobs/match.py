@@ -28,10 +28,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
-from ops.embeddings import EmbeddingError, EmbeddingSet, check_comparable, read_embeddings
-from ops.registry import models_root, read_card
+from ops.embeddings import (
+    EmbeddingSet,
+    check_comparable,
+    embedding_set,
+    read_committed,
+    read_embeddings,
+    read_labels,
+)
+from ops.registry import ModelError, models_root, read_card
 from ops.schemas import MATCHES
-from ops.search import ExactSearch, SearchError, TopK, merge, normalise
+from ops.search import ExactSearch, TopK, merge, normalise
 from ops.storage import StorageError, resolve
 from ops.tables import OutputRun, committed_runs, read_table
 
@@ -128,13 +135,6 @@ def sharded_search(
     return TopK(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]))
 
 
-def _read_set(root: str, table: str, run_id: str | None, per_source: bool) -> EmbeddingSet:
-    try:
-        return read_embeddings(resolve(root), table, run_id, per_source)
-    except EmbeddingError as exc:
-        raise JobFailed(str(exc)) from None
-
-
 def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
     """The cosine threshold and where it came from: the flag, a calibration record, or the model card."""
     if config.threshold is not None:
@@ -144,7 +144,7 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
         return float(record["threshold"]), where
     try:
         card = read_card(models_root(config.models).join(model_name))
-    except Exception:  # noqa: BLE001 - no card is the same problem as no cosine threshold on it
+    except ModelError:  # no card is the same problem as no cosine threshold on it
         card = {}
     if card.get("metric") == "cosine" and card.get("default_threshold") is not None:
         return float(card["default_threshold"]), f"model card of {model_name}"
@@ -186,11 +186,14 @@ def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> di
 
 
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    queries = _read_set(config.queries, config.table, config.queries_run_id, config.per_source)
+    queries = read_embeddings(resolve(config.queries), config.table, config.queries_run_id, config.per_source)
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
-    gallery = queries if same_set else _read_set(gallery_root, config.table, config.gallery_run_id, config.per_source)
-    _comparable(queries, gallery)
+    if same_set:
+        gallery = queries
+    else:
+        gallery = read_embeddings(resolve(gallery_root), config.table, config.gallery_run_id, config.per_source)
+    check_comparable(queries, gallery)
     if len(gallery) == 0:
         raise JobFailed(f"the gallery under {gallery_root} is empty")
     k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
@@ -249,9 +252,10 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     if not config.pairs:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
     pairs = _read_pairs(config.pairs)
-    per_source = _read_set(config.queries, config.table, config.queries_run_id, per_source=True)
-    items = _read_set(config.queries, config.table, config.queries_run_id, per_source=False)
-    _comparable(per_source, items)
+    root = resolve(config.queries)
+    data = read_committed(root, config.table, config.queries_run_id)  # read once: sources and items come from it
+    per_source = embedding_set(data, config.table, True, root.uri)
+    items = embedding_set(data, config.table, False, root.uri)
     threshold, source = _threshold(config, per_source.model_name)
     index = {key: (s, i) for s in (items, per_source) for i, key in enumerate(s.items)}
     invalid = {r["item"]: r["reason"] for r in per_source.invalid + items.invalid}
@@ -300,35 +304,10 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     )
 
 
-def _labels(config: MatchConfig, root: str) -> dict[str, str]:
-    if config.labels:
-        try:
-            text = resolve(config.labels).read_bytes().decode("utf-8")
-        except StorageError as exc:
-            raise JobFailed(f"cannot read the labels {config.labels}: {exc}") from None
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
-            raise JobFailed(f"{config.labels} needs a header with columns uri and label")
-        labels: dict[str, str] = {}
-        for row in reader:
-            if row["uri"] in labels and labels[row["uri"]] != row["label"]:
-                raise JobFailed(
-                    f"{config.labels} gives {row['uri']} two identities: {labels[row['uri']]}, {row['label']}"
-                )
-            labels[row["uri"]] = row["label"]
-        return labels
-    manifest = read_table(resolve(root), "manifest", columns=["uri", "label"])
-    return {
-        u: lab
-        for u, lab in zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True)
-        if lab
-    }
-
-
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     gallery_root = config.gallery or config.queries
-    gallery = _read_set(gallery_root, config.table, config.gallery_run_id, per_source=True)
-    labels = _labels(config, gallery_root)
+    gallery = read_embeddings(resolve(gallery_root), config.table, config.gallery_run_id, per_source=True)
+    labels = read_labels(resolve(gallery_root), config.labels)
     enrolled = [i for i, u in enumerate(gallery.uris) if u in labels]
     if not enrolled:
         raise JobFailed(
@@ -342,8 +321,11 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     for i in enrolled:
         sums[where[labels[gallery.uris[i]]]] += gallery.vectors[i]
     centroids = normalise(sums.astype(np.float32))
-    probes_all = _read_set(config.queries, config.table, config.queries_run_id, per_source=True)
-    _comparable(probes_all, gallery)
+    if gallery_root == config.queries and config.gallery_run_id == config.queries_run_id:
+        probes_all = gallery  # one table: labelled sources enrol, the others are probed
+    else:
+        probes_all = read_embeddings(resolve(config.queries), config.table, config.queries_run_id, per_source=True)
+    check_comparable(probes_all, gallery)
     probe_index = np.array(
         [i for i, u in enumerate(probes_all.uris) if u not in labels or gallery_root != config.queries], np.int64
     )
@@ -392,13 +374,6 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     )
 
 
-def _comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
-    try:
-        check_comparable(a, b)
-    except EmbeddingError as exc:
-        raise JobFailed(str(exc)) from None
-
-
 def _error(row: dict, error_type: str) -> dict:
     return {
         "uri": row["uri"],
@@ -410,11 +385,7 @@ def _error(row: dict, error_type: str) -> dict:
 
 def _finish(out: OutputRun, rows: list[dict], errors: list[dict], summary: dict) -> dict:
     out.write("matches", pa.Table.from_pylist(rows, schema=MATCHES) if rows else MATCHES.empty_table(), MATCHES)
-    if errors:
-        out.write(
-            "errors",
-            pa.Table.from_pylist([{"run_id": out.run_id, "job": JOB, "stage": "match", **e} for e in errors]),
-        )
+    out.write_errors(errors, stage="match")
     summary |= {"matches": len(rows), "errors": len(errors)}
     return summary
 
@@ -426,10 +397,7 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
         raise JobFailed("--k must be at least 1")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
-    try:
-        summary = {"search": run_search, "verify": run_verify, "identify": run_identify}[config.mode](config, ctx, out)
-    except SearchError as exc:
-        raise JobFailed(str(exc)) from None
+    summary = {"search": run_search, "verify": run_verify, "identify": run_identify}[config.mode](config, ctx, out)
     marker = out.commit(tables=("errors",), config=asdict(config), summary={"mode": config.mode, **summary})
     ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
     ctx.log.info("committed run %s (tables matches/, errors/)", ctx.run_id)

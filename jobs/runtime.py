@@ -22,9 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ops.embeddings import EmbeddingError
 from ops.registry import ModelError, load_folder, locate, models_root
+from ops.search import SearchError
 from ops.storage import ObjectInfo, StorageError, Store, resolve
-from ops.tables import CommitError, check_run_id
+from ops.tables import CommitError, check_run_id, read_table
 
 log = logging.getLogger("crossmatch")
 
@@ -111,7 +116,7 @@ def run_job(
         run(config, JobContext(job, run_id, output, log))
         log.info("job %s finished in %.1f s", job, time.monotonic() - started)
         return 0
-    except (JobFailed, StorageError, CommitError) as exc:
+    except (JobFailed, StorageError, CommitError, EmbeddingError, SearchError) as exc:  # fixable by the user
         log.error("job %s failed: %s", job, exc)
         return 2
     except KeyboardInterrupt:
@@ -250,3 +255,50 @@ def actor_plan(pool_size: int | None, gpus_per_actor: float | None) -> ActorPlan
     per_actor = gpus_per_actor if gpus_per_actor is not None else (1.0 if gpus else 0.0)
     pool = pool_size or (max(1, int(gpus / per_actor)) if per_actor else cpus)
     return ActorPlan(cpus, per_actor, pool)
+
+
+def manifest_sources(root: Store, run_id: str | None, categories: tuple[str, ...]) -> tuple[pa.Table, int]:
+    """The committed manifest's rows of these media categories, by uri, and how many rows the manifest has."""
+    manifest = read_table(root, "manifest", run_id=run_id)
+    if manifest.num_rows == 0:
+        raise JobFailed(f"no committed manifest under {root.uri}: run `python -m jobs.manifest` first")
+    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(categories))).sort_by("uri")
+    uris = sources.column("uri").to_pylist()
+    if len(set(uris)) != len(uris):
+        raise JobFailed(f"the manifest under {root.uri} lists a uri twice: pass --manifest-run-id")
+    return sources, manifest.num_rows
+
+
+def source_blocks(sources: pa.Table, columns: list[str], cpus: int, min_bytes: int) -> list[pa.Table]:
+    """Manifest rows (these columns) in blocks balanced by size over the cores (see ``shard``)."""
+    uris = sources.column("uri").to_pylist()
+    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
+    row = {u: i for i, u in enumerate(uris)}
+    picked = sources.select(columns)
+    return [picked.take(pa.array([row[o.uri] for o in part])) for part in shard(objects, cpus, min_bytes)]
+
+
+class SourceLedger:
+    """Every source of a job ends as exactly one result row or one error row: checked as rows arrive and before
+    anything is committed."""
+
+    def __init__(self, uris: list[str]) -> None:
+        self.uris = uris
+        self.results: dict[str, dict] = {}
+        self.errors: dict[str, dict] = {}
+        self.progress = Progress("sources", len(uris))
+
+    def report(self, row: dict) -> None:
+        """A source's final row: ``kind`` "error" for an error row, anything else for a result."""
+        if row["uri"] in self.results or row["uri"] in self.errors:
+            raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
+        (self.errors if row["kind"] == "error" else self.results)[row["uri"]] = row
+        self.progress.update(1)
+
+    def check_complete(self) -> None:
+        missing = set(self.uris) - set(self.results) - set(self.errors)
+        if missing:
+            raise JobFailed(
+                f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
+                "nothing was committed, rerun the job"
+            )

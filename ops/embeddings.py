@@ -8,6 +8,8 @@ reason, never dropped silently.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ops.search import invalid_rows, normalise
-from ops.storage import Store
+from ops.storage import Store, resolve
 from ops.tables import read_table
 
 EMBEDDING_TABLES = ("faces", "voices")
@@ -70,11 +72,21 @@ def read_embeddings(root: Store, table: str, run_id: str | None = None, per_sour
     """The committed embeddings of ``table`` under ``root``: every face or speech segment, or with ``per_source``
     one item per source (a voice source's pooled embedding; an image or video's clearest face: the largest, then
     the most confident)."""
+    return embedding_set(read_committed(root, table, run_id), table, per_source, root.uri)
+
+
+def read_committed(root: Store, table: str, run_id: str | None = None) -> pa.Table:
+    """The committed rows of embedding table ``table``; an error that says which job to run when there are none."""
     if table not in EMBEDDING_TABLES:
         raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
     data = read_table(root, table, run_id=run_id)
     if data.num_rows == 0:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
+    return data
+
+
+def embedding_set(data: pa.Table, table: str, per_source: bool, where: str) -> EmbeddingSet:
+    """An embedding set from rows already read (see ``read_embeddings``); ``where`` names them in errors."""
     if table == "voices":
         data = data.filter(pc.equal(data.column("level"), "source" if per_source else "segment"))
         data = data.filter(pc.is_valid(data.column("embedding")))  # no_speech sources: nothing to match
@@ -89,11 +101,11 @@ def read_embeddings(root: Store, table: str, run_id: str | None = None, per_sour
     )
     if len(models) > 1:
         raise EmbeddingError(
-            f"{table}/ under {root.uri} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in models)}: "
+            f"{table}/ under {where} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in models)}: "
             "pass the run id of one of them"
         )
     if not models:
-        raise EmbeddingError(f"{table}/ under {root.uri} has no embeddings to match")
+        raise EmbeddingError(f"{table}/ under {where} has no embeddings to match")
     raw = np.asarray(data.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
     raw = raw.reshape(data.num_rows, -1)
     uris, shas, items = (
@@ -125,3 +137,22 @@ def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
             f"cannot compare {a.model_name} ({a.model_sha256[:12]}, {a.dim}-d) with {b.model_name} "
             f"({b.model_sha256[:12]}, {b.dim}-d) embeddings: match sets made by the same model"
         )
+
+
+def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
+    """Identity labels by source uri: from a CSV with columns uri and label, else the manifest's under ``root``.
+    A CSV giving one source two identities is refused: enrolment must not guess."""
+    if not labels:
+        manifest = read_table(root, "manifest", columns=["uri", "label"])
+        pairs = zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True)
+        return {u: lab for u, lab in pairs if lab}
+    text = resolve(labels).read_bytes().decode("utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
+        raise EmbeddingError(f"{labels} needs a header with columns uri and label")
+    found: dict[str, str] = {}
+    for row in reader:
+        if row["uri"] in found and found[row["uri"]] != row["label"]:
+            raise EmbeddingError(f"{labels} gives {row['uri']} two identities: {found[row['uri']]}, {row['label']}")
+        found[row["uri"]] = row["label"]
+    return found

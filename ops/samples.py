@@ -49,7 +49,7 @@ def make_sample_archive(dest: Store, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     files: dict[str, bytes] = {}
     for i, person in enumerate(PEOPLE):
-        first, second = _portrait(rng, i), _portrait(rng, i)
+        first, second = portrait(rng, i), portrait(rng, i)
         for relpath, kind in SAMPLE_LAYOUT.items():
             if relpath.startswith(f"photos/{person}/"):
                 files[relpath] = encode_image(first if "-1." in relpath else second, kind)
@@ -152,7 +152,7 @@ def _mux_audio(out: av.container.OutputContainer, stream: av.AudioStream, sample
         out.mux(packet)
 
 
-def _portrait(rng: np.random.Generator, person: int, size: tuple[int, int] = (160, 128)) -> np.ndarray:
+def portrait(rng: np.random.Generator, person: int, size: tuple[int, int] = (160, 128)) -> np.ndarray:
     """A shaded frontal face drawing that MTCNN finds (score above 0.99): skin, hair, brows, eyes with irises, nose,
     mouth. Skin tone, eye spacing and face shape are the person's; position, background and noise vary per call."""
     h, w = size
@@ -249,7 +249,7 @@ def _scene(rng: np.random.Generator, frames: int = 20, size: tuple[int, int] = (
     y, x = np.mgrid[0:h, 0:w]
     out = np.empty((frames, h, w, 3), np.uint8)
     base = rng.uniform(0, 255, 3)
-    face = _portrait(rng, 0)
+    face = portrait(rng, 0)
     fh, fw = face.shape[:2]
     for t in range(frames):
         out[t, ..., 0] = (x * 2 + t * 6 + base[0]) % 256

@@ -150,6 +150,16 @@ class OutputRun:
             self._writers[table] = TableWriter(self.root, table, self.run_id, self.attempt, schema)
         self._writers[table].write(data)
 
+    def write_errors(self, rows: list[dict], stage: str | None = None) -> None:
+        """Error rows of this job and run: each with uri, sha256, error_type, message and (or ``stage``) stage."""
+        if rows:
+            fields = ("uri", "sha256", "stage", "error_type", "message")
+            data = [
+                {"run_id": self.run_id, "job": self.job, "stage": stage} | {k: r[k] for k in fields if k in r}
+                for r in rows
+            ]
+            self.write("errors", pa.Table.from_pylist(data, schema=schema_for("errors")))
+
     def commit(self, tables: tuple[str, ...] = (), **info: Any) -> dict:
         """Make every table of this attempt visible in one atomic put, then delete superseded attempts.
 

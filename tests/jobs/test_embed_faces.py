@@ -5,7 +5,7 @@ import numpy as np
 from PIL import Image
 
 from jobs import embed_faces, manifest
-from ops.samples import _portrait, encode_image, encode_video, speech
+from ops.samples import encode_image, encode_video, portrait, speech
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
 from tests.conftest import shared_data
@@ -40,14 +40,14 @@ def _audio_only_mp4() -> bytes:
 def hard_archive(folder) -> dict[str, str]:
     """Images and videos an archive holds, good and bad; value: the expected status or error type."""
     rng = np.random.default_rng(0)
-    face = Image.fromarray(_portrait(rng, 0))
+    face = Image.fromarray(portrait(rng, 0))
     exif = Image.Exif()
     exif[0x0112] = 8  # stored turned 90 degrees clockwise; the viewer turns it back
-    crowd = np.concatenate([np.concatenate([_portrait(rng, (r + c) % 3) for c in range(6)], 1) for r in range(5)])
+    crowd = np.concatenate([np.concatenate([portrait(rng, (r + c) % 3) for c in range(6)], 1) for r in range(5)])
     scene = np.tile(np.linspace(0, 255, 200, dtype=np.uint8)[None, :, None], (150, 1, 3))
-    frames = np.stack([np.pad(_portrait(rng, 1), ((0, 0), (16 + t, 48 - t), (0, 0)), mode="edge") for t in range(30)])
+    frames = np.stack([np.pad(portrait(rng, 1), ((0, 0), (16 + t, 48 - t), (0, 0)), mode="edge") for t in range(30)])
     video = encode_video(frames, speech(rng, pitch=150.0, seconds=3.0, rate=16000), 16000, "mp4", fps=10)
-    jpeg = encode_image(_portrait(rng, 2), "jpeg")
+    jpeg = encode_image(portrait(rng, 2), "jpeg")
     files = {
         "portrait.jpg": (jpeg, "ok"),
         "rotated.jpg": (_jpeg(face.transpose(Image.Transpose.ROTATE_270), exif=exif), "ok"),

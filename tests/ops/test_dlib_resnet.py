@@ -33,14 +33,14 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_port_matches_dlib_on_the_same_chips(port, reference):
-    from ops.samples import _portrait
+    from ops.samples import portrait
 
     rng = np.random.default_rng(7)
     chips = [np.kron(rng.integers(0, 256, (15, 15, 3)), np.ones((10, 10, 1))).astype(np.uint8) for _ in range(3)]
     chips += [
         np.asarray(
             torch.nn.functional.interpolate(
-                torch.from_numpy(_portrait(rng, p)).permute(2, 0, 1)[None].float(), size=(150, 150), mode="bilinear"
+                torch.from_numpy(portrait(rng, p)).permute(2, 0, 1)[None].float(), size=(150, 150), mode="bilinear"
             )[0]
             .permute(1, 2, 0)
             .round()

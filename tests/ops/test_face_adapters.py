@@ -75,9 +75,9 @@ def test_random_checkpoints_import_strictly_and_embed_faces(tmp_path, face_model
     pipeline = FacePipeline(load("mtcnn", face_models), load("mine", face_models))
     import numpy as np
 
-    from ops.samples import _portrait
+    from ops.samples import portrait
 
-    (faces,) = pipeline([_portrait(np.random.default_rng(0), 0)])
+    (faces,) = pipeline([portrait(np.random.default_rng(0), 0)])
     assert faces.embeddings.shape == (1, 512) and np.isfinite(faces.embeddings).all()
 
 

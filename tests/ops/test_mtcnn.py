@@ -4,7 +4,7 @@ import torch
 
 from ops.mtcnn import MTCNN, DetectorConfig
 from ops.registry import load
-from ops.samples import _portrait
+from ops.samples import portrait
 from tests.conftest import shared_data
 
 
@@ -20,7 +20,7 @@ def _tensor(*images: np.ndarray) -> torch.Tensor:
 
 
 def test_finds_a_face_with_its_landmarks_in_order(mtcnn):
-    image = _portrait(np.random.default_rng(0), 0)
+    image = portrait(np.random.default_rng(0), 0)
     (faces,) = mtcnn.detect(_tensor(image))
     assert len(faces) == 1 and faces.scores[0] > 0.95
     x1, y1, x2, y2 = faces.boxes[0].tolist()
@@ -32,7 +32,7 @@ def test_finds_a_face_with_its_landmarks_in_order(mtcnn):
 
 def test_batched_detection_equals_one_at_a_time(mtcnn):
     rng = np.random.default_rng(1)
-    images = [_portrait(rng, p) for p in range(3)] + [np.full((160, 128, 3), 127, np.uint8)]
+    images = [portrait(rng, p) for p in range(3)] + [np.full((160, 128, 3), 127, np.uint8)]
     batched = mtcnn.detect(_tensor(*images))
     for image, together in zip(images, batched, strict=True):
         (alone,) = mtcnn.detect(_tensor(image))
@@ -42,7 +42,7 @@ def test_batched_detection_equals_one_at_a_time(mtcnn):
 
 
 def test_thresholds_and_minimum_size_are_honoured(mtcnn):
-    image = _portrait(np.random.default_rng(2), 1)
+    image = portrait(np.random.default_rng(2), 1)
     assert len(mtcnn.detect(_tensor(image), DetectorConfig(min_face=200))[0]) == 0  # the face is ~80 px
     assert len(mtcnn.detect(_tensor(image), DetectorConfig(thresholds=(0.6, 0.7, 0.99999999)))[0]) == 0
 
