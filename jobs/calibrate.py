@@ -84,6 +84,19 @@ def _figures(scores: np.ndarray, same: np.ndarray, threshold: float, title: str)
     return encoded
 
 
+def labelled_sources(uris: list[str], labels: dict[str, str], max_sources: int) -> tuple[list[int], np.ndarray]:
+    """The positions of labelled sources (a seeded sample of ``max_sources`` beyond that many) and their labels."""
+    labelled = [i for i, u in enumerate(uris) if u in labels]
+    if len(labelled) > max_sources:
+        labelled = sorted(np.random.default_rng(0).choice(labelled, max_sources, replace=False).tolist())
+    return labelled, np.array([labels[uris[i]] for i in labelled])
+
+
+def enough_labels(names: np.ndarray) -> bool:
+    """Genuine and impostor pairs both exist: two labels or more, and a label with two sources."""
+    return len(set(names)) >= 2 and any((names == n).sum() >= 2 for n in set(names))
+
+
 def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     if not 0 < config.target_far < 1:
         raise JobFailed("--target-far must be between 0 and 1")
@@ -91,12 +104,8 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     out.check_writable()
     root = resolve(config.embeddings)
     data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True)
-    labels = read_labels(root, config.labels)
-    labelled = [i for i, u in enumerate(data.uris) if u in labels]
-    if len(labelled) > config.max_sources:
-        labelled = sorted(np.random.default_rng(0).choice(labelled, config.max_sources, replace=False).tolist())
-    names = np.array([labels[data.uris[i]] for i in labelled])
-    if len(set(names)) < 2 or all((names == n).sum() < 2 for n in set(names)):
+    labelled, names = labelled_sources(data.uris, read_labels(root, config.labels), config.max_sources)
+    if not enough_labels(names):
         raise JobFailed(
             f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "
             "needs at least two labels and a label with two sources"

@@ -154,6 +154,17 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
     )
 
 
+def _search_threshold(config: MatchConfig, model_name: str) -> tuple[float | None, str | None]:
+    """Search ranks whatever the threshold; it records one with each match (so a reader sees which clear it) when
+    one is given or the model card has one. A threshold asked for that cannot be had is still an error."""
+    try:
+        return _threshold(config, model_name)
+    except JobFailed:
+        if config.threshold is not None or config.calibration:
+            raise
+        return None, None
+
+
 def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
     """A calibration record: the JSON file itself, or an output root whose newest calibration of the model is used."""
     if uri.endswith(".json"):
@@ -196,6 +207,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     check_comparable(queries, gallery)
     if len(gallery) == 0:
         raise JobFailed(f"the gallery under {gallery_root} is empty")
+    threshold, source = _search_threshold(config, queries.model_name)
     k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
     found = None
     if len(queries):
@@ -226,6 +238,8 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                     gallery_item=gallery.items[g],
                     rank=rank,
                     score=float(score),
+                    threshold=threshold,
+                    threshold_source=source,
                 )
             )
     errors = [_error(r, "invalid_embedding") for r in queries.invalid + ([] if same_set else gallery.invalid)]

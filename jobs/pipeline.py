@@ -1,0 +1,254 @@
+"""jobs.pipeline: forensic archive matching end to end, in one submission, resumable stage by stage.
+
+    python -m jobs.pipeline ARCHIVE [--output out/results] [--label-pattern '*/{label}/*'] [--run-id ID]
+
+Stages, each one of the suite's jobs, each committed under the run id ``<run id>.<stage>``:
+
+    manifest -> voices -> faces
+             -> calibrate-faces -> search-faces -> identify-faces      (calibrate and identify: when there are labels)
+             -> calibrate-voices -> search-voices -> identify-voices
+             -> report
+
+A rerun with the same run id (by default the same command gives the same one) keeps every stage already committed
+with the same settings and resumes from the first that is not; a stage that runs again makes every later stage run
+again, since its input changed. ``--restart-from STAGE`` redoes a stage and everything after it. A modality with
+nothing to match (no faces, no speech) is skipped with the reason logged and recorded in the pipeline's own commit,
+which lists every stage's run id and is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+from jobs import calibrate, embed_faces, embed_voices, manifest, match, report
+from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
+from ops.embeddings import read_embeddings, read_labels
+from ops.registry import ModelError, models_root, pull, pulled, registered
+from ops.tables import OutputRun, committed_runs
+
+JOB = "pipeline"
+STAGES = (
+    "manifest",
+    "voices",
+    "faces",
+    "calibrate-faces",
+    "search-faces",
+    "identify-faces",
+    "calibrate-voices",
+    "search-voices",
+    "identify-voices",
+    "report",
+)
+# Settings that do not change a stage's output: a rerun that differs only in these keeps the stage.
+_NOT_OUTPUT = {"log_level", "pool_size", "gpus_per_actor", "batch_size", "shards", "gpus_per_shard", "query_batch"}
+
+
+@dataclass
+class PipelineConfig(JobConfig):
+    archive: str = field(
+        default="",
+        metadata={"positional": True, "run_key": True, "help": "the archive: a folder or s3://bucket/prefix"},
+    )
+    glob: str = field(default="**", metadata={"run_key": True, "help": "which objects below the archive to take"})
+    label_pattern: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "identity labels from paths, e.g. '*/{label}/*' (enables calibration)"},
+    )
+    models: str | None = field(
+        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
+    )
+    pull_models: bool = field(
+        default=True, metadata={"help": "fetch registry models missing from the models root (--no-pull-models: refuse)"}
+    )
+    face_model: str = field(default="dlib-resnet-v1", metadata={"run_key": True, "help": "face recogniser"})
+    detector: str = field(default="mtcnn", metadata={"run_key": True, "help": "face detector"})
+    voice_model: str = field(default="ge2e-resemblyzer", metadata={"run_key": True, "help": "speaker encoder"})
+    fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second"})
+    k: int = field(default=5, metadata={"run_key": True, "help": "matches per probe"})
+    target_far: float = field(default=1e-3, metadata={"run_key": True, "help": "calibrated false accept rate"})
+    max_probes: int = field(default=50, metadata={"help": "probes shown with their matches in the report"})
+    restart_from: str | None = field(default=None, metadata={"help": f"redo this stage and later ones: {STAGES}"})
+    pool_size: int | None = field(default=None, metadata={"help": "model actors per embedding stage"})
+    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
+
+
+@dataclass
+class Stages:
+    """Runs stages in order, keeping those already committed with the same settings until one must run."""
+
+    ctx: JobContext
+    restart_from: str | None
+    committed: dict[str, dict]
+    done: dict[str, dict] = field(default_factory=dict)  # stage -> {run_id, state, summary}
+    _stale: bool = False
+
+    def run(self, stage: str, module, config: JobConfig) -> dict:
+        """Stage ``stage``'s commit marker: the committed one when it is current, else a fresh run's."""
+        run_id = f"{self.ctx.run_id}.{stage}"
+        config.run_id, config.output = run_id, self.ctx.output.uri
+        self._stale |= stage == self.restart_from
+        marker = self.committed.get(run_id)
+        if marker is not None and not self._stale and _settings(marker.get("config", {})) == _settings(asdict(config)):
+            self.ctx.log.info("stage %s: kept committed run %s", stage, run_id)
+            state = "kept"
+        else:
+            self.ctx.log.info("stage %s: running %s as run %s", stage, module.JOB, run_id)
+            marker = module.run(config, JobContext(module.JOB, run_id, self.ctx.output, self.ctx.log))
+            self._stale, state = True, "ran"  # everything after a stage that ran sees new input
+        self.done[stage] = {"run_id": run_id, "state": state, "summary": marker.get("summary", {})}
+        return marker
+
+    def skip(self, stage: str, reason: str) -> None:
+        self.ctx.log.warning("stage %s: skipped, %s", stage, reason)
+        self.done[stage] = {"run_id": None, "state": "skipped", "reason": reason}
+
+
+def _settings(config: dict) -> dict:
+    plain = json.loads(json.dumps(config, default=str))
+    return {k: v for k, v in plain.items() if k not in _NOT_OUTPUT}
+
+
+def ensure_models(config: PipelineConfig, log) -> None:
+    """Every registry model the stages name is under the models root, pulled (verified) when missing."""
+    root = models_root(config.models)
+    have = {card["name"] for card in pulled(root)}
+    wanted = [config.voice_model, "silero-vad", config.detector, config.face_model]
+    for name in (n for n in wanted if n in registered() and n not in have):
+        if not config.pull_models:
+            raise JobFailed(f"model {name} is not under {root.uri}: run `python -m jobs.models pull {name}`")
+        log.info("pulling model %s into %s", name, root.uri)
+        try:
+            pull(name, root)
+        except ModelError as exc:
+            raise JobFailed(f"cannot pull {name}: {exc}") from None
+
+
+def run(config: PipelineConfig, ctx: JobContext) -> dict:
+    if not config.archive:
+        raise JobFailed("no archive given: python -m jobs.pipeline ARCHIVE (a folder or s3://bucket/prefix)")
+    if config.restart_from and config.restart_from not in STAGES:
+        raise JobFailed(f"unknown stage {config.restart_from!r} for --restart-from: use one of {', '.join(STAGES)}")
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    root = ctx.output.uri
+    stages = Stages(ctx, config.restart_from, {m["run_id"]: m for m in committed_runs(ctx.output)})
+    ensure_models(config, ctx.log)
+    actors = {"pool_size": config.pool_size, "gpus_per_actor": config.gpus_per_actor, "models": config.models}
+
+    stages.run(
+        "manifest",
+        manifest,
+        manifest.ManifestConfig(archive=config.archive, glob=config.glob, label_pattern=config.label_pattern),
+    )
+    manifest_run = stages.done["manifest"]["run_id"]
+    voices = stages.run(
+        "voices",
+        embed_voices,
+        embed_voices.EmbedVoicesConfig(manifest=root, manifest_run_id=manifest_run, model=config.voice_model, **actors),
+    )
+    faces = stages.run(
+        "faces",
+        embed_faces,
+        embed_faces.EmbedFacesConfig(
+            manifest=root,
+            manifest_run_id=manifest_run,
+            model=config.face_model,
+            detector=config.detector,
+            fps=config.fps,
+            **actors,
+        ),
+    )
+    for table, marker in {"faces": faces, "voices": voices}.items():
+        if not marker["tables"].get(table, {}).get("rows"):
+            for stage in (f"calibrate-{table}", f"search-{table}", f"identify-{table}"):
+                stages.skip(stage, f"no {table} were found in the archive")
+            continue
+        embeddings_run = stages.done[table]["run_id"]
+        record = None
+        reason = _why_not_calibrated(ctx, table, embeddings_run)
+        if reason:
+            stages.skip(f"calibrate-{table}", reason)
+        else:
+            stages.run(
+                f"calibrate-{table}",
+                calibrate,
+                calibrate.CalibrateConfig(
+                    embeddings=root, table=table, embeddings_run_id=embeddings_run, target_far=config.target_far
+                ),
+            )
+            record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
+        # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
+        _match(stages, "search", table, root, embeddings_run, config, record)
+        if record:
+            _match(stages, "identify", table, root, embeddings_run, config, record)
+        else:
+            stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
+
+    stages.run(
+        "report",
+        report,
+        report.ReportConfig(results=root, pipeline_run_id=ctx.run_id, max_probes=config.max_probes),
+    )
+    marker = out.commit(config=asdict(config), stages=stages.done, summary=_summary(stages.done))
+    ctx.log.info(
+        "pipeline %s: %s",
+        ctx.run_id,
+        ", ".join(f"{name} {entry['state']}" for name, entry in stages.done.items()),
+    )
+    ctx.log.info("report: %s", stages.done["report"]["summary"].get("report_uri"))
+    return marker
+
+
+def _match(
+    stages: Stages,
+    mode: str,
+    table: str,
+    root: str,
+    run_id: str,
+    config: PipelineConfig,
+    calibration: str | None = None,
+) -> None:
+    stages.run(
+        f"{mode}-{table}",
+        match,
+        match.MatchConfig(
+            mode=mode,
+            queries=root,
+            table=table,
+            queries_run_id=run_id,
+            gallery_run_id=run_id,
+            per_source=mode == "search",
+            k=config.k,
+            calibration=calibration,
+            models=config.models,
+        ),
+    )
+
+
+def _why_not_calibrated(ctx: JobContext, table: str, run_id: str) -> str | None:
+    """Why ``table`` cannot be calibrated from the manifest's labels, or None when it can."""
+    sources = read_embeddings(ctx.output, table, run_id, per_source=True).uris
+    labelled, names = calibrate.labelled_sources(sources, read_labels(ctx.output), max_sources=len(sources))
+    if not calibrate.enough_labels(names):
+        return (
+            f"{len(labelled)} labelled {table} sources with {len(set(names))} labels: calibration needs two labels "
+            "and a label with two sources (pass --label-pattern)"
+        )
+    return None
+
+
+def _summary(done: dict[str, dict]) -> dict:
+    by_state: dict[str, int] = {}
+    for entry in done.values():
+        by_state[entry["state"]] = by_state.get(entry["state"], 0) + 1
+    return {"stages": len(done), **by_state, "report_uri": done.get("report", {}).get("summary", {}).get("report_uri")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, PipelineConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

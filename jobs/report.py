@@ -1,0 +1,366 @@
+"""jobs.report: one self-contained HTML report of a matching run, written to the object store.
+
+    python -m jobs.report [RESULTS] [--pipeline-run-id ID] [--output ROOT] [--max-probes 50]
+
+Reads the committed runs under RESULTS (a pipeline run's stages, or the newest run of each job) and writes
+``report/<run_id>/index.html``: the runs and models behind it (names and sha256), counts (inputs by kind, faces,
+speech segments, errors by job and type), the calibration (AUC, EER, threshold, ROC and score histograms) when there
+are labels, and for each probe its top matches with face thumbnails or speech clips, scores and thresholds, and
+identification decisions. Thumbnails and clips are embedded as data: URIs, so the file opens in any browser, from a
+laptop or a bucket, with no server. A source that cannot be previewed shows the reason instead.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
+from ops.preview import PreviewError, data_uri, face_thumbnail, source_frame, speech_clip
+from ops.storage import StorageError, Store, resolve
+from ops.tables import OutputRun, committed_runs, read_table
+
+JOB = "report"
+REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate")
+
+
+@dataclass
+class ReportConfig(JobConfig):
+    results: str = field(
+        default="out/results",
+        metadata={"positional": True, "run_key": True, "help": "output root holding the committed runs"},
+    )
+    pipeline_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "report this pipeline run's stages (default: the newest run of each job)"},
+    )
+    max_probes: int = field(default=50, metadata={"help": "probes shown with their matches, per table and mode"})
+    thumb_size: int = field(default=96, metadata={"help": "face thumbnails' longer side, pixels"})
+    clip_seconds: float = field(default=4.0, metadata={"help": "speech clips' length at most, seconds"})
+
+
+def select_runs(root: Store, pipeline_run_id: str | None) -> list[dict]:
+    """The commit markers to report: a pipeline run's stages, or the newest of each job (and mode, and table)."""
+    markers = [m for m in committed_runs(root) if m["job"] in REPORTED]
+    if pipeline_run_id:
+        picked = [m for m in markers if m["run_id"].startswith(f"{pipeline_run_id}.")]
+        if not picked:
+            raise JobFailed(f"no committed stage of pipeline run {pipeline_run_id} under {root.uri}")
+        return picked
+    newest: dict[tuple, dict] = {}
+    for marker in markers:  # oldest first: later ones replace
+        config = marker.get("config", {})
+        newest[(marker["job"], config.get("mode"), config.get("table"))] = marker
+    if not newest:
+        raise JobFailed(f"no committed runs under {root.uri} to report on: run `python -m jobs.pipeline` first")
+    return list(newest.values())
+
+
+@dataclass
+class Evidence:
+    """The committed rows a report shows, read once."""
+
+    runs: list[dict]
+    manifest: pa.Table | None = None
+    errors: list[dict] = field(default_factory=list)
+    faces: list[dict] = field(default_factory=list)
+    face_sources: list[dict] = field(default_factory=list)
+    voices: list[dict] = field(default_factory=list)
+    matches: list[tuple[dict, list[dict]]] = field(default_factory=list)  # (marker, rows)
+    calibrations: list[tuple[dict, dict]] = field(default_factory=list)  # (marker, row)
+    sources: dict[str, dict] = field(default_factory=dict)  # manifest rows by uri
+
+    @classmethod
+    def read(cls, root: Store, runs: list[dict]) -> Evidence:
+        ev = cls(runs)
+        for marker in runs:
+            run_id, job, tables = marker["run_id"], marker["job"], marker["tables"]
+            if "errors" in tables:
+                ev.errors += read_table(root, "errors", run_id).to_pylist()
+            if job == "manifest":
+                ev.manifest = read_table(root, "manifest", run_id)
+                ev.sources = {r["uri"]: r for r in ev.manifest.to_pylist()}
+            elif job == "embed_faces":
+                ev.faces += read_table(root, "faces", run_id).drop_columns(["embedding"]).to_pylist()
+                ev.face_sources += read_table(root, "face_sources", run_id).to_pylist()
+            elif job == "embed_voices":
+                ev.voices += read_table(root, "voices", run_id).drop_columns(["embedding"]).to_pylist()
+            elif job == "match":
+                ev.matches.append((marker, read_table(root, "matches", run_id).to_pylist()))
+            elif job == "calibrate":
+                ev.calibrations += [(marker, r) for r in read_table(root, "calibrations", run_id).to_pylist()]
+        return ev
+
+    def category(self, uri: str) -> str:
+        return self.sources.get(uri, {}).get("media_category", "image")
+
+    def label(self, uri: str) -> str | None:
+        return self.sources.get(uri, {}).get("label")
+
+
+class Previews:
+    """Face thumbnails and speech clips of match items, each made once, the reason shown when one cannot be."""
+
+    def __init__(self, ev: Evidence, thumb_size: int, clip_seconds: float) -> None:
+        self.ev, self.thumb_size, self.clip_seconds = ev, thumb_size, clip_seconds
+        self._made: dict[str, str] = {}
+        self.failed = 0
+        best: dict[str, dict] = {}  # per source: the face a per-source match used (largest, then most confident)
+        self.faces: dict[str, dict] = {}
+        for r in ev.faces:
+            self.faces[f"{r['uri']}#frame={r['frame_index']}&face={r['face_index']}"] = r
+            key = (r["face_size"], r["score"])
+            if r["uri"] not in best or key > (best[r["uri"]]["face_size"], best[r["uri"]]["score"]):
+                best[r["uri"]] = r
+        self.faces |= best
+        self.segments: dict[str, dict] = {}
+        for r in ev.voices:
+            if r["level"] == "segment":
+                self.segments[f"{r['uri']}#segment={r['segment_index']}"] = r
+                current = self.segments.get(r["uri"])
+                if current is None or r["speech_seconds"] > current["speech_seconds"]:
+                    self.segments[r["uri"]] = r
+
+    def html(self, table: str, item: str) -> str:
+        if item not in self._made:
+            try:
+                self._made[item] = self._face(item) if table == "faces" else self._clip(item)
+            except (PreviewError, StorageError) as exc:
+                self.failed += 1
+                self._made[item] = f'<span class="nopreview" title="{_e(str(exc))}">no preview: {_e(str(exc))}</span>'
+        return self._made[item]
+
+    def _face(self, item: str) -> str:
+        row = self.faces.get(item)
+        if row is None:
+            raise PreviewError("no face row for this item")
+        rgb = source_frame(resolve(row["uri"]).read_bytes(), self.ev.category(row["uri"]), row["frame_index"])
+        uri = face_thumbnail(rgb, row["box"], self.thumb_size)
+        return f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{uri}">'
+
+    def _clip(self, item: str) -> str:
+        row = self.segments.get(item)
+        if row is None:
+            raise PreviewError("no speech segment for this item")
+        uri = speech_clip(resolve(row["uri"]).read_bytes(), row["start"], row["end"], self.clip_seconds)
+        span = f"{row['start']:.1f}-{min(row['end'], row['start'] + self.clip_seconds):.1f} s"
+        return (
+            f'<audio class="clip" data-testid="clip" controls preload="none" src="{uri}"></audio><small>{span}</small>'
+        )
+
+
+def run(config: ReportConfig, ctx: JobContext) -> dict:
+    if config.max_probes < 0:
+        raise JobFailed("--max-probes must be 0 or more")
+    root = resolve(config.results)
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    runs = select_runs(root, config.pipeline_run_id)
+    ev = Evidence.read(root, runs)
+    previews = Previews(ev, config.thumb_size, config.clip_seconds)
+    sections = [_runs_section(runs), _counts_section(ev), _errors_section(ev), _calibration_section(root, ev)]
+    probes_shown = 0
+    for marker, rows in ev.matches:
+        section, shown = _matches_section(marker, rows, ev, previews, config.max_probes)
+        sections.append(section)
+        probes_shown += shown
+    title = f"crossmatch report {ctx.run_id}"
+    page = _page(title, sections)
+    target = ctx.output.join("report", ctx.run_id, "index.html")
+    target.put_atomic(page.encode("utf-8"))
+    summary = {
+        "report_uri": target.uri,
+        "bytes": len(page.encode("utf-8")),
+        "runs": [m["run_id"] for m in runs],
+        "probes_shown": probes_shown,
+        "previews_failed": previews.failed,
+    }
+    marker = out.commit(config=asdict(config), summary=summary)
+    ctx.log.info("report of %d runs, %d probes shown: %s", len(runs), probes_shown, target.uri)
+    return marker
+
+
+# -- sections ----------------------------------------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _table(headers: list[str], rows: list[list[str]], testid: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table data-testid="{testid}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _runs_section(runs: list[dict]) -> str:
+    rows = []
+    for m in sorted(runs, key=lambda m: m["committed_at"]):
+        summary = m.get("summary", {})
+        models = ", ".join(f"{_e(summary[k])}" for k in ("detector", "model") if isinstance(summary.get(k), str)) or _e(
+            summary.get("model_name", "")
+        )
+        tables = ", ".join(f"{name} {t['rows']}" for name, t in m["tables"].items())
+        rows.append([_e(m["run_id"]), _e(m["job"]), _e(m["committed_at"][:19]), models, _e(tables)])
+    return "<h2>Runs</h2>" + _table(["run", "job", "committed (UTC)", "models", "rows"], rows, "runs")
+
+
+def _counts_section(ev: Evidence) -> str:
+    items: list[tuple[str, object]] = []
+    if ev.manifest is not None:
+        categories = Counter(ev.manifest.column("media_category").to_pylist())
+        items.append(("inputs", ev.manifest.num_rows + sum(1 for e in ev.errors if e["job"] == "manifest")))
+        items += [(f"{kind} files", n) for kind, n in sorted(categories.items())]
+        items.append(("duplicates", sum(1 for d in ev.manifest.column("duplicate_of").to_pylist() if d)))
+        items.append(("labelled", sum(1 for d in ev.manifest.column("label").to_pylist() if d)))
+    if ev.face_sources:
+        items.append(("sources with faces", sum(1 for s in ev.face_sources if s["faces"])))
+        items.append(("faces found", sum(s["faces"] for s in ev.face_sources)))
+        items.append(("face rows", len(ev.faces)))
+    if ev.voices:
+        sources = [v for v in ev.voices if v["level"] == "source"]
+        items.append(("sources with speech", sum(1 for s in sources if s["status"] != "no_speech")))
+        items.append(("speech segments", sum(1 for v in ev.voices if v["level"] == "segment")))
+        items.append(("speech seconds", round(sum(s["speech_seconds"] for s in sources), 1)))
+    items.append(("errors", len(ev.errors)))
+    cells = "".join(f'<div class="count"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in items)
+    return f'<h2>Counts</h2><div class="counts" data-testid="counts">{cells}</div>'
+
+
+def _errors_section(ev: Evidence) -> str:
+    if not ev.errors:
+        return '<h2>Errors</h2><p data-testid="errors">No errors: every input gave results.</p>'
+    by_type = Counter((e["job"], e["stage"], e["error_type"]) for e in ev.errors)
+    grouped = [[_e(j), _e(s), _e(t), str(n)] for (j, s, t), n in sorted(by_type.items())]
+    listed = [
+        [_e(e["job"]), _e(e["error_type"]), _e(e["uri"]), _e(e["message"])]
+        for e in sorted(ev.errors, key=lambda e: (e["job"], e["uri"]))[:200]
+    ]
+    more = f"<p>{len(ev.errors) - 200} more in errors/.</p>" if len(ev.errors) > 200 else ""
+    return (
+        "<h2>Errors</h2>"
+        + _table(["job", "stage", "error type", "count"], grouped, "errors")
+        + "<details><summary>each error</summary>"
+        + _table(["job", "error type", "input", "reason"], listed, "error-rows")
+        + more
+        + "</details>"
+    )
+
+
+def _calibration_section(root: Store, ev: Evidence) -> str:
+    if not ev.calibrations:
+        return '<h2>Calibration</h2><p data-testid="calibration">No calibration: the archive has no labels.</p>'
+    parts = ["<h2>Calibration</h2>"]
+    for marker, row in ev.calibrations:
+        stats = (
+            f"{_e(row['model_name'])} ({_e(row['model_sha256'][:12])}) on {_e(row['table'])}: "
+            f"{row['sources']} labelled sources, {row['same_pairs']} genuine and {row['different_pairs']} impostor "
+            f"pairs; AUC {row['auc']:.4f}, EER {row['eer']:.4f}; threshold {row['threshold']:.4f} "
+            f"at FAR {row['target_far']:g}"
+        )
+        plots = []
+        for name in ("roc.png", "scores.png"):
+            try:
+                png = root.join("calibration", marker["run_id"], name).read_bytes()
+                src = data_uri("image/png", png)
+                plots.append(f'<img class="plot" data-testid="plot" alt="{name}" src="{src}">')
+            except StorageError as exc:
+                plots.append(f'<span class="nopreview">{_e(name)} unavailable: {_e(str(exc))}</span>')
+        parts.append(f'<div data-testid="calibration-{_e(row["table"])}"><p>{stats}</p>{"".join(plots)}</div>')
+    return "".join(parts)
+
+
+def _matches_section(marker: dict, rows: list[dict], ev: Evidence, previews: Previews, limit: int) -> tuple[str, int]:
+    config = marker.get("config", {})
+    mode, table = config.get("mode", "search"), config.get("table", "faces")
+    by_query: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_query[r["query_item"]].append(r)
+    queries = sorted(by_query)
+    shown = queries[:limit]
+    heading = {"search": "Top matches", "identify": "Identification", "verify": "Verification"}.get(mode, mode)
+    parts = [
+        f"<h2>{heading}: {_e(table)}</h2><p>run {_e(marker['run_id'])}, {len(queries)} probes"
+        + (f", the first {len(shown)} shown" if len(shown) < len(queries) else "")
+        + "</p>"
+    ]
+    for query in shown:
+        ranked = sorted(by_query[query], key=lambda r: r["rank"])
+        first = ranked[0]
+        label = ev.label(first["query_uri"])
+        head = (
+            f'<div class="probe-head">{previews.html(table, query)}<div><code>{_e(query)}</code>'
+            + (f"<br>label: <b>{_e(label)}</b>" if label else "")
+            + f"<br><small>sha256 {_e(first['query_sha256'][:16])}</small>"
+            + (f"<br>decision: <b data-testid='decision'>{_e(first['decision'])}</b>" if first["decision"] else "")
+            + "</div></div>"
+        )
+        cards = "".join(_match_card(r, table, mode, ev, previews) for r in ranked)
+        parts.append(
+            f'<section class="probe" data-testid="probe" data-table="{_e(table)}" data-mode="{_e(mode)}">'
+            f'{head}<div class="matches">{cards}</div></section>'
+        )
+    return "".join(parts), len(shown)
+
+
+def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews) -> str:
+    threshold = r["threshold"]
+    above = threshold is not None and r["score"] >= threshold
+    verdict = "" if threshold is None else (" above" if above else " below")
+    what = (
+        f"<b>{_e(r['identity'])}</b>"
+        if mode == "identify"
+        else previews.html(table, r["gallery_item"]) + f"<code>{_e(r['gallery_item'])}</code>"
+    )
+    label = ev.label(r["gallery_uri"]) if r["gallery_uri"] else None
+    limit = (
+        f"threshold {threshold:.3f} ({_e(r['threshold_source'])}): {'match' if above else 'no match'}"
+        if threshold is not None
+        else "no threshold"
+    )
+    return (
+        f'<div class="match{verdict}" data-testid="match"><span class="rank">#{r["rank"]}</span>{what}'
+        + (f"<br>label: {_e(label)}" if label else "")
+        + f'<br>score <b data-testid="score">{r["score"]:.3f}</b><br><small>{limit}</small></div>'
+    )
+
+
+_STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left;
+vertical-align:top}th{background:#f4f4f4}
+.counts{display:flex;flex-wrap:wrap;gap:.5em}.count{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;
+min-width:7em}.count b{display:block;font-size:1.4em}
+.probe{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em;display:flex;gap:1em;align-items:flex-start}
+.probe-head{display:flex;gap:.6em;min-width:22em;max-width:22em;word-break:break-all}
+.matches{display:flex;flex-wrap:wrap;gap:.6em}.match{border:1px solid #ddd;border-radius:4px;padding:.4em;
+width:13em;word-break:break-all}.match.above{border-color:#2a7;background:#f1fbf5}.match.below{opacity:.8}
+.rank{float:right;color:#888}.thumb{display:block;max-width:96px;max-height:96px;border-radius:3px}
+.clip{width:12em;display:block}.plot{max-width:420px;margin-right:1em}.nopreview{color:#a33;font-size:.85em}
+code{font-size:.85em}
+"""
+
+
+def _page(title: str, sections: list[str]) -> str:
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1><p>Written {made}. Scores are cosine "
+        "similarities of L2-normalised embeddings; a match is a score at or above the threshold shown with it.</p>"
+        + "".join(sections)
+        + "</body></html>"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, ReportConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
