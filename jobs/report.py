@@ -17,6 +17,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 
 import pyarrow as pa
 
@@ -79,21 +80,21 @@ class Evidence:
     def read(cls, root: Store, runs: list[dict]) -> Evidence:
         ev = cls(runs)
         for marker in runs:
-            run_id, job, tables = marker["run_id"], marker["job"], marker["tables"]
-            if "errors" in tables:
-                ev.errors += read_table(root, "errors", run_id).to_pylist()
+            job = marker["job"]
+            rows = partial(_committed_rows, root, marker)
+            ev.errors += rows("errors")
             if job == "manifest":
-                ev.manifest = read_table(root, "manifest", run_id)
+                ev.manifest = read_table(root, "manifest", marker["run_id"])
                 ev.sources = {r["uri"]: r for r in ev.manifest.to_pylist()}
             elif job == "embed_faces":
-                ev.faces += read_table(root, "faces", run_id).drop_columns(["embedding"]).to_pylist()
-                ev.face_sources += read_table(root, "face_sources", run_id).to_pylist()
+                ev.faces += rows("faces")
+                ev.face_sources += rows("face_sources")
             elif job == "embed_voices":
-                ev.voices += read_table(root, "voices", run_id).drop_columns(["embedding"]).to_pylist()
+                ev.voices += rows("voices")
             elif job == "match":
-                ev.matches.append((marker, read_table(root, "matches", run_id).to_pylist()))
+                ev.matches.append((marker, rows("matches")))
             elif job == "calibrate":
-                ev.calibrations += [(marker, r) for r in read_table(root, "calibrations", run_id).to_pylist()]
+                ev.calibrations += [(marker, r) for r in rows("calibrations")]
         return ev
 
     def category(self, uri: str) -> str:
@@ -103,12 +104,20 @@ class Evidence:
         return self.sources.get(uri, {}).get("label")
 
 
+def _committed_rows(root: Store, marker: dict, table: str) -> list[dict]:
+    """A run's rows of ``table`` without embeddings (a report shows none), none when the run wrote none."""
+    if not marker["tables"].get(table, {}).get("rows"):
+        return []  # no files: nothing to read, and no schema to read it by
+    data = read_table(root, table, marker["run_id"])
+    return data.drop_columns([c for c in ("embedding",) if c in data.column_names]).to_pylist()
+
+
 class Previews:
     """Face thumbnails and speech clips of match items, each made once, the reason shown when one cannot be."""
 
     def __init__(self, ev: Evidence, thumb_size: int, clip_seconds: float) -> None:
         self.ev, self.thumb_size, self.clip_seconds = ev, thumb_size, clip_seconds
-        self._made: dict[str, str] = {}
+        self._made: dict[tuple[str, str], str] = {}
         self.failed = 0
         best: dict[str, dict] = {}  # per source: the face a per-source match used (largest, then most confident)
         self.faces: dict[str, dict] = {}
@@ -127,13 +136,14 @@ class Previews:
                     self.segments[r["uri"]] = r
 
     def html(self, table: str, item: str) -> str:
-        if item not in self._made:
+        key = (table, item)  # a video is a face in one table and a voice in the other
+        if key not in self._made:
             try:
-                self._made[item] = self._face(item) if table == "faces" else self._clip(item)
+                self._made[key] = self._face(item) if table == "faces" else self._clip(item)
             except (PreviewError, StorageError) as exc:
                 self.failed += 1
-                self._made[item] = f'<span class="nopreview" title="{_e(str(exc))}">no preview: {_e(str(exc))}</span>'
-        return self._made[item]
+                self._made[key] = f'<span class="nopreview" title="{_e(str(exc))}">no preview: {_e(str(exc))}</span>'
+        return self._made[key]
 
     def _face(self, item: str) -> str:
         row = self.faces.get(item)
@@ -284,10 +294,12 @@ def _matches_section(marker: dict, rows: list[dict], ev: Evidence, previews: Pre
     queries = sorted(by_query)
     shown = queries[:limit]
     heading = {"search": "Top matches", "identify": "Identification", "verify": "Verification"}.get(mode, mode)
+    thresholds = sorted({(r["threshold"], r["threshold_source"]) for r in rows if r["threshold"] is not None})
+    judged = "; ".join(f"threshold {t:.4f} from {_e(src)}" for t, src in thresholds) or "no threshold: ranked only"
     parts = [
         f"<h2>{heading}: {_e(table)}</h2><p>run {_e(marker['run_id'])}, {len(queries)} probes"
         + (f", the first {len(shown)} shown" if len(shown) < len(queries) else "")
-        + "</p>"
+        + f"; {judged}.</p>"
     ]
     for query in shown:
         ranked = sorted(by_query[query], key=lambda r: r["rank"])
@@ -318,11 +330,7 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
         else previews.html(table, r["gallery_item"]) + f"<code>{_e(r['gallery_item'])}</code>"
     )
     label = ev.label(r["gallery_uri"]) if r["gallery_uri"] else None
-    limit = (
-        f"threshold {threshold:.3f} ({_e(r['threshold_source'])}): {'match' if above else 'no match'}"
-        if threshold is not None
-        else "no threshold"
-    )
+    limit = "no threshold" if threshold is None else f"{'match' if above else 'no match'} at {threshold:.3f}"
     return (
         f'<div class="match{verdict}" data-testid="match"><span class="rank">#{r["rank"]}</span>{what}'
         + (f"<br>label: {_e(label)}" if label else "")
@@ -338,11 +346,11 @@ vertical-align:top}th{background:#f4f4f4}
 .counts{display:flex;flex-wrap:wrap;gap:.5em}.count{border:1px solid #ddd;border-radius:4px;padding:.4em .8em;
 min-width:7em}.count b{display:block;font-size:1.4em}
 .probe{border:1px solid #ccc;border-radius:6px;margin:1em 0;padding:.6em;display:flex;gap:1em;align-items:flex-start}
-.probe-head{display:flex;gap:.6em;min-width:22em;max-width:22em;word-break:break-all}
+.probe-head{display:flex;gap:.6em;min-width:18em;max-width:18em;word-break:break-all}
 .matches{display:flex;flex-wrap:wrap;gap:.6em}.match{border:1px solid #ddd;border-radius:4px;padding:.4em;
-width:13em;word-break:break-all}.match.above{border-color:#2a7;background:#f1fbf5}.match.below{opacity:.8}
+width:11em;word-break:break-all}.match.above{border-color:#2a7;background:#f1fbf5}.match.below{opacity:.8}
 .rank{float:right;color:#888}.thumb{display:block;max-width:96px;max-height:96px;border-radius:3px}
-.clip{width:12em;display:block}.plot{max-width:420px;margin-right:1em}.nopreview{color:#a33;font-size:.85em}
+.clip{width:10em;display:block}.plot{max-width:420px;margin-right:1em}.nopreview{color:#a33;font-size:.85em}
 code{font-size:.85em}
 """
 

@@ -87,12 +87,16 @@ def encode_image(rgb: np.ndarray, kind: str) -> bytes:
     return buf.getvalue()
 
 
-def encode_audio(samples: np.ndarray, rate: int, kind: str) -> bytes:
-    """Encode mono float samples in [-1, 1] as one file of ``kind`` (wav, flac, mp3, opus, m4a)."""
+def encode_audio(samples: np.ndarray, rate: int, kind: str, bit_rate: int | None = None) -> bytes:
+    """Encode mono float samples in [-1, 1] as one file of ``kind`` (wav, flac, mp3, opus, m4a), at the codec's
+    default bit rate or ``bit_rate`` (lossy codecs)."""
     codec, muxer = _AUDIO_CODECS[kind]
     buf = io.BytesIO()
     with av.open(buf, "w", format=muxer, options=_BITEXACT) as out:
-        _mux_audio(out, out.add_stream(codec, rate=48000 if codec == "libopus" else rate), samples, rate)
+        stream = out.add_stream(codec, rate=48000 if codec == "libopus" else rate)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        _mux_audio(out, stream, samples, rate)
     return buf.getvalue()
 
 

@@ -197,3 +197,32 @@ def dlib_files(tmp_path_factory):
         paths[member.rsplit("/", 1)[-1].split("_")[0]] = path = folder / member.rsplit("/", 1)[-1]
         path.write_bytes(data)
     return paths  # {"dlib": recogniser, "shape": 5-point predictor}
+
+
+@pytest.fixture(scope="session")
+def all_models(models, face_models, tmp_path_factory):
+    """One models root with every model the pipeline uses (copies of the two roots above)."""
+    from ops.storage import resolve
+
+    root = tmp_path_factory.mktemp("all-models")
+    for source in (models, face_models):
+        for folder in Path(source.path).iterdir():
+            shutil.copytree(folder, root / folder.name)
+    return resolve(str(root))
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(ray_cluster, all_models, tmp_path_factory) -> dict:
+    """The pipeline over the sample archive, with labels, once per session: its output root and its marker."""
+    from jobs import pipeline
+    from ops.samples import make_sample_archive
+    from ops.storage import resolve
+    from ops.tables import committed_runs
+
+    base = tmp_path_factory.mktemp("pipeline")
+    make_sample_archive(resolve(str(base / "archive")))
+    argv = [str(base / "archive"), "--output", str(base / "results"), "--models", all_models.uri]
+    argv += ["--label-pattern", "*/{label}/*", "--run-id", "pl"]
+    assert pipeline.main(argv) == 0
+    (marker,) = [m for m in committed_runs(resolve(str(base / "results"))) if m["run_id"] == "pl"]
+    return {"base": base, "archive": base / "archive", "results": base / "results", "argv": argv, "marker": marker}

@@ -1,0 +1,99 @@
+"""The main job end to end over the sample archive: every stage committed, reruns resume, nothing duplicated."""
+
+from pathlib import Path
+
+from jobs import pipeline
+from ops.samples import SAMPLE_LAYOUT, encode_image, portrait
+from ops.storage import resolve
+from ops.tables import committed_runs, read_table
+
+
+def _markers(results: Path) -> dict[str, dict]:
+    return {m["run_id"]: m for m in committed_runs(resolve(str(results)))}
+
+
+def test_every_stage_runs_and_commits_over_the_sample_archive(pipeline_run):
+    marker, results = pipeline_run["marker"], resolve(str(pipeline_run["results"]))
+    stages = marker["stages"]
+    assert list(stages) == [s for s in pipeline.STAGES]  # sample archive: faces, speech and labels, so every stage
+    assert {entry["state"] for entry in stages.values()} == {"ran"}
+    runs = _markers(pipeline_run["results"])
+    assert all(f"pl.{stage}" in runs for stage in pipeline.STAGES)
+
+    # Every object of the archive is accounted for by the manifest: a row or an error row, once.
+    manifest, errors = read_table(results, "manifest", "pl.manifest"), read_table(results, "errors", "pl.manifest")
+    assert manifest.num_rows + errors.num_rows == len(SAMPLE_LAYOUT)
+    faces, voices = read_table(results, "faces", "pl.faces"), read_table(results, "voices", "pl.voices")
+    assert faces.num_rows >= 13 and set(faces.column("run_id").to_pylist()) == {"pl.faces"}
+    assert stages["voices"]["summary"]["with_speech"] >= 10 and voices.num_rows > 0
+
+    search = read_table(results, "matches", "pl.search-faces").to_pylist()
+    assert search and all(r["threshold"] is not None for r in search)  # judged by the calibrated threshold
+    record = runs["pl.calibrate-faces"]["summary"]
+    assert (
+        search[0]["threshold"] == float(f"{record['threshold']:.7g}")
+        or abs(search[0]["threshold"] - record["threshold"]) < 1e-6
+    )
+    identify = read_table(results, "matches", "pl.identify-faces").to_pylist()
+    assert {r["decision"] for r in identify if r["rank"] == 1} <= {"alice", "bob", "carol", "unknown"}
+    assert Path(marker["summary"]["report_uri"]).is_file()
+
+
+def test_a_rerun_keeps_every_committed_stage(pipeline_run):
+    before = _markers(pipeline_run["results"])
+    assert pipeline.main(pipeline_run["argv"]) == 0
+    after = _markers(pipeline_run["results"])
+    stages = after["pl"]["stages"]
+    assert {entry["state"] for entry in stages.values()} == {"kept"}
+    for stage in pipeline.STAGES:  # the same attempts: nothing rewritten, nothing duplicated
+        assert after[f"pl.{stage}"]["attempt"] == before[f"pl.{stage}"]["attempt"]
+
+
+def test_restart_from_redoes_that_stage_and_every_later_one(pipeline_run):
+    before = _markers(pipeline_run["results"])
+    assert pipeline.main([*pipeline_run["argv"], "--restart-from", "search-voices"]) == 0
+    after = _markers(pipeline_run["results"])
+    states = {name: entry["state"] for name, entry in after["pl"]["stages"].items()}
+    later = pipeline.STAGES[pipeline.STAGES.index("search-voices") :]
+    assert all(states[s] == "ran" for s in later) and all(states[s] == "kept" for s in states if s not in later)
+    assert after["pl.search-voices"]["attempt"] != before["pl.search-voices"]["attempt"]
+    results = resolve(str(pipeline_run["results"]))
+    matches = read_table(results, "matches", "pl.search-voices")  # replaced, not added to
+    assert matches.num_rows == before["pl.search-voices"]["tables"]["matches"]["rows"]
+
+
+def test_changed_settings_rerun_the_stages_they_touch(pipeline_run, tmp_path):
+    # Same run id, a different k: the embeddings are kept, matching and the report run again.
+    argv = [*pipeline_run["argv"], "--k", "2"]
+    assert pipeline.main(argv) == 0
+    states = {n: e["state"] for n, e in _markers(pipeline_run["results"])["pl"]["stages"].items()}
+    assert states["manifest"] == states["voices"] == states["faces"] == states["calibrate-faces"] == "kept"
+    assert states["search-faces"] == states["report"] == "ran"
+
+
+def test_an_archive_without_speech_or_labels_skips_those_stages_and_says_why(ray_cluster, all_models, tmp_path):
+    archive = resolve(str(tmp_path / "archive"))
+    rng = __import__("numpy").random.default_rng(3)
+    for i in range(3):
+        archive.join(f"p{i}.png").put_atomic(encode_image(portrait(rng, i), "png"))
+    out = tmp_path / "results"
+    assert pipeline.main([archive.uri, "--output", str(out), "--models", all_models.uri, "--run-id", "x"]) == 0
+    stages = _markers(out)["x"]["stages"]
+    assert stages["search-faces"]["state"] == "ran" and stages["report"]["state"] == "ran"
+    assert stages["calibrate-faces"]["state"] == "skipped" and "labels" in stages["calibrate-faces"]["reason"]
+    assert stages["identify-faces"]["state"] == "skipped"
+    for stage in ("calibrate-voices", "search-voices", "identify-voices"):
+        assert stages[stage] == {"run_id": None, "state": "skipped", "reason": "no voices were found in the archive"}
+    search = read_table(resolve(str(out)), "matches", "x.search-faces").to_pylist()
+    assert len(search) == 3 * 2  # each of 3 faces ranks the other 2
+    # No calibration, and dlib's card has a Euclidean threshold, not a cosine one: ranked, not judged, and said so.
+    assert {(r["threshold"], r["threshold_source"]) for r in search} == {(None, None)}
+    report = Path(stages["report"]["summary"]["report_uri"]).read_text()
+    assert "no threshold: ranked only" in report and "No calibration" in report
+
+
+def test_bad_arguments_fail_clearly(tmp_path, caplog):
+    assert pipeline.main([str(tmp_path), "--restart-from", "nope", "--output", str(tmp_path / "o")]) == 2
+    assert "unknown stage 'nope'" in caplog.text
+    assert pipeline.main(["", "--output", str(tmp_path / "o")]) == 2
+    assert "no archive given" in caplog.text
