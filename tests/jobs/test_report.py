@@ -1,0 +1,98 @@
+"""The HTML report, opened as a user opens it: from the file, in a real headless Chromium."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jobs import report
+from ops.storage import resolve
+from ops.tables import committed_runs
+
+# The system's Chromium (Debian's package: `make test` installs it); Playwright only drives it.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# A closed network: no background connections, no component updates (see the workplace notes).
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking"]
+FLAGS += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+def test_the_report_opens_from_the_file_with_every_part_shown(pipeline_run, browser, tmp_path):
+    report_file = Path(pipeline_run["marker"]["summary"]["report_uri"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("requestfailed", lambda r: problems.append(f"{r.url[:80]}: {r.failure}"))
+    page.goto(report_file.as_uri())
+    page.wait_for_load_state("load")
+
+    counts = page.get_by_test_id("counts").inner_text()
+    for label in ("inputs", "faces found", "speech segments", "errors"):
+        assert label in counts
+    errors = page.get_by_test_id("errors").inner_text()
+    assert "EmptyFile" in errors and "UnknownMediaType" in errors  # the broken sample files, by type
+
+    for table in ("faces", "voices"):
+        assert page.get_by_test_id(f"calibration-{table}").is_visible()
+    plots = page.locator("img[data-testid=plot]")
+    assert plots.count() == 4 and all(
+        plots.nth(i).evaluate("i => i.complete && i.naturalWidth > 300") for i in range(4)
+    )
+
+    probes = page.get_by_test_id("probe")
+    assert page.locator("[data-table=faces][data-mode=search]").count() == 13  # every source with a face
+    assert page.locator("[data-table=voices][data-mode=search]").count() == 10  # every source with speech
+    assert page.locator("[data-mode=identify] [data-testid=decision]").count() > 0
+    assert probes.first.get_by_test_id("match").count() == 5  # k
+    thumbs = page.locator("img[data-testid=thumb]")
+    loaded = thumbs.evaluate_all("all => all.map(i => i.complete && i.naturalWidth > 0)")
+    assert len(loaded) > 13 and all(loaded)
+    assert page.locator(".nopreview").count() == 0
+
+    # A speech clip plays: the browser decodes its Opus and knows its length.
+    duration = page.locator("audio[data-testid=clip]").first.evaluate(
+        """a => new Promise((ok, fail) => {
+            a.addEventListener('loadedmetadata', () => ok(a.duration));
+            a.addEventListener('error', () => fail(a.error));
+            a.preload = 'metadata'; a.load(); })"""
+    )
+    assert 0.5 < duration <= 4.01
+
+    # What a person sees: the first thumbnail on screen is a picture (a face drawing), not a blank box.
+    shot = Image.open(io.BytesIO(thumbs.first.screenshot())).convert("L")
+    assert shot.size[0] >= 48 and np.asarray(shot, np.float32).std() > 15
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    assert (tmp_path / "report.png").stat().st_size > 100_000
+    assert not problems, problems
+
+
+def test_select_runs_takes_a_pipeline_runs_stages_or_the_newest_of_each_job(pipeline_run):
+    root = resolve(str(pipeline_run["results"]))
+    stages = report.select_runs(root, "pl")
+    assert {m["run_id"] for m in stages} >= {"pl.manifest", "pl.faces", "pl.search-faces"}
+    assert all(m["job"] != "report" for m in stages)
+    newest = report.select_runs(root, None)
+    kinds = [(m["job"], m["config"].get("mode"), m["config"].get("table")) for m in newest]
+    assert len(kinds) == len(set(kinds))
+    assert len(committed_runs(root)) > len(newest)
+
+
+def test_nothing_to_report_is_a_clear_error(tmp_path, caplog):
+    assert report.main([str(tmp_path / "empty"), "--output", str(tmp_path / "out")]) == 2
+    assert "no committed runs" in caplog.text
+    assert report.main([str(tmp_path), "--pipeline-run-id", "nope", "--output", str(tmp_path / "out")]) == 2
+    assert "no committed stage of pipeline run nope" in caplog.text
