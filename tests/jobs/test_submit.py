@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -144,3 +145,76 @@ def test_failed_submission_exits_non_zero_with_the_reason(ray_head, request, mon
     done = submit(address, env, "jobs.manifest", bucket.uri("no-such-archive"), "--output", bucket.uri("results"))
     assert done.returncode != 0
     assert f"nothing found at {bucket.uri('no-such-archive')}" in done.stdout + done.stderr
+
+
+def _helper(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`python -m cluster.submit`, as a scheduler runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.submit", f"--address={address}", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _upload_models(models_root, bucket) -> str:
+    for path in Path(models_root.path).rglob("*"):
+        if path.is_file():
+            resolve(bucket.uri("models", str(path.relative_to(models_root.path)))).put_atomic(path.read_bytes())
+    return bucket.uri("models")
+
+
+def test_the_pipeline_through_the_submit_helper_end_to_end_on_s3(ray_head, all_models, request, monkeypatch):
+    address, env = ray_head
+    bucket = new_bucket(request, "moto", monkeypatch)
+    make_sample_archive(resolve(bucket.uri("archive")))
+    job = ["jobs.pipeline", bucket.uri("archive"), "--output", bucket.uri("results")]
+    job += ["--models", _upload_models(all_models, bucket), "--label-pattern", "*/{label}/*"]
+    done = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", "--", *job)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-6000:]
+    assert "nightly-2026-11-22: SUCCEEDED" in log and "pipeline nightly-2026-11-22:" in log  # the job's own log
+
+    results = resolve(bucket.uri("results"))
+    runs = {m["run_id"]: m for m in committed_runs(results)}
+    pipeline_marker = runs["nightly-2026-11-22"]
+    assert {e["state"] for e in pipeline_marker["stages"].values()} == {"ran"}
+    manifest = read_table(results, "manifest", "nightly-2026-11-22.manifest")
+    errors = read_table(results, "errors", "nightly-2026-11-22.manifest")
+    assert sorted(manifest.column("uri").to_pylist() + errors.column("uri").to_pylist()) == sorted(
+        bucket.uri("archive", p) for p in SAMPLE_LAYOUT
+    )
+    for stage, table in [("faces", "faces"), ("faces", "face_sources"), ("voices", "voices")]:
+        rows = read_table(results, table, f"nightly-2026-11-22.{stage}")
+        assert rows.num_rows > 0 and set(rows.column("run_id").to_pylist()) == {f"nightly-2026-11-22.{stage}"}
+    for stage in ("search-faces", "identify-faces", "search-voices", "identify-voices"):
+        assert read_table(results, "matches", f"nightly-2026-11-22.{stage}").num_rows > 0
+    assert read_table(results, "calibrations").num_rows == 2
+    report_uri = pipeline_marker["summary"]["report_uri"]
+    assert report_uri.startswith(bucket.uri("results", "report"))
+    page = resolve(report_uri).read_bytes().decode()
+    assert page.count('data-testid="thumb"') > 13 and page.count('data-testid="clip"') > 10
+    assert 'class="nopreview"' not in page  # every thumbnail and clip read back from S3
+
+    # The scheduler fires again the same day: nothing is submitted, nothing rewritten.
+    again = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", "--", *job)
+    assert again.returncode == 0 and "already succeeded" in again.stdout
+    assert committed_runs(results)[-1]["committed_at"] == pipeline_marker["committed_at"]
+
+
+def test_a_failed_scheduled_run_exits_non_zero_and_the_retry_is_a_new_attempt(ray_head, request, monkeypatch):
+    address, env = ray_head
+    bucket = new_bucket(request, "moto", monkeypatch)
+    job = ["jobs.pipeline", bucket.uri("missing"), "--output", bucket.uri("results")]
+    first = _helper(address, env, "--name", "broken", "--date", "2026-11-22", "--", *job)
+    assert first.returncode == 1, first.stdout[-4000:] + first.stderr[-4000:]
+    assert "broken-2026-11-22: FAILED" in first.stdout and f"nothing found at {bucket.uri('missing')}" in first.stdout
+    retry = _helper(address, env, "--name", "broken", "--date", "2026-11-22", "--", *job)
+    assert retry.returncode == 1 and "submitting broken-2026-11-22.2" in retry.stdout
+
+
+def test_an_unreachable_cluster_is_exit_2_with_the_reason(tmp_path):
+    done = _helper(f"http://127.0.0.1:{free_port()}", dict(os.environ), "--", "jobs.pipeline", str(tmp_path))
+    assert done.returncode == 2 and "cannot reach the Ray cluster" in done.stdout
