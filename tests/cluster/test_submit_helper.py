@@ -1,0 +1,40 @@
+import pytest
+
+from cluster import submit
+
+
+def test_attempts_of_one_schedule_date_in_order_and_the_next_id():
+    existing = ["nightly-2026-11-22.3", "nightly-2026-11-22", "nightly-2026-11-21", "nightly-2026-11-22.x", "other"]
+    attempts = submit.submission_ids("nightly-2026-11-22", existing)
+    assert attempts == ["nightly-2026-11-22", "nightly-2026-11-22.3"]
+    assert submit.next_id("nightly-2026-11-22", []) == "nightly-2026-11-22"
+    assert submit.next_id("nightly-2026-11-22", ["nightly-2026-11-22"]) == "nightly-2026-11-22.2"
+
+
+def test_the_command_passes_the_dated_run_id_and_ships_no_secrets(capsys):
+    assert (
+        submit.main(["--dry-run", "--date", "2026-01-02", "--", "jobs.pipeline", "s3://a/b", "--output", "s3://c"]) == 0
+    )
+    line = capsys.readouterr().out
+    assert "--submission-id=pipeline-2026-01-02" in line and "--no-wait" in line
+    assert line.rstrip().endswith("python -m jobs.pipeline s3://a/b --output s3://c --run-id pipeline-2026-01-02")
+    assert "SECRET" not in line
+
+
+def test_a_run_id_given_is_kept():
+    args = submit.parse_args(["--", "jobs.manifest", "x", "--run-id", "mine"])
+    assert submit.submit_command(args, "s", "manifest-today")[-2:] == ["--run-id", "mine"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--", "python", "x.py"], "name the job after --"),
+        (["--date", "22/11/2026", "--", "jobs.pipeline", "x"], "is not YYYY-MM-DD"),
+        (["--name", "a b", "--", "jobs.pipeline", "x"], "--name"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        submit.parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
