@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="the schedule's name (default: the job module's, e.g. pipeline)")
     parser.add_argument("--date", help="the schedule date, YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--working-dir", default=str(REPO), help="the code to ship (default: this checkout)")
+    parser.add_argument(
+        "--packages",
+        action="store_true",
+        help="ship the pinned requirements too, for nodes without them (ray_cluster.yaml's nodes have them)",
+    )
     parser.add_argument("--no-follow", action="store_true", help="submit and return without following the logs")
     parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="give up waiting after this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="print the `ray job submit` command, run nothing")
@@ -81,7 +86,7 @@ def submit_command(args: argparse.Namespace, submission_id: str, run_id: str) ->
     job = list(args.job)
     if "--run-id" not in job:
         job += ["--run-id", run_id]
-    env = runtime_env(args.working_dir)
+    env = runtime_env(args.working_dir, packages=args.packages)
     working_dir = env.pop("working_dir")
     return [
         _ray(),

@@ -21,3 +21,9 @@ def test_runtime_env_is_accepted_by_ray_and_ships_no_secrets(tmp_path):
     RuntimeEnv(**env)  # Ray's own validation
     assert env["working_dir"] == str(tmp_path) and ".venv/" in env["excludes"]
     assert not any("SECRET" in k or "KEY" in k for k in env.get("env_vars", {}))
+
+
+def test_runtime_env_with_packages_pins_the_projects_requirements(tmp_path):
+    env = runtime_env(tmp_path, packages=True)
+    RuntimeEnv(**env)
+    assert "torch==2.11.0" in env["pip"]["packages"] and not any(p.startswith("ray") for p in env["pip"]["packages"])

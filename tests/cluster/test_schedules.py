@@ -4,12 +4,11 @@ Checked for syntax and for meaning: each command parses with the project's own a
 import re
 import shlex
 import subprocess
-import tomllib
 
 import pytest
 import yaml
 
-from cluster import CLUSTER_CONFIG, REPO, submit
+from cluster import CLUSTER_CONFIG, REPO, requirements, submit
 from jobs.pipeline import PipelineConfig
 from jobs.runtime import parse_config
 from ops.tables import check_run_id
@@ -45,11 +44,6 @@ def pipeline_args(entrypoint: str) -> list[str]:
     return argv[3:]
 
 
-def runtime_requirements() -> list[str]:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [d for d in deps if not d.startswith("ray")]  # Ray comes with the rayproject/ray image
-
-
 def test_check_cron_accepts_cron_and_refuses_nonsense():
     for good in ("0 2 * * *", "*/15 0-6 1,15 * 1-5"):
         check_cron(good)
@@ -82,7 +76,7 @@ def test_the_rayjob_runs_the_pipeline_with_a_dated_run_id_on_a_token_cluster():
     assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\d", config.run_id) and check_run_id(config.run_id)
     assert config.archive.startswith("s3://") and config.output.startswith("s3://")
     runtime = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert runtime["pip"] == runtime_requirements()  # pinned as the project pins them
+    assert runtime["pip"] == requirements()  # pinned as the project pins them
     assert runtime["working_dir"].endswith(".zip")
     cluster = spec["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token"} and cluster["rayVersion"].startswith("2.60.")
@@ -111,7 +105,7 @@ def test_cluster_nodes_install_the_projects_pinned_requirements():
     config = yaml.safe_load(CLUSTER_CONFIG.read_text())
     (command,) = config["setup_commands"]
     words = shlex.split(command)
-    assert words[:3] == ["pip", "install", "--quiet"] and words[3:] == runtime_requirements()
+    assert words[:3] == ["pip", "install", "--quiet"] and words[3:] == requirements()
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}  # the token, never in the repo
