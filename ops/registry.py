@@ -96,7 +96,7 @@ def pull(name: str, root: Store, source_file: str | None = None) -> dict:
         member = source_members(name, members, source_file)
     else:
         member = source_members(name, (members,), source_file)[members]
-    return _store(root, spec.name, spec.architecture, spec.convert(member), asdict(spec.source), spec.card)
+    return store_model(root, spec.name, spec.architecture, spec.convert(member), asdict(spec.source), spec.card)
 
 
 def source_members(name: str, members: tuple[str, ...], source_file: str | None = None) -> dict[str, bytes]:
@@ -114,7 +114,13 @@ def source_members(name: str, members: tuple[str, ...], source_file: str | None 
         return {path: _read_member(data, archive.name, path) for path in members}
 
 
-def _store(root: Store, name: str, architecture: str, state: dict[str, torch.Tensor], source: dict, card: dict) -> dict:
+def store_model(
+    root: Store, name: str, architecture: str, state: dict[str, torch.Tensor], source: dict, card: dict
+) -> dict:
+    """Store ``state`` as model ``name`` under ``root`` with its card (checkpoint sha256 and parameter count added);
+    the card is written last, so a half-written model is never taken for a whole one. Returns the card."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ModelError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
     buf = io.BytesIO()
     torch.save(state, buf)
     checkpoint = buf.getvalue()
@@ -165,7 +171,7 @@ def import_checkpoint(uri: str, architecture: str, name: str, root: Store) -> di
     except Exception as exc:  # noqa: BLE001 - any failure to read the layout is the same user-facing problem
         raise ModelError(f"{source.uri} is not a {architecture} checkpoint: {exc}") from None
     source_info = {"file": source.uri, "sha256": hashlib.sha256(data).hexdigest()}
-    return _store(root, name, architecture, state, source_info, arch.card(state))
+    return store_model(root, name, architecture, state, source_info, arch.card(state))
 
 
 @dataclass(frozen=True)

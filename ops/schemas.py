@@ -159,12 +159,22 @@ CALIBRATIONS = _table(
     _f("record_uri", pa.string(), doc="the JSON record beside the ROC, DET and score PNGs"),
 )
 
+TRAINING = _table(
+    "training",
+    _f("run_id", pa.string()),
+    _f("job", pa.string(), doc="train_face or train_crossmodal"),
+    _f("epoch", pa.int32(), doc="0, 1, ...; each row is one metric at the end of that epoch"),
+    _f("metric", pa.string(), doc="loss, samples_per_s, and held-out eer, auc, v2f_1of2, ..."),
+    _f("value", pa.float64()),
+)
+
 TABLES: dict[str, pa.Schema] = {
     "calibrations": CALIBRATIONS,
     "manifest": MANIFEST,
     "errors": ERRORS,
     "face_sources": FACE_SOURCES,
     "matches": MATCHES,
+    "training": TRAINING,
 }
 # Tables whose embedding width depends on the model: their schema is built for a dimension.
 SIZED_TABLES = {"voices": voices, "faces": faces}

@@ -1,0 +1,214 @@
+"""jobs.train_face: a Siamese face encoder trained with triplet loss on Ray Train, evaluated on unseen identities.
+
+    python -m jobs.train_face ROOT [--embeddings-run-id RUN] [--loss batch-hard] [--margin 0.2] [--epochs 10]
+        [--workers 1] [--name face-head] [--models out/models]
+
+A projection head over a frozen backbone: it reads labelled face embeddings (``faces/`` under ROOT, one face per
+source: the clearest; labels from the manifest or --labels uri,label), holds a seeded share of identities out, and
+trains on the rest with P x K batches (P identities, K faces each) and the chosen loss: batch-hard or semi-hard
+triplet (anchor, positive, negative: d(a,p) + margin <= d(a,n)), contrastive, or a softmax identity head. Both
+branches of the Siamese pair are the one head. After each epoch the held-out identities are verified (all pairs:
+EER, AUC), a checkpoint goes to ``<output>/checkpoints/<run_id>/`` and a rerun with the same run id resumes from it.
+The trained head is stored in the registry with a card naming the backbone it was trained on, and ``training/``
+holds each epoch's metrics, the untrained head's among them (epoch -1) for comparison.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from jobs import trainer
+from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, run_job
+from ops import losses, training
+from ops.embeddings import read_embeddings, read_labels
+from ops.heads import PROJECTION_HEAD, ProjectionHead, project
+from ops.registry import models_root
+from ops.storage import resolve
+
+JOB = "train_face"
+LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
+
+
+@dataclass
+class TrainFaceConfig(JobConfig):
+    embeddings: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
+    )
+    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
+    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
+    loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
+    margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
+    holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})
+    epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
+    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
+    identities_per_batch: int = field(default=32, metadata={"run_key": True, "help": "P of P x K"})
+    per_identity: int = field(default=4, metadata={"run_key": True, "help": "K of P x K"})
+    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
+    dim: int = field(default=128, metadata={"run_key": True, "help": "output dimension"})
+    hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "split, initialisation and batches"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
+    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
+    name: str | None = field(default=None, metadata={"help": "registry name of the trained head (default: run id)"})
+    models: str | None = field(default=None, metadata={"help": "models root to store it under"})
+
+
+class Objective(torch.nn.Module):
+    """The head and its loss as one module: DDP all-reduces gradients only through a wrapped module's forward."""
+
+    def __init__(self, head: ProjectionHead, loss: str, margin: float, identities: int) -> None:
+        super().__init__()
+        self.head, self.loss, self.margin = head, loss, margin
+        if loss == "softmax":
+            self.classifier = losses.IdentityHead(head.net[3].out_features, identities)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = self.head(x)
+        if self.loss == "batch-hard":
+            return losses.batch_hard_triplet_loss(z, y, self.margin)
+        if self.loss == "semi-hard":
+            return losses.semi_hard_triplet_loss(z, y, self.margin)
+        if self.loss == "contrastive":  # Siamese pairs: each row with its neighbour (in P x K: same, then different)
+            other = torch.roll(torch.arange(len(y), device=y.device), 1)
+            return losses.contrastive_loss(z, z[other], (y == y[other]).long(), self.margin)
+        return self.classifier(z, y)
+
+
+def _loop(cfg: dict) -> None:
+    """One Ray Train worker: P x K batches from its share of the training identities; rank 0 evaluates."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    data = ray.get(cfg["data"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg["seed"])  # every worker starts from the same weights (DDP also broadcasts them)
+    head = ProjectionHead(data["train_x"].shape[1], cfg["dim"], cfg["hidden"])
+    objective = Objective(head, cfg["loss"], cfg["margin"], int(data["train_y"].max()) + 1)
+    model = ray.train.torch.prepare_model(objective)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    first, history = trainer.resume(model, optimizer)
+    groups = training.groups(data["train_y"])[rank::world]  # each worker its own identities
+    x, y = torch.tensor(data["train_x"]), torch.tensor(data["train_y"])  # copies: ray.get gives read-only arrays
+    if first == 0 and rank == 0:
+        history = [{"epoch": -1, **_evaluate(head, data, device)}]  # the untrained head, for comparison
+    for epoch in range(first, cfg["epochs"]):
+        rng = np.random.default_rng([cfg["seed"], rank, epoch])
+        speed, total = trainer.Throughput(), 0.0
+        model.train()
+        for _ in range(cfg["steps"]):
+            rows = torch.from_numpy(training.pk_batch(groups, cfg["p"], cfg["k"], rng))
+            loss = model(x[rows].to(device), y[rows].to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            speed.add(len(rows))
+        metrics = {"epoch": epoch, "loss": total / cfg["steps"], "samples_per_s": speed.rate() * world}
+        if rank == 0:
+            metrics |= _evaluate(head, data, device)
+        history.append(metrics)
+        trainer.end_epoch(model, optimizer, epoch, history)
+
+
+def _evaluate(head: torch.nn.Module, data: dict, device: torch.device) -> dict:
+    z = project(head, data["test_x"], device=str(device)).numpy()
+    head.train()
+    return training.verification(z, data["test_y"])
+
+
+def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
+    if config.loss not in LOSSES:
+        raise JobFailed(f"unknown loss {config.loss!r}: use one of {', '.join(LOSSES)}")
+    if config.workers < 1 or config.epochs < 1:
+        raise JobFailed("--workers and --epochs must be at least 1")
+    root = resolve(config.embeddings)
+    faces = read_embeddings(root, "faces", config.embeddings_run_id, per_source=True)
+    labels = read_labels(root, config.labels)
+    keep = np.array([u in labels for u in faces.uris])
+    if keep.sum() < 4:
+        raise JobFailed(f"{int(keep.sum())} labelled face sources under {root.uri}: training needs labelled faces")
+    names = np.array([labels[u] for u, k in zip(faces.uris, keep, strict=True) if k])
+    x = faces.vectors[keep]
+    try:
+        train, test = training.split_identities(names, config.holdout, config.seed)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from None
+    _, y = np.unique(names, return_inverse=True)
+    ctx.log.info(
+        "%d faces of %d identities from %s (%s): %d identities trained on, %d held out",
+        len(x),
+        len(set(names)),
+        faces.model_name,
+        faces.model_sha256[:12],
+        len(set(names[train])),
+        len(set(names[test])),
+    )
+    ensure_ray()
+    import ray
+
+    _, train_y = np.unique(y[train], return_inverse=True)  # dense ids for the softmax head
+    data = {"train_x": x[train], "train_y": train_y.astype(np.int64), "test_x": x[test], "test_y": y[test]}
+    batch = config.identities_per_batch * config.per_identity
+    steps = config.steps or max(1, int(train.sum()) // (batch * config.workers))
+    loop_config = {
+        "data": ray.put(data),
+        "seed": config.seed,
+        "dim": config.dim,
+        "hidden": config.hidden,
+        "loss": config.loss,
+        "margin": config.margin,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "steps": steps,
+        "p": config.identities_per_batch,
+        "k": config.per_identity,
+    }
+    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    last = state["history"][-1]
+    untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
+    card = {
+        "modality": "face",
+        "input": {"model_name": faces.model_name, "model_sha256": faces.model_sha256, "dim": faces.dim},
+        "embedding_dim": config.dim,
+        "metric": "cosine",
+        "default_threshold": None,
+        "training": {
+            "run_id": ctx.run_id,
+            "loss": config.loss,
+            "margin": config.margin,
+            "epochs": last["epoch"] + 1,
+            "holdout_identities": int(len(set(names[test]))),
+            "holdout_eer": last["eer"],
+            "untrained_holdout_eer": untrained.get("eer"),
+        },
+    }
+    name = config.name or ctx.run_id
+    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
+    weights = {k.removeprefix("head."): v for k, v in state["model"].items() if k.startswith("head.")}
+    models = models_root(config.models)
+    marker = trainer.finish(
+        ctx, JOB, state["history"], models, name, PROJECTION_HEAD, weights, source, card, asdict(config)
+    )
+    ctx.log.info(
+        "held-out EER %.4f (untrained head %.4f), AUC %.4f after %d epochs",
+        last["eer"],
+        untrained.get("eer", float("nan")),
+        last["auc"],
+        last["epoch"] + 1,
+    )
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, TrainFaceConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What the training jobs share: the Ray Train run (TorchTrainer, DDP, one worker per GPU or CPU workers), the
+checkpoint each epoch ends with, resuming from the last one, and the model and metrics a finished run leaves.
+
+A training job gives ``fit`` a loop function that runs on every worker. The loop calls ``resume`` once, then per
+epoch trains, evaluates (rank 0) and calls ``end_epoch``, which writes the checkpoint to the object store under
+``<output>/checkpoints/<run_id>/``. Rerunning a job with the same run id resumes from its newest checkpoint: a stopped
+run loses at most one epoch, and a finished run with more ``--epochs`` trains on from where it ended.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from jobs.runtime import JobContext, JobFailed, ensure_ray
+from ops.registry import store_model
+from ops.schemas import TRAINING
+from ops.storage import Store
+from ops.tables import OutputRun
+
+STATE = "state.pt"
+
+
+def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: int, gpus: bool | None) -> dict:
+    """Run ``loop`` on ``workers`` Ray Train workers (on GPUs when the cluster has them, or as ``gpus`` says);
+    returns the state of the newest checkpoint (``model``, ``history``, ...)."""
+    ensure_ray()
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if gpus is None else gpus
+    storage = ctx.output.join("checkpoints")  # not training/: that prefix is the committed metrics table
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=ctx.run_id,
+            storage_path=storage.path,
+            storage_filesystem=storage.arrow if storage.scheme != "file" else None,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2),  # a lost worker restarts from the last checkpoint
+        ),
+    )
+    ctx.log.info("training on %d %s worker(s); checkpoints under %s", workers, "GPU" if use_gpu else "CPU", storage.uri)
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's error; say it plainly
+        raise JobFailed(f"training failed: {exc}") from exc
+    if result.checkpoint is None:
+        raise JobFailed("training ended without a checkpoint")
+    with result.checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
+
+
+def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+    """On a worker: load the run's newest checkpoint, if any; returns the first epoch to train and the history."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["epoch"] + 1, state["history"]
+
+
+def end_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]) -> None:
+    """On a worker: report the epoch's metrics (the last of ``history``) with a checkpoint from rank 0."""
+    import ray.train
+
+    metrics = history[-1]
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    state = {
+        "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "history": history,
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, os.path.join(folder, STATE))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
+    print(f"epoch {epoch}: {shown}", flush=True)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class Throughput:
+    """Training samples per second on this worker, for the epoch's metrics."""
+
+    def __init__(self) -> None:
+        self.samples, self.started = 0, time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.samples += n
+
+    def rate(self) -> float:
+        return self.samples / max(time.perf_counter() - self.started, 1e-9)
+
+
+def finish(
+    ctx: JobContext,
+    job: str,
+    history: list[dict],
+    models: Store,
+    name: str,
+    architecture: str,
+    weights: dict[str, torch.Tensor],
+    source: dict,
+    card: dict,
+    config: dict,
+) -> dict:
+    """Store the trained model in the registry and commit the run: per-epoch metrics in ``training/``."""
+    stored = store_model(models, name, architecture, weights, source, card)
+    out = OutputRun(ctx.output, ctx.run_id, job)
+    rows = [
+        {"run_id": ctx.run_id, "job": job, "epoch": int(h["epoch"]), "metric": k, "value": float(v)}
+        for h in history
+        for k, v in h.items()
+        if k != "epoch"
+    ]
+    out.write("training", pa.Table.from_pylist(rows, schema=TRAINING), TRAINING)
+    summary: dict[str, Any] = {"model": name, "checkpoint_sha256": stored["checkpoint_sha256"], **history[-1]}
+    marker = out.commit(config=config, summary=summary, model_card=stored)
+    ctx.log.info("stored model %s (sha256 %s) under %s", name, stored["checkpoint_sha256"][:12], models.join(name).uri)
+    return marker
