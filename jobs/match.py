@@ -3,13 +3,16 @@
     python -m jobs.match search   [--queries out/results] [--gallery ROOT] [--table faces|voices] [--k 10]
     python -m jobs.match verify   --pairs pairs.csv [--queries out/results] [--threshold T | --calibration URI]
     python -m jobs.match identify [--gallery ROOT] [--queries ROOT] [--labels labels.csv] [--k 5]
+    python -m jobs.match crossmatch --joint-model NAME [--queries VOICES_ROOT] [--gallery FACES_ROOT] [--k 10]
 
 search: every query item against every gallery item, top K per query, on gallery shards held by actors (pinned to
 GPUs with --gpus-per-shard; the gallery stays in device memory across query batches). verify: a pairs table
 (columns ``a`` and ``b``: source uris or item keys) scored and decided at a threshold. identify: identities enrolled
 from the gallery's labels (the manifest's, or --labels uri,label), one or more sources each, averaged; each probe
 gets its top-K identities and, at rank 1, the identity or ``unknown`` when below the threshold (open set).
-Thresholds come from --threshold, else a calibration record (jobs.calibrate), else the model card, else the job
+crossmatch: through a joint voice-face model (jobs.train_crossmodal), every source's voice ranks every source's face
+and every face ranks every voice (items ``uri#voice`` and ``uri#face``; a video's own face is a candidate like any
+other). Thresholds come from --threshold, else a calibration record (jobs.calibrate), else the model card, else the job
 refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored land in ``errors/`` with a reason.
 """
 
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
 from ops.embeddings import (
@@ -36,14 +40,15 @@ from ops.embeddings import (
     read_embeddings,
     read_labels,
 )
-from ops.registry import ModelError, models_root, read_card
+from ops.heads import JOINT_MODEL, JointModel, project
+from ops.registry import ModelError, load, models_root, read_card
 from ops.schemas import MATCHES
 from ops.search import ExactSearch, TopK, merge, normalise
 from ops.storage import StorageError, resolve
 from ops.tables import OutputRun, committed_runs, read_table
 
 JOB = "match"
-MODES = ("search", "verify", "identify")
+MODES = ("search", "verify", "identify", "crossmatch")
 
 
 @dataclass
@@ -74,6 +79,9 @@ class MatchConfig(JobConfig):
     calibration: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "a calibration record (jobs.calibrate) to take the threshold from"},
+    )
+    joint_model: str | None = field(
+        default=None, metadata={"run_key": True, "help": "crossmatch: the joint voice-face model, name or URI"}
     )
     models: str | None = field(default=None, metadata={"help": "models root, for the model card's threshold"})
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
@@ -246,6 +254,73 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     return _finish(out, rows, errors, {"queries": len(queries), "gallery": len(gallery), "k": config.k})
 
 
+def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    if not config.joint_model:
+        raise JobFailed("crossmatch needs --joint-model: a model trained by `python -m jobs.train_crossmodal`")
+    try:
+        model = load(config.joint_model, models_root(config.models))
+    except ModelError as exc:
+        raise JobFailed(str(exc)) from None
+    if model.card.get("architecture") != JOINT_MODEL:
+        raise JobFailed(f"{config.joint_model} is a {model.card.get('architecture')}, not a {JOINT_MODEL} model")
+    voices = read_embeddings(resolve(config.queries), "voices", config.queries_run_id, per_source=True)
+    faces = read_embeddings(resolve(config.gallery or config.queries), "faces", config.gallery_run_id, True)
+    for table, found in (("voices", voices), ("faces", faces)):
+        expected = model.card["inputs"][table]
+        if (found.model_name, found.model_sha256) != (expected["model_name"], expected["model_sha256"]):
+            raise JobFailed(
+                f"{table}/ was embedded with {found.model_name} ({found.model_sha256[:12]}), but {model.name} was "
+                f"trained on {expected['model_name']} ({expected['model_sha256'][:12]}): embed with that model"
+            )
+    threshold, source = (
+        (config.threshold, "--threshold")
+        if config.threshold is not None
+        else (model.card.get("default_threshold"), f"model card of {model.name}")
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    joint = JointModel.from_state(model.state)
+    v = project(joint.voice, voices.vectors, device).numpy()
+    f = project(joint.face, faces.vectors, device).numpy()
+    as_voice = EmbeddingSet(
+        voices.uris, voices.sha256, [f"{u}#voice" for u in voices.uris], v, model.name, model.sha256, []
+    )
+    as_face = EmbeddingSet(faces.uris, faces.sha256, [f"{u}#face" for u in faces.uris], f, model.name, model.sha256, [])
+    rows = []
+    for queries, gallery in ((as_voice, as_face), (as_face, as_voice)):
+        k = min(config.k, len(gallery))
+        found = sharded_search(
+            gallery.vectors,
+            queries.vectors,
+            k,
+            config.shards,
+            config.gpus_per_shard,
+            config.precision,
+            config.query_batch,
+        )
+        for q in range(len(queries)):
+            for rank, (score, g) in enumerate(zip(found.scores[q], found.ids[q], strict=True), start=1):
+                decision = None if threshold is None else ("accept" if score >= threshold else "reject")
+                rows.append(
+                    _rows(
+                        "crossmatch",
+                        queries,
+                        q,
+                        out.run_id,
+                        gallery_uri=gallery.uris[g],
+                        gallery_sha256=gallery.sha256[g],
+                        gallery_item=gallery.items[g],
+                        rank=rank,
+                        score=float(score),
+                        threshold=threshold,
+                        threshold_source=source if threshold is not None else None,
+                        decision=decision,
+                    )
+                )
+    errors = [_error(r, "invalid_embedding") for r in voices.invalid + faces.invalid]
+    summary = {"voices": len(as_voice), "faces": len(as_face), "k": config.k, "joint_model": model.name}
+    return _finish(out, rows, errors, summary)
+
+
 def _read_pairs(uri: str) -> list[tuple[str, str]]:
     try:
         data = resolve(uri).read_bytes()
@@ -411,7 +486,8 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
         raise JobFailed("--k must be at least 1")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
-    summary = {"search": run_search, "verify": run_verify, "identify": run_identify}[config.mode](config, ctx, out)
+    modes = {"search": run_search, "verify": run_verify, "identify": run_identify, "crossmatch": run_crossmatch}
+    summary = modes[config.mode](config, ctx, out)
     marker = out.commit(tables=("errors",), config=asdict(config), summary={"mode": config.mode, **summary})
     ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
     ctx.log.info("committed run %s (tables matches/, errors/)", ctx.run_id)

@@ -121,10 +121,10 @@ FACE_SOURCES = _table(
 MATCHES = _table(
     "matches",
     _f("run_id", pa.string()),
-    _f("mode", pa.string(), doc="search, verify or identify"),
+    _f("mode", pa.string(), doc="search, verify, identify or crossmatch"),
     _f("query_uri", pa.string()),
     _f("query_sha256", SHA256),
-    _f("query_item", pa.string(), doc="the query: a source uri, or uri#frame=F&face=I, or uri#segment=S"),
+    _f("query_item", pa.string(), doc="a source uri, or uri#frame=F&face=I, uri#segment=S, uri#voice, uri#face"),
     _f("gallery_uri", pa.string(), nullable=True, doc="the matched item's source; null for identify"),
     _f("gallery_sha256", SHA256, nullable=True),
     _f("gallery_item", pa.string(), nullable=True),
@@ -133,7 +133,7 @@ MATCHES = _table(
     _f("score", pa.float32(), doc="cosine similarity of the L2-normalised embeddings, exact"),
     _f("threshold", pa.float32(), nullable=True, doc="the decision threshold, when one applies"),
     _f("threshold_source", pa.string(), nullable=True, doc="--threshold, a calibration record, or the card"),
-    _f("decision", pa.string(), nullable=True, doc="verify: accept/reject; identify (rank 1): the identity or unknown"),
+    _f("decision", pa.string(), nullable=True, doc="verify, crossmatch: accept/reject; identify: identity/unknown"),
     _f("model_name", pa.string()),
     _f("model_sha256", SHA256),
 )

@@ -55,35 +55,50 @@ def verification(embeddings: np.ndarray, labels: np.ndarray, max_items: int = 40
 
 
 def crossmodal(
-    faces: np.ndarray, voices: np.ndarray, labels: np.ndarray, recordings: np.ndarray, seed: int = 0
+    faces: np.ndarray,
+    voices: np.ndarray,
+    face_labels: np.ndarray,
+    voice_labels: np.ndarray,
+    face_sources: np.ndarray,
+    voice_sources: np.ndarray,
+    seed: int = 0,
 ) -> dict:
-    """Joint-space face and voice embeddings (unit rows; row i of both from recording ``recordings[i]`` of
-    identity ``labels[i]``) scored with the 1:2 protocol both ways, verification AUC and retrieval mAP.
+    """Joint-space face and voice embeddings (unit rows) of held-out identities, scored with the 1:2 protocol both
+    ways, verification AUC and retrieval mAP.
 
-    1:2 voice->face: a voice, a face of the same identity from another recording when there is one, and a face of
-    another identity; correct when the true face scores higher. Face->voice likewise."""
+    1:2 voice->face: each voice, a face of its identity (from another source when there is one: a video's own face
+    would make it easy) and a face of another identity; correct when the true face scores higher. Face->voice
+    likewise. AUC over those same and different pairs; mAP of each voice ranking every face, and the reverse."""
     rng = np.random.default_rng(seed)
-    n = len(labels)
     scores = voices @ faces.T  # (voice, face)
-    same_identity = labels[:, None] == labels[None, :]
-    other_recording = recordings[:, None] != recordings[None, :]
-    positive = np.empty(n, np.int64)
-    negative = np.empty(n, np.int64)
-    for i in range(n):
-        candidates = np.flatnonzero(same_identity[i] & other_recording[i])
-        positive[i] = rng.choice(candidates) if len(candidates) else i
-        negative[i] = rng.choice(np.flatnonzero(~same_identity[i]))
-    rows = np.arange(n)
-    v2f = metrics.one_of_two_accuracy(scores[rows, positive], scores[rows, negative])
-    f2v = metrics.one_of_two_accuracy(scores[positive, rows], scores[negative, rows])
-    pair_scores = np.concatenate([scores[rows, positive], scores[rows, negative]])
-    pair_same = np.concatenate([np.ones(n, bool), np.zeros(n, bool)])
-    order = np.argsort(-scores, axis=1)
-    relevant = same_identity.sum(1)
+    same = voice_labels[:, None] == face_labels[None, :]
+    other_source = voice_sources[:, None] != face_sources[None, :]
+
+    def trials(same: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keep, pos, neg = [], [], []
+        for i in range(len(same)):
+            preferred = np.flatnonzero(same[i] & other[i])
+            positives = preferred if len(preferred) else np.flatnonzero(same[i])
+            negatives = np.flatnonzero(~same[i])
+            if len(positives) and len(negatives):
+                keep.append(i)
+                pos.append(rng.choice(positives))
+                neg.append(rng.choice(negatives))
+        return np.array(keep, np.int64), np.array(pos, np.int64), np.array(neg, np.int64)
+
+    q, pos, neg = trials(same, other_source)
+    v2f = (scores[q, pos], scores[q, neg])
+    q2, pos2, neg2 = trials(same.T, other_source.T)
+    f2v = (scores[pos2, q2], scores[neg2, q2])
+    pair_scores = np.concatenate([v2f[0], v2f[1]])
+    pair_same = np.concatenate([np.ones(len(q), bool), np.zeros(len(q), bool)])
     return {
-        "v2f_1of2": v2f,
-        "f2v_1of2": f2v,
+        "v2f_1of2": metrics.one_of_two_accuracy(*v2f),
+        "f2v_1of2": metrics.one_of_two_accuracy(*f2v),
         "auc": metrics.auc(pair_scores, pair_same),
-        "map_v2f": metrics.mean_average_precision(labels[order], labels, relevant),
-        "map_f2v": metrics.mean_average_precision(labels[np.argsort(-scores.T, axis=1)], labels, relevant),
+        "map_v2f": metrics.mean_average_precision(face_labels[np.argsort(-scores, axis=1)], voice_labels, same.sum(1)),
+        "map_f2v": metrics.mean_average_precision(
+            voice_labels[np.argsort(-scores.T, axis=1)], face_labels, same.sum(0)
+        ),
+        "threshold_far_0.01": metrics.threshold_at_far(pair_scores, pair_same, 0.01),
     }

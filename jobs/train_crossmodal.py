@@ -1,0 +1,281 @@
+"""jobs.train_crossmodal: the joint voice-face model on Ray Train: a voice ranks faces, a face ranks voices.
+
+    python -m jobs.train_crossmodal ROOT [--mode supervised|video] [--loss triplet|infonce] [--epochs 10]
+        [--faces-run-id RUN] [--voices-run-id RUN] [--workers 1] [--name voice-face] [--models out/models]
+
+Two projection heads map face embeddings (``faces/``, one per source: the clearest) and voice embeddings
+(``voices/``, each source's pooled one) into one space. Two ways to learn the link:
+
+- ``supervised``: identity labels on both tables (the manifest's, or --labels uri,label); each batch holds P
+  identities with K faces and K voices each, from any of their sources;
+- ``video``: no labels; a face and the speech of the same video are a positive pair, other videos negatives.
+
+Losses: symmetric InfoNCE over batches of distinct identities (or videos), one face-voice pair each (the default:
+it learns fast and steadily), or bidirectional batch-hard triplet (voice anchors against faces and face anchors
+against voices, K of each per identity; it starts collapsed, every score alike, and needs several hundred steps to
+leave that state, as Hermans et al. observed). A seeded share of identities (of videos, without
+labels) is held out; after each epoch it is scored with the 1:2 protocol both ways, verification AUC and retrieval
+mAP, a checkpoint goes to ``<output>/checkpoints/<run_id>/``, and a rerun with the same run id resumes from it. The
+model lands in the registry with a card naming the face and voice models it was trained on and a threshold at 1%
+false accepts on the held-out pairs; ``jobs.match crossmatch`` uses it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from jobs import trainer
+from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, run_job
+from ops import losses, training
+from ops.embeddings import EmbeddingSet, read_embeddings, read_labels
+from ops.heads import JOINT_MODEL, JointModel, project
+from ops.registry import models_root
+from ops.storage import resolve
+
+JOB = "train_crossmodal"
+MODES = ("supervised", "video")
+LOSSES = ("triplet", "infonce")
+
+
+@dataclass
+class TrainCrossmodalConfig(JobConfig):
+    embeddings: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/, voices/"}
+    )
+    faces_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
+    voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of voices/"})
+    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
+    mode: str = field(default="supervised", metadata={"run_key": True, "help": "supervised (labels) or video"})
+    loss: str = field(default="infonce", metadata={"run_key": True, "help": "infonce or triplet"})
+    margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})
+    temperature: float = field(default=0.2, metadata={"run_key": True, "help": "InfoNCE temperature"})
+    holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities (videos) held out"})
+    epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
+    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
+    identities_per_batch: int = field(default=64, metadata={"run_key": True, "help": "P: identities or videos"})
+    per_identity: int = field(default=2, metadata={"run_key": True, "help": "K: faces and voices each (triplet)"})
+    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
+    dim: int = field(default=128, metadata={"run_key": True, "help": "joint space dimension"})
+    hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width of each head"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "split, initialisation and batches"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
+    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
+    name: str | None = field(default=None, metadata={"help": "registry name of the model (default: run id)"})
+    models: str | None = field(default=None, metadata={"help": "models root to store it under"})
+
+
+class Objective(torch.nn.Module):
+    """The joint model and its loss as one module (DDP all-reduces through a wrapped module's forward)."""
+
+    def __init__(self, model: JointModel, loss: str, margin: float, temperature: float) -> None:
+        super().__init__()
+        self.model, self.loss, self.margin, self.temperature = model, loss, margin, temperature
+
+    def forward(self, faces: torch.Tensor, voices: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        f, v = self.model(faces, voices)
+        if self.loss == "infonce":  # row i of each is a pair; batches hold one pair per group
+            return losses.info_nce(v, f, self.temperature)
+        return losses.batch_hard_triplet_loss(v, groups, self.margin, f, groups) + losses.batch_hard_triplet_loss(
+            f, groups, self.margin, v, groups
+        )
+
+
+def _loop(cfg: dict) -> None:
+    """One Ray Train worker: batches of P groups (identities or videos) from its share; rank 0 evaluates."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    data = ray.get(cfg["data"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg["seed"])
+    joint = JointModel(data["face_x"].shape[1], data["voice_x"].shape[1], cfg["dim"], cfg["hidden"])
+    model = ray.train.torch.prepare_model(Objective(joint, cfg["loss"], cfg["margin"], cfg["temperature"]))
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    first, history = trainer.resume(model, optimizer)
+    face_x, voice_x = torch.tensor(data["face_x"]), torch.tensor(data["voice_x"])  # copies: ray.get is read-only
+    face_groups, voice_groups = _members(data["face_g"]), _members(data["voice_g"])
+    shared = sorted(set(face_groups) & set(voice_groups))[rank::world]  # each worker its own groups
+    k = 1 if cfg["loss"] == "infonce" else cfg["k"]
+    if first == 0 and rank == 0:
+        history = [{"epoch": -1, **_evaluate(joint, data, device)}]  # the untrained model, for comparison
+    for epoch in range(first, cfg["epochs"]):
+        rng = np.random.default_rng([cfg["seed"], rank, epoch])
+        speed, total = trainer.Throughput(), 0.0
+        model.train()
+        for _ in range(cfg["steps"]):
+            chosen = rng.choice(len(shared), min(cfg["p"], len(shared)), replace=False)
+            f_rows, v_rows, groups = [], [], []
+            for c in chosen:
+                g = shared[c]
+                f_rows += rng.choice(face_groups[g], k).tolist()
+                v_rows += rng.choice(voice_groups[g], k).tolist()
+                groups += [g] * k
+            loss = model(face_x[f_rows].to(device), voice_x[v_rows].to(device), torch.tensor(groups, device=device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            speed.add(len(groups))
+        metrics = {"epoch": epoch, "loss": total / cfg["steps"], "samples_per_s": speed.rate() * world}
+        if rank == 0:
+            metrics |= _evaluate(joint, data, device)
+        history.append(metrics)
+        trainer.end_epoch(model, optimizer, epoch, history)
+
+
+def _members(groups: np.ndarray) -> dict[int, np.ndarray]:
+    order = np.argsort(groups, kind="stable")
+    ids, starts = np.unique(groups[order], return_index=True)
+    return {int(g): part for g, part in zip(ids, np.split(order, starts[1:]), strict=True)}
+
+
+def _evaluate(joint: JointModel, data: dict, device: torch.device) -> dict:
+    f = project(joint.face, data["test_face_x"], str(device)).numpy()
+    v = project(joint.voice, data["test_voice_x"], str(device)).numpy()
+    joint.train()
+    return training.crossmodal(
+        f, v, data["test_face_y"], data["test_voice_y"], data["test_face_src"], data["test_voice_src"]
+    )
+
+
+def _pairs(faces: EmbeddingSet, voices: EmbeddingSet, config: TrainCrossmodalConfig, root) -> dict[str, np.ndarray]:
+    """Rows of each modality with their group (identity, or video) and evaluation label, split by group."""
+    if config.mode == "supervised":
+        labels = read_labels(root, config.labels)
+        face_keep = [i for i, u in enumerate(faces.uris) if u in labels]
+        voice_keep = [i for i, u in enumerate(voices.uris) if u in labels]
+        face_label = np.array([labels[faces.uris[i]] for i in face_keep])
+        voice_label = np.array([labels[voices.uris[i]] for i in voice_keep])
+    else:  # a video is its own group; held-out scoring uses identity labels when there are any
+        common = sorted(set(faces.uris) & set(voices.uris))
+        where_f, where_v = {u: i for i, u in enumerate(faces.uris)}, {u: i for i, u in enumerate(voices.uris)}
+        face_keep, voice_keep = [where_f[u] for u in common], [where_v[u] for u in common]
+        face_label = voice_label = np.array(common)
+    if len(set(face_label) & set(voice_label)) < 4:
+        raise JobFailed(
+            f"{len(set(face_label) & set(voice_label))} {'identities' if config.mode == 'supervised' else 'videos'} "
+            f"have both a face and a voice under {root.uri}: "
+            + ("label both tables (--label-pattern or --labels)" if config.mode == "supervised" else "need videos")
+        )
+    names = np.unique(np.concatenate([face_label, voice_label]))
+    train_names, _ = training.split_identities(names, config.holdout, config.seed)
+    held = set(names[~train_names])
+    f_out = np.array([n in held for n in face_label])
+    v_out = np.array([n in held for n in voice_label])
+    index = {n: i for i, n in enumerate(names)}
+    face_g = np.array([index[n] for n in face_label])
+    voice_g = np.array([index[n] for n in voice_label])
+    fx, vx = faces.vectors[face_keep], voices.vectors[voice_keep]
+    return {
+        "face_x": fx[~f_out],
+        "face_g": face_g[~f_out],
+        "voice_x": vx[~v_out],
+        "voice_g": voice_g[~v_out],
+        "test_face_x": fx[f_out],
+        "test_face_y": face_g[f_out],
+        "test_face_src": np.array([faces.uris[i] for i in face_keep])[f_out],
+        "test_voice_x": vx[v_out],
+        "test_voice_y": voice_g[v_out],
+        "test_voice_src": np.array([voices.uris[i] for i in voice_keep])[v_out],
+    }
+
+
+def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
+    if config.mode not in MODES:
+        raise JobFailed(f"unknown mode {config.mode!r}: use {' or '.join(MODES)}")
+    loss = config.loss
+    if loss not in LOSSES:
+        raise JobFailed(f"unknown loss {loss!r}: use {' or '.join(LOSSES)}")
+    if config.workers < 1 or config.epochs < 1:
+        raise JobFailed("--workers and --epochs must be at least 1")
+    root = resolve(config.embeddings)
+    faces = read_embeddings(root, "faces", config.faces_run_id, per_source=True)
+    voices = read_embeddings(root, "voices", config.voices_run_id, per_source=True)
+    try:
+        data = _pairs(faces, voices, config, root)
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from None
+    ctx.log.info(
+        "%s, %s loss: %d faces and %d voices to train on, %d and %d held out (%s + %s)",
+        config.mode,
+        loss,
+        len(data["face_x"]),
+        len(data["voice_x"]),
+        len(data["test_face_x"]),
+        len(data["test_voice_x"]),
+        faces.model_name,
+        voices.model_name,
+    )
+    ensure_ray()
+    import ray
+
+    steps = config.steps or max(1, len(data["face_x"]) // (config.identities_per_batch * config.workers))
+    loop_config = {
+        "data": ray.put(data),
+        "seed": config.seed,
+        "dim": config.dim,
+        "hidden": config.hidden,
+        "loss": loss,
+        "margin": config.margin,
+        "temperature": config.temperature,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "steps": steps,
+        "p": config.identities_per_batch,
+        "k": config.per_identity,
+    }
+    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    last = state["history"][-1]
+    untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
+    weights = {k.removeprefix("model."): v for k, v in state["model"].items() if k.startswith("model.")}
+    card = {
+        "modality": "voice-face",
+        "inputs": {
+            "faces": {"model_name": faces.model_name, "model_sha256": faces.model_sha256, "dim": faces.dim},
+            "voices": {"model_name": voices.model_name, "model_sha256": voices.model_sha256, "dim": voices.dim},
+        },
+        "embedding_dim": config.dim,
+        "metric": "cosine",
+        "default_threshold": last["threshold_far_0.01"],
+        "threshold_note": "1% false accepts on the held-out voice-face pairs",
+        "training": {
+            "run_id": ctx.run_id,
+            "mode": config.mode,
+            "loss": loss,
+            "epochs": last["epoch"] + 1,
+            "holdout": {k: v for k, v in last.items() if k not in ("epoch", "loss", "samples_per_s")},
+            "untrained_holdout": {k: v for k, v in untrained.items() if k != "epoch"},
+        },
+    }
+    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
+    models = models_root(config.models)
+    name = config.name or ctx.run_id
+    marker = trainer.finish(
+        ctx, JOB, state["history"], models, name, JOINT_MODEL, weights, source, card, asdict(config)
+    )
+    ctx.log.info(
+        "held out: 1:2 voice->face %.3f, face->voice %.3f (untrained %.3f, %.3f), AUC %.3f, mAP %.3f after %d epochs",
+        last["v2f_1of2"],
+        last["f2v_1of2"],
+        untrained.get("v2f_1of2", float("nan")),
+        untrained.get("f2v_1of2", float("nan")),
+        last["auc"],
+        last["map_v2f"],
+        last["epoch"] + 1,
+    )
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, TrainCrossmodalConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
