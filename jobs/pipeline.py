@@ -7,6 +7,7 @@ Stages, each one of the suite's jobs, each committed under the run id ``<run id>
     manifest -> voices -> faces
              -> calibrate-faces -> search-faces -> identify-faces      (calibrate and identify: when there are labels)
              -> calibrate-voices -> search-voices -> identify-voices
+             -> crossmatch                                           (with --joint-model: voices rank faces and back)
              -> report
 
 A rerun with the same run id (by default the same command gives the same one) keeps every stage already committed
@@ -39,6 +40,7 @@ STAGES = (
     "calibrate-voices",
     "search-voices",
     "identify-voices",
+    "crossmatch",
     "report",
 )
 # Settings that do not change a stage's output: a rerun that differs only in these keeps the stage.
@@ -68,6 +70,10 @@ class PipelineConfig(JobConfig):
     fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second"})
     k: int = field(default=5, metadata={"run_key": True, "help": "matches per probe"})
     target_far: float = field(default=1e-3, metadata={"run_key": True, "help": "calibrated false accept rate"})
+    joint_model: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "joint voice-face model (jobs.train_crossmodal): adds crossmatch"},
+    )
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches in the report"})
     restart_from: str | None = field(default=None, metadata={"help": f"redo this stage and later ones: {STAGES}"})
     pool_size: int | None = field(default=None, metadata={"help": "model actors per embedding stage"})
@@ -186,6 +192,24 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         else:
             stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
 
+    if not config.joint_model:
+        stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)")
+    elif not all(m["tables"].get(t, {}).get("rows") for t, m in (("faces", faces), ("voices", voices))):
+        stages.skip("crossmatch", "cross-modal matching needs both faces and voices in the archive")
+    else:
+        stages.run(
+            "crossmatch",
+            match,
+            match.MatchConfig(
+                mode="crossmatch",
+                queries=root,
+                queries_run_id=stages.done["voices"]["run_id"],
+                gallery_run_id=stages.done["faces"]["run_id"],
+                joint_model=config.joint_model,
+                k=config.k,
+                models=config.models,
+            ),
+        )
     stages.run(
         "report",
         report,

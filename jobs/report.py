@@ -136,6 +136,9 @@ class Previews:
                     self.segments[r["uri"]] = r
 
     def html(self, table: str, item: str) -> str:
+        if item.endswith(("#voice", "#face")):  # cross-modal items name their modality
+            item, _, kind = item.rpartition("#")
+            table = "voices" if kind == "voice" else "faces"
         key = (table, item)  # a video is a face in one table and a voice in the other
         if key not in self._made:
             try:
@@ -293,7 +296,14 @@ def _matches_section(marker: dict, rows: list[dict], ev: Evidence, previews: Pre
         by_query[r["query_item"]].append(r)
     queries = sorted(by_query)
     shown = queries[:limit]
-    heading = {"search": "Top matches", "identify": "Identification", "verify": "Verification"}.get(mode, mode)
+    heading = {
+        "search": "Top matches",
+        "identify": "Identification",
+        "verify": "Verification",
+        "crossmatch": "Cross-modal matches",
+    }.get(mode, mode)
+    if mode == "crossmatch":
+        table = "voices and faces"
     thresholds = sorted({(r["threshold"], r["threshold_source"]) for r in rows if r["threshold"] is not None})
     judged = "; ".join(f"threshold {t:.4f} from {_e(src)}" for t, src in thresholds) or "no threshold: ranked only"
     parts = [

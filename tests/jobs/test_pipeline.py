@@ -7,6 +7,8 @@ from ops.samples import SAMPLE_LAYOUT, encode_image, portrait
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
 
+RUN = [s for s in pipeline.STAGES if s != "crossmatch"]  # the stages that run without a joint model
+
 
 def _markers(results: Path) -> dict[str, dict]:
     return {m["run_id"]: m for m in committed_runs(resolve(str(results)))}
@@ -15,10 +17,11 @@ def _markers(results: Path) -> dict[str, dict]:
 def test_every_stage_runs_and_commits_over_the_sample_archive(pipeline_run):
     marker, results = pipeline_run["marker"], resolve(str(pipeline_run["results"]))
     stages = marker["stages"]
-    assert list(stages) == [s for s in pipeline.STAGES]  # sample archive: faces, speech and labels, so every stage
-    assert {entry["state"] for entry in stages.values()} == {"ran"}
+    assert list(stages) == list(pipeline.STAGES)  # sample archive: faces, speech and labels, so every stage runs
+    assert {n for n, e in stages.items() if e["state"] != "ran"} == {"crossmatch"}  # but this: no joint model
+    assert "no --joint-model" in stages["crossmatch"]["reason"]
     runs = _markers(pipeline_run["results"])
-    assert all(f"pl.{stage}" in runs for stage in pipeline.STAGES)
+    assert all(f"pl.{stage}" in runs for stage in pipeline.STAGES if stage != "crossmatch")
 
     # Every object of the archive is accounted for by the manifest: a row or an error row, once.
     manifest, errors = read_table(results, "manifest", "pl.manifest"), read_table(results, "errors", "pl.manifest")
@@ -44,8 +47,8 @@ def test_a_rerun_keeps_every_committed_stage(pipeline_run):
     assert pipeline.main(pipeline_run["argv"]) == 0
     after = _markers(pipeline_run["results"])
     stages = after["pl"]["stages"]
-    assert {entry["state"] for entry in stages.values()} == {"kept"}
-    for stage in pipeline.STAGES:  # the same attempts: nothing rewritten, nothing duplicated
+    assert {entry["state"] for entry in stages.values()} == {"kept", "skipped"}
+    for stage in RUN:  # the same attempts: nothing rewritten, nothing duplicated
         assert after[f"pl.{stage}"]["attempt"] == before[f"pl.{stage}"]["attempt"]
 
 
@@ -54,8 +57,8 @@ def test_restart_from_redoes_that_stage_and_every_later_one(pipeline_run):
     assert pipeline.main([*pipeline_run["argv"], "--restart-from", "search-voices"]) == 0
     after = _markers(pipeline_run["results"])
     states = {name: entry["state"] for name, entry in after["pl"]["stages"].items()}
-    later = pipeline.STAGES[pipeline.STAGES.index("search-voices") :]
-    assert all(states[s] == "ran" for s in later) and all(states[s] == "kept" for s in states if s not in later)
+    later = RUN[RUN.index("search-voices") :]
+    assert all(states[s] == "ran" for s in later) and all(states[s] == "kept" for s in RUN if s not in later)
     assert after["pl.search-voices"]["attempt"] != before["pl.search-voices"]["attempt"]
     results = resolve(str(pipeline_run["results"]))
     matches = read_table(results, "matches", "pl.search-voices")  # replaced, not added to
@@ -97,3 +100,36 @@ def test_bad_arguments_fail_clearly(tmp_path, caplog):
     assert "unknown stage 'nope'" in caplog.text
     assert pipeline.main(["", "--output", str(tmp_path / "o")]) == 2
     assert "no archive given" in caplog.text
+
+
+def test_a_joint_model_adds_the_crossmatch_stage_and_the_report_shows_it(pipeline_run, all_models, tmp_path):
+    """Wiring, not quality: an untrained joint model whose card names the demo's face and voice models (a trained
+    one's quality is tested in test_train_crossmodal)."""
+    import torch
+
+    from ops.heads import JOINT_MODEL, JointModel
+    from ops.registry import store_model
+
+    results = resolve(str(pipeline_run["results"]))
+    faces, voices = read_table(results, "faces", "pl.faces"), read_table(results, "voices", "pl.voices")
+    inputs = {
+        name: {"model_name": t.column("model_name")[0].as_py(), "model_sha256": t.column("model_sha256")[0].as_py()}
+        for name, t in (("faces", faces), ("voices", voices))
+    }
+    models = resolve(str(tmp_path / "models"))
+    for card in ("mtcnn", "dlib-resnet-v1", "ge2e-resemblyzer", "silero-vad"):
+        models.join(card).fs.copy(all_models.join(card).path, models.join(card).path, recursive=True)
+    torch.manual_seed(0)
+    state = JointModel(128, 256).state_dict()
+    card = {"modality": "voice-face", "inputs": inputs, "metric": "cosine", "default_threshold": 0.5}
+    store_model(models, "joint-untrained", JOINT_MODEL, state, {"file": "test"}, card)
+
+    argv = [*pipeline_run["argv"], "--joint-model", "joint-untrained"]
+    argv[argv.index("--models") + 1] = models.uri
+    assert pipeline.main(argv) == 0
+    stages = _markers(pipeline_run["results"])["pl"]["stages"]
+    assert stages["crossmatch"]["state"] == "ran" and stages["report"]["state"] == "ran"
+    rows = read_table(results, "matches", "pl.crossmatch").to_pylist()
+    assert {r["mode"] for r in rows} == {"crossmatch"} and {r["model_name"] for r in rows} == {"joint-untrained"}
+    page = Path(stages["report"]["summary"]["report_uri"]).read_text()
+    assert "Cross-modal matches" in page and 'data-mode="crossmatch"' in page
