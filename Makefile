@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_voices.py
 	$(PY) benchmarks/bench_faces.py
 	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_training.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks
