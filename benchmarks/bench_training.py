@@ -58,7 +58,15 @@ def bare(data: dict, steps: int, threads: int, device: str) -> float:
 def ray_train(data_ref, steps: int, workers: int, gpus: bool, folder: str, tag: str) -> tuple[float, float]:
     """(samples per second in the second epoch, seconds from fit() to the end) for ``workers`` workers."""
     ctx = JobContext("bench", f"bench-{tag}", resolve(folder), logging.getLogger("bench"))
-    config = {"data": data_ref, "seed": 0, "dim": 128, "hidden": 256, "loss": "batch-hard", "margin": 0.2}
+    config = {
+        "data": data_ref,
+        "data_sha256": tag,
+        "seed": 0,
+        "dim": 128,
+        "hidden": 256,
+        "loss": "batch-hard",
+        "margin": 0.2,
+    }
     config |= {"lr": 1e-3, "epochs": 2, "steps": steps, "p": P, "k": K}
     start = time.perf_counter()
     state = trainer.fit(train_face._loop, config, ctx, workers, gpus)

@@ -8,7 +8,8 @@ Two projection heads map face embeddings (``faces/``, one per source: the cleare
 
 - ``supervised``: identity labels on both tables (the manifest's, or --labels uri,label); each batch holds P
   identities with K faces and K voices each, from any of their sources;
-- ``video``: no labels; a face and the speech of the same video are a positive pair, other videos negatives.
+- ``video``: no labels in training; a face and the speech of the same video are a positive pair, other videos
+  negatives. Labels, when the archive has them, only decide which people are held out and score them.
 
 Losses: symmetric InfoNCE over batches of distinct identities (or videos), one face-voice pair each (the default:
 it learns fast and steadily), or bidirectional batch-hard triplet (voice anchors against faces and face anchors
@@ -98,7 +99,7 @@ def _loop(cfg: dict) -> None:
     model = ray.train.torch.prepare_model(Objective(joint, cfg["loss"], cfg["margin"], cfg["temperature"]))
     device = ray.train.torch.get_device()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    first, history = trainer.resume(model, optimizer)
+    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
     face_x, voice_x = torch.tensor(data["face_x"]), torch.tensor(data["voice_x"])  # copies: ray.get is read-only
     face_groups, voice_groups = _members(data["face_g"]), _members(data["voice_g"])
     shared = sorted(set(face_groups) & set(voice_groups))[rank::world]  # each worker its own groups
@@ -127,7 +128,7 @@ def _loop(cfg: dict) -> None:
         if rank == 0:
             metrics |= _evaluate(joint, data, device)
         history.append(metrics)
-        trainer.end_epoch(model, optimizer, epoch, history)
+        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
 
 
 def _members(groups: np.ndarray) -> dict[int, np.ndarray]:
@@ -146,43 +147,44 @@ def _evaluate(joint: JointModel, data: dict, device: torch.device) -> dict:
 
 
 def _pairs(faces: EmbeddingSet, voices: EmbeddingSet, config: TrainCrossmodalConfig, root) -> dict[str, np.ndarray]:
-    """Rows of each modality with their group (identity, or video) and evaluation label, split by group."""
+    """Rows of each modality with their training group (an identity; in video mode, a video) and their identity for
+    evaluation, split by identity so that held-out people are never trained on. In video mode the labels, when the
+    archive has any, are used only for that split and the scoring; without labels a video stands for its person."""
+    labels = read_labels(root, config.labels)
     if config.mode == "supervised":
-        labels = read_labels(root, config.labels)
         face_keep = [i for i, u in enumerate(faces.uris) if u in labels]
         voice_keep = [i for i, u in enumerate(voices.uris) if u in labels]
-        face_label = np.array([labels[faces.uris[i]] for i in face_keep])
-        voice_label = np.array([labels[voices.uris[i]] for i in voice_keep])
-    else:  # a video is its own group; held-out scoring uses identity labels when there are any
+        face_group = np.array([labels[faces.uris[i]] for i in face_keep])
+        voice_group = np.array([labels[voices.uris[i]] for i in voice_keep])
+        face_who, voice_who = face_group, voice_group
+    else:
         common = sorted(set(faces.uris) & set(voices.uris))
         where_f, where_v = {u: i for i, u in enumerate(faces.uris)}, {u: i for i, u in enumerate(voices.uris)}
         face_keep, voice_keep = [where_f[u] for u in common], [where_v[u] for u in common]
-        face_label = voice_label = np.array(common)
-    if len(set(face_label) & set(voice_label)) < 4:
-        raise JobFailed(
-            f"{len(set(face_label) & set(voice_label))} {'identities' if config.mode == 'supervised' else 'videos'} "
-            f"have both a face and a voice under {root.uri}: "
-            + ("label both tables (--label-pattern or --labels)" if config.mode == "supervised" else "need videos")
-        )
-    names = np.unique(np.concatenate([face_label, voice_label]))
-    train_names, _ = training.split_identities(names, config.holdout, config.seed)
-    held = set(names[~train_names])
-    f_out = np.array([n in held for n in face_label])
-    v_out = np.array([n in held for n in voice_label])
-    index = {n: i for i, n in enumerate(names)}
-    face_g = np.array([index[n] for n in face_label])
-    voice_g = np.array([index[n] for n in voice_label])
+        face_group = voice_group = np.array(common)
+        face_who = voice_who = np.array([labels.get(u, u) for u in common])
+    shared = set(face_group) & set(voice_group)
+    if len(shared) < 4:
+        what = "identities" if config.mode == "supervised" else "videos"
+        fix = "label both tables (--label-pattern or --labels)" if config.mode == "supervised" else "need videos"
+        raise JobFailed(f"{len(shared)} {what} have both a face and a voice under {root.uri}: {fix}")
+    people = np.unique(np.concatenate([face_who, voice_who]))
+    train_people, _ = training.split_identities(people, config.holdout, config.seed)
+    held = set(people[~train_people])
+    f_out, v_out = np.array([w in held for w in face_who]), np.array([w in held for w in voice_who])
+    groups = {g: n for n, g in enumerate(np.unique(np.concatenate([face_group, voice_group])))}
+    ids = {w: n for n, w in enumerate(people)}
     fx, vx = faces.vectors[face_keep], voices.vectors[voice_keep]
     return {
         "face_x": fx[~f_out],
-        "face_g": face_g[~f_out],
+        "face_g": np.array([groups[g] for g in face_group])[~f_out],
         "voice_x": vx[~v_out],
-        "voice_g": voice_g[~v_out],
+        "voice_g": np.array([groups[g] for g in voice_group])[~v_out],
         "test_face_x": fx[f_out],
-        "test_face_y": face_g[f_out],
+        "test_face_y": np.array([ids[w] for w in face_who])[f_out],
         "test_face_src": np.array([faces.uris[i] for i in face_keep])[f_out],
         "test_voice_x": vx[v_out],
-        "test_voice_y": voice_g[v_out],
+        "test_voice_y": np.array([ids[w] for w in voice_who])[v_out],
         "test_voice_src": np.array([voices.uris[i] for i in voice_keep])[v_out],
     }
 
@@ -219,6 +221,7 @@ def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
     steps = config.steps or max(1, len(data["face_x"]) // (config.identities_per_batch * config.workers))
     loop_config = {
         "data": ray.put(data),
+        "data_sha256": trainer.fingerprint(data),
         "seed": config.seed,
         "dim": config.dim,
         "hidden": config.hidden,

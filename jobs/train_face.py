@@ -93,7 +93,7 @@ def _loop(cfg: dict) -> None:
     model = ray.train.torch.prepare_model(objective)
     device = ray.train.torch.get_device()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    first, history = trainer.resume(model, optimizer)
+    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
     groups = training.groups(data["train_y"])[rank::world]  # each worker its own identities
     x, y = torch.tensor(data["train_x"]), torch.tensor(data["train_y"])  # copies: ray.get gives read-only arrays
     if first == 0 and rank == 0:
@@ -114,7 +114,7 @@ def _loop(cfg: dict) -> None:
         if rank == 0:
             metrics |= _evaluate(head, data, device)
         history.append(metrics)
-        trainer.end_epoch(model, optimizer, epoch, history)
+        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
 
 
 def _evaluate(head: torch.nn.Module, data: dict, device: torch.device) -> dict:
@@ -159,6 +159,7 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
     steps = config.steps or max(1, int(train.sum()) // (batch * config.workers))
     loop_config = {
         "data": ray.put(data),
+        "data_sha256": trainer.fingerprint(data),
         "seed": config.seed,
         "dim": config.dim,
         "hidden": config.hidden,

@@ -9,12 +9,14 @@ run loses at most one epoch, and a finished run with more ``--epochs`` trains on
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -60,8 +62,18 @@ def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: in
         return torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
 
 
-def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, list[dict]]:
-    """On a worker: load the run's newest checkpoint, if any; returns the first epoch to train and the history."""
+def fingerprint(data: dict) -> str:
+    """sha256 of the training data (arrays by name): a checkpoint is only resumed on the data it was trained on."""
+    digest = hashlib.sha256()
+    for name in sorted(data):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(data[name]).tobytes())
+    return digest.hexdigest()
+
+
+def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data_sha256: str) -> tuple[int, list[dict]]:
+    """On a worker: load the run's newest checkpoint, if any; returns the first epoch to train and the history.
+    A checkpoint of other data (the same run id over re-embedded or relabelled tables) is refused."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -69,12 +81,19 @@ def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[in
         return 0, []
     with checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
+    if state.get("data_sha256") != data_sha256:
+        raise RuntimeError(
+            "the checkpoints of this run id were trained on other data (the tables or labels changed): "
+            "pass a new --run-id to train afresh"
+        )
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return state["epoch"] + 1, state["history"]
 
 
-def end_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict]) -> None:
+def end_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[dict], data_sha256: str
+) -> None:
     """On a worker: report the epoch's metrics (the last of ``history``) with a checkpoint from rank 0."""
     import ray.train
 
@@ -87,6 +106,7 @@ def end_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: i
         "optimizer": optimizer.state_dict(),
         "epoch": epoch,
         "history": history,
+        "data_sha256": data_sha256,
     }
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state, os.path.join(folder, STATE))

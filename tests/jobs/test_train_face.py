@@ -60,3 +60,10 @@ def test_bad_requests_fail_clearly(people, tmp_path, caplog):
     assert "unknown loss 'hinge'" in caplog.text
     assert train_face.main([str(tmp_path / "empty"), "--output", str(tmp_path)]) == 2
     assert "no committed faces/" in caplog.text
+
+
+def test_a_run_id_is_not_resumed_on_other_data(ray_cluster, people, tmp_path, caplog):
+    argv = [str(people), "--output", str(tmp_path), "--models", str(tmp_path / "m"), "--no-gpus", "--run-id", "same"]
+    assert train_face.main([*argv, "--epochs", "1", "--steps", "2"]) == 0
+    assert train_face.main([*argv, "--epochs", "2", "--steps", "2", "--seed", "5"]) == 2  # another split
+    assert "trained on other data" in caplog.text and "pass a new --run-id" in caplog.text
