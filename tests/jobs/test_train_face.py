@@ -67,3 +67,17 @@ def test_a_run_id_is_not_resumed_on_other_data(ray_cluster, people, tmp_path, ca
     assert train_face.main([*argv, "--epochs", "1", "--steps", "2"]) == 0
     assert train_face.main([*argv, "--epochs", "2", "--steps", "2", "--seed", "5"]) == 2  # another split
     assert "trained on other data" in caplog.text and "pass a new --run-id" in caplog.text
+
+
+def test_training_checkpoints_and_the_model_go_to_s3(ray_cluster, request, monkeypatch):
+    from tests.conftest import new_bucket
+
+    bucket = new_bucket(request, "moto", monkeypatch)
+    out, models = bucket.uri("results"), bucket.uri("models")
+    assert synthesize.main(["--output", out, "--identities", "30", "--recordings", "3", "--run-id", "s"]) == 0
+    argv = [out, "--output", out, "--models", models, "--no-gpus", "--epochs", "2", "--steps", "3", "--run-id", "s3t"]
+    assert train_face.main([*argv, "--name", "head"]) == 0
+    assert resolve(out).join("checkpoints", "s3t").fs.ls(resolve(out).join("checkpoints", "s3t").path)
+    assert load("head", resolve(models)).card["training"]["epochs"] == 2
+    assert train_face.main([*argv[:-4], "--epochs", "3", "--steps", "3", "--run-id", "s3t", "--name", "head"]) == 0
+    assert sorted(_history(out, "s3t")) == [-1, 0, 1, 2]  # resumed from the checkpoint in the bucket
