@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
 from ops import metrics
-from ops.embeddings import read_embeddings, read_labels
+from ops.embeddings import read_embeddings, read_labels, through_head
 from ops.schemas import CALIBRATIONS
 from ops.storage import resolve
 from ops.tables import OutputRun
@@ -43,6 +43,10 @@ class CalibrateConfig(JobConfig):
     target_far: float = field(
         default=1e-3, metadata={"run_key": True, "help": "false accept rate to set the threshold at"}
     )
+    head: str | None = field(
+        default=None, metadata={"run_key": True, "help": "a trained face head (jobs.train_face), name or URI"}
+    )
+    models: str | None = field(default=None, metadata={"help": "models root, for --head"})
     max_sources: int = field(
         default=5000, metadata={"help": "score all pairs of at most this many sources (a seeded sample beyond)"}
     )
@@ -104,6 +108,8 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     out.check_writable()
     root = resolve(config.embeddings)
     data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True)
+    if config.head:  # calibrate what matching through the head will compare
+        data = through_head(data, config.head, config.models)
     labelled, names = labelled_sources(data.uris, read_labels(root, config.labels), config.max_sources)
     if not enough_labels(names):
         raise JobFailed(

@@ -39,6 +39,7 @@ from ops.embeddings import (
     read_committed,
     read_embeddings,
     read_labels,
+    through_head,
 )
 from ops.heads import JOINT_MODEL, JointModel, project
 from ops.registry import ModelError, load, models_root, read_card
@@ -79,6 +80,10 @@ class MatchConfig(JobConfig):
     calibration: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "a calibration record (jobs.calibrate) to take the threshold from"},
+    )
+    head: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "a trained face head (jobs.train_face) to compare through, name or URI"},
     )
     joint_model: str | None = field(
         default=None, metadata={"run_key": True, "help": "crossmatch: the joint voice-face model, name or URI"}
@@ -205,13 +210,13 @@ def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> di
 
 
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    queries = read_embeddings(resolve(config.queries), config.table, config.queries_run_id, config.per_source)
+    queries = _read(config, config.queries, config.queries_run_id, config.per_source)
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
     if same_set:
         gallery = queries
     else:
-        gallery = read_embeddings(resolve(gallery_root), config.table, config.gallery_run_id, config.per_source)
+        gallery = _read(config, gallery_root, config.gallery_run_id, config.per_source)
     check_comparable(queries, gallery)
     if len(gallery) == 0:
         raise JobFailed(f"the gallery under {gallery_root} is empty")
@@ -252,6 +257,17 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
             )
     errors = [_error(r, "invalid_embedding") for r in queries.invalid + ([] if same_set else gallery.invalid)]
     return _finish(out, rows, errors, {"queries": len(queries), "gallery": len(gallery), "k": config.k})
+
+
+def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) -> EmbeddingSet:
+    """The committed embeddings of ``config.table`` under ``root``, through ``--head`` when one is given."""
+    return _headed(config, read_embeddings(resolve(root), config.table, run_id, per_source))
+
+
+def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
+    if not config.head:
+        return data
+    return through_head(data, config.head, config.models, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -343,8 +359,8 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     pairs = _read_pairs(config.pairs)
     root = resolve(config.queries)
     data = read_committed(root, config.table, config.queries_run_id)  # read once: sources and items come from it
-    per_source = embedding_set(data, config.table, True, root.uri)
-    items = embedding_set(data, config.table, False, root.uri)
+    per_source = _headed(config, embedding_set(data, config.table, True, root.uri))
+    items = _headed(config, embedding_set(data, config.table, False, root.uri))
     threshold, source = _threshold(config, per_source.model_name)
     index = {key: (s, i) for s in (items, per_source) for i, key in enumerate(s.items)}
     invalid = {r["item"]: r["reason"] for r in per_source.invalid + items.invalid}
@@ -395,7 +411,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
 
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     gallery_root = config.gallery or config.queries
-    gallery = read_embeddings(resolve(gallery_root), config.table, config.gallery_run_id, per_source=True)
+    gallery = _read(config, gallery_root, config.gallery_run_id, per_source=True)
     labels = read_labels(resolve(gallery_root), config.labels)
     enrolled = [i for i, u in enumerate(gallery.uris) if u in labels]
     if not enrolled:
@@ -413,7 +429,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     if gallery_root == config.queries and config.gallery_run_id == config.queries_run_id:
         probes_all = gallery  # one table: labelled sources enrol, the others are probed
     else:
-        probes_all = read_embeddings(resolve(config.queries), config.table, config.queries_run_id, per_source=True)
+        probes_all = _read(config, config.queries, config.queries_run_id, per_source=True)
     check_comparable(probes_all, gallery)
     probe_index = np.array(
         [i for i, u in enumerate(probes_all.uris) if u not in labels or gallery_root != config.queries], np.int64

@@ -9,8 +9,9 @@ trains on the rest with P x K batches (P identities, K faces each) and the chose
 triplet (anchor, positive, negative: d(a,p) + margin <= d(a,n)), contrastive, or a softmax identity head. Both
 branches of the Siamese pair are the one head. After each epoch the held-out identities are verified (all pairs:
 EER, AUC), a checkpoint goes to ``<output>/checkpoints/<run_id>/`` and a rerun with the same run id resumes from it.
-The trained head is stored in the registry with a card naming the backbone it was trained on, and ``training/``
-holds each epoch's metrics, the untrained head's among them (epoch -1) for comparison.
+The trained head is stored in the registry with a card naming the backbone it was trained on and the threshold for
+0.1% false accepts on held-out pairs; ``training/`` holds each epoch's metrics, the untrained head's among them
+(epoch -1) for comparison. ``jobs.match --head NAME`` and ``jobs.calibrate --head NAME`` compare through it.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
         "input": {"model_name": faces.model_name, "model_sha256": faces.model_sha256, "dim": faces.dim},
         "embedding_dim": config.dim,
         "metric": "cosine",
-        "default_threshold": None,
+        "default_threshold": last["threshold_far_0.001"],
+        "threshold_note": "0.1% false accepts on the held-out identities' pairs",
         "training": {
             "run_id": ctx.run_id,
             "loss": config.loss,

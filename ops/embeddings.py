@@ -156,3 +156,25 @@ def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
             raise EmbeddingError(f"{labels} gives {row['uri']} two identities: {found[row['uri']]}, {row['label']}")
         found[row["uri"]] = row["label"]
     return found
+
+
+def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None, device: str = "cpu") -> EmbeddingSet:
+    """``data`` mapped by a trained projection head (``jobs.train_face``): the same items, the head's vectors, the
+    head's name and sha256 as their model. Refused when the head was trained on another backbone's embeddings."""
+    from ops.heads import PROJECTION_HEAD, ProjectionHead, project
+    from ops.registry import ModelError, load, models_root
+
+    try:
+        head = load(head_ref, models_root(models))
+    except ModelError as exc:
+        raise EmbeddingError(str(exc)) from None
+    if head.card.get("architecture") != PROJECTION_HEAD:
+        raise EmbeddingError(f"{head_ref} is a {head.card.get('architecture')}, not a {PROJECTION_HEAD}")
+    expected = head.card["input"]
+    if (data.model_name, data.model_sha256) != (expected["model_name"], expected["model_sha256"]):
+        raise EmbeddingError(
+            f"{head.name} was trained on {expected['model_name']} ({expected['model_sha256'][:12]}) embeddings, "
+            f"not {data.model_name} ({data.model_sha256[:12]})"
+        )
+    vectors = project(ProjectionHead.from_state(head.state), data.vectors, device).numpy()
+    return EmbeddingSet(data.uris, data.sha256, data.items, vectors, head.name, head.sha256, data.invalid)

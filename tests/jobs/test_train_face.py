@@ -2,7 +2,7 @@
 
 import pytest
 
-from jobs import synthesize, train_face
+from jobs import match, synthesize, train_face
 from ops.registry import load
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
@@ -38,6 +38,20 @@ def test_triplet_training_on_two_workers_lowers_eer_on_unseen_identities_and_res
     assert card["architecture"] == "projection-head" and card["input"]["model_name"] == "synthetic-face"
     assert card["training"]["holdout_eer"] == pytest.approx(trained)
     assert resolve(str(people)).join("checkpoints", "tf").exists()
+    assert card["default_threshold"] == pytest.approx(history[2]["threshold_far_0.001"])
+
+    # Matching through the head: its name and sha256 on every row, its card's threshold on each match.
+    out = tmp_path / "matches"
+    argv_match = ["search", "--queries", str(people), "--queries-run-id", "s", "--per-source", "--k", "3"]
+    argv_match += ["--head", "face-head", "--models", str(models), "--output", str(out), "--run-id", "m"]
+    assert match.main(argv_match) == 0
+    rows = read_table(resolve(str(out)), "matches", "m").to_pylist()
+    assert {r["model_name"] for r in rows} == {"face-head"} and {r["threshold_source"] for r in rows} == {
+        "model card of face-head"
+    }
+    first = [r for r in rows if r["rank"] == 1]
+    same = [r["query_uri"].split("/")[-2] == r["gallery_uri"].split("/")[-2] for r in first]
+    assert sum(same) / len(same) > 0.8  # the nearest face is the same person's (training people: a sanity check)
 
     # A rerun with more epochs resumes from the newest checkpoint: epochs 0-2 are not trained again.
     assert train_face.main([*argv[:-6], "--workers", "2", "--epochs", "4", "--name", "face-head"]) == 0
@@ -81,3 +95,15 @@ def test_training_checkpoints_and_the_model_go_to_s3(ray_cluster, request, monke
     assert load("head", resolve(models)).card["training"]["epochs"] == 2
     assert train_face.main([*argv[:-4], "--epochs", "3", "--steps", "3", "--run-id", "s3t", "--name", "head"]) == 0
     assert sorted(_history(out, "s3t")) == [-1, 0, 1, 2]  # resumed from the checkpoint in the bucket
+
+
+def test_a_head_refuses_embeddings_of_another_backbone(ray_cluster, people, tmp_path, caplog):
+    from ops.heads import PROJECTION_HEAD, ProjectionHead
+    from ops.registry import store_model
+
+    models = resolve(str(tmp_path / "m"))
+    card = {"modality": "face", "input": {"model_name": "dlib-resnet-v1", "model_sha256": "f7d1", "dim": 128}}
+    store_model(models, "dlib-head", PROJECTION_HEAD, ProjectionHead(128).state_dict(), {"file": "test"}, card)
+    argv = ["search", "--queries", str(people), "--head", "dlib-head", "--models", models.uri]
+    assert match.main([*argv, "--output", str(tmp_path / "o")]) == 2
+    assert "dlib-head was trained on dlib-resnet-v1 (f7d1) embeddings, not synthetic-face" in caplog.text

@@ -39,7 +39,8 @@ def test_conform_refuses_missing_columns_and_nulls():
 
 def test_schema_for():
     assert schema_for("manifest") is MANIFEST
-    with pytest.raises(KeyError, match="known: calibrations, errors, face_sources, faces, manifest, matches, training, voices"):
+    known = "known: calibrations, errors, face_sources, faces, manifest, matches, training, voices"
+    with pytest.raises(KeyError, match=known):
         schema_for("nope")
     assert schema_for("faces", 128).field("embedding").type == pa.list_(pa.float32(), 128)
     assert schema_for("faces") is None  # a sized table needs its width
