@@ -1,0 +1,178 @@
+"""Feed-forward style transfer (Johnson et al. 2016): the image transformation network of pytorch/examples'
+fast_neural_style, under its checkpoints' key names, and tiled inference for images of any size without seams.
+
+The network takes and gives RGB in 0..255. Its instance normalisation makes every output pixel depend on statistics
+of the whole feature map, so tiles normalised on their own would each get their own colours: ``stylize_tiled``
+first runs the network once on the whole image shrunk to ``stats_side`` and records every normalisation layer's
+mean and variance, then runs the full-resolution tiles with those statistics fixed, and blends overlapping tiles
+with linear ramps so that the reflection padding at tile borders does not show either.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LEGACY_KEYS = ("running_mean", "running_var")  # InstanceNorm statistics old checkpoints carry and never used
+
+
+class Norm(nn.Module):
+    """Instance normalisation with affine weights (``weight``, ``bias``: the checkpoints' names) that can record
+    its statistics from one image and then normalise other inputs (tiles) with them."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+        self.mode = "instance"  # or "record" or "fixed"
+        self.stats: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "fixed":
+            mean, var = self.stats
+        else:
+            var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+            if self.mode == "record":
+                self.stats = (mean, var)
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, upsample: int | None = None) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.pad = kernel // 2
+        self.conv2d = nn.Conv2d(cin, cout, kernel, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        return self.conv2d(F.pad(x, (self.pad,) * 4, mode="reflect"))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1, self.in1 = ConvLayer(channels, channels, 3, 1), Norm(channels)
+        self.conv2, self.in2 = ConvLayer(channels, channels, 3, 1), Norm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.in2(self.conv2(F.relu(self.in1(self.conv1(x)))))
+
+
+class TransformerNet(nn.Module):
+    """conv 9x9/32 -> 3x3/64 s2 -> 3x3/128 s2 -> 5 residual blocks -> upsample+conv 64 -> 32 -> conv 9x9/3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.in1 = ConvLayer(3, 32, 9, 1), Norm(32)
+        self.conv2, self.in2 = ConvLayer(32, 64, 3, 2), Norm(64)
+        self.conv3, self.in3 = ConvLayer(64, 128, 3, 2), Norm(128)
+        for i in range(1, 6):
+            setattr(self, f"res{i}", ResidualBlock(128))
+        self.deconv1, self.in4 = ConvLayer(128, 64, 3, 1, upsample=2), Norm(64)
+        self.deconv2, self.in5 = ConvLayer(64, 32, 3, 1, upsample=2), Norm(32)
+        self.deconv3 = ConvLayer(32, 3, 9, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.in1(self.conv1(x)))
+        y = F.relu(self.in2(self.conv2(y)))
+        y = F.relu(self.in3(self.conv3(y)))
+        for i in range(1, 6):
+            y = getattr(self, f"res{i}")(y)
+        y = F.relu(self.in4(self.deconv1(y)))
+        y = F.relu(self.in5(self.deconv2(y)))
+        return self.deconv3(y)
+
+    @contextmanager
+    def norms(self, mode: str):
+        """Every normalisation layer in ``mode`` ("record" or "fixed") inside the block, back to "instance" after."""
+        layers = [m for m in self.modules() if isinstance(m, Norm)]
+        for layer in layers:
+            layer.mode = mode
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.mode = "instance"
+
+
+def convert_checkpoint(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A pytorch/examples TransformerNet state dict as ours: legacy InstanceNorm statistics dropped, every other
+    key required and no other allowed (strict loading is the check)."""
+    kept = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in LEGACY_KEYS}
+    TransformerNet().load_state_dict(kept, strict=True)
+    return kept
+
+
+def _run(net: TransformerNet, x: Tensor) -> Tensor:
+    """The network on ``x`` of any size: padded (reflected) to a multiple of 4, which its two stride-2 stages and
+    two 2x upsamplings give back exactly, and cropped to the input's size again."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % 4, -w % 4
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    return net(x)[..., :h, :w]
+
+
+def stylize(net: TransformerNet, images: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in 0..255 through the network, clamped to 0..255; any H and W, the same out."""
+    with torch.inference_mode():
+        return _run(net, images).clamp(0, 255)
+
+
+def stylize_tiled(
+    net: TransformerNet, image: Tensor, tile: int = 512, overlap: int = 64, stats_side: int = 1024
+) -> Tensor:
+    """One image (3, H, W) in 0..255 stylised tile by tile (``tile`` square, ``overlap`` pixels shared with each
+    neighbour, blended), with normalisation statistics recorded from the whole image at ``stats_side`` at most."""
+    _, h, w = image.shape
+    if max(h, w) <= tile:
+        return stylize(net, image[None])[0]
+    scale = min(1.0, stats_side / max(h, w))
+    small = F.interpolate(image[None], scale_factor=scale, mode="area") if scale < 1 else image[None]
+    step = tile - overlap
+    out = torch.zeros(3, h, w, dtype=image.dtype, device=image.device)
+    weight = torch.zeros(1, h, w, dtype=image.dtype, device=image.device)
+    with torch.inference_mode(), net.norms("record"):
+        _run(net, small)
+    with torch.inference_mode(), net.norms("fixed"):
+        for top in _starts(h, tile, step):
+            for left in _starts(w, tile, step):
+                piece = image[:, top : top + tile, left : left + tile]
+                styled = _run(net, piece[None])[0]
+                ramp = _ramp(piece.shape[1], piece.shape[2], overlap, top, left, h, w).to(image)
+                out[:, top : top + tile, left : left + tile] += styled * ramp
+                weight[:, top : top + tile, left : left + tile] += ramp
+    return (out / weight).clamp(0, 255)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    """Tile origins covering ``length``: every ``step``, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def _ramp(th: int, tw: int, overlap: int, top: int, left: int, h: int, w: int) -> Tensor:
+    """Blend weights of one tile: rising linearly over ``overlap`` pixels from each edge that has a neighbour,
+    flat at the image's own edges, never zero."""
+
+    def axis(n: int, start: int, full: int) -> Tensor:
+        ramp = torch.ones(n)
+        if overlap > 0:
+            edge = torch.linspace(1.0 / (overlap + 1), 1.0, overlap)
+            k = min(overlap, n)
+            if start > 0:
+                ramp[:k] = torch.minimum(ramp[:k], edge[:k])
+            if start + n < full:
+                ramp[n - k :] = torch.minimum(ramp[n - k :], edge[:k].flip(0))
+        return ramp
+
+    return (axis(th, top, h)[:, None] * axis(tw, left, w)[None, :])[None]
