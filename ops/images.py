@@ -89,6 +89,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
             raise NotAnImage("not an image format Pillow can decode") from None
         except Image.DecompressionBombError as exc:
             raise TooLarge(str(exc)) from None
+        except (OSError, ValueError, SyntaxError) as exc:  # a header cut short or garbled ("Truncated File Read")
+            raise ImageDecodeError(f"the image header could not be read: {exc}") from None
         w, h = im.size
         if w * h > max_pixels:
             raise TooLarge(f"declares {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of {max_pixels / 1e6:g}")

@@ -284,4 +284,5 @@ def _load_builtin_specs() -> None:
     import ops.mtcnn  # noqa: F401  (MTCNN face detector)
     import ops.silero  # noqa: F401  (Silero VAD)
     import ops.speaker  # noqa: F401  (GE2E, ECAPA-TDNN)
+    import ops.transformer_net  # noqa: F401  (feed-forward style transfer)
     import ops.vgg  # noqa: F401  (VGG16/19 loss networks for style transfer)

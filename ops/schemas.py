@@ -168,12 +168,34 @@ TRAINING = _table(
     _f("value", pa.float64()),
 )
 
+STYLED = _table(
+    "styled",
+    _f("run_id", pa.string()),
+    _f("uri", pa.string(), doc="the content image"),
+    _f("sha256", SHA256, doc="the content image's content hash"),
+    _f("style_uri", pa.string()),
+    _f("style_sha256", SHA256),
+    _f("method", pa.string(), doc="gatys or feedforward"),
+    _f("parameters", pa.string(), doc="JSON: weights, steps, scales, optimizer, colour, size, tiles"),
+    _f("seed", pa.int64()),
+    _f("output_uri", pa.string(), doc="the styled image (named by the content and style hashes)"),
+    _f("width", pa.int32()),
+    _f("height", pa.int32()),
+    _f("content_loss", pa.float64(), nullable=True, doc="gatys: final content loss (loss network features)"),
+    _f("style_loss", pa.float64(), nullable=True, doc="gatys: final style loss (normalised Grams)"),
+    _f("seconds", pa.float64(), doc="time spent on this image and style, decoding and encoding included"),
+    _f("model_name", pa.string(), doc="the loss network (gatys) or the TransformerNet (feedforward)"),
+    _f("model_sha256", SHA256),
+    _f("random_weights", pa.bool_(), doc="true when the loss network is a seeded random one, not ImageNet's"),
+)
+
 TABLES: dict[str, pa.Schema] = {
     "calibrations": CALIBRATIONS,
     "manifest": MANIFEST,
     "errors": ERRORS,
     "face_sources": FACE_SOURCES,
     "matches": MATCHES,
+    "styled": STYLED,
     "training": TRAINING,
 }
 # Tables whose embedding width depends on the model: their schema is built for a dimension.

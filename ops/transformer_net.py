@@ -134,6 +134,7 @@ def stylize_tiled(
     _, h, w = image.shape
     if max(h, w) <= tile:
         return stylize(net, image[None])[0]
+    overlap = min(overlap, tile // 4)  # small tiles: a quarter of each side shared at most
     scale = min(1.0, stats_side / max(h, w))
     small = F.interpolate(image[None], scale_factor=scale, mode="area") if scale < 1 else image[None]
     step = tile - overlap
@@ -176,3 +177,32 @@ def _ramp(th: int, tw: int, overlap: int, top: int, left: int, h: int, w: int) -
         return ramp
 
     return (axis(th, top, h)[:, None] * axis(tw, left, w)[None, :])[None]
+
+
+def _convert_file(data: bytes) -> dict[str, Tensor]:
+    import io
+
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+    return convert_checkpoint(state)
+
+
+def _register() -> None:
+    from ops.registry import Architecture, register_architecture
+
+    register_architecture(
+        Architecture(
+            name="transformer-net-pytorch-examples",
+            convert=_convert_file,
+            card=lambda state: {
+                "modality": "image",
+                "task": "style-transfer",
+                "input": "RGB in 0..255, any size",
+                "note": "pytorch/examples fast_neural_style TransformerNet; one network per style",
+            },
+        )
+    )
+
+
+_register()

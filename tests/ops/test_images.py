@@ -78,3 +78,12 @@ def test_audio_only_container_has_no_video_stream():
     data = encode_audio(speech(np.random.default_rng(0), pitch=120.0, seconds=1.0), 16000, "m4a")
     with pytest.raises(NoVideoStream):
         list(sample_video(io.BytesIO(data), fps=1.0, max_frames=10))
+
+
+def test_a_jpeg_cut_inside_its_header_is_a_decode_error_not_a_crash():
+    from ops.images import ImageDecodeError
+    from ops.samples import encode_image, portrait
+
+    data = encode_image(portrait(np.random.default_rng(0), 0), "jpeg")
+    with pytest.raises(ImageDecodeError, match="header"):
+        decode_image(data[:300])

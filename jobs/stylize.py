@@ -1,0 +1,369 @@
+"""jobs.stylize: every image of a manifest x one or more styles -> styled images in the object store and a
+``styled/`` index.
+
+    python -m jobs.stylize ROOT --style s3://b/styles/candy.jpg,s3://b/styles/udnie.jpg [--method gatys]
+        [--loss-network vgg19 | --random-loss-network SEED] [--steps 300] [--scales 0.5,1] [--max-side 512]
+    python -m jobs.stylize ROOT --method feedforward --style candy,udnie [--tile 1024]
+
+gatys: each image's pixels are optimised (ops/gatys.py) against a style image, with VGG19 features from a loss
+network imported through the registry (a torchvision-format checkpoint: ``jobs.models import vgg19.pth
+--architecture vgg19-torchvision --name vgg19``). Without one the job refuses, unless --random-loss-network SEED asks
+explicitly for a seeded random VGG19 (fine for textures and demos; every row says ``random_weights``).
+feedforward: each style is a TransformerNet (pytorch/examples' checkpoints, imported with --architecture
+transformer-net-pytorch-examples); large images go through in overlapping tiles with shared statistics.
+
+Images are written as ``styled-images/<run_id>/<content sha256>-<style sha256>-<method>.<ext>`` (names from
+hashes: an input's name never becomes a key), at most --max-side pixels on their longer side (0: original size).
+Each content image x style is one ``styled/`` row (sources, method, parameters, seed, output, losses, seconds,
+model provenance); an image that cannot be styled (corrupt, too small, too large) is one error row per style.
+Model actors take --gpus-per-actor GPUs each (default: one per GPU), --batch-size images of one size together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from jobs.runtime import (
+    JobConfig,
+    JobContext,
+    JobFailed,
+    SourceLedger,
+    actor_plan,
+    ensure_ray,
+    manifest_sources,
+    run_job,
+    source_blocks,
+)
+from ops import gatys
+from ops.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
+from ops.registry import ModelError, load, models_root
+from ops.schemas import STYLED
+from ops.storage import StorageError, resolve
+from ops.tables import OutputRun
+from ops.transformer_net import TransformerNet, stylize_tiled
+from ops.vgg import from_registry, random_network
+
+JOB = "stylize"
+METHODS = ("gatys", "feedforward")
+FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+MIN_SHARD_BYTES = 1 << 20
+
+
+@dataclass
+class StylizeConfig(JobConfig):
+    manifest: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
+    )
+    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+    style: str = field(
+        default="",
+        metadata={"run_key": True, "help": "comma-separated: style image URIs (gatys) or TransformerNet models"},
+    )
+    method: str = field(default="gatys", metadata={"run_key": True, "help": "gatys or feedforward"})
+    loss_network: str | None = field(
+        default=None, metadata={"run_key": True, "help": "gatys: an imported VGG19 (vgg19-torchvision) model"}
+    )
+    random_loss_network: int | None = field(
+        default=None, metadata={"run_key": True, "help": "gatys: use a seeded random VGG19 instead (labelled)"}
+    )
+    models: str | None = field(default=None, metadata={"help": "models root"})
+    steps: int = field(default=300, metadata={"run_key": True, "help": "gatys: optimiser evaluations"})
+    scales: str = field(default="1", metadata={"run_key": True, "help": "gatys: coarse to fine, e.g. 0.5,1"})
+    optimizer: str = field(default="lbfgs", metadata={"run_key": True, "help": "gatys: lbfgs or adam"})
+    alpha: float = field(default=1.0, metadata={"run_key": True, "help": "gatys: content weight"})
+    beta: float = field(default=1e5, metadata={"run_key": True, "help": "gatys: style weight"})
+    tv: float = field(default=1e-4, metadata={"run_key": True, "help": "gatys: total variation weight"})
+    preserve_colour: bool = field(default=False, metadata={"run_key": True, "help": "gatys: luminance only"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "gatys: noise init and tie-breaking"})
+    max_side: int = field(default=512, metadata={"run_key": True, "help": "longer side of the output (0: as is)"})
+    min_side: int = field(default=32, metadata={"help": "refuse images with a shorter side than this"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images declaring more pixels"})
+    tile: int = field(default=1024, metadata={"run_key": True, "help": "feedforward: tile side for large images"})
+    format: str = field(default="jpeg", metadata={"run_key": True, "help": "jpeg, png or webp"})
+    quality: int = field(default=92, metadata={"run_key": True, "help": "jpeg and webp quality"})
+    batch_size: int = field(default=4, metadata={"help": "images of one size optimised together (GPU)"})
+    pool_size: int | None = field(default=None, metadata={"help": "style actors (default: one per GPU, or CPU)"})
+    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
+
+
+@dataclass(frozen=True)
+class Style:
+    uri: str
+    sha256: str
+    image: np.ndarray | None  # gatys: the style image, RGB uint8
+    model: str | None  # feedforward: the registry folder of its TransformerNet
+
+
+class StyleActor:
+    """Loads the networks once; styles each content image of a batch with every style and writes the results."""
+
+    def __init__(self, config: dict, styles: list[Style], out_uri: str, endpoint_url: str | None) -> None:
+        self.config, self.styles = config, styles
+        self.out = resolve(out_uri, endpoint_url)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if config["method"] == "gatys":
+            self.net = (
+                random_network("vgg19", config["random_loss_network"])
+                if config["random_loss_network"] is not None
+                else from_registry(load(config["loss_network"], models_root(config["models"])))
+            ).to(self.device)
+            self.provenance = (self.net.name, self.net.sha256, self.net.random)
+        else:
+            self.transformers = {}
+            for style in styles:
+                model = load(style.model)
+                net = TransformerNet()
+                net.load_state_dict(model.state, strict=True)
+                self.transformers[style.uri] = (net.eval().to(self.device), model.name, model.sha256)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict] = []
+        decoded: dict[tuple, list[tuple[dict, np.ndarray, float]]] = defaultdict(list)
+        for source in batch.to_pylist():
+            started = time.perf_counter()
+            try:
+                rgb = self._decode(source)
+            except (ImageError, StorageError, ValueError) as exc:
+                rows += [_error(source, style, exc) for style in self.styles]
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job: an error row, by type
+                rows += [_error(source, style, exc) for style in self.styles]
+                continue
+            decoded[rgb.shape].append((source, rgb, time.perf_counter() - started))
+        for group in decoded.values():  # images of one size go through together
+            for style in self.styles:
+                rows += self._style_group(group, style)
+        return pa.Table.from_pylist(rows, schema=_OUT)
+
+    def _decode(self, source: dict) -> np.ndarray:
+        data = resolve(source["uri"], self.out.endpoint_url).read_bytes()
+        cfg = self.config
+        rgb = decode_image(data, max_pixels=cfg["max_pixels"]).rgb
+        if min(rgb.shape[:2]) < cfg["min_side"]:
+            raise ValueError(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than --min-side {cfg['min_side']}")
+        if cfg["max_side"] and max(rgb.shape[:2]) > cfg["max_side"]:
+            im = Image.fromarray(rgb)
+            im.thumbnail((cfg["max_side"], cfg["max_side"]), Image.Resampling.LANCZOS)
+            rgb = np.asarray(im)
+        return rgb
+
+    def _style_group(self, group: list[tuple[dict, np.ndarray, float]], style: Style) -> list[dict]:
+        cfg, started = self.config, time.perf_counter()
+        x = torch.tensor(np.stack([g[1] for g in group])).permute(0, 3, 1, 2).float().to(self.device)
+        losses: dict = {}
+        if cfg["method"] == "gatys":
+            side = max(x.shape[-2:])
+            style_img = Image.fromarray(style.image)
+            style_img.thumbnail((side, side), Image.Resampling.LANCZOS)
+            s = torch.tensor(np.asarray(style_img)).permute(2, 0, 1)[None].float().to(self.device) / 255
+            settings = gatys.Settings(
+                alpha=cfg["alpha"],
+                beta=cfg["beta"],
+                tv=cfg["tv"],
+                steps=cfg["steps"],
+                optimizer=cfg["optimizer"],
+                preserve_colour=cfg["preserve_colour"],
+                scales=[float(v) for v in cfg["scales"].split(",")],
+                seed=cfg["seed"],
+            )
+            out, losses = gatys.transfer(self.net, x / 255, s, settings)
+            out = out * 255
+            name, sha, random = self.provenance
+        else:
+            net, name, sha = self.transformers[style.uri]
+            out = torch.stack([stylize_tiled(net, image, tile=cfg["tile"]) for image in x])
+            random = False
+        per_image = (time.perf_counter() - started) / len(group)
+        rows = []
+        for i, (source, _, decode_seconds) in enumerate(group):
+            pixels = out[i].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
+            target = self._write(source, style, pixels)
+            rows.append(
+                {
+                    "kind": "result",
+                    "uri": source["uri"],
+                    "sha256": source["sha256"],
+                    "style_uri": style.uri,
+                    "style_sha256": style.sha256,
+                    "output_uri": target,
+                    "width": int(pixels.shape[1]),
+                    "height": int(pixels.shape[0]),
+                    "content_loss": losses["content_loss"][i] if losses else None,
+                    "style_loss": losses["style_loss"][i] if losses else None,
+                    "seconds": per_image + decode_seconds,
+                    "model_name": name,
+                    "model_sha256": sha,
+                    "random_weights": random,
+                    "error_type": None,
+                    "message": None,
+                }
+            )
+        return rows
+
+    def _write(self, source: dict, style: Style, pixels: np.ndarray) -> str:
+        fmt, ext = FORMATS[self.config["format"]]
+        buf = io.BytesIO()
+        options = {"quality": self.config["quality"]} if fmt in ("JPEG", "WEBP") else {}
+        Image.fromarray(pixels).save(buf, format=fmt, **options)
+        key = f"{source['sha256'][:32]}-{style.sha256[:16]}-{self.config['method']}.{ext}"
+        target = self.out.join("styled-images", self.config["run_id"], key)
+        target.put_atomic(buf.getvalue())
+        return target.uri
+
+
+_OUT = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("uri", pa.string()),
+        ("sha256", pa.string()),
+        ("style_uri", pa.string()),
+        ("style_sha256", pa.string()),
+        ("output_uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("content_loss", pa.float64()),
+        ("style_loss", pa.float64()),
+        ("seconds", pa.float64()),
+        ("model_name", pa.string()),
+        ("model_sha256", pa.string()),
+        ("random_weights", pa.bool_()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+
+
+def _error(source: dict, style: Style, exc: Exception) -> dict:
+    kind = "too_small" if isinstance(exc, ValueError) else type(exc).__name__
+    return {"kind": "error", "uri": source["uri"], "sha256": source["sha256"], "style_uri": style.uri} | {
+        "error_type": kind,
+        "message": f"{exc} (style {style.uri})",
+    }
+
+
+def _styles(config: StylizeConfig) -> list[Style]:
+    """The styles, read and checked before any work is scheduled."""
+    names = [s.strip() for s in config.style.split(",") if s.strip()]
+    if not names:
+        raise JobFailed(
+            "no style given: --style a,b (style image URIs for gatys, TransformerNet models for feedforward)"
+        )
+    styles = []
+    for name in names:
+        if config.method == "gatys":
+            try:
+                data = resolve(name).read_bytes()
+                rgb = decode_image(data, max_pixels=config.max_pixels).rgb
+            except (StorageError, ImageError) as exc:
+                raise JobFailed(f"cannot read the style image {name}: {exc}") from None
+            styles.append(Style(resolve(name).uri, hashlib.sha256(data).hexdigest(), rgb, None))
+        else:
+            try:
+                model = load(name, models_root(config.models))
+            except ModelError as exc:
+                raise JobFailed(str(exc)) from None
+            if model.card.get("architecture") != "transformer-net-pytorch-examples":
+                raise JobFailed(f"{name} is a {model.card.get('architecture')}, not a TransformerNet")
+            folder = models_root(config.models).join(name) if "/" not in name else resolve(name)
+            styles.append(Style(folder.uri, model.sha256, None, folder.uri))
+    return styles
+
+
+def run(config: StylizeConfig, ctx: JobContext) -> dict:
+    if config.method not in METHODS:
+        raise JobFailed(f"unknown method {config.method!r}: use gatys or feedforward")
+    if config.format not in FORMATS:
+        raise JobFailed(f"unknown format {config.format!r}: use jpeg, png or webp")
+    if config.method == "gatys" and config.loss_network is None and config.random_loss_network is None:
+        raise JobFailed(
+            "gatys needs a loss network: import ImageNet VGG19 weights (a torchvision-format checkpoint) with "
+            "`python -m jobs.models import vgg19.pth --architecture vgg19-torchvision --name vgg19` and pass "
+            "--loss-network vgg19, or pass --random-loss-network SEED for a seeded random VGG19 (textures and demos "
+            "only; the output says so)"
+        )
+    styles = _styles(config)
+    if config.method == "gatys" and config.loss_network:
+        try:
+            load(config.loss_network, models_root(config.models))
+        except ModelError as exc:
+            raise JobFailed(str(exc)) from None
+    root = resolve(config.manifest)
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    sources, manifest_rows = manifest_sources(root, config.manifest_run_id, ("image",))
+    uris = sources.column("uri").to_pylist()
+    ctx.log.info("%d images x %d styles (%s) of %d manifest rows", len(uris), len(styles), config.method, manifest_rows)
+    out.write("styled", STYLED.empty_table(), STYLED)
+    if not uris:
+        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+    ensure_ray()
+    import ray
+
+    plan = actor_plan(config.pool_size, config.gpus_per_actor)
+    blocks = source_blocks(sources, ["uri", "sha256"], plan.cpus, MIN_SHARD_BYTES)
+    actor_config = asdict(config) | {"run_id": ctx.run_id}
+    styled = ray.data.from_arrow(blocks).map_batches(
+        StyleActor,
+        fn_constructor_kwargs={
+            "config": actor_config,
+            "styles": styles,
+            "out_uri": ctx.output.uri,
+            "endpoint_url": ctx.output.endpoint_url,
+        },
+        **plan.map_args(config.batch_size),
+        batch_format="pyarrow",
+    )
+    ctx.log.info("%d CPUs, %d style actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
+    pairs = [(u, s.uri) for u in uris for s in styles]
+    ledger = SourceLedger([f"{u} x {s}" for u, s in pairs])
+    params = {k: actor_config[k] for k in ("steps", "scales", "optimizer", "alpha", "beta", "tv", "preserve_colour")}
+    params |= {k: actor_config[k] for k in ("max_side", "tile", "format", "quality")}
+    results, errors = [], []
+    for row in styled.iter_rows():
+        ledger.report({"uri": f"{row['uri']} x {row['style_uri']}", "kind": row["kind"]})
+        if row["kind"] == "error":
+            errors.append(row | {"stage": "stylize"})
+        else:
+            results.append(
+                {k: row[k] for k in STYLED.names if k in row}
+                | {
+                    "run_id": ctx.run_id,
+                    "method": config.method,
+                    "parameters": json.dumps(params, sort_keys=True),
+                    "seed": config.seed,
+                }
+            )
+    ledger.check_complete()
+    out.write("styled", pa.Table.from_pylist(results, schema=STYLED), STYLED)
+    out.write_errors(errors)
+    summary = {
+        "images": len(uris),
+        "styles": len(styles),
+        "styled": len(results),
+        "errors": len(errors),
+        "random_loss_network": config.random_loss_network is not None,
+    }
+    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
+    ctx.log.info(
+        "%d styled, %d errors: committed run %s (styled/, styled-images/)", len(results), len(errors), ctx.run_id
+    )
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, StylizeConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
