@@ -120,3 +120,33 @@ def test_real_content_gets_each_real_style(ray_cluster, tmp_path):
         assert r["style_loss"] < 0.2 * before.item(), (r["style_uri"], r["style_loss"], before.item())
         assert r["content_loss"] < 0.05
         assert Image.open(r["output_uri"]).size == (r["width"], r["height"]) and max(r["width"], r["height"]) == 128
+
+
+def test_a_trained_style_network_lowers_its_style_loss_and_stylize_takes_it(ray_cluster, archive, tmp_path):
+    from jobs import train_style
+
+    models = tmp_path / "models"
+    argv = [str(archive / "results"), "--style", str(archive / "style.png"), "--random-loss-network", "0"]
+    argv += [
+        "--size",
+        "64",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "1",
+        "--lr",
+        "5e-3",
+        "--no-gpus",
+        "--output",
+        str(tmp_path),
+    ]
+    assert train_style.main([*argv, "--models", str(models), "--run-id", "ts", "--name", "stripes"]) == 0
+    history = {}
+    for r in read_table(resolve(str(tmp_path)), "training", "ts").to_pylist():
+        history.setdefault(r["epoch"], {})[r["metric"]] = r["value"]
+    assert history[2]["holdout_style_loss"] < 0.5 * history[-1]["holdout_style_loss"], history
+    out = tmp_path / "out"
+    styled = [str(archive / "results"), "--method", "feedforward", "--style", "stripes", "--models", str(models)]
+    assert stylize.main([*styled, "--output", str(out), "--run-id", "ff"]) == 0
+    rows, _ = _rows(out, "ff")
+    assert len(rows) == 3 and {r["model_name"] for r in rows} == {"stripes"}

@@ -1,0 +1,245 @@
+"""jobs.train_style: a feed-forward style network (TransformerNet) for one style, on Ray Train.
+
+    python -m jobs.train_style ROOT --style s3://b/styles/candy.jpg [--loss-network vgg16 | --random-loss-network SEED]
+        [--epochs 2] [--size 256] [--content-weight 1e5] [--style-weight 1e10] [--workers 1] [--name candy]
+
+Johnson et al.'s perceptual losses: the network's output is compared with its input at VGG16's relu2_2 (content)
+and with the style image's Gram matrices at relu1_2, relu2_2, relu3_3 and relu4_3 (style). Content images are the
+manifest's images under ROOT, decoded, shrunk and centre-cropped to --size; one image is held out and scored after
+every epoch. The loss network is an imported torchvision-format VGG16 (``jobs.models import vgg16.pth
+--architecture vgg16-torchvision --name vgg16``), or, only when asked, a seeded random one (named so on the card).
+Checkpoints go to ``<output>/checkpoints/<run_id>/`` each epoch and a rerun resumes; the trained network lands in
+the registry as a ``transformer-net-pytorch-examples`` model, which ``jobs.stylize --method feedforward`` takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from jobs import trainer
+from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, manifest_sources, run_job
+from ops.gatys import gram
+from ops.images import ImageError, decode_image
+from ops.registry import ModelError, load, models_root
+from ops.storage import StorageError, resolve
+from ops.transformer_net import TransformerNet
+from ops.vgg import VGG16_LAYERS, LossNetwork, from_registry, random_network
+
+JOB = "train_style"
+STYLE_LAYERS = list(VGG16_LAYERS)  # relu1_2, relu2_2, relu3_3, relu4_3
+CONTENT_LAYER = "relu2_2"
+
+
+@dataclass
+class TrainStyleConfig(JobConfig):
+    content: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
+    )
+    manifest_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "use only this manifest"})
+    style: str = field(default="", metadata={"run_key": True, "help": "the style image URI"})
+    loss_network: str | None = field(default=None, metadata={"run_key": True, "help": "an imported VGG16 model"})
+    random_loss_network: int | None = field(
+        default=None, metadata={"run_key": True, "help": "a seeded random VGG16 instead (labelled)"}
+    )
+    models: str | None = field(default=None, metadata={"help": "models root"})
+    size: int = field(default=256, metadata={"run_key": True, "help": "training crops, pixels"})
+    content_weight: float = field(default=1e5, metadata={"run_key": True, "help": "content loss weight"})
+    style_weight: float = field(default=1e10, metadata={"run_key": True, "help": "style loss weight"})
+    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
+    batch_size: int = field(default=4, metadata={"run_key": True, "help": "images per step per worker"})
+    epochs: int = field(default=2, metadata={"help": "passes over the content images (a rerun with more trains on)"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "initialisation and order"})
+    max_images: int = field(default=20000, metadata={"help": "content images to take at most"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
+    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
+    name: str | None = field(default=None, metadata={"help": "registry name of the network (default: run id)"})
+
+
+def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.tensor(rgb).permute(2, 0, 1).float()
+
+
+def _crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Shrink the shorter side to ``size`` and take the centre square."""
+    im = Image.fromarray(rgb)
+    scale = size / min(im.size)
+    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.Resampling.LANCZOS)
+    left, top = (im.width - size) // 2, (im.height - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)))
+
+
+class Objective(torch.nn.Module):
+    """The network and its perceptual loss as one module (DDP all-reduces through a wrapped module's forward)."""
+
+    def __init__(self, net: TransformerNet, vgg: LossNetwork, style: torch.Tensor, weights: tuple[float, float]):
+        super().__init__()
+        self.net, self.vgg, self.weights = net, vgg, weights
+        with torch.no_grad():
+            targets = vgg(style / 255, STYLE_LAYERS)
+        for name in STYLE_LAYERS:
+            self.register_buffer(f"gram_{name}", gram(targets[name]))
+
+    def losses(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = self.net(x)
+        fy = self.vgg(y.clamp(0, 255) / 255, STYLE_LAYERS)
+        with torch.no_grad():
+            fx = self.vgg(x / 255, [CONTENT_LAYER])
+        content = torch.nn.functional.mse_loss(fy[CONTENT_LAYER], fx[CONTENT_LAYER])
+        style = sum(
+            (gram(fy[n]) - getattr(self, f"gram_{n}").expand(len(x), -1, -1)).pow(2).mean() for n in STYLE_LAYERS
+        )
+        return content, style, y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        content, style, _ = self.losses(x)
+        return self.weights[0] * content + self.weights[1] * style
+
+
+def _loop(cfg: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    data = ray.get(cfg["data"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg["seed"])
+    vgg = random_network("vgg16", cfg["random"]) if cfg["random"] is not None else from_registry(data["vgg"])
+    objective = Objective(TransformerNet(), vgg, torch.tensor(data["style"]), cfg["weights"])
+    model = ray.train.torch.prepare_model(objective)
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.Adam(objective.net.parameters(), lr=cfg["lr"])
+    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
+    images = torch.tensor(data["train"])  # (N, 3, S, S) uint8; copies: ray.get gives read-only arrays
+    mine = np.arange(len(images))[rank::world]
+    held = torch.tensor(data["test"]).float().to(device)
+
+    def holdout() -> dict:
+        with torch.no_grad():
+            content, style, _ = objective.losses(held)
+        return {"holdout_content_loss": content.item(), "holdout_style_loss": style.item()}
+
+    if first == 0 and rank == 0:
+        history = [{"epoch": -1, **holdout()}]  # the untrained network, for comparison
+    for epoch in range(first, cfg["epochs"]):
+        rng = np.random.default_rng([cfg["seed"], rank, epoch])
+        order = rng.permutation(mine)
+        speed, total, steps = trainer.Throughput(), 0.0, 0
+        model.train()
+        for start in range(0, len(order), cfg["batch"]):
+            x = images[order[start : start + cfg["batch"]]].float().to(device)
+            loss = model(x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            speed.add(len(x))
+        metrics = {"epoch": epoch, "loss": total / max(steps, 1), "samples_per_s": speed.rate() * world}
+        if rank == 0:
+            metrics |= holdout()
+        history.append(metrics)
+        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
+
+
+def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
+    if config.loss_network is None and config.random_loss_network is None:
+        raise JobFailed(
+            "training needs a loss network: import ImageNet VGG16 weights with `python -m jobs.models import "
+            "vgg16.pth --architecture vgg16-torchvision --name vgg16` and pass --loss-network vgg16, or pass "
+            "--random-loss-network SEED for a seeded random VGG16 (the model card says so)"
+        )
+    try:
+        style_bytes = resolve(config.style).read_bytes()
+        style = decode_image(style_bytes).rgb
+    except (StorageError, ImageError) as exc:
+        raise JobFailed(f"cannot read the style image {config.style!r}: {exc}") from None
+    vgg_model = None
+    if config.loss_network:
+        try:
+            vgg_model = load(config.loss_network, models_root(config.models))
+        except ModelError as exc:
+            raise JobFailed(str(exc)) from None
+        if vgg_model.card["architecture"] != "vgg16-torchvision":
+            raise JobFailed(f"{config.loss_network} is a {vgg_model.card['architecture']}, not vgg16-torchvision")
+    sources, _ = manifest_sources(resolve(config.content), config.manifest_run_id, ("image",))
+    crops, skipped = [], 0
+    for uri in sources.column("uri").to_pylist()[: config.max_images]:
+        try:
+            crops.append(_crop(decode_image(resolve(uri).read_bytes()).rgb, config.size))
+        except (StorageError, ImageError, ValueError):
+            skipped += 1  # training data, not results: counted, and the count is in the summary
+    if len(crops) < 2:
+        raise JobFailed(f"{len(crops)} readable content images under {config.content}: training needs at least 2")
+    stack = np.stack(crops).transpose(0, 3, 1, 2)
+    side = max(style.shape[:2])
+    style_img = Image.fromarray(style)
+    style_img.thumbnail((max(config.size, min(side, 2 * config.size)),) * 2, Image.Resampling.LANCZOS)
+    data = {"train": stack[1:], "test": stack[:1], "style": _to_tensor(np.asarray(style_img))[None].numpy()}
+    ctx.log.info("%d content images (%d unreadable skipped), 1 held out; style %s", len(crops), skipped, config.style)
+    ensure_ray()
+    import ray
+
+    payload = data | ({"vgg": vgg_model} if vgg_model else {})
+    vgg_id = vgg_model.sha256 if vgg_model else f"random-{config.random_loss_network}"  # part of what was trained on
+    loop_config = {
+        "data": ray.put(payload),
+        "data_sha256": hashlib.sha256((trainer.fingerprint(data) + vgg_id).encode()).hexdigest(),
+        "seed": config.seed,
+        "random": config.random_loss_network,
+        "weights": (config.content_weight, config.style_weight),
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "batch": config.batch_size,
+    }
+    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    weights = {k.removeprefix("net."): v for k, v in state["model"].items() if k.startswith("net.")}
+    last = state["history"][-1]
+    vgg_name = vgg_model.name if vgg_model else f"random-vgg16-seed{config.random_loss_network}"
+    card = {
+        "modality": "image",
+        "task": "style-transfer",
+        "input": "RGB in 0..255, any size",
+        "style": {"uri": resolve(config.style).uri, "sha256": hashlib.sha256(style_bytes).hexdigest()},
+        "loss_network": {"name": vgg_name, "sha256": vgg_model.sha256 if vgg_model else None},
+        "random_loss_network": vgg_model is None,
+        "training": {"run_id": ctx.run_id, "epochs": last["epoch"] + 1, "images": len(crops) - 1, "size": config.size}
+        | {k: v for k, v in last.items() if k.startswith("holdout_")},
+    }
+    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
+    name = config.name or ctx.run_id
+    marker = trainer.finish(
+        ctx,
+        JOB,
+        state["history"],
+        models_root(config.models),
+        name,
+        "transformer-net-pytorch-examples",
+        weights,
+        source,
+        card,
+        asdict(config),
+    )
+    first = next((h for h in state["history"] if h["epoch"] == -1), last)
+    ctx.log.info(
+        "held-out style loss %.4g untrained -> %.4g, content %.4g -> %.4g, after %d epochs",
+        first.get("holdout_style_loss", float("nan")),
+        last["holdout_style_loss"],
+        first.get("holdout_content_loss", float("nan")),
+        last["holdout_content_loss"],
+        last["epoch"] + 1,
+    )
+    return marker
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, TrainStyleConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
