@@ -37,6 +37,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_faces.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_style.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks
