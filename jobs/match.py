@@ -209,6 +209,12 @@ def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> di
     }
 
 
+def _ranked(mode: str, queries: EmbeddingSet, q: int, gallery: EmbeddingSet, g: int, run_id: str, **fields) -> dict:
+    """A matches row of query ``q`` against gallery item ``g``."""
+    found = {"gallery_uri": gallery.uris[g], "gallery_sha256": gallery.sha256[g], "gallery_item": gallery.items[g]}
+    return _rows(mode, queries, q, run_id, **found, **fields)
+
+
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     queries = _read(config, config.queries, config.queries_run_id, config.per_source)
     gallery_root = config.gallery or config.queries
@@ -241,14 +247,13 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                 continue
             rank += 1
             rows.append(
-                _rows(
+                _ranked(
                     "search",
                     queries,
                     q,
+                    gallery,
+                    g,
                     out.run_id,
-                    gallery_uri=gallery.uris[g],
-                    gallery_sha256=gallery.sha256[g],
-                    gallery_item=gallery.items[g],
                     rank=rank,
                     score=float(score),
                     threshold=threshold,
@@ -317,14 +322,13 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
             for rank, (score, g) in enumerate(zip(found.scores[q], found.ids[q], strict=True), start=1):
                 decision = None if threshold is None else ("accept" if score >= threshold else "reject")
                 rows.append(
-                    _rows(
+                    _ranked(
                         "crossmatch",
                         queries,
                         q,
+                        gallery,
+                        g,
                         out.run_id,
-                        gallery_uri=gallery.uris[g],
-                        gallery_sha256=gallery.sha256[g],
-                        gallery_item=gallery.items[g],
                         rank=rank,
                         score=float(score),
                         threshold=threshold,
@@ -379,14 +383,13 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         (sa, ia), (sb, ib) = index[a], index[b]
         score = float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
         rows.append(
-            _rows(
+            _ranked(
                 "verify",
                 sa,
                 ia,
+                sb,
+                ib,
                 out.run_id,
-                gallery_uri=sb.uris[ib],
-                gallery_sha256=sb.sha256[ib],
-                gallery_item=sb.items[ib],
                 rank=1,
                 score=score,
                 threshold=threshold,

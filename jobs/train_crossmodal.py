@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from jobs import trainer
-from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, run_job
+from jobs.runtime import JobContext, JobFailed, ensure_ray, run_job
 from ops import losses, training
 from ops.embeddings import EmbeddingSet, read_embeddings, read_labels
 from ops.heads import JOINT_MODEL, JointModel, project
@@ -43,7 +43,7 @@ LOSSES = ("triplet", "infonce")
 
 
 @dataclass
-class TrainCrossmodalConfig(JobConfig):
+class TrainCrossmodalConfig(trainer.TrainingConfig):
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/, voices/"}
     )
@@ -55,18 +55,11 @@ class TrainCrossmodalConfig(JobConfig):
     margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})
     temperature: float = field(default=0.2, metadata={"run_key": True, "help": "InfoNCE temperature"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities (videos) held out"})
-    epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
     steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
     identities_per_batch: int = field(default=64, metadata={"run_key": True, "help": "P: identities or videos"})
     per_identity: int = field(default=2, metadata={"run_key": True, "help": "K: faces and voices each (triplet)"})
-    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "joint space dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width of each head"})
-    seed: int = field(default=0, metadata={"run_key": True, "help": "split, initialisation and batches"})
-    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
-    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
-    name: str | None = field(default=None, metadata={"help": "registry name of the model (default: run id)"})
-    models: str | None = field(default=None, metadata={"help": "models root to store it under"})
 
 
 class Objective(torch.nn.Module):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from jobs import trainer
-from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, run_job
+from jobs.runtime import JobContext, JobFailed, ensure_ray, run_job
 from ops import losses, training
 from ops.embeddings import read_embeddings, read_labels
 from ops.heads import PROJECTION_HEAD, ProjectionHead, project
@@ -35,7 +35,7 @@ LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
 
 
 @dataclass
-class TrainFaceConfig(JobConfig):
+class TrainFaceConfig(trainer.TrainingConfig):
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
     )
@@ -44,18 +44,11 @@ class TrainFaceConfig(JobConfig):
     loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
     margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})
-    epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
     steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
     identities_per_batch: int = field(default=32, metadata={"run_key": True, "help": "P of P x K"})
     per_identity: int = field(default=4, metadata={"run_key": True, "help": "K of P x K"})
-    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "output dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width"})
-    seed: int = field(default=0, metadata={"run_key": True, "help": "split, initialisation and batches"})
-    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
-    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
-    name: str | None = field(default=None, metadata={"help": "registry name of the trained head (default: run id)"})
-    models: str | None = field(default=None, metadata={"help": "models root to store it under"})
 
 
 class Objective(torch.nn.Module):

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from jobs import trainer
-from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray, manifest_sources, run_job
+from jobs.runtime import JobContext, JobFailed, ensure_ray, manifest_sources, run_job
 from ops.gatys import gram
 from ops.images import ImageError, decode_image
 from ops.registry import ModelError, load, models_root
@@ -37,7 +37,7 @@ CONTENT_LAYER = "relu2_2"
 
 
 @dataclass
-class TrainStyleConfig(JobConfig):
+class TrainStyleConfig(trainer.TrainingConfig):
     content: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
     )
@@ -47,18 +47,12 @@ class TrainStyleConfig(JobConfig):
     random_loss_network: int | None = field(
         default=None, metadata={"run_key": True, "help": "a seeded random VGG16 instead (labelled)"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root"})
     size: int = field(default=256, metadata={"run_key": True, "help": "training crops, pixels"})
     content_weight: float = field(default=1e5, metadata={"run_key": True, "help": "content loss weight"})
     style_weight: float = field(default=1e10, metadata={"run_key": True, "help": "style loss weight"})
-    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
     batch_size: int = field(default=4, metadata={"run_key": True, "help": "images per step per worker"})
     epochs: int = field(default=2, metadata={"help": "passes over the content images (a rerun with more trains on)"})
-    seed: int = field(default=0, metadata={"run_key": True, "help": "initialisation and order"})
     max_images: int = field(default=20000, metadata={"help": "content images to take at most"})
-    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
-    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
-    name: str | None = field(default=None, metadata={"help": "registry name of the network (default: run id)"})
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -14,19 +14,33 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.runtime import JobContext, JobFailed, ensure_ray
+from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray
 from ops.registry import store_model
 from ops.schemas import TRAINING
 from ops.storage import Store
 from ops.tables import OutputRun
 
 STATE = "state.pt"
+
+
+@dataclass
+class TrainingConfig(JobConfig):
+    """Options every training job takes."""
+
+    epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
+    lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "split, initialisation and batch order"})
+    workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
+    gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
+    name: str | None = field(default=None, metadata={"help": "registry name of the trained model (default: run id)"})
+    models: str | None = field(default=None, metadata={"help": "models root: models are read from and stored there"})
 
 
 def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: int, gpus: bool | None) -> dict:
