@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -49,12 +50,13 @@ from ops import gatys
 from ops.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from ops.registry import ModelError, load, models_root
 from ops.schemas import STYLED
-from ops.storage import StorageError, resolve
+from ops.storage import StorageError, Store, resolve
 from ops.tables import OutputRun
-from ops.transformer_net import TransformerNet, stylize_tiled
+from ops.transformer_net import TransformerNet, stylize, stylize_tiled
 from ops.vgg import from_registry, random_network
 
 JOB = "stylize"
+log = logging.getLogger(f"crossmatch.{JOB}")
 METHODS = ("gatys", "feedforward")
 FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 MIN_SHARD_BYTES = 1 << 20
@@ -80,6 +82,9 @@ class StylizeConfig(JobConfig):
     models: str | None = field(default=None, metadata={"help": "models root"})
     steps: int = field(default=300, metadata={"run_key": True, "help": "gatys: optimiser evaluations"})
     scales: str = field(default="1", metadata={"run_key": True, "help": "gatys: coarse to fine, e.g. 0.5,1"})
+    coarse_steps: int | None = field(
+        default=None, metadata={"run_key": True, "help": "gatys: evaluations at each coarse scale (of --steps)"}
+    )
     optimizer: str = field(default="lbfgs", metadata={"run_key": True, "help": "gatys: lbfgs or adam"})
     alpha: float = field(default=1.0, metadata={"run_key": True, "help": "gatys: content weight"})
     beta: float = field(default=1e5, metadata={"run_key": True, "help": "gatys: style weight"})
@@ -108,10 +113,13 @@ class Style:
 class StyleActor:
     """Loads the networks once; styles each content image of a batch with every style and writes the results."""
 
-    def __init__(self, config: dict, styles: list[Style], out_uri: str, endpoint_url: str | None) -> None:
+    def __init__(self, config: dict, styles: list[Style], out: Store) -> None:
         self.config, self.styles = config, styles
-        self.out = resolve(out_uri, endpoint_url)
+        self.out = out  # the driver's Store: its endpoint and encryption settings travel with it
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not log.handlers:  # an actor's own process: progress lines go to its stderr, which Ray shows the driver
+            log.addHandler(logging.StreamHandler())
+            log.setLevel(logging.INFO)
         if config["method"] == "gatys":
             self.net = (
                 random_network("vgg19", config["random_loss_network"])
@@ -175,14 +183,18 @@ class StyleActor:
                 optimizer=cfg["optimizer"],
                 preserve_colour=cfg["preserve_colour"],
                 scales=[float(v) for v in cfg["scales"].split(",")],
+                coarse_steps=cfg["coarse_steps"],
                 seed=cfg["seed"],
             )
-            out, losses = gatys.transfer(self.net, x / 255, s, settings)
+            out, losses = gatys.transfer(self.net, x / 255, s, settings, _progress(len(group), style.uri))
             out = out * 255
             name, sha, random = self.provenance
         else:
             net, name, sha = self.transformers[style.uri]
-            out = torch.stack([stylize_tiled(net, image, tile=cfg["tile"]) for image in x])
+            if max(x.shape[-2:]) <= cfg["tile"]:  # whole images, --batch-size at a time (GPUs like batches)
+                out = torch.cat([stylize(net, chunk) for chunk in x.split(cfg["batch_size"])])
+            else:
+                out = torch.stack([stylize_tiled(net, image, tile=cfg["tile"]) for image in x])
             random = False
         per_image = (time.perf_counter() - started) / len(group)
         rows = []
@@ -242,6 +254,18 @@ _OUT = pa.schema(
         ("message", pa.string()),
     ]
 )
+
+
+def _progress(images: int, style: str, every: int = 50) -> gatys.Progress:
+    """Logs a Gatys optimisation's objective every ``every`` evaluations (minutes per image at 512 on a CPU)."""
+
+    def report(scale: float, count: int, _: torch.Tensor, loss: torch.Tensor) -> None:
+        if count % every == 0:
+            log.info(
+                "gatys: %d image(s) x %s, scale %g, evaluation %d, J %.4g", images, style, scale, count, loss.mean()
+            )
+
+    return report
 
 
 def _error(source: dict, style: Style, exc: Exception) -> dict:
@@ -318,8 +342,7 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
         fn_constructor_kwargs={
             "config": actor_config,
             "styles": styles,
-            "out_uri": ctx.output.uri,
-            "endpoint_url": ctx.output.endpoint_url,
+            "out": ctx.output,
         },
         **plan.map_args(config.batch_size),
         batch_format="pyarrow",
@@ -327,7 +350,10 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     ctx.log.info("%d CPUs, %d style actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
     pairs = [(u, s.uri) for u in uris for s in styles]
     ledger = SourceLedger([f"{u} x {s}" for u, s in pairs])
-    params = {k: actor_config[k] for k in ("steps", "scales", "optimizer", "alpha", "beta", "tv", "preserve_colour")}
+    params = {
+        k: actor_config[k]
+        for k in ("steps", "scales", "coarse_steps", "optimizer", "alpha", "beta", "tv", "preserve_colour")
+    }
     params |= {k: actor_config[k] for k in ("max_side", "tile", "format", "quality")}
     results, errors = [], []
     for row in styled.iter_rows():

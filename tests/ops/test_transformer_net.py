@@ -1,9 +1,18 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ops.samples import portrait
-from ops.transformer_net import Norm, TransformerNet, convert_checkpoint, stylize, stylize_tiled
+from ops.transformer_net import (
+    Norm,
+    TransformerNet,
+    convert_checkpoint,
+    moments,
+    stylize,
+    stylize_tiled,
+    upsample_conv,
+)
 
 
 def _net() -> TransformerNet:
@@ -67,3 +76,59 @@ def test_tiles_with_shared_statistics_and_blended_overlap_match_the_whole_image(
                 net, image[None, :, top : top + 160, left : left + 128]
             )[0]
     assert (naive - whole).abs().mean().item() > 5 * (tiled - whole).abs().mean().item()
+
+
+def _examples_forward(net: TransformerNet, x: torch.Tensor) -> torch.Tensor:
+    """pytorch/examples' formulation on our weights: upsample, reflection-pad, convolve; InstanceNorm2d's maths."""
+
+    def conv(layer, y):
+        if layer.upsample:
+            y = F.interpolate(y, scale_factor=2, mode="nearest")
+        return layer.conv2d(F.pad(y, (layer.pad,) * 4, mode="reflect"))
+
+    def norm(layer, y):
+        return F.instance_norm(y, weight=layer.weight, bias=layer.bias, eps=layer.eps)
+
+    y = F.relu(norm(net.in1, conv(net.conv1, x)))
+    y = F.relu(norm(net.in2, conv(net.conv2, y)))
+    y = F.relu(norm(net.in3, conv(net.conv3, y)))
+    for i in range(1, 6):
+        r = getattr(net, f"res{i}")
+        y = y + norm(r.in2, conv(r.conv2, F.relu(norm(r.in1, conv(r.conv1, y)))))
+    y = F.relu(norm(net.in4, conv(net.deconv1, y)))
+    y = F.relu(norm(net.in5, conv(net.deconv2, y)))
+    return conv(net.deconv3, y)
+
+
+def test_the_upsampling_convolution_is_upsample_pad_convolve_in_fewer_operations():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, 3)
+    x = torch.randn(2, 5, 9, 6, requires_grad=True)
+    expected = conv(F.pad(F.interpolate(x, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="reflect"))
+    ours = upsample_conv(x, conv.weight, conv.bias)
+    assert ours.shape == expected.shape == (2, 7, 18, 12)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    # Training goes through it too: the same gradients for the input and the weights.
+    grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight])
+    for a, b in zip(torch.autograd.grad(ours.square().sum(), [x, conv.weight]), grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_moments_match_var_mean_even_far_from_zero():
+    x = torch.randn(2, 16, 64, 64) * torch.logspace(-2, 1, 16)[None, :, None, None] + 30.0
+    mean, var = moments(x)
+    ref_var, ref_mean = torch.var_mean(x.double(), dim=(2, 3), keepdim=True, correction=0)
+    assert torch.allclose(mean.double(), ref_mean, rtol=1e-6)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-4)  # even sd 0.01 at mean 30
+
+
+def test_the_network_is_pytorch_examples_network_and_batches_are_each_image_alone():
+    net = _net()
+    with torch.no_grad():
+        for norm in (m for m in net.modules() if isinstance(m, Norm)):
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = torch.rand(2, 3, 64, 92) * 255
+    with torch.no_grad():
+        expected = _examples_forward(net, x)
+    assert torch.allclose(net(x), expected, atol=1e-3 * expected.abs().max().item())
+    assert torch.allclose(stylize(net, x)[1:], stylize(net, x[1:]), atol=1e-3)
