@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.runtime import (
+    ItemClock,
+    ItemTimeout,
     JobConfig,
     JobContext,
     JobFailed,
@@ -63,6 +65,7 @@ class EmbedFacesConfig(JobConfig):
     min_score: float = field(default=0.7, metadata={"run_key": True, "help": "detector threshold (O-Net stage)"})
     fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second (0: all)"})
     max_frames: int = field(default=36000, metadata={"help": "frames examined per video at most (the rest reported)"})
+    item_timeout: float = field(default=900.0, metadata={"help": "seconds of decoding per source at most (0: none)"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images declaring more pixels"})
     max_side: int = field(
         default=4096,
@@ -139,7 +142,7 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
                 h, w = frame.rgb.shape[:2]
                 source |= {"frames": 1, "height": round(h * frame.scale), "width": round(w * frame.scale)}
             else:
-                count, size = 0, None
+                count, size, clock = 0, None, ItemClock(params["item_timeout"])
                 try:
                     with resolve(uri, endpoint_url).open() as f:
                         for frame in sample_video(
@@ -147,11 +150,12 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
                         ):
                             rows.append(_frame_row(uri, sha, category, frame))
                             count += 1
+                            clock.check(f"decoding {count} frames")
                             size = (round(frame.rgb.shape[0] * frame.scale), round(frame.rgb.shape[1] * frame.scale))
                             if len(rows) >= FRAMES_PER_YIELD:
                                 yield pa.Table.from_pylist(rows, schema=_STAGED)
                                 rows = []
-                except ImageDecodeError as exc:
+                except (ImageDecodeError, ItemTimeout) as exc:
                     if count == 0:
                         raise
                     source |= {"status": "truncated", "message": f"{exc.error_type}: {exc}"}
@@ -307,7 +311,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
 
     plan = actor_plan(config.pool_size, config.gpus_per_actor)
     blocks = source_blocks(sources, ["uri", "sha256", "media_category"], plan.cpus, MIN_SHARD_BYTES)
-    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side")}
+    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
     staged = ray.data.from_arrow(blocks).map_batches(
         decode_frames,
         fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},

@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.runtime import (
+    ItemClock,
+    ItemTimeout,
     JobConfig,
     JobContext,
     JobFailed,
@@ -75,6 +77,7 @@ class EmbedVoicesConfig(JobConfig):
     max_source_seconds: float = field(
         default=12 * 3600.0, metadata={"help": "embed at most this much of one source (the rest is reported)"}
     )
+    item_timeout: float = field(default=900.0, metadata={"help": "seconds of decoding per source at most (0: none)"})
     batch_size: int = field(default=64, metadata={"help": "segments per encoder batch"})
     pool_size: int | None = field(default=None, metadata={"help": "encoder actors (default: one per GPU, or 1)"})
     gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
@@ -123,17 +126,18 @@ def decode_segments(
             params["max_gap_seconds"],
             detector=detector,
         )
-        status, message = "ok", None
+        status, message, clock = "ok", None, ItemClock(params["item_timeout"])
         try:
             with resolve(uri, endpoint_url).open() as f:
                 _, chunks = decode_mono(f, max_seconds=params["max_source_seconds"])
                 try:
                     for chunk in chunks:
                         rows += [_segment_row(uri, sha, s) for s in segmenter.push(chunk)]
+                        clock.check(f"decoding {segmenter.total_seconds:.0f} s of audio")
                         if len(rows) >= ROWS_PER_YIELD:
                             yield pa.Table.from_pylist(rows, schema=_STAGED)
                             rows = []
-                except AudioError as exc:
+                except (AudioError, ItemTimeout) as exc:
                     if segmenter.total_samples == 0:
                         raise
                     status, message = "truncated", f"{exc.error_type}: {exc}"  # keep what was decoded, say why
@@ -240,6 +244,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             "vad",
             "vad_mode",
             "max_source_seconds",
+            "item_timeout",
         )
     }
     staged = ray.data.from_arrow(blocks).map_batches(

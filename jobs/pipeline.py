@@ -75,6 +75,9 @@ class PipelineConfig(JobConfig):
         metadata={"run_key": True, "help": "joint voice-face model (jobs.train_crossmodal): adds crossmatch"},
     )
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches in the report"})
+    previews: bool = field(
+        default=True, metadata={"run_key": True, "help": "report: face thumbnails and speech clips (--no-previews)"}
+    )
     restart_from: str | None = field(default=None, metadata={"help": f"redo this stage and later ones: {STAGES}"})
     pool_size: int | None = field(default=None, metadata={"help": "model actors per embedding stage"})
     gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
@@ -213,7 +216,9 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
     stages.run(
         "report",
         report,
-        report.ReportConfig(results=root, pipeline_run_id=ctx.run_id, max_probes=config.max_probes),
+        report.ReportConfig(
+            results=root, pipeline_run_id=ctx.run_id, max_probes=config.max_probes, previews=config.previews
+        ),
     )
     marker = out.commit(config=asdict(config), stages=stages.done, summary=_summary(stages.done))
     ctx.log.info(

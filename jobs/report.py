@@ -43,6 +43,10 @@ class ReportConfig(JobConfig):
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches, per table and mode"})
     thumb_size: int = field(default=96, metadata={"help": "face thumbnails' longer side, pixels"})
     clip_seconds: float = field(default=4.0, metadata={"help": "speech clips' length at most, seconds"})
+    previews: bool = field(
+        default=True,
+        metadata={"run_key": True, "help": "face thumbnails and speech clips (--no-previews: no biometric data)"},
+    )
 
 
 def select_runs(root: Store, pipeline_run_id: str | None) -> list[dict]:
@@ -115,8 +119,8 @@ def _committed_rows(root: Store, marker: dict, table: str) -> list[dict]:
 class Previews:
     """Face thumbnails and speech clips of match items, each made once, the reason shown when one cannot be."""
 
-    def __init__(self, ev: Evidence, thumb_size: int, clip_seconds: float) -> None:
-        self.ev, self.thumb_size, self.clip_seconds = ev, thumb_size, clip_seconds
+    def __init__(self, ev: Evidence, thumb_size: int, clip_seconds: float, enabled: bool = True) -> None:
+        self.ev, self.thumb_size, self.clip_seconds, self.enabled = ev, thumb_size, clip_seconds, enabled
         self._made: dict[tuple[str, str], str] = {}
         self.failed = 0
         best: dict[str, dict] = {}  # per source: the face a per-source match used (largest, then most confident)
@@ -139,6 +143,8 @@ class Previews:
         if item.endswith(("#voice", "#face")):  # cross-modal items name their modality
             item, _, kind = item.rpartition("#")
             table = "voices" if kind == "voice" else "faces"
+        if not self.enabled:  # --no-previews: nothing cut from the media, only the uri and the scores
+            return '<span class="nopreview">previews off (--no-previews)</span>'
         key = (table, item)  # a video is a face in one table and a voice in the other
         if key not in self._made:
             try:
@@ -175,7 +181,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     out.check_writable()
     runs = select_runs(root, config.pipeline_run_id)
     ev = Evidence.read(root, runs)
-    previews = Previews(ev, config.thumb_size, config.clip_seconds)
+    previews = Previews(ev, config.thumb_size, config.clip_seconds, enabled=config.previews)
     sections = [_runs_section(runs), _counts_section(ev), _errors_section(ev), _calibration_section(root, ev)]
     probes_shown = 0
     for marker, rows in ev.matches:

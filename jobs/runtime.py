@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from ops.embeddings import EmbeddingError
 from ops.registry import ModelError, load_folder, locate, models_root
 from ops.search import SearchError
-from ops.storage import ObjectInfo, StorageError, Store, resolve
+from ops.storage import ObjectInfo, StorageError, Store, redact, resolve
 from ops.tables import CommitError, check_run_id, read_table
 
 log = logging.getLogger("crossmatch")
@@ -147,6 +147,26 @@ def ensure_ray() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+class ItemTimeout(Exception):
+    """One input took longer than the per-item limit (--item-timeout)."""
+
+    error_type = "ItemTimeout"
+
+
+class ItemClock:
+    """The per-item time limit, checked between units of one input's work (frames, audio chunks): a source that
+    is slow but keeps going (hours of video, a huge declared duration) ends at the limit with what it produced,
+    reported, instead of holding a worker. A single decoder call is not interrupted; FFmpeg and Pillow bound their
+    own work per call, and the sizes they accept are bounded by --max-pixels and --max-frames."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit, self.started = limit, time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.limit and time.monotonic() - self.started > self.limit:
+            raise ItemTimeout(f"{what} took more than {self.limit:g} s (--item-timeout)")
+
+
 class Progress:
     """Logs ``done/total`` with a rate at most every ``every`` seconds, and once at the end."""
 
@@ -202,12 +222,19 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then removes credentials (tracebacks included): see ops.storage.redact."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log the crossmatch logger's lines to stderr (once), leaving the root logger to whoever owns the process."""
     log.setLevel(getattr(logging, level.upper(), logging.INFO))
     if not any(getattr(h, "_crossmatch", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler._crossmatch = True
         log.addHandler(handler)
 

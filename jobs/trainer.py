@@ -10,6 +10,7 @@ run loses at most one epoch, and a finished run with more ``--epochs`` trains on
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -28,6 +29,7 @@ from ops.storage import Store
 from ops.tables import OutputRun
 
 STATE = "state.pt"
+DIGEST = "state.pt.sha256"  # written beside it: a checkpoint that changed since (torn copy, tampering) is refused
 
 
 @dataclass
@@ -73,7 +75,18 @@ def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: in
     if result.checkpoint is None:
         raise JobFailed("training ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
+        return load_state(folder)
+
+
+def load_state(folder: str) -> dict:
+    """A training checkpoint's state: tensors and plain values only (``weights_only``), its sha256 checked."""
+    with open(os.path.join(folder, STATE), "rb") as f:
+        data = f.read()
+    with open(os.path.join(folder, DIGEST)) as f:
+        expected = f.read().strip()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise RuntimeError(f"the checkpoint in {folder} does not match its sha256: it changed after it was written")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def fingerprint(data: dict) -> str:
@@ -94,7 +107,7 @@ def resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data_sha256
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, STATE), map_location="cpu", weights_only=False)
+        state = load_state(folder)
     if state.get("data_sha256") != data_sha256:
         raise RuntimeError(
             "the checkpoints of this run id were trained on other data (the tables or labels changed): "
@@ -123,7 +136,12 @@ def end_epoch(
         "data_sha256": data_sha256,
     }
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, os.path.join(folder, STATE))
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with open(os.path.join(folder, STATE), "wb") as f:
+            f.write(buf.getvalue())
+        with open(os.path.join(folder, DIGEST), "w") as f:
+            f.write(hashlib.sha256(buf.getvalue()).hexdigest())
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
     print(f"epoch {epoch}: {shown}", flush=True)

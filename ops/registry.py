@@ -193,7 +193,7 @@ def locate(ref: str, root: Store) -> Store:
     if ref in REGISTRY or ("/" not in ref and ":" not in ref):
         return root.join(ref)
     store = resolve(ref)
-    return Store(store.scheme, store.path.rsplit("/", 1)[0], store.endpoint_url) if ref.endswith(CARD) else store
+    return store.at(store.path.rsplit("/", 1)[0]) if ref.endswith(CARD) else store
 
 
 def read_card(folder: Store) -> dict:
@@ -237,7 +237,7 @@ def pulled(root: Store) -> list[dict]:
         return []
     cards = []
     for path in sorted(names):
-        folder = Store(root.scheme, path.rstrip("/"), root.endpoint_url)
+        folder = root.at(path)
         if folder.join(CARD).exists():
             cards.append(json.loads(folder.join(CARD).read_bytes()))
     return cards

@@ -16,7 +16,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO
 
@@ -38,7 +38,16 @@ _AWS_ENV = (
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
     "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "AWS_MAX_ATTEMPTS",
 )
+# Server-side encryption of every S3 write, read by resolve() on the driver and carried by each Store to the workers:
+# CROSSMATCH_S3_SSE is "AES256" (S3-managed keys) or "aws:kms" (with CROSSMATCH_S3_SSE_KMS_KEY_ID, else the
+# bucket's default KMS key). Reads need nothing: S3 decrypts for whoever may read.
+SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
+# Attempts per S3 request (AWS_MAX_ATTEMPTS overrides): transient answers (503 SlowDown, 500, throttling, dropped or
+# timed-out connections) are retried with exponential backoff and full jitter, up to 20 s apart (botocore's
+# "standard" mode). Ten attempts make a request fail only when the store keeps failing for about a minute.
+MAX_ATTEMPTS = 10
 
 
 class StorageError(Exception):
@@ -62,6 +71,7 @@ class Store:
     scheme: str
     path: str  # absolute local path, or "bucket/key" for S3, without a trailing "/"
     endpoint_url: str | None = None  # S3 only; from AWS_ENDPOINT_URL when resolved
+    sse: tuple[str, str | None] | None = None  # S3 only: (mode, KMS key id) for writes; see SSE_MODES
 
     @property
     def uri(self) -> str:
@@ -72,7 +82,7 @@ class Store:
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        return _fsspec_filesystem(self.scheme, self.endpoint_url, _aws_env_key())
+        return _fsspec_filesystem(self.scheme, self.endpoint_url, self.sse, _aws_env_key())
 
     @property
     def arrow(self) -> pafs.FileSystem:
@@ -91,7 +101,11 @@ class Store:
                 if piece == "..":
                     raise StorageError(f"refusing a path that climbs out of {self.uri}: {part!r}")
                 path = f"{path}/{piece}"
-        return Store(self.scheme, path, self.endpoint_url)
+        return self.at(path)
+
+    def at(self, path: str) -> Store:
+        """The store at ``path`` (as the filesystems name it) on the same server with the same settings."""
+        return replace(self, path=path.rstrip("/"))
 
     def exists(self) -> bool:
         return self._call(self.fs.exists, self.path)
@@ -146,7 +160,7 @@ class Store:
                 continue
             objects.append(
                 ObjectInfo(
-                    uri=Store(self.scheme, name.rstrip("/"), self.endpoint_url).uri,
+                    uri=self.at(name).uri,
                     relpath=rel,
                     size=int(info.get("size") or 0),
                     modified=_modified(info),
@@ -194,7 +208,7 @@ def resolve(uri: str, endpoint_url: str | None = None) -> Store:
         rest = rest.strip("/")
         if not rest:
             raise StorageError(f"{uri} names no bucket: use s3://bucket/prefix")
-        return Store("s3", rest, endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None)
+        return Store("s3", rest, endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None, _sse_from_env())
     raise StorageError(
         f"unsupported URI scheme {scheme!r} in {uri}: use a local path, file:///path or s3://bucket/prefix"
     )
@@ -211,21 +225,46 @@ def storage_errors(uri: str) -> Iterator[None]:
         raise _explain(exc, uri) from exc
 
 
+def _sse_from_env() -> tuple[str, str | None] | None:
+    mode, key = os.environ.get("CROSSMATCH_S3_SSE") or None, os.environ.get("CROSSMATCH_S3_SSE_KMS_KEY_ID") or None
+    if mode is None:
+        if key:
+            raise StorageError("CROSSMATCH_S3_SSE_KMS_KEY_ID is set without CROSSMATCH_S3_SSE=aws:kms")
+        return None
+    if mode not in SSE_MODES:
+        raise StorageError(f"CROSSMATCH_S3_SSE={mode!r} is not one of {', '.join(SSE_MODES)}")
+    if key and not mode.startswith("aws:kms"):
+        raise StorageError(f"CROSSMATCH_S3_SSE_KMS_KEY_ID needs CROSSMATCH_S3_SSE=aws:kms, not {mode}")
+    return mode, key
+
+
 def _aws_env_key() -> tuple[str | None, ...]:
     return tuple(os.environ.get(k) for k in _AWS_ENV)
 
 
 @functools.lru_cache(maxsize=16)
-def _fsspec_filesystem(scheme: str, endpoint_url: str | None, _env: tuple) -> fsspec.AbstractFileSystem:
+def _fsspec_filesystem(
+    scheme: str, endpoint_url: str | None, sse: tuple[str, str | None] | None, _env: tuple
+) -> fsspec.AbstractFileSystem:
     # _env is part of the cache key only: a process whose AWS variables change gets a client that sees them.
     if scheme == "file":
         return fsspec.filesystem("file")
     import s3fs
 
     client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or MAX_ATTEMPTS)
+    extra = {}
+    if sse:  # s3fs passes these to the calls that write (PutObject, CreateMultipartUpload, CopyObject)
+        extra = {"ServerSideEncryption": sse[0]} | ({"SSEKMSKeyId": sse[1]} if sse[1] else {})
     # skip_instance_cache: fsspec's own cache would hand back a client with stale credentials.
     # use_listings_cache=False: other processes write too (Ray workers, reruns); a stale listing loses objects.
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, skip_instance_cache=True, use_listings_cache=False)
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        config_kwargs={"retries": {"mode": "standard", "max_attempts": attempts}},
+        s3_additional_kwargs=extra,
+        skip_instance_cache=True,
+        use_listings_cache=False,
+    )
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -274,7 +313,27 @@ def _modified(info: dict) -> datetime | None:
     return datetime.fromtimestamp(float(value), tz=UTC)
 
 
+# Credentials that must never reach a log line, an error row, a commit marker or a message: their values are
+# replaced wherever text leaves the process (see redact). Short values are left alone: they would mangle text.
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the process's AWS credentials and any user:password@ of a URL replaced by [redacted]."""
+    for var in SECRET_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 8:
+            text = text.replace(value, "[redacted]")
+    return _USERINFO.sub(r"\1[redacted]@", text)
+
+
 def _explain(exc: BaseException, uri: str) -> StorageError:
+    """The client error as a StorageError, credentials redacted."""
+    return StorageError(redact(str(_explained(exc, uri))))
+
+
+def _explained(exc: BaseException, uri: str) -> StorageError:
     """Turn a client error into one sentence that says what failed on which object and how to fix it."""
     name = type(exc).__name__
     text = str(exc)

@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ops.schemas import SCHEMA_VERSION, conform, schema_for
-from ops.storage import StorageError, Store, storage_errors
+from ops.storage import StorageError, Store, redact, storage_errors
 
 COMMITS = "_commits"
 MARKER_FORMAT = "crossmatch.commit/1"
@@ -146,6 +146,10 @@ class OutputRun:
 
     def write(self, table: str, data: pa.Table, schema: pa.Schema | None = None) -> None:
         """Append rows to ``table`` (invisible to readers until :meth:`commit`); ``schema`` for sized tables."""
+        if table == "errors" and "message" in data.column_names:  # exception text can quote credentials
+            i = data.column_names.index("message")
+            redacted = [redact(m) if m else m for m in data.column(i).to_pylist()]
+            data = data.set_column(i, "message", pa.array(redacted, pa.string()))
         if table not in self._writers:
             self._writers[table] = TableWriter(self.root, table, self.run_id, self.attempt, schema)
         self._writers[table].write(data)
@@ -183,7 +187,8 @@ class OutputRun:
             },
             **info,
         }
-        self.root.join(COMMITS, f"{self.run_id}.json").put_atomic(json.dumps(marker, indent=1, default=str).encode())
+        text = redact(json.dumps(marker, indent=1, default=str))  # configs can hold URLs with user:password@
+        self.root.join(COMMITS, f"{self.run_id}.json").put_atomic(text.encode())
         self._remove_superseded()
         return marker
 
@@ -203,7 +208,30 @@ class OutputRun:
                 continue
             for path in paths:
                 if path.rstrip("/").rsplit("/", 1)[-1] != self.attempt:
-                    Store(run_dir.scheme, path.rstrip("/"), run_dir.endpoint_url).remove_tree()
+                    run_dir.at(path).remove_tree()
+
+
+def delete_run(root: Store, run_id: str, dry_run: bool = False) -> list[str]:
+    """Delete everything a run wrote under ``root``: its commit marker first (readers stop seeing the run at once),
+    then ``<folder>/<run_id>/`` below every top-level folder (each table's attempts, committed or not, and the
+    run's side outputs: styled images, report, checkpoints). Returns the URIs removed (or that would be). Safe to
+    repeat: an interrupted deletion is finished by the next one."""
+    check_run_id(run_id)
+    doomed = []
+    marker = root.join(COMMITS, f"{run_id}.json")
+    if marker.exists():
+        doomed.append(marker)
+    try:
+        folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(root.path, detail=False)]
+    except FileNotFoundError:
+        folders = []
+    for folder in sorted(folders):
+        if folder != COMMITS and (target := root.join(folder, run_id)).exists():
+            doomed.append(target)
+    if not dry_run:
+        for target in doomed:  # the marker first
+            target.remove_tree()
+    return [t.uri for t in doomed]
 
 
 def committed_runs(root: Store) -> list[dict]:
@@ -213,7 +241,7 @@ def committed_runs(root: Store) -> list[dict]:
         names = [p for p in commits.fs.ls(commits.path, detail=False) if p.endswith(".json")]
     except FileNotFoundError:
         return []
-    markers = [json.loads(Store(root.scheme, p, root.endpoint_url).read_bytes()) for p in names]
+    markers = [json.loads(root.at(p).read_bytes()) for p in names]
     markers = [m for m in markers if m.get("format") == MARKER_FORMAT]
     return sorted(markers, key=lambda m: m["committed_at"])
 

@@ -98,3 +98,12 @@ def test_nothing_to_report_is_a_clear_error(tmp_path, caplog):
     assert "no committed runs" in caplog.text
     assert report.main([str(tmp_path), "--pipeline-run-id", "nope", "--output", str(tmp_path / "out")]) == 2
     assert "no committed stage of pipeline run nope" in caplog.text
+
+
+def test_no_previews_leaves_every_thumbnail_and_clip_out(pipeline_run, tmp_path):
+    argv = [str(pipeline_run["results"]), "--pipeline-run-id", "pl", "--no-previews", "--output", str(tmp_path)]
+    assert report.main([*argv, "--run-id", "bare"]) == 0
+    page = (tmp_path / "report" / "bare" / "index.html").read_text()
+    assert "previews off (--no-previews)" in page
+    assert "data:image/jpeg" not in page and "data:audio" not in page and 'data-testid="thumb"' not in page
+    assert "data:image/png" in page  # the calibration plots are not biometric data: they stay

@@ -62,6 +62,20 @@ def test_exit_codes_and_messages(caplog, tmp_path):
     assert "unsupported URI scheme 'gs'" in caplog.text
 
 
+def test_the_log_never_shows_a_credential_even_in_a_traceback(caplog, monkeypatch, tmp_path):
+    caplog.set_level(logging.INFO, "crossmatch")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-print-me")
+
+    def leaks(config, ctx):
+        ctx.log.info("connecting with do-not-print-me")
+        raise RuntimeError("server said: signature for do-not-print-me is wrong")
+
+    assert _run(["in/", "--output", str(tmp_path)], leaks) == 1
+    (ours,) = [h for h in logging.getLogger("crossmatch").handlers if getattr(h, "_crossmatch", False)]
+    shown = "\n".join(ours.format(record) for record in caplog.records)  # as our stderr handler writes them
+    assert "do-not-print-me" not in shown and shown.count("[redacted]") >= 3  # line, message, traceback
+
+
 def test_progress_reports(caplog):
     caplog.set_level(logging.INFO, "crossmatch")
     progress = Progress("hashed", total=4, total_bytes=4 << 20, every=3600)

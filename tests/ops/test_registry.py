@@ -59,3 +59,38 @@ def test_missing_and_unknown_models_say_what_to_do(tmp_path):
     ):
         spec_for("nope")
     assert "ge2e-resemblyzer" in registered()
+
+
+class _Payload:
+    """Pickles as a call to os.system: what a hostile checkpoint carries."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/crossmatch-pwned",))
+
+
+def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_unrun(tmp_path):
+    import os
+
+    from ops.registry import import_checkpoint
+
+    marker = "/tmp/crossmatch-pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    torch.save({"conv1.conv2d.weight": torch.zeros(1), "extra": _Payload()}, tmp_path / "evil.pth")
+    root = resolve(str(tmp_path / "models"))
+    with pytest.raises(ModelError, match="not a transformer-net-pytorch-examples checkpoint.*Weights only load failed"):
+        import_checkpoint(str(tmp_path / "evil.pth"), "transformer-net-pytorch-examples", "evil", root)
+    # Dropped into a model folder by hand, with a card that pins its sha256, it is refused on load too.
+    folder = tmp_path / "models" / "ge2e-resemblyzer"
+    folder.mkdir(parents=True)
+    data = (tmp_path / "evil.pth").read_bytes()
+    import hashlib
+
+    card = {"name": "ge2e-resemblyzer", "architecture": "ge2e", "checkpoint_sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "card.json").write_text(json.dumps(card))
+    (folder / "model.pt").write_bytes(data)
+    with pytest.raises(ModelError):
+        load("ge2e-resemblyzer", root)
+    assert not os.path.exists(marker)

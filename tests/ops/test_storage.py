@@ -1,5 +1,6 @@
 import hashlib
 import os
+import uuid
 
 import pytest
 
@@ -149,3 +150,104 @@ def test_unreachable_endpoint_names_it(monkeypatch):
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     with pytest.raises(StorageError, match="AWS_ENDPOINT_URL|cannot reach"):
         resolve("s3://anybucket/x").list()
+
+
+@pytest.fixture
+def faulty(moto_endpoint, monkeypatch):
+    """A fresh moto bucket behind a proxy that fails 30% of requests transiently (503, 500, dropped)."""
+    import s3fs
+
+    from ops.faultproxy import FaultProxy
+
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, skip_instance_cache=True).mkdir(bucket)
+    proxy = FaultProxy(moto_endpoint, rate=0.3, seed=7, deny=r"^(GET|PUT) /[^/]+/secret/").start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy, bucket
+    proxy.stop()
+
+
+def test_transient_s3_faults_are_retried_and_nothing_is_lost(faulty):
+    proxy, bucket = faulty
+    root = resolve(f"s3://{bucket}/archive")
+    blobs = {f"d{i % 3}/f{i}.bin": os.urandom(1000 + 37 * i) for i in range(20)}
+    for name, data in blobs.items():
+        root.join(name).put_atomic(data)
+    assert [o.relpath for o in root.list()] == sorted(blobs)
+    for name, data in blobs.items():
+        assert root.join(name).read_bytes() == data
+        assert root.join(name).sha256()[0] == hashlib.sha256(data).hexdigest()
+    injected = sum(proxy.stats[k] for k in ("slow_down", "internal_error", "dropped"))
+    assert injected >= 10 and min(proxy.stats[k] for k in ("slow_down", "internal_error", "dropped")) > 0
+
+
+def test_a_permanent_s3_error_names_the_object(faulty):
+    proxy, bucket = faulty
+    target = resolve(f"s3://{bucket}/secret/key.bin")
+    with pytest.raises(StorageError, match=f"access denied to s3://{bucket}/secret/key.bin"):
+        target.put_atomic(b"x")
+    assert proxy.stats["denied"] == 1  # refused at once: a 403 is not retried
+
+
+@pytest.mark.parametrize("mode, key", [("AES256", None), ("aws:kms", "alias/crossmatch-test")])
+def test_server_side_encryption_applies_to_every_write(moto_endpoint, monkeypatch, mode, key):
+    import boto3
+
+    from ops.tables import OutputRun
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("CROSSMATCH_S3_SSE", mode)
+    if key:
+        monkeypatch.setenv("CROSSMATCH_S3_SSE_KMS_KEY_ID", key)
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    bucket = f"sse-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    root = resolve(f"s3://{bucket}/out")
+    assert root.sse == (mode, key) and root.join("a").sse == (mode, key)
+    root.join("put.bin").put_atomic(b"x")
+    with root.join("stream.bin").open("wb") as f:
+        f.write(b"y" * (6 << 20))  # past s3fs's block size: a multipart upload
+    run = OutputRun(root, "r", "test")  # Parquet through pyarrow, and the commit marker
+    run.write_errors([{"uri": "u", "sha256": "0" * 64, "error_type": "T", "message": "m"}], stage="s")
+    run.commit()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(keys) == 4
+    for name in keys:
+        head = client.head_object(Bucket=bucket, Key=name)
+        assert head["ServerSideEncryption"] == mode, name
+        if key:
+            assert key in head["SSEKMSKeyId"], name
+
+
+def test_encryption_settings_are_checked(monkeypatch):
+    monkeypatch.setenv("CROSSMATCH_S3_SSE", "rot13")
+    with pytest.raises(StorageError, match="not one of AES256"):
+        resolve("s3://b/x")
+    monkeypatch.setenv("CROSSMATCH_S3_SSE", "AES256")
+    monkeypatch.setenv("CROSSMATCH_S3_SSE_KMS_KEY_ID", "k")
+    with pytest.raises(StorageError, match="needs CROSSMATCH_S3_SSE=aws:kms"):
+        resolve("s3://b/x")
+    assert resolve("/tmp/x").sse is None  # local folders: nothing to encrypt server-side
+
+
+def test_redact_removes_credentials_and_url_passwords(monkeypatch):
+    from ops.storage import redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t/Key+value")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-0123456789")
+    text = "failed with s3cr3t/Key+value and token-0123456789 at https://alice:pw@minio.local:9000/b"
+    assert redact(text) == "failed with [redacted] and [redacted] at https://[redacted]@minio.local:9000/b"
+    assert redact("s3://bucket/key and /plain/path") == "s3://bucket/key and /plain/path"
+
+
+def test_an_error_row_or_marker_never_holds_a_credential(tmp_path, monkeypatch):
+    from ops.tables import OutputRun, read_table
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+    run = OutputRun(resolve(str(tmp_path)), "r", "test")
+    message = "botocore said: bad signature for very-secret-value"
+    run.write_errors([{"uri": "u", "sha256": "0" * 64, "error_type": "T", "message": message}], stage="s")
+    run.commit(config={"endpoint": "http://user:very-secret-value@host"})
+    everything = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"very-secret-value" not in everything
+    assert read_table(resolve(str(tmp_path)), "errors").column("message")[0].as_py().endswith("[redacted]")

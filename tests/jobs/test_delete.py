@@ -1,0 +1,51 @@
+"""jobs.delete removes a run completely, stages and uncommitted attempts included, and nothing else."""
+
+import shutil
+
+from jobs import delete
+from ops.storage import resolve
+from ops.tables import OutputRun, committed_runs, read_table
+from tests.conftest import new_bucket
+
+
+def _error(uri: str) -> dict:
+    return {"uri": uri, "sha256": "0" * 64, "error_type": "Test", "message": "a row to delete or keep"}
+
+
+def _files(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_pipeline_run_goes_whole_and_others_stay(pipeline_run, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(pipeline_run["results"], results)
+    root = resolve(str(results))
+    other = OutputRun(root, "keep-me", "manual")
+    other.write_errors([_error("x"), _error("y")], stage="test")
+    other.commit()
+    (results / "faces" / "pl.faces" / "killed-attempt").mkdir(parents=True)  # what a killed run leaves
+    (results / "faces" / "pl.faces" / "killed-attempt" / "part-00000.parquet").write_bytes(b"partial")
+    before = _files(results)
+
+    assert delete.main([str(results), "pl", "--dry-run"]) == 0
+    assert _files(results) == before and "would delete" in capsys.readouterr().out
+
+    assert delete.main([str(results), "pl"]) == 0
+    left = _files(results)
+    assert not [f for f in left if "/pl/" in f or "/pl." in f or f.startswith("_commits/pl")], left
+    assert [m["run_id"] for m in committed_runs(root)] == ["keep-me"]
+    assert read_table(root, "errors", "keep-me").num_rows == 2
+    assert delete.main([str(results), "pl"]) == 1  # nothing left to delete
+
+
+def test_a_run_on_s3_goes_whole(request, monkeypatch):
+    bucket = new_bucket(request, "moto", monkeypatch)
+    root = resolve(bucket.uri("out"))
+    for run_id in ("a", "b"):
+        run = OutputRun(root, run_id, "manual")
+        run.write_errors([_error(run_id)], stage="test")
+        run.commit()
+    root.join("styled-images", "a", "x.jpg").put_atomic(b"jpeg")
+    assert delete.main([root.uri, "a"]) == 0
+    assert [o.relpath.split("/")[1] for o in root.list() if not o.relpath.startswith("_commits")] == ["b"]
+    assert [m["run_id"] for m in committed_runs(root)] == ["b"]

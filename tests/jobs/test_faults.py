@@ -1,0 +1,148 @@
+"""Fault injection on the local cluster and a real S3 server: a flaky object store, a killed actor, a killed
+driver. Each time every input is accounted for exactly once, compared with the undisturbed pipeline run."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from jobs import embed_faces, pipeline
+from ops.faultproxy import FaultProxy
+from ops.storage import resolve
+from ops.tables import committed_runs, read_table
+from tests.conftest import REPO, S3_KEY, S3_SECRET, new_bucket
+
+
+def _content(root, run_prefix: str) -> dict[str, list]:
+    """What the runs found, by content (not by uri, which differs between archives): sorted keys per table."""
+    store = resolve(str(root)) if isinstance(root, Path) else root
+    manifest = read_table(store, "manifest", f"{run_prefix}.manifest").to_pylist()
+    errors = read_table(store, "errors", f"{run_prefix}.manifest").to_pylist()
+    faces = read_table(store, "faces", f"{run_prefix}.faces").to_pylist()
+    voices = read_table(store, "voices", f"{run_prefix}.voices").to_pylist()
+    return {
+        "manifest": sorted(r["sha256"] for r in manifest),
+        "manifest_errors": sorted(r["error_type"] for r in errors),
+        "faces": sorted((r["sha256"], r["frame_index"], r["face_index"]) for r in faces),
+        "voices": sorted((r["sha256"], r["level"], r["segment_index"]) for r in voices),
+    }
+
+
+def test_a_pipeline_over_a_flaky_s3_loses_nothing_and_leaks_no_credential(
+    pipeline_run, all_models, request, monkeypatch, caplog
+):
+    bucket = new_bucket(request, "moto", monkeypatch)
+    proxy = FaultProxy(bucket.endpoint, rate=0.05, seed=3).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        archive = resolve(bucket.uri("archive"))
+        for path in sorted(pipeline_run["archive"].rglob("*")):
+            if path.is_file():
+                archive.join(path.relative_to(pipeline_run["archive"]).as_posix()).put_atomic(path.read_bytes())
+        argv = [archive.uri, "--output", bucket.uri("results"), "--models", all_models.uri]
+        argv += ["--label-pattern", "*/{label}/*", "--run-id", "flaky"]
+        assert pipeline.main(argv) == 0
+    finally:
+        proxy.stop()
+    injected = proxy.stats["slow_down"] + proxy.stats["internal_error"] + proxy.stats["dropped"]
+    assert injected >= 5, proxy.stats  # the store really failed, and the run did not notice
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    results = resolve(bucket.uri("results"))
+    assert _content(results, "flaky") == _content(pipeline_run["results"], "pl")
+
+    # No credential anywhere: logs, every object (Parquet read as values, not as compressed bytes), markers.
+    assert S3_SECRET not in caplog.text and S3_KEY not in caplog.text
+    for obj in resolve(bucket.uri("")).list():
+        data = resolve(obj.uri).read_bytes()
+        text = str(pq.read_table(resolve(obj.uri).open()).to_pylist()) if obj.uri.endswith(".parquet") else ""
+        for secret in (S3_SECRET, S3_KEY):
+            assert secret.encode() not in data and secret not in text, obj.uri
+
+
+def _map_workers() -> dict[int, str]:
+    """Ray Data's actor processes on this machine (their title names the actor class)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if title.startswith("ray::") and "MapWorker" in title:
+                found[int(entry)] = title
+    return found
+
+
+def test_a_killed_actor_mid_job_loses_and_duplicates_nothing(pipeline_run, all_models, tmp_path):
+    already = set(_map_workers())
+    killed: list[tuple[int, str]] = []
+    finished = threading.Event()
+
+    def killer() -> None:
+        seen: dict[int, float] = {}
+        while not finished.is_set() and not killed:
+            for pid, title in _map_workers().items():
+                if pid not in already and "FaceActor" in title:
+                    seen.setdefault(pid, time.monotonic())
+                    if time.monotonic() - seen[pid] > 2.0:  # models loaded, batches under way
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append((pid, title))
+                        break
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    argv = [str(pipeline_run["results"]), "--manifest-run-id", "pl.manifest", "--models", all_models.uri]
+    argv += ["--output", str(tmp_path), "--run-id", "killed.faces"]
+    try:
+        assert embed_faces.main(argv) == 0
+    finally:
+        finished.set()
+        thread.join()
+    assert killed, "no face actor was killed: the job ended before the killer found one"
+    faces = read_table(resolve(str(tmp_path)), "faces", "killed.faces").to_pylist()
+    expected = read_table(resolve(str(pipeline_run["results"])), "faces", "pl.faces").to_pylist()
+    key = lambda r: (r["uri"], r["frame_index"], r["face_index"])  # noqa: E731
+    assert sorted(map(key, faces)) == sorted(map(key, expected))  # none lost, none twice
+
+
+def test_a_killed_driver_and_the_same_command_again_resume_without_gaps(pipeline_run, all_models, tmp_path):
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "jobs.pipeline", str(pipeline_run["archive"]), "--output", str(results)]
+    command += ["--models", all_models.uri, "--label-pattern", "*/{label}/*", "--run-id", "cut"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
+    first = subprocess.Popen(
+        command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not any(m["run_id"] == "cut.voices" for m in _runs(results)):
+        assert first.poll() is None, "the pipeline ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-pipeline
+    first.wait()
+    done_before = {m["run_id"]: m["attempt"] for m in _runs(results)}
+    assert "cut" not in done_before  # the pipeline never committed
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = {m["run_id"]: m for m in _runs(results)}
+    for run_id, attempt in done_before.items():  # finished stages were kept, not redone
+        assert after[run_id]["attempt"] == attempt, run_id
+    assert "stage voices: kept committed run cut.voices" in second.stderr
+    assert _content(results, "cut") == _content(pipeline_run["results"], "pl")
+    # The killed stage's half-written attempt is gone: each run's folder holds its committed attempt only.
+    for run_id, marker in after.items():
+        for table in marker["tables"]:
+            folder = results / table / run_id
+            if folder.exists():
+                assert [p.name for p in folder.iterdir()] == [marker["attempt"]], folder
+
+
+def _runs(results: Path) -> list[dict]:
+    return committed_runs(resolve(str(results))) if (results / "_commits").exists() else []
