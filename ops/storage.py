@@ -128,7 +128,8 @@ class Store:
             self._call(self.fs.pipe_file, self.path, data)  # one PUT: S3 makes it visible whole
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.tmp-{uuid.uuid4().hex}"
+        # Beside the target, under a short name: the target's own name may already be the longest allowed (255).
+        tmp = os.path.join(os.path.dirname(self.path), f".tmp-{uuid.uuid4().hex}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
