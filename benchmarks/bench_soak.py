@@ -3,16 +3,17 @@ clean and then with faults injected at random, side by side; items per second, f
 
     python benchmarks/bench_soak.py [--items 2000] [--rate 0.05] [--kill-every 20] [--hostile]
 
-Items are portraits (JPEG) and speech (WAV) of synthetic people, half each, plus with --hostile the 40 kinds of
-ops/hostile.py. The faulty run goes through ops/faultproxy.py (503 SlowDown, 500, dropped connections on --rate of
-requests) while a thread SIGKILLs a model actor every --kill-every seconds. Prints, per job: items/s clean and
-faulty and their ratio; then the faults injected, actors killed, and the accounting of the faulty run against
-the clean one (expected: zero lost, zero duplicated, identical results by content).
+Items are portraits (JPEG) and speech (WAV) of synthetic people, half each, plus with --hostile the kinds of
+ops/hostile.py (but a newline in a key, which moto refuses). The faulty run goes through ops/faultproxy.py (503
+SlowDown, 500, dropped connections on --rate of requests) while a thread SIGKILLs a model actor every --kill-every
+seconds. Prints, per job: items/s clean and faulty and their ratio; then the faults injected, actors killed, and
+the accounting of the faulty run against the clean one (expected: zero lost, zero duplicated).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs import embed_faces, embed_voices, manifest  # noqa: E402
 from jobs.runtime import ensure_ray  # noqa: E402
 from ops.faultproxy import FaultProxy  # noqa: E402
-from ops.hostile import write_corpus  # noqa: E402
+from ops.hostile import KINDS, write_corpus  # noqa: E402
 from ops.registry import pull  # noqa: E402
 from ops.samples import encode_audio, encode_image, portrait, speech  # noqa: E402
 from ops.storage import resolve  # noqa: E402
@@ -42,7 +43,9 @@ def make_items(archive, items: int, hostile: bool) -> int:
         archive.join(f"faces/p{person:02d}/{i:05d}.jpg").put_atomic(encode_image(portrait(rng, person), "jpeg"))
         wav = speech(rng, 100.0 + 2 * person, seconds=2.0)
         archive.join(f"voices/p{person:02d}/{i:05d}.wav").put_atomic(encode_audio(wav, 16000, "wav"))
-    extra = len(write_corpus(archive)) if hostile else 0
+    # moto answers 404 to a key with a newline (real S3 takes it); the local hostile tests keep that kind.
+    kinds = [k for k in KINDS if k != "name-with-newline"]
+    extra = len(write_corpus(archive, kinds)) if hostile else 0
     return 2 * (items // 2) + extra
 
 
@@ -102,6 +105,8 @@ def main() -> None:
     parser.add_argument("--hostile", action="store_true", help="add the hostile corpus")
     args = parser.parse_args()
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "soak-key")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "soak-secret")

@@ -38,7 +38,7 @@ class FaultProxy:
         self.random = random.Random(seed)
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = _QuietServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
 
     @property
@@ -65,6 +65,11 @@ class FaultProxy:
                 outcome = "forwarded"
             self.stats[outcome] += 1
             return outcome
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # clients drop connections too: not news here
+        pass
 
 
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:

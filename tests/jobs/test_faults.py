@@ -146,3 +146,18 @@ def test_a_killed_driver_and_the_same_command_again_resume_without_gaps(pipeline
 
 def _runs(results: Path) -> list[dict]:
     return committed_runs(resolve(str(results))) if (results / "_commits").exists() else []
+
+
+def test_a_permanent_s3_error_fails_the_job_naming_the_object(request, monkeypatch, tmp_path, caplog):
+    from jobs import manifest
+
+    bucket = new_bucket(request, "moto", monkeypatch)
+    resolve(bucket.uri("archive", "a.wav")).put_atomic(b"RIFF\0\0\0\0WAVE")
+    proxy = FaultProxy(bucket.endpoint, rate=0.0, deny=rf"^PUT /{bucket.bucket}/results/").start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        assert manifest.main([bucket.uri("archive"), "--output", bucket.uri("results"), "--run-id", "denied"]) == 2
+    finally:
+        proxy.stop()
+    assert f"access denied to {bucket.uri('results')}/" in caplog.text
+    assert proxy.stats["denied"] >= 1 and proxy.stats["denied"] <= 3  # refused at once, not retried ten times

@@ -1,5 +1,6 @@
 """End to end as a user runs it: `ray start --head`, then `ray job submit` of the manifest job against real S3."""
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ import pytest
 from ops.samples import SAMPLE_LAYOUT, make_sample_archive
 from ops.storage import resolve
 from ops.tables import committed_runs, read_table
-from tests.conftest import REPO, VENV_BIN, free_port, new_bucket, wait_for_port
+from tests.conftest import REPO, S3_KEY, S3_SECRET, VENV_BIN, free_port, new_bucket, wait_for_port
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +138,12 @@ def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):
     assert sorted(uris) == sorted(expected)  # every object exactly once
     (marker,) = committed_runs(results)
     assert marker["summary"]["objects"] == len(SAMPLE_LAYOUT) and marker["tables"]["errors"]["rows"] == 2
+
+    # The credentials the cluster's processes hold never show: not in the job's logs, not in its metadata.
+    listed = subprocess.run(["ray", "job", "list", f"--address={address}"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and "cm-test-" in listed.stdout
+    for text in (done.stdout, done.stderr, listed.stdout, json.dumps(marker)):
+        assert S3_SECRET not in text and S3_KEY not in text
 
 
 def test_failed_submission_exits_non_zero_with_the_reason(ray_head, request, monkeypatch):
