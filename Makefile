@@ -38,6 +38,8 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_style.py
+	$(PY) benchmarks/bench_gatys.py
+	$(PY) benchmarks/bench_soak.py
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks
