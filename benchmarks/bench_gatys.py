@@ -11,7 +11,7 @@ evaluations per coarse scale, then full size until J of the clamped image reache
 --check evaluations with the clock stopped). Prints both times, the ratio, and the content and style losses at
 the end of each. Content and style are ../shared's amber and candy when present, else generated pictures; the loss
 network is a seeded random VGG19 unless --loss-network names an imported one (speed does not depend on the weights,
-the loss landscape does: say which in any figure). One run of the peer at 512x512 takes about 16 minutes here.
+the loss landscape does: say which in any figure). The peer alone takes about 21 minutes at 512x512 here.
 """
 
 from __future__ import annotations
