@@ -12,13 +12,11 @@ Import them with ``python -m jobs.models import FILE --architecture arcface-ires
 
 from __future__ import annotations
 
-import io
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ops.registry import Architecture, register_architecture
+from ops.registry import Architecture, read_state_dict, register_architecture
 
 IRESNET_LAYERS = {50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 
@@ -186,9 +184,7 @@ def _strict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _read(data: bytes) -> dict[str, torch.Tensor]:
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(data)
     return {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel/DDP: same weights
 
 

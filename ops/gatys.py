@@ -119,8 +119,10 @@ def transfer(
         x, used = _optimise(x.detach().requires_grad_(True), losses, settings, steps, scale, progress)
         evaluations += used
     image = x.detach().clamp(0, 1)
+    if settings.scales[-1] != 1:  # else the last scale's targets are the full-size ones already
+        losses = Losses(net, content, style)
     with torch.no_grad():
-        final_content, final_style = Losses(net, content, style)(image)
+        final_content, final_style = losses(image)
         tv = total_variation(image)
     if settings.preserve_colour:
         image = with_luminance(target, luminance(image))

@@ -225,8 +225,16 @@ def load_folder(folder: Store) -> LoadedModel:
     pinned = expected.checkpoint_sha256 if expected else None
     if pinned and pinned != digest:
         raise ModelError(f"{card['name']} at {folder.uri} does not match the registry's checkpoint: pull it again")
+    return LoadedModel(card, read_state_dict(data))
+
+
+def read_state_dict(data: bytes) -> dict[str, torch.Tensor]:
+    """Checkpoint bytes as a state dict: unpickled with ``weights_only`` (tensors and plain values, never code), and
+    refused unless the file holds a dict. Every architecture's converter reads the user's file through this."""
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return LoadedModel(card, state)
+    if not isinstance(state, dict):
+        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def pulled(root: Store) -> list[dict]:

@@ -51,7 +51,10 @@ MAX_ATTEMPTS = 10
 
 
 class StorageError(Exception):
-    """A storage problem with a message that names the object and the fix."""
+    """A storage problem with a message that names the object and the fix (credentials redacted: see redact)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -330,11 +333,6 @@ def redact(text: str) -> str:
 
 
 def _explain(exc: BaseException, uri: str) -> StorageError:
-    """The client error as a StorageError, credentials redacted."""
-    return StorageError(redact(str(_explained(exc, uri))))
-
-
-def _explained(exc: BaseException, uri: str) -> StorageError:
     """Turn a client error into one sentence that says what failed on which object and how to fix it."""
     name = type(exc).__name__
     text = str(exc)

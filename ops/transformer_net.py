@@ -220,12 +220,9 @@ def _ramp(th: int, tw: int, overlap: int, top: int, left: int, h: int, w: int) -
 
 
 def _convert_file(data: bytes) -> dict[str, Tensor]:
-    import io
+    from ops.registry import read_state_dict
 
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"holds a {type(state).__name__}, not a state dict")
-    return convert_checkpoint(state)
+    return convert_checkpoint(read_state_dict(data))
 
 
 def _register() -> None:

@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ops.registry import Architecture, LoadedModel, register_architecture
+from ops.registry import Architecture, LoadedModel, read_state_dict, register_architecture
 
 # ImageNet statistics torchvision's VGG weights expect, on RGB in 0..1.
 MEAN = (0.485, 0.456, 0.406)
@@ -75,9 +75,7 @@ def random_network(kind: str, seed: int) -> LossNetwork:
 
 def _convert(kind: str):
     def convert(data: bytes) -> dict[str, Tensor]:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"holds a {type(state).__name__}, not a state dict")
+        state = read_state_dict(data)
         kept = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
         features(kind).load_state_dict(kept, strict=True)  # names every missing or unexpected key
         return kept
