@@ -27,10 +27,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.faces import FacePipeline  # noqa: E402
-from ops.images import decode_image  # noqa: E402
-from ops.registry import load, models_root, pull, source_members  # noqa: E402
-from ops.samples import portrait  # noqa: E402
+from ops.faces.pipeline import FacePipeline  # noqa: E402
+from ops.media.images import decode_image  # noqa: E402
+from ops.models.catalogue import build, load, models_root, pull, source_members  # noqa: E402
+from ops.models.device import best_device  # noqa: E402
+from ops.testing.samples import portrait  # noqa: E402
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 
@@ -123,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(best_device()))
     args = parser.parse_args()
 
     root = models_root()
@@ -141,7 +142,7 @@ def main() -> None:
 
     images = images_640x480()
     device = torch.device(args.device)
-    pipeline = FacePipeline(load("mtcnn", root), load("dlib-resnet-v1", root), device=device)
+    pipeline = FacePipeline(build(load("mtcnn", root), device), build(load("dlib-resnet-v1", root), device))
     cores = torch.get_num_threads()
     clock = {"decode": 0.0, "detect": 0.0, "embed": 0.0}
     contenders = {"dlib": dlib_pipeline(images, files), "ours": our_pipeline(images, pipeline, args.batch, clock)}

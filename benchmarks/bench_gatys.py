@@ -4,9 +4,9 @@ after 300 L-BFGS evaluations ("Neural Transfer Using PyTorch": default L-BFGS, p
     python benchmarks/bench_gatys.py [--size 512] [--peer-steps 300] [--scales 0.25,0.5,1] [--coarse-steps 100]
         [--loss-network vgg19 --models ROOT]
 
-Both minimise the same objective J = alpha * content + beta * style + tv * TV (ops/gatys.py: VGG19 conv4_2 and
+Both minimise the same objective J = alpha * content + beta * style + tv * TV (ops/style/gatys.py: VGG19 conv4_2 and
 conv1_1 ... conv5_1) on the same network. The peer runs the tutorial's loop; its final J on the 512x512 image is the
-target. Ours runs ops.gatys.transfer (the same L-BFGS steps, coarse to fine: --coarse-steps
+target. Ours runs ops.style.gatys.transfer (the same L-BFGS steps, coarse to fine: --coarse-steps
 evaluations per coarse scale, then full size until J of the clamped image reaches the target, checked every
 --check evaluations with the clock stopped). Prints both times, the ratio, and the content and style losses at
 the end of each. Content and style are ../shared's amber and candy when present, else generated pictures; the loss
@@ -27,8 +27,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops import gatys  # noqa: E402
-from ops.vgg import LossNetwork, from_registry, random_network  # noqa: E402
+from ops.style import gatys  # noqa: E402
+from ops.style.vgg import LossNetwork, from_registry, random_network  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "style"
 
@@ -76,7 +76,8 @@ def tutorial(net: LossNetwork, content, style, settings: gatys.Settings, steps: 
 
 
 def ours(net: LossNetwork, content, style, settings: gatys.Settings, target: float, check: int, coarse: int):
-    """ops.gatys.transfer until J of the clamped full-size image is at most ``target``; seconds exclude the checks."""
+    """ops.style.gatys.transfer until J of the clamped full-size image is at most ``target``; seconds exclude the
+    checks."""
     full = gatys.Losses(net, content, style)
     paused = 0.0
     reached: list[float] = []
@@ -110,7 +111,7 @@ def main() -> None:
     parser.add_argument("--models")
     args = parser.parse_args()
     if args.loss_network:
-        from ops.registry import load, models_root
+        from ops.models.catalogue import load, models_root
 
         net = from_registry(load(args.loss_network, models_root(args.models)))
     else:

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.search import ExactSearch  # noqa: E402
+from ops.matching.search import ExactSearch  # noqa: E402
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

@@ -4,10 +4,11 @@ clean and then with faults injected at random, side by side; items per second, f
     python benchmarks/bench_soak.py [--items 2000] [--rate 0.05] [--kill-every 20] [--hostile]
 
 Items are portraits (JPEG) and speech (WAV) of synthetic people, half each, plus with --hostile the kinds of
-ops/hostile.py (but a newline in a key, which moto refuses). The faulty run goes through ops/faultproxy.py (503
-SlowDown, 500, dropped connections on --rate of requests) while a thread SIGKILLs a model actor every --kill-every
-seconds. Prints, per job: items/s clean and faulty and their ratio; then the faults injected, actors killed, and
-the accounting of the faulty run against the clean one (expected: zero lost, zero duplicated).
+ops/testing/hostile.py (but a newline in a key, which moto refuses). The faulty run goes through
+ops/testing/faultproxy.py (503 SlowDown, 500, dropped connections on --rate of requests) while a thread SIGKILLs a
+model actor every --kill-every seconds. Prints, per job: items/s clean and faulty and their ratio; then the faults
+injected, actors killed, and the accounting of the faulty run against the clean one (expected: zero lost, zero
+duplicated).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import embed_faces, embed_voices, manifest  # noqa: E402
-from jobs.runtime import ensure_ray  # noqa: E402
-from ops.faultproxy import FaultProxy  # noqa: E402
-from ops.hostile import KINDS, write_corpus  # noqa: E402
-from ops.registry import pull  # noqa: E402
-from ops.samples import encode_audio, encode_image, portrait, speech  # noqa: E402
-from ops.storage import resolve  # noqa: E402
-from ops.tables import read_table  # noqa: E402
+from jobs.plan import ensure_ray  # noqa: E402
+from ops.io.storage import resolve  # noqa: E402
+from ops.io.tables import read_table  # noqa: E402
+from ops.media.encode import encode_audio, encode_image  # noqa: E402
+from ops.models.catalogue import pull  # noqa: E402
+from ops.testing.faultproxy import FaultProxy  # noqa: E402
+from ops.testing.hostile import KINDS, write_corpus  # noqa: E402
+from ops.testing.samples import portrait, speech  # noqa: E402
 
 
 def make_items(archive, items: int, hostile: bool) -> int:

@@ -5,7 +5,7 @@
 
 The peer is pytorch/examples' TransformerNet as it is written there (reflection padding modules, nn.InstanceNorm2d,
 nearest upsampling then a 3x3 convolution), loading the same state dict, every core on one image at a time under
-``torch.no_grad``. Ours is ops.transformer_net: the upsampling convolutions computed as four 2x2 sub-pixel
+``torch.no_grad``. Ours is ops.style.transformer_net: the upsampling convolutions computed as four 2x2 sub-pixel
 convolutions (16/36 of the multiply-adds, same sums), instance norm folded into one multiply-add with vectorised
 statistics, ReLU in place; then the same one process per core with one thread each (how jobs.stylize runs without
 GPUs), and both under ``torch.compile`` (its one-off compile time printed apart). Without --model the weights are
@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.transformer_net import TransformerNet, stylize  # noqa: E402
+from ops.style.transformer_net import TransformerNet, stylize  # noqa: E402
 
 
 class PeerConv(nn.Module):
@@ -87,7 +87,7 @@ class PeerNet(nn.Module):
 def weights(model: str | None, models: str | None) -> dict[str, torch.Tensor]:
     """The imported network ``model``'s state dict, or seeded random weights with norm weights away from 1 and 0."""
     if model:
-        from ops.registry import load, models_root
+        from ops.models.catalogue import load, models_root
 
         return load(model, models_root(models)).state
     torch.manual_seed(0)

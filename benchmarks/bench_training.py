@@ -25,10 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import train_face, trainer  # noqa: E402
-from jobs.runtime import JobContext, ensure_ray  # noqa: E402
-from ops import synthetic, training  # noqa: E402
-from ops.heads import ProjectionHead  # noqa: E402
-from ops.storage import resolve  # noqa: E402
+from jobs.plan import ensure_ray  # noqa: E402
+from jobs.runtime import JobContext  # noqa: E402
+from ops.io.storage import resolve  # noqa: E402
+from ops.matching.heads import ProjectionHead  # noqa: E402
+from ops.testing import synthetic  # noqa: E402
+from ops.training import protocols as training  # noqa: E402
 
 P, K = 32, 4
 

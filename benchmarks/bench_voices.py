@@ -24,14 +24,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import embed_voices, manifest  # noqa: E402
-from jobs.runtime import ensure_ray  # noqa: E402
-from ops.audio import SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono  # noqa: E402
-from ops.registry import load, models_root, pull  # noqa: E402
-from ops.samples import encode_audio, speech  # noqa: E402
-from ops.silero import SileroVAD
-from ops.speaker import SpeakerEmbedder, normalise  # noqa: E402
-from ops.storage import resolve  # noqa: E402
-from ops.tables import read_table  # noqa: E402
+from jobs.plan import ensure_ray  # noqa: E402
+from ops.io.storage import resolve  # noqa: E402
+from ops.io.tables import read_table  # noqa: E402
+from ops.matching.vectors import unit_or_zero  # noqa: E402
+from ops.media.audio import decode_mono  # noqa: E402
+from ops.media.encode import encode_audio  # noqa: E402
+from ops.models.catalogue import build, load, models_root, pull  # noqa: E402
+from ops.testing.samples import speech  # noqa: E402
+from ops.voices.ge2e import SpeakerEmbedder  # noqa: E402
+from ops.voices.speech import SileroDetector, SpeechSegmenter, WebRTCDetector  # noqa: E402
 
 SHARED_VOICES = Path(__file__).resolve().parents[2] / "shared" / "data" / "voices"
 
@@ -79,7 +81,7 @@ def ours(paths: list[Path], embedder: SpeakerEmbedder, detector, clock: dict[str
         acc = pooled.setdefault(owner, [np.zeros_like(s), 0])
         acc[0] += s
         acc[1] += n
-    return {k: normalise(v[0] / v[1]) for k, v in pooled.items()}
+    return {k: unit_or_zero(v[0] / v[1]) for k, v in pooled.items()}
 
 
 VAD = ["--vad", "silero"]  # set from the command line in main()
@@ -125,10 +127,9 @@ def main() -> None:
         root = models_root(str(Path(tmp, "models")))
         pull("ge2e-resemblyzer", root)
         pull("silero-vad", root)
-        vad = SileroVAD()
-        vad.load_state_dict(load("silero-vad", root).state, strict=True)
+        vad = build(load("silero-vad", root), "cpu")
         detector = SileroDetector(vad) if args.vad == "silero" else WebRTCDetector()
-        embedder = SpeakerEmbedder.from_state(load("ge2e-resemblyzer", root).state, "cpu")
+        embedder = build(load("ge2e-resemblyzer", root), "cpu")
         encoder = VoiceEncoder("cpu", verbose=False)
         out = Path(tmp, "out")
         assert manifest.main([str(folder), "--glob", "**/*.flac", "--output", str(out), "--log-level", "WARNING"]) == 0

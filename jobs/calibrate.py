@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
-from ops import metrics
-from ops.embeddings import read_embeddings, read_labels, through_head
-from ops.schemas import CALIBRATIONS
-from ops.storage import resolve
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import JobFailed
+from ops.io.schemas import CALIBRATIONS
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun
+from ops.matching import metrics
+from ops.matching.embeddings import read_embeddings, read_labels, through_head
 
 JOB = "calibrate"
 FARS = (1e-2, 1e-3, 1e-4)
@@ -165,6 +167,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jobs.calibrate import main as imported_main  # Ray pickles by module name
-
-    sys.exit(imported_main())
+    sys.exit(run_module(__spec__.name))

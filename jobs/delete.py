@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.pipeline import STAGES
-from ops.storage import StorageError, resolve
-from ops.tables import CommitError, delete_run
+from jobs.runtime import run_module
+from jobs.stages import STAGES
+from ops.io.errors import UserError
+from ops.io.storage import resolve
+from ops.io.tables import delete_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         # Stage runs by name, committed or not (a killed pipeline leaves attempts without markers).
         for run_id in [f"{args.run_id}.{stage}" for stage in STAGES] + [args.run_id]:
             removed += delete_run(root, run_id, dry_run=args.dry_run)
-    except (StorageError, CommitError, ValueError) as exc:
+    except (UserError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not removed:
@@ -41,4 +43,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

@@ -14,33 +14,25 @@ from __future__ import annotations
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import (
-    ItemClock,
-    ItemTimeout,
-    JobConfig,
-    JobContext,
-    JobFailed,
-    SourceLedger,
-    actor_plan,
-    ensure_ray,
-    manifest_sources,
-    run_job,
-    source_blocks,
-    verified_model,
-)
-from ops.faces import FacePipeline
-from ops.images import DEFAULT_MAX_PIXELS, Frame, ImageDecodeError, decode_image, sample_video
-from ops.mtcnn import DetectorConfig
-from ops.registry import load_folder
-from ops.schemas import FACE_SOURCES, faces
-from ops.storage import Store, resolve
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.progress import ItemClock
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from ops.faces.mtcnn import DetectorConfig
+from ops.faces.pipeline import FacePipeline
+from ops.faces.tracks import assign_tracks, clearest_per_track
+from ops.io.errors import ImageDecodeError, ItemTimeout, JobFailed
+from ops.io.schemas import FACE_SOURCES, faces
+from ops.io.storage import Store, resolve
+from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, sample_video
+from ops.models import catalogue
 
 JOB = "embed_faces"
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
@@ -164,17 +156,7 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
                 source |= {"frames": count, "height": size[0], "width": size[1]}
             rows.append(source)
         except Exception as exc:  # noqa: BLE001 - one source's failure is that source's error row
-            rows = [
-                {
-                    "kind": "error",
-                    "uri": uri,
-                    "sha256": sha,
-                    "media_category": category,
-                    "stage": "decode",
-                    "error_type": getattr(exc, "error_type", type(exc).__name__),
-                    "message": str(exc) or type(exc).__name__,
-                }
-            ]
+            rows = [error_row(exc, "decode", uri=uri, sha256=sha, media_category=category)]
         yield pa.Table.from_pylist(rows, schema=_STAGED)
 
 
@@ -183,7 +165,9 @@ class FaceActor:
 
     def __init__(self, detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> None:
         config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
-        self.pipeline = FacePipeline(load_folder(detector_folder), load_folder(model_folder), config)
+        detector = catalogue.build(catalogue.load_folder(detector_folder, "face-detection"))
+        recogniser = catalogue.build(catalogue.load_folder(model_folder, "face-embedding"))
+        self.pipeline = FacePipeline(detector, recogniser, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()
@@ -217,72 +201,15 @@ class FaceActor:
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: (x[:, 2:] - x[:, :2]).prod(axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
-def assign_tracks(rows: list[dict], max_gap: int = 2, min_iou: float = 0.3, min_cos: float = 0.7) -> list[int]:
-    """Track ids for one video's face rows: a face continues the track of the previous sampled frames (up to
-    ``max_gap`` samples back) whose last box overlaps it and whose last embedding agrees; greedy, best overlap first."""
-    order = sorted(range(len(rows)), key=lambda i: (rows[i]["frame_index"], rows[i]["face_index"]))
-    frames = sorted({rows[i]["frame_index"] for i in order})
-    sample_of = {f: n for n, f in enumerate(frames)}
-    ids = [-1] * len(rows)
-    tracks: list[dict] = []  # last box, last unit embedding, last sample
-    by_frame: dict[int, list[int]] = defaultdict(list)
-    for i in order:
-        by_frame[rows[i]["frame_index"]].append(i)
-    for f in frames:
-        now = sample_of[f]
-        members = by_frame[f]
-        live = [t for t, tr in enumerate(tracks) if now - tr["sample"] <= max_gap]
-        boxes = np.array([rows[i]["box"] for i in members], np.float64)
-        embs = np.array([rows[i]["embedding"] for i in members], np.float64)
-        embs /= np.maximum(np.linalg.norm(embs, axis=1, keepdims=True), 1e-12)
-        pairs = []
-        if live:
-            iou = _iou(boxes, np.array([tracks[t]["box"] for t in live]))
-            cos = embs @ np.array([tracks[t]["emb"] for t in live]).T
-            pairs = sorted(
-                (
-                    (iou[m, n], m, live[n])
-                    for m in range(len(members))
-                    for n in range(len(live))
-                    if iou[m, n] >= min_iou and cos[m, n] >= min_cos
-                ),
-                reverse=True,
-            )
-        taken_m, taken_t = set(), set()
-        for _, m, t in pairs:
-            if m not in taken_m and t not in taken_t:
-                taken_m.add(m)
-                taken_t.add(t)
-                ids[members[m]] = t
-        for m, i in enumerate(members):
-            if ids[i] < 0:
-                tracks.append({})
-                ids[i] = len(tracks) - 1
-            tracks[ids[i]] = {"box": boxes[m], "emb": embs[m], "sample": now}
-    return ids
-
-
 def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
-    detector_folder, detector_card = verified_model(config.detector, config.models)
-    model_folder, card = verified_model(config.model, config.models)
-    if detector_card.get("task") != "face-detection":
-        raise JobFailed(f"{detector_card['name']} is not a face detector: pass --detector mtcnn")
-    if card.get("task") != "face-embedding":
-        raise JobFailed(f"{card['name']} is not a face recogniser: pass a face-embedding model such as dlib-resnet-v1")
+    detector_folder, detector_card = catalogue.verified(config.detector, config.models, "face-detection")
+    model_folder, card = catalogue.verified(config.model, config.models, "face-embedding")
     if config.fps < 0 or config.max_frames < 1 or config.min_face < 12:
         raise JobFailed("--fps must be >= 0, --max-frames >= 1 and --min-face >= 12 (MTCNN's smallest window)")
     dim = int(card["output_dim"])
     schema = faces(dim)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES})
 
     sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("image", "video"))
     uris = sources.column("uri").to_pylist()
@@ -301,10 +228,8 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "model_name": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
-    out.write("faces", schema.empty_table(), schema)
-    out.write("face_sources", FACE_SOURCES.empty_table(), FACE_SOURCES)
     if not uris:
-        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+        return job.commit({"sources": 0})
 
     ensure_ray()
     import ray
@@ -340,7 +265,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         if face_rows.num_rows:
             images = face_rows.filter(pc.equal(face_rows.column("media_category"), "image"))
             if images.num_rows:
-                out.write("faces", _face_table(images.to_pylist(), provenance, dim), schema)
+                job.write("faces", _face_table(images.to_pylist(), provenance, dim))
                 written.update(images.column("uri").to_pylist())
             for row in face_rows.filter(pc.equal(face_rows.column("media_category"), "video")).to_pylist():
                 video_faces[row["uri"]].append(row)
@@ -356,16 +281,13 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         lengths = Counter(ids)
         for row, track in zip(rows, ids, strict=True):
             row["track_id"], row["track_frames"] = track, lengths[track]
-        if config.per_track:  # the clearest face of each track: detector confidence times resolution
-            tracks: dict[int, list[dict]] = defaultdict(list)
-            for row in rows:
-                tracks[row["track_id"]].append(row)
-            rows = [max(tracks[t], key=lambda r: r["score"] * r["eye_distance"]) for t in sorted(tracks)]
-        out.write("faces", _face_table(rows, provenance, dim), schema)
+        if config.per_track:
+            rows = clearest_per_track(rows)
+        job.write("faces", _face_table(rows, provenance, dim))
         written[uri] += len(rows)
     sources_table = _sources_table(source_rows, frame_faces, written, provenance)
-    out.write("face_sources", sources_table, FACE_SOURCES)
-    out.write_errors(list(error_rows.values()))
+    job.write("face_sources", sources_table)
+    job.write_errors(list(error_rows.values()))
     statuses = Counter(sources_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),
@@ -373,8 +295,6 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "ok": statuses["ok"],
         "no_face": statuses["no_face"],
         "truncated": statuses["truncated"],
-        "errors": len(error_rows),
-        "errors_by_type": dict(Counter(r["error_type"] for r in error_rows.values())),
         "frames": int(sum(r["frames"] for r in source_rows.values())),
         "faces": int(sum(frame_faces.values())),
         "face_rows": int(sum(written.values())),
@@ -382,25 +302,12 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "model": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
-    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
-    ctx.log.info(
-        "%d sources: %d with faces, %d without, %d truncated, %d errors %s; %d frames, %d faces, %d rows",
-        len(uris),
-        summary["ok"],
-        summary["no_face"],
-        summary["truncated"],
-        summary["errors"],
-        summary["errors_by_type"] or "",
-        summary["frames"],
-        summary["faces"],
-        summary["face_rows"],
+    return job.commit(
+        summary,
+        f"{len(uris)} sources: {summary['ok']} with faces, {summary['no_face']} without, {summary['truncated']} "
+        f"truncated, {len(error_rows)} errors {dict(job.errors_by_type) or ''}; {summary['frames']} frames, "
+        f"{summary['faces']} faces, {summary['face_rows']} rows",
     )
-    ctx.log.info(
-        "committed run %s: %s (tables faces/, face_sources/, errors/)",
-        ctx.run_id,
-        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
-    )
-    return marker
 
 
 def _face_table(rows: list[dict], provenance: dict, dim: int) -> pa.Table:
@@ -455,7 +362,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: Ray pickles functions by module name.
-    from jobs.embed_faces import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(run_module(__spec__.name))

@@ -15,32 +15,23 @@ import functools
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from jobs.runtime import (
-    ItemClock,
-    ItemTimeout,
-    JobConfig,
-    JobContext,
-    JobFailed,
-    SourceLedger,
-    actor_plan,
-    ensure_ray,
-    manifest_sources,
-    run_job,
-    source_blocks,
-    verified_model,
-)
-from ops.audio import AudioError, SileroDetector, SpeechSegmenter, WebRTCDetector, decode_mono
-from ops.registry import load_folder
-from ops.schemas import voices
-from ops.silero import SileroVAD
-from ops.speaker import normalise, speaker_embedder
-from ops.storage import Store, resolve
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.progress import ItemClock
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from ops.io.errors import AudioError, ItemTimeout, JobFailed
+from ops.io.schemas import voices
+from ops.io.storage import Store, resolve
+from ops.matching.vectors import unit_or_zero
+from ops.media.audio import decode_mono
+from ops.models import catalogue
+from ops.voices.speech import SileroDetector, SpeechSegmenter, WebRTCDetector
 
 JOB = "embed_voices"
 # Compressed speech is about 25 KB per second of audio: a shard of this many bytes is a few seconds of work.
@@ -108,9 +99,8 @@ def speech_detector(kind: str, mode: int, model_folder: Store | None):
     """The detector for a worker process, built once (the Silero model loads from the models root)."""
     if kind == "webrtc":
         return WebRTCDetector(mode)
-    model = SileroVAD()
-    model.load_state_dict(load_folder(model_folder).state, strict=True)
-    return SileroDetector(model)
+    # On the CPU: the decode stage runs it, on CPU workers, beside the decoding.
+    return SileroDetector(catalogue.build(catalogue.load_folder(model_folder, "speech-detection"), "cpu"))
 
 
 def decode_segments(
@@ -156,16 +146,7 @@ def decode_segments(
                 }
             )
         except Exception as exc:  # noqa: BLE001 - one source's failure is that source's error row
-            rows = [
-                {
-                    "kind": "error",
-                    "uri": uri,
-                    "sha256": sha,
-                    "stage": "decode",
-                    "error_type": getattr(exc, "error_type", type(exc).__name__),
-                    "message": str(exc) or type(exc).__name__,
-                }
-            ]
+            rows = [error_row(exc, "decode", uri=uri, sha256=sha)]
         yield pa.Table.from_pylist(rows, schema=_STAGED)
 
 
@@ -186,7 +167,7 @@ class VoiceEncoderActor:
     """Loads the encoder once per actor; embeds the segments of each batch together, passes other rows on."""
 
     def __init__(self, model_folder: Store) -> None:
-        self.embedder = speaker_embedder(load_folder(model_folder))
+        self.embedder = catalogue.build(catalogue.load_folder(model_folder, "speaker-embedding"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()
@@ -206,16 +187,15 @@ class VoiceEncoderActor:
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
-    folder, card = verified_model(config.model, config.models)
-    if card.get("modality") != "voice":
-        raise JobFailed(f"{card['name']} is a {card.get('modality', 'non-voice')} model: pass a speaker encoder")
+    folder, card = catalogue.verified(config.model, config.models, "speaker-embedding")
     if config.vad not in ("silero", "webrtc"):
         raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
-    vad_folder = verified_model(config.vad_model, config.models)[0] if config.vad == "silero" else None
+    vad_folder = None
+    if config.vad == "silero":
+        vad_folder = catalogue.verified(config.vad_model, config.models, "speech-detection")[0]
     dim = int(card["output_dim"])
     schema = voices(dim)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    job = SourceJob(ctx, config, {"voices": schema})
 
     sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("audio", "video"))
     uris = sources.column("uri").to_pylist()
@@ -226,9 +206,8 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         card["name"],
         card["checkpoint_sha256"][:12],
     )
-    out.write("voices", schema.empty_table(), schema)
     if not uris:
-        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+        return job.commit({"sources": 0})
 
     ensure_ray()
     import ray
@@ -268,7 +247,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         kinds = np.asarray(batch.column("kind").to_pylist())
         segments = batch.filter(pa.array(kinds == "segment"))
         if segments.num_rows:
-            out.write("voices", _segment_table(segments, provenance, dim), schema)
+            job.write("voices", _segment_table(segments, provenance, dim))
             for uri, psum, n in zip(
                 segments.column("uri").to_pylist(),
                 segments.column("partial_sum").to_numpy(zero_copy_only=False),
@@ -285,8 +264,8 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     ledger.check_complete()
     source_rows, error_rows = ledger.results, ledger.errors
     source_table = _source_table(source_rows, pooled, provenance, dim)
-    out.write("voices", source_table, schema)
-    out.write_errors(list(error_rows.values()))
+    job.write("voices", source_table)
+    job.write_errors(list(error_rows.values()))
     statuses = Counter(source_table.column("status").to_pylist())
     summary = {
         "sources": len(uris),
@@ -294,8 +273,6 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         "ok": statuses["ok"],
         "no_speech": statuses["no_speech"],
         "truncated": statuses["truncated"],
-        "errors": len(error_rows),
-        "errors_by_type": dict(Counter(r["error_type"] for r in error_rows.values())),
         "with_speech": sum(1 for uri in source_rows if uri in pooled),
         "segments": sum(acc[2] for acc in pooled.values()),
         "audio_hours": round(sum(r["duration"] for r in source_rows.values()) / 3600, 4),
@@ -303,23 +280,12 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         "model": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
-    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
-    ctx.log.info(
-        "%d sources: %d with speech, %d without, %d truncated, %d errors %s; %d segments",
-        len(uris),
-        summary["with_speech"],
-        summary["no_speech"],
-        summary["truncated"],
-        summary["errors"],
-        summary["errors_by_type"] or "",
-        summary["segments"],
+    return job.commit(
+        summary,
+        f"{len(uris)} sources: {summary['with_speech']} with speech, {summary['no_speech']} without, "
+        f"{summary['truncated']} truncated, {len(error_rows)} errors {dict(job.errors_by_type) or ''}; "
+        f"{summary['segments']} segments",
     )
-    ctx.log.info(
-        "committed run %s: %s (tables voices/, errors/)",
-        ctx.run_id,
-        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
-    )
-    return marker
 
 
 def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:
@@ -340,7 +306,7 @@ def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:
             "speech_seconds": speech,
             "speech_ratio": np.minimum(1.0, speech / np.maximum(end - start, 1e-9)).astype(np.float32),
             "partials": segments.column("partials"),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(normalise(sums).ravel()), dim),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(unit_or_zero(sums).ravel()), dim),
             "status": ["ok"] * n,
             "message": pa.nulls(n, pa.string()),
             "model_name": [provenance["model_name"]] * n,
@@ -353,7 +319,7 @@ def _source_table(source_rows: dict, pooled: dict, provenance: dict, dim: int) -
     rows = []
     for uri, r in sorted(source_rows.items()):
         acc = pooled.get(uri)
-        embedding = normalise(acc[0] / acc[1]).tolist() if acc and acc[1] else None
+        embedding = unit_or_zero(acc[0] / acc[1]).tolist() if acc and acc[1] else None
         rows.append(
             {
                 "run_id": provenance["run_id"],
@@ -382,8 +348,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: Ray pickles functions by module name, and workers can
-    # import jobs.embed_voices but not this process's __main__.
-    from jobs.embed_voices import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(run_module(__spec__.name))

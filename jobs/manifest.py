@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job, shard
-from ops.media import sniff
-from ops.storage import ObjectInfo, Store, glob_regex, resolve
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.plan import ensure_ray, shard
+from jobs.progress import Progress
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import SourceJob
+from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
+from ops.io.schemas import MANIFEST
+from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
+from ops.media.sniff import sniff
 
 JOB = "manifest"
 # Shards of at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s
@@ -73,19 +78,22 @@ def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
         try:
             digest, size, head = archive.join(relpath).sha256()
         except Exception as exc:  # noqa: BLE001 - any failure to read one object is that object's error row
-            row.update(stage="read", error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+            row.update(stage="read", error_type=error_type(exc), message=describe(exc))
             rows.append(row)
             continue
         row.update(sha256=digest, size=size)
         kind = sniff(head)
         if size == 0:
-            row.update(stage="sniff", error_type="EmptyFile", message="the object is empty (0 bytes)")
+            failure = EmptyFile("the object is empty (0 bytes)")
         elif kind is None:
-            row.update(
-                stage="sniff",
-                error_type="UnknownMediaType",
-                message=f"content is not a recognised image, audio or video format (first bytes: {head[:12].hex(' ')})",
+            hexed = head[:12].hex(" ")
+            failure = UnknownMediaType(
+                f"content is not a recognised image, audio or video format (first bytes: {hexed})"
             )
+        else:
+            failure = None
+        if failure is not None:
+            row.update(stage="sniff", error_type=failure.error_type, message=str(failure))
         else:
             row.update(media_kind=kind.kind, media_category=kind.category, mime=kind.mime)
         rows.append(row)
@@ -96,8 +104,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if not config.archive:
         raise JobFailed("no archive given: python -m jobs.manifest ARCHIVE (a folder or s3://bucket/prefix)")
     archive = resolve(config.archive)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    job = SourceJob(ctx, config, {"manifest": MANIFEST})
     objects = archive.list(config.glob)
     if not objects:
         raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
@@ -130,32 +137,22 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     manifest, errors = _tables(hashed, objects, config.label_pattern, ctx.run_id)
 
     duplicates = manifest.column("duplicate_of").drop_null().length()
+    job.write("manifest", manifest)
+    job.write_errors(errors.to_pylist())
     summary = {
         "objects": len(objects),
         "bytes": total_bytes,
         "manifest_rows": manifest.num_rows,
         "error_rows": errors.num_rows,
         "duplicates": duplicates,
-        "errors_by_type": dict(Counter(errors.column("error_type").to_pylist())),
         "kinds": dict(Counter(manifest.column("media_kind").to_pylist())),
     }
-    out.write("manifest", manifest)
-    out.write("errors", errors)
-    marker = out.commit(tables=("manifest", "errors"), config=asdict(config), summary=summary)
-    ctx.log.info(
-        "%d objects: %d in manifest (%d duplicates), %d errors %s",
-        len(objects),
-        manifest.num_rows,
-        duplicates,
-        errors.num_rows,
-        summary["errors_by_type"] or "",
+    by_type = dict(job.errors_by_type) or ""
+    return job.commit(
+        summary,
+        f"{len(objects)} objects: {manifest.num_rows} in manifest ({duplicates} duplicates), "
+        f"{errors.num_rows} errors {by_type}",
     )
-    ctx.log.info(
-        "committed run %s: %s (tables manifest/, errors/)",
-        ctx.run_id,
-        ctx.output.join("_commits", f"{ctx.run_id}.json").uri,
-    )
-    return marker
 
 
 def _tables(
@@ -186,9 +183,7 @@ def _tables(
     is_copy = pc.not_equal(ok.column("uri"), ok.column("first_uri"))
     ok = ok.append_column("duplicate_of", pc.if_else(is_copy, ok.column("first_uri"), pa.scalar(None, pa.string())))
 
-    errors = rows.filter(failed)
-    errors = errors.append_column("job", pa.array([JOB] * errors.num_rows, pa.string()))
-    return ok, errors
+    return ok, rows.filter(failed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,8 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not __main__'s: Ray pickles functions by module name, and workers can
-    # import jobs.manifest but not this process's __main__.
-    from jobs.manifest import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(run_module(__spec__.name))

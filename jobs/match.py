@@ -29,10 +29,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, Progress, ensure_ray, run_job
-from ops.embeddings import (
+from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
+from jobs.progress import Progress
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
+from ops.io.schemas import MATCHES
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching import items
+from ops.matching.embeddings import (
     EmbeddingSet,
     check_comparable,
     embedding_set,
@@ -41,12 +48,12 @@ from ops.embeddings import (
     read_labels,
     through_head,
 )
-from ops.heads import JOINT_MODEL, JointModel, project
-from ops.registry import ModelError, load, models_root, read_card
-from ops.schemas import MATCHES
-from ops.search import ExactSearch, TopK, merge, normalise
-from ops.storage import StorageError, resolve
-from ops.tables import OutputRun, committed_runs, read_table
+from ops.matching.heads import project
+from ops.matching.search import ExactSearch, TopK, merge
+from ops.matching.vectors import normalise
+from ops.models import catalogue
+from ops.models.device import best_device
+from ops.models.registry import read_card
 
 JOB = "match"
 MODES = ("search", "verify", "identify", "crossmatch")
@@ -99,10 +106,8 @@ class GalleryShard:
     """One gallery shard held by an actor (on its GPU when it has one); answers query batches."""
 
     def __init__(self, vectors: np.ndarray, ids: np.ndarray, precision: str) -> None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.engine = ExactSearch(vectors, ids, device=device, precision=precision if device == "cuda" else "fp32")
+        device = best_device()
+        self.engine = ExactSearch(vectors, ids, device=device, precision=precision if device.type == "cuda" else "fp32")
 
     def search(self, queries: np.ndarray, k: int) -> TopK:
         return self.engine.search(queries, k)
@@ -156,7 +161,7 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
         record, where = _calibration(config.calibration, model_name)
         return float(record["threshold"]), where
     try:
-        card = read_card(models_root(config.models).join(model_name))
+        card = read_card(catalogue.locate(model_name, config.models))
     except ModelError:  # no card is the same problem as no cosine threshold on it
         card = {}
     if card.get("metric") == "cosine" and card.get("default_threshold") is not None:
@@ -260,7 +265,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                     threshold_source=source,
                 )
             )
-    errors = [_error(r, "invalid_embedding") for r in queries.invalid + ([] if same_set else gallery.invalid)]
+    errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
     return _finish(out, rows, errors, {"queries": len(queries), "gallery": len(gallery), "k": config.k})
 
 
@@ -272,18 +277,13 @@ def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) 
 def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
     if not config.head:
         return data
-    return through_head(data, config.head, config.models, "cuda" if torch.cuda.is_available() else "cpu")
+    return through_head(data, config.head, config.models)
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     if not config.joint_model:
         raise JobFailed("crossmatch needs --joint-model: a model trained by `python -m jobs.train_crossmodal`")
-    try:
-        model = load(config.joint_model, models_root(config.models))
-    except ModelError as exc:
-        raise JobFailed(str(exc)) from None
-    if model.card.get("architecture") != JOINT_MODEL:
-        raise JobFailed(f"{config.joint_model} is a {model.card.get('architecture')}, not a {JOINT_MODEL} model")
+    model = catalogue.load(config.joint_model, config.models, expect="voice-face-model")
     voices = read_embeddings(resolve(config.queries), "voices", config.queries_run_id, per_source=True)
     faces = read_embeddings(resolve(config.gallery or config.queries), "faces", config.gallery_run_id, True)
     for table, found in (("voices", voices), ("faces", faces)):
@@ -298,14 +298,21 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         if config.threshold is not None
         else (model.card.get("default_threshold"), f"model card of {model.name}")
     )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    joint = JointModel.from_state(model.state)
-    v = project(joint.voice, voices.vectors, device).numpy()
-    f = project(joint.face, faces.vectors, device).numpy()
+    joint = catalogue.build(model)
+    v = project(joint.voice, voices.vectors).numpy()
+    f = project(joint.face, faces.vectors).numpy()
     as_voice = EmbeddingSet(
-        voices.uris, voices.sha256, [f"{u}#voice" for u in voices.uris], v, model.name, model.sha256, []
+        voices.uris,
+        voices.sha256,
+        [items.modality_key(u, "voice") for u in voices.uris],
+        v,
+        model.name,
+        model.sha256,
+        [],
     )
-    as_face = EmbeddingSet(faces.uris, faces.sha256, [f"{u}#face" for u in faces.uris], f, model.name, model.sha256, [])
+    as_face = EmbeddingSet(
+        faces.uris, faces.sha256, [items.modality_key(u, "face") for u in faces.uris], f, model.name, model.sha256, []
+    )
     rows = []
     for queries, gallery in ((as_voice, as_face), (as_face, as_voice)):
         k = min(config.k, len(gallery))
@@ -336,7 +343,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
                         decision=decision,
                     )
                 )
-    errors = [_error(r, "invalid_embedding") for r in voices.invalid + faces.invalid]
+    errors = [_error(r, InvalidEmbedding) for r in voices.invalid + faces.invalid]
     summary = {"voices": len(as_voice), "faces": len(as_face), "k": config.k, "joint_model": model.name}
     return _finish(out, rows, errors, summary)
 
@@ -377,7 +384,12 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                 for x in missing
             )
             errors.append(
-                {"uri": a, "sha256": None, "error_type": "unmatched_pair", "message": f"pair ({a}, {b}): {reason}"}
+                {
+                    "uri": a,
+                    "sha256": None,
+                    "error_type": UnmatchedPair.error_type,
+                    "message": f"pair ({a}, {b}): {reason}",
+                }
             )
             continue
         (sa, ia), (sb, ib) = index[a], index[b]
@@ -466,7 +478,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                 )
             )
     decided = Counter(r["decision"] for r in rows if r["rank"] == 1)
-    errors = [_error(r, "invalid_embedding") for r in gallery.invalid + probes_all.invalid]
+    errors = [_error(r, InvalidEmbedding) for r in gallery.invalid + probes_all.invalid]
     return _finish(
         out,
         rows,
@@ -482,11 +494,11 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     )
 
 
-def _error(row: dict, error_type: str) -> dict:
+def _error(row: dict, kind: type[InvalidEmbedding]) -> dict:
     return {
         "uri": row["uri"],
         "sha256": row["sha256"],
-        "error_type": error_type,
+        "error_type": kind.error_type,
         "message": f"{row['item']}: {row['reason']}",
     }
 
@@ -518,6 +530,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from jobs.match import main as imported_main  # Ray pickles by module name
-
-    sys.exit(imported_main())
+    sys.exit(run_module(__spec__.name))

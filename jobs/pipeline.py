@@ -24,25 +24,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from jobs import calibrate, embed_faces, embed_voices, manifest, match, report
-from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
-from ops.embeddings import read_embeddings, read_labels
-from ops.registry import ModelError, models_root, pull, pulled, registered
-from ops.tables import OutputRun, committed_runs
+from jobs.cli import JobConfig
+from jobs.runtime import JobContext, launch, run_job, run_module
+from jobs.stages import STAGES
+from ops.io.errors import JobFailed, ModelError
+from ops.io.tables import OutputRun, committed_runs
+from ops.matching.embeddings import read_embeddings, read_labels
+from ops.models import catalogue
 
 JOB = "pipeline"
-STAGES = (
-    "manifest",
-    "voices",
-    "faces",
-    "calibrate-faces",
-    "search-faces",
-    "identify-faces",
-    "calibrate-voices",
-    "search-voices",
-    "identify-voices",
-    "crossmatch",
-    "report",
-)
 # Settings that do not change a stage's output: a rerun that differs only in these keeps the stage.
 _NOT_OUTPUT = {"log_level", "pool_size", "gpus_per_actor", "batch_size", "shards", "gpus_per_shard", "query_batch"}
 
@@ -104,7 +94,7 @@ class Stages:
             state = "kept"
         else:
             self.ctx.log.info("stage %s: running %s as run %s", stage, module.JOB, run_id)
-            marker = module.run(config, JobContext(module.JOB, run_id, self.ctx.output, self.ctx.log))
+            marker = launch(module.JOB, module.run, config)
             self._stale, state = True, "ran"  # everything after a stage that ran sees new input
         self.done[stage] = {"run_id": run_id, "state": state, "summary": marker.get("summary", {})}
         return marker
@@ -121,15 +111,15 @@ def _settings(config: dict) -> dict:
 
 def ensure_models(config: PipelineConfig, log) -> None:
     """Every registry model the stages name is under the models root, pulled (verified) when missing."""
-    root = models_root(config.models)
-    have = {card["name"] for card in pulled(root)}
+    root = catalogue.models_root(config.models)
+    have = {card["name"] for card in catalogue.pulled(root)}
     wanted = [config.voice_model, "silero-vad", config.detector, config.face_model]
-    for name in (n for n in wanted if n in registered() and n not in have):
+    for name in (n for n in wanted if n in catalogue.MODEL_MODULES and n not in have):
         if not config.pull_models:
             raise JobFailed(f"model {name} is not under {root.uri}: run `python -m jobs.models pull {name}`")
         log.info("pulling model %s into %s", name, root.uri)
         try:
-            pull(name, root)
+            catalogue.pull(name, root)
         except ModelError as exc:
             raise JobFailed(f"cannot pull {name}: {exc}") from None
 
@@ -280,4 +270,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

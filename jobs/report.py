@@ -21,10 +21,13 @@ from functools import partial
 
 import pyarrow as pa
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
-from ops.preview import PreviewError, data_uri, face_thumbnail, source_frame, speech_clip
-from ops.storage import StorageError, Store, resolve
-from ops.tables import OutputRun, committed_runs, read_table
+from jobs.cli import JobConfig
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
+from ops.io.storage import Store, resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching import items
+from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
 REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate")
@@ -86,7 +89,8 @@ class Evidence:
         for marker in runs:
             job = marker["job"]
             rows = partial(_committed_rows, root, marker)
-            ev.errors += rows("errors")
+            # Runs committed before the error vocabulary named failures otherwise: read under today's names.
+            ev.errors += [e | {"error_type": canonical(e["error_type"])} for e in rows("errors")]
             if job == "manifest":
                 ev.manifest = read_table(root, "manifest", marker["run_id"])
                 ev.sources = {r["uri"]: r for r in ev.manifest.to_pylist()}
@@ -123,26 +127,22 @@ class Previews:
         self.ev, self.thumb_size, self.clip_seconds, self.enabled = ev, thumb_size, clip_seconds, enabled
         self._made: dict[tuple[str, str], str] = {}
         self.failed = 0
-        best: dict[str, dict] = {}  # per source: the face a per-source match used (largest, then most confident)
-        self.faces: dict[str, dict] = {}
-        for r in ev.faces:
-            self.faces[f"{r['uri']}#frame={r['frame_index']}&face={r['face_index']}"] = r
-            key = (r["face_size"], r["score"])
-            if r["uri"] not in best or key > (best[r["uri"]]["face_size"], best[r["uri"]]["score"]):
-                best[r["uri"]] = r
-        self.faces |= best
+        self.faces: dict[str, dict] = {items.face_key(r["uri"], r["frame_index"], r["face_index"]): r for r in ev.faces}
+        if ev.faces:  # a per-source match names the source: the face it used, as matching chose it
+            clearest = items.clearest_faces(pa.Table.from_pylist(ev.faces))
+            self.faces |= {r["uri"]: r for r in clearest.to_pylist()}
         self.segments: dict[str, dict] = {}
         for r in ev.voices:
             if r["level"] == "segment":
-                self.segments[f"{r['uri']}#segment={r['segment_index']}"] = r
+                self.segments[items.segment_key(r["uri"], r["segment_index"])] = r
                 current = self.segments.get(r["uri"])
                 if current is None or r["speech_seconds"] > current["speech_seconds"]:
                     self.segments[r["uri"]] = r
 
     def html(self, table: str, item: str) -> str:
-        if item.endswith(("#voice", "#face")):  # cross-modal items name their modality
-            item, _, kind = item.rpartition("#")
-            table = "voices" if kind == "voice" else "faces"
+        named = items.parse(item)
+        if named.modality:  # cross-modal items name their modality
+            item, table = named.uri, "voices" if named.modality == "voice" else "faces"
         if not self.enabled:  # --no-previews: nothing cut from the media, only the uri and the scores
             return '<span class="nopreview">previews off (--no-previews)</span>'
         key = (table, item)  # a video is a face in one table and a voice in the other
@@ -387,4 +387,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

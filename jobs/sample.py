@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.runtime import log, setup_logging
-from ops.samples import make_sample_archive
-from ops.storage import StorageError, resolve
+from jobs.runtime import log, run_module, setup_logging
+from ops.io.errors import StorageError
+from ops.io.storage import resolve
+from ops.testing.samples import make_sample_archive
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,4 +31,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

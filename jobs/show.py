@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ops.storage import StorageError, resolve
-from ops.tables import CommitError, committed_runs, read_table
+from jobs.runtime import run_module
+from ops.io.errors import UserError
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                     if _has_pandas()
                     else rows.slice(0, args.rows).to_pylist()
                 )
-    except (StorageError, CommitError, KeyError) as exc:
+    except (UserError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -56,4 +58,4 @@ def _has_pandas() -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

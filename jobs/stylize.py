@@ -5,7 +5,7 @@
         [--loss-network vgg19 | --random-loss-network SEED] [--steps 300] [--scales 0.5,1] [--max-side 512]
     python -m jobs.stylize ROOT --method feedforward --style candy,udnie [--tile 1024]
 
-gatys: each image's pixels are optimised (ops/gatys.py) against a style image, with VGG19 features from a loss
+gatys: each image's pixels are optimised (ops/style/gatys.py) against a style image, with VGG19 features from a loss
 network imported through the registry (a torchvision-format checkpoint: ``jobs.models import vgg19.pth
 --architecture vgg19-torchvision --name vgg19``). Without one the job refuses, unless --random-loss-network SEED asks
 explicitly for a seeded random VGG19 (fine for textures and demos; every row says ``random_weights``).
@@ -35,25 +35,19 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from jobs.runtime import (
-    JobConfig,
-    JobContext,
-    JobFailed,
-    SourceLedger,
-    actor_plan,
-    ensure_ray,
-    manifest_sources,
-    run_job,
-    source_blocks,
-)
-from ops import gatys
-from ops.images import DEFAULT_MAX_PIXELS, ImageError, decode_image
-from ops.registry import ModelError, load, models_root
-from ops.schemas import STYLED
-from ops.storage import StorageError, Store, resolve
-from ops.tables import OutputRun
-from ops.transformer_net import TransformerNet, stylize, stylize_tiled
-from ops.vgg import from_registry, random_network
+from jobs.cli import JobConfig
+from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
+from ops.io.schemas import STYLED
+from ops.io.storage import Store, resolve
+from ops.media.images import DEFAULT_MAX_PIXELS, decode_image
+from ops.models import catalogue
+from ops.models.device import best_device
+from ops.style import gatys
+from ops.style.transformer_net import stylize, stylize_tiled
+from ops.style.vgg import random_network
 
 JOB = "stylize"
 log = logging.getLogger(f"crossmatch.{JOB}")
@@ -116,24 +110,22 @@ class StyleActor:
     def __init__(self, config: dict, styles: list[Style], out: Store) -> None:
         self.config, self.styles = config, styles
         self.out = out  # the driver's Store: its endpoint and encryption settings travel with it
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = best_device()
         if not log.handlers:  # an actor's own process: progress lines go to its stderr, which Ray shows the driver
             log.addHandler(logging.StreamHandler())
             log.setLevel(logging.INFO)
         if config["method"] == "gatys":
-            self.net = (
-                random_network("vgg19", config["random_loss_network"])
-                if config["random_loss_network"] is not None
-                else from_registry(load(config["loss_network"], models_root(config["models"])))
-            ).to(self.device)
+            if config["random_loss_network"] is not None:
+                self.net = random_network("vgg19", config["random_loss_network"]).to(self.device)
+            else:
+                vgg = catalogue.load(config["loss_network"], config["models"], expect="style-loss-network")
+                self.net = catalogue.build(vgg, self.device)
             self.provenance = (self.net.name, self.net.sha256, self.net.random)
         else:
             self.transformers = {}
             for style in styles:
-                model = load(style.model)
-                net = TransformerNet()
-                net.load_state_dict(model.state, strict=True)
-                self.transformers[style.uri] = (net.eval().to(self.device), model.name, model.sha256)
+                model = catalogue.load(style.model, expect="style-transfer")
+                self.transformers[style.uri] = (catalogue.build(model, self.device), model.name, model.sha256)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -142,10 +134,7 @@ class StyleActor:
             started = time.perf_counter()
             try:
                 rgb = self._decode(source)
-            except (ImageError, StorageError, ValueError) as exc:
-                rows += [_error(source, style, exc) for style in self.styles]
-                continue
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job: an error row, by type
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job: an error row per style
                 rows += [_error(source, style, exc) for style in self.styles]
                 continue
             decoded[rgb.shape].append((source, rgb, time.perf_counter() - started))
@@ -159,7 +148,7 @@ class StyleActor:
         cfg = self.config
         rgb = decode_image(data, max_pixels=cfg["max_pixels"]).rgb
         if min(rgb.shape[:2]) < cfg["min_side"]:
-            raise ValueError(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than --min-side {cfg['min_side']}")
+            raise TooSmall(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than --min-side {cfg['min_side']}")
         if cfg["max_side"] and max(rgb.shape[:2]) > cfg["max_side"]:
             im = Image.fromarray(rgb)
             im.thumbnail((cfg["max_side"], cfg["max_side"]), Image.Resampling.LANCZOS)
@@ -269,11 +258,8 @@ def _progress(images: int, style: str, every: int = 50) -> gatys.Progress:
 
 
 def _error(source: dict, style: Style, exc: Exception) -> dict:
-    kind = "too_small" if isinstance(exc, ValueError) else type(exc).__name__
-    return {"kind": "error", "uri": source["uri"], "sha256": source["sha256"], "style_uri": style.uri} | {
-        "error_type": kind,
-        "message": f"{exc} (style {style.uri})",
-    }
+    row = error_row(exc, "stylize", uri=source["uri"], sha256=source["sha256"], style_uri=style.uri)
+    return row | {"message": f"{row['message']} (style {style.uri})"}
 
 
 def _styles(config: StylizeConfig) -> list[Style]:
@@ -293,14 +279,8 @@ def _styles(config: StylizeConfig) -> list[Style]:
                 raise JobFailed(f"cannot read the style image {name}: {exc}") from None
             styles.append(Style(resolve(name).uri, hashlib.sha256(data).hexdigest(), rgb, None))
         else:
-            try:
-                model = load(name, models_root(config.models))
-            except ModelError as exc:
-                raise JobFailed(str(exc)) from None
-            if model.card.get("architecture") != "transformer-net-pytorch-examples":
-                raise JobFailed(f"{name} is a {model.card.get('architecture')}, not a TransformerNet")
-            folder = models_root(config.models).join(name) if "/" not in name else resolve(name)
-            styles.append(Style(folder.uri, model.sha256, None, folder.uri))
+            folder, card = catalogue.verified(name, config.models, "style-transfer")
+            styles.append(Style(folder.uri, card["checkpoint_sha256"], None, folder.uri))
     return styles
 
 
@@ -318,19 +298,14 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
         )
     styles = _styles(config)
     if config.method == "gatys" and config.loss_network:
-        try:
-            load(config.loss_network, models_root(config.models))
-        except ModelError as exc:
-            raise JobFailed(str(exc)) from None
+        catalogue.verified(config.loss_network, config.models, "style-loss-network")
     root = resolve(config.manifest)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    job = SourceJob(ctx, config, {"styled": STYLED})
     sources, manifest_rows = manifest_sources(root, config.manifest_run_id, ("image",))
     uris = sources.column("uri").to_pylist()
     ctx.log.info("%d images x %d styles (%s) of %d manifest rows", len(uris), len(styles), config.method, manifest_rows)
-    out.write("styled", STYLED.empty_table(), STYLED)
     if not uris:
-        return out.commit(tables=("errors",), config=asdict(config), summary={"sources": 0})
+        return job.commit({"sources": 0})
     ensure_ray()
     import ray
 
@@ -359,7 +334,7 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     for row in styled.iter_rows():
         ledger.report({"uri": f"{row['uri']} x {row['style_uri']}", "kind": row["kind"]})
         if row["kind"] == "error":
-            errors.append(row | {"stage": "stylize"})
+            errors.append(row)
         else:
             results.append(
                 {k: row[k] for k in STYLED.names if k in row}
@@ -371,20 +346,18 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
                 }
             )
     ledger.check_complete()
-    out.write("styled", pa.Table.from_pylist(results, schema=STYLED), STYLED)
-    out.write_errors(errors)
+    job.write("styled", pa.Table.from_pylist(results, schema=STYLED))
+    job.write_errors(errors, stage="stylize")
     summary = {
         "images": len(uris),
         "styles": len(styles),
         "styled": len(results),
-        "errors": len(errors),
         "random_loss_network": config.random_loss_network is not None,
     }
-    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
-    ctx.log.info(
-        "%d styled, %d errors: committed run %s (styled/, styled-images/)", len(results), len(errors), ctx.run_id
+    images = ctx.output.join("styled-images", ctx.run_id).uri
+    return job.commit(
+        summary, f"{len(results)} styled ({images}), {len(errors)} errors {dict(job.errors_by_type) or ''}"
     )
-    return marker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,4 +365,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

@@ -1,5 +1,5 @@
 """jobs.synthesize: committed face and voice embedding tables of synthetic identities whose faces and voices share
-latent traits (see ops/synthetic.py): data to train and test the face encoder and the joint voice-face model on.
+latent traits (see ops/testing/synthetic.py): data to train and test the face encoder and the joint voice-face model on.
 
     python -m jobs.synthesize OUTPUT [--identities 400] [--recordings 4] [--seed 1] [--first-identity 0]
 
@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, run_job
-from ops import synthetic
-from ops.schemas import MANIFEST, faces, voices
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import JobFailed
+from ops.io.schemas import MANIFEST, faces, voices
+from ops.io.tables import OutputRun
+from ops.testing import synthetic
 
 JOB = "synthesize"
 
@@ -55,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

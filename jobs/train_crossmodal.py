@@ -30,12 +30,15 @@ import numpy as np
 import torch
 
 from jobs import trainer
-from jobs.runtime import JobContext, JobFailed, ensure_ray, run_job
-from ops import losses, training
-from ops.embeddings import EmbeddingSet, read_embeddings, read_labels
-from ops.heads import JOINT_MODEL, JointModel, project
-from ops.registry import models_root
-from ops.storage import resolve
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import JobFailed
+from ops.io.storage import resolve
+from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels
+from ops.matching.heads import JOINT_MODEL, JointModel, project
+from ops.models.catalogue import models_root
+from ops.training import losses
+from ops.training import protocols as training
 
 JOB = "train_crossmodal"
 MODES = ("supervised", "video")
@@ -80,29 +83,18 @@ class Objective(torch.nn.Module):
 
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: batches of P groups (identities or videos) from its share; rank 0 evaluates."""
-    import ray
-    import ray.train
     import ray.train.torch
 
-    data = ray.get(cfg["data"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(cfg["seed"])
+    data, worker = trainer.start_worker(cfg)
     joint = JointModel(data["face_x"].shape[1], data["voice_x"].shape[1], cfg["dim"], cfg["hidden"])
     model = ray.train.torch.prepare_model(Objective(joint, cfg["loss"], cfg["margin"], cfg["temperature"]))
-    device = ray.train.torch.get_device()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
     face_x, voice_x = torch.tensor(data["face_x"]), torch.tensor(data["voice_x"])  # copies: ray.get is read-only
     face_groups, voice_groups = _members(data["face_g"]), _members(data["voice_g"])
-    shared = sorted(set(face_groups) & set(voice_groups))[rank::world]  # each worker its own groups
+    shared = sorted(set(face_groups) & set(voice_groups))[worker.rank :: worker.world]  # each worker its own groups
     k = 1 if cfg["loss"] == "infonce" else cfg["k"]
-    if first == 0 and rank == 0:
-        history = [{"epoch": -1, **_evaluate(joint, data, device)}]  # the untrained model, for comparison
-    for epoch in range(first, cfg["epochs"]):
-        rng = np.random.default_rng([cfg["seed"], rank, epoch])
-        speed, total = trainer.Throughput(), 0.0
-        model.train()
+
+    def batches(rng: np.random.Generator):
         for _ in range(cfg["steps"]):
             chosen = rng.choice(len(shared), min(cfg["p"], len(shared)), replace=False)
             f_rows, v_rows, groups = [], [], []
@@ -111,17 +103,10 @@ def _loop(cfg: dict) -> None:
                 f_rows += rng.choice(face_groups[g], k).tolist()
                 v_rows += rng.choice(voice_groups[g], k).tolist()
                 groups += [g] * k
-            loss = model(face_x[f_rows].to(device), voice_x[v_rows].to(device), torch.tensor(groups, device=device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            speed.add(len(groups))
-        metrics = {"epoch": epoch, "loss": total / cfg["steps"], "samples_per_s": speed.rate() * world}
-        if rank == 0:
-            metrics |= _evaluate(joint, data, device)
-        history.append(metrics)
-        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
+            device = worker.device
+            yield face_x[f_rows].to(device), voice_x[v_rows].to(device), torch.tensor(groups, device=device)
+
+    trainer.train_epochs(model, optimizer, cfg, worker, batches, lambda: _evaluate(joint, data, worker.device))
 
 
 def _members(groups: np.ndarray) -> dict[int, np.ndarray]:
@@ -274,4 +259,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

@@ -23,12 +23,15 @@ import numpy as np
 import torch
 
 from jobs import trainer
-from jobs.runtime import JobContext, JobFailed, ensure_ray, run_job
-from ops import losses, training
-from ops.embeddings import read_embeddings, read_labels
-from ops.heads import PROJECTION_HEAD, ProjectionHead, project
-from ops.registry import models_root
-from ops.storage import resolve
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext, run_job, run_module
+from ops.io.errors import JobFailed
+from ops.io.storage import resolve
+from ops.matching.embeddings import read_embeddings, read_labels
+from ops.matching.heads import PROJECTION_HEAD, ProjectionHead, project
+from ops.models.catalogue import models_root
+from ops.training import losses
+from ops.training import protocols as training
 
 JOB = "train_face"
 LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
@@ -74,41 +77,21 @@ class Objective(torch.nn.Module):
 
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: P x K batches from its share of the training identities; rank 0 evaluates."""
-    import ray
-    import ray.train
     import ray.train.torch
 
-    data = ray.get(cfg["data"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(cfg["seed"])  # every worker starts from the same weights (DDP also broadcasts them)
+    data, worker = trainer.start_worker(cfg)
     head = ProjectionHead(data["train_x"].shape[1], cfg["dim"], cfg["hidden"])
-    objective = Objective(head, cfg["loss"], cfg["margin"], int(data["train_y"].max()) + 1)
-    model = ray.train.torch.prepare_model(objective)
-    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(Objective(head, cfg["loss"], cfg["margin"], int(data["train_y"].max()) + 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
-    groups = training.groups(data["train_y"])[rank::world]  # each worker its own identities
+    groups = training.groups(data["train_y"])[worker.rank :: worker.world]  # each worker its own identities
     x, y = torch.tensor(data["train_x"]), torch.tensor(data["train_y"])  # copies: ray.get gives read-only arrays
-    if first == 0 and rank == 0:
-        history = [{"epoch": -1, **_evaluate(head, data, device)}]  # the untrained head, for comparison
-    for epoch in range(first, cfg["epochs"]):
-        rng = np.random.default_rng([cfg["seed"], rank, epoch])
-        speed, total = trainer.Throughput(), 0.0
-        model.train()
+
+    def batches(rng: np.random.Generator):
         for _ in range(cfg["steps"]):
             rows = torch.from_numpy(training.pk_batch(groups, cfg["p"], cfg["k"], rng))
-            loss = model(x[rows].to(device), y[rows].to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            speed.add(len(rows))
-        metrics = {"epoch": epoch, "loss": total / cfg["steps"], "samples_per_s": speed.rate() * world}
-        if rank == 0:
-            metrics |= _evaluate(head, data, device)
-        history.append(metrics)
-        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
+            yield x[rows].to(worker.device), y[rows].to(worker.device)
+
+    trainer.train_epochs(model, optimizer, cfg, worker, batches, lambda: _evaluate(head, data, worker.device))
 
 
 def _evaluate(head: torch.nn.Module, data: dict, device: torch.device) -> dict:
@@ -207,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

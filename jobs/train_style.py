@@ -23,13 +23,16 @@ import torch
 from PIL import Image
 
 from jobs import trainer
-from jobs.runtime import JobContext, JobFailed, ensure_ray, manifest_sources, run_job
-from ops.gatys import gram
-from ops.images import ImageError, decode_image
-from ops.registry import ModelError, load, models_root
-from ops.storage import StorageError, resolve
-from ops.transformer_net import TransformerNet
-from ops.vgg import VGG16_LAYERS, LossNetwork, from_registry, random_network
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import manifest_sources
+from ops.io.errors import ImageError, JobFailed, StorageError
+from ops.io.storage import resolve
+from ops.media.images import decode_image
+from ops.models import catalogue
+from ops.style.gatys import gram
+from ops.style.transformer_net import TransformerNet
+from ops.style.vgg import VGG16_LAYERS, LossNetwork, from_registry, random_network
 
 JOB = "train_style"
 STYLE_LAYERS = list(VGG16_LAYERS)  # relu1_2, relu2_2, relu3_3, relu4_3
@@ -96,49 +99,30 @@ class Objective(torch.nn.Module):
 
 
 def _loop(cfg: dict) -> None:
-    import ray
-    import ray.train
+    """One Ray Train worker: the content images of its share, in a new order each epoch; rank 0 scores the
+    held-out image."""
     import ray.train.torch
 
-    data = ray.get(cfg["data"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(cfg["seed"])
+    data, worker = trainer.start_worker(cfg)
     vgg = random_network("vgg16", cfg["random"]) if cfg["random"] is not None else from_registry(data["vgg"])
     objective = Objective(TransformerNet(), vgg, torch.tensor(data["style"]), cfg["weights"])
     model = ray.train.torch.prepare_model(objective)
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.Adam(objective.net.parameters(), lr=cfg["lr"])
-    first, history = trainer.resume(model, optimizer, cfg["data_sha256"])
+    optimizer = torch.optim.Adam(objective.net.parameters(), lr=cfg["lr"])  # the loss network stays frozen
     images = torch.tensor(data["train"])  # (N, 3, S, S) uint8; copies: ray.get gives read-only arrays
-    mine = np.arange(len(images))[rank::world]
-    held = torch.tensor(data["test"]).float().to(device)
+    mine = np.arange(len(images))[worker.rank :: worker.world]
+    held = torch.tensor(data["test"]).float().to(worker.device)
+
+    def batches(rng: np.random.Generator):
+        order = rng.permutation(mine)
+        for start in range(0, len(order), cfg["batch"]):
+            yield (images[order[start : start + cfg["batch"]]].float().to(worker.device),)
 
     def holdout() -> dict:
         with torch.no_grad():
             content, style, _ = objective.losses(held)
         return {"holdout_content_loss": content.item(), "holdout_style_loss": style.item()}
 
-    if first == 0 and rank == 0:
-        history = [{"epoch": -1, **holdout()}]  # the untrained network, for comparison
-    for epoch in range(first, cfg["epochs"]):
-        rng = np.random.default_rng([cfg["seed"], rank, epoch])
-        order = rng.permutation(mine)
-        speed, total, steps = trainer.Throughput(), 0.0, 0
-        model.train()
-        for start in range(0, len(order), cfg["batch"]):
-            x = images[order[start : start + cfg["batch"]]].float().to(device)
-            loss = model(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-            speed.add(len(x))
-        metrics = {"epoch": epoch, "loss": total / max(steps, 1), "samples_per_s": speed.rate() * world}
-        if rank == 0:
-            metrics |= holdout()
-        history.append(metrics)
-        trainer.end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
+    trainer.train_epochs(model, optimizer, cfg, worker, batches, holdout)
 
 
 def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
@@ -155,11 +139,8 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"cannot read the style image {config.style!r}: {exc}") from None
     vgg_model = None
     if config.loss_network:
-        try:
-            vgg_model = load(config.loss_network, models_root(config.models))
-        except ModelError as exc:
-            raise JobFailed(str(exc)) from None
-        if vgg_model.card["architecture"] != "vgg16-torchvision":
+        vgg_model = catalogue.load(config.loss_network, config.models, expect="style-loss-network")
+        if vgg_model.card["architecture"] != "vgg16-torchvision":  # Johnson et al.'s layers are VGG16's
             raise JobFailed(f"{config.loss_network} is a {vgg_model.card['architecture']}, not vgg16-torchvision")
     sources, _ = manifest_sources(resolve(config.content), config.manifest_run_id, ("image",))
     crops, skipped = [], 0
@@ -211,7 +192,7 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         ctx,
         JOB,
         state["history"],
-        models_root(config.models),
+        catalogue.models_root(config.models),
         name,
         "transformer-net-pytorch-examples",
         weights,
@@ -236,4 +217,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(__spec__.name))

@@ -1,10 +1,17 @@
 """What the training jobs share: the Ray Train run (TorchTrainer, DDP, one worker per GPU or CPU workers), the
-checkpoint each epoch ends with, resuming from the last one, and the model and metrics a finished run leaves.
+epoch loop, the checkpoint each epoch ends with, resuming from the last one, and the model and metrics a finished
+run leaves.
 
-A training job gives ``fit`` a loop function that runs on every worker. The loop calls ``resume`` once, then per
-epoch trains, evaluates (rank 0) and calls ``end_epoch``, which writes the checkpoint to the object store under
-``<output>/checkpoints/<run_id>/``. Rerunning a job with the same run id resumes from its newest checkpoint: a stopped
-run loses at most one epoch, and a finished run with more ``--epochs`` trains on from where it ended.
+A training job gives ``fit`` a loop function that runs on every worker. That function is three steps:
+
+    data, worker = start_worker(cfg)                     # the job's arrays, rank, world size, device; seeded
+    model = ray.train.torch.prepare_model(Objective(...))  # the job's model and loss as one module (DDP)
+    train_epochs(model, optimizer, cfg, worker, batches, evaluate)
+
+``train_epochs`` resumes from the run's newest checkpoint, scores the untrained model (epoch -1), then per epoch
+runs the job's batches through ``loss = model(*batch)``, evaluates on rank 0 and calls ``end_epoch``, which writes
+the checkpoint under ``<output>/checkpoints/<run_id>/``. Rerunning a job with the same run id resumes: a stopped run
+loses at most one epoch, and a finished run with more ``--epochs`` trains on from where it ended.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +29,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.runtime import JobConfig, JobContext, JobFailed, ensure_ray
-from ops.registry import store_model
-from ops.schemas import TRAINING
-from ops.storage import Store
-from ops.tables import OutputRun
+from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext
+from ops.io.errors import JobFailed
+from ops.io.schemas import TRAINING
+from ops.io.storage import Store
+from ops.io.tables import OutputRun
+from ops.models.registry import store_model
 
 STATE = "state.pt"
 DIGEST = "state.pt.sha256"  # written beside it: a checkpoint that changed since (torn copy, tampering) is refused
@@ -76,6 +86,60 @@ def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: in
         raise JobFailed("training ended without a checkpoint")
     with result.checkpoint.as_directory() as folder:
         return load_state(folder)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A Ray Train worker as its loop sees itself."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+
+def start_worker(cfg: dict) -> tuple[dict, Worker]:
+    """On a worker: the job's data (from Ray's object store; arrays read-only), who this worker is, and the seed
+    set, so that every worker starts from the same weights (DDP also broadcasts them)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    data = ray.get(cfg["data"])
+    context = ray.train.get_context()
+    torch.manual_seed(cfg["seed"])
+    return data, Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: dict,
+    worker: Worker,
+    batches: Callable[[np.random.Generator], Iterable[tuple[torch.Tensor, ...]]],
+    evaluate: Callable[[], dict],
+) -> None:
+    """The epoch loop of every training job, on a worker. ``batches(rng)`` yields one epoch's batches (tensors on
+    the worker's device, the first one a row per sample); ``model(*batch)`` is the loss; ``evaluate()`` gives the
+    held-out metrics, on rank 0 only. Epoch -1 is the untrained model, scored before any step."""
+    first, history = resume(model, optimizer, cfg["data_sha256"])
+    if first == 0 and worker.rank == 0:
+        history = [{"epoch": -1, **evaluate()}]
+    for epoch in range(first, cfg["epochs"]):
+        rng = np.random.default_rng([cfg["seed"], worker.rank, epoch])  # each worker its own order, reproducibly
+        speed, total, steps = Throughput(), 0.0, 0
+        model.train()
+        for batch in batches(rng):
+            loss = model(*batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            speed.add(len(batch[0]))
+        metrics = {"epoch": epoch, "loss": total / max(steps, 1), "samples_per_s": speed.rate() * worker.world}
+        if worker.rank == 0:
+            metrics |= evaluate()
+        history.append(metrics)
+        end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
 
 
 def load_state(folder: str) -> dict:

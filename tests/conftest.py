@@ -20,7 +20,7 @@ SHARED = REPO.parent / "shared"
 VENV_BIN = Path(sys.executable).parent
 
 # Test credentials for both S3 servers, set before Ray starts so that its workers inherit them, as nodes of a real
-# cluster inherit an instance role. The endpoint is not set here: it travels with each Store (see ops/storage.py).
+# cluster inherit an instance role. The endpoint is not set here: it travels with each Store (see ops/io/storage.py).
 S3_KEY, S3_SECRET = "crossmatch-test-key", "crossmatch-test-secret"
 TEST_ENV = {
     "AWS_ACCESS_KEY_ID": S3_KEY,
@@ -143,8 +143,8 @@ def s3(request, monkeypatch) -> S3Bucket:
 @pytest.fixture
 def sample_archive(tmp_path) -> Path:
     """The sample archive in a fresh folder."""
-    from ops.samples import make_sample_archive
-    from ops.storage import resolve
+    from ops.io.storage import resolve
+    from ops.testing.samples import make_sample_archive
 
     make_sample_archive(resolve(str(tmp_path / "archive")))
     return tmp_path / "archive"
@@ -162,8 +162,8 @@ def shared_data(*parts: str) -> Path:
 def models(tmp_path_factory):
     """A models root with real weights pulled from PyPI, once per session: GE2E (Resemblyzer 0.1.4) and Silero VAD
     (silero-vad 6.2.3)."""
-    from ops.registry import pull
-    from ops.storage import resolve
+    from ops.io.storage import resolve
+    from ops.models.catalogue import pull
 
     root = resolve(str(tmp_path_factory.mktemp("models")))
     pull("ge2e-resemblyzer", root)
@@ -175,8 +175,8 @@ def models(tmp_path_factory):
 def face_models(tmp_path_factory):
     """A models root with the face models pulled from PyPI, once per session: MTCNN (facenet-pytorch 2.6.0) and
     dlib's ResNet (face_recognition_models 0.3.0)."""
-    from ops.registry import pull
-    from ops.storage import resolve
+    from ops.io.storage import resolve
+    from ops.models.catalogue import pull
 
     root = resolve(str(tmp_path_factory.mktemp("face-models")))
     pull("mtcnn", root)
@@ -187,7 +187,7 @@ def face_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dlib_files(tmp_path_factory):
     """dlib's own model files from the same verified package, for the dlib-bin reference: recogniser, 5 points."""
-    from ops.registry import source_members
+    from ops.models.catalogue import source_members
 
     folder = tmp_path_factory.mktemp("dlib")
     names = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
@@ -202,7 +202,7 @@ def dlib_files(tmp_path_factory):
 @pytest.fixture(scope="session")
 def all_models(models, face_models, tmp_path_factory):
     """One models root with every model the pipeline uses (copies of the two roots above)."""
-    from ops.storage import resolve
+    from ops.io.storage import resolve
 
     root = tmp_path_factory.mktemp("all-models")
     for source in (models, face_models):
@@ -215,9 +215,9 @@ def all_models(models, face_models, tmp_path_factory):
 def pipeline_run(ray_cluster, all_models, tmp_path_factory) -> dict:
     """The pipeline over the sample archive, with labels, once per session: its output root and its marker."""
     from jobs import pipeline
-    from ops.samples import make_sample_archive
-    from ops.storage import resolve
-    from ops.tables import committed_runs
+    from ops.io.storage import resolve
+    from ops.io.tables import committed_runs
+    from ops.testing.samples import make_sample_archive
 
     base = tmp_path_factory.mktemp("pipeline")
     make_sample_archive(resolve(str(base / "archive")))

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from cluster import CLUSTER_CONFIG, REPO, requirements, submit
+from jobs.cli import parse_config
 from jobs.pipeline import PipelineConfig
-from jobs.runtime import parse_config
-from ops.tables import check_run_id
+from ops.io.tables import check_run_id
 
 KUBERAY = REPO / "cluster" / "kuberay"
 CRONTAB = REPO / "cluster" / "cron" / "crontab"

@@ -3,13 +3,13 @@
 import shutil
 
 from jobs import delete
-from ops.storage import resolve
-from ops.tables import OutputRun, committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
 from tests.conftest import new_bucket
 
 
 def _error(uri: str) -> dict:
-    return {"uri": uri, "sha256": "0" * 64, "error_type": "Test", "message": "a row to delete or keep"}
+    return {"uri": uri, "sha256": "0" * 64, "error_type": "read_error", "message": "a row to delete or keep"}
 
 
 def _files(root) -> set[str]:

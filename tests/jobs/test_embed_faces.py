@@ -5,9 +5,10 @@ import numpy as np
 from PIL import Image
 
 from jobs import embed_faces, manifest
-from ops.samples import encode_image, encode_video, portrait, speech
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.media.encode import encode_image, encode_video
+from ops.testing.samples import portrait, speech
 from tests.conftest import shared_data
 
 
@@ -58,9 +59,9 @@ def hard_archive(folder) -> dict[str, str]:
         "animated.gif": (encode_image(np.asarray(face), "gif"), "ok"),
         "crowd.jpg": (encode_image(crowd, "jpeg"), "ok"),
         "no-face.png": (encode_image(scene, "png"), "no_face"),
-        "truncated.jpg": (jpeg[: len(jpeg) // 2], "decode_error"),
+        "truncated.jpg": (jpeg[: len(jpeg) // 2], "image_decode_error"),
         "bomb.png": (_bomb(), "too_large"),
-        "corrupt.mp4": (video[:64] + bytes(range(256)) * 16, "decode_error"),
+        "corrupt.mp4": (video[:64] + bytes(range(256)) * 16, "image_decode_error"),
         "sound-only.mp4": (_audio_only_mp4(), "no_video_stream"),
         "interview.mp4": (video, "ok"),
     }

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from jobs import embed_voices, manifest
-from ops.metrics import equal_error_rate
-from ops.samples import encode_audio, encode_video, music, speech
-from ops.speaker import GE2E
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.matching.metrics import equal_error_rate
+from ops.media.encode import encode_audio, encode_video
+from ops.testing.samples import music, speech
+from ops.voices.ge2e import GE2E
 from tests.conftest import shared_data
 
 
@@ -47,8 +48,8 @@ def hard_archive(folder) -> dict[str, str]:
         "studio-96k.flac": (encode_audio(voice(3.0, 96000, seed=4), 96000, "flac"), "ok"),
         "stereo.wav": (stereo_wav(), "ok"),
         "silence.wav": (encode_audio(np.zeros(32000, np.float32), 16000, "wav"), "no_speech"),
-        "zero-length.wav": (empty_wav(), "EmptyAudio"),
-        "corrupt.wav": (b"RIFF\x24\x00\x00\x00WAVE" + bytes(range(256)) * 8, "DecodeError"),
+        "zero-length.wav": (empty_wav(), "empty_audio"),
+        "corrupt.wav": (b"RIFF\x24\x00\x00\x00WAVE" + bytes(range(256)) * 8, "audio_decode_error"),
         "truncated.flac": (flac[: len(flac) // 2], "truncated|ok"),
         "interview.mp4": (encode_video(frames, voice(2.0, 44100, seed=6), 44100, "mp4"), "ok"),
         "concert.flac": (encode_audio(music(np.random.default_rng(7), 4.0), 16000, "flac"), "no_speech"),
@@ -56,7 +57,7 @@ def hard_archive(folder) -> dict[str, str]:
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
     (folder / "no-sound.mp4").write_bytes(_silent_video(frames))
-    return {name: expected for name, (_, expected) in files.items()} | {"no-sound.mp4": "NoAudioStream"}
+    return {name: expected for name, (_, expected) in files.items()} | {"no-sound.mp4": "no_audio_stream"}
 
 
 def _silent_video(frames) -> bytes:
@@ -111,7 +112,7 @@ def test_every_source_ends_as_one_row(ray_cluster, models, tmp_path):
     summary = marker["summary"]
     assert summary["sources"] == len(expected)
     assert summary["ok"] + summary["no_speech"] + summary["truncated"] + summary["errors"] == len(expected)
-    assert summary["errors_by_type"] == {"EmptyAudio": 1, "DecodeError": 1, "NoAudioStream": 1}
+    assert summary["errors_by_type"] == {"empty_audio": 1, "audio_decode_error": 1, "no_audio_stream": 1}
     assert summary["with_speech"] == sum(r["embedding"] is not None for r in sources)
 
     # a rerun replaces: same row count, one committed run of this job
@@ -183,7 +184,7 @@ def test_speech_is_found_in_the_hamilton_clip(ray_cluster, models, tmp_path):
 
 
 def test_an_imported_ecapa_model_embeds_too(ray_cluster, models, tmp_path):
-    from ops.registry import import_checkpoint
+    from ops.models.catalogue import import_checkpoint
     from tests.ops.test_ecapa import speechbrain_checkpoint
 
     _, data = speechbrain_checkpoint(channels=(256, 256, 256, 256, 768), dim=192)
@@ -206,7 +207,7 @@ def test_an_imported_ecapa_model_embeds_too(ray_cluster, models, tmp_path):
 
 def test_s3_archive_models_and_output(ray_cluster, models, s3):
     """Decode workers and encoder actors reach the S3 server through the endpoint the driver resolved."""
-    from ops.registry import CARD, CHECKPOINT
+    from ops.models.registry import CARD, CHECKPOINT
 
     s3_models = resolve(s3.uri("models"))
     for model in ("ge2e-resemblyzer", "silero-vad"):
@@ -221,4 +222,4 @@ def test_s3_archive_models_and_output(ray_cluster, models, s3):
     sources = [r for r in read_table(out, "voices").to_pylist() if r["level"] == "source"]
     errors = [e for e in read_table(out, "errors").to_pylist() if e["job"] == "embed_voices"]
     assert [r["uri"] for r in sources] == [s3.uri("archive", "a.flac")] and sources[0]["status"] == "ok"
-    assert [(e["uri"], e["error_type"]) for e in errors] == [(s3.uri("archive", "b.mp4"), "NoAudioStream")]
+    assert [(e["uri"], e["error_type"]) for e in errors] == [(s3.uri("archive", "b.mp4"), "no_audio_stream")]

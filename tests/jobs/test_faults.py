@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from jobs import embed_faces, pipeline
-from ops.faultproxy import FaultProxy
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.testing.faultproxy import FaultProxy
 from tests.conftest import REPO, S3_KEY, S3_SECRET, new_bucket
 
 

@@ -1,4 +1,4 @@
-"""The hostile corpus (ops/hostile.py) through every job that reads media: no crash, no hang, and every object
+"""The hostile corpus (ops/testing/hostile.py) through every job that reads media: no crash, no hang, and every object
 accounted for exactly once per job, as result rows or an error row with a reason."""
 
 import time
@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from jobs import embed_faces, embed_voices, manifest, stylize
-from ops.hostile import KINDS, write_corpus
-from ops.storage import resolve
-from ops.tables import read_table
+from ops.io.storage import resolve
+from ops.io.tables import read_table
+from ops.testing.hostile import KINDS, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_the_manifest_accounts_for_every_object_by_its_real_name(corpus):
     rows = read_table(out, "manifest", "m").to_pylist() + read_table(out, "errors", "m").to_pylist()
     _once(rows, {str(base / "archive" / relpath) for relpath in written})
     errors = {r["uri"].rsplit("/", 1)[-1]: r["error_type"] for r in read_table(out, "errors", "m").to_pylist()}
-    assert errors["empty.jpg"] == "EmptyFile" and errors["wrong-magic.jpg"] == "UnknownMediaType"
+    assert errors["empty.jpg"] == "empty_file" and errors["wrong-magic.jpg"] == "unknown_media_type"
     kinds = {r["relpath"]: r["media_kind"] for r in read_table(out, "manifest", "m").to_pylist()}
     assert kinds["hostile/picture.mp3"] == "png" and kinds["hostile/sound.jpg"] == "wav"  # content, not name
 

@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 
 from jobs import manifest
-from ops.samples import SAMPLE_LAYOUT, make_sample_archive
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive
 
 LABELS = ["--label-pattern", "*/{label}/*"]
 
@@ -35,8 +35,8 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     got = {r["relpath"]: (r["media_kind"], r["stage"], r["error_type"]) for r in out}
     assert got == {
         "ok.png": ("png", None, None),
-        "empty.jpg": (None, "sniff", "EmptyFile"),
-        "text.jpg": (None, "sniff", "UnknownMediaType"),
+        "empty.jpg": (None, "sniff", "empty_file"),
+        "text.jpg": (None, "sniff", "unknown_media_type"),
         "dangling.wav": (None, "read", "StorageError"),
         "deleted.mp4": (None, "read", "StorageError"),
     }
@@ -61,8 +61,8 @@ def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive,
     assert (copy["duplicate_of"], original["duplicate_of"]) == (None, copy["uri"])  # the first uri keeps the flag off
     assert sum(r["duplicate_of"] is not None for r in by_path.values()) == 2
     assert {e["uri"].rsplit("/", 1)[-1]: e["error_type"] for e in errors.to_pylist()} == {
-        "empty.jpg": "EmptyFile",
-        "notes.txt": "UnknownMediaType",
+        "empty.jpg": "empty_file",
+        "notes.txt": "unknown_media_type",
     }
     run_ids = set(rows.column("run_id").to_pylist()) | set(errors.column("run_id").to_pylist())
     assert run_ids == {committed_runs(resolve(str(tmp_path / "out")))[0]["run_id"]}
@@ -99,9 +99,9 @@ def test_unreadable_files_become_error_rows(ray_cluster, tmp_path):
     rows, errors = accounted(tmp_path / "out")
     assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT) + 2
     reasons = {e["uri"].rsplit("/", 1)[-1]: (e["stage"], e["error_type"]) for e in errors.to_pylist()}
-    assert reasons["dangling.jpg"] == ("read", "StorageError")
+    assert reasons["dangling.jpg"] == ("read", "storage_error")
     if os.geteuid() != 0:  # root reads mode-000 files
-        assert reasons["locked.jpg"] == ("read", "StorageError")
+        assert reasons["locked.jpg"] == ("read", "storage_error")
 
 
 @pytest.mark.parametrize(

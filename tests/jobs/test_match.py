@@ -7,10 +7,10 @@ import pyarrow as pa
 import pytest
 
 from jobs import calibrate, match
-from ops.schemas import MANIFEST, faces
-from ops.search import normalise
-from ops.storage import resolve
-from ops.tables import OutputRun, read_table
+from ops.io.schemas import MANIFEST, faces
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun, read_table
+from ops.matching.search import normalise
 from tests.conftest import shared_data
 
 SHA = "ab" * 32

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 from jobs import pipeline
-from ops.samples import SAMPLE_LAYOUT, encode_image, portrait
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.media.encode import encode_image
+from ops.testing.samples import SAMPLE_LAYOUT, portrait
 
 RUN = [s for s in pipeline.STAGES if s != "crossmatch"]  # the stages that run without a joint model
 
@@ -107,8 +108,8 @@ def test_a_joint_model_adds_the_crossmatch_stage_and_the_report_shows_it(pipelin
     one's quality is tested in test_train_crossmodal)."""
     import torch
 
-    from ops.heads import JOINT_MODEL, JointModel
-    from ops.registry import store_model
+    from ops.matching.heads import JOINT_MODEL, JointModel
+    from ops.models.registry import store_model
 
     results = resolve(str(pipeline_run["results"]))
     faces, voices = read_table(results, "faces", "pl.faces"), read_table(results, "voices", "pl.voices")

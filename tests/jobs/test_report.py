@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from jobs import report
-from ops.storage import resolve
-from ops.tables import committed_runs
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs
 
 # The system's Chromium (Debian's package: `make test` installs it); Playwright only drives it.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,7 +46,7 @@ def test_the_report_opens_from_the_file_with_every_part_shown(pipeline_run, brow
     for label in ("inputs", "faces found", "speech segments", "errors"):
         assert label in counts
     errors = page.get_by_test_id("errors").inner_text()
-    assert "EmptyFile" in errors and "UnknownMediaType" in errors  # the broken sample files, by type
+    assert "empty_file" in errors and "unknown_media_type" in errors  # the broken sample files, by type
 
     for table in ("faces", "voices"):
         assert page.get_by_test_id(f"calibration-{table}").is_visible()

@@ -8,13 +8,14 @@ import torch
 from PIL import Image
 
 from jobs import manifest, stylize
-from ops.gatys import Losses
-from ops.registry import import_checkpoint
-from ops.samples import encode_image, portrait
-from ops.storage import resolve
-from ops.tables import read_table
-from ops.transformer_net import TransformerNet
-from ops.vgg import random_network
+from ops.io.storage import resolve
+from ops.io.tables import read_table
+from ops.media.encode import encode_image
+from ops.models.catalogue import import_checkpoint
+from ops.style.gatys import Losses
+from ops.style.transformer_net import TransformerNet
+from ops.style.vgg import random_network
+from ops.testing.samples import portrait
 from tests.conftest import shared_data
 
 
@@ -61,7 +62,7 @@ def test_gatys_styles_every_good_image_and_reports_every_bad_one(ray_cluster, ar
     assert sorted(r["uri"].rsplit("/", 1)[-1] for r in rows) == ["alpha.png", "colour.jpg", "grey.png"]
     assert {e["uri"].rsplit("/", 1)[-1]: e["error_type"] for e in errors} == {
         "tiny.png": "too_small",
-        "corrupt.jpg": "ImageDecodeError",
+        "corrupt.jpg": "image_decode_error",
     }
     for r in rows:
         assert r["random_weights"] and r["model_name"] == "random-vgg19-seed0" and r["method"] == "gatys"

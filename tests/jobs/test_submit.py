@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.samples import SAMPLE_LAYOUT, make_sample_archive
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive
 from tests.conftest import REPO, S3_KEY, S3_SECRET, VENV_BIN, free_port, new_bucket, wait_for_port
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from jobs import match, synthesize, train_crossmodal
-from ops.registry import load
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.models.catalogue import load
 
 
 @pytest.fixture(scope="module")

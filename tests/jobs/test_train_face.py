@@ -3,9 +3,9 @@
 import pytest
 
 from jobs import match, synthesize, train_face
-from ops.registry import load
-from ops.storage import resolve
-from ops.tables import committed_runs, read_table
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from ops.models.catalogue import load
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ def test_training_checkpoints_and_the_model_go_to_s3(ray_cluster, request, monke
 
 
 def test_a_head_refuses_embeddings_of_another_backbone(ray_cluster, people, tmp_path, caplog):
-    from ops.heads import PROJECTION_HEAD, ProjectionHead
-    from ops.registry import store_model
+    from ops.matching.heads import PROJECTION_HEAD, ProjectionHead
+    from ops.models.registry import store_model
 
     models = resolve(str(tmp_path / "m"))
     card = {"modality": "face", "input": {"model_name": "dlib-resnet-v1", "model_sha256": "f7d1", "dim": 128}}

@@ -1,0 +1,101 @@
+"""How a job's work sits on the Ray cluster: Ray started or joined, sources cut into shards balanced by size, and
+the pool of model actors beside the decoding tasks."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ops.io.storage import ObjectInfo
+
+log = logging.getLogger("crossmatch")
+
+
+def ensure_ray() -> None:
+    """Connect to RAY_ADDRESS when it is set (as under ``ray job submit``), else start a local cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        log.info("starting a local Ray cluster (set RAY_ADDRESS to use a running one)")
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    import ray.data
+
+    # Our own progress lines read better in `ray job logs` than Ray Data's redrawn bars and plan dumps.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+# Several shards per core keep every core busy when sizes vary; shards of at most MAX_SHARD_BYTES keep progress
+# and retries fine-grained on huge archives.
+SHARDS_PER_CPU = 4
+MAX_SHARD_BYTES = 4 << 30
+
+
+def shard(objects: list[ObjectInfo], cpus: int, min_bytes: int) -> list[list[ObjectInfo]]:
+    """Split objects into shards (one Ray task each) of similar total size, none smaller than ``min_bytes``
+    unless there is less than that in all: largest object first, each to the lightest shard."""
+    total = sum(o.size for o in objects)
+    n = min(cpus * SHARDS_PER_CPU, total // max(min_bytes, 1))
+    n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
+    heap = [(0, i) for i in range(n)]
+    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
+    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
+        load, i = heapq.heappop(heap)
+        shards[i].append(obj)
+        heapq.heappush(heap, (load + max(obj.size, 1), i))
+    return [s for s in shards if s]
+
+
+def source_blocks(sources: pa.Table, columns: list[str], cpus: int, min_bytes: int) -> list[pa.Table]:
+    """Manifest rows (these columns) in blocks balanced by size over the cores (see ``shard``)."""
+    uris = sources.column("uri").to_pylist()
+    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
+    row = {u: i for i, u in enumerate(uris)}
+    picked = sources.select(columns)
+    return [picked.take(pa.array([row[o.uri] for o in part])) for part in shard(objects, cpus, min_bytes)]
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How a job's model stage sits on the cluster: one actor per GPU beside CPU decode tasks (Ray keeps the stages
+    apart, their resources differ); without GPUs one actor per core, and Ray fuses decoding into the actors, so that
+    every core decodes and runs the model on its own sources with no hand-off between processes."""
+
+    cpus: int
+    gpus_per_actor: float
+    pool: int
+
+    def map_args(self, gpu_batch_size: int) -> dict:
+        """``map_batches`` arguments for the model stage."""
+        import ray
+
+        return {
+            "compute": ray.data.ActorPoolStrategy(size=self.pool),
+            "num_gpus": self.gpus_per_actor,
+            # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
+            "num_cpus": 0.5 if self.gpus_per_actor else 1,
+            # Fused with decoding (no GPUs), a batch size would bundle that many *sources* per task, leaving actors
+            # idle on a few large tasks; there each decoded block goes to the model as it comes.
+            "batch_size": gpu_batch_size if self.gpus_per_actor else None,
+        }
+
+
+def actor_plan(pool_size: int | None, gpus_per_actor: float | None) -> ActorPlan:
+    """The plan for the connected cluster; ``pool_size`` and ``gpus_per_actor`` override the defaults."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
+    per_actor = gpus_per_actor if gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    pool = pool_size or (max(1, int(gpus / per_actor)) if per_actor else cpus)
+    return ActorPlan(cpus, per_actor, pool)

@@ -1,0 +1,103 @@
+"""The skeleton every job over an archive's sources shares (manifest, embed_faces, embed_voices, stylize).
+
+    job = SourceJob(ctx, config, {"faces": schema})      # the output run, checked writable before any work
+    sources, _ = manifest_sources(root, run_id, ("image",))
+    ledger = SourceLedger(uris)                            # every source once: a result or an error row
+    job.write("faces", rows); job.write_errors(rows, stage="decode")
+    return job.commit(summary, "12 sources: ...")          # errors and errors_by_type added, one closing log line
+
+A job's own code is then what it does to a source; where its rows go, how failures are named and counted, and
+what it says when it commits are the same everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.cli import JobConfig
+from jobs.progress import Progress
+from jobs.runtime import JobContext
+from ops.io.errors import JobFailed, describe, error_type
+from ops.io.storage import Store
+from ops.io.tables import OutputRun, commit_marker, read_table
+
+
+class SourceJob:
+    """One job's output run: its result tables (listed in the commit even when empty), its error rows counted by
+    type, and the commit with the closing log line."""
+
+    def __init__(self, ctx: JobContext, config: JobConfig, tables: dict[str, pa.Schema]) -> None:
+        self.ctx, self.config, self.tables = ctx, config, dict(tables)
+        self.out = OutputRun(ctx.output, ctx.run_id, ctx.job)
+        self.out.check_writable()  # fail now, not after hours of work
+        for name, schema in self.tables.items():
+            self.out.write(name, schema.empty_table(), schema)
+        self.errors_by_type: Counter[str] = Counter()
+
+    def write(self, table: str, data: pa.Table) -> None:
+        """Rows of one of the job's tables (invisible until the commit)."""
+        self.out.write(table, data, self.tables[table])
+
+    def write_errors(self, rows: list[dict], stage: str | None = None) -> None:
+        """Error rows (uri, sha256, error_type, message, stage), each type from the vocabulary (ops.io.errors)."""
+        self.out.write_errors(rows, stage)
+        self.errors_by_type.update(r["error_type"] for r in rows)
+
+    def commit(self, summary: dict, headline: str | None = None) -> dict:
+        """Commit every table at once; the summary gains ``errors`` and ``errors_by_type``. Logs ``headline`` (what
+        the run found) and where the run was committed."""
+        summary = summary | {"errors": sum(self.errors_by_type.values()), "errors_by_type": dict(self.errors_by_type)}
+        marker = self.out.commit(tables=("errors",), config=asdict(self.config), summary=summary)
+        if headline:
+            self.ctx.log.info("%s", headline)
+        tables = ", ".join(f"{name}/" for name in [*self.tables, "errors"])
+        where = commit_marker(self.ctx.output, self.ctx.run_id).uri
+        self.ctx.log.info("committed run %s: %s (tables %s)", self.ctx.run_id, where, tables)
+        return marker
+
+
+def error_row(exc: BaseException, stage: str, **fields) -> dict:
+    """An error row for one source that failed with ``exc``: its name in the vocabulary and its message."""
+    return fields | {"kind": "error", "stage": stage, "error_type": error_type(exc), "message": describe(exc)}
+
+
+def manifest_sources(root: Store, run_id: str | None, categories: tuple[str, ...]) -> tuple[pa.Table, int]:
+    """The committed manifest's rows of these media categories, by uri, and how many rows the manifest has."""
+    manifest = read_table(root, "manifest", run_id=run_id)
+    if manifest.num_rows == 0:
+        raise JobFailed(f"no committed manifest under {root.uri}: run `python -m jobs.manifest` first")
+    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(categories))).sort_by("uri")
+    uris = sources.column("uri").to_pylist()
+    if len(set(uris)) != len(uris):
+        raise JobFailed(f"the manifest under {root.uri} lists a uri twice: pass --manifest-run-id")
+    return sources, manifest.num_rows
+
+
+class SourceLedger:
+    """Every source of a job ends as exactly one result row or one error row: checked as rows arrive and before
+    anything is committed."""
+
+    def __init__(self, uris: list[str]) -> None:
+        self.uris = uris
+        self.results: dict[str, dict] = {}
+        self.errors: dict[str, dict] = {}
+        self.progress = Progress("sources", len(uris))
+
+    def report(self, row: dict) -> None:
+        """A source's final row: ``kind`` "error" for an error row, anything else for a result."""
+        if row["uri"] in self.results or row["uri"] in self.errors:
+            raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
+        (self.errors if row["kind"] == "error" else self.results)[row["uri"]] = row
+        self.progress.update(1)
+
+    def check_complete(self) -> None:
+        missing = set(self.uris) - set(self.results) - set(self.errors)
+        if missing:
+            raise JobFailed(
+                f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
+                "nothing was committed, rerun the job"
+            )

@@ -1,0 +1,155 @@
+"""Embedding sets for matching: rows of a committed ``faces/`` or ``voices/`` table as normalised vectors with keys.
+
+An item is what a score is about (``ops.matching.items``): a face, a speech segment or a whole source (its pooled
+voice, or its clearest face). Sets refuse to mix models: the provenance columns of
+every row must name one model and checkpoint. Rows whose vectors are NaN, infinite or zero are set aside with a
+reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ops.io.errors import EmbeddingError
+from ops.io.storage import Store, resolve
+from ops.io.tables import read_table
+from ops.matching import items
+from ops.matching.vectors import invalid_rows, normalise
+
+EMBEDDING_TABLES = ("faces", "voices")
+
+
+@dataclass
+class EmbeddingSet:
+    uris: list[str]
+    sha256: list[str]
+    items: list[str]
+    vectors: np.ndarray  # (N, D) float32, unit rows
+    model_name: str
+    model_sha256: str
+    invalid: list[dict]  # {uri, sha256, item, reason} of rows set aside
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def take(self, index: np.ndarray) -> EmbeddingSet:
+        index = np.asarray(index, np.int64)
+        return EmbeddingSet(
+            [self.uris[i] for i in index],
+            [self.sha256[i] for i in index],
+            [self.items[i] for i in index],
+            self.vectors[index],
+            self.model_name,
+            self.model_sha256,
+            [],
+        )
+
+
+def read_embeddings(root: Store, table: str, run_id: str | None = None, per_source: bool = False) -> EmbeddingSet:
+    """The committed embeddings of ``table`` under ``root``: every face or speech segment, or with ``per_source``
+    one item per source (a voice source's pooled embedding; an image or video's clearest face: the largest, then
+    the most confident)."""
+    return embedding_set(read_committed(root, table, run_id), table, per_source, root.uri)
+
+
+def read_committed(root: Store, table: str, run_id: str | None = None) -> pa.Table:
+    """The committed rows of embedding table ``table``; an error that says which job to run when there are none."""
+    if table not in EMBEDDING_TABLES:
+        raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
+    data = read_table(root, table, run_id=run_id)
+    if data.num_rows == 0:
+        raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
+    return data
+
+
+def embedding_set(data: pa.Table, table: str, per_source: bool, where: str) -> EmbeddingSet:
+    """An embedding set from rows already read (see ``read_embeddings``); ``where`` names them in errors."""
+    if table == "voices":
+        data = data.filter(pc.equal(data.column("level"), "source" if per_source else "segment"))
+        data = data.filter(pc.is_valid(data.column("embedding")))  # no_speech sources: nothing to match
+    elif per_source:
+        data = items.clearest_faces(data)
+    models = sorted(
+        set(zip(data.column("model_name").to_pylist(), data.column("model_sha256").to_pylist(), strict=True))
+    )
+    if len(models) > 1:
+        raise EmbeddingError(
+            f"{table}/ under {where} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in models)}: "
+            "pass the run id of one of them"
+        )
+    if not models:
+        raise EmbeddingError(f"{table}/ under {where} has no embeddings to match")
+    raw = np.asarray(data.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+    raw = raw.reshape(data.num_rows, -1)
+    uris, shas = data.column("uri").to_pylist(), data.column("sha256").to_pylist()
+    names = uris if per_source else items.keys(data, table)
+    bad = invalid_rows(raw)
+    invalid = [
+        {"uri": uris[i], "sha256": shas[i], "item": names[i], "reason": "the embedding is NaN, infinite or zero"}
+        for i in np.flatnonzero(bad)
+    ]
+    keep = np.flatnonzero(~bad)
+    return EmbeddingSet(
+        [uris[i] for i in keep],
+        [shas[i] for i in keep],
+        [names[i] for i in keep],
+        normalise(raw[keep]) if len(keep) else np.zeros((0, raw.shape[1]), np.float32),
+        models[0][0],
+        models[0][1],
+        invalid,
+    )
+
+
+def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
+    """Scores only mean something between embeddings of one model: same name, checkpoint and dimension."""
+    if (a.model_name, a.model_sha256) != (b.model_name, b.model_sha256) or a.dim != b.dim:
+        raise EmbeddingError(
+            f"cannot compare {a.model_name} ({a.model_sha256[:12]}, {a.dim}-d) with {b.model_name} "
+            f"({b.model_sha256[:12]}, {b.dim}-d) embeddings: match sets made by the same model"
+        )
+
+
+def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
+    """Identity labels by source uri: from a CSV with columns uri and label, else the manifest's under ``root``.
+    A CSV giving one source two identities is refused: enrolment must not guess."""
+    if not labels:
+        manifest = read_table(root, "manifest", columns=["uri", "label"])
+        pairs = zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True)
+        return {u: lab for u, lab in pairs if lab}
+    text = resolve(labels).read_bytes().decode("utf-8")
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
+        raise EmbeddingError(f"{labels} needs a header with columns uri and label")
+    found: dict[str, str] = {}
+    for row in reader:
+        if row["uri"] in found and found[row["uri"]] != row["label"]:
+            raise EmbeddingError(f"{labels} gives {row['uri']} two identities: {found[row['uri']]}, {row['label']}")
+        found[row["uri"]] = row["label"]
+    return found
+
+
+def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None) -> EmbeddingSet:
+    """``data`` mapped by a trained projection head (``jobs.train_face``): the same items, the head's vectors, the
+    head's name and sha256 as their model. Refused when the head was trained on another backbone's embeddings."""
+    from ops.matching.heads import project
+    from ops.models import catalogue
+
+    head = catalogue.load(head_ref, models, expect="face-head")
+    expected = head.card["input"]
+    if (data.model_name, data.model_sha256) != (expected["model_name"], expected["model_sha256"]):
+        raise EmbeddingError(
+            f"{head.name} was trained on {expected['model_name']} ({expected['model_sha256'][:12]}) embeddings, "
+            f"not {data.model_name} ({data.model_sha256[:12]})"
+        )
+    vectors = project(catalogue.build(head), data.vectors).numpy()
+    return EmbeddingSet(data.uris, data.sha256, data.items, vectors, head.name, head.sha256, data.invalid)

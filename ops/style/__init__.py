@@ -1,0 +1,1 @@
+"""Style transfer: VGG loss networks, Gatys optimisation and the feed-forward TransformerNet with tiling."""
