@@ -71,7 +71,7 @@ def ray_train(data_ref, steps: int, workers: int, gpus: bool, folder: str, tag: 
     }
     config |= {"lr": 1e-3, "epochs": 2, "steps": steps, "p": P, "k": K}
     start = time.perf_counter()
-    state = trainer.fit(train_face._loop, config, ctx, workers, gpus)
+    state = trainer.fit(train_face._loop, config, ctx, trainer.TrainingConfig(workers=workers, gpus=gpus))
     return state["history"][-1]["samples_per_s"], time.perf_counter() - start
 
 

@@ -24,7 +24,7 @@ false accepts on the held-out pairs; ``jobs.match crossmatch`` uses it.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels
 from ops.matching.heads import JOINT_MODEL, JointModel, project
-from ops.models.catalogue import models_root
 from ops.training import losses
 from ops.training import protocols as training
 
@@ -168,13 +167,12 @@ def _pairs(faces: EmbeddingSet, voices: EmbeddingSet, config: TrainCrossmodalCon
 
 
 def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
+    config.check()
     if config.mode not in MODES:
         raise JobFailed(f"unknown mode {config.mode!r}: use {' or '.join(MODES)}")
     loss = config.loss
     if loss not in LOSSES:
         raise JobFailed(f"unknown loss {loss!r}: use {' or '.join(LOSSES)}")
-    if config.workers < 1 or config.epochs < 1:
-        raise JobFailed("--workers and --epochs must be at least 1")
     root = resolve(config.embeddings)
     faces = read_embeddings(root, "faces", config.faces_run_id, per_source=True)
     voices = read_embeddings(root, "voices", config.voices_run_id, per_source=True)
@@ -212,7 +210,7 @@ def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
         "p": config.identities_per_batch,
         "k": config.per_identity,
     }
-    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    state = trainer.fit(_loop, loop_config, ctx, config)
     last = state["history"][-1]
     untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
     weights = {k.removeprefix("model."): v for k, v in state["model"].items() if k.startswith("model.")}
@@ -235,12 +233,7 @@ def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
             "untrained_holdout": {k: v for k, v in untrained.items() if k != "epoch"},
         },
     }
-    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
-    models = models_root(config.models)
-    name = config.name or ctx.run_id
-    marker = trainer.finish(
-        ctx, JOB, state["history"], models, name, JOINT_MODEL, weights, source, card, asdict(config)
-    )
+    marker = trainer.finish(ctx, config, state["history"], JOINT_MODEL, weights, card)
     ctx.log.info(
         "held out: 1:2 voice->face %.3f, face->voice %.3f (untrained %.3f, %.3f), AUC %.3f, mAP %.3f after %d epochs",
         last["v2f_1of2"],

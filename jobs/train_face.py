@@ -17,7 +17,7 @@ The trained head is stored in the registry with a card naming the backbone it wa
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,7 +29,6 @@ from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import read_embeddings, read_labels
 from ops.matching.heads import PROJECTION_HEAD, ProjectionHead, project
-from ops.models.catalogue import models_root
 from ops.training import losses
 from ops.training import protocols as training
 
@@ -101,10 +100,9 @@ def _evaluate(head: torch.nn.Module, data: dict, device: torch.device) -> dict:
 
 
 def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
+    config.check()
     if config.loss not in LOSSES:
         raise JobFailed(f"unknown loss {config.loss!r}: use one of {', '.join(LOSSES)}")
-    if config.workers < 1 or config.epochs < 1:
-        raise JobFailed("--workers and --epochs must be at least 1")
     root = resolve(config.embeddings)
     faces = read_embeddings(root, "faces", config.embeddings_run_id, per_source=True)
     labels = read_labels(root, config.labels)
@@ -148,7 +146,7 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
         "p": config.identities_per_batch,
         "k": config.per_identity,
     }
-    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    state = trainer.fit(_loop, loop_config, ctx, config)
     last = state["history"][-1]
     untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
     card = {
@@ -168,13 +166,8 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
             "untrained_holdout_eer": untrained.get("eer"),
         },
     }
-    name = config.name or ctx.run_id
-    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
     weights = {k.removeprefix("head."): v for k, v in state["model"].items() if k.startswith("head.")}
-    models = models_root(config.models)
-    marker = trainer.finish(
-        ctx, JOB, state["history"], models, name, PROJECTION_HEAD, weights, source, card, asdict(config)
-    )
+    marker = trainer.finish(ctx, config, state["history"], PROJECTION_HEAD, weights, card)
     ctx.log.info(
         "held-out EER %.4f (untrained head %.4f), AUC %.4f after %d epochs",
         last["eer"],

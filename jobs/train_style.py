@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -126,6 +126,7 @@ def _loop(cfg: dict) -> None:
 
 
 def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
+    config.check()
     if config.loss_network is None and config.random_loss_network is None:
         raise JobFailed(
             "training needs a loss network: import ImageNet VGG16 weights with `python -m jobs.models import "
@@ -172,7 +173,7 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         "epochs": config.epochs,
         "batch": config.batch_size,
     }
-    state = trainer.fit(_loop, loop_config, ctx, config.workers, config.gpus)
+    state = trainer.fit(_loop, loop_config, ctx, config)
     weights = {k.removeprefix("net."): v for k, v in state["model"].items() if k.startswith("net.")}
     last = state["history"][-1]
     vgg_name = vgg_model.name if vgg_model else f"random-vgg16-seed{config.random_loss_network}"
@@ -186,20 +187,7 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         "training": {"run_id": ctx.run_id, "epochs": last["epoch"] + 1, "images": len(crops) - 1, "size": config.size}
         | {k: v for k, v in last.items() if k.startswith("holdout_")},
     }
-    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
-    name = config.name or ctx.run_id
-    marker = trainer.finish(
-        ctx,
-        JOB,
-        state["history"],
-        catalogue.models_root(config.models),
-        name,
-        "transformer-net-pytorch-examples",
-        weights,
-        source,
-        card,
-        asdict(config),
-    )
+    marker = trainer.finish(ctx, config, state["history"], "transformer-net-pytorch-examples", weights, card)
     first = next((h for h in state["history"] if h["epoch"] == -1), last)
     ctx.log.info(
         "held-out style loss %.4g untrained -> %.4g, content %.4g -> %.4g, after %d epochs",

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,8 +34,8 @@ from jobs.plan import ensure_ray
 from jobs.runtime import JobContext
 from ops.io.errors import JobFailed
 from ops.io.schemas import TRAINING
-from ops.io.storage import Store
 from ops.io.tables import OutputRun
+from ops.models import catalogue
 from ops.models.registry import store_model
 
 STATE = "state.pt"
@@ -54,10 +54,16 @@ class TrainingConfig(JobConfig):
     name: str | None = field(default=None, metadata={"help": "registry name of the trained model (default: run id)"})
     models: str | None = field(default=None, metadata={"help": "models root: models are read from and stored there"})
 
+    def check(self) -> None:
+        """Options every training job refuses the same way, before reading any data."""
+        if self.workers < 1 or self.epochs < 1:
+            raise JobFailed("--workers and --epochs must be at least 1")
 
-def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: int, gpus: bool | None) -> dict:
-    """Run ``loop`` on ``workers`` Ray Train workers (on GPUs when the cluster has them, or as ``gpus`` says);
+
+def fit(loop: Callable[[dict], None], loop_config: dict, ctx: JobContext, config: TrainingConfig) -> dict:
+    """Run ``loop`` on ``--workers`` Ray Train workers (on GPUs when the cluster has them, or as ``--gpus`` says);
     returns the state of the newest checkpoint (``model``, ``history``, ...)."""
+    workers, gpus = config.workers, config.gpus
     ensure_ray()
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -67,7 +73,7 @@ def fit(loop: Callable[[dict], None], config: dict, ctx: JobContext, workers: in
     storage = ctx.output.join("checkpoints")  # not training/: that prefix is the committed metrics table
     trainer = TorchTrainer(
         loop,
-        train_loop_config=config,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=ctx.run_id,
@@ -230,17 +236,16 @@ class Throughput:
 
 def finish(
     ctx: JobContext,
-    job: str,
+    config: TrainingConfig,
     history: list[dict],
-    models: Store,
-    name: str,
     architecture: str,
     weights: dict[str, torch.Tensor],
-    source: dict,
     card: dict,
-    config: dict,
 ) -> dict:
-    """Store the trained model in the registry and commit the run: per-epoch metrics in ``training/``."""
+    """Store the trained model in the registry (``--name``, default the run id, under ``--models``) and commit the
+    run: per-epoch metrics in ``training/``. The model's source is the run's checkpoints."""
+    job, name, models = ctx.job, config.name or ctx.run_id, catalogue.models_root(config.models)
+    source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
     stored = store_model(models, name, architecture, weights, source, card)
     out = OutputRun(ctx.output, ctx.run_id, job)
     rows = [
@@ -251,6 +256,6 @@ def finish(
     ]
     out.write("training", pa.Table.from_pylist(rows, schema=TRAINING), TRAINING)
     summary: dict[str, Any] = {"model": name, "checkpoint_sha256": stored["checkpoint_sha256"], **history[-1]}
-    marker = out.commit(config=config, summary=summary, model_card=stored)
+    marker = out.commit(config=asdict(config), summary=summary, model_card=stored)
     ctx.log.info("stored model %s (sha256 %s) under %s", name, stored["checkpoint_sha256"][:12], models.join(name).uri)
     return marker

@@ -127,6 +127,18 @@ class StorageError(UserError):
         super().__init__(redact(message))
 
 
+class NotFound(StorageError):
+    """An object or prefix that is not there (deleted, a dangling link, a wrong path)."""
+
+    error_type = "not_found"
+
+
+class PermissionDenied(StorageError):
+    """An object or prefix the credentials may not read or write."""
+
+    error_type = "permission_denied"
+
+
 class CommitError(UserError):
     """Committed output that cannot be read as asked (unknown run, newer schema, a listed file missing)."""
 

@@ -23,7 +23,7 @@ from typing import IO
 import fsspec
 import pyarrow.fs as pafs
 
-from ops.io.errors import StorageError
+from ops.io.errors import NotFound, PermissionDenied, StorageError
 
 SCHEMES = ("file", "s3")
 # Reads are streamed in chunks of this size: large enough to amortise per-call overhead on S3, small enough that
@@ -322,12 +322,12 @@ def _explain(exc: BaseException, uri: str) -> StorageError:
             "or AWS_PROFILE, or run on a node with an instance role"
         )
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text:
-        return StorageError(
+        return PermissionDenied(
             f"access denied to {uri} ({text.strip() or name}): check the S3 credentials "
             "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket policy"
         )
     if isinstance(exc, FileNotFoundError):
-        return StorageError(f"not found: {uri} ({text.strip() or name})")
+        return NotFound(f"not found: {uri} ({text.strip() or name})")
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or isinstance(
         exc, ConnectionError
     ):

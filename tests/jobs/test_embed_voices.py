@@ -185,7 +185,7 @@ def test_speech_is_found_in_the_hamilton_clip(ray_cluster, models, tmp_path):
 
 def test_an_imported_ecapa_model_embeds_too(ray_cluster, models, tmp_path):
     from ops.models.catalogue import import_checkpoint
-    from tests.ops.test_ecapa import speechbrain_checkpoint
+    from tests.ops.voices.test_ecapa import speechbrain_checkpoint
 
     _, data = speechbrain_checkpoint(channels=(256, 256, 256, 256, 768), dim=192)
     (tmp_path / "embedding_model.ckpt").write_bytes(data)

@@ -37,8 +37,8 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
         "ok.png": ("png", None, None),
         "empty.jpg": (None, "sniff", "empty_file"),
         "text.jpg": (None, "sniff", "unknown_media_type"),
-        "dangling.wav": (None, "read", "StorageError"),
-        "deleted.mp4": (None, "read", "StorageError"),
+        "dangling.wav": (None, "read", "not_found"),
+        "deleted.mp4": (None, "read", "not_found"),
     }
     assert "not found" in out[4]["message"] and "deleted.mp4" in out[4]["message"]
 
@@ -99,9 +99,9 @@ def test_unreadable_files_become_error_rows(ray_cluster, tmp_path):
     rows, errors = accounted(tmp_path / "out")
     assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT) + 2
     reasons = {e["uri"].rsplit("/", 1)[-1]: (e["stage"], e["error_type"]) for e in errors.to_pylist()}
-    assert reasons["dangling.jpg"] == ("read", "storage_error")
+    assert reasons["dangling.jpg"] == ("read", "not_found")
     if os.geteuid() != 0:  # root reads mode-000 files
-        assert reasons["locked.jpg"] == ("read", "storage_error")
+        assert reasons["locked.jpg"] == ("read", "permission_denied")
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from jobs import report
+from ops.io.schemas import schema_for
 from ops.io.storage import resolve
-from ops.io.tables import committed_runs
+from ops.io.tables import OutputRun, committed_runs
 
 # The system's Chromium (Debian's package: `make test` installs it); Playwright only drives it.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -107,3 +109,36 @@ def test_no_previews_leaves_every_thumbnail_and_clip_out(pipeline_run, tmp_path)
     assert "previews off (--no-previews)" in page
     assert "data:image/jpeg" not in page and "data:audio" not in page and 'data-testid="thumb"' not in page
     assert "data:image/png" in page  # the calibration plots are not biometric data: they stay
+
+
+def test_runs_committed_before_the_vocabulary_are_counted_under_todays_names(tmp_path):
+    """Runs written before the error vocabulary named one failure differently per job: the report reads them under
+    today's names, so that one failure is counted once."""
+    root = resolve(str(tmp_path / "results"))
+    old_names = {
+        "manifest": ["EmptyFile"],
+        "embed_faces": ["decode_error", "TooLarge"],
+        "embed_voices": ["DecodeError"],
+    }
+    for job, names in old_names.items():
+        run = OutputRun(root, f"old-{job}", job)
+        rows = [
+            {
+                "run_id": run.run_id,
+                "job": job,
+                "uri": f"{job}-{i}",
+                "stage": "decode",
+                "error_type": name,
+                "message": "m",
+            }
+            for i, name in enumerate(names)
+        ]
+        run.write("errors", pa.Table.from_pylist(rows, schema=schema_for("errors")))  # as an old run wrote them
+        run.commit(tables=("errors",))
+    assert report.main([root.uri, "--output", root.uri, "--run-id", "rep", "--no-previews"]) == 0
+    (marker,) = [m for m in committed_runs(root) if m["run_id"] == "rep"]
+    page = Path(marker["summary"]["report_uri"]).read_text()
+    for name in ("empty_file", "image_decode_error", "too_large", "audio_decode_error"):
+        assert f"<td>{name}</td>" in page
+    for name in ("EmptyFile", "decode_error", "TooLarge", "DecodeError"):
+        assert f"<td>{name}</td>" not in page

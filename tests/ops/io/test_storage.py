@@ -231,16 +231,6 @@ def test_encryption_settings_are_checked(monkeypatch):
     assert resolve("/tmp/x").sse is None  # local folders: nothing to encrypt server-side
 
 
-def test_redact_removes_credentials_and_url_passwords(monkeypatch):
-    from ops.io.redact import redact
-
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t/Key+value")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-0123456789")
-    text = "failed with s3cr3t/Key+value and token-0123456789 at https://alice:pw@minio.local:9000/b"
-    assert redact(text) == "failed with [redacted] and [redacted] at https://[redacted]@minio.local:9000/b"
-    assert redact("s3://bucket/key and /plain/path") == "s3://bucket/key and /plain/path"
-
-
 def test_an_error_row_or_marker_never_holds_a_credential(tmp_path, monkeypatch):
     from ops.io.tables import OutputRun, read_table
 

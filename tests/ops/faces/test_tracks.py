@@ -1,0 +1,35 @@
+from ops.faces.tracks import assign_tracks, clearest_per_track
+
+
+def _face(frame, index, box, direction, score=0.9, eye=20.0):
+    return {
+        "frame_index": frame,
+        "face_index": index,
+        "box": box,
+        "embedding": direction,
+        "score": score,
+        "eye_distance": eye,
+    }
+
+
+def test_two_faces_moving_side_by_side_make_two_tracks():
+    left, right = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
+    rows = []
+    for f in range(4):
+        rows.append(_face(f * 10, 0, [10 + f, 10, 60 + f, 60], left, score=0.8 + 0.01 * f))
+        rows.append(_face(f * 10, 1, [200 - f, 10, 250 - f, 60], right))
+    ids = assign_tracks(rows)
+    assert len(set(ids)) == 2
+    assert len({ids[i] for i in range(0, 8, 2)}) == 1 and len({ids[i] for i in range(1, 8, 2)}) == 1
+    for row, track in zip(rows, ids, strict=True):
+        row["track_id"] = track
+    best = clearest_per_track(rows)
+    assert len(best) == 2 and best[0]["frame_index"] == 30  # the most confident face of the left track
+
+
+def test_a_face_that_changes_identity_in_place_starts_a_new_track():
+    rows = [_face(0, 0, [10, 10, 60, 60], [1.0, 0.0]), _face(10, 0, [10, 10, 60, 60], [0.0, 1.0])]
+    assert len(set(assign_tracks(rows))) == 2
+    gap = [_face(0, 0, [10, 10, 60, 60], [1.0, 0.0])] + [_face(f, 0, [300, 300, 350, 350], [0, 1.0]) for f in (1, 2, 3)]
+    gap.append(_face(4, 1, [10, 10, 60, 60], [1.0, 0.0]))  # back after more than max_gap samples: a new track
+    assert len(set(assign_tracks(gap))) == 3
