@@ -28,7 +28,7 @@ from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
 from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
-from ops.io.errors import ImageDecodeError, ItemTimeout, JobFailed
+from ops.io.errors import ItemTimeout, JobFailed, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, faces
 from ops.io.storage import Store, resolve
 from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, sample_video
@@ -147,12 +147,12 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
                             if len(rows) >= FRAMES_PER_YIELD:
                                 yield pa.Table.from_pylist(rows, schema=_STAGED)
                                 rows = []
-                except (ImageDecodeError, ItemTimeout) as exc:
+                except (VideoDecodeError, ItemTimeout) as exc:
                     if count == 0:
                         raise
                     source |= {"status": "truncated", "message": f"{exc.error_type}: {exc}"}
                 if count == 0:
-                    raise ImageDecodeError("the video stream holds no decodable frame")
+                    raise VideoDecodeError("the video stream holds no decodable frame")
                 source |= {"frames": count, "height": size[0], "width": size[1]}
             rows.append(source)
         except Exception as exc:  # noqa: BLE001 - one source's failure is that source's error row

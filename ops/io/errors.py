@@ -47,6 +47,12 @@ class ImageDecodeError(ImageError):
     error_type = "image_decode_error"
 
 
+class VideoDecodeError(ImageError):
+    """A video whose frames cannot be decoded (not a container, or broken before its first frame)."""
+
+    error_type = "video_decode_error"
+
+
 class TooLarge(ImageError):
     error_type = "too_large"
 
@@ -207,7 +213,7 @@ LEGACY = {
     "UnknownMediaType": "unknown_media_type",
     "ImageError": "image_error",
     "image_error": "image_error",
-    "decode_error": "image_decode_error",  # embed_faces' name for ImageDecodeError
+    "decode_error": "image_decode_error",  # embed_faces' name for images and videos alike: images are the many
     "ImageDecodeError": "image_decode_error",
     "NotAnImage": "unsupported_image",
     "TooLarge": "too_large",

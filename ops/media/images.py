@@ -19,7 +19,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ops.io.errors import ImageDecodeError, NotAnImage, NoVideoStream, TooLarge
+from ops.io.errors import ImageDecodeError, NotAnImage, NoVideoStream, TooLarge, VideoDecodeError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels: beyond any camera, far below what would exhaust a worker
 
@@ -95,9 +95,9 @@ def sample_video(
     try:
         container = av.open(f, mode="r")
     except av.error.InvalidDataError as exc:
-        raise ImageDecodeError(f"not a readable container: {exc}") from None
+        raise VideoDecodeError(f"not a readable container: {exc}") from None
     except av.error.FFmpegError as exc:
-        raise ImageDecodeError(f"the container could not be opened: {exc}") from None
+        raise VideoDecodeError(f"the container could not be opened: {exc}") from None
     with container:
         if not container.streams.video:
             raise NoVideoStream("the file has no video stream")
@@ -121,4 +121,4 @@ def sample_video(
                 if taken >= max_frames:
                     return
         except av.error.FFmpegError as exc:
-            raise ImageDecodeError(f"decoding stopped at frame {index + 1}: {exc}") from None
+            raise VideoDecodeError(f"decoding stopped at frame {index + 1}: {exc}") from None

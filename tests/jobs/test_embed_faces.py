@@ -61,7 +61,7 @@ def hard_archive(folder) -> dict[str, str]:
         "no-face.png": (encode_image(scene, "png"), "no_face"),
         "truncated.jpg": (jpeg[: len(jpeg) // 2], "image_decode_error"),
         "bomb.png": (_bomb(), "too_large"),
-        "corrupt.mp4": (video[:64] + bytes(range(256)) * 16, "image_decode_error"),
+        "corrupt.mp4": (video[:64] + bytes(range(256)) * 16, "video_decode_error"),
         "sound-only.mp4": (_audio_only_mp4(), "no_video_stream"),
         "interview.mp4": (video, "ok"),
     }

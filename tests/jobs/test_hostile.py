@@ -21,6 +21,45 @@ def corpus(ray_cluster, tmp_path_factory):
     return base, written
 
 
+# Every object that fails, by job, with the vocabulary's name for its failure (ops/io/errors.py); every other
+# object of the job's media categories must have a result row.
+FAILURES = {
+    "manifest": {
+        "empty.jpg": "empty_file",
+        "empty.wav": "empty_file",
+        "random.mp4": "unknown_media_type",
+        "random.wav": "unknown_media_type",
+        "wrong-magic.jpg": "unknown_media_type",
+    },
+    "embed_faces": {
+        "absurd-size.jpg": "too_large",
+        "bomb.png": "too_large",
+        "truncated.jpg": "image_decode_error",
+        "truncated.png": "image_decode_error",
+        "truncated.mp4": "video_decode_error",
+    },
+    "embed_voices": {
+        "no-samples.wav": "empty_audio",
+        "truncated.flac": "audio_decode_error",
+        "truncated.mp4": "audio_decode_error",
+        "truncated.wav": "audio_decode_error",
+        "zero-rate.wav": "audio_decode_error",
+    },
+    "stylize": {
+        "absurd-size.jpg": "too_large",
+        "bomb.png": "too_large",
+        "one-pixel.png": "too_small",
+        "sliver.png": "too_small",
+        "truncated.jpg": "image_decode_error",
+        "truncated.png": "image_decode_error",
+    },
+}
+
+
+def _failures(by_name: dict[str, dict]) -> dict[str, str]:
+    return {name: row["error_type"] for name, row in by_name.items() if row.get("error_type")}
+
+
 def _once(rows: list[dict], expected: set[str]) -> None:
     counts = Counter(r["uri"] for r in rows)
     assert set(counts) == expected, set(counts) ^ expected
@@ -33,7 +72,7 @@ def test_the_manifest_accounts_for_every_object_by_its_real_name(corpus):
     rows = read_table(out, "manifest", "m").to_pylist() + read_table(out, "errors", "m").to_pylist()
     _once(rows, {str(base / "archive" / relpath) for relpath in written})
     errors = {r["uri"].rsplit("/", 1)[-1]: r["error_type"] for r in read_table(out, "errors", "m").to_pylist()}
-    assert errors["empty.jpg"] == "empty_file" and errors["wrong-magic.jpg"] == "unknown_media_type"
+    assert errors == FAILURES["manifest"]
     kinds = {r["relpath"]: r["media_kind"] for r in read_table(out, "manifest", "m").to_pylist()}
     assert kinds["hostile/picture.mp3"] == "png" and kinds["hostile/sound.jpg"] == "wav"  # content, not name
 
@@ -57,6 +96,7 @@ def test_faces_accounts_for_every_image_and_video_within_the_time_limit(corpus, 
     assert embed_faces.main([*argv, "--run-id", "f", "--item-timeout", "60"]) == 0
     assert time.monotonic() - started < 600
     by_name = _accounted(base, "face_sources", "embed_faces", "f", ("image", "video"))
+    assert _failures(by_name) == FAILURES["embed_faces"]
     assert by_name["bomb.png"]["error_type"] and "pixels" in by_name["bomb.png"]["message"]
     assert by_name["absurd-size.jpg"]["error_type"]
     assert by_name["cmyk.jpg"].get("status") == "ok" and by_name["grey16.png"].get("status") == "ok"
@@ -69,6 +109,7 @@ def test_voices_accounts_for_every_audio_and_video_within_the_time_limit(corpus,
     assert embed_voices.main([*argv, "--run-id", "v", "--item-timeout", "60"]) == 0
     assert time.monotonic() - started < 600
     by_name = _accounted(base, "voices", "embed_voices", "v", ("audio", "video"))
+    assert _failures(by_name) == FAILURES["embed_voices"]
     assert by_name["nan.wav"].get("status") != "ok" or by_name["nan.wav"].get("speech_seconds") == 0
     assert "absurd-duration.wav" in by_name
 
@@ -79,4 +120,4 @@ def test_stylize_accounts_for_every_image(corpus, ray_cluster):
     argv = [str(base / "out"), "--manifest-run-id", "m", "--style", str(style), "--random-loss-network", "0"]
     argv += ["--steps", "2", "--max-side", "48", "--output", str(base / "out"), "--run-id", "s"]
     assert stylize.main(argv) == 0
-    _accounted(base, "styled", "stylize", "s", ("image",))
+    assert _failures(_accounted(base, "styled", "stylize", "s", ("image",))) == FAILURES["stylize"]
