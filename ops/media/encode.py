@@ -45,7 +45,7 @@ def encode_video(frames: np.ndarray, samples: np.ndarray, rate: int, kind: str, 
     vcodec, acodec, muxer = _VIDEO_CODECS[kind]
     buf = io.BytesIO()
     with av.open(buf, "w", format=muxer, options=_BITEXACT) as out:
-        video = out.add_stream(vcodec, rate=fps)
+        video = out.add_stream(vcodec, rate=fps, options=_VIDEO_OPTIONS.get(vcodec, {}))
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         audio = out.add_stream(acodec, rate=48000 if acodec == "libopus" else rate)
         for t, rgb in enumerate(frames):
@@ -61,6 +61,9 @@ def encode_video(frames: np.ndarray, samples: np.ndarray, rate: int, kind: str, 
 
 # Muxers otherwise write dates and random stream ids: the same seed must give the same bytes (and sha256).
 _BITEXACT = {"fflags": "+bitexact"}
+# x264's macroblock-tree rate control gave other bytes run to run when an audio encoder shared the process (AAC or
+# LAME, seen on an AMD EPYC; alone it was stable): without it the same frames encode to the same bytes every time.
+_VIDEO_OPTIONS = {"libx264": {"x264-params": "mbtree=0"}}
 
 _IMAGE_CODECS = {  # kind -> (encoder, pixel format, muxer)
     "jpeg": ("mjpeg", "yuvj420p", "image2pipe"),
