@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.cli import JobConfig
-from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.plan import model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
@@ -231,30 +231,25 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     if not uris:
         return job.commit({"sources": 0})
 
-    ensure_ray()
-    import ray
-
-    plan = actor_plan(config.pool_size, config.gpus_per_actor)
-    blocks = source_blocks(sources, ["uri", "sha256", "media_category"], plan.cpus, MIN_SHARD_BYTES)
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
-    staged = ray.data.from_arrow(blocks).map_batches(
-        decode_frames,
-        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
-        batch_format="pyarrow",
-        batch_size=1,
-    )
-    embedded = staged.map_batches(
+    embedded = model_pipeline(
+        sources,
+        ["uri", "sha256", "media_category"],
+        MIN_SHARD_BYTES,
         FaceActor,
-        fn_constructor_kwargs={
+        {
             "detector_folder": detector_folder,
             "model_folder": model_folder,
             "min_face": config.min_face,
             "min_score": config.min_score,
         },
-        **plan.map_args(config.batch_size),
-        batch_format="pyarrow",
+        config.pool_size,
+        config.gpus_per_actor,
+        config.batch_size,
+        decode=decode_frames,
+        decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
+        what="face",
     )
-    ctx.log.info("%d CPUs, %d face actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
 
     ledger, frame_faces = SourceLedger(uris), Counter()
     video_faces: dict[str, list[dict]] = defaultdict(list)  # held for tracking; a video's rows are small

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.cli import JobConfig
-from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.plan import model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
@@ -209,11 +209,6 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     if not uris:
         return job.commit({"sources": 0})
 
-    ensure_ray()
-    import ray
-
-    plan = actor_plan(config.pool_size, config.gpus_per_actor)
-    blocks = source_blocks(sources, ["uri", "sha256"], plan.cpus, MIN_SHARD_BYTES)
     params = {
         k: getattr(config, k)
         for k in (
@@ -226,19 +221,19 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             "item_timeout",
         )
     }
-    staged = ray.data.from_arrow(blocks).map_batches(
-        decode_segments,
-        fn_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},
-        batch_format="pyarrow",
-        batch_size=1,
-    )
-    embedded = staged.map_batches(
+    embedded = model_pipeline(
+        sources,
+        ["uri", "sha256"],
+        MIN_SHARD_BYTES,
         VoiceEncoderActor,
-        fn_constructor_kwargs={"model_folder": folder},
-        **plan.map_args(config.batch_size),
-        batch_format="pyarrow",
+        {"model_folder": folder},
+        config.pool_size,
+        config.gpus_per_actor,
+        config.batch_size,
+        decode=decode_segments,
+        decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},
+        what="encoder",
     )
-    ctx.log.info("%d CPUs, %d encoder actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
 
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
     pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]

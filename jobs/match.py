@@ -277,7 +277,7 @@ def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) 
 def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
     if not config.head:
         return data
-    return through_head(data, config.head, config.models)
+    return through_head(data, config.head, config.models, str(best_device()))
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -99,3 +100,33 @@ def actor_plan(pool_size: int | None, gpus_per_actor: float | None) -> ActorPlan
     per_actor = gpus_per_actor if gpus_per_actor is not None else (1.0 if gpus else 0.0)
     pool = pool_size or (max(1, int(gpus / per_actor)) if per_actor else cpus)
     return ActorPlan(cpus, per_actor, pool)
+
+
+def model_pipeline(
+    sources: pa.Table,
+    columns: list[str],
+    min_bytes: int,
+    actor: type,
+    actor_kwargs: dict,
+    pool_size: int | None,
+    gpus_per_actor: float | None,
+    batch_size: int,
+    decode: Callable | None = None,
+    decode_kwargs: dict | None = None,
+    what: str = "model",
+):
+    """The sources (these manifest columns) as a Ray Data pipeline: blocks balanced by size, an optional CPU decode
+    stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on GPUs when the
+    cluster has them). Returns the dataset; iterating it runs the job."""
+    ensure_ray()
+    import ray
+
+    plan = actor_plan(pool_size, gpus_per_actor)
+    data = ray.data.from_arrow(source_blocks(sources, columns, plan.cpus, min_bytes))
+    if decode is not None:
+        data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_format="pyarrow", batch_size=1)
+    data = data.map_batches(
+        actor, fn_constructor_kwargs=actor_kwargs, **plan.map_args(batch_size), batch_format="pyarrow"
+    )
+    log.info("%d CPUs, %d %s actor(s) with %g GPU each", plan.cpus, plan.pool, what, plan.gpus_per_actor)
+    return data

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from jobs.cli import JobConfig
-from jobs.plan import actor_plan, ensure_ray, source_blocks
+from jobs.plan import model_pipeline
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
@@ -306,23 +306,18 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     ctx.log.info("%d images x %d styles (%s) of %d manifest rows", len(uris), len(styles), config.method, manifest_rows)
     if not uris:
         return job.commit({"sources": 0})
-    ensure_ray()
-    import ray
-
-    plan = actor_plan(config.pool_size, config.gpus_per_actor)
-    blocks = source_blocks(sources, ["uri", "sha256"], plan.cpus, MIN_SHARD_BYTES)
     actor_config = asdict(config) | {"run_id": ctx.run_id}
-    styled = ray.data.from_arrow(blocks).map_batches(
+    styled = model_pipeline(
+        sources,
+        ["uri", "sha256"],
+        MIN_SHARD_BYTES,
         StyleActor,
-        fn_constructor_kwargs={
-            "config": actor_config,
-            "styles": styles,
-            "out": ctx.output,
-        },
-        **plan.map_args(config.batch_size),
-        batch_format="pyarrow",
+        {"config": actor_config, "styles": styles, "out": ctx.output},
+        config.pool_size,
+        config.gpus_per_actor,
+        config.batch_size,
+        what="style",
     )
-    ctx.log.info("%d CPUs, %d style actor(s) with %g GPU each", plan.cpus, plan.pool, plan.gpus_per_actor)
     pairs = [(u, s.uri) for u in uris for s in styles]
     ledger = SourceLedger([f"{u} x {s}" for u, s in pairs])
     params = {

@@ -9,7 +9,7 @@ that one failure has one name in every job and every report.
 
 from __future__ import annotations
 
-import re
+import builtins
 
 from ops.io.redact import redact
 
@@ -233,9 +233,13 @@ LEGACY = {
 
 
 def canonical(name: str) -> str:
-    """An error type as the vocabulary names it today, whatever run wrote it."""
+    """An error type as the vocabulary names it today, whatever run wrote it: an old run's class name of a Python
+    exception as ``error_type`` would name that exception now, any other unknown name as ``unexpected_error``."""
     if name in LEGACY:
         return LEGACY[name]
     if name in vocabulary():
         return name
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()  # any other class name, in the vocabulary's style
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, BaseException):
+        return next((known for cls, known in FOREIGN if issubclass(builtin, cls)), UNEXPECTED)
+    return UNEXPECTED

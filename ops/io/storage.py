@@ -148,7 +148,7 @@ class Store:
         found = self._call(self.fs.find, base, detail=True, withdirs=False)
         if not found and not self._call(self.fs.exists, base):
             hint = "check the bucket and prefix" if self.scheme == "s3" else "check the path"
-            raise StorageError(f"nothing found at {self.uri}: it does not exist ({hint})")
+            raise NotFound(f"nothing found at {self.uri}: it does not exist ({hint})")
         if self.scheme == "file" and os.path.isfile(base):
             raise StorageError(f"{self.uri} is a file, not a folder or prefix to list")
         matcher = glob_regex(pattern)

@@ -138,7 +138,7 @@ def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
     return found
 
 
-def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None) -> EmbeddingSet:
+def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None, device: str = "cpu") -> EmbeddingSet:
     """``data`` mapped by a trained projection head (``jobs.train_face``): the same items, the head's vectors, the
     head's name and sha256 as their model. Refused when the head was trained on another backbone's embeddings."""
     from ops.matching.heads import project
@@ -151,5 +151,5 @@ def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None) -
             f"{head.name} was trained on {expected['model_name']} ({expected['model_sha256'][:12]}) embeddings, "
             f"not {data.model_name} ({data.model_sha256[:12]})"
         )
-    vectors = project(catalogue.build(head), data.vectors).numpy()
+    vectors = project(catalogue.build(head, device), data.vectors).numpy()
     return EmbeddingSet(data.uris, data.sha256, data.items, vectors, head.name, head.sha256, data.invalid)

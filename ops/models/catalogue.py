@@ -16,7 +16,7 @@ import torch
 
 from ops.io.errors import ModelError
 from ops.io.storage import Store
-from ops.models import registry
+from ops.models import registry, sources
 from ops.models.device import best_device
 from ops.models.registry import Architecture, LoadedModel, ModelSpec
 
@@ -35,6 +35,18 @@ ARCHITECTURE_MODULES = {
     "vgg16-torchvision": "ops.style.vgg",
     "vgg19-torchvision": "ops.style.vgg",
     "transformer-net-pytorch-examples": "ops.style.transformer_net",
+}
+# What to pass instead when a model is refused for its task.
+HINTS = {
+    "face-detection": "pass --detector mtcnn",
+    "face-embedding": "pass a face recogniser such as dlib-resnet-v1",
+    "face-head": "pass a head trained by jobs.train_face",
+    "speaker-embedding": "pass a speaker encoder such as ge2e-resemblyzer",
+    "speech-detection": "pass --vad-model silero-vad",
+    "voice-face-model": "pass a joint model trained by jobs.train_crossmodal",
+    "style-transfer": "pass a TransformerNet (jobs.train_style, or jobs.models import --architecture "
+    "transformer-net-pytorch-examples)",
+    "style-loss-network": "import VGG weights: jobs.models import vgg19.pth --architecture vgg19-torchvision",
 }
 # Registry models pulled from PyPI packages -> the module that defines their ModelSpec (its SPECS).
 MODEL_MODULES = {
@@ -97,7 +109,9 @@ def load_folder(folder: Store, expect: str | None = None) -> LoadedModel:
     if expect is not None:
         arch = architecture(model.card["architecture"])
         if arch.task != expect:
-            raise ModelError(f"{model.name} is a {arch.name} model ({arch.task}), not a {expect} model")
+            raise ModelError(
+                f"{model.name} is a {arch.name} model ({arch.task}), not a {expect} model: {HINTS[expect]}"
+            )
     return model
 
 
@@ -117,7 +131,10 @@ def import_checkpoint(uri: str, architecture_name: str, name: str, root: Store) 
     arch = architecture(architecture_name)
     if arch.convert is None:
         importable = sorted(n for n, a in architectures().items() if a.convert is not None)
-        raise ModelError(f"{architecture_name} models are trained by crossmatch; importable: {', '.join(importable)}")
+        raise ModelError(
+            f"{architecture_name} models are not imported from checkpoints (the registry pulls them, or crossmatch "
+            f"trains them); importable architectures: {', '.join(importable)}"
+        )
     return registry.import_checkpoint(uri, arch, name, root)
 
 
@@ -128,9 +145,7 @@ def pulled(root: Store) -> list[dict]:
 
 def source_members(name: str, members: tuple[str, ...], source_file: str | None = None) -> dict[str, bytes]:
     """Files from registry model ``name``'s verified source package, by path (e.g. dlib's other model files)."""
-    from ops.models.sources import source_members as read
-
-    return read(name, spec(name).source, members, source_file)
+    return sources.source_members(name, spec(name).source, members, source_file)
 
 
 def verified(ref: str, models: str | Store | None, expect: str) -> tuple[Store, dict]:

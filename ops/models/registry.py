@@ -119,7 +119,7 @@ def import_checkpoint(uri: str, arch: Architecture, name: str, root: Store) -> d
     key names, with a card that records the file's sha256. Returns the card."""
     architecture = arch.name
     if arch.convert is None:
-        raise ModelError(f"{architecture} models are trained by crossmatch, not imported")
+        raise ModelError(f"{architecture} has no public checkpoint layout to import")
     if "/" in name or name in ("", ".", ".."):
         raise ModelError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
     source = resolve(uri)

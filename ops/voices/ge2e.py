@@ -1,4 +1,4 @@
-"""Speaker encoders: the GE2E LSTM (Resemblyzer's pretrained weights), its mel front end, and batched embedding.
+"""The GE2E speaker encoder: the LSTM (Resemblyzer's pretrained weights), its mel front end, and batched embedding.
 
 GE2E: Wan et al., "Generalized End-to-End Loss for Speaker Verification" (ICASSP 2018). The network is three LSTM
 layers (40 mel bins -> 256), a linear layer, ReLU and L2 normalisation; an utterance is cut into partials of 160

@@ -37,5 +37,5 @@ def test_unknown_names_say_what_is_known(tmp_path):
 
     with pytest.raises(ModelError, match="unknown architecture 'nope'; known: .*vgg19-torchvision"):
         catalogue.import_checkpoint(str(tmp_path / "x.pth"), "nope", "x", resolve(str(tmp_path)))
-    with pytest.raises(ModelError, match="trained by crossmatch"):
+    with pytest.raises(ModelError, match="not imported from checkpoints"):
         catalogue.import_checkpoint(str(tmp_path / "x.pth"), "projection-head", "x", resolve(str(tmp_path)))
