@@ -7,7 +7,7 @@ OUT ?= out
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean device-bundle
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "crossmatch needs Python 3.11, got " + sys.version.split()[0]'
@@ -40,6 +40,16 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_style.py
 	$(PY) benchmarks/bench_gatys.py
 	$(PY) benchmarks/bench_soak.py
+
+# The device check's luggage (benchmarks/device_check.sh): Python 3.12 wheels of what a bare CUDA machine lacks, and
+# the models it runs, pulled and verified here (that machine reaches no network). 45 MB; .whl/ is git-ignored.
+DEVICE_WHEELS := av==18.1.0 fsspec==2026.9.0 threadpoolctl==3.8.0 webrtcvad-wheels==2.0.14.post1
+device-bundle: $(VENV)/.installed
+	$(PY) -m pip download --quiet --only-binary=:all: --no-deps --implementation cp --python-version 3.12 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  --dest .whl $(DEVICE_WHEELS)
+	for m in mtcnn ge2e-resemblyzer silero-vad; do $(PY) -m jobs.models pull $$m --models .whl/models || exit 1; done
+	du -sh .whl
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check jobs ops cluster tests benchmarks

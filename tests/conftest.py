@@ -158,30 +158,38 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory):
-    """A models root with real weights pulled from PyPI, once per session: GE2E (Resemblyzer 0.1.4) and Silero VAD
-    (silero-vad 6.2.3)."""
+# A models root with these models already pulled (the device check carries one: no network there); else they are
+# pulled from PyPI, verified, once per session.
+CARRIED_MODELS = "CROSSMATCH_TEST_MODELS"
+
+
+def _models_root(tmp_path_factory, folder: str, names: tuple[str, ...]):
     from ops.io.storage import resolve
     from ops.models.catalogue import pull
 
-    root = resolve(str(tmp_path_factory.mktemp("models")))
-    pull("ge2e-resemblyzer", root)
-    pull("silero-vad", root)
+    root = resolve(str(tmp_path_factory.mktemp(folder)))
+    carried = os.environ.get(CARRIED_MODELS)
+    for name in names:
+        if carried and (Path(carried) / name / "card.json").exists():
+            shutil.copytree(Path(carried) / name, Path(root.path) / name)
+        elif carried:
+            pytest.skip(f"{name} is not under ${CARRIED_MODELS} ({carried}) and this machine pulls nothing")
+        else:
+            pull(name, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """A models root with real weights: GE2E (Resemblyzer 0.1.4) and Silero VAD (silero-vad 6.2.3)."""
+    return _models_root(tmp_path_factory, "models", ("ge2e-resemblyzer", "silero-vad"))
 
 
 @pytest.fixture(scope="session")
 def face_models(tmp_path_factory):
-    """A models root with the face models pulled from PyPI, once per session: MTCNN (facenet-pytorch 2.6.0) and
-    dlib's ResNet (face_recognition_models 0.3.0)."""
-    from ops.io.storage import resolve
-    from ops.models.catalogue import pull
-
-    root = resolve(str(tmp_path_factory.mktemp("face-models")))
-    pull("mtcnn", root)
-    pull("dlib-resnet-v1", root)
-    return root
+    """A models root with the face models: MTCNN (facenet-pytorch 2.6.0) and dlib's ResNet (face_recognition_models
+    0.3.0)."""
+    return _models_root(tmp_path_factory, "face-models", ("mtcnn", "dlib-resnet-v1"))
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,10 @@ class FacePipeline:
 
     @torch.inference_mode()
     def __call__(self, frames: list[np.ndarray], clock: dict[str, float] | None = None) -> list[FrameFaces]:
-        """``clock``, when given, gains the seconds spent in "detect" (with alignment) and "embed"."""
-        start = self._tick()
+        """``clock``, when given, gains the seconds spent in "detect", "align" and "embed" (timing waits for the
+        device at each stage, so pass one only to measure)."""
+        timed = clock is not None
+        t = self._tick() if timed else 0.0
         results: list[FrameFaces | None] = [None] * len(frames)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, frame in enumerate(frames):
@@ -55,20 +57,20 @@ class FacePipeline:
         for members in groups.values():
             images = torch.from_numpy(np.stack([frames[i] for i in members])).to(self.device).permute(0, 3, 1, 2)
             detections = self.mtcnn.detect(images, self.config)
+            t = self._lap(clock, "detect", t) if timed else t
             idx = torch.cat([torch.full((len(d),), j, dtype=torch.long) for j, d in enumerate(detections)])
             marks = torch.cat([d.landmarks for d in detections])
             chips.append(warp(images, idx.to(self.device), marks, self.points, self.chip))
+            t = self._lap(clock, "align", t) if timed else t
             for j, d in zip(members, detections, strict=True):
                 found[j] = d
                 owners += [j] * len(d)
-        detected = self._tick()
         chips_all = torch.cat(chips) if chips else torch.zeros(0, 3, self.chip, self.chip, device=self.device)
         step = self.chip_batch
         parts = [self.encoder(chips_all[i : i + step]).float() for i in range(0, len(chips_all), step)]
         embeddings = torch.cat(parts or [torch.zeros(0, self.dim, device=self.device)]).cpu().numpy()
-        if clock is not None:
-            clock["detect"] += detected - start
-            clock["embed"] += self._tick() - detected
+        if timed:
+            self._lap(clock, "embed", t)
         sharp = sharpness(chips_all).cpu().numpy() if len(chips_all) else np.zeros(0, np.float32)
         owners_arr = np.asarray(owners, dtype=np.int64)
         for j, d in found.items():
@@ -83,6 +85,11 @@ class FacePipeline:
                 eye_distance=eye_distance(d.landmarks).numpy().astype(np.float32),
             )
         return results  # type: ignore[return-value]
+
+    def _lap(self, clock: dict[str, float], stage: str, since: float) -> float:
+        now = self._tick()
+        clock[stage] = clock.get(stage, 0.0) + now - since
+        return now
 
     def _tick(self) -> float:
         if self.device.type == "cuda":

@@ -1,0 +1,110 @@
+"""The GPU paths, on the best device this machine has (a GPU in the device check, the CPU elsewhere), checked against
+the CPU: search, detection, alignment, face and speaker embeddings, style transfer. ``pytest -m cuda tests/ops``."""
+
+import numpy as np
+import pytest
+import torch
+
+from ops.faces.align import template, warp
+from ops.faces.dlib_resnet import DlibResNet
+from ops.faces.pipeline import FacePipeline
+from ops.faces.recogniser import ready
+from ops.matching.search import ExactSearch
+from ops.models import catalogue
+from ops.models.device import best_device
+from ops.style import gatys
+from ops.style.transformer_net import TransformerNet, stylize, stylize_tiled
+from ops.style.vgg import random_network
+from ops.testing.samples import portrait, speech
+from tests.conftest import _models_root
+
+pytestmark = pytest.mark.cuda
+DEVICE = best_device()
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def mtcnn_root(tmp_path_factory):
+    return _models_root(tmp_path_factory, "mtcnn-only", ("mtcnn",))
+
+
+def test_search_on_the_device_gives_the_exact_top_k():
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((20_000, 128)).astype(np.float32)
+    queries = rng.standard_normal((300, 128)).astype(np.float32)
+    exact = ExactSearch(gallery, device=CPU).search(queries, 10)
+    for precision in ("fp32", "bf16", "fp16") if DEVICE.type == "cuda" else ("fp32",):
+        found = ExactSearch(gallery, device=DEVICE, precision=precision, backend="torch").search(queries, 10)
+        np.testing.assert_array_equal(found.ids, exact.ids)  # reduced precision finds, fp32 re-scores: exact
+        np.testing.assert_allclose(found.scores, exact.scores, atol=1e-5)
+
+
+def _frames() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(3):
+        canvas = np.full((240, 320, 3), 90, np.uint8)
+        canvas[40:200, 60:188] = portrait(rng, i, size=(160, 128))
+        frames.append(canvas)
+    return frames
+
+
+def _pipeline(root, device: torch.device) -> FacePipeline:
+    torch.manual_seed(0)  # a random recogniser: the same weights on both devices
+    recogniser = ready(DlibResNet(), DlibResNet().state_dict(), "dlib", 150, 128, device)
+    return FacePipeline(catalogue.build(catalogue.load("mtcnn", root), device), recogniser)
+
+
+def test_faces_on_the_device_match_the_cpu(mtcnn_root):
+    frames = _frames()
+    ours, cpu = _pipeline(mtcnn_root, DEVICE)(frames), _pipeline(mtcnn_root, CPU)(frames)
+    assert [len(f.scores) for f in ours] == [len(f.scores) for f in cpu] == [1, 1, 1]
+    for a, b in zip(ours, cpu, strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.5)
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.5)
+        cos = (
+            (a.embeddings * b.embeddings).sum(1)
+            / np.linalg.norm(a.embeddings, axis=1)
+            / np.linalg.norm(b.embeddings, axis=1)
+        )
+        assert cos.min() > 0.999
+
+
+def test_alignment_on_the_device_matches_the_cpu():
+    images = torch.from_numpy(np.stack(_frames())).permute(0, 3, 1, 2)
+    marks = torch.tensor([[[100.0, 90.0], [150.0, 90.0], [125.0, 120.0], [105.0, 150.0], [145.0, 150.0]]] * 3)
+    idx = torch.arange(3)
+    points = template("dlib", 150)
+    cpu = warp(images, idx, marks, points, 150)
+    ours = warp(images.to(DEVICE), idx.to(DEVICE), marks.to(DEVICE), points.to(DEVICE), 150).cpu()
+    assert (ours - cpu).abs().max() < 0.5
+
+
+def test_speaker_embeddings_on_the_device_match_the_cpu(models):
+    rng = np.random.default_rng(2)
+    waves = [speech(rng, 110.0 + 20 * i, 3.0 + i, 16000) for i in range(3)]
+    model = catalogue.load("ge2e-resemblyzer", models, expect="speaker-embedding")
+    ours = catalogue.build(model, DEVICE).embed(waves)
+    cpu = catalogue.build(model, CPU).embed(waves)
+    assert (ours * cpu).sum(1).min() > 0.9999
+
+
+def test_style_transfer_on_the_device_matches_the_cpu():
+    torch.manual_seed(3)
+    net = TransformerNet().eval()
+    images = torch.rand(2, 3, 96, 128) * 255
+    cpu = stylize(net, images)
+    ours = stylize(net.to(DEVICE), images.to(DEVICE)).cpu()
+    assert (ours - cpu).abs().max() < 0.5  # of 255
+    big = torch.rand(3, 300, 260) * 255
+    tiled = stylize_tiled(net, big.to(DEVICE), tile=128, overlap=16).cpu()
+    assert tiled.shape == big.shape and torch.isfinite(tiled).all()
+
+
+def test_gatys_on_the_device_lowers_the_objective():
+    net = random_network("vgg19", 0).to(DEVICE)
+    content, style = torch.rand(1, 3, 48, 48, device=DEVICE), torch.rand(1, 3, 48, 48, device=DEVICE)
+    with torch.no_grad():
+        _, before = gatys.Losses(net, content, style)(content)
+    image, stats = gatys.transfer(net, content, style, gatys.Settings(steps=20))
+    assert image.device.type == DEVICE.type and stats["style_loss"][0] < before.item()
