@@ -1,9 +1,11 @@
 """MTCNN face detection (Zhang et al. 2016): P-Net over an image pyramid, R-Net and O-Net on crops, five landmarks.
 
 The weights are the ones facenet-pytorch ships (``facenet_pytorch/data/{pnet,rnet,onet}.pt``, converted from the
-authors' Caffe models), loaded strictly under their own key names. The cascade is ours and batched: every image of
-a group of equal size goes through each pyramid level in one P-Net call, and every candidate of the group through
-R-Net and O-Net in one call each, on whatever device the model is on.
+authors' Caffe models), loaded strictly under their own key names. The cascade is ours and batched, on whatever
+device the model is on: images of any sizes go through each pyramid level together (each scaled on its own, then
+zero-padded to a common size in batches that waste little, the padding masked so that every image's candidates are
+its own), and every candidate of every image through R-Net and O-Net in one call each. A photo archive of mixed
+sizes therefore runs in batches, with the detections each image gives alone.
 
 Coordinates are continuous pixel edges (x right, y down; pixel i spans [i, i+1)). Crops for R-Net and O-Net are
 taken with ``roi_align`` from the raw 0-255 image, so pixels outside the image are black as in the reference
@@ -51,10 +53,34 @@ class PNet(nn.Module):
         self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
         self.conv4_1, self.conv4_2 = nn.Conv2d(32, 2, 1), nn.Conv2d(32, 4, 1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = F.max_pool2d(self.prelu1(self.conv1(x)), 2, 2, ceil_mode=True)
+    def forward(self, x: torch.Tensor, sizes: list[tuple[int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sizes``: each image's own (height, width) when the batch is zero-padded to a common size. The first
+        layer's outputs beyond them are set to -inf before the ceil-mode pooling, so that the cells inside each
+        image's own output map (``output_size``) are what that image alone gives; the cells beyond are not."""
+        x = self.prelu1(self.conv1(x))
+        if sizes is not None:
+            rows = torch.arange(x.shape[2], device=x.device)
+            cols = torch.arange(x.shape[3], device=x.device)
+            h = torch.tensor([s[0] - 2 for s in sizes], device=x.device)
+            w = torch.tensor([s[1] - 2 for s in sizes], device=x.device)
+            outside = (rows[None, :, None] >= h[:, None, None]) | (cols[None, None, :] >= w[:, None, None])
+            x = x.masked_fill(outside[:, None], float("-inf"))
+        x = F.max_pool2d(x, 2, 2, ceil_mode=True)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return _margin(self.conv4_1(x)), self.conv4_2(x)
+
+    @staticmethod
+    def output_size(height: int, width: int) -> tuple[int, int]:
+        """The output map of an input of this size: 3x3 convolution, 2x2 ceil-mode pooling, two 3x3 convolutions."""
+
+        def side(n: int) -> int:
+            n -= 2
+            pooled = -(-(n - 2) // 2) + 1
+            if (pooled - 1) * 2 >= n:  # PyTorch: the last window must start inside the input
+                pooled -= 1
+            return pooled - 4
+
+        return side(height), side(width)
 
 
 class RNet(nn.Module):
@@ -155,8 +181,13 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, thre
     return order[keep]
 
 
+# Images of different sizes share a P-Net call when zero-padding them to the largest adds at most this much area.
+MAX_PADDING = 1.5
+
+
 class MTCNN(nn.Module):
-    """``detect(images)``: uint8 or float (N, 3, H, W) RGB 0-255, all of one size -> one ``Faces`` per image."""
+    """``detect(images)``: uint8 or float RGB 0-255, a (N, 3, H, W) batch or a list of (3, H, W) images of any
+    sizes -> one ``Faces`` per image, the same as each image detected alone."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,29 +201,69 @@ class MTCNN(nn.Module):
             side *= config.factor
         return scales
 
-    def _crops(self, images: torch.Tensor, boxes: torch.Tensor, image_idx: torch.Tensor, size: int) -> torch.Tensor:
-        rois = torch.cat([image_idx[:, None].to(boxes.dtype), boxes], dim=1)
-        return _normalise(roi_align(images, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True))
+    def _crops(
+        self, images: list[torch.Tensor], boxes: torch.Tensor, image_idx: torch.Tensor, size: int
+    ) -> torch.Tensor:
+        """Crops of ``boxes`` (in their images' pixels), each from its own image: ``roi_align`` runs on images of one
+        size together (its edge handling is the image's own, so a padded canvas would change crops at the edges)."""
+        crops = torch.empty(len(boxes), 3, size, size, device=boxes.device)
+        for members in _by_size(images).values():
+            local = torch.full((len(images),), -1, dtype=torch.long, device=boxes.device)
+            local[members] = torch.arange(len(members), device=boxes.device)
+            sel = local[image_idx] >= 0
+            if sel.any():
+                rois = torch.cat([local[image_idx[sel]][:, None].to(boxes.dtype), boxes[sel]], dim=1)
+                stack = torch.stack([images[j] for j in members])
+                crops[sel] = roi_align(stack, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        return _normalise(crops)
+
+    def _pnet_level(self, images: list[torch.Tensor], members: list[int], scale: float, threshold: float) -> list:
+        """P-Net on ``members`` at one pyramid scale, batched with zero padding (see ``PNet.forward``): candidate
+        cells as (image index, y, x, margin, offsets)."""
+        scaled = [
+            F.interpolate(images[j][None], size=(int(h * scale + 1), int(w * scale + 1)), mode="area")[0]
+            for j in members
+            for h, w in [images[j].shape[-2:]]
+        ]
+        out = []
+        for chunk in _chunks(scaled):
+            sizes = [tuple(scaled[i].shape[-2:]) for i in chunk]
+            height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+            batch = torch.zeros(len(chunk), 3, height, width, device=scaled[0].device)
+            for row, i in enumerate(chunk):
+                batch[row, :, : sizes[row][0], : sizes[row][1]] = scaled[i]
+            padded = any(s != (height, width) for s in sizes)
+            margin, reg = self.pnet(_normalise(batch), sizes if padded else None)
+            valid = torch.zeros_like(margin, dtype=torch.bool)
+            for row, (h, w) in enumerate(sizes):
+                oh, ow = PNet.output_size(h, w)
+                valid[row, : max(oh, 0), : max(ow, 0)] = True
+            b, y, x = torch.nonzero(valid & (margin >= threshold), as_tuple=True)
+            owner = torch.tensor([members[i] for i in chunk], device=margin.device)[b]
+            out.append((owner, y, x, margin[b, y, x], reg[b, :, y, x]))
+        return out
 
     @torch.inference_mode()
-    def detect(self, images: torch.Tensor, config: DetectorConfig = DetectorConfig()) -> list[Faces]:
+    def detect(
+        self, images: torch.Tensor | list[torch.Tensor], config: DetectorConfig = DetectorConfig()
+    ) -> list[Faces]:
         device = next(self.parameters()).device
-        images = images.to(device=device, dtype=torch.float32)
-        n, _, height, width = images.shape
+        images = [image.to(device=device, dtype=torch.float32) for image in images]
+        n = len(images)
         t1, t2, t3 = config.thresholds
-        # Stage 1: P-Net, a 12x12 window with stride 2 at each pyramid scale.
+        # Stage 1: P-Net, a 12x12 window with stride 2 at each pyramid scale. The scales are one sequence for every
+        # image (min_face and factor fix them); an image takes part in as many as its shorter side allows.
+        levels = [self._scales(*image.shape[-2:], config) for image in images]
         found = []
-        for scale in self._scales(height, width, config):
-            size = (int(height * scale + 1), int(width * scale + 1))
-            margin, reg = self.pnet(_normalise(F.interpolate(images, size=size, mode="area")))
-            b, y, x = torch.nonzero(margin >= _logit(t1), as_tuple=True)
-            if len(b) == 0:
-                continue
-            cells = torch.stack([x, y, x, y], dim=1).to(images.dtype) * 2 + torch.tensor([0, 0, 12, 12], device=device)
-            boxes, scores = cells / scale, margin[b, y, x]
-            offsets = reg[b, :, y, x]
-            keep = _nms(boxes, scores, b, config.nms[0])
-            found.append((boxes[keep], scores[keep], offsets[keep], b[keep]))
+        for level, scale in enumerate(max(levels, key=len) if levels else []):
+            members = [j for j in range(n) if len(levels[j]) > level]
+            for b, y, x, scores, offsets in self._pnet_level(images, members, scale, _logit(t1)):
+                if len(b) == 0:
+                    continue
+                cells = torch.stack([x, y, x, y], dim=1).float() * 2 + torch.tensor([0, 0, 12, 12], device=device)
+                boxes = cells / scale
+                keep = _nms(boxes, scores, b, config.nms[0])
+                found.append((boxes[keep], scores[keep], offsets[keep], b[keep]))
         if not found:
             return [self._empty(device) for _ in range(n)]
         boxes, scores, offsets, idx = (torch.cat(parts) for parts in zip(*found, strict=True))
@@ -265,3 +336,28 @@ def _build(model: LoadedModel, device: torch.device) -> MTCNN:
 
 ARCHITECTURES = (Architecture("mtcnn", "face-detection", build=_build),)
 SPECS = (MTCNN_SPEC,)
+
+
+def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, image in enumerate(images):
+        groups.setdefault(tuple(image.shape[-2:]), []).append(j)
+    return groups
+
+
+def _chunks(scaled: list[torch.Tensor]) -> list[list[int]]:
+    """Images (indices into ``scaled``) in batches whose zero padding to the batch's largest height and width adds at
+    most MAX_PADDING times their own area: largest first, a new batch where the next would pad too much."""
+    order = sorted(range(len(scaled)), key=lambda i: -scaled[i].shape[-2] * scaled[i].shape[-1])
+    chunks: list[list[int]] = []
+    height = width = area = 0
+    for i in order:
+        h, w = scaled[i].shape[-2:]
+        grown = max(height, h) * max(width, w) * ((len(chunks[-1]) if chunks else 0) + 1)
+        if chunks and grown <= MAX_PADDING * (area + h * w):
+            chunks[-1].append(i)
+            height, width, area = max(height, h), max(width, w), area + h * w
+        else:
+            chunks.append([i])
+            height, width, area = h, w, h * w
+    return chunks

@@ -1,8 +1,8 @@
 """The face path for a batch of images: detect (MTCNN), align (five landmarks onto the recogniser's template), embed.
 
-``FacePipeline`` holds the two models on one device and works on lists of RGB frames: frames of equal size are
-detected together, and the chips of every frame are embedded together, so a GPU sees large batches whatever mix of
-photos and video frames arrives.
+``FacePipeline`` holds the two models on one device and works on lists of RGB frames: every frame goes through one
+detection cascade whatever its size (MTCNN batches mixed sizes), and the chips of every frame are embedded together,
+so a GPU sees large batches whatever mix of photos and video frames arrives.
 """
 
 from __future__ import annotations
@@ -53,18 +53,22 @@ class FacePipeline:
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, frame in enumerate(frames):
             groups.setdefault(frame.shape, []).append(i)
+        # Every frame in one detection cascade, whatever its size (MTCNN pads and masks); chips are cut from the
+        # frames of each size together.
+        # torch wants writable memory: decoded frames that are read-only views are copied (a small cost beside MTCNN).
+        tensors = [torch.from_numpy(np.require(f, requirements="W")).to(self.device).permute(2, 0, 1) for f in frames]
+        detections = self.mtcnn.detect(tensors, self.config)
+        t = self._lap(clock, "detect", t) if timed else t
         chips, owners, found = [], [], {}
         for members in groups.values():
-            images = torch.from_numpy(np.stack([frames[i] for i in members])).to(self.device).permute(0, 3, 1, 2)
-            detections = self.mtcnn.detect(images, self.config)
-            t = self._lap(clock, "detect", t) if timed else t
-            idx = torch.cat([torch.full((len(d),), j, dtype=torch.long) for j, d in enumerate(detections)])
-            marks = torch.cat([d.landmarks for d in detections])
+            images = torch.stack([tensors[i] for i in members])
+            idx = torch.cat([torch.full((len(detections[j]),), k, dtype=torch.long) for k, j in enumerate(members)])
+            marks = torch.cat([detections[j].landmarks for j in members])
             chips.append(warp(images, idx.to(self.device), marks, self.points, self.chip))
-            t = self._lap(clock, "align", t) if timed else t
-            for j, d in zip(members, detections, strict=True):
-                found[j] = d
-                owners += [j] * len(d)
+            for j in members:
+                found[j] = detections[j]
+                owners += [j] * len(detections[j])
+        t = self._lap(clock, "align", t) if timed else t
         chips_all = torch.cat(chips) if chips else torch.zeros(0, 3, self.chip, self.chip, device=self.device)
         step = self.chip_batch
         parts = [self.encoder(chips_all[i : i + step]).float() for i in range(0, len(chips_all), step)]

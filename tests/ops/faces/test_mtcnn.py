@@ -55,3 +55,34 @@ def test_finds_both_people_in_a_real_photo(mtcnn):
     assert (faces.scores > 0.99).sum() == 2
     centres = sorted(((faces.boxes[:, 0] + faces.boxes[:, 2]) / 2)[faces.scores > 0.99].tolist())
     assert centres[0] < image.shape[1] / 2 < centres[1]  # one on each side
+
+
+@pytest.mark.parametrize("height, width", [(12, 12), (13, 17), (24, 31), (101, 64), (385, 289)])
+def test_pnet_output_size_is_the_maps_own(height, width):
+    from ops.faces.mtcnn import PNet
+
+    margin, _ = PNet()(torch.zeros(1, 3, height, width))
+    assert PNet.output_size(height, width) == tuple(margin.shape[1:])
+
+
+def test_images_of_mixed_sizes_detect_together_as_each_alone(mtcnn):
+    """A photo archive's sizes all differ: they share P-Net calls (zero-padded, padding masked) and R-Net and O-Net
+    calls, with the detections each image gives alone."""
+    rng = np.random.default_rng(3)
+    images = []
+    for i, (h, w) in enumerate([(160, 128), (171, 133), (240, 320), (333, 250), (97, 145), (160, 128)]):
+        canvas = np.full((h, w, 3), 100 + 20 * i, np.uint8)
+        if h >= 160 and w >= 128:
+            y, x = (h - 160) // 2, (w - 128) // 3
+            canvas[y : y + 160, x : x + 128] = portrait(rng, i % 3)
+        images.append(canvas)
+    tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images]
+    together = mtcnn.detect(tensors)
+    found = 0
+    for tensor, mixed in zip(tensors, together, strict=True):
+        (alone,) = mtcnn.detect(tensor[None])
+        assert len(alone) == len(mixed)
+        torch.testing.assert_close(alone.boxes, mixed.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(alone.landmarks, mixed.landmarks, atol=1e-3, rtol=0)
+        found += len(alone)
+    assert found >= 4  # the portraits are found; the small flat image has none
