@@ -124,6 +124,7 @@ def faces(size: dict, device: torch.device, models: str) -> dict:
             found += len(ff.scores)
     elapsed = clock.now() - start
     clock.seconds |= stages
+    jpeg = jpeg_decoding(images, device)
     return {
         "images": len(images),
         "faces": found,
@@ -132,7 +133,20 @@ def faces(size: dict, device: torch.device, models: str) -> dict:
         "shares": clock.shares(),
         "batch": batch,
         "recogniser": weights,
+        "jpeg_decode_per_s": jpeg,
     }
+
+
+def jpeg_decoding(images: list[bytes], device: torch.device) -> dict[str, float]:
+    """640x480 JPEGs decoded per second: Pillow (what the face job uses) and torchvision's decoder on the device
+    (nvJPEG on a GPU, batched): whether decoding on the GPU would pay."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in images]
+    pillow = _median(lambda: [decode_image(b) for b in images], torch.device("cpu"))
+    decode_jpeg(data[:2], mode=ImageReadMode.RGB, device=device)  # warm-up
+    torchvision = _median(lambda: decode_jpeg(data, mode=ImageReadMode.RGB, device=device), device)
+    return {"pillow": round(len(images) / pillow, 1), f"torchvision_{device.type}": round(len(images) / torchvision, 1)}
 
 
 def voices(size: dict, device: torch.device, models: str) -> dict:
