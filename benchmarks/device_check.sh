@@ -10,14 +10,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/device}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 mkdir -p "$OUT"
 if [ ! -d .whl/models ]; then
     echo "no .whl/ here: run \`make device-bundle\` on a machine with the project installed, and bring .whl/ along" >&2
     exit 2
 fi
 site=$(mktemp -d /tmp/crossmatch-site-XXXX)
-"$PYTHON" -m pip install --quiet --no-index --no-deps --target "$site" .whl/*.whl || exit 2
+if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$site" .whl/*.whl; then
+    # No pip there: a wheel is a zip laid out for site-packages, and these need no install scripts.
+    for wheel in .whl/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site" || exit 2; done
+fi
 export PYTHONPATH="$site:$PWD" CROSSMATCH_TEST_MODELS="$PWD/.whl/models" PYTHONUNBUFFERED=1
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "no GPU visible")'
 timeout 240 "$PYTHON" -m pytest -m cuda tests/ops -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/pytest.txt"
