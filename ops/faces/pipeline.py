@@ -31,7 +31,8 @@ class FrameFaces:
 
 
 class FacePipeline:
-    """Models built once (per actor); ``__call__(frames)`` -> one ``FrameFaces`` per (H, W, 3) uint8 frame."""
+    """Models built once (per actor); ``__call__(frames)`` -> one ``FrameFaces`` per (H, W, 3) uint8 frame, a numpy
+    array or a tensor already on the device (``ops.media.images.decode_jpegs``)."""
 
     def __init__(
         self, detector: MTCNN, recogniser: FaceRecogniser, config: DetectorConfig | None = None, chip_batch: int = 256
@@ -44,7 +45,9 @@ class FacePipeline:
         self.chip, self.dim = recogniser.chip, recogniser.dim
 
     @torch.inference_mode()
-    def __call__(self, frames: list[np.ndarray], clock: dict[str, float] | None = None) -> list[FrameFaces]:
+    def __call__(
+        self, frames: list[np.ndarray | torch.Tensor], clock: dict[str, float] | None = None
+    ) -> list[FrameFaces]:
         """``clock``, when given, gains the seconds spent in "detect", "align" and "embed" (timing waits for the
         device at each stage, so pass one only to measure)."""
         timed = clock is not None
@@ -55,8 +58,7 @@ class FacePipeline:
             groups.setdefault(frame.shape, []).append(i)
         # Every frame in one detection cascade, whatever its size (MTCNN pads and masks); chips are cut from the
         # frames of each size together.
-        # torch wants writable memory: decoded frames that are read-only views are copied (a small cost beside MTCNN).
-        tensors = [torch.from_numpy(np.require(f, requirements="W")).to(self.device).permute(2, 0, 1) for f in frames]
+        tensors = [_chw(frame, self.device) for frame in frames]
         detections = self.mtcnn.detect(tensors, self.config)
         t = self._lap(clock, "detect", t) if timed else t
         chips, owners, found = [], [], {}
@@ -99,3 +101,11 @@ class FacePipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # kernels run asynchronously: time what has finished
         return time.perf_counter()
+
+
+def _chw(frame: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A (H, W, 3) frame as a (3, H, W) tensor on ``device``. torch wants writable memory: a read-only numpy view
+    (decoded frames often are) is copied, a small cost beside MTCNN."""
+    if isinstance(frame, np.ndarray):
+        frame = torch.from_numpy(np.require(frame, requirements="W"))
+    return frame.to(device).permute(2, 0, 1)

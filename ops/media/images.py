@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 import av
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ops.io.errors import ImageDecodeError, NotAnImage, NoVideoStream, TooLarge, VideoDecodeError
@@ -122,3 +123,85 @@ def sample_video(
                     return
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(f"decoding stopped at frame {index + 1}: {exc}") from None
+
+
+# EXIF orientation -> the (H, W, C) tensor operation Pillow's exif_transpose applies for it.
+_ORIENT = {
+    2: lambda x: x.flip(1),
+    3: lambda x: x.flip(0).flip(1),
+    4: lambda x: x.flip(0),
+    5: lambda x: x.transpose(0, 1),
+    6: lambda x: torch.rot90(x, -1, (0, 1)),
+    7: lambda x: x.transpose(0, 1).flip(0).flip(1),
+    8: lambda x: torch.rot90(x, 1, (0, 1)),
+}
+
+
+def decode_jpegs(
+    datas: list[bytes], device: str | torch.device, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> list[tuple[torch.Tensor, float] | Exception]:
+    """JPEGs decoded together by torchvision's decoder on ``device`` (nvJPEG on a GPU): for each, an upright
+    (H, W, 3) uint8 tensor there and its scale (as ``decode_image``: shrunk to ``max_side``, source pixels per
+    pixel), or the exception that names why it cannot be used. Headers are read on the CPU first (size limit,
+    orientation); what the device decoder does not take (not a JPEG, CMYK, a file it refuses) goes through Pillow,
+    so the result is always what ``decode_image`` would accept. Pixels may differ from Pillow's by a level or two:
+    another IDCT."""
+    device = torch.device(device)
+    out: list = [None] * len(datas)
+    todo, tensors, orient = [], [], {}
+    for i, data in enumerate(datas):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+                w, h = im.size
+                jpeg = im.format == "JPEG" and im.mode in ("RGB", "L") and 0 < w * h <= max_pixels
+                orientation = im.getexif().get(0x0112, 1) if jpeg else 1
+        except Exception:  # noqa: BLE001 - Pillow below names the failure as decode_image does
+            jpeg = False
+        if jpeg:
+            todo.append(i)
+            tensors.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            orient[i] = orientation
+    decoded = _decode_on(tensors, device)
+    for i, image in zip(todo, decoded, strict=True):
+        if image is not None:
+            rgb = _ORIENT.get(orient[i], lambda x: x)(image.permute(1, 2, 0))
+            out[i] = _shrink_tensor(rgb, max_side)
+    for i, data in enumerate(datas):
+        if out[i] is None:
+            try:
+                frame = decode_image(data, max_pixels, max_side)
+                out[i] = (torch.from_numpy(np.array(frame.rgb)).to(device), frame.scale)
+            except Exception as exc:  # noqa: BLE001 - returned, not raised: one file's failure is its own
+                out[i] = exc
+    return out
+
+
+def _decode_on(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """torchvision's decoder on ``device``, all at once; one at a time when the batch fails (None where one does)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not tensors:
+        return []
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    decoded: list[torch.Tensor | None] = []
+    for t in tensors:
+        try:
+            decoded.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            decoded.append(None)
+    return decoded
+
+
+def _shrink_tensor(rgb: torch.Tensor, max_side: int | None) -> tuple[torch.Tensor, float]:
+    h, w = rgb.shape[:2]
+    if not max_side or max(h, w) <= max_side:
+        return rgb.contiguous(), 1.0
+    scale = max(h, w) / max_side
+    size = (max(1, round(h / scale)), max(1, round(w / scale)))
+    small = torch.nn.functional.interpolate(rgb.permute(2, 0, 1)[None].float(), size=size, mode="area")
+    return small[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous(), scale

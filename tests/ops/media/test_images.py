@@ -3,10 +3,11 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ops.io.errors import ImageDecodeError, NotAnImage, NoVideoStream, TooLarge
-from ops.media.encode import encode_audio, encode_video
+from ops.media.encode import encode_audio, encode_image, encode_video
 from ops.media.images import decode_image, sample_video
 from ops.testing.samples import speech
 
@@ -89,3 +90,48 @@ def test_a_jpeg_cut_inside_its_header_is_a_decode_error_not_a_crash():
     data = encode_image(portrait(np.random.default_rng(0), 0), "jpeg")
     with pytest.raises(ImageDecodeError, match="header"):
         decode_image(data[:300])
+
+
+def _jpeg(rgb: np.ndarray, orientation: int = 1, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(rgb).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_batched_jpeg_decoding_is_pillows_upright_image(orientation):
+    from ops.media.images import decode_jpegs
+
+    rng = np.random.default_rng(orientation)
+    rgb = np.zeros((48, 80, 3), np.uint8)
+    rgb[:, :40] = 200  # left half light, a dark corner: every flip and turn shows
+    rgb[:12, :12] = 30
+    rgb += rng.integers(0, 20, rgb.shape, dtype=np.uint8)
+    data = _jpeg(rgb, orientation)
+    ((tensor, scale),) = decode_jpegs([data], "cpu")
+    pillow = decode_image(data).rgb
+    assert tuple(tensor.shape) == pillow.shape and scale == 1.0
+    assert np.abs(tensor.numpy().astype(int) - pillow.astype(int)).mean() < 1.5  # another IDCT, the same picture
+
+
+def test_batched_jpeg_decoding_falls_back_and_names_failures():
+    from ops.io.errors import ImageDecodeError, NotAnImage, TooLarge
+    from ops.media.images import decode_jpegs
+
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    good, cmyk = _jpeg(rgb), _jpeg(rgb, mode="CMYK")
+    png = encode_image(rgb, "png")
+    results = decode_jpegs([good, cmyk, png, good[:300], b"not an image", good], "cpu", max_pixels=10**6, max_side=150)
+    (a, sa), (b, sb), (c, sc) = results[0], results[1], results[2]
+    pillow = decode_image(good, max_side=150)
+    assert tuple(a.shape) == pillow.rgb.shape == (150, 100, 3) and sa == pillow.scale == 2.0
+    assert tuple(b.shape) == tuple(c.shape) == (150, 100, 3) and sb == sc == 2.0  # through Pillow
+    assert isinstance(results[3], ImageDecodeError) and isinstance(results[4], NotAnImage)
+    assert torch.equal(results[5][0], a)
+    (too_large,) = decode_jpegs([good], "cpu", max_pixels=1000)
+    assert isinstance(too_large, TooLarge)
