@@ -66,6 +66,8 @@ class PNet(nn.Module):
             outside = (rows[None, :, None] >= h[:, None, None]) | (cols[None, None, :] >= w[:, None, None])
             x = x.masked_fill(outside[:, None], float("-inf"))
         x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+        if sizes is not None:  # windows wholly in the padding: finite again, so that no convolution method (a
+            x = x.nan_to_num(neginf=0.0)  # Winograd tile, say) carries inf into an image's own cells
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
         return _margin(self.conv4_1(x)), self.conv4_2(x)
 
@@ -181,7 +183,8 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, thre
     return order[keep]
 
 
-# Images of different sizes share a P-Net call when zero-padding them to the largest adds at most this much area.
+# Images of different sizes share a P-Net call when, zero-padded to the largest, they cover at most this many times
+# their own area (the padding adds at most half).
 MAX_PADDING = 1.5
 
 
@@ -347,7 +350,7 @@ def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
 
 def _chunks(scaled: list[torch.Tensor]) -> list[list[int]]:
     """Images (indices into ``scaled``) in batches whose zero padding to the batch's largest height and width adds at
-    most MAX_PADDING times their own area: largest first, a new batch where the next would pad too much."""
+    most MAX_PADDING times their own area in all: largest first, a new batch where the next would pad too much."""
     order = sorted(range(len(scaled)), key=lambda i: -scaled[i].shape[-2] * scaled[i].shape[-1])
     chunks: list[list[int]] = []
     height = width = area = 0

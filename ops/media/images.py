@@ -138,14 +138,18 @@ _ORIENT = {
 
 
 def decode_jpegs(
-    datas: list[bytes], device: str | torch.device, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+    datas: list[bytes],
+    device: str | torch.device,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    counts: dict[str, int] | None = None,
 ) -> list[tuple[torch.Tensor, float] | Exception]:
     """JPEGs decoded together by torchvision's decoder on ``device`` (nvJPEG on a GPU): for each, an upright
     (H, W, 3) uint8 tensor there and its scale (as ``decode_image``: shrunk to ``max_side``, source pixels per
     pixel), or the exception that names why it cannot be used. Headers are read on the CPU first (size limit,
     orientation); what the device decoder does not take (not a JPEG, CMYK, a file it refuses) goes through Pillow,
     so the result is always what ``decode_image`` would accept. Pixels may differ from Pillow's by a level or two:
-    another IDCT."""
+    another IDCT. ``counts``, when given, gains how many went through the device, Pillow, or failed."""
     device = torch.device(device)
     out: list = [None] * len(datas)
     todo, tensors, orient = [], [], {}
@@ -168,6 +172,7 @@ def decode_jpegs(
         if image is not None:
             rgb = _ORIENT.get(orient[i], lambda x: x)(image.permute(1, 2, 0))
             out[i] = _shrink_tensor(rgb, max_side)
+    pillow = failed = 0
     for i, data in enumerate(datas):
         if out[i] is None:
             try:
@@ -175,6 +180,12 @@ def decode_jpegs(
                 out[i] = (torch.from_numpy(np.array(frame.rgb)).to(device), frame.scale)
             except Exception as exc:  # noqa: BLE001 - returned, not raised: one file's failure is its own
                 out[i] = exc
+                failed += 1
+            else:
+                pillow += 1
+    if counts is not None:
+        for key, n in (("device", len(datas) - pillow - failed), ("pillow", pillow), ("failed", failed)):
+            counts[key] = counts.get(key, 0) + n
     return out
 
 

@@ -108,3 +108,48 @@ def test_gatys_on_the_device_lowers_the_objective():
         _, before = gatys.Losses(net, content, style)(content)
     image, stats = gatys.transfer(net, content, style, gatys.Settings(steps=20))
     assert image.device.type == DEVICE.type and stats["style_loss"][0] < before.item()
+
+
+def test_mixed_sizes_on_the_device_detect_as_each_alone_and_as_the_cpu(mtcnn_root):
+    """The padded, masked P-Net batches on the device: each image as alone, and as on the CPU."""
+    rng = np.random.default_rng(5)
+    sizes = [(240, 320), (171, 133), (333, 250), (160, 128)]
+    frames = []
+    for i, (h, w) in enumerate(sizes):
+        canvas = np.full((h, w, 3), 90 + 10 * i, np.uint8)
+        canvas[(h - 160) // 2 : (h - 160) // 2 + 160, (w - 128) // 2 : (w - 128) // 2 + 128] = portrait(rng, i % 3)
+        frames.append(torch.from_numpy(canvas).permute(2, 0, 1))
+    mtcnn = catalogue.build(catalogue.load("mtcnn", mtcnn_root), DEVICE)
+    cpu = catalogue.build(catalogue.load("mtcnn", mtcnn_root), CPU)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full float32 convolutions: batched and alone agree to rounding
+    try:
+        together = mtcnn.detect(frames)
+        for frame, mixed, on_cpu in zip(frames, together, cpu.detect(frames), strict=True):
+            (alone,) = mtcnn.detect(frame[None])
+            assert len(mixed) == len(alone) == len(on_cpu) == 1
+            torch.testing.assert_close(mixed.boxes.cpu(), alone.boxes.cpu(), atol=1e-2, rtol=0)
+            torch.testing.assert_close(mixed.boxes.cpu(), on_cpu.boxes, atol=0.5, rtol=0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_jpegs_decode_on_the_device_as_pillow_decodes_them(orientation):
+    import io
+
+    from PIL import Image
+
+    from ops.media.images import decode_image, decode_jpegs
+
+    rgb = np.zeros((48, 80, 3), np.uint8)
+    rgb[:, :40], rgb[:12, :12] = 200, 30
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    counts: dict[str, int] = {}
+    ((tensor, _),) = decode_jpegs([buf.getvalue()], DEVICE, counts=counts)
+    pillow = decode_image(buf.getvalue()).rgb
+    assert counts == {"device": 1, "pillow": 0, "failed": 0} and tensor.device.type == DEVICE.type
+    assert np.abs(tensor.cpu().numpy().astype(int) - pillow.astype(int)).mean() < 2
