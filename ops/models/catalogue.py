@@ -104,8 +104,7 @@ def load(ref: str, models: str | Store | None = None, expect: str | None = None)
 
 def load_folder(folder: Store, expect: str | None = None) -> LoadedModel:
     """As ``load``, for a model folder already located (what actors receive)."""
-    name = registry.read_card(folder)["name"]
-    model = registry.load_folder(folder, spec(name).checkpoint_sha256 if name in MODEL_MODULES else None)
+    model = registry.load_folder(folder, _pin)
     if expect is not None:
         arch = architecture(model.card["architecture"])
         if arch.task != expect:
@@ -113,6 +112,11 @@ def load_folder(folder: Store, expect: str | None = None) -> LoadedModel:
                 f"{model.name} is a {arch.name} model ({arch.task}), not a {expect} model: {HINTS[expect]}"
             )
     return model
+
+
+def _pin(name: str) -> str | None:
+    """The converted checkpoint's sha256 the registry pins for model ``name`` (pulled models only)."""
+    return spec(name).checkpoint_sha256 if name in MODEL_MODULES else None
 
 
 def build(model: LoadedModel, device: str | torch.device | None = None) -> Any:

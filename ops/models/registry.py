@@ -165,10 +165,11 @@ def read_card(folder: Store) -> dict:
         ) from None
 
 
-def load_folder(folder: Store, pinned: str | None = None) -> LoadedModel:
-    """Read the model stored in ``folder``, only if its checkpoint matches its card (and ``pinned``, the sha256 its
-    registry entry pins, when it has one)."""
+def load_folder(folder: Store, pin: Callable[[str], str | None] = lambda name: None) -> LoadedModel:
+    """Read the model stored in ``folder``, only if its checkpoint matches its card (and ``pin(name)``, the sha256
+    its registry entry pins, when it has one)."""
     card = read_card(folder)
+    pinned = pin(card["name"])
     data = folder.join(CHECKPOINT).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != card["checkpoint_sha256"]:
