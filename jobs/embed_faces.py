@@ -4,7 +4,8 @@
 
 Sources are the committed manifest's image and video objects. A CPU stage decodes them (Pillow for images, with
 EXIF orientation; PyAV for video frames sampled at --fps); face actors pinned to GPUs detect (MTCNN), align and
-embed the faces of many frames together. ``faces/`` gets a row per face (per frame, or per track with
+embed the faces of many frames together. When the actors have GPUs, JPEG photos are not decoded by the CPU stage:
+it only reads their bytes, and the actors decode them in batches on the GPU (nvJPEG; --decode-on). ``faces/`` gets a row per face (per frame, or per track with
 --per-track), ``face_sources/`` a row per source (frames, faces, status ok / no_face / truncated), ``errors/`` a row
 per source that could not be decoded. Every source ends as exactly one face_sources row or one error row.
 """
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 
 from jobs.cli import JobConfig
-from jobs.plan import model_pipeline
+from jobs.plan import actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
@@ -31,7 +33,8 @@ from ops.faces.tracks import assign_tracks, clearest_per_track
 from ops.io.errors import ItemTimeout, JobFailed, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, faces
 from ops.io.storage import Store, resolve
-from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, sample_video
+from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, decode_jpegs, sample_video
+from ops.media.sniff import sniff
 from ops.models import catalogue
 
 JOB = "embed_faces"
@@ -66,7 +69,18 @@ class EmbedFacesConfig(JobConfig):
     per_track: bool = field(
         default=False, metadata={"run_key": True, "help": "video: one row per face track (its best face)"}
     )
-    batch_size: int = field(default=16, metadata={"help": "frames per face-actor batch (GPU)"})
+    decode_on: str = field(
+        default="auto",
+        metadata={
+            "help": "where JPEG photos are decoded: cpu (Pillow in the decode tasks), device (in the face actors, "
+            "nvJPEG on a GPU; other formats and files it refuses still by Pillow) or auto (device when the actors "
+            "have GPUs)"
+        },
+    )
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "frames per face-actor batch; the actor cuts it into passes that fit its GPU's memory"},
+    )
     pool_size: int | None = field(default=None, metadata={"help": "face actors (default: one per GPU, or per CPU)"})
     gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
 
@@ -129,7 +143,15 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
         try:
             source = {"kind": "source", "uri": uri, "sha256": sha, "media_category": category, "status": "ok"}
             if category == "image":
-                frame = decode_image(resolve(uri, endpoint_url).read_bytes(), params["max_pixels"], params["max_side"])
+                data = resolve(uri, endpoint_url).read_bytes()
+                if params["jpeg_on_device"] and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
+                    # Only the bytes travel: the face actor decodes them on its device and makes the source row.
+                    yield pa.Table.from_pylist(
+                        [{"kind": "jpeg", "uri": uri, "sha256": sha, "media_category": category, "pixels": data}],
+                        schema=_STAGED,
+                    )
+                    continue
+                frame = decode_image(data, params["max_pixels"], params["max_side"])
                 rows.append(_frame_row(uri, sha, category, frame))
                 h, w = frame.rgb.shape[:2]
                 source |= {"frames": 1, "height": round(h * frame.scale), "width": round(w * frame.scale)}
@@ -163,25 +185,55 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
 class FaceActor:
     """Loads detector and recogniser once per actor; finds and embeds the faces of a batch of frames together."""
 
-    def __init__(self, detector_folder: Store, model_folder: Store, min_face: float, min_score: float) -> None:
+    def __init__(
+        self,
+        detector_folder: Store,
+        model_folder: Store,
+        min_face: float,
+        min_score: float,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int | None = None,
+    ) -> None:
         config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
         detector = catalogue.build(catalogue.load_folder(detector_folder, "face-detection"))
         recogniser = catalogue.build(catalogue.load_folder(model_folder, "face-embedding"))
         self.pipeline = FacePipeline(detector, recogniser, config)
+        self.max_pixels, self.max_side = max_pixels, max_side
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()
-        frames = [i for i, k in enumerate(kinds) if k == "frame"]
         pixels, heights, widths = batch.column("pixels"), batch.column("height"), batch.column("width")
-        images = [
-            np.frombuffer(pixels[i].as_py(), np.uint8).reshape(heights[i].as_py(), widths[i].as_py(), 3) for i in frames
-        ]
-        found = dict(zip(frames, self.pipeline(images), strict=True))
+        images: dict[int, np.ndarray | torch.Tensor] = {}
+        scales: dict[int, float] = {}
+        failed: dict[int, Exception] = {}
+        jpegs = [i for i, k in enumerate(kinds) if k == "jpeg"]
+        decoded = decode_jpegs([pixels[i].as_py() for i in jpegs], self.pipeline.device, self.max_pixels, self.max_side)
+        for i, got in zip(jpegs, decoded, strict=True):
+            if isinstance(got, Exception):
+                failed[i] = got
+            else:
+                images[i], scales[i] = got
+        for i, k in enumerate(kinds):
+            if k == "frame":
+                shape = (heights[i].as_py(), widths[i].as_py(), 3)
+                images[i] = np.frombuffer(pixels[i].as_py(), np.uint8).reshape(shape)
+        order = sorted(images)
+        found = dict(zip(order, self.pipeline([images[i] for i in order]), strict=True))
         rows = []
         for i, row in enumerate(batch.drop_columns(["pixels"]).to_pylist()):
+            origin = {k: row[k] for k in ("uri", "sha256", "media_category")}
+            if i in failed:
+                rows.append(error_row(failed[i], "decode", **origin))
+                continue
             if i not in found:
                 rows.append(row)
                 continue
+            source = None
+            if kinds[i] == "jpeg":  # a photo decoded here: its frame row, and its source row after its faces
+                h, w = images[i].shape[:2]
+                row |= {"kind": "frame", "frame_index": 0, "height": h, "width": w, "scale": scales[i]}
+                size = {"height": round(h * scales[i]), "width": round(w * scales[i])}
+                source = origin | size | {"kind": "source", "status": "ok", "frames": 1}
             ff, scale = found[i], row["scale"]
             rows.append(row | {"faces": len(ff.scores)})
             for k in range(len(ff.scores)):
@@ -198,6 +250,8 @@ class FaceActor:
                         "embedding": ff.embeddings[k].tolist(),
                     }
                 )
+            if source is not None:
+                rows.append(source)
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
@@ -207,6 +261,8 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     model_folder, card = catalogue.verified(config.model, config.models, "face-embedding")
     if config.fps < 0 or config.max_frames < 1 or config.min_face < 12:
         raise JobFailed("--fps must be >= 0, --max-frames >= 1 and --min-face >= 12 (MTCNN's smallest window)")
+    if config.decode_on not in ("auto", "cpu", "device"):
+        raise JobFailed(f"--decode-on must be auto, cpu or device, not {config.decode_on!r}")
     dim = int(card["output_dim"])
     schema = faces(dim)
     job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES})
@@ -232,6 +288,10 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         return job.commit({"sources": 0})
 
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
+    ensure_ray()
+    on_gpus = actor_plan(config.pool_size, config.gpus_per_actor).gpus_per_actor > 0
+    params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and on_gpus)
+    ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
     embedded = model_pipeline(
         sources,
         ["uri", "sha256", "media_category"],
@@ -242,6 +302,8 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             "model_folder": model_folder,
             "min_face": config.min_face,
             "min_score": config.min_score,
+            "max_pixels": config.max_pixels,
+            "max_side": config.max_side,
         },
         config.pool_size,
         config.gpus_per_actor,

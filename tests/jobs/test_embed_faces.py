@@ -2,6 +2,7 @@ import io
 from collections import Counter
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from jobs import embed_faces, manifest
@@ -84,11 +85,14 @@ def run_both(archive, out, face_models, *extra) -> int:
     return embed_faces.main([str(out), "--output", str(out), "--models", face_models.uri, *extra])
 
 
-def test_every_source_ends_as_one_row(ray_cluster, face_models, tmp_path):
+@pytest.mark.parametrize("decode_on", ["cpu", "device"])
+def test_every_source_ends_as_one_row(ray_cluster, face_models, tmp_path, decode_on):
+    """Photos decoded by Pillow in the decode tasks, or as bytes by the face actors (torchvision's decoder on their
+    device: here the CPU's libjpeg, nvJPEG on a GPU): the same rows and the same error names either way."""
     (tmp_path / "archive").mkdir()
     expected = hard_archive(tmp_path / "archive")
     out = resolve(str(tmp_path / "out"))
-    assert run_both(tmp_path / "archive", tmp_path / "out", face_models) == 0
+    assert run_both(tmp_path / "archive", tmp_path / "out", face_models, "--decode-on", decode_on) == 0
 
     sources = {r["uri"].rsplit("/", 1)[-1]: r for r in read_table(out, "face_sources").to_pylist()}
     errors = {

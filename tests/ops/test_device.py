@@ -70,6 +70,20 @@ def test_faces_on_the_device_match_the_cpu(mtcnn_root):
         assert cos.min() > 0.999
 
 
+def test_passes_with_copies_on_a_side_stream_give_what_one_pass_gives(mtcnn_root):
+    """Host frames go through pinned memory on the copy stream, the next pass's while this one computes; the
+    pipeline's default pass size comes from the device's free memory."""
+    frames = _frames() * 3
+    whole = _pipeline(mtcnn_root, DEVICE)
+    cut = _pipeline(mtcnn_root, DEVICE)
+    cut.pass_pixels = 2 * 240 * 320  # five passes
+    if DEVICE.type == "cuda":
+        assert whole.pass_pixels and whole.pass_pixels > 100 * 640 * 480  # an H200's free memory holds hundreds
+    for a, b in zip(whole(frames), cut(frames), strict=True):
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+        np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-3)
+
+
 def test_alignment_on_the_device_matches_the_cpu():
     images = torch.from_numpy(np.stack(_frames())).permute(0, 3, 1, 2)
     marks = torch.tensor([[[100.0, 90.0], [150.0, 90.0], [125.0, 120.0], [105.0, 150.0], [145.0, 150.0]]] * 3)
