@@ -1,6 +1,9 @@
 """jobs.show: what is committed under an output root: each run, its tables and row counts, and a few rows.
 
-python -m jobs.show OUTPUT [--table manifest] [--rows 10]
+python -m jobs.show OUTPUT [--table manifest] [--rows 10] [--as-of VERSION]
+
+Reads only the rows it prints. ``--as-of`` shows a table as it was at that Delta version (``runs`` as it was then),
+until a deletion erased the files that version read.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", help="print rows of this table")
     parser.add_argument("--run-id", help="only this run")
     parser.add_argument("--rows", type=int, default=10, help="how many rows to print (default 10)")
+    parser.add_argument("--as-of", type=int, help="the --table as it was at this Delta version (time travel)")
     args = parser.parse_args(argv)
     try:
         root = resolve(args.output)
@@ -35,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in (marker.get("summary") or {}).items():
                 print(f"    {key}: {value}")
         for table in [args.table] if args.table else ["errors"]:
-            rows = read_table(root, table, run_id=args.run_id)
+            rows = read_table(root, table, run_id=args.run_id, version=args.as_of, limit=args.rows)
             if rows.num_rows:
-                print(f"\n{table} (first {min(args.rows, rows.num_rows)} of {rows.num_rows} rows):")
+                at = f", version {args.as_of}" if args.as_of is not None else ""
+                print(f"\n{table} (first {rows.num_rows} rows{at}):")
                 print(
                     rows.slice(0, args.rows).drop_columns(["run_id"]).to_pandas().to_string(max_colwidth=60)
                     if _has_pandas()

@@ -23,7 +23,7 @@ from jobs.progress import Progress
 from jobs.runtime import JobContext
 from ops.io.errors import JobFailed, describe, error_type
 from ops.io.storage import Store
-from ops.io.tables import OutputRun, commit_marker, read_table
+from ops.io.tables import OutputRun, read_table, table_store
 
 
 class SourceJob:
@@ -34,8 +34,8 @@ class SourceJob:
         self.ctx, self.config, self.tables = ctx, config, dict(tables)
         self.out = OutputRun(ctx.output, ctx.run_id, ctx.job)
         self.out.check_writable()  # fail now, not after hours of work
-        for name, schema in self.tables.items():
-            self.out.write(name, schema.empty_table(), schema)
+        for name, schema in self.tables.items():  # a table of another model's width is refused now, too
+            self.out.check_schema(name, schema)
         self.errors_by_type: Counter[str] = Counter()
 
     def write(self, table: str, data: pa.Table) -> None:
@@ -51,11 +51,11 @@ class SourceJob:
         """Commit every table at once; the summary gains ``errors`` and ``errors_by_type``. Logs ``headline`` (what
         the run found) and where the run was committed."""
         summary = summary | {"errors": sum(self.errors_by_type.values()), "errors_by_type": dict(self.errors_by_type)}
-        marker = self.out.commit(tables=("errors",), config=asdict(self.config), summary=summary)
+        marker = self.out.commit(tables=(*self.tables, "errors"), config=asdict(self.config), summary=summary)
         if headline:
             self.ctx.log.info("%s", headline)
         tables = ", ".join(f"{name}/" for name in [*self.tables, "errors"])
-        where = commit_marker(self.ctx.output, self.ctx.run_id).uri
+        where = table_store(self.ctx.output, "runs").uri
         self.ctx.log.info("committed run %s: %s (tables %s)", self.ctx.run_id, where, tables)
         return marker
 

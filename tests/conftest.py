@@ -68,16 +68,24 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    """moto in server mode (its in-process mock does not work with s3fs)."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def moto_endpoint(tmp_path_factory):
+    """moto's S3 server in a process of its own, as a real server is (delta-rs holds the GIL in some calls, which
+    would stall a server thread in this process)."""
+    port, log_path = free_port(), tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log_path, "wb") as log_file:  # a file, not a pipe: it logs every request and must never block
+        proc = subprocess.Popen(
+            [str(VENV_BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.kill()
+        raise RuntimeError(f"moto's server did not start: {log_path.read_text()[-2000:]}") from None
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Every table's explicit pyarrow schema, in one place.
 
 Each schema carries its table name and schema version in the Parquet file's key-value metadata, so a reader can
-tell what a file holds and refuse one written by a newer, incompatible version.
+tell what a file holds and refuse one written by a newer, incompatible version. Every stored row also carries the
+``attempt`` of its run that wrote it (``stored``): a row counts when its (run_id, attempt) is in ``runs``.
 """
 
 from __future__ import annotations
@@ -189,6 +190,21 @@ STYLED = _table(
     _f("random_weights", pa.bool_(), doc="true when the loss network is a seeded random one, not ImageNet's"),
 )
 
+RUNS = _table(
+    "runs",
+    _f("run_id", pa.string(), doc="the run; rows of every table with this run_id and attempt are its output"),
+    _f("attempt", pa.string(), doc="the committed attempt; rows of other attempts of the run do not count"),
+    _f("job", pa.string(), doc="the job that wrote the run"),
+    _f("started_at", pa.timestamp("us", tz="UTC")),
+    _f("committed_at", pa.timestamp("us", tz="UTC")),
+    _f("schema_version", pa.int32(), doc="the schema version the run's tables were written with"),
+    _f("crossmatch_version", pa.string(), doc="the version of crossmatch that wrote the run"),
+    _f("tables", pa.string(), doc='JSON: {table: {"rows": n, "files": n}} for every table the run wrote'),
+    _f("info", pa.string(), doc="JSON: the job's config, summary, models and their sha256, as the run reported"),
+)
+
+ATTEMPT = _f("attempt", pa.string(), doc="the attempt of the run that wrote the row (see the runs table)")
+
 TABLES: dict[str, pa.Schema] = {
     "calibrations": CALIBRATIONS,
     "manifest": MANIFEST,
@@ -197,6 +213,7 @@ TABLES: dict[str, pa.Schema] = {
     "matches": MATCHES,
     "styled": STYLED,
     "training": TRAINING,
+    "runs": RUNS,
 }
 # Tables whose embedding width depends on the model: their schema is built for a dimension.
 SIZED_TABLES = {"voices": voices, "faces": faces}
@@ -222,3 +239,11 @@ def conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     if nulls:
         raise ValueError(f"table {schema.metadata[TABLE_KEY].decode()} has nulls in required columns {nulls}")
     return data.select(schema.names).cast(schema)
+
+
+def stored(schema: pa.Schema) -> pa.Schema:
+    """The schema as rows are stored: with the ``attempt`` column after ``run_id`` (the runs table has it)."""
+    if "attempt" in schema.names:
+        return schema
+    at = schema.get_field_index("run_id") + 1
+    return schema.insert(at, ATTEMPT).with_metadata(schema.metadata)

@@ -23,8 +23,7 @@ def test_a_pipeline_run_goes_whole_and_others_stay(pipeline_run, tmp_path, capsy
     other = OutputRun(root, "keep-me", "manual")
     other.write_errors([_error("x"), _error("y")], stage="test")
     other.commit()
-    (results / "faces" / "pl.faces" / "killed-attempt").mkdir(parents=True)  # what a killed run leaves
-    (results / "faces" / "pl.faces" / "killed-attempt" / "part-00000.parquet").write_bytes(b"partial")
+    (results / "faces" / "data" / "pl.faces" / "killed-attempt-x.parquet").write_bytes(b"partial")  # a killed run's
     before = _files(results)
 
     assert delete.main([str(results), "pl", "--dry-run"]) == 0
@@ -32,7 +31,7 @@ def test_a_pipeline_run_goes_whole_and_others_stay(pipeline_run, tmp_path, capsy
 
     assert delete.main([str(results), "pl"]) == 0
     left = _files(results)
-    assert not [f for f in left if "/pl/" in f or "/pl." in f or f.startswith("_commits/pl")], left
+    assert not [f for f in left if "/pl/" in f or "/pl." in f], left
     assert [m["run_id"] for m in committed_runs(root)] == ["keep-me"]
     assert read_table(root, "errors", "keep-me").num_rows == 2
     assert delete.main([str(results), "pl"]) == 1  # nothing left to delete
@@ -47,5 +46,6 @@ def test_a_run_on_s3_goes_whole(request, monkeypatch):
         run.commit()
     root.join("styled-images", "a", "x.jpg").put_atomic(b"jpeg")
     assert delete.main([root.uri, "a"]) == 0
-    assert [o.relpath.split("/")[1] for o in root.list() if not o.relpath.startswith("_commits")] == ["b"]
+    data = [o.relpath for o in root.list() if "/data/" in o.relpath or o.relpath.startswith("styled")]
+    assert data and all(p.split("/")[2] == "b" for p in data), data
     assert [m["run_id"] for m in committed_runs(root)] == ["b"]

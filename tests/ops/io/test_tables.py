@@ -1,13 +1,16 @@
+import base64
 import json
+import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 import ops.io.tables as tables
 from ops.io.errors import CommitError, StorageError
-from ops.io.schemas import ERRORS, SCHEMA_VERSION
+from ops.io.schemas import ERRORS, SCHEMA_VERSION, faces
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun, committed_files, committed_runs, read_table
+from ops.io.tables import OutputRun, committed_runs, compact, delete_run, open_table, read_table, write_data_files
 from tests.conftest import new_bucket
 
 
@@ -25,6 +28,10 @@ def errors(n: int, run_id: str, tag: str = "") -> pa.Table:
     )
 
 
+def _files(dt) -> list[str]:
+    return pa.table(dt.get_add_actions(flatten=True)).column("path").to_pylist()
+
+
 @pytest.fixture(params=["local", "moto", "rclone"])
 def root(request, tmp_path, monkeypatch):
     if request.param == "local":
@@ -35,16 +42,17 @@ def root(request, tmp_path, monkeypatch):
 def test_nothing_is_visible_before_commit(root):
     run = OutputRun(root, "r1", "test")
     run.write("errors", errors(5, "r1"))
-    run._writers["errors"].close()  # data files exist ...
-    assert root.join("errors", "r1", run.attempt, "part-00000.parquet").exists()
-    assert read_table(root, "errors").num_rows == 0  # ... but no reader sees them
+    (written,) = run._writers["errors"].close()  # a data file exists ...
+    assert root.join("errors", written.path).exists() and written.path.startswith(f"data/r1/{run.attempt}")
+    assert read_table(root, "errors").num_rows == 0  # ... but no reader sees it
     marker = run.commit(summary={"n": 5})
-    assert marker["tables"]["errors"]["rows"] == 5 and marker["summary"] == {"n": 5}
+    assert marker["tables"]["errors"] == {"rows": 5, "files": 1} and marker["summary"] == {"n": 5}
     got = read_table(root, "errors")
     assert got.num_rows == 5 and got.schema == ERRORS
+    assert root.join("errors", "_delta_log").exists() and root.join("runs", "_delta_log").exists()
 
 
-def test_rerun_replaces_and_removes_superseded_attempts(root):
+def test_rerun_replaces_and_deletes_the_superseded_attempt(root):
     first = OutputRun(root, "r1", "test")
     first.write("errors", errors(5, "r1"))
     first.commit()
@@ -56,8 +64,8 @@ def test_rerun_replaces_and_removes_superseded_attempts(root):
     second.commit()
     got = read_table(root, "errors")
     assert sorted(got.column("uri").to_pylist()) == ["uy0", "uy1", "uy2"]
-    run_dir = root.join("errors", "r1")
-    assert [p.rsplit("/", 1)[-1] for p in run_dir.fs.ls(run_dir.path, detail=False)] == [second.attempt]
+    assert [m["attempt"] for m in committed_runs(root)] == [second.attempt]
+    assert all(p.startswith(f"data/r1/{second.attempt}") for p in _files(open_table(root, "errors")))
 
 
 def test_runs_add_up_and_can_be_read_alone(root):
@@ -72,10 +80,89 @@ def test_runs_add_up_and_can_be_read_alone(root):
         read_table(root, "errors", run_id="c")
 
 
+def test_a_driver_killed_between_table_commits_shows_the_old_run_whole(tmp_path, monkeypatch):
+    root = resolve(str(tmp_path))
+    first = OutputRun(root, "r", "test")
+    first.write("errors", errors(2, "r"))
+    first.write("training", pa.table({"run_id": ["r"], "job": ["t"], "epoch": [0], "metric": ["m"], "value": [1.0]}))
+    first.commit()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("the driver dies here")
+
+    second = OutputRun(root, "r", "test")
+    second.write("errors", errors(4, "r", "new"))
+    second.write("training", pa.table({"run_id": ["r"], "job": ["t"], "epoch": [1], "metric": ["m"], "value": [2.0]}))
+    monkeypatch.setattr(tables, "_replace_run_row", killed)
+    with pytest.raises(KeyboardInterrupt):
+        second.commit()
+    # Both tables committed the new attempt's files; the runs row still names the old attempt.
+    assert len(_files(open_table(root, "errors"))) == 2
+    assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["u0", "u1"]
+    assert read_table(root, "training").column("epoch").to_pylist() == [0]
+
+
+def test_concurrent_runs_into_one_root_lose_nothing(request, tmp_path, monkeypatch):
+    roots = {"local": resolve(str(tmp_path)), "moto": resolve(new_bucket(request, "moto", monkeypatch).uri("o"))}
+    for root in roots.values():
+        failures = []
+
+        def one(i: int, root=root) -> None:
+            try:
+                run = OutputRun(root, f"run{i}", "test")
+                run.write("errors", errors(10, f"run{i}"))
+                run.commit()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not failures
+        assert sorted(m["run_id"] for m in committed_runs(root)) == [f"run{i}" for i in range(6)]
+        assert read_table(root, "errors").num_rows == 60
+
+
+def test_workers_write_files_the_driver_commits(tmp_path):
+    root = resolve(str(tmp_path))
+    run = OutputRun(root, "w", "test")
+    for part in range(3):  # what three Ray workers return: file descriptions, never rows
+        run.add_files("errors", write_data_files(root, "errors", errors(4, "w", str(part)), None, "w", run.attempt))
+    marker = run.commit()
+    assert marker["tables"]["errors"] == {"rows": 12, "files": 3}
+    assert read_table(root, "errors").num_rows == 12
+
+
+def test_a_table_holds_one_schema(tmp_path):
+    root = resolve(str(tmp_path))
+    run = OutputRun(root, "a", "test")
+    run.write("faces", _faces(4, "a"), faces(4))
+    run.commit()
+    got = read_table(root, "faces")
+    assert got.schema.field("embedding").type == pa.list_(pa.float32(), 4)  # the width, kept
+    other = OutputRun(root, "b", "test")
+    with pytest.raises(CommitError, match="another schema"):
+        other.check_schema("faces", faces(8))  # another model's width: refused before any work
+    other.write("faces", _faces(8, "b"), faces(8))
+    with pytest.raises(CommitError, match="embedding"):
+        other.commit()
+    assert [m["run_id"] for m in committed_runs(root)] == ["a"]
+
+
+def _faces(dim: int, run_id: str) -> pa.Table:
+    schema = faces(dim)
+    row = {f.name: None for f in schema}
+    row |= {"run_id": run_id, "uri": "u", "sha256": "0" * 64, "frame_index": 0, "face_index": 0}
+    row |= {"box": [0.0] * 4, "landmarks": [0.0] * 10, "score": 1.0, "face_size": 1.0, "embedding": [0.5] * dim}
+    row |= {k: "x" for k in ("detector_name", "detector_sha256", "model_name", "model_sha256")}
+    row |= {"eye_distance": 1.0, "sharpness": 1.0}
+    return pa.Table.from_pylist([row], schema=schema)
+
+
 def test_empty_tables_are_recorded(tmp_path):
     root = resolve(str(tmp_path))
     marker = OutputRun(root, "r", "test").commit(tables=("errors",))
-    assert marker["tables"] == {"errors": {"rows": 0, "files": []}}
+    assert marker["tables"] == {"errors": {"rows": 0, "files": 0}}
     assert read_table(root, "errors").schema == ERRORS
 
 
@@ -87,24 +174,29 @@ def test_files_rotate_and_row_counts_add_up(tmp_path, monkeypatch):
     for i in range(3):
         run.write("errors", errors(4 + i, "r", str(i)))
     run.commit()
-    files = committed_files(root, "errors")
-    assert [f.rows for f in files] == [4, 5, 6]
-    assert all(f.bytes == root.join(f.path).size() for f in files)
+    actions = pa.table(open_table(root, "errors").get_add_actions(flatten=True))
+    assert sorted(actions.column("num_records").to_pylist()) == [4, 5, 6]
     assert read_table(root, "errors").num_rows == 15
 
 
-def test_newer_schema_is_refused(tmp_path):
+def test_newer_schema_and_foreign_folders_are_refused(tmp_path):
+    from deltalake import write_deltalake
+
     root = resolve(str(tmp_path))
-    OutputRun(root, "r", "test").commit(tables=("errors",))
-    marker_path = tmp_path / "_commits" / "r.json"
-    marker = json.loads(marker_path.read_text())
-    marker["schema_version"] = SCHEMA_VERSION + 1
-    marker_path.write_text(json.dumps(marker))
+    described = {
+        "schema_version": SCHEMA_VERSION + 1,
+        "arrow_schema": base64.b64encode(ERRORS.serialize().to_pybytes()).decode(),
+    }
+    write_deltalake(str(tmp_path / "errors"), errors(1, "r"), description=json.dumps(described))
     with pytest.raises(CommitError, match="newer than this crossmatch"):
-        read_table(root, "errors")
+        OutputRun(root, "r", "test").check_schema("errors", ERRORS)
+    (tmp_path / "faces" / "r").mkdir(parents=True)
+    (tmp_path / "faces" / "r" / "part-00000.parquet").write_bytes(b"old layout")
+    with pytest.raises(CommitError, match="not a Delta table"):
+        read_table(root, "faces")
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a b", "x" * 200])
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "a b", "x" * 200, "a'b"])
 def test_run_ids_are_safe_keys(tmp_path, bad):
     with pytest.raises(ValueError, match="invalid run id"):
         OutputRun(resolve(str(tmp_path)), bad, "test")
@@ -116,15 +208,88 @@ def test_abort_leaves_nothing(tmp_path):
     run.write("errors", errors(2, "r"))
     run._writers["errors"].close()
     run.abort()
-    assert not root.join("errors", "r", run.attempt).exists()
+    assert not list((tmp_path / "errors").rglob("*.parquet"))
     assert committed_runs(root) == []
 
 
-def test_write_errors_name_the_object(s3):
+def test_delete_erases_the_files_and_time_travel_reads_before(root):
+    for run_id in ("a", "b"):
+        run = OutputRun(root, run_id, "test")
+        run.write("errors", errors(3, run_id, run_id))
+        run.commit()
+    before = open_table(root, "errors").version()
+    held = [p for p in _files(open_table(root, "errors")) if p.startswith("data/a/")]
+    removed = delete_run(root, "a")
+    assert removed and all(not root.join("errors", p).exists() for p in held)  # the material is gone
+    assert [m["run_id"] for m in committed_runs(root)] == ["b"]
+    assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["ub0", "ub1", "ub2"]
+    assert read_table(root, "errors", version=before, run_id="b").num_rows == 3  # what was not erased, as it was
+    assert delete_run(root, "a") == []
 
+
+def test_compact_merges_each_runs_files_and_vacuums_orphans(tmp_path):
+    root = resolve(str(tmp_path))
+    for i in range(2):
+        run = OutputRun(root, f"r{i}", "test")
+        for part in range(4):  # four workers' files each
+            written = write_data_files(root, "errors", errors(2, f"r{i}", f"{i}{part}"), None, f"r{i}", run.attempt)
+            run.add_files("errors", written)
+        run.commit()
+    orphan = OutputRun(root, "r9", "test")  # a worker killed mid-write leaves a file nobody commits
+    orphan.write("errors", errors(2, "r9"))
+    orphan._writers["errors"].close()
+    assert len(_files(open_table(root, "errors"))) == 8
+    done = compact(root, "errors", retain_hours=0)
+    assert done["files_merged"] == 8 and done["vacuumed"] == 9  # the eight merged away and the orphan
+    assert sorted(p.split("/")[1] for p in _files(open_table(root, "errors"))) == ["r0", "r1"]
+    assert not list(Path(tmp_path / "errors" / "data" / "r9").glob("*.parquet"))
+    assert read_table(root, "errors").num_rows == 16
+    assert sorted(read_table(root, "errors", run_id="r1").column("uri").to_pylist())[:2] == ["u100", "u101"]
+
+
+def test_duckdb_reads_the_committed_runs_with_one_statement(request, monkeypatch):
+    duckdb = pytest.importorskip("duckdb")
+    import duckdb_ext
+
+    bucket = new_bucket(request, "moto", monkeypatch)
+    root = resolve(bucket.uri("out"))
+    for run_id, n in (("a", 2), ("b", 3)):
+        run = OutputRun(root, run_id, "test")
+        run.write("errors", errors(n, run_id, run_id))
+        run.commit()
+    uncommitted = OutputRun(root, "c", "test")  # committed to errors, never to runs: the driver died
+    uncommitted.write("errors", errors(4, "c"))
+    monkeypatch.setattr(tables, "_replace_run_row", lambda *a, **k: None)
+    uncommitted.commit()
+    rerun = OutputRun(root, "a", "test")
+    rerun.write("errors", errors(1, "a", "again"))
+    monkeypatch.undo()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    rerun.commit()
+
+    extensions = Path(list(duckdb_ext.__path__)[0]) / "extensions" / f"v{duckdb.__version__}" / "linux_amd64"
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    for name in ("httpfs", "delta"):
+        con.execute(f"LOAD '{extensions / f'{name}.duckdb_extension'}'")
+    host = bucket.endpoint.removeprefix("http://")
+    con.execute(
+        f"CREATE SECRET (TYPE s3, KEY_ID 'crossmatch-test-key', SECRET 'crossmatch-test-secret', "
+        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
+    sql = (
+        f"SELECT e.* FROM delta_scan('{root.uri}/errors') e "
+        f"SEMI JOIN delta_scan('{root.uri}/runs') r USING (run_id, attempt)"
+    )
+    theirs = con.execute(sql).fetch_arrow_table()
+    ours = read_table(root, "errors")
+    assert sorted(theirs.column("uri").to_pylist()) == sorted(ours.column("uri").to_pylist())
+    assert sorted(ours.column("uri").to_pylist()) == ["uagain0", "ub0", "ub1", "ub2"]
+
+
+def test_write_errors_name_the_object(s3):
     run = OutputRun(resolve("s3://no-such-bucket-crossmatch/out"), "r", "test")
     run.write("errors", errors(2, "r"))
-    with pytest.raises(StorageError, match="s3://no-such-bucket-crossmatch/out/errors/r/"):
+    with pytest.raises(StorageError, match="no-such-bucket-crossmatch"):
         run.commit()
     with pytest.raises(StorageError, match="no-such-bucket-crossmatch"):
         OutputRun(resolve("s3://no-such-bucket-crossmatch/out"), "r", "test").check_writable()
