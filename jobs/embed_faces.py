@@ -5,9 +5,12 @@
 Sources are the committed manifest's image and video objects. A CPU stage decodes them (Pillow for images, with
 EXIF orientation; PyAV for video frames sampled at --fps); face actors pinned to GPUs detect (MTCNN), align and
 embed the faces of many frames together. When the actors have GPUs, JPEG photos are not decoded by the CPU stage:
-it only reads their bytes, and the actors decode them in batches on the GPU (nvJPEG; --decode-on). ``faces/`` gets a row per face (per frame, or per track with
---per-track), ``face_sources/`` a row per source (frames, faces, status ok / no_face / truncated), ``errors/`` a row
-per source that could not be decoded. Every source ends as exactly one face_sources row or one error row.
+it only reads their bytes, and the actors decode them in batches on the GPU (nvJPEG; --decode-on).
+
+``faces/`` gets a row per face (per frame, or per track with --per-track): photos' faces written by the workers as
+they come, video faces by the driver once their video is whole and tracked, ``face_sources/`` a row per source (frames,
+faces, status ok / no_face / truncated), ``errors/`` a row per source that could not be decoded. Every source ends
+as exactly one face_sources row or one error row.
 """
 
 from __future__ import annotations
@@ -19,14 +22,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from jobs.cli import JobConfig
 from jobs.plan import actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from jobs.source_job import (
+    WRITE_ROWS,
+    RowWriter,
+    SourceJob,
+    SourceLedger,
+    error_row,
+    file_row,
+    manifest_sources,
+    parse_file_row,
+)
 from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
@@ -255,6 +266,19 @@ class FaceActor:
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
+def write_image_faces(batch: pa.Table, writer: RowWriter, provenance: dict, dim: int) -> pa.Table:
+    """The face rows of photos written to ``faces/`` by this worker; what the driver gets instead is one "file" row
+    per data file written, and the other rows (frames, sources, errors: a few small rows per source; video faces,
+    tracked once their video is whole)."""
+    kinds = np.asarray(batch.column("kind").to_pylist())
+    photo = (kinds == "face") & (np.asarray(batch.column("media_category").to_pylist()) == "image")
+    if not photo.any():
+        return batch
+    files = writer.write(_face_table(batch.filter(pa.array(photo)).to_pylist(), provenance, dim))
+    described = pa.Table.from_pylist([{"kind": "file", "message": file_row(f)} for f in files], schema=_EMBEDDED)
+    return pa.concat_tables([batch.filter(pa.array(~photo)), described])
+
+
 def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
     detector_folder, detector_card = catalogue.verified(config.detector, config.models, "face-detection")
@@ -311,6 +335,15 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         decode=decode_frames,
         decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
         what="face",
+    ).map_batches(
+        write_image_faces,
+        fn_kwargs={
+            "writer": RowWriter(ctx.output, "faces", schema, ctx.run_id, job.out.attempt),
+            "provenance": provenance,
+            "dim": dim,
+        },
+        batch_size=WRITE_ROWS,
+        batch_format="pyarrow",
     )
 
     ledger, frame_faces = SourceLedger(uris), Counter()
@@ -318,16 +351,15 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     written = Counter()
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
-        face_rows = batch.filter(pa.array(kinds == "face"))
-        if face_rows.num_rows:
-            images = face_rows.filter(pc.equal(face_rows.column("media_category"), "image"))
-            if images.num_rows:
-                job.write("faces", _face_table(images.to_pylist(), provenance, dim))
-                written.update(images.column("uri").to_pylist())
-            for row in face_rows.filter(pc.equal(face_rows.column("media_category"), "video")).to_pylist():
-                video_faces[row["uri"]].append(row)
-        for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces"]).to_pylist():
+        job.add_files(
+            "faces", [parse_file_row(m) for m in batch.filter(pa.array(kinds == "file"))["message"].to_pylist()]
+        )
+        for row in batch.filter(pa.array(kinds == "face")).to_pylist():  # video faces: photos' were written
+            video_faces[row["uri"]].append(row)
+        for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces", "media_category"]).to_pylist():
             frame_faces[row["uri"]] += row["faces"]
+            if row["media_category"] == "image":  # a photo's faces are all written, one row each
+                written[row["uri"]] += row["faces"]
         for row in batch.filter(pa.array((kinds == "source") | (kinds == "error"))).to_pylist():
             ledger.report(row)
 

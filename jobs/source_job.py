@@ -3,7 +3,8 @@
     job = SourceJob(ctx, config, {"faces": schema})      # the output run, checked writable before any work
     sources, _ = manifest_sources(root, run_id, ("image",))
     ledger = SourceLedger(uris)                            # every source once: a result or an error row
-    job.write("faces", rows); job.write_errors(rows, stage="decode")
+    job.write("faces", rows); job.write_errors(rows, stage="decode")   # small tables, from the driver
+    job.add_files("faces", files)                          # big ones: files Ray workers wrote (RowWriter)
     return job.commit(summary, "12 sources: ...")          # errors and errors_by_type added, one closing log line
 
 A job's own code is then what it does to a source; where its rows go, how failures are named and counted, and
@@ -12,8 +13,9 @@ what it says when it commits are the same everywhere.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +25,7 @@ from jobs.progress import Progress
 from jobs.runtime import JobContext
 from ops.io.errors import JobFailed, describe, error_type
 from ops.io.storage import Store
-from ops.io.tables import OutputRun, read_table, table_store
+from ops.io.tables import DataFile, OutputRun, read_table, table_store, write_data_files
 
 
 class SourceJob:
@@ -42,6 +44,10 @@ class SourceJob:
         """Rows of one of the job's tables (invisible until the commit)."""
         self.out.write(table, data, self.tables[table])
 
+    def add_files(self, table: str, files: list[DataFile]) -> None:
+        """Data files of one of the job's tables that Ray workers wrote (``write_rows``), committed with the run."""
+        self.out.add_files(table, files, self.tables[table])
+
     def write_errors(self, rows: list[dict], stage: str | None = None) -> None:
         """Error rows (uri, sha256, error_type, message, stage), each type from the vocabulary (ops.io.errors)."""
         self.out.write_errors(rows, stage)
@@ -58,6 +64,35 @@ class SourceJob:
         where = table_store(self.ctx.output, "runs").uri
         self.ctx.log.info("committed run %s: %s (tables %s)", self.ctx.run_id, where, tables)
         return marker
+
+
+# Rows a worker gathers before it writes a data file: files of tens of MB for embedding tables, a few per run per
+# worker rather than one per batch.
+WRITE_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class RowWriter:
+    """Where a job's workers write rows: a table of the run's attempt. Picklable: it travels to the Ray workers,
+    which write data files and hand the driver only their descriptions (``file_row``), never the rows."""
+
+    root: Store
+    table: str
+    schema: pa.Schema
+    run_id: str
+    attempt: str
+
+    def write(self, rows: pa.Table) -> list[DataFile]:
+        return write_data_files(self.root, self.table, rows, self.schema, self.run_id, self.attempt)
+
+
+def file_row(file: DataFile) -> str:
+    """A data file's description as one string column value, for a worker's output rows."""
+    return json.dumps(asdict(file))
+
+
+def parse_file_row(text: str) -> DataFile:
+    return DataFile(**json.loads(text))
 
 
 def error_row(exc: BaseException, stage: str, **fields) -> dict:

@@ -591,8 +591,8 @@ def read_table(
         root, table, dt, needed, committed, keep=lambda lo, hi: any(lo <= rid <= hi for rid, _ in pairs), limit=limit
     )
     if len(runs) > 1:  # isin on each column admits (run a, attempt of run b): keep exact pairs
-        exact = pa.table({"run_id": [p[0] for p in pairs], "attempt": [p[1] for p in pairs]})
-        rows = rows.join(exact, ["run_id", "attempt"], join_type="left semi")
+        keys = pc.binary_join_element_wise(rows.column("run_id"), rows.column("attempt"), "\x00")
+        rows = rows.filter(pc.is_in(keys, pa.array([f"{a}\x00{b}" for a, b in pairs])))
     return rows.select(wanted)
 
 
