@@ -24,7 +24,16 @@ from jobs.cli import JobConfig
 from jobs.plan import model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from jobs.source_job import (
+    WRITE_ROWS,
+    RowWriter,
+    SourceJob,
+    SourceLedger,
+    error_row,
+    file_row,
+    manifest_sources,
+    parse_file_row,
+)
 from ops.io.errors import AudioError, ItemTimeout, JobFailed
 from ops.io.schemas import voices
 from ops.io.storage import Store, resolve
@@ -185,6 +194,36 @@ class VoiceEncoderActor:
         return out.append_column("partials", pa.array(count_col, pa.int32()))
 
 
+def write_segments(batch: pa.Table, writer: RowWriter, provenance: dict, dim: int) -> pa.Table:
+    """The segment rows of the batch written to ``voices/`` by this worker. The driver gets instead one "file" row
+    per data file written, one "pooled" row per source of the batch (the sum of its segments' partial embeddings,
+    their count in ``partials`` and the segments' in ``segments``, from which the source's row is pooled exactly),
+    and the other rows (sources, errors)."""
+    batch = batch.append_column("segments", pa.nulls(batch.num_rows, pa.int32()))
+    is_segment = np.asarray(batch.column("kind").to_pylist()) == "segment"
+    if not is_segment.any():
+        return batch
+    segments = batch.filter(pa.array(is_segment))
+    files = writer.write(_segment_table(segments, provenance, dim))
+    pooled: dict[str, list] = {}
+    for uri, psum, n in zip(
+        segments.column("uri").to_pylist(),
+        segments.column("partial_sum").to_numpy(zero_copy_only=False),
+        segments.column("partials").to_pylist(),
+        strict=True,
+    ):
+        acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
+        acc[0] += psum
+        acc[1] += n
+        acc[2] += 1
+    made = [
+        {"kind": "pooled", "uri": uri, "partial_sum": acc[0].tolist(), "partials": acc[1], "segments": acc[2]}
+        for uri, acc in pooled.items()
+    ]
+    made += [{"kind": "file", "message": file_row(f)} for f in files]
+    return pa.concat_tables([batch.filter(pa.array(~is_segment)), pa.Table.from_pylist(made, schema=batch.schema)])
+
+
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     manifest_root = resolve(config.manifest)
     folder, card = catalogue.verified(config.model, config.models, "speaker-embedding")
@@ -234,26 +273,39 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},
         what="encoder",
     )
-
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
+    embedded = embedded.map_batches(
+        write_segments,
+        fn_kwargs={
+            "writer": RowWriter(ctx.output, "voices", voices(dim), ctx.run_id, job.out.attempt),
+            "provenance": provenance,
+            "dim": dim,
+        },
+        batch_size=WRITE_ROWS,
+        batch_format="pyarrow",
+    )
+
     pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]
     ledger = SourceLedger(uris)
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
-        segments = batch.filter(pa.array(kinds == "segment"))
-        if segments.num_rows:
-            job.write("voices", _segment_table(segments, provenance, dim))
-            for uri, psum, n in zip(
-                segments.column("uri").to_pylist(),
-                segments.column("partial_sum").to_numpy(zero_copy_only=False),
-                segments.column("partials").to_pylist(),
-                strict=True,
-            ):
-                acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
-                acc[0] += psum
-                acc[1] += n
-                acc[2] += 1
-        for row in batch.filter(pa.array(kinds != "segment")).to_pylist():
+        described = batch.filter(pa.array(kinds == "file")).column("message").to_pylist()
+        job.add_files("voices", [parse_file_row(m) for m in described])
+        sums = batch.filter(pa.array(kinds == "pooled"))
+        for uri, psum, n, k in zip(
+            sums.column("uri").to_pylist(),
+            sums.column("partial_sum").to_numpy(zero_copy_only=False),
+            sums.column("partials").to_pylist(),
+            sums.column("segments").to_pylist(),
+            strict=True,
+        ):
+            acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
+            acc[0] += psum
+            acc[1] += n
+            acc[2] += k
+        for row in (
+            batch.filter(pa.array((kinds != "file") & (kinds != "pooled"))).drop_columns(["segments"]).to_pylist()
+        ):
             ledger.report(row)
 
     ledger.check_complete()

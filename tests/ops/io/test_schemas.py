@@ -39,8 +39,16 @@ def test_conform_refuses_missing_columns_and_nulls():
 
 def test_schema_for():
     assert schema_for("manifest") is MANIFEST
-    known = "known: calibrations, errors, face_sources, faces, manifest, matches, styled, training, voices"
+    known = "known: calibrations, errors, face_sources, faces, manifest, matches, runs, styled, training, voices"
     with pytest.raises(KeyError, match=known):
         schema_for("nope")
     assert schema_for("faces", 128).field("embedding").type == pa.list_(pa.float32(), 128)
     assert schema_for("faces") is None  # a sized table needs its width
+
+
+def test_stored_rows_carry_their_attempt_after_the_run():
+    from ops.io.schemas import RUNS, stored
+
+    schema = stored(ERRORS)
+    assert schema.names[:2] == ["run_id", "attempt"] and schema.metadata == ERRORS.metadata
+    assert stored(RUNS) is RUNS and stored(schema) is schema

@@ -208,11 +208,11 @@ def test_server_side_encryption_applies_to_every_write(moto_endpoint, monkeypatc
     root.join("put.bin").put_atomic(b"x")
     with root.join("stream.bin").open("wb") as f:
         f.write(b"y" * (6 << 20))  # past s3fs's block size: a multipart upload
-    run = OutputRun(root, "r", "test")  # Parquet through pyarrow, and the commit marker
+    run = OutputRun(root, "r", "test")  # Parquet through pyarrow, Delta logs through delta-rs
     run.write_errors([{"uri": "u", "sha256": "0" * 64, "error_type": "read_error", "message": "m"}], stage="s")
     run.commit()
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert len(keys) == 4
+    assert len(keys) == 6 and sum("_delta_log/" in k for k in keys) == 2  # errors and runs: data and log each
     for name in keys:
         head = client.head_object(Bucket=bucket, Key=name)
         assert head["ServerSideEncryption"] == mode, name

@@ -247,7 +247,7 @@ def test_compact_merges_each_runs_files_and_vacuums_orphans(tmp_path):
     assert sorted(read_table(root, "errors", run_id="r1").column("uri").to_pylist())[:2] == ["u100", "u101"]
 
 
-def test_duckdb_reads_the_committed_runs_with_one_statement(request, monkeypatch):
+def test_duckdb_and_polars_read_the_committed_runs_with_one_statement(request, monkeypatch):
     duckdb = pytest.importorskip("duckdb")
     import duckdb_ext
 
@@ -284,6 +284,16 @@ def test_duckdb_reads_the_committed_runs_with_one_statement(request, monkeypatch
     ours = read_table(root, "errors")
     assert sorted(theirs.column("uri").to_pylist()) == sorted(ours.column("uri").to_pylist())
     assert sorted(ours.column("uri").to_pylist()) == ["uagain0", "ub0", "ub1", "ub2"]
+
+    import polars as pl
+
+    options = tables.delta_options(root) | {
+        "AWS_ACCESS_KEY_ID": "crossmatch-test-key",
+        "AWS_SECRET_ACCESS_KEY": "crossmatch-test-secret",
+    }
+    errors_, runs = (pl.read_delta(f"{root.uri}/{t}", storage_options=options) for t in ("errors", "runs"))
+    polars = errors_.join(runs.select("run_id", "attempt"), on=["run_id", "attempt"], how="semi")
+    assert sorted(polars["uri"].to_list()) == sorted(ours.column("uri").to_pylist())
 
 
 def test_write_errors_name_the_object(s3):
