@@ -1,9 +1,9 @@
 """The driver's peak memory and wall time of the manifest and face jobs, before and after a change, side by side.
 
-    python benchmarks/bench_driver.py [--sources 1000 4000] [--before REV] [--rounds 1]
+    python benchmarks/bench_driver.py [--sources 1000 4000] [--before REV] [--after REV] [--rounds 1]
 
 Makes an archive of N small photos (a generated portrait each, 160x128 JPEG, one face), then runs, interleaved,
-``jobs.manifest`` and ``jobs.embed_faces`` from this checkout ("after") and from a git worktree of REV ("before",
+``jobs.manifest`` and ``jobs.embed_faces`` from git worktrees of two commits ("after", default HEAD; "before",
 default the commit before the Delta tables: the driver gathered and wrote every row), each as its own process with
 a local Ray cluster, into a fresh output root. The driver's peak resident memory is the job process's VmHWM (Ray's
 workers are other processes); wall time is the whole command, Ray's start included. Prints a table and the ratios.
@@ -63,14 +63,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sources", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--before", default=BEFORE, help="the git revision to compare against")
+    parser.add_argument("--after", default="HEAD", help="the git revision measured")
     parser.add_argument("--models", default=os.environ.get("CROSSMATCH_MODELS", str(REPO / "out" / "models")))
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--jobs", nargs="+", default=["manifest", "embed_faces"], help="embed_faces needs manifest")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-driver-"))
-    before = work / "before"
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", str(before), args.before], cwd=REPO, check=True, capture_output=True
-    )
+    trees = {side: work / side for side in ("before", "after")}
+    for side, rev in (("before", args.before), ("after", args.after)):
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(trees[side]), rev], cwd=REPO, check=True, capture_output=True
+        )
     python = sys.executable
     env = {**os.environ, "PYTHONPATH": ""}
     results: dict[tuple, list] = {}
@@ -79,7 +82,7 @@ def main() -> None:
             archive = work / f"archive-{n}"
             make_archive(archive, n)
             for r in range(args.rounds):
-                for side, cwd in (("before", before), ("after", REPO)):
+                for side, cwd in trees.items():
                     out = work / f"out-{side}-{n}-{r}"
                     jobs = {
                         "manifest": ["-m", "jobs.manifest", str(archive), "--output", str(out)],
@@ -94,15 +97,18 @@ def main() -> None:
                         ],
                     }
                     for job, argv in jobs.items():
+                        if job not in args.jobs:
+                            continue
                         mib, wall, rc = peak_of([python, *argv, "--log-level", "WARNING"], cwd, env)
                         results.setdefault((n, job, side), []).append((mib, wall, rc))
                         print(f"{n:>7} {job:<12} {side:<6} peak {mib:7.0f} MiB  {wall:6.1f} s  exit {rc}", flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO, capture_output=True)
+        for tree in trees.values():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, capture_output=True)
     print("\n| sources | job | driver peak before | after | ratio | wall before | after | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.sources:
-        for job in ("manifest", "embed_faces"):
+        for job in args.jobs:
             b, a = results[(n, job, "before")], results[(n, job, "after")]
             bm, am = statistics.median(x[0] for x in b), statistics.median(x[0] for x in a)
             bw, aw = statistics.median(x[1] for x in b), statistics.median(x[1] for x in a)

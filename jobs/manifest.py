@@ -3,32 +3,37 @@
     python -m jobs.manifest ARCHIVE [--glob '**'] [--label-pattern '{label}/*'] [--output out/results]
 
 Every listed object ends as exactly one row: in ``manifest/`` (uri, size, sha256, media kind, label, duplicate_of)
-or in ``errors/`` (stage, error type, message). Hashing runs as a Ray Data pipeline, one task per shard of objects.
+or in ``errors/`` (stage, error type, message). Hashing runs as a Ray Data pipeline, one task per shard of objects,
+each staging its rows in a file; a shuffle of those small rows by content hash marks duplicates, and the workers
+write the manifest's data files. The driver sees counts, file descriptions and error rows, never the manifest.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import SourceJob
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
 from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import MANIFEST
-from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
+from ops.io.storage import Store, glob_regex, resolve, storage_errors
 from ops.media.sniff import sniff
 
 JOB = "manifest"
 # Shards of at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s
 # per core with SHA extensions).
 MIN_SHARD_BYTES = 64 << 20
+STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: hashed rows between the hashing and the duplicate pass
 
 
 @dataclass
@@ -53,56 +58,107 @@ class ManifestConfig(JobConfig):
     )
 
 
-# What a hashing task returns per object: the manifest's columns, or an error's.
+# What a hashing task hands the driver: one "staged" row per file of hashed rows it wrote (its row count and the
+# bytes it hashed, for progress), and one "error" row per object it could not read or recognise.
 _HASHED = pa.schema(
     [
+        ("kind", pa.string()),
         ("relpath", pa.string()),
+        ("uri", pa.string()),
         ("size", pa.int64()),
         ("sha256", pa.string()),
-        ("media_kind", pa.string()),
-        ("media_category", pa.string()),
-        ("mime", pa.string()),
         ("stage", pa.string()),
         ("error_type", pa.string()),
         ("message", pa.string()),
     ]
 )
+# The manifest's columns but duplicate_of, as the hashing tasks stage them for the duplicate pass.
+_STAGED = pa.schema([f for f in MANIFEST if f.name != "duplicate_of"])
+# What a writing task hands the driver: its data file's description and its counts.
+_WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("duplicates", pa.int64()), ("kinds", pa.string())])
 
 
-def hash_objects(batch: pa.Table, archive: Store) -> pa.Table:
-    """Stream each object once: sha256, size and media kind, or the reason it could not be read or recognised."""
-    rows = []
-    for relpath in batch.column("relpath").to_pylist():
-        row = dict.fromkeys(_HASHED.names)
-        row["relpath"] = relpath
+def hash_objects(batch: pa.Table, archive: Store, staging: Store, run_id: str, labels: str | None) -> pa.Table:
+    """Stream each object once: sha256, size and media kind (and its label from the path), or the reason it could
+    not be read or recognised. The manifest rows go to one staging file; the driver gets counts and errors."""
+    matcher = glob_regex(labels) if labels else None
+    rows, failed, hashed_bytes = [], [], 0
+    for relpath, uri, modified in zip(
+        *(batch.column(c).to_pylist() for c in ("relpath", "uri", "modified")), strict=True
+    ):
         try:
             digest, size, head = archive.join(relpath).sha256()
         except Exception as exc:  # noqa: BLE001 - any failure to read one object is that object's error row
-            row.update(stage="read", error_type=error_type(exc), message=describe(exc))
-            rows.append(row)
+            failed.append({"kind": "error", "relpath": relpath, "uri": uri, "stage": "read"} | _named(exc))
             continue
-        row.update(sha256=digest, size=size)
+        hashed_bytes += size
         kind = sniff(head)
-        if size == 0:
-            failure = EmptyFile("the object is empty (0 bytes)")
-        elif kind is None:
+        if size == 0 or kind is None:
             hexed = head[:12].hex(" ")
-            failure = UnknownMediaType(
-                f"content is not a recognised image, audio or video format (first bytes: {hexed})"
+            failure = (
+                EmptyFile("the object is empty (0 bytes)")
+                if size == 0
+                else UnknownMediaType(
+                    f"content is not a recognised image, audio or video format (first bytes: {hexed})"
+                )
             )
-        else:
-            failure = None
-        if failure is not None:
-            row.update(stage="sniff", error_type=failure.error_type, message=str(failure))
-        else:
-            row.update(media_kind=kind.kind, media_category=kind.category, mime=kind.mime)
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=_HASHED)
+            failed.append(
+                {"kind": "error", "relpath": relpath, "uri": uri, "sha256": digest, "stage": "sniff"} | _named(failure)
+            )
+            continue
+        label = (m.group("label") if (m := matcher.fullmatch(relpath)) else None) if matcher else None
+        rows.append(
+            {
+                "run_id": run_id,
+                "uri": uri,
+                "relpath": relpath,
+                "size": size,
+                "modified": modified,
+                "sha256": digest,
+                "media_kind": kind.kind,
+                "media_category": kind.category,
+                "mime": kind.mime,
+                "label": label,
+            }
+        )
+    out = failed
+    if rows:
+        path = staging.join(f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(path.uri), path.open("wb") as f:
+            pq.write_table(pa.Table.from_pylist(rows, schema=_STAGED), f, compression="zstd")
+        out = [{"kind": "staged", "uri": path.path, "size": hashed_bytes, "relpath": str(len(rows))}, *failed]
+    elif hashed_bytes:
+        out = [{"kind": "staged", "uri": None, "size": hashed_bytes, "relpath": "0"}, *failed]
+    return pa.Table.from_pylist(out, schema=_HASHED)
+
+
+def _named(exc: BaseException) -> dict:
+    return {"error_type": error_type(exc), "message": describe(exc)}
+
+
+def mark_duplicates(group: pa.Table) -> pa.Table:
+    """The objects of one content hash: the first by uri is the original, every other names it."""
+    group = group.sort_by("uri")
+    first = group.column("uri")[0].as_py()
+    marks = [None] + [first] * (group.num_rows - 1)
+    return group.append_column("duplicate_of", pa.array(marks, pa.string()))
+
+
+def write_manifest(batch: pa.Table, writer: RowWriter) -> pa.Table:
+    """Manifest rows written by this worker; the driver gets the file's description and counts."""
+    files = writer.write(batch)
+    kinds = Counter(batch.column("media_kind").to_pylist())
+    duplicates = batch.column("duplicate_of").drop_null().length() if batch.num_rows else 0
+    rows = [{"file": file_row(f)} for f in files] or [{}]
+    rows[0] |= {"rows": batch.num_rows, "duplicates": duplicates, "kinds": json.dumps(kinds)}
+    return pa.Table.from_pylist(rows, schema=_WRITTEN)
 
 
 def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if not config.archive:
         raise JobFailed("no archive given: python -m jobs.manifest ARCHIVE (a folder or s3://bucket/prefix)")
+    if config.label_pattern and "label" not in glob_regex(config.label_pattern).groupindex:
+        raise JobFailed(f"--label-pattern {config.label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
     archive = resolve(config.archive)
     job = SourceJob(ctx, config, {"manifest": MANIFEST})
     objects = archive.list(config.glob)
@@ -110,80 +166,86 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
     total_bytes = sum(o.size for o in objects)
     ctx.log.info("listed %d objects (%.1f MiB) under %s", len(objects), total_bytes / 2**20, archive.uri)
-
     ensure_ray()
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = [pa.Table.from_pylist([{"relpath": o.relpath} for o in s]) for s in shard(objects, cpus, MIN_SHARD_BYTES)]
-    hashed_ds = ray.data.from_arrow(blocks).map_batches(
-        hash_objects, fn_kwargs={"archive": archive}, batch_format="pyarrow", batch_size=None
+    blocks = [
+        pa.table(
+            {
+                "relpath": [o.relpath for o in part],
+                "uri": [o.uri for o in part],
+                "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
+            }
+        )
+        for part in shard(objects, cpus, MIN_SHARD_BYTES)
+    ]
+    staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
+    hashing = ray.data.from_arrow(blocks).map_batches(
+        hash_objects,
+        fn_kwargs={"archive": archive, "staging": staging, "run_id": ctx.run_id, "labels": config.label_pattern},
+        batch_format="pyarrow",
+        batch_size=None,
     )
     progress = Progress("hashed objects", len(objects), total_bytes)
-    parts = []
-    for batch in hashed_ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        parts.append(batch)
-        progress.update(batch.num_rows, sum(s or 0 for s in batch.column("size").to_pylist()))
-    hashed = pa.concat_tables(parts) if parts else _HASHED.empty_table()
-
-    # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
-    # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
-    hashed_paths = hashed.column("relpath").to_pylist()
-    if len(hashed_paths) != len(objects) or set(hashed_paths) != {o.relpath for o in objects}:
-        raise JobFailed(
-            f"accounting mismatch: {len(objects)} objects listed but {len(hashed_paths)} results "
-            f"({len(set(hashed_paths))} distinct); nothing was committed, rerun the job"
-        )
-    manifest, errors = _tables(hashed, objects, config.label_pattern, ctx.run_id)
-
-    duplicates = manifest.column("duplicate_of").drop_null().length()
-    job.write("manifest", manifest)
-    job.write_errors(errors.to_pylist())
-    summary = {
-        "objects": len(objects),
-        "bytes": total_bytes,
-        "manifest_rows": manifest.num_rows,
-        "error_rows": errors.num_rows,
-        "duplicates": duplicates,
-        "kinds": dict(Counter(manifest.column("media_kind").to_pylist())),
-    }
-    by_type = dict(job.errors_by_type) or ""
-    return job.commit(
-        summary,
-        f"{len(objects)} objects: {manifest.num_rows} in manifest ({duplicates} duplicates), "
-        f"{errors.num_rows} errors {by_type}",
-    )
-
-
-def _tables(
-    hashed: pa.Table, objects: list[ObjectInfo], label_pattern: str | None, run_id: str
-) -> tuple[pa.Table, pa.Table]:
-    """Join listing and hashing results, add labels and duplicate flags, and split into manifest and errors."""
-    listing = pa.table(
-        {
-            "relpath": [o.relpath for o in objects],
-            "uri": [o.uri for o in objects],
-            "modified": pa.array([o.modified for o in objects], pa.timestamp("ms", tz="UTC")),
+    staged, staged_rows, errors = [], 0, []
+    try:
+        for batch in hashing.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                if row["kind"] == "staged":
+                    staged += [row["uri"]] if row["uri"] else []
+                    staged_rows += int(row["relpath"])
+                    progress.update(int(row["relpath"]), row["size"])
+                else:
+                    errors.append(row)
+                    progress.update(1, 0)
+        # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
+        # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
+        if staged_rows + len(errors) != len(objects):
+            raise JobFailed(
+                f"accounting mismatch: {len(objects)} objects listed but {staged_rows + len(errors)} results; "
+                "nothing was committed, rerun the job"
+            )
+        written, duplicates, kinds = 0, 0, Counter()
+        if staged:
+            # Duplicates need every object of a hash together: a shuffle of the staged rows (no pixels, no
+            # embeddings: a few hundred bytes each), then the workers write the manifest's data files.
+            marked = (
+                ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow, schema=_STAGED)
+                .groupby("sha256")
+                .map_groups(mark_duplicates, batch_format="pyarrow")
+                .map_batches(
+                    write_manifest,
+                    fn_kwargs={"writer": RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)},
+                    batch_size=WRITE_ROWS,
+                    batch_format="pyarrow",
+                )
+            )
+            for batch in marked.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    if row["file"]:
+                        job.add_files("manifest", [parse_file_row(row["file"])])
+                    written += row["rows"] or 0
+                    duplicates += row["duplicates"] or 0
+                    kinds.update(json.loads(row["kinds"] or "{}"))
+        if written != staged_rows:
+            raise JobFailed(f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written")
+        job.write_errors(errors)
+        summary = {
+            "objects": len(objects),
+            "bytes": total_bytes,
+            "manifest_rows": written,
+            "error_rows": len(errors),
+            "duplicates": duplicates,
+            "kinds": dict(kinds),
         }
-    )
-    rows = listing.join(hashed, "relpath", join_type="left outer").sort_by("relpath")
-    rows = rows.append_column("run_id", pa.array([run_id] * rows.num_rows, pa.string()))
-    failed = pc.is_valid(rows.column("error_type"))
-
-    ok = rows.filter(pc.invert(failed))
-    labels = [None] * ok.num_rows
-    if label_pattern:
-        matcher = glob_regex(label_pattern)
-        if "label" not in matcher.groupindex:
-            raise JobFailed(f"--label-pattern {label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
-        labels = [(m.group("label") if (m := matcher.fullmatch(p)) else None) for p in ok.column("relpath").to_pylist()]
-    ok = ok.append_column("label", pa.array(labels, pa.string()))
-    first = ok.group_by("sha256").aggregate([("uri", "min")]).rename_columns(["sha256", "first_uri"])
-    ok = ok.join(first, "sha256").sort_by("relpath")
-    is_copy = pc.not_equal(ok.column("uri"), ok.column("first_uri"))
-    ok = ok.append_column("duplicate_of", pc.if_else(is_copy, ok.column("first_uri"), pa.scalar(None, pa.string())))
-
-    return ok, rows.filter(failed)
+        by_type = dict(job.errors_by_type) or ""
+        return job.commit(
+            summary,
+            f"{len(objects)} objects: {written} in manifest ({duplicates} duplicates), {len(errors)} errors {by_type}",
+        )
+    finally:
+        staging.remove_tree() if staging.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.cli import JobConfig
@@ -193,7 +194,7 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
         if record.get("model_name") != model_name:
             raise JobFailed(f"{uri} calibrates {record.get('model_name')}, not {model_name}")
         return record, uri
-    rows = [r for r in read_table(resolve(uri), "calibrations").to_pylist() if r["model_name"] == model_name]
+    rows = read_table(resolve(uri), "calibrations", filter=pc.field("model_name") == model_name).to_pylist()
     if not rows:
         raise JobFailed(f"no committed calibration of {model_name} under {uri}: run `python -m jobs.calibrate` first")
     markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}

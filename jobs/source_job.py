@@ -25,7 +25,7 @@ from jobs.progress import Progress
 from jobs.runtime import JobContext
 from ops.io.errors import JobFailed, describe, error_type
 from ops.io.storage import Store
-from ops.io.tables import DataFile, OutputRun, read_table, table_store, write_data_files
+from ops.io.tables import DataFile, OutputRun, committed_runs, read_table, table_store, write_data_files
 
 
 class SourceJob:
@@ -100,16 +100,22 @@ def error_row(exc: BaseException, stage: str, **fields) -> dict:
     return fields | {"kind": "error", "stage": stage, "error_type": error_type(exc), "message": describe(exc)}
 
 
+SOURCE_COLUMNS = ["uri", "sha256", "size", "media_category", "media_kind"]
+
+
 def manifest_sources(root: Store, run_id: str | None, categories: tuple[str, ...]) -> tuple[pa.Table, int]:
-    """The committed manifest's rows of these media categories, by uri, and how many rows the manifest has."""
-    manifest = read_table(root, "manifest", run_id=run_id)
-    if manifest.num_rows == 0:
+    """The committed manifest's rows of these media categories (only the columns a job plans with), by uri, and how
+    many rows the committed manifest has."""
+    runs = [r for r in committed_runs(root) if "manifest" in r["tables"] and run_id in (None, r["run_id"])]
+    total = sum(r["tables"]["manifest"]["rows"] for r in runs)
+    if total == 0:
         raise JobFailed(f"no committed manifest under {root.uri}: run `python -m jobs.manifest` first")
-    sources = manifest.filter(pc.is_in(manifest.column("media_category"), pa.array(categories))).sort_by("uri")
+    wanted = pc.field("media_category").isin(list(categories))
+    sources = read_table(root, "manifest", run_id=run_id, columns=SOURCE_COLUMNS, filter=wanted).sort_by("uri")
     uris = sources.column("uri").to_pylist()
     if len(set(uris)) != len(uris):
         raise JobFailed(f"the manifest under {root.uri} lists a uri twice: pass --manifest-run-id")
-    return sources, manifest.num_rows
+    return sources, total
 
 
 class SourceLedger:

@@ -71,7 +71,7 @@ class FacePipeline:
         passes = _passes([f.shape[0] * f.shape[1] for f in frames], self.pass_pixels)
         results: list[FrameFaces] = []
         upload = self._upload([frames[i] for i in passes[0]]) if passes else None
-        for k, members in enumerate(passes):
+        for k in range(len(passes)):
             tensors = self._ready(upload)
             if k + 1 < len(passes):  # queued behind this pass's copies, run while it computes
                 upload = self._upload([frames[i] for i in passes[k + 1]])

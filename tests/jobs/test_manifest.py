@@ -2,6 +2,7 @@ import logging
 import os
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import manifest
@@ -30,17 +31,22 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.jpg").write_bytes(b"just words")
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling.wav")
-    batch = pa.table({"relpath": ["ok.png", "empty.jpg", "text.jpg", "dangling.wav", "deleted.mp4"]})
-    out = manifest.hash_objects(batch, resolve(str(tmp_path))).to_pylist()
-    got = {r["relpath"]: (r["media_kind"], r["stage"], r["error_type"]) for r in out}
+    names = ["ok.png", "empty.jpg", "text.jpg", "dangling.wav", "deleted.mp4"]
+    archive, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staging"))
+    batch = pa.table({"relpath": names, "uri": names, "modified": pa.nulls(5, pa.timestamp("ms", tz="UTC"))})
+    out = manifest.hash_objects(batch, archive, staging, "r", None).to_pylist()
+    staged, *failed = out
+    assert staged["kind"] == "staged" and staged["relpath"] == "1"  # one row staged, the png
+    (row,) = pq.read_table(staged["uri"]).to_pylist()
+    assert (row["relpath"], row["media_kind"], row["run_id"]) == ("ok.png", "png", "r")
+    got = {r["relpath"]: (r["stage"], r["error_type"]) for r in failed}
     assert got == {
-        "ok.png": ("png", None, None),
-        "empty.jpg": (None, "sniff", "empty_file"),
-        "text.jpg": (None, "sniff", "unknown_media_type"),
-        "dangling.wav": (None, "read", "not_found"),
-        "deleted.mp4": (None, "read", "not_found"),
+        "empty.jpg": ("sniff", "empty_file"),
+        "text.jpg": ("sniff", "unknown_media_type"),
+        "dangling.wav": ("read", "not_found"),
+        "deleted.mp4": ("read", "not_found"),
     }
-    assert "not found" in out[4]["message"] and "deleted.mp4" in out[4]["message"]
+    assert "not found" in failed[3]["message"] and "deleted.mp4" in failed[3]["message"]
 
 
 def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive, tmp_path, caplog):

@@ -43,9 +43,10 @@ def test_passes_cut_by_a_pixel_budget_give_what_one_pass_gives(pipeline):
     assert _passes([10, 10], None) == [[0, 1]] and _passes([], 5) == []
     rng = np.random.default_rng(7)
     frames = [_frame(rng, h, w, i % 2) for i, (h, w) in enumerate([(240, 320), (200, 150), (240, 320)])]
-    small = FacePipeline(pipeline.mtcnn, FaceRecogniser(pipeline.encoder, "dlib", pipeline.chip, pipeline.dim), pass_pixels=240 * 320)
+    small = FacePipeline(
+        pipeline.mtcnn, FaceRecogniser(pipeline.encoder, "dlib", pipeline.chip, pipeline.dim), pass_pixels=240 * 320
+    )
     assert small.pass_pixels == 240 * 320 and pipeline.pass_pixels is None  # the CPU: one pass
     for one, cut in zip(pipeline(frames), small(frames), strict=True):
         np.testing.assert_allclose(cut.boxes, one.boxes, atol=1e-3)
         np.testing.assert_allclose(cut.embeddings, one.embeddings, atol=1e-4)
-

@@ -107,7 +107,7 @@ def test_concurrent_runs_into_one_root_lose_nothing(request, tmp_path, monkeypat
     for root in roots.values():
         failures = []
 
-        def one(i: int, root=root) -> None:
+        def one(i: int, root=root, failures=failures) -> None:
             try:
                 run = OutputRun(root, f"run{i}", "test")
                 run.write("errors", errors(10, f"run{i}"))
