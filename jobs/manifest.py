@@ -209,10 +209,11 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         written, duplicates, kinds = 0, 0, Counter()
         if staged:
             # Duplicates need every object of a hash together: a shuffle of the staged rows (no pixels, no
-            # embeddings: a few hundred bytes each), then the workers write the manifest's data files.
+            # embeddings: a few hundred bytes each), then the workers write the manifest's data files. Partitions
+            # of about a data file's rows each (Ray's default, 200, makes a small archive wait on 200 reducers).
             marked = (
                 ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow, schema=_STAGED)
-                .groupby("sha256")
+                .groupby("sha256", num_partitions=max(1, min(cpus, -(-staged_rows // WRITE_ROWS))))
                 .map_groups(mark_duplicates, batch_format="pyarrow")
                 .map_batches(
                     write_manifest,

@@ -38,7 +38,16 @@ from PIL import Image
 from jobs.cli import JobConfig
 from jobs.plan import model_pipeline
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import SourceJob, SourceLedger, error_row, manifest_sources
+from jobs.source_job import (
+    WRITE_ROWS,
+    RowWriter,
+    SourceJob,
+    SourceLedger,
+    error_row,
+    file_row,
+    manifest_sources,
+    parse_file_row,
+)
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
 from ops.io.schemas import STYLED
 from ops.io.storage import Store, resolve
@@ -245,6 +254,20 @@ _OUT = pa.schema(
 )
 
 
+def write_styled(batch: pa.Table, writer: RowWriter, fields: dict) -> pa.Table:
+    """The styled rows of the batch written to ``styled/`` by this worker (with the run's ``fields``: run id, method,
+    parameters, seed). The driver gets the batch without those rows' columns, one "file" row per data file."""
+    ok = np.asarray(batch.column("kind").to_pylist()) != "error"
+    files = []
+    if ok.any():
+        rows = [{k: r[k] for k in STYLED.names if k in r} | fields for r in batch.filter(pa.array(ok)).to_pylist()]
+        files = writer.write(pa.Table.from_pylist(rows, schema=STYLED))
+    slim = batch.select(["kind", "uri", "sha256", "style_uri", "error_type", "message"])
+    slim = slim.append_column("file", pa.nulls(slim.num_rows, pa.string()))
+    described = pa.Table.from_pylist([{"kind": "file", "file": file_row(f)} for f in files], schema=slim.schema)
+    return pa.concat_tables([slim, described])
+
+
 def _progress(images: int, style: str, every: int = 50) -> gatys.Progress:
     """Logs a Gatys optimisation's objective every ``every`` evaluations (minutes per image at 512 on a CPU)."""
 
@@ -325,34 +348,34 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
         for k in ("steps", "scales", "coarse_steps", "optimizer", "alpha", "beta", "tv", "preserve_colour")
     }
     params |= {k: actor_config[k] for k in ("max_side", "tile", "format", "quality")}
-    results, errors = [], []
+    fields = {"run_id": ctx.run_id, "method": config.method, "parameters": json.dumps(params, sort_keys=True)}
+    fields["seed"] = config.seed
+    styled = styled.map_batches(
+        write_styled,
+        fn_kwargs={"writer": RowWriter(ctx.output, "styled", STYLED, ctx.run_id, job.out.attempt), "fields": fields},
+        batch_size=WRITE_ROWS,
+        batch_format="pyarrow",
+    )
+    written, errors = 0, []
     for row in styled.iter_rows():
+        if row["kind"] == "file":
+            job.add_files("styled", [parse_file_row(row["file"])])
+            continue
         ledger.report({"uri": f"{row['uri']} x {row['style_uri']}", "kind": row["kind"]})
         if row["kind"] == "error":
             errors.append(row)
         else:
-            results.append(
-                {k: row[k] for k in STYLED.names if k in row}
-                | {
-                    "run_id": ctx.run_id,
-                    "method": config.method,
-                    "parameters": json.dumps(params, sort_keys=True),
-                    "seed": config.seed,
-                }
-            )
+            written += 1
     ledger.check_complete()
-    job.write("styled", pa.Table.from_pylist(results, schema=STYLED))
     job.write_errors(errors, stage="stylize")
     summary = {
         "images": len(uris),
         "styles": len(styles),
-        "styled": len(results),
+        "styled": written,
         "random_loss_network": config.random_loss_network is not None,
     }
     images = ctx.output.join("styled-images", ctx.run_id).uri
-    return job.commit(
-        summary, f"{len(results)} styled ({images}), {len(errors)} errors {dict(job.errors_by_type) or ''}"
-    )
+    return job.commit(summary, f"{written} styled ({images}), {len(errors)} errors {dict(job.errors_by_type) or ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
