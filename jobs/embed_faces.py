@@ -7,21 +7,23 @@ EXIF orientation; PyAV for video frames sampled at --fps); face actors pinned to
 embed the faces of many frames together. When the actors have GPUs, JPEG photos are not decoded by the CPU stage:
 it only reads their bytes, and the actors decode them in batches on the GPU (nvJPEG; --decode-on).
 
-``faces/`` gets a row per face (per frame, or per track with --per-track): photos' faces written by the workers as
-they come, video faces by the driver once their video is whole and tracked, ``face_sources/`` a row per source (frames,
-faces, status ok / no_face / truncated), ``errors/`` a row per source that could not be decoded. Every source ends
-as exactly one face_sources row or one error row.
+``faces/`` gets a row per face (per frame, or per track with --per-track), written by the workers: photos' faces as
+they come, video faces staged and then tracked per video after a shuffle by video. ``face_sources/`` gets a row per
+source (frames, faces, status ok / no_face / truncated), ``errors/`` a row per source that could not be decoded.
+Every source ends as exactly one face_sources row or one error row.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import Counter, defaultdict
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from jobs.cli import JobConfig
@@ -43,13 +45,14 @@ from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
 from ops.io.errors import ItemTimeout, JobFailed, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, faces
-from ops.io.storage import Store, resolve
+from ops.io.storage import Store, resolve, storage_errors
 from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, decode_jpegs, sample_video
 from ops.media.sniff import sniff
 from ops.models import catalogue
 
 JOB = "embed_faces"
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
+STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: video faces between embedding and tracking
 FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
 
 
@@ -266,17 +269,49 @@ class FaceActor:
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
-def write_image_faces(batch: pa.Table, writer: RowWriter, provenance: dict, dim: int) -> pa.Table:
-    """The face rows of photos written to ``faces/`` by this worker; what the driver gets instead is one "file" row
-    per data file written, and the other rows (frames, sources, errors: a few small rows per source; video faces,
-    tracked once their video is whole)."""
+def write_faces(batch: pa.Table, writer: RowWriter, staging: Store, provenance: dict, dim: int) -> pa.Table:
+    """The face rows of the batch, written by this worker: photos' to ``faces/``, video faces to a staging file
+    (they are tracked once their video is whole, see ``track_video``). The driver gets one "file" row per data file,
+    one "staged" row per staging file, and the other rows (frames, sources, errors: a few small rows per source)."""
     kinds = np.asarray(batch.column("kind").to_pylist())
-    photo = (kinds == "face") & (np.asarray(batch.column("media_category").to_pylist()) == "image")
-    if not photo.any():
+    faces_ = kinds == "face"
+    if not faces_.any():
         return batch
-    files = writer.write(_face_table(batch.filter(pa.array(photo)).to_pylist(), provenance, dim))
-    described = pa.Table.from_pylist([{"kind": "file", "message": file_row(f)} for f in files], schema=_EMBEDDED)
-    return pa.concat_tables([batch.filter(pa.array(~photo)), described])
+    photo = faces_ & (np.asarray(batch.column("media_category").to_pylist()) == "image")
+    made = []
+    if photo.any():
+        files = writer.write(_face_table(batch.filter(pa.array(photo)).to_pylist(), provenance, dim))
+        made += [{"kind": "file", "message": file_row(f)} for f in files]
+    video = faces_ & ~photo
+    if video.any():
+        path = staging.join(f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(path.uri), path.open("wb") as f:
+            pq.write_table(_face_table(batch.filter(pa.array(video)).to_pylist(), provenance, dim), f)
+        made.append({"kind": "staged", "message": path.path, "faces": int(video.sum())})
+    return pa.concat_tables([batch.filter(pa.array(~faces_)), pa.Table.from_pylist(made, schema=_EMBEDDED)])
+
+
+def track_video(group: pa.Table, per_track: bool) -> pa.Table:
+    """One video's face rows with their tracks (and only each track's clearest face with ``per_track``)."""
+    rows = group.to_pylist()
+    ids = assign_tracks(rows)
+    lengths = Counter(ids)
+    for row, track in zip(rows, ids, strict=True):
+        row["track_id"], row["track_frames"] = track, lengths[track]
+    if per_track:
+        rows = clearest_per_track(rows)
+    return pa.Table.from_pylist(rows, schema=group.schema)
+
+
+def write_tracked(batch: pa.Table, writer: RowWriter) -> pa.Table:
+    """Tracked video face rows written by this worker; the driver gets the file and the rows per video."""
+    files = writer.write(batch)
+    per_video = Counter(batch.column("uri").to_pylist())
+    rows = [{"file": file_row(f)} for f in files] + [{"uri": u, "rows": n} for u, n in per_video.items()]
+    return pa.Table.from_pylist(rows, schema=_TRACKED)
+
+
+_TRACKED = pa.schema([("file", pa.string()), ("uri", pa.string()), ("rows", pa.int64())])
 
 
 def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
@@ -335,27 +370,36 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         decode=decode_frames,
         decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
         what="face",
-    ).map_batches(
-        write_image_faces,
-        fn_kwargs={
-            "writer": RowWriter(ctx.output, "faces", schema, ctx.run_id, job.out.attempt),
-            "provenance": provenance,
-            "dim": dim,
-        },
+    )
+    writer = RowWriter(ctx.output, "faces", schema, ctx.run_id, job.out.attempt)
+    staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
+    embedded = embedded.map_batches(
+        write_faces,
+        fn_kwargs={"writer": writer, "staging": staging, "provenance": provenance, "dim": dim},
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
+    try:
+        return _collect(config, ctx, job, embedded, uris, writer, staging, provenance, detector_card, card)
+    finally:
+        if staging.exists():
+            staging.remove_tree()
+
+
+def _collect(config, ctx, job, embedded, uris, writer, staging, provenance, detector_card, card) -> dict:
+    """Drive the pipeline: count the sources' rows as they come, then track the staged video faces, then commit."""
+    import ray
 
     ledger, frame_faces = SourceLedger(uris), Counter()
-    video_faces: dict[str, list[dict]] = defaultdict(list)  # held for tracking; a video's rows are small
-    written = Counter()
+    written, staged, video_rows = Counter(), [], 0
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
         job.add_files(
             "faces", [parse_file_row(m) for m in batch.filter(pa.array(kinds == "file"))["message"].to_pylist()]
         )
-        for row in batch.filter(pa.array(kinds == "face")).to_pylist():  # video faces: photos' were written
-            video_faces[row["uri"]].append(row)
+        for row in batch.filter(pa.array(kinds == "staged")).select(["message", "faces"]).to_pylist():
+            staged.append(row["message"])
+            video_rows += row["faces"]
         for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces", "media_category"]).to_pylist():
             frame_faces[row["uri"]] += row["faces"]
             if row["media_category"] == "image":  # a photo's faces are all written, one row each
@@ -365,15 +409,21 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
 
     ledger.check_complete()
     source_rows, error_rows = ledger.results, ledger.errors
-    for uri, rows in sorted(video_faces.items()):
-        ids = assign_tracks(rows)
-        lengths = Counter(ids)
-        for row, track in zip(rows, ids, strict=True):
-            row["track_id"], row["track_frames"] = track, lengths[track]
-        if config.per_track:
-            rows = clearest_per_track(rows)
-        job.write("faces", _face_table(rows, provenance, dim))
-        written[uri] += len(rows)
+    if staged:
+        # Tracking needs a video's faces together: a shuffle of the staged rows by video, each tracked and written
+        # by a worker (partitions of about a data file's rows each).
+        parts = max(1, min(len(staged), -(-video_rows // WRITE_ROWS)))
+        tracked = (
+            ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow)
+            .groupby("uri", num_partitions=parts)
+            .map_groups(track_video, fn_kwargs={"per_track": config.per_track}, batch_format="pyarrow")
+            .map_batches(write_tracked, fn_kwargs={"writer": writer}, batch_size=WRITE_ROWS, batch_format="pyarrow")
+        )
+        for row in tracked.iter_rows():
+            if row["file"]:
+                job.add_files("faces", [parse_file_row(row["file"])])
+            else:
+                written[row["uri"]] += row["rows"]
     sources_table = _sources_table(source_rows, frame_faces, written, provenance)
     job.write("face_sources", sources_table)
     job.write_errors(list(error_rows.values()))

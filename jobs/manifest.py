@@ -4,26 +4,28 @@
 
 Every listed object ends as exactly one row: in ``manifest/`` (uri, size, sha256, media kind, label, duplicate_of)
 or in ``errors/`` (stage, error type, message). Hashing runs as a Ray Data pipeline, one task per shard of objects,
-each staging its rows in a file; a shuffle of those small rows by content hash marks duplicates, and the workers
-write the manifest's data files. The driver sees counts, file descriptions and error rows, never the manifest.
+each staging its rows in files partitioned by content hash; a task per partition marks duplicates (every copy of a
+content is in one partition) and writes the manifest's data files. The driver sees counts, file descriptions and
+error rows, never the manifest.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob
 from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import MANIFEST
 from ops.io.storage import Store, glob_regex, resolve, storage_errors
@@ -74,13 +76,14 @@ _HASHED = pa.schema(
 )
 # The manifest's columns but duplicate_of, as the hashing tasks stage them for the duplicate pass.
 _STAGED = pa.schema([f for f in MANIFEST if f.name != "duplicate_of"])
-# What a writing task hands the driver: its data file's description and its counts.
-_WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64()), ("duplicates", pa.int64()), ("kinds", pa.string())])
 
 
-def hash_objects(batch: pa.Table, archive: Store, staging: Store, run_id: str, labels: str | None) -> pa.Table:
+def hash_objects(
+    batch: pa.Table, archive: Store, staging: Store, run_id: str, labels: str | None, partitions: int = 1
+) -> pa.Table:
     """Stream each object once: sha256, size and media kind (and its label from the path), or the reason it could
-    not be read or recognised. The manifest rows go to one staging file; the driver gets counts and errors."""
+    not be read or recognised. The manifest rows go to staging files, one per partition of the content hashes (so
+    that every copy of a content meets in one partition); the driver gets their paths, counts and the errors."""
     matcher = glob_regex(labels) if labels else None
     rows, failed, hashed_bytes = [], [], 0
     for relpath, uri, modified in zip(
@@ -121,37 +124,42 @@ def hash_objects(batch: pa.Table, archive: Store, staging: Store, run_id: str, l
                 "label": label,
             }
         )
-    out = failed
-    if rows:
-        path = staging.join(f"{uuid.uuid4().hex}.parquet")
+    out = [{"kind": "staged", "size": hashed_bytes, "relpath": "0"}]  # the bytes, for progress
+    parts: dict[int, list[dict]] = {}
+    for row in rows:
+        parts.setdefault(partition_of(row["sha256"], partitions), []).append(row)
+    for part, members in sorted(parts.items()):
+        path = staging.join(f"p{part:05d}", f"{uuid.uuid4().hex}.parquet")
         with storage_errors(path.uri), path.open("wb") as f:
-            pq.write_table(pa.Table.from_pylist(rows, schema=_STAGED), f, compression="zstd")
-        out = [{"kind": "staged", "uri": path.path, "size": hashed_bytes, "relpath": str(len(rows))}, *failed]
-    elif hashed_bytes:
-        out = [{"kind": "staged", "uri": None, "size": hashed_bytes, "relpath": "0"}, *failed]
-    return pa.Table.from_pylist(out, schema=_HASHED)
+            pq.write_table(pa.Table.from_pylist(members, schema=_STAGED), f, compression="zstd")
+        out.append({"kind": "staged", "uri": path.path, "size": 0, "relpath": str(len(members)), "stage": str(part)})
+    return pa.Table.from_pylist([*out, *failed], schema=_HASHED)
+
+
+def partition_of(sha256: str, partitions: int) -> int:
+    return int(sha256[:8], 16) % partitions
 
 
 def _named(exc: BaseException) -> dict:
     return {"error_type": error_type(exc), "message": describe(exc)}
 
 
-def mark_duplicates(group: pa.Table) -> pa.Table:
-    """The objects of one content hash: the first by uri is the original, every other names it."""
-    group = group.sort_by("uri")
-    first = group.column("uri")[0].as_py()
-    marks = [None] + [first] * (group.num_rows - 1)
-    return group.append_column("duplicate_of", pa.array(marks, pa.string()))
-
-
-def write_manifest(batch: pa.Table, writer: RowWriter) -> pa.Table:
-    """Manifest rows written by this worker; the driver gets the file's description and counts."""
-    files = writer.write(batch)
-    kinds = Counter(batch.column("media_kind").to_pylist())
-    duplicates = batch.column("duplicate_of").drop_null().length() if batch.num_rows else 0
-    rows = [{"file": file_row(f)} for f in files] or [{}]
-    rows[0] |= {"rows": batch.num_rows, "duplicates": duplicates, "kinds": json.dumps(kinds)}
-    return pa.Table.from_pylist(rows, schema=_WRITTEN)
+def write_partition(paths: list[str], store: Store, writer: RowWriter) -> dict:
+    """One partition of the staged rows (every copy of a content is in one partition): duplicates marked (the first
+    uri of a content is the original, every other names it) and the manifest's rows written by this worker. Returns
+    the data files and the counts, never the rows."""
+    with storage_errors(store.uri):
+        rows = pads.dataset(paths, schema=_STAGED, format="parquet", filesystem=store.arrow).to_table()
+    first = rows.group_by("sha256").aggregate([("uri", "min")]).rename_columns(["sha256", "first_uri"])
+    rows = rows.join(first, "sha256").sort_by("relpath")
+    copy = pc.not_equal(rows.column("uri"), rows.column("first_uri"))
+    rows = rows.append_column("duplicate_of", pc.if_else(copy, rows.column("first_uri"), pa.scalar(None, pa.string())))
+    return {
+        "files": writer.write(rows.drop_columns(["first_uri"])),
+        "rows": rows.num_rows,
+        "duplicates": int(pc.sum(copy).as_py() or 0),
+        "kinds": Counter(rows.column("media_kind").to_pylist()),
+    }
 
 
 def run(config: ManifestConfig, ctx: JobContext) -> dict:
@@ -181,19 +189,29 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         for part in shard(objects, cpus, MIN_SHARD_BYTES)
     ]
     staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
+    # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
+    partitions = max(1, -(-len(objects) // WRITE_ROWS))
     hashing = ray.data.from_arrow(blocks).map_batches(
         hash_objects,
-        fn_kwargs={"archive": archive, "staging": staging, "run_id": ctx.run_id, "labels": config.label_pattern},
+        fn_kwargs={
+            "archive": archive,
+            "staging": staging,
+            "run_id": ctx.run_id,
+            "labels": config.label_pattern,
+            "partitions": partitions,
+        },
         batch_format="pyarrow",
         batch_size=None,
     )
     progress = Progress("hashed objects", len(objects), total_bytes)
-    staged, staged_rows, errors = [], 0, []
+    staged: dict[int, list[str]] = {}
+    staged_rows, errors = 0, []
     try:
         for batch in hashing.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 if row["kind"] == "staged":
-                    staged += [row["uri"]] if row["uri"] else []
+                    if row["uri"]:
+                        staged.setdefault(int(row["stage"]), []).append(row["uri"])
                     staged_rows += int(row["relpath"])
                     progress.update(int(row["relpath"]), row["size"])
                 else:
@@ -206,29 +224,15 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
                 f"accounting mismatch: {len(objects)} objects listed but {staged_rows + len(errors)} results; "
                 "nothing was committed, rerun the job"
             )
+        writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
+        task = ray.remote(write_partition)
+        done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
         written, duplicates, kinds = 0, 0, Counter()
-        if staged:
-            # Duplicates need every object of a hash together: a shuffle of the staged rows (no pixels, no
-            # embeddings: a few hundred bytes each), then the workers write the manifest's data files. Partitions
-            # of about a data file's rows each (Ray's default, 200, makes a small archive wait on 200 reducers).
-            marked = (
-                ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow, schema=_STAGED)
-                .groupby("sha256", num_partitions=max(1, min(cpus, -(-staged_rows // WRITE_ROWS))))
-                .map_groups(mark_duplicates, batch_format="pyarrow")
-                .map_batches(
-                    write_manifest,
-                    fn_kwargs={"writer": RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)},
-                    batch_size=WRITE_ROWS,
-                    batch_format="pyarrow",
-                )
-            )
-            for batch in marked.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():
-                    if row["file"]:
-                        job.add_files("manifest", [parse_file_row(row["file"])])
-                    written += row["rows"] or 0
-                    duplicates += row["duplicates"] or 0
-                    kinds.update(json.loads(row["kinds"] or "{}"))
+        for part in done:
+            job.add_files("manifest", part["files"])
+            written += part["rows"]
+            duplicates += part["duplicates"]
+            kinds.update(part["kinds"])
         if written != staged_rows:
             raise JobFailed(f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written")
         job.write_errors(errors)

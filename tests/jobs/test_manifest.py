@@ -35,8 +35,9 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     archive, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staging"))
     batch = pa.table({"relpath": names, "uri": names, "modified": pa.nulls(5, pa.timestamp("ms", tz="UTC"))})
     out = manifest.hash_objects(batch, archive, staging, "r", None).to_pylist()
-    staged, *failed = out
-    assert staged["kind"] == "staged" and staged["relpath"] == "1"  # one row staged, the png
+    hashed, staged, *failed = out
+    assert hashed["kind"] == "staged" and hashed["size"] == 48 + 10  # the bytes read (png, text), for progress
+    assert staged["kind"] == "staged" and staged["relpath"] == "1" and staged["stage"] == "0"  # the png, partition 0
     (row,) = pq.read_table(staged["uri"]).to_pylist()
     assert (row["relpath"], row["media_kind"], row["run_id"]) == ("ok.png", "png", "r")
     got = {r["relpath"]: (r["stage"], r["error_type"]) for r in failed}
