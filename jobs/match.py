@@ -24,6 +24,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -35,6 +36,7 @@ from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import RowWriter
 from ops.io.errors import InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import resolve
@@ -122,8 +124,11 @@ def sharded_search(
     gpus_per_shard: float | None = None,
     precision: str = "fp32",
     query_batch: int = 8192,
-) -> TopK:
-    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly."""
+    on_batch: Callable[[int, TopK], object] | None = None,
+) -> TopK | list:
+    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly. With
+    ``on_batch(first_query, topk)``, each batch's lists go there as they come (a worker writes their rows) and the
+    callback's results are returned instead of the lists."""
     ensure_ray()
     import ray
 
@@ -147,10 +152,13 @@ def sharded_search(
     parts, progress = [], Progress("queries", len(queries))
     for start in range(0, len(queries), query_batch):
         batch = queries[start : start + query_batch]
-        parts.append(merge(ray.get([s.search.remote(batch, k) for s in shards]), k))
+        found = merge(ray.get([s.search.remote(batch, k) for s in shards]), k)
+        parts.append(on_batch(start, found) if on_batch else found)
         progress.update(len(batch))
     for s in shards:
         ray.kill(s)
+    if on_batch:
+        return parts
     return TopK(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]))
 
 
@@ -234,9 +242,19 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         raise JobFailed(f"the gallery under {gallery_root} is empty")
     threshold, source = _search_threshold(config, queries.model_name)
     k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
-    found = None
+    matches = 0
     if len(queries):
-        found = sharded_search(
+        ensure_ray()
+        import ray
+
+        # Each batch's lists go to a task that makes and writes its rows: the driver never holds the matches.
+        fields = {"run_id": out.run_id, "model_name": queries.model_name, "model_sha256": queries.model_sha256}
+        fields |= {"threshold": threshold, "threshold_source": source}
+        query_meta = ray.put(_meta(queries))
+        gallery_meta = query_meta if same_set else ray.put(_meta(gallery))
+        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+        task = ray.remote(num_cpus=0.5)(write_search_rows)
+        pending = sharded_search(
             gallery.vectors,
             queries.vectors,
             k,
@@ -244,30 +262,63 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
             config.gpus_per_shard,
             config.precision,
             config.query_batch,
+            on_batch=lambda first, found: task.remote(
+                found, first, query_meta, gallery_meta, same_set, config.k, fields, writer
+            ),
         )
-    rows = []
-    for q in range(len(queries)):
-        rank = 0
-        for score, g in zip(found.scores[q], found.ids[q], strict=True):
-            if g < 0 or (same_set and g == q) or rank == config.k:
-                continue
-            rank += 1
-            rows.append(
-                _ranked(
-                    "search",
-                    queries,
-                    q,
-                    gallery,
-                    g,
-                    out.run_id,
-                    rank=rank,
-                    score=float(score),
-                    threshold=threshold,
-                    threshold_source=source,
-                )
-            )
+        for files, rows in ray.get(pending):
+            out.add_files("matches", files, MATCHES)
+            matches += rows
     errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
-    return _finish(out, rows, errors, {"queries": len(queries), "gallery": len(gallery), "k": config.k})
+    out.write_errors(errors, stage="match")
+    return {"queries": len(queries), "gallery": len(gallery), "k": config.k, "matches": matches, "errors": len(errors)}
+
+
+def _meta(items: EmbeddingSet) -> pa.Table:
+    """What a matches row names of an item: its uri, content hash and item key."""
+    return pa.table({"uri": items.uris, "sha256": items.sha256, "item": items.items})
+
+
+def write_search_rows(
+    found: TopK,
+    first: int,
+    queries: pa.Table,
+    gallery: pa.Table,
+    same_set: bool,
+    k: int,
+    fields: dict,
+    writer: RowWriter,
+) -> tuple[list, int]:
+    """The matches rows of one batch of queries (``first`` onwards), ranked 1..k (a query found in its own gallery
+    skipped), written by this worker: returns the data files and the row count."""
+    n, width = found.ids.shape
+    q = np.repeat(np.arange(first, first + n), width)
+    g = found.ids.ravel()
+    kept = g >= 0
+    if same_set:
+        kept &= g != q
+    rank = np.cumsum(kept.reshape(n, width), axis=1).ravel()
+    kept &= rank <= k
+    q, g, rank, score = q[kept], g[kept], rank[kept], found.scores.ravel()[kept]
+    rows = len(q)
+    qt, gt = queries.take(pa.array(q)), gallery.take(pa.array(g))
+    table = {
+        "mode": pa.array(["search"] * rows),
+        "query_uri": qt.column("uri"),
+        "query_sha256": qt.column("sha256"),
+        "query_item": qt.column("item"),
+        "gallery_uri": gt.column("uri"),
+        "gallery_sha256": gt.column("sha256"),
+        "gallery_item": gt.column("item"),
+        "rank": pa.array(rank, pa.int32()),
+        "score": pa.array(score, pa.float32()),
+    }
+    table |= {name: pa.array([value] * rows) for name, value in fields.items()}
+    for f in MATCHES:
+        if f.name not in table:
+            table[f.name] = pa.nulls(rows, f.type)
+    data = pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES)
+    return writer.write(data), rows
 
 
 def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) -> EmbeddingSet:
@@ -520,7 +571,7 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
     out.check_writable()
     modes = {"search": run_search, "verify": run_verify, "identify": run_identify, "crossmatch": run_crossmatch}
     summary = modes[config.mode](config, ctx, out)
-    marker = out.commit(tables=("errors",), config=asdict(config), summary={"mode": config.mode, **summary})
+    marker = out.commit(tables=("matches", "errors"), config=asdict(config), summary={"mode": config.mode, **summary})
     ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
     ctx.log.info("committed run %s (tables matches/, errors/)", ctx.run_id)
     return marker

@@ -135,8 +135,18 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
                 "crossmatch or of another tool; write to a new output root"
             )
         return None
-    with storage_errors(store.uri):
-        dt = DeltaTable(delta_uri(store), storage_options=delta_options(store))
+    for wait in (0.05, 0.1, 0.2, 0.4, None):
+        try:
+            with storage_errors(store.uri):
+                dt = DeltaTable(delta_uri(store), storage_options=delta_options(store))
+            break
+        except StorageError as exc:
+            # A concurrent run has made _delta_log/ but not yet put its first commit in it.
+            if "no files in log segment" not in str(exc).lower():
+                raise
+            if wait is None:
+                return None
+            time.sleep(wait)
     if version is not None:
         with storage_errors(store.uri):
             dt.load_as_version(version)

@@ -9,7 +9,7 @@ import pytest
 from jobs import calibrate, match
 from ops.io.schemas import MANIFEST, faces
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun, read_table
+from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching.search import normalise
 from tests.conftest import shared_data
 
@@ -103,6 +103,15 @@ def test_search_gives_exact_top_k_without_self_matches(ray_cluster, tmp_path):
         assert [uris.index(r["gallery_uri"]) for r in got] == list(np.argsort(-scores[q], kind="stable")[:3])
         assert [r["rank"] for r in got] == [1, 2, 3]
         np.testing.assert_allclose([r["score"] for r in got], np.sort(scores[q])[::-1][:3], atol=1e-6)
+    # Query batches of 5: three tasks each write their batch's rows (three files); the same rows.
+    assert (
+        run("search", "--queries", tmp_path, "--output", tmp_path, "--k", 3, "--query-batch", 5, "--run-id", "b") == 0
+    )
+    (marker,) = [m for m in committed_runs(resolve(str(tmp_path))) if m["run_id"] == "b"]
+    assert marker["tables"]["matches"] == {"rows": 36, "files": 3}
+    key = lambda r: (r["query_uri"], r["rank"], r["gallery_uri"])  # noqa: E731
+    batched = read_table(resolve(str(tmp_path)), "matches", run_id="b").to_pylist()
+    assert sorted(map(key, batched)) == sorted(map(key, rows))
 
 
 def test_verify_decides_and_reports_pairs_it_cannot_score(tmp_path):
