@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         "--retain-hours", type=float, default=168.0, help="keep files versions of the last N hours read (168)"
     )
     args = parser.parse_args(argv)
+    if args.retain_hours < 1:  # younger files may be a running job's, not yet committed
+        print("error: --retain-hours must be at least 1 (files of running jobs are that young)", file=sys.stderr)
+        return 2
     try:
         root = resolve(args.output)
         names = args.table or tables_under(root)

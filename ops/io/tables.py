@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -266,7 +267,8 @@ def _merge_stats(parts: list[pa.Table]) -> dict:
             kind, name = key.split(".", 1)
             if kind == "null":
                 merged["nullCount"][name] = merged["nullCount"].get(name, 0) + value
-            elif value is not None and not (isinstance(value, float) and value != value):
+            elif value is not None and not (isinstance(value, float) and not math.isfinite(value)):
+                # NaN and infinities have no JSON: delta-rs would drop the file's statistics whole
                 target, pick = (merged["minValues"], min) if kind == "min" else (merged["maxValues"], max)
                 target[name] = value if name not in target else pick(target[name], value)
     return merged
@@ -297,7 +299,7 @@ class OutputRun:
     def check_schema(self, table: str, schema: pa.Schema) -> None:
         """Refuse now, before any work, a table whose stored schema differs from ``schema`` (another model's
         embedding width, another schema version): a table holds one schema."""
-        self._schemas[table] = schema
+        self._schemas[table] = stored(schema)
         dt = open_table(self.root, table)
         if dt is not None:
             _same_schema(dt, table, stored(schema))
@@ -363,10 +365,18 @@ class OutputRun:
                 dt = open_table(self.root, name)
                 schema = schemas.get(name) or (table_schema(dt) if dt is not None else None)
                 if schema is not None:
-                    _transact(self.root, name, schema, [], _of_run(self.run_id, self.attempt), **_ids(record))
+                    _transact(self.root, name, schema, [], self._superseded, **_ids(record))
             except (StorageError, CommitError) as exc:  # garbage: readers never count it; the next commit retries
                 log.warning("earlier attempts of run %s stay in %s for now: %s", self.run_id, name, exc)
         return _as_marker(record)
+
+    def _superseded(self, files: list[dict]) -> list[dict]:
+        """This run's files of other attempts, while ``runs`` still names this attempt: an overlapping attempt of
+        the same run that committed after this one keeps its files."""
+        current = _run_record(self.root, self.run_id)
+        if current is None or current["attempt"] != self.attempt:
+            return []
+        return _of_run(self.run_id, self.attempt)(files)
 
     def abort(self) -> None:
         """Delete this attempt's data files (best effort: uncommitted files are never read anyway)."""
@@ -434,9 +444,12 @@ def _transact(
     props = CommitProperties(custom_metadata={"crossmatch.run_id": run_id, "crossmatch.attempt": attempt})
     for attempt_no in range(COMMIT_ATTEMPTS):
         dt = open_table(root, table)
+        removed: list[dict] = []
         if dt is not None:
             _same_schema(dt, table, schema)
-        removed: list[dict] = []
+            with storage_errors(store.uri):
+                files = _file_index(dt)
+            removed = doomed(files)  # outside the translation of errors: a caller's own exception stays its own
         try:
             with storage_errors(store.uri):
                 if dt is None:
@@ -458,7 +471,6 @@ def _transact(
                         commit_properties=props,
                     )
                     return []
-                removed = doomed(_file_index(dt))
                 gone = [RemoveAction(f["path"], True, now, f["size"], {}) for f in removed]
                 if added or gone:
                     dt.create_write_transaction(
@@ -517,8 +529,16 @@ def _delta_schema(schema: pa.Schema):
 
 
 def _of_run(run_id: str, keep_attempt: str | None = None) -> Callable[[list[dict]], list[dict]]:
-    """Picks the files of run ``run_id`` (but not those of attempt ``keep_attempt``)."""
-    return lambda files: [f for f in files if f["run_id"] == run_id and f["attempt"] != keep_attempt]
+    """Picks the files of run ``run_id`` (but not those of attempt ``keep_attempt``): by their statistics, or by
+    their path where a file has none."""
+
+    def picked(f: dict) -> bool:
+        if f["run_id"] is not None:
+            return f["run_id"] == run_id and f["attempt"] != keep_attempt
+        folder = f"{DATA}/{run_id}/"
+        return f["path"].startswith(folder) and not (keep_attempt and f["path"].startswith(folder + keep_attempt))
+
+    return lambda files: [f for f in files if picked(f)]
 
 
 def _replace_run_row(root: Store, record: dict) -> None:
@@ -538,9 +558,16 @@ def _ids(record: dict) -> dict:
 def committed_runs(root: Store, as_of: datetime | None = None) -> list[dict]:
     """The committed runs under ``root`` (as they were at ``as_of``), oldest commit first: each the runs row with
     ``tables`` parsed and the job's ``info`` (config, summary, models) merged in."""
-    dt = open_table(root, RUNS_TABLE, as_of)
+    dt = open_table(root, RUNS_TABLE)
     if dt is None:
         return []
+    if as_of is not None:  # by the commits' own timestamps, the clock that stamped the other table's version too
+        stamp = as_of.timestamp() * 1000
+        versions = [h["version"] for h in dt.history() if h["timestamp"] <= stamp]
+        if not versions:
+            return []
+        with storage_errors(dt.table_uri):
+            dt.load_as_version(max(versions))
     with storage_errors(dt.table_uri):
         rows = _scan(root, RUNS_TABLE, dt, None, None).to_pylist()
     return [_as_marker(r) for r in sorted(rows, key=lambda r: r["committed_at"])]
@@ -653,7 +680,7 @@ def delete_run(root: Store, run_id: str, dry_run: bool = False) -> list[str]:
     for table in sorted(tables, key=lambda t: t != RUNS_TABLE):  # runs first
         dt = open_table(root, table)
         store = table_store(root, table)
-        held = _of_run(run_id)(_file_index(dt))
+        held = _of_run(run_id)(_file_index(dt)) if dt is not None else []
         if not dry_run and held:
             held = _transact(root, table, table_schema(dt), [], _of_run(run_id), run_id, "delete")
         for path in [f["path"] for f in held]:
@@ -682,7 +709,8 @@ def delete_run(root: Store, run_id: str, dry_run: bool = False) -> list[str]:
 def compact(root: Store, table: str, retain_hours: float = 168.0) -> dict:
     """Merge each run's small files of ``table`` into one (a run of many small appends, a job of many workers),
     one transaction per run, then delete from storage the files no table version younger than ``retain_hours``
-    reads, orphans of killed attempts included (Delta vacuum). Returns what was done."""
+    reads, orphans of killed attempts included (Delta vacuum: files of a job still running that are older than
+    ``retain_hours`` would go too, so jobs.compact keeps at least an hour). Returns what was done."""
     dt = open_table(root, table)
     if dt is None:
         raise CommitError(f"no table {table} under {root.uri}")
@@ -701,23 +729,32 @@ def compact(root: Store, table: str, retain_hours: float = 168.0) -> dict:
             rows = pads.dataset(paths, schema=schema, format="parquet", filesystem=root.arrow).to_table()
         writer = TableWriter(root, table, run_id, attempt, schema)
         writer.write(rows)
+        written = writer.close()
         chosen = {f["path"] for f in files}
-        _transact(
-            root,
-            table,
-            schema,
-            writer.close(),
-            lambda now, c=chosen: [f for f in now if f["path"] in c],
-            run_id,
-            attempt,
-        )
+        try:
+            _transact(root, table, schema, written, lambda now, c=chosen: _all_or_raise(now, c), run_id, attempt)
+        except _Vanished:  # a deletion or a rerun took the run's files meanwhile: its rows must not come back
+            for f in written:
+                store.join(f.path).remove_tree()
+            continue
         merged += len(files)
     with storage_errors(store.uri):
         dt = open_table(root, table)
         removed = dt.vacuum(
-            retention_hours=int(retain_hours), dry_run=False, enforce_retention_duration=False, full=True
+            retention_hours=math.ceil(retain_hours), dry_run=False, enforce_retention_duration=False, full=True
         )
     return {"table": table, "files_merged": merged, "vacuumed": len(removed)}
+
+
+class _Vanished(Exception):
+    """Files a compaction merged left the table before it could commit."""
+
+
+def _all_or_raise(files: list[dict], chosen: set[str]) -> list[dict]:
+    present = [f for f in files if f["path"] in chosen]
+    if len(present) != len(chosen):
+        raise _Vanished(sorted(chosen - {f["path"] for f in present}))
+    return present
 
 
 def _version() -> str:

@@ -303,3 +303,59 @@ def test_write_errors_name_the_object(s3):
         run.commit()
     with pytest.raises(StorageError, match="no-such-bucket-crossmatch"):
         OutputRun(resolve("s3://no-such-bucket-crossmatch/out"), "r", "test").check_writable()
+
+
+def test_an_older_attempt_finishing_last_leaves_the_newer_one_alone(tmp_path):
+    """Two attempts of one run overlap (a scheduler's retry while the first driver still lives): the one whose
+    runs row stands keeps its files, whichever cleans up last."""
+    root = resolve(str(tmp_path))
+    first, second = OutputRun(root, "r", "test"), OutputRun(root, "r", "test")
+    first.write("errors", errors(2, "r", "a"))
+    second.write("errors", errors(3, "r", "b"))
+    second.commit()
+    first.commit()  # replaces second's runs row: first is the run now
+    assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["ua0", "ua1"]
+    tables._transact(root, "errors", tables.stored(ERRORS), [], second._superseded, "r", second.attempt)
+    assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["ua0", "ua1"]  # second's cleanup: none
+
+
+def test_infinite_values_keep_a_files_statistics(tmp_path):
+    root = resolve(str(tmp_path))
+    run = OutputRun(root, "r", "test")
+    row = {"run_id": "r", "job": "t", "epoch": 0, "metric": "loss", "value": float("inf")}
+    run.write("training", pa.Table.from_pylist([row]))
+    run.commit()
+    (f,) = tables._file_index(open_table(root, "training"))
+    assert (f["run_id"], f["attempt"]) == ("r", run.attempt)
+    assert read_table(root, "training").column("value").to_pylist() == [float("inf")]
+
+
+def test_a_compaction_never_brings_back_a_deleted_run(tmp_path, monkeypatch):
+    root = resolve(str(tmp_path))
+    run = OutputRun(root, "gone", "test")
+    for part in range(2):
+        run.add_files(
+            "errors", write_data_files(root, "errors", errors(2, "gone", str(part)), None, "gone", run.attempt)
+        )
+    run.commit()
+    real = tables._all_or_raise
+
+    def delete_first(files, chosen):  # the run is deleted while the compaction merges its files
+        delete_run(root, "gone")
+        return real(tables._file_index(open_table(root, "errors")), chosen)
+
+    monkeypatch.setattr(tables, "_all_or_raise", delete_first)
+    assert compact(root, "errors", retain_hours=0)["files_merged"] == 0
+    assert read_table(root, "errors").num_rows == 0
+    assert not list((tmp_path / "errors" / "data").rglob("*.parquet"))
+
+
+def test_a_table_made_empty_takes_rows_later(tmp_path):
+    root = resolve(str(tmp_path))
+    empty = OutputRun(root, "e", "test")
+    empty.check_schema("errors", ERRORS)  # as a job does first; then no rows come
+    empty.commit(tables=("errors",))
+    full = OutputRun(root, "f", "test")
+    full.write("errors", errors(2, "f"))
+    full.commit()
+    assert read_table(root, "errors").num_rows == 2
