@@ -206,22 +206,29 @@ def write_segments(batch: pa.Table, writer: RowWriter, provenance: dict, dim: in
     segments = batch.filter(pa.array(is_segment))
     files = writer.write(_segment_table(segments, provenance, dim))
     pooled: dict[str, list] = {}
-    for uri, psum, n in zip(
-        segments.column("uri").to_pylist(),
-        segments.column("partial_sum").to_numpy(zero_copy_only=False),
-        segments.column("partials").to_pylist(),
-        strict=True,
-    ):
-        acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
-        acc[0] += psum
-        acc[1] += n
-        acc[2] += 1
+    pool(pooled, segments, dim)
     made = [
         {"kind": "pooled", "uri": uri, "partial_sum": acc[0].tolist(), "partials": acc[1], "segments": acc[2]}
         for uri, acc in pooled.items()
     ]
     made += [{"kind": "file", "message": file_row(f)} for f in files]
     return pa.concat_tables([batch.filter(pa.array(~is_segment)), pa.Table.from_pylist(made, schema=batch.schema)])
+
+
+def pool(pooled: dict[str, list], rows: pa.Table, dim: int) -> None:
+    """Add the rows' sums of partial embeddings into ``pooled`` (uri -> [sum, partials, segments]): segment rows
+    count one segment each, a worker's "pooled" rows the segments they say."""
+    for uri, psum, n, k in zip(
+        rows.column("uri").to_pylist(),
+        rows.column("partial_sum").to_numpy(zero_copy_only=False),
+        rows.column("partials").to_pylist(),
+        rows.column("segments").to_pylist(),
+        strict=True,
+    ):
+        acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
+        acc[0] += psum
+        acc[1] += n
+        acc[2] += 1 if k is None else k
 
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
@@ -291,18 +298,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         kinds = np.asarray(batch.column("kind").to_pylist())
         described = batch.filter(pa.array(kinds == "file")).column("message").to_pylist()
         job.add_files("voices", [parse_file_row(m) for m in described])
-        sums = batch.filter(pa.array(kinds == "pooled"))
-        for uri, psum, n, k in zip(
-            sums.column("uri").to_pylist(),
-            sums.column("partial_sum").to_numpy(zero_copy_only=False),
-            sums.column("partials").to_pylist(),
-            sums.column("segments").to_pylist(),
-            strict=True,
-        ):
-            acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
-            acc[0] += psum
-            acc[1] += n
-            acc[2] += k
+        pool(pooled, batch.filter(pa.array(kinds == "pooled")), dim)
         for row in (
             batch.filter(pa.array((kinds != "file") & (kinds != "pooled"))).drop_columns(["segments"]).to_pylist()
         ):

