@@ -234,8 +234,13 @@ def search(size: dict, device: torch.device) -> dict:
     exact = ExactSearch(gallery, device=device, precision="fp32")
     reference = exact.search(queries, k)
     result = {"queries": q, "gallery": g, "dim": d, "precision": low, "gemm_tflops": round(ceiling / 1e12, 2)}
-    # The engine's default blocks, and large ones (which a GPU may prefer): the next tuning step reads this.
-    for name, blocks in {"default": {}, "large_blocks": {"gallery_block": 65536, "query_block": 4096}}.items():
+    # The engine's default blocks for this device, and smaller and larger ones beside them: the tuning step reads this.
+    variants = {
+        "default": {},
+        "small_blocks": {"gallery_block": 4096, "query_block": 512},
+        "large_blocks": {"gallery_block": 262144, "query_block": 8192},
+    }
+    for name, blocks in variants.items():
         engine = ExactSearch(gallery, device=device, precision=low, **blocks)
         seconds = _median(lambda engine=engine: engine.search(queries, k), device)
         found = engine.search(queries, k)

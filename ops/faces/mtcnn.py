@@ -42,7 +42,11 @@ def _nms(boxes: torch.Tensor, margins: torch.Tensor, idxs: torch.Tensor, thresho
         sel = idxs == i
         order[sel] = rank[: int(sel.sum())]
     keys = margins.double() - order * 1e-9
-    return batched_nms(boxes.double(), keys, idxs, threshold)
+    # Pyramid cells lie on a grid, so many pairs overlap by exactly the threshold (two 12-pixel windows 4 pixels
+    # apart: IoU 0.5), and the CPU and CUDA kernels round such a pair's IoU to different sides of it. A pair within
+    # 1e-6 of the threshold counts as at it (kept) on every device; the CUDA kernel takes the threshold as float32,
+    # whose spacing near 0.5 is 6e-8, so a smaller allowance would vanish there.
+    return batched_nms(boxes.double(), keys, idxs, threshold + 1e-6)
 
 
 class PNet(nn.Module):
@@ -250,6 +254,17 @@ class MTCNN(nn.Module):
     def detect(
         self, images: torch.Tensor | list[torch.Tensor], config: DetectorConfig = DetectorConfig()
     ) -> list[Faces]:
+        # Full float32 convolutions: cuDNN's default TF32 moves P-Net's logits by ~4e-3, enough to move candidates
+        # across the thresholds, and a detection must not depend on the device it ran on. These networks are
+        # small enough that TF32 saves little.
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return self._detect(images, config)
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def _detect(self, images: torch.Tensor | list[torch.Tensor], config: DetectorConfig) -> list[Faces]:
         device = next(self.parameters()).device
         images = [image.to(device=device, dtype=torch.float32) for image in images]
         n = len(images)

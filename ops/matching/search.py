@@ -7,6 +7,10 @@ margin that bounds the product's rounding error. Candidates are re-scored exactl
 stored fp32 vectors, on the host) and merged into a running top K ordered by score, then by gallery id:
 deterministic, and the same answer whatever the precision, block sizes, device or sharding.
 
+On CUDA the filter is not run per block (each would wait for the device): a running approximate top (K + extra)
+per query stays on the device, and a query whose kept extra entries prove its top K complete is re-scored from
+them; the others (near-duplicates crowding the margin) take the filtered path.
+
 The margin is a proof, not a tolerance: for unit vectors q and g, a product whose inputs are rounded with unit
 roundoff u and whose output is rounded with u again differs from the exact q.g by at most 3u + d 2^-23 (the last
 term the float32 accumulation over d terms), since sum |q_i g_i| <= |q||g| = 1. A vector within that margin of the
@@ -29,6 +33,25 @@ from ops.models.device import best_device
 UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
 CHUNK = 64  # scores per run whose maximum is taken in the candidate filter; gallery blocks are a multiple of it
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Approximate candidates kept beyond K on the device, so that the top K is proven complete: more than the vectors
+# that fall within twice the margin of the K-th best. Measured on 1M random unit vectors of 128 dimensions, K = 10:
+# at most 65 (median 35) with bf16's margin, 17 with fp16's; with fewer kept, 30% of bf16 queries fell back.
+EXTRA = {"fp32": 16, "fp16": 32, "bf16": 128}
+
+
+def _top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` entries of each row (values, columns), in two cheap steps instead of a selection over the
+    whole row: the maximum of each run of CHUNK columns, the ``k`` runs with the highest maxima (they hold the
+    row's top ``k``: a run outside them has ``k`` better maxima above its own), then a selection among those
+    runs' columns only."""
+    rows, width = scores.shape
+    runs = -(-width // CHUNK)
+    if runs * CHUNK != width:
+        scores = torch.nn.functional.pad(scores, (0, runs * CHUNK - width), value=-torch.inf)
+    chosen = scores.view(rows, runs, CHUNK).amax(dim=2).topk(min(k, runs), dim=1).indices
+    columns = (chosen[:, :, None] * CHUNK + torch.arange(CHUNK, device=scores.device)).view(rows, -1)
+    values, pos = scores.gather(1, columns).topk(k, dim=1)
+    return values, columns.gather(1, pos)
 
 
 @dataclass
@@ -60,8 +83,8 @@ class ExactSearch:
         ids: np.ndarray | None = None,
         device: str | torch.device | None = None,
         precision: str = "fp32",
-        gallery_block: int = 4096,
-        query_block: int = 512,
+        gallery_block: int | None = None,
+        query_block: int | None = None,
         backend: str | None = None,
     ) -> None:
         if precision not in UNIT_ROUNDOFF:
@@ -76,6 +99,8 @@ class ExactSearch:
             raise SearchError(f"{precision} products are for CUDA; on CPU the engine works in fp32")
         self.precision = precision
         self.margin = 3.0 * UNIT_ROUNDOFF[precision] + self.dim * 2.0**-23
+        gallery_block = gallery_block or (65536 if self.device.type == "cuda" else 4096)
+        query_block = query_block or (4096 if self.device.type == "cuda" else 512)
         if gallery_block % CHUNK or gallery_block < CHUNK:
             raise SearchError(f"gallery_block must be a multiple of {CHUNK}")
         self.gallery_block, self.query_block = gallery_block, query_block
@@ -98,7 +123,7 @@ class ExactSearch:
         step = self.query_block
         blocks = [queries[i : i + step] for i in range(0, len(queries), step)]
         if self.backend == "torch":
-            parts = [self._block(b, k) for b in blocks]
+            parts = [self._block_torch(b, k) for b in blocks]
         else:
             parts = self._parallel(blocks, k)
         if not parts:
@@ -116,6 +141,49 @@ class ExactSearch:
                 return list(pool.map(lambda b: self._block(b, k), blocks))
         finally:
             torch.set_num_threads(threads)
+
+    def _block_torch(self, q: np.ndarray, k: int) -> TopK:
+        """The device's way: a running approximate top (K + extra) per query stays on the device across gallery
+        blocks (no transfer or synchronisation per block), then one copy to the host, where the candidates are
+        re-scored exactly. The extra entries prove the answer complete: when the last kept approximate score lies
+        more than twice the margin below the K-th, every vector left out scores exactly below K kept ones. A query
+        without that proof (many vectors within the margin of its K-th best: near-duplicates) goes through the
+        filtered path, which keeps every candidate above its threshold."""
+        size = len(self.gallery)
+        keep = min(size, k + EXTRA[self.precision])
+        q_dev = torch.from_numpy(q).to(self.device, DTYPES[self.precision])
+        best_v = best_c = None
+        for start in range(0, size, self.gallery_block):
+            stop = min(start + self.gallery_block, size)
+            v, c = _top(q_dev @ self.device_gallery[start:stop].T, min(keep, stop - start))
+            if best_v is not None:
+                v, pos = torch.cat([best_v, v], 1).topk(keep, dim=1)
+                c = torch.cat([best_c, c + start], 1).gather(1, pos)
+            else:
+                c = c + start
+            best_v, best_c = v, c
+        approx, cols = best_v.float().cpu().numpy(), best_c.cpu().numpy()
+        best_s, ids = self._rescore(q, approx, cols, k)
+        proven = approx[:, -1] < approx[:, min(k, keep) - 1] - 2 * self.margin
+        unproven = np.flatnonzero(~proven) if keep < size else np.zeros(0, np.int64)
+        if len(unproven):
+            again = self._block(q[unproven], k)
+            best_s[unproven], ids[unproven] = again.scores, again.ids
+        return TopK(best_s, ids)
+
+    def _rescore(self, q: np.ndarray, approx: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's top K from its approximate candidates (Q, C): only those within twice the margin of its
+        approximate K-th best can be in its exact top K, and only they are re-scored (a third of them with bf16's
+        margin), a few hundred queries at a time so that the float64 copies stay small."""
+        nq = len(q)
+        kth = approx[:, min(k, approx.shape[1]) - 1]
+        scores, best = np.full((nq, k), -np.inf), np.full((nq, k), -1, np.int64)
+        step = 512
+        for a in range(0, nq, step):
+            rows, j = np.nonzero(approx[a : a + step] >= kth[a : a + step, None] - 2 * self.margin)
+            part = slice(a, a + step)
+            scores[part], best[part] = self._merge(q[part], rows, cols[part][rows, j], scores[part], best[part], k)
+        return scores, np.where(best >= 0, self.ids[np.maximum(best, 0)], -1)
 
     def _block(self, q: np.ndarray, k: int) -> TopK:
         nq = len(q)

@@ -83,3 +83,31 @@ def test_bad_inputs_are_refused_with_reasons():
         ExactSearch(g).search(unit(rng, 2, 16), 3)
     with pytest.raises(SearchError, match="for CUDA"):
         ExactSearch(g, device="cpu", precision="bf16")
+
+
+def test_the_torch_code_path_proves_its_top_k_or_falls_back_to_the_filter():
+    """Near-duplicates crowd the margin around the K-th best: the device's kept extra entries cannot prove the
+    answer complete, and those queries take the filtered path; the answer is still exact."""
+    rng = np.random.default_rng(6)
+    base = unit(rng, 20)
+    crowded = np.repeat(base, 60, axis=0) + 1e-7 * rng.standard_normal((1200, 32)).astype(np.float32)
+    g = np.vstack([crowded, unit(rng, 3000)])
+    q = np.vstack([base, unit(rng, 30)])
+    expected = ExactSearch(g, gallery_block=256).search(q, 10)
+    engine = ExactSearch(g, gallery_block=256, query_block=16, backend="torch")
+    filtered, block = [], engine._block
+    engine._block = lambda queries, k: filtered.append(len(queries)) or block(queries, k)
+    got = engine.search(q, 10)
+    assert sum(filtered) == 20  # the crowded queries, and only they
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+
+
+@pytest.mark.parametrize("size", [3, 10, 41, 700])
+def test_the_torch_code_path_on_galleries_near_the_kept_size(size):
+    rng = np.random.default_rng(size)
+    g, q = unit(rng, size), unit(rng, 9)
+    expected = ExactSearch(g, gallery_block=64).search(q, 10)
+    got = ExactSearch(g, gallery_block=128, backend="torch").search(q, 10)
+    np.testing.assert_array_equal(got.ids, expected.ids)
+    np.testing.assert_array_equal(got.scores, expected.scores)
