@@ -43,6 +43,7 @@ from jobs.source_job import (
 from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
+from ops.io.custody import open_verified, verified_bytes
 from ops.io.errors import ItemTimeout, JobFailed, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, faces
 from ops.io.storage import Store, resolve, storage_errors
@@ -150,14 +151,14 @@ def _frame_row(uri: str, sha: str, category: str, frame: Frame) -> dict:
 
 def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
     """Each source of the batch as frame rows, then one source row; or one error row."""
-    for uri, sha, category in zip(
-        *(batch.column(c).to_pylist() for c in ("uri", "sha256", "media_category")), strict=True
+    for uri, sha, category, size in zip(
+        *(batch.column(c).to_pylist() for c in ("uri", "sha256", "media_category", "size")), strict=True
     ):
         rows: list[dict] = []
         try:
             source = {"kind": "source", "uri": uri, "sha256": sha, "media_category": category, "status": "ok"}
             if category == "image":
-                data = resolve(uri, endpoint_url).read_bytes()
+                data = verified_bytes(resolve(uri, endpoint_url), sha)
                 if params["jpeg_on_device"] and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
                     # Only the bytes travel: the face actor decodes them on its device and makes the source row.
                     yield pa.Table.from_pylist(
@@ -172,7 +173,7 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
             else:
                 count, size, clock = 0, None, ItemClock(params["item_timeout"])
                 try:
-                    with resolve(uri, endpoint_url).open() as f:
+                    with open_verified(resolve(uri, endpoint_url), sha, size) as f:
                         for frame in sample_video(
                             f, params["fps"], params["max_frames"], params["max_pixels"], params["max_side"]
                         ):
@@ -291,8 +292,12 @@ def write_faces(batch: pa.Table, writer: RowWriter, staging: Store, provenance: 
     return pa.concat_tables([batch.filter(pa.array(~faces_)), pa.Table.from_pylist(made, schema=_EMBEDDED)])
 
 
-def track_video(group: pa.Table, per_track: bool) -> pa.Table:
-    """One video's face rows with their tracks (and only each track's clearest face with ``per_track``)."""
+def track_video(group: pa.Table, per_track: bool, failed: frozenset[str]) -> pa.Table:
+    """One video's face rows with their tracks (and only each track's clearest face with ``per_track``); none for
+    a video that ended as an error row after some of its frames had gone on (a change found when the stream
+    ended: its faces came from bytes the manifest did not hash)."""
+    if group.num_rows and group.column("uri")[0].as_py() in failed:
+        return group.slice(0, 0)
     rows = group.to_pylist()
     ids = assign_tracks(rows)
     lengths = Counter(ids)
@@ -353,7 +358,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
     embedded = model_pipeline(
         sources,
-        ["uri", "sha256", "media_category"],
+        ["uri", "sha256", "media_category", "size"],
         MIN_SHARD_BYTES,
         FaceActor,
         {
@@ -410,13 +415,16 @@ def _collect(config, ctx, job, embedded, uris, writer, staging, provenance, dete
     ledger.check_complete()
     source_rows, error_rows = ledger.results, ledger.errors
     if staged:
+        failed = frozenset(uri for uri, row in error_rows.items() if row["media_category"] == "video")
         # Tracking needs a video's faces together: a shuffle of the staged rows by video, each tracked and written
         # by a worker (partitions of about a data file's rows each).
         parts = max(1, min(len(staged), -(-video_rows // WRITE_ROWS)))
         tracked = (
             ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow)
             .groupby("uri", num_partitions=parts)
-            .map_groups(track_video, fn_kwargs={"per_track": config.per_track}, batch_format="pyarrow")
+            .map_groups(
+                track_video, fn_kwargs={"per_track": config.per_track, "failed": failed}, batch_format="pyarrow"
+            )
             .map_batches(write_tracked, fn_kwargs={"writer": writer}, batch_size=WRITE_ROWS, batch_format="pyarrow")
         )
         for row in tracked.iter_rows():

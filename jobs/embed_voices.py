@@ -34,6 +34,7 @@ from jobs.source_job import (
     manifest_sources,
     parse_file_row,
 )
+from ops.io.custody import open_verified
 from ops.io.errors import AudioError, ItemTimeout, JobFailed
 from ops.io.schemas import voices
 from ops.io.storage import Store, resolve
@@ -117,7 +118,7 @@ def decode_segments(
 ) -> Iterator[pa.Table]:
     """Decode each source of the batch into speech segments, then one source row; or one error row."""
     detector = speech_detector(params["vad"], params["vad_mode"], vad_folder)
-    for uri, sha in zip(batch.column("uri").to_pylist(), batch.column("sha256").to_pylist(), strict=True):
+    for uri, sha, size in zip(*(batch.column(c).to_pylist() for c in ("uri", "sha256", "size")), strict=True):
         rows: list[dict] = []
         segmenter = SpeechSegmenter(
             params["min_segment_seconds"],
@@ -127,7 +128,7 @@ def decode_segments(
         )
         status, message, clock = "ok", None, ItemClock(params["item_timeout"])
         try:
-            with resolve(uri, endpoint_url).open() as f:
+            with open_verified(resolve(uri, endpoint_url), sha, size) as f:
                 _, chunks = decode_mono(f, max_seconds=params["max_source_seconds"])
                 try:
                     for chunk in chunks:
@@ -269,7 +270,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     }
     embedded = model_pipeline(
         sources,
-        ["uri", "sha256"],
+        ["uri", "sha256", "size"],
         MIN_SHARD_BYTES,
         VoiceEncoderActor,
         {"model_folder": folder},

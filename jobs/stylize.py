@@ -48,6 +48,7 @@ from jobs.source_job import (
     manifest_sources,
     parse_file_row,
 )
+from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
 from ops.io.schemas import STYLED
 from ops.io.storage import Store, resolve
@@ -153,7 +154,7 @@ class StyleActor:
         return pa.Table.from_pylist(rows, schema=_OUT)
 
     def _decode(self, source: dict) -> np.ndarray:
-        data = resolve(source["uri"], self.out.endpoint_url).read_bytes()
+        data = verified_bytes(resolve(source["uri"], self.out.endpoint_url), source["sha256"])
         cfg = self.config
         rgb = decode_image(data, max_pixels=cfg["max_pixels"]).rgb
         if min(rgb.shape[:2]) < cfg["min_side"]:
@@ -332,7 +333,7 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     actor_config = asdict(config) | {"run_id": ctx.run_id}
     styled = model_pipeline(
         sources,
-        ["uri", "sha256"],
+        ["uri", "sha256", "size"],
         MIN_SHARD_BYTES,
         StyleActor,
         {"config": actor_config, "styles": styles, "out": ctx.output},

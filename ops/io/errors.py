@@ -91,6 +91,13 @@ class ItemTimeout(InputError):
     error_type = "item_timeout"
 
 
+class ContentChanged(InputError):
+    """The bytes read now are not the bytes the manifest hashed (the object was rewritten in place since): nothing
+    is made from them. The message gives both hashes."""
+
+    error_type = "content_changed"
+
+
 class InvalidEmbedding(InputError):
     """An embedding that is NaN, infinite or zero: set aside from matching, reported."""
 

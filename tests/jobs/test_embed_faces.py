@@ -2,6 +2,7 @@ import io
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -180,3 +181,35 @@ def test_real_faces(ray_cluster, face_models, tmp_path):
     assert same and diff and max(same) < min(diff)
     clip = [r for r in faces if r["uri"].endswith("short_hamilton_clip.mp4")]
     assert len({r["frame_index"] for r in clip}) >= 10  # faces in most of the 20 frames sampled over 10 s
+
+
+def test_bytes_changed_since_the_manifest_are_error_rows_not_faces(ray_cluster, face_models, tmp_path):
+    """Chain of custody: a photo and a video rewritten in place after the manifest hashed them are error rows
+    (content_changed, both hashes in the message); nothing is embedded from their new bytes."""
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    archive.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        (archive / f"p{i}.jpg").write_bytes(encode_image(portrait(rng, i), "jpeg"))
+    frames = np.stack([np.pad(portrait(rng, 1), ((0, 0), (16, 48), (0, 0)), mode="edge")] * 10)
+    sound = speech(rng, pitch=150.0, seconds=1.0, rate=16000)
+    (archive / "clip.mp4").write_bytes(encode_video(frames, sound, 16000, "mp4", fps=10))
+    assert manifest.main([str(archive), "--output", str(out), "--log-level", "WARNING"]) == 0
+    hashed = {r["uri"].rsplit("/", 1)[-1]: r["sha256"] for r in read_table(resolve(str(out)), "manifest").to_pylist()}
+    (archive / "p1.jpg").write_bytes(encode_image(portrait(rng, 2), "jpeg"))
+    (archive / "clip.mp4").write_bytes(encode_video(frames[:5], sound[:8000], 16000, "mp4", fps=10))
+
+    assert embed_faces.main([str(out), "--output", str(out), "--models", face_models.uri]) == 0
+    root = resolve(str(out))
+    errors = {r["uri"].rsplit("/", 1)[-1]: r for r in read_table(root, "errors").to_pylist()}
+    assert set(errors) == {"p1.jpg", "clip.mp4"}
+    for name, row in errors.items():
+        assert row["error_type"] == "content_changed" and row["sha256"] == hashed[name]
+        assert hashed[name] in row["message"] and "hash to" in row["message"]
+    embedded = {u.rsplit("/", 1)[-1] for u in read_table(root, "faces").column("uri").to_pylist()}
+    assert embedded == {"p0.jpg", "p2.jpg"}
+
+
+def test_a_video_that_failed_after_its_frames_went_on_is_not_tracked():
+    rows = pa.Table.from_pylist([{"uri": "s3://a/v.mp4", "frame_index": 0}, {"uri": "s3://a/v.mp4", "frame_index": 1}])
+    assert embed_faces.track_video(rows, False, frozenset({"s3://a/v.mp4"})).num_rows == 0

@@ -223,3 +223,17 @@ def test_s3_archive_models_and_output(ray_cluster, models, s3):
     errors = [e for e in read_table(out, "errors").to_pylist() if e["job"] == "embed_voices"]
     assert [r["uri"] for r in sources] == [s3.uri("archive", "a.flac")] and sources[0]["status"] == "ok"
     assert [(e["uri"], e["error_type"]) for e in errors] == [(s3.uri("archive", "b.mp4"), "no_audio_stream")]
+
+
+def test_audio_changed_since_the_manifest_is_an_error_row(ray_cluster, models, tmp_path):
+    archive, out = tmp_path / "archive", tmp_path / "out"
+    archive.mkdir()
+    for i in range(2):
+        (archive / f"v{i}.wav").write_bytes(encode_audio(voice(2.0, 16000, seed=i), 16000, "wav"))
+    assert manifest.main([str(archive), "--output", str(out), "--log-level", "WARNING"]) == 0
+    (archive / "v1.wav").write_bytes(encode_audio(voice(2.0, 16000, seed=9), 16000, "wav"))
+    assert embed_voices.main([str(out), "--output", str(out), "--models", models.uri]) == 0
+    root = resolve(str(out))
+    (error,) = [e for e in read_table(root, "errors").to_pylist() if e["job"] == "embed_voices"]
+    assert error["uri"].endswith("v1.wav") and error["error_type"] == "content_changed"
+    assert {u.rsplit("/", 1)[-1] for u in read_table(root, "voices").column("uri").to_pylist()} == {"v0.wav"}
