@@ -42,6 +42,10 @@ class CalibrateConfig(JobConfig):
     labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "CSV uri,label (default: the manifest's labels)"}
     )
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
+    )
     target_far: float = field(
         default=1e-3, metadata={"run_key": True, "help": "false accept rate to set the threshold at"}
     )
@@ -112,7 +116,11 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True)
     if config.head:  # calibrate what matching through the head will compare
         data = through_head(data, config.head, config.models)
-    labelled, names = labelled_sources(data.uris, read_labels(root, config.labels), config.max_sources)
+    labelled, names = labelled_sources(
+        data.uris,
+        read_labels(root, config.labels, config.manifest_run_id, config.embeddings_run_id),
+        config.max_sources,
+    )
     if not enough_labels(names):
         raise JobFailed(
             f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "

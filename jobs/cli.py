@@ -33,6 +33,13 @@ class JobConfig:
         },
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    shared_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "the local paths given are mounted on every node (NFS, a shared volume): allow them on "
+            "a cluster of many nodes"
+        },
+    )
 
 
 C = TypeVar("C", bound=JobConfig)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from jobs.cli import JobConfig
-from jobs.plan import actor_plan, ensure_ray, model_pipeline
+from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import (
@@ -58,7 +58,7 @@ FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: boun
 
 
 @dataclass
-class EmbedFacesConfig(JobConfig):
+class EmbedFacesConfig(ActorOptions, JobConfig):
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
@@ -96,8 +96,6 @@ class EmbedFacesConfig(JobConfig):
         default=64,
         metadata={"help": "frames per face-actor batch; the actor cuts it into passes that fit its GPU's memory"},
     )
-    pool_size: int | None = field(default=None, metadata={"help": "face actors (default: one per GPU, or per CPU)"})
-    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
 
 
 _STAGED = pa.schema(
@@ -353,7 +351,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
 
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
     ensure_ray()
-    on_gpus = actor_plan(config.pool_size, config.gpus_per_actor).gpus_per_actor > 0
+    on_gpus = actor_plan(config).gpus_per_actor > 0
     params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and on_gpus)
     ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
     embedded = model_pipeline(
@@ -369,8 +367,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             "max_pixels": config.max_pixels,
             "max_side": config.max_side,
         },
-        config.pool_size,
-        config.gpus_per_actor,
+        config,
         config.batch_size,
         decode=decode_frames,
         decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.cli import JobConfig
-from jobs.plan import model_pipeline
+from jobs.plan import ActorOptions, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import (
@@ -50,7 +50,7 @@ ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded
 
 
 @dataclass
-class EmbedVoicesConfig(JobConfig):
+class EmbedVoicesConfig(ActorOptions, JobConfig):
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
@@ -80,8 +80,6 @@ class EmbedVoicesConfig(JobConfig):
     )
     item_timeout: float = field(default=900.0, metadata={"help": "seconds of decoding per source at most (0: none)"})
     batch_size: int = field(default=64, metadata={"help": "segments per encoder batch"})
-    pool_size: int | None = field(default=None, metadata={"help": "encoder actors (default: one per GPU, or 1)"})
-    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
 
 
 # What the decode stage hands to the encoder stage: segment rows (with their samples), source rows, error rows.
@@ -274,8 +272,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         MIN_SHARD_BYTES,
         VoiceEncoderActor,
         {"model_folder": folder},
-        config.pool_size,
-        config.gpus_per_actor,
+        config,
         config.batch_size,
         decode=decode_segments,
         decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},

@@ -22,7 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.cli import JobConfig
-from jobs.plan import ensure_ray, shard
+from jobs.plan import GROWTH, ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob
@@ -177,7 +177,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     ensure_ray()
     import ray
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(int(ray.cluster_resources().get("CPU", 0)), GROWTH)  # room for a cluster that grows
     blocks = [
         pa.table(
             {
@@ -186,7 +186,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
                 "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
             }
         )
-        for part in shard(objects, cpus, MIN_SHARD_BYTES)
+        for part in shard(objects, workers, MIN_SHARD_BYTES)
     ]
     staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.

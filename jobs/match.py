@@ -86,6 +86,10 @@ class MatchConfig(JobConfig):
     labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "identify: CSV uri,label (default: the manifest's labels)"}
     )
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
+    )
     threshold: float | None = field(default=None, metadata={"run_key": True, "help": "cosine threshold to decide at"})
     calibration: str | None = field(
         default=None,
@@ -479,7 +483,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     gallery_root = config.gallery or config.queries
     gallery = _read(config, gallery_root, config.gallery_run_id, per_source=True)
-    labels = read_labels(resolve(gallery_root), config.labels)
+    labels = read_labels(resolve(gallery_root), config.labels, config.manifest_run_id, config.gallery_run_id)
     enrolled = [i for i, u in enumerate(gallery.uris) if u in labels]
     if not enrolled:
         raise JobFailed(

@@ -34,7 +34,17 @@ from ops.models import catalogue
 
 JOB = "pipeline"
 # Settings that do not change a stage's output: a rerun that differs only in these keeps the stage.
-_NOT_OUTPUT = {"log_level", "pool_size", "gpus_per_actor", "batch_size", "shards", "gpus_per_shard", "query_batch"}
+_NOT_OUTPUT = {
+    "log_level",
+    "shared_paths",
+    "pool_size",
+    "max_actors",
+    "gpus_per_actor",
+    "batch_size",
+    "shards",
+    "gpus_per_shard",
+    "query_batch",
+}
 
 
 @dataclass
@@ -69,7 +79,10 @@ class PipelineConfig(JobConfig):
         default=True, metadata={"run_key": True, "help": "report: face thumbnails and speech clips (--no-previews)"}
     )
     restart_from: str | None = field(default=None, metadata={"help": f"redo this stage and later ones: {STAGES}"})
-    pool_size: int | None = field(default=None, metadata={"help": "model actors per embedding stage"})
+    pool_size: int | None = field(default=None, metadata={"help": "model actors per embedding stage (fixed pool)"})
+    max_actors: int | None = field(
+        default=None, metadata={"help": "each embedding stage's elastic pool ceiling (default: as the cluster grows)"}
+    )
     gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
 
 
@@ -80,13 +93,14 @@ class Stages:
     ctx: JobContext
     restart_from: str | None
     committed: dict[str, dict]
+    shared_paths: bool = False  # the pipeline's --shared-paths, for every stage
     done: dict[str, dict] = field(default_factory=dict)  # stage -> {run_id, state, summary}
     _stale: bool = False
 
     def run(self, stage: str, module, config: JobConfig) -> dict:
         """Stage ``stage``'s commit marker: the committed one when it is current, else a fresh run's."""
         run_id = f"{self.ctx.run_id}.{stage}"
-        config.run_id, config.output = run_id, self.ctx.output.uri
+        config.run_id, config.output, config.shared_paths = run_id, self.ctx.output.uri, self.shared_paths
         self._stale |= stage == self.restart_from
         marker = self.committed.get(run_id)
         if marker is not None and not self._stale and _settings(marker.get("config", {})) == _settings(asdict(config)):
@@ -132,9 +146,14 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     root = ctx.output.uri
-    stages = Stages(ctx, config.restart_from, {m["run_id"]: m for m in committed_runs(ctx.output)})
+    stages = Stages(ctx, config.restart_from, {m["run_id"]: m for m in committed_runs(ctx.output)}, config.shared_paths)
     ensure_models(config, ctx.log)
-    actors = {"pool_size": config.pool_size, "gpus_per_actor": config.gpus_per_actor, "models": config.models}
+    actors = {
+        "pool_size": config.pool_size,
+        "max_actors": config.max_actors,
+        "gpus_per_actor": config.gpus_per_actor,
+        "models": config.models,
+    }
 
     stages.run(
         "manifest",
@@ -166,7 +185,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             continue
         embeddings_run = stages.done[table]["run_id"]
         record = None
-        reason = _why_not_calibrated(ctx, table, embeddings_run)
+        reason = _why_not_calibrated(ctx, table, embeddings_run, manifest_run)
         if reason:
             stages.skip(f"calibrate-{table}", reason)
         else:
@@ -174,14 +193,18 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
                 f"calibrate-{table}",
                 calibrate,
                 calibrate.CalibrateConfig(
-                    embeddings=root, table=table, embeddings_run_id=embeddings_run, target_far=config.target_far
+                    embeddings=root,
+                    table=table,
+                    embeddings_run_id=embeddings_run,
+                    manifest_run_id=manifest_run,
+                    target_far=config.target_far,
                 ),
             )
             record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
         # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
-        _match(stages, "search", table, root, embeddings_run, config, record)
+        _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
         if record:
-            _match(stages, "identify", table, root, embeddings_run, config, record)
+            _match(stages, "identify", table, root, embeddings_run, manifest_run, config, record)
         else:
             stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
 
@@ -226,6 +249,7 @@ def _match(
     table: str,
     root: str,
     run_id: str,
+    manifest_run: str,
     config: PipelineConfig,
     calibration: str | None = None,
 ) -> None:
@@ -239,6 +263,7 @@ def _match(
             queries_run_id=run_id,
             gallery_run_id=run_id,
             per_source=mode == "search",
+            manifest_run_id=manifest_run,
             k=config.k,
             calibration=calibration,
             models=config.models,
@@ -246,10 +271,12 @@ def _match(
     )
 
 
-def _why_not_calibrated(ctx: JobContext, table: str, run_id: str) -> str | None:
+def _why_not_calibrated(ctx: JobContext, table: str, run_id: str, manifest_run: str) -> str | None:
     """Why ``table`` cannot be calibrated from the manifest's labels, or None when it can."""
     sources = read_embeddings(ctx.output, table, run_id, per_source=True).uris
-    labelled, names = calibrate.labelled_sources(sources, read_labels(ctx.output), max_sources=len(sources))
+    labelled, names = calibrate.labelled_sources(
+        sources, read_labels(ctx.output, manifest_run_id=manifest_run), max_sources=len(sources)
+    )
     if not calibrate.enough_labels(names):
         return (
             f"{len(labelled)} labelled {table} sources with {len(set(names))} labels: calibration needs two labels "

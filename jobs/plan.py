@@ -7,7 +7,7 @@ import heapq
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -66,22 +66,52 @@ def source_blocks(sources: pa.Table, columns: list[str], cpus: int, min_bytes: i
     return [picked.take(pa.array([row[o.uri] for o in part])) for part in shard(objects, cpus, min_bytes)]
 
 
+@dataclass
+class ActorOptions:
+    """The model stage's pool options a job over sources takes (mixed into its config)."""
+
+    pool_size: int | None = field(
+        default=None, metadata={"help": "model actors: a fixed pool of this size (default: an elastic pool)"}
+    )
+    max_actors: int | None = field(
+        default=None, metadata={"help": "the elastic pool's ceiling (default: as many as the cluster grows to)"}
+    )
+    gpus_per_actor: float | None = field(
+        default=None,
+        metadata={
+            "help": "GPUs per model actor (default: 1 when the cluster has GPUs); asked of the autoscaler "
+            "when the cluster has none yet"
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ActorPlan:
-    """How a job's model stage sits on the cluster: one actor per GPU beside CPU decode tasks (Ray keeps the stages
-    apart, their resources differ); without GPUs one actor per core, and Ray fuses decoding into the actors, so that
-    every core decodes and runs the model on its own sources with no hand-off between processes."""
+    """How a job's model stage sits on the cluster. With GPUs: actors of ``gpus_per_actor`` GPUs beside CPU decode
+    tasks (Ray keeps the stages apart, their resources differ); without: actors of one CPU, into which Ray fuses
+    decoding, so that every core decodes and runs the model on its own sources with no hand-off between processes.
 
-    cpus: int
+    The pool is elastic: it starts with what the cluster has now (at least one actor) and Ray Data grows it while
+    sources wait, up to ``max_size`` (None: as far as the cluster grows). Its resource demand is what an
+    autoscaling cluster sees: GPU actors asked of a cluster with no GPU node yet make the autoscaler start one."""
+
+    cpus: int  # the cluster's CPUs now
     gpus_per_actor: float
-    pool: int
+    min_size: int
+    max_size: int | None
+
+    @property
+    def parallelism(self) -> int:
+        """How many workers the sources are cut into blocks for: the pool's ceiling when it has one, else room
+        for a cluster that grows (blocks are cheap, and never smaller than a job's minimum shard)."""
+        return max(self.cpus, self.max_size or GROWTH)
 
     def map_args(self, gpu_batch_size: int) -> dict:
         """``map_batches`` arguments for the model stage."""
         import ray
 
         return {
-            "compute": ray.data.ActorPoolStrategy(size=self.pool),
+            "compute": ray.data.ActorPoolStrategy(min_size=self.min_size, max_size=self.max_size),
             "num_gpus": self.gpus_per_actor,
             # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
             "num_cpus": 0.5 if self.gpus_per_actor else 1,
@@ -90,16 +120,33 @@ class ActorPlan:
             "batch_size": gpu_batch_size if self.gpus_per_actor else None,
         }
 
+    def describe(self) -> str:
+        each = f"with {self.gpus_per_actor:g} GPU each" if self.gpus_per_actor else "on CPUs"
+        if self.min_size == self.max_size:
+            return f"{self.min_size} actor(s) {each}"
+        ceiling = self.max_size if self.max_size is not None else "as many as the cluster grows to"
+        return f"an elastic pool of {self.min_size} to {ceiling} actor(s) {each}"
 
-def actor_plan(pool_size: int | None, gpus_per_actor: float | None) -> ActorPlan:
-    """The plan for the connected cluster; ``pool_size`` and ``gpus_per_actor`` override the defaults."""
+
+# Blocks are cut for this many workers when the pool has no ceiling: a cluster may grow to it while the job runs.
+GROWTH = 64
+
+
+def actor_plan(options: ActorOptions) -> ActorPlan:
+    """The plan for the connected cluster and these options."""
     import ray
 
     resources = ray.cluster_resources()
-    cpus, gpus = max(1, int(resources.get("CPU", 1))), int(resources.get("GPU", 0))
-    per_actor = gpus_per_actor if gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    pool = pool_size or (max(1, int(gpus / per_actor)) if per_actor else cpus)
-    return ActorPlan(cpus, per_actor, pool)
+    cpus, gpus = int(resources.get("CPU", 0)), resources.get("GPU", 0)
+    per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    if options.pool_size:
+        return ActorPlan(max(cpus, 1), per_actor, options.pool_size, options.pool_size)
+    now = int(gpus // per_actor) if per_actor else cpus
+    ceiling = options.max_actors
+    start = max(1, min(now, ceiling) if ceiling else now)
+    if per_actor and gpus < per_actor:
+        log.info("no GPU in the cluster yet: the model actors ask the autoscaler for %g GPU each", per_actor)
+    return ActorPlan(max(cpus, 1), per_actor, start, ceiling)
 
 
 def model_pipeline(
@@ -108,8 +155,7 @@ def model_pipeline(
     min_bytes: int,
     actor: type,
     actor_kwargs: dict,
-    pool_size: int | None,
-    gpus_per_actor: float | None,
+    options: ActorOptions,
     batch_size: int,
     decode: Callable | None = None,
     decode_kwargs: dict | None = None,
@@ -121,12 +167,12 @@ def model_pipeline(
     ensure_ray()
     import ray
 
-    plan = actor_plan(pool_size, gpus_per_actor)
-    data = ray.data.from_arrow(source_blocks(sources, columns, plan.cpus, min_bytes))
+    plan = actor_plan(options)
+    data = ray.data.from_arrow(source_blocks(sources, columns, plan.parallelism, min_bytes))
     if decode is not None:
         data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_format="pyarrow", batch_size=1)
     data = data.map_batches(
         actor, fn_constructor_kwargs=actor_kwargs, **plan.map_args(batch_size), batch_format="pyarrow"
     )
-    log.info("%d CPUs, %d %s actor(s) with %g GPU each", plan.cpus, plan.pool, what, plan.gpus_per_actor)
+    log.info("%d CPUs now; %s: %s", plan.cpus, what, plan.describe())
     return data

@@ -7,8 +7,10 @@ done, 2 a failure the user can fix (any ``UserError``: the message says how), 1 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,10 +18,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from jobs.cli import JobConfig, default_run_id, parse_config
+from jobs.plan import ensure_ray
 from ops.io.errors import JobFailed, UserError
 from ops.io.redact import redact
 from ops.io.storage import Store, resolve
 from ops.io.tables import check_run_id
+from ops.models.registry import models_root
 
 log = logging.getLogger("crossmatch")
 C = TypeVar("C", bound=JobConfig)
@@ -44,11 +48,66 @@ def launch(job: str, run: Callable[[C, JobContext], dict], config: C) -> dict:
     except ValueError as exc:
         raise JobFailed(str(exc)) from None
     output = resolve(config.output)
+    check_locations(config)
     log.info("job %s, run %s, output %s", job, run_id, output.uri)
     started = time.monotonic()
     marker = run(config, JobContext(job, run_id, output, log))
     log.info("job %s finished in %.1f s", job, time.monotonic() - started)
     return marker
+
+
+# Config fields that name storage locations, read or written by Ray workers on any node.
+LOCATIONS = (
+    "output",
+    "archive",
+    "manifest",
+    "models",
+    "queries",
+    "gallery",
+    "pairs",
+    "labels",
+    "calibration",
+    "embeddings",
+    "results",
+    "content",
+    "style",
+)
+
+
+def local_locations(config: JobConfig) -> list[tuple[str, str]]:
+    """The config's locations that are local paths, as (option, path); an unset models root is the default one."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "models" and value is None:
+            value = models_root().uri
+        if f.name in LOCATIONS and isinstance(value, str) and value and resolve(value).scheme == "file":
+            found.append((f"--{f.name.replace('_', '-')}", value))
+    return found
+
+
+def check_locations(config: JobConfig) -> None:
+    """On a cluster of many nodes (or one whose head runs no work, so that workers come from nodes it adds) a
+    local path would be another folder on every node: refused before any work, unless --shared-paths says every
+    node mounts them. A job that starts its own local Ray cluster runs on this machine alone."""
+    local = local_locations(config)
+    if not local or config.shared_paths:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        if not os.environ.get("RAY_ADDRESS"):
+            return
+        ensure_ray()
+    nodes = sum(1 for n in ray.nodes() if n["Alive"])
+    if nodes > 1 or not ray.cluster_resources().get("CPU"):
+        where = f"this cluster has {nodes} nodes" if nodes > 1 else "this cluster's head runs no work (workers join)"
+        paths = ", ".join(f"{option} {path}" for option, path in local)
+        raise JobFailed(
+            f"local paths on a cluster of many nodes ({where}): {paths}. Each node would see its own folder. Use "
+            "s3://bucket/prefix for the archive, models and output, or pass --shared-paths when every node mounts "
+            "these paths"
+        )
 
 
 def run_job(

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from jobs.cli import JobConfig
-from jobs.plan import model_pipeline
+from jobs.plan import ActorOptions, model_pipeline
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import (
     WRITE_ROWS,
@@ -67,7 +67,7 @@ MIN_SHARD_BYTES = 1 << 20
 
 
 @dataclass
-class StylizeConfig(JobConfig):
+class StylizeConfig(ActorOptions, JobConfig):
     manifest: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
     )
@@ -102,8 +102,6 @@ class StylizeConfig(JobConfig):
     format: str = field(default="jpeg", metadata={"run_key": True, "help": "jpeg, png or webp"})
     quality: int = field(default=92, metadata={"run_key": True, "help": "jpeg and webp quality"})
     batch_size: int = field(default=4, metadata={"help": "images of one size optimised together (GPU)"})
-    pool_size: int | None = field(default=None, metadata={"help": "style actors (default: one per GPU, or CPU)"})
-    gpus_per_actor: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
 
 
 @dataclass(frozen=True)
@@ -337,8 +335,7 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
         MIN_SHARD_BYTES,
         StyleActor,
         {"config": actor_config, "styles": styles, "out": ctx.output},
-        config.pool_size,
-        config.gpus_per_actor,
+        config,
         config.batch_size,
         what="style",
     )

@@ -52,6 +52,10 @@ class TrainCrossmodalConfig(trainer.TrainingConfig):
     faces_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of voices/"})
     labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
+    )
     mode: str = field(default="supervised", metadata={"run_key": True, "help": "supervised (labels) or video"})
     loss: str = field(default="infonce", metadata={"run_key": True, "help": "infonce or triplet"})
     margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})
@@ -127,7 +131,7 @@ def _pairs(faces: EmbeddingSet, voices: EmbeddingSet, config: TrainCrossmodalCon
     """Rows of each modality with their training group (an identity; in video mode, a video) and their identity for
     evaluation, split by identity so that held-out people are never trained on. In video mode the labels, when the
     archive has any, are used only for that split and the scoring; without labels a video stands for its person."""
-    labels = read_labels(root, config.labels)
+    labels = read_labels(root, config.labels, config.manifest_run_id, config.faces_run_id)
     if config.mode == "supervised":
         face_keep = [i for i, u in enumerate(faces.uris) if u in labels]
         voice_keep = [i for i, u in enumerate(voices.uris) if u in labels]

@@ -43,6 +43,10 @@ class TrainFaceConfig(trainer.TrainingConfig):
     )
     embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
+    )
     loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
     margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})
@@ -105,7 +109,7 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"unknown loss {config.loss!r}: use one of {', '.join(LOSSES)}")
     root = resolve(config.embeddings)
     faces = read_embeddings(root, "faces", config.embeddings_run_id, per_source=True)
-    labels = read_labels(root, config.labels)
+    labels = read_labels(root, config.labels, config.manifest_run_id, config.embeddings_run_id)
     keep = np.array([u in labels for u in faces.uris])
     if keep.sum() < 4:
         raise JobFailed(f"{int(keep.sum())} labelled face sources under {root.uri}: training needs labelled faces")

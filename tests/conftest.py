@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +53,60 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def wait_for_job_agent(address: str, env: dict, timeout: float = 120.0) -> None:
+    """The dashboard answers before its job agent is up ("No available agent to submit job"): submit a no-op
+    until one is accepted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            ["ray", "job", "submit", f"--address={address}", "--no-wait", "--", "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray job agent did not come up: {done.stderr[-2000:]}")
+        time.sleep(2)
+
+
+def kill_processes_mentioning(text: str) -> None:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def submit(address: str, env: dict, *job: str, working_dir: bool = True) -> subprocess.CompletedProcess:
+    """`ray job submit` of ``python -m <job...>``, with the repository as the job's working directory (as a user
+    submits), or without one (the project is installed in the nodes' environment)."""
+    upload = [f"--working-dir={REPO}"] if working_dir else []
+    return subprocess.run(
+        [
+            "ray",
+            "job",
+            "submit",
+            f"--address={address}",
+            *upload,
+            f"--submission-id=cm-test-{uuid.uuid4().hex[:8]}",
+            "--",
+            "python",
+            "-m",
+            *job,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="session")

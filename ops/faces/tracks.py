@@ -29,10 +29,11 @@ def assign_tracks(rows: list[dict], max_gap: int = 2, min_iou: float = 0.3, min_
     by_frame: dict[int, list[int]] = defaultdict(list)
     for i in order:
         by_frame[rows[i]["frame_index"]].append(i)
+    live: list[int] = []  # tracks seen within max_gap samples: the only ones a face can continue (linear in frames)
     for f in frames:
         now = sample_of[f]
         members = by_frame[f]
-        live = [t for t, tr in enumerate(tracks) if now - tr["sample"] <= max_gap]
+        live = [t for t in live if now - tracks[t]["sample"] <= max_gap]
         boxes = np.array([rows[i]["box"] for i in members], np.float64)
         embs = np.array([rows[i]["embedding"] for i in members], np.float64)
         embs /= np.maximum(np.linalg.norm(embs, axis=1, keepdims=True), 1e-12)
@@ -59,6 +60,7 @@ def assign_tracks(rows: list[dict], max_gap: int = 2, min_iou: float = 0.3, min_
             if ids[i] < 0:
                 tracks.append({})
                 ids[i] = len(tracks) - 1
+                live.append(ids[i])
             tracks[ids[i]] = {"box": boxes[m], "emb": embs[m], "sample": now}
     return ids
 

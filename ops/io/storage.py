@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -136,7 +137,14 @@ class Store:
 
     def remove_tree(self) -> None:
         """Delete everything below this store (best effort: a missing prefix is not an error)."""
-        if self._call(self.fs.exists, self.path):
+        if self.scheme == "file":
+            # Not fsspec's rm: it asks for the working directory, which Ray may have removed under a job's driver
+            # (a runtime_env working_dir shared with an earlier job and garbage-collected after it).
+            if os.path.isdir(self.path) and not os.path.islink(self.path):
+                self._call(shutil.rmtree, self.path)
+            elif os.path.lexists(self.path):
+                self._call(os.remove, self.path)
+        elif self._call(self.fs.exists, self.path):
             self._call(self.fs.rm, self.path, recursive=True)
 
     def list(self, pattern: str = "**") -> list[ObjectInfo]:

@@ -633,6 +633,28 @@ def read_table(
     return rows.select(wanted)
 
 
+def committed_files(root: Store, table: str, run_id: str | None = None) -> tuple[list[str], set[tuple[str, str]]]:
+    """Where the committed rows of ``table`` (one run's, or every committed run's) are, for workers to read
+    themselves: the paths (as ``root.arrow`` names them) of the current data files that can hold them, and the
+    committed (run_id, attempt) pairs whose rows are wanted. Reads the log alone, never a data file."""
+    dt = open_table(root, table)
+    runs = committed_runs(root)
+    if run_id is not None:
+        runs = [r for r in runs if r["run_id"] == run_id]
+        if not runs:
+            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
+    pairs = {(r["run_id"], r["attempt"]) for r in runs}
+    if dt is None or not pairs:
+        return [], pairs
+    store = table_store(root, table)
+    paths = [
+        store.join(f["path"]).path
+        for f in _file_index(dt)
+        if f["run_id"] is None or (f["run_id"], f["attempt"]) in pairs
+    ]
+    return paths, pairs
+
+
 def _scan(root: Store, table: str, dt, columns, filter, keep=None, limit: int | None = None) -> pa.Table:
     """Rows of the table's current files through pyarrow on the project's own filesystem, pruned by the files'
     run_id bounds (``keep(lo, hi)``) before any is opened."""

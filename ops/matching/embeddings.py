@@ -9,7 +9,9 @@ reason, never dropped silently.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +20,11 @@ import pyarrow.compute as pc
 
 from ops.io.errors import EmbeddingError
 from ops.io.storage import Store, resolve
-from ops.io.tables import read_table
+from ops.io.tables import committed_runs, read_table
 from ops.matching import items
 from ops.matching.vectors import invalid_rows, normalise
+
+log = logging.getLogger("crossmatch")
 
 EMBEDDING_TABLES = ("faces", "voices")
 
@@ -74,23 +78,41 @@ def read_committed(root: Store, table: str, run_id: str | None = None) -> pa.Tab
 
 def embedding_set(data: pa.Table, table: str, per_source: bool, where: str) -> EmbeddingSet:
     """An embedding set from rows already read (see ``read_embeddings``); ``where`` names them in errors."""
+    if table == "faces" and per_source:
+        data = items.clearest_faces(data)
+    found, invalid, models = item_table(data, table, per_source)
+    model = one_model(models, table, where)
+    vectors = found.column("vector")
+    dim = vectors.type.list_size if pa.types.is_fixed_size_list(vectors.type) else None
+    flat = np.asarray(vectors.combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
+    width = dim or (len(flat) // found.num_rows if found.num_rows else _width(data))
+    return EmbeddingSet(
+        found.column("uri").to_pylist(),
+        found.column("sha256").to_pylist(),
+        found.column("item").to_pylist(),
+        flat.reshape(found.num_rows, width),
+        model[0],
+        model[1],
+        invalid,
+    )
+
+
+def item_id(key: str) -> int:
+    """A 63-bit id from an item key: the same in every shard and order, so that ties between equal scores fall
+    the same way however a gallery is cut."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+def item_table(data: pa.Table, table: str, per_source: bool) -> tuple[pa.Table, list[dict], set[tuple[str, str]]]:
+    """The items of rows of an embedding table (faces already one per source when ``per_source``): the valid ones
+    as rows of item key, uri, sha256, ``item_id`` and unit vector (a fixed-size list), the invalid ones as {uri,
+    sha256, item, reason}, and the (model name, sha256) pairs seen. Row by row: a worker can do it to any part."""
     if table == "voices":
         data = data.filter(pc.equal(data.column("level"), "source" if per_source else "segment"))
         data = data.filter(pc.is_valid(data.column("embedding")))  # no_speech sources: nothing to match
-    elif per_source:
-        data = items.clearest_faces(data)
-    models = sorted(
-        set(zip(data.column("model_name").to_pylist(), data.column("model_sha256").to_pylist(), strict=True))
-    )
-    if len(models) > 1:
-        raise EmbeddingError(
-            f"{table}/ under {where} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in models)}: "
-            "pass the run id of one of them"
-        )
-    if not models:
-        raise EmbeddingError(f"{table}/ under {where} has no embeddings to match")
+    models = set(zip(data.column("model_name").to_pylist(), data.column("model_sha256").to_pylist(), strict=True))
     raw = np.asarray(data.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False), np.float32)
-    raw = raw.reshape(data.num_rows, -1)
+    raw = raw.reshape(data.num_rows, -1) if data.num_rows else np.zeros((0, _width(data)), np.float32)
     uris, shas = data.column("uri").to_pylist(), data.column("sha256").to_pylist()
     names = uris if per_source else items.keys(data, table)
     bad = invalid_rows(raw)
@@ -99,15 +121,34 @@ def embedding_set(data: pa.Table, table: str, per_source: bool, where: str) -> E
         for i in np.flatnonzero(bad)
     ]
     keep = np.flatnonzero(~bad)
-    return EmbeddingSet(
-        [uris[i] for i in keep],
-        [shas[i] for i in keep],
-        [names[i] for i in keep],
-        normalise(raw[keep]) if len(keep) else np.zeros((0, raw.shape[1]), np.float32),
-        models[0][0],
-        models[0][1],
-        invalid,
+    unit = normalise(raw[keep]) if len(keep) else np.zeros((0, raw.shape[1]), np.float32)
+    found = pa.table(
+        {
+            "item": [names[i] for i in keep],
+            "uri": [uris[i] for i in keep],
+            "sha256": [shas[i] for i in keep],
+            "id": pa.array([item_id(names[i]) for i in keep], pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(unit.ravel(), pa.float32()), unit.shape[1]),
+        }
     )
+    return found, invalid, models
+
+
+def one_model(models: set[tuple[str, str]], table: str, where: str) -> tuple[str, str]:
+    """The one model of a set of embeddings: scores between two models' vectors mean nothing."""
+    if len(models) > 1:
+        raise EmbeddingError(
+            f"{table}/ under {where} mixes models {', '.join(f'{n} ({s[:12]})' for n, s in sorted(models))}: "
+            "pass the run id of one of them"
+        )
+    if not models:
+        raise EmbeddingError(f"{table}/ under {where} has no embeddings to match")
+    return next(iter(models))
+
+
+def _width(data: pa.Table) -> int:
+    kind = data.schema.field("embedding").type
+    return kind.list_size if pa.types.is_fixed_size_list(kind) else 0
 
 
 def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
@@ -119,13 +160,22 @@ def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
         )
 
 
-def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
-    """Identity labels by source uri: from a CSV with columns uri and label, else the manifest's under ``root``.
-    A CSV giving one source two identities is refused: enrolment must not guess."""
+def read_labels(
+    root: Store, labels: str | None = None, manifest_run_id: str | None = None, for_run: str | None = None
+) -> dict[str, str]:
+    """Identity labels by source uri: from a CSV with columns uri and label, else from one manifest run under
+    ``root``: ``manifest_run_id``, else the one the embeddings run ``for_run`` was made from, else the newest (a
+    root that keeps nightly manifests of other archives must not mix their labels into this one's; the log says
+    which). A source given two identities is refused: enrolment must not guess."""
     if not labels:
-        manifest = read_table(root, "manifest", columns=["uri", "label"])
-        pairs = zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True)
-        return {u: lab for u, lab in pairs if lab}
+        run = manifest_run_id or manifest_of(root, for_run) or newest_manifest_run(root)
+        log.info("labels from manifest run %s under %s", run, root.uri)
+        manifest = read_table(root, "manifest", run_id=run, columns=["uri", "label"])
+        found = {}
+        for uri, label in zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True):
+            if label and found.setdefault(uri, label) != label:
+                raise EmbeddingError(f"manifest run {run} gives {uri} two identities: {found[uri]}, {label}")
+        return found
     text = resolve(labels).read_bytes().decode("utf-8")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
@@ -136,6 +186,26 @@ def read_labels(root: Store, labels: str | None = None) -> dict[str, str]:
             raise EmbeddingError(f"{labels} gives {row['uri']} two identities: {found[row['uri']]}, {row['label']}")
         found[row["uri"]] = row["label"]
     return found
+
+
+def manifest_of(root: Store, run_id: str | None) -> str | None:
+    """The manifest run an embeddings run was made from, when it says: the one its job was given, or its own
+    (synthetic runs commit their manifest with their embeddings)."""
+    if run_id is None:
+        return None
+    for marker in committed_runs(root):
+        if marker["run_id"] == run_id:
+            if "manifest" in marker["tables"]:
+                return run_id
+            return (marker.get("config") or {}).get("manifest_run_id")
+    return None
+
+
+def newest_manifest_run(root: Store) -> str:
+    runs = [r["run_id"] for r in committed_runs(root) if "manifest" in r["tables"]]
+    if not runs:
+        raise EmbeddingError(f"no labels: no committed manifest under {root.uri}, and no --labels CSV given")
+    return runs[-1]  # committed_runs: oldest commit first
 
 
 def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None, device: str = "cpu") -> EmbeddingSet:

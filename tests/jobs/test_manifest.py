@@ -1,6 +1,7 @@
 import logging
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from jobs import manifest
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
-from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive
+from ops.media.encode import encode_image
+from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive, portrait
 
 LABELS = ["--label-pattern", "*/{label}/*"]
 
@@ -166,3 +168,28 @@ def test_unwritable_output_fails_before_any_work(s3, sample_archive, caplog):
     assert run_manifest(str(sample_archive), "s3://no-such-bucket-crossmatch/results") == 2
     assert "s3://no-such-bucket-crossmatch/results/.write-check-" in caplog.text
     assert "listed" not in caplog.text  # failed before listing, let alone hashing
+
+
+def test_labels_come_from_one_manifest_run_the_newest_by_default(ray_cluster, tmp_path, caplog):
+    """A root that keeps last month's archive's manifest beside today's: labels are today's alone, or the run asked
+    for; never a mix in which a source labelled twice is decided by dict order."""
+    from ops.io.errors import EmbeddingError
+    from ops.matching.embeddings import read_labels
+
+    out = resolve(str(tmp_path / "out"))
+    old, new = tmp_path / "old", tmp_path / "new"
+    rng = np.random.default_rng(0)
+    for folder, person in ((old, "alice"), (new, "bob")):
+        (folder / person).mkdir(parents=True)
+        (folder / person / "a.jpg").write_bytes(encode_image(portrait(rng, 0), "jpeg"))
+    (new / "bob" / "b.jpg").write_bytes(encode_image(portrait(rng, 1), "jpeg"))
+    for folder in (old, new):
+        args = [str(folder), "--output", out.uri, "--run-id", folder.name, "--label-pattern", "{label}/*"]
+        assert manifest.main(args) == 0
+    with caplog.at_level(logging.INFO, logger="crossmatch"):
+        labels = read_labels(out)
+    assert set(labels.values()) == {"bob"} and len(labels) == 2
+    assert "labels from manifest run new" in caplog.text
+    assert set(read_labels(out, manifest_run_id="old").values()) == {"alice"}
+    with pytest.raises(EmbeddingError, match="no committed manifest"):
+        read_labels(resolve(str(tmp_path / "empty")))

@@ -1,5 +1,7 @@
 import logging
 
+import pytest
+
 from jobs.cli import default_run_id
 from jobs.runtime import run_job
 from ops.io.errors import JobFailed
@@ -44,3 +46,27 @@ def test_the_log_never_shows_a_credential_even_in_a_traceback(caplog, monkeypatc
     (ours,) = [h for h in logging.getLogger("crossmatch").handlers if getattr(h, "_crossmatch", False)]
     shown = "\n".join(ours.format(record) for record in caplog.records)  # as our stderr handler writes them
     assert "do-not-print-me" not in shown and shown.count("[redacted]") >= 3  # line, message, traceback
+
+
+def test_local_paths_are_refused_on_a_cluster_of_many_nodes(monkeypatch, tmp_path):
+    import ray
+
+    from jobs.embed_faces import EmbedFacesConfig
+    from jobs.runtime import check_locations
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}, {"Alive": False}])
+    local = EmbedFacesConfig(manifest=str(tmp_path), output=str(tmp_path / "out"))
+    with pytest.raises(
+        JobFailed, match=r"this cluster has 2 nodes\): --output .*out, --manifest .*--models .*models\. .*s3://"
+    ):
+        check_locations(local)
+    check_locations(EmbedFacesConfig(manifest=str(tmp_path), output=str(tmp_path), shared_paths=True))  # mounted
+    check_locations(EmbedFacesConfig(manifest="s3://b/results", output="s3://b/results", models="s3://b/models"))
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    check_locations(local)  # one node: its own folders are every node's
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {})
+    with pytest.raises(JobFailed, match="head runs no work"):  # an autoscaling cluster before its workers come
+        check_locations(local)

@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,18 @@ import pytest
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive
-from tests.conftest import REPO, S3_KEY, S3_SECRET, VENV_BIN, free_port, new_bucket, wait_for_port
+from tests.conftest import (
+    REPO,
+    S3_KEY,
+    S3_SECRET,
+    VENV_BIN,
+    free_port,
+    kill_processes_mentioning,
+    new_bucket,
+    submit,
+    wait_for_job_agent,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -53,64 +62,13 @@ def ray_head(moto_endpoint):
         wait_for_port(dashboard, timeout=90)
         # Ray 2.60 turns token authentication on for `ray start --head`: the client must say so to send the token.
         address, client_env = f"http://127.0.0.1:{dashboard}", {**env, "RAY_AUTH_MODE": "token"}
-        _wait_for_job_agent(address, client_env)
+        wait_for_job_agent(address, client_env)
         yield address, client_env
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # `ray stop` would stop every cluster on the machine
-        _kill_processes_mentioning(temp)
+        kill_processes_mentioning(temp)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _wait_for_job_agent(address: str, env: dict, timeout: float = 120.0) -> None:
-    """The dashboard answers before its job agent is up ("No available agent to submit job"): submit a no-op
-    until one is accepted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done = subprocess.run(
-            ["ray", "job", "submit", f"--address={address}", "--no-wait", "--", "true"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the Ray job agent did not come up: {done.stderr[-2000:]}")
-        time.sleep(2)
-
-
-def _kill_processes_mentioning(text: str) -> None:
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
-def submit(address: str, env: dict, *job: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            "ray",
-            "job",
-            "submit",
-            f"--address={address}",
-            f"--working-dir={REPO}",
-            f"--submission-id=cm-test-{uuid.uuid4().hex[:8]}",
-            "--",
-            "python",
-            "-m",
-            *job,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):

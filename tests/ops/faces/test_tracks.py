@@ -33,3 +33,16 @@ def test_a_face_that_changes_identity_in_place_starts_a_new_track():
     gap = [_face(0, 0, [10, 10, 60, 60], [1.0, 0.0])] + [_face(f, 0, [300, 300, 350, 350], [0, 1.0]) for f in (1, 2, 3)]
     gap.append(_face(4, 1, [10, 10, 60, 60], [1.0, 0.0]))  # back after more than max_gap samples: a new track
     assert len(set(assign_tracks(gap))) == 3
+
+
+def test_a_track_unseen_for_more_than_the_gap_ends_and_long_videos_stay_linear():
+    face = [1.0, 0.0, 0.0]
+    rows = [_face(f, 0, [10, 10, 60, 60], face) for f in (0, 1, 5)]  # samples 0, 1, 2: the gap is one sample
+    assert assign_tracks(rows, max_gap=2) == [0, 0, 0]
+    rows = [_face(f, 0, [10, 10, 60, 60], face) for f in (0, 1)] + [_face(9, 0, [10, 10, 60, 60], face)]
+    rows += [_face(f, 1, [500, 500, 550, 550], [0.0, 1.0, 0.0]) for f in range(2, 9)]  # samples between them
+    assert assign_tracks(rows, max_gap=2)[:3] == [0, 0, 2]  # four samples later: a new track
+    # A day of surveillance at one sample a second, a new face in a new place every frame: each frame looks only at
+    # the tracks still live (before: at every track ever made, 86,400 x 86,400 / 2 comparisons).
+    rows = [_face(f, 0, [f * 100.0, 0, f * 100.0 + 50, 50], face) for f in range(86_400)]
+    assert len(set(assign_tracks(rows))) == 86_400

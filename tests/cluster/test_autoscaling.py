@@ -1,0 +1,160 @@
+"""An autoscaling cluster on one machine, the way Ray tests its autoscaler: a head that runs no work and a worker
+type with (logical) GPUs and no node at the start, nodes added by the fake multi-node provider on demand. A job
+submitted to the empty cluster makes it grow, runs its face actors on the new nodes and finishes."""
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import ray._private.services
+
+from ops.io.storage import resolve
+from ops.io.tables import read_table
+from tests.conftest import VENV_BIN, free_port, kill_processes_mentioning, wait_for_job_agent, wait_for_port
+from tests.conftest import submit as submit_job
+
+pytestmark = pytest.mark.slow
+
+
+def _config(gcs_address: str) -> dict:
+    """The autoscaler's cluster config: a head of no CPU; a CPU node and up to two GPU nodes, none at the start."""
+    empty: list = []
+    return {
+        "cluster_name": "crossmatch-autoscaling-test",
+        "max_workers": 3,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 5,
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": gcs_address,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "cpu-worker": {
+                "resources": {"CPU": 2, "object_store_memory": 300_000_000},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 1,
+            },
+            "gpu-worker": {
+                "resources": {"CPU": 1, "GPU": 1, "object_store_memory": 300_000_000},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "file_mounts_sync_continuously": False,
+        "cluster_synced_files": empty,
+        "rsync_exclude": empty,
+        "rsync_filter": empty,
+        **{k: empty for k in ("initialization_commands", "setup_commands", "head_setup_commands")},
+        **{k: empty for k in ("worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")},
+    }
+
+
+@pytest.fixture(scope="module")
+def autoscaling_cluster():
+    temp = tempfile.mkdtemp(prefix="cm-as-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    port, dashboard = free_port(), free_port()
+    config = Path(temp) / "autoscaling.json"
+    config.write_text(json.dumps(_config(f"{ray._private.services.get_node_ip_address()}:{port}")))
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        # The fake provider starts its nodes without the head's token: this test cluster runs without one.
+        "RAY_AUTH_MODE": "disabled",
+    }
+    log = open(Path(temp) / "ray-start.log", "wb")
+    proc = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dashboard}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-agent-listen-port={free_port()}",
+            "--num-cpus=0",
+            "--num-gpus=0",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            f"--autoscaling-config={config}",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(dashboard, timeout=90)
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_for_job_agent(address, env)
+        yield address, env
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # `ray stop` would stop every cluster on the machine
+        kill_processes_mentioning(temp)  # the head's processes and the nodes the autoscaler added
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _state(address: str, env: dict, what: str) -> list[dict]:
+    done = subprocess.run(
+        ["ray", "list", what, f"--address={address}", "--detail", "--format=json", "--limit=10000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_a_job_on_an_empty_autoscaling_cluster_grows_it_and_runs_on_the_new_nodes(
+    autoscaling_cluster, face_models, sample_archive, tmp_path
+):
+    address, env = autoscaling_cluster
+    # No working_dir upload: the fake nodes share this machine's disk, and a node that garbage-collects a working
+    # directory after one job deletes it under the next job's driver. The project is installed in the venv.
+    submit = functools.partial(submit_job, working_dir=False)
+    out = str(tmp_path / "out")
+    # This machine's folders on a cluster whose workers come from other nodes: refused before any work.
+    refused = submit(address, env, "jobs.manifest", str(sample_archive), "--output", out)
+    log = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "head runs no work" in log and "s3://bucket/prefix" in log
+    assert not Path(out).exists()
+
+    # Declared mounted on every node (they are: one machine), the jobs run; GPU actors are asked of the autoscaler.
+    shared = ["--output", out, "--shared-paths"]
+    done = submit(address, env, "jobs.manifest", str(sample_archive), *shared)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    args = [out, *shared, "--models", face_models.uri, "--gpus-per-actor", "1", "--max-actors", "2"]
+    done = submit(address, env, "jobs.embed_faces", *args)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "no GPU in the cluster yet" in log and "elastic pool of 1 to 2 actor(s) with 1 GPU each" in log
+
+    nodes = [n for n in _state(address, env, "nodes") if n["state"] == "ALIVE"]
+    gpu_nodes = {n["node_id"] for n in nodes if n["resources_total"].get("GPU")}
+    assert 1 <= len(gpu_nodes) <= 2 and sum(n["is_head_node"] for n in nodes) == 1
+    actors = [a for a in _state(address, env, "actors") if "FaceActor" in (a.get("class_name") or "")]
+    assert actors and {a["node_id"] for a in actors} <= gpu_nodes  # the face actors ran on the GPU nodes it added
+    faces = read_table(resolve(out), "faces")
+    assert faces.num_rows > 0
+    assert Counter(faces.column("model_name").to_pylist()) == Counter({"dlib-resnet-v1": faces.num_rows})
