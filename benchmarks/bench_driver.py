@@ -1,12 +1,16 @@
-"""The driver's peak memory and wall time of the manifest and face jobs, before and after a change, side by side.
+"""The driver's peak memory and wall time of the manifest, face and search jobs, before and after a change, side by
+side.
 
     python benchmarks/bench_driver.py [--sources 1000 4000] [--before REV] [--after REV] [--rounds 1]
+    python benchmarks/bench_driver.py --jobs search --sources 100000 200000 --before 11e2ce5
 
 Makes an archive of N small photos (a generated portrait each, 160x128 JPEG, one face), then runs, interleaved,
 ``jobs.manifest`` and ``jobs.embed_faces`` from git worktrees of two commits ("after", default HEAD; "before",
 default the commit before the Delta tables: the driver gathered and wrote every row), each as its own process with
-a local Ray cluster, into a fresh output root. The driver's peak resident memory is the job process's VmHWM (Ray's
-workers are other processes); wall time is the whole command, Ray's start included. Prints a table and the ratios.
+a local Ray cluster, into a fresh output root. ``search`` is ``jobs.match search --per-source`` over N synthetic
+sources (``jobs.synthesize``: N/4 people, 4 recordings each, made once per size outside the timing). The driver's
+peak resident memory is the job process's VmHWM (Ray's workers are other processes); wall time is the whole
+command, Ray's start included. Prints a table and the ratios.
 """
 
 from __future__ import annotations
@@ -66,7 +70,9 @@ def main() -> None:
     parser.add_argument("--after", default="HEAD", help="the git revision measured")
     parser.add_argument("--models", default=os.environ.get("CROSSMATCH_MODELS", str(REPO / "out" / "models")))
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--jobs", nargs="+", default=["manifest", "embed_faces"], help="embed_faces needs manifest")
+    parser.add_argument(
+        "--jobs", nargs="+", default=["manifest", "embed_faces"], help="manifest, embed_faces (needs manifest), search"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-driver-"))
     trees = {side: work / side for side in ("before", "after")}
@@ -80,7 +86,13 @@ def main() -> None:
     try:
         for n in args.sources:
             archive = work / f"archive-{n}"
-            make_archive(archive, n)
+            if {"manifest", "embed_faces"} & set(args.jobs):
+                make_archive(archive, n)
+            embedded = work / f"synthetic-{n}"
+            if "search" in args.jobs:
+                synth = ["-m", "jobs.synthesize", "--output", str(embedded), "--identities", str(n // 4)]
+                synth += ["--recordings", "4", "--run-id", "synth", "--log-level", "WARNING"]
+                subprocess.run([python, *synth], cwd=trees["after"], env=env, check=True)
             for r in range(args.rounds):
                 for side, cwd in trees.items():
                     out = work / f"out-{side}-{n}-{r}"
@@ -94,6 +106,20 @@ def main() -> None:
                             str(out),
                             "--models",
                             args.models,
+                        ],
+                        "search": [
+                            "-m",
+                            "jobs.match",
+                            "search",
+                            "--queries",
+                            str(embedded),
+                            "--queries-run-id",
+                            "synth",
+                            "--gallery-run-id",
+                            "synth",
+                            "--per-source",
+                            "--output",
+                            str(out),
                         ],
                     }
                     for job, argv in jobs.items():

@@ -24,7 +24,6 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -32,12 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.archive_search import STAGING, prepare_items, search_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
-from ops.io.errors import InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
+from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -46,6 +46,7 @@ from ops.matching.embeddings import (
     EmbeddingSet,
     check_comparable,
     embedding_set,
+    one_model,
     read_committed,
     read_embeddings,
     read_labels,
@@ -128,11 +129,10 @@ def sharded_search(
     gpus_per_shard: float | None = None,
     precision: str = "fp32",
     query_batch: int = 8192,
-    on_batch: Callable[[int, TopK], object] | None = None,
-) -> TopK | list:
-    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly. With
-    ``on_batch(first_query, topk)``, each batch's lists go there as they come (a worker writes their rows) and the
-    callback's results are returned instead of the lists."""
+) -> TopK:
+    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly. For the
+    sets the driver already holds (identification's enrolled identities, cross-modal projections); search over an
+    archive goes through ``jobs.archive_search``."""
     ensure_ray()
     import ray
 
@@ -157,12 +157,10 @@ def sharded_search(
     for start in range(0, len(queries), query_batch):
         batch = queries[start : start + query_batch]
         found = merge(ray.get([s.search.remote(batch, k) for s in shards]), k)
-        parts.append(on_batch(start, found) if on_batch else found)
+        parts.append(found)
         progress.update(len(batch))
     for s in shards:
         ray.kill(s)
-    if on_batch:
-        return parts
     return TopK(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]))
 
 
@@ -234,95 +232,56 @@ def _ranked(mode: str, queries: EmbeddingSet, q: int, gallery: EmbeddingSet, g: 
 
 
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    queries = _read(config, config.queries, config.queries_run_id, config.per_source)
+    """Search at archive scale (``jobs.archive_search``): items staged by workers, shards that read their own
+    slice, query blocks searched, merged and written by tasks; the driver holds file lists and counts."""
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
-    if same_set:
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    head = (config.head, config.models) if config.head else None
+    ensure_ray()
+    try:
+        queries = prepare_items(
+            resolve(config.queries), config.table, config.queries_run_id, config.per_source, staging.join("q"), head
+        )
         gallery = queries
-    else:
-        gallery = _read(config, gallery_root, config.gallery_run_id, config.per_source)
-    check_comparable(queries, gallery)
-    if len(gallery) == 0:
-        raise JobFailed(f"the gallery under {gallery_root} is empty")
-    threshold, source = _search_threshold(config, queries.model_name)
-    k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
-    matches = 0
-    if len(queries):
-        ensure_ray()
-        import ray
-
-        # Each batch's lists go to a task that makes and writes its rows: the driver never holds the matches.
-        fields = {"run_id": out.run_id, "model_name": queries.model_name, "model_sha256": queries.model_sha256}
+        if not same_set:
+            gallery = prepare_items(
+                resolve(gallery_root), config.table, config.gallery_run_id, config.per_source, staging.join("g"), head
+            )
+        model = one_model(queries.models, config.table, config.queries)
+        other = one_model(gallery.models, config.table, gallery_root)
+        if model != other or (queries.dim and gallery.dim and queries.dim != gallery.dim):
+            raise EmbeddingError(
+                f"cannot compare {model[0]} ({model[1][:12]}, {queries.dim}-d) with {other[0]} ({other[1][:12]}, "
+                f"{gallery.dim}-d) embeddings: match sets made by the same model"
+            )
+        if len(gallery) == 0:
+            raise JobFailed(f"the gallery under {gallery_root} has no valid embedding")
+        threshold, source = _search_threshold(config, model[0])
+        fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source}
-        query_meta = ray.put(_meta(queries))
-        gallery_meta = query_meta if same_set else ray.put(_meta(gallery))
         writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
-        task = ray.remote(num_cpus=0.5)(write_search_rows)
-        pending = sharded_search(
-            gallery.vectors,
-            queries.vectors,
+        k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
+        files, matches = search_archive(
+            queries,
+            gallery,
+            ctx.output,
             k,
+            config.k,
+            same_set,
+            fields,
+            writer,
             config.shards,
             config.gpus_per_shard,
             config.precision,
             config.query_batch,
-            on_batch=lambda first, found: task.remote(
-                found, first, query_meta, gallery_meta, same_set, config.k, fields, writer
-            ),
         )
-        for files, rows in ray.get(pending):
-            out.add_files("matches", files, MATCHES)
-            matches += rows
+        out.add_files("matches", files, MATCHES)
+    finally:
+        staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
     out.write_errors(errors, stage="match")
     return {"queries": len(queries), "gallery": len(gallery), "k": config.k, "matches": matches, "errors": len(errors)}
-
-
-def _meta(items: EmbeddingSet) -> pa.Table:
-    """What a matches row names of an item: its uri, content hash and item key."""
-    return pa.table({"uri": items.uris, "sha256": items.sha256, "item": items.items})
-
-
-def write_search_rows(
-    found: TopK,
-    first: int,
-    queries: pa.Table,
-    gallery: pa.Table,
-    same_set: bool,
-    k: int,
-    fields: dict,
-    writer: RowWriter,
-) -> tuple[list, int]:
-    """The matches rows of one batch of queries (``first`` onwards), ranked 1..k (a query found in its own gallery
-    skipped), written by this worker: returns the data files and the row count."""
-    n, width = found.ids.shape
-    q = np.repeat(np.arange(first, first + n), width)
-    g = found.ids.ravel()
-    kept = g >= 0
-    if same_set:
-        kept &= g != q
-    rank = np.cumsum(kept.reshape(n, width), axis=1).ravel()
-    kept &= rank <= k
-    q, g, rank, score = q[kept], g[kept], rank[kept], found.scores.ravel()[kept]
-    rows = len(q)
-    qt, gt = queries.take(pa.array(q)), gallery.take(pa.array(g))
-    table = {
-        "mode": pa.array(["search"] * rows),
-        "query_uri": qt.column("uri"),
-        "query_sha256": qt.column("sha256"),
-        "query_item": qt.column("item"),
-        "gallery_uri": gt.column("uri"),
-        "gallery_sha256": gt.column("sha256"),
-        "gallery_item": gt.column("item"),
-        "rank": pa.array(rank, pa.int32()),
-        "score": pa.array(score, pa.float32()),
-    }
-    table |= {name: pa.array([value] * rows) for name, value in fields.items()}
-    for f in MATCHES:
-        if f.name not in table:
-            table[f.name] = pa.nulls(rows, f.type)
-    data = pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES)
-    return writer.write(data), rows
 
 
 def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) -> EmbeddingSet:

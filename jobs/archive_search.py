@@ -1,0 +1,305 @@
+"""Exact top-K search at archive scale: the driver coordinates, workers read, search and write.
+
+    prepared = prepare_items(root, "faces", run_id, per_source, staging)   # Ray tasks: items staged as files
+    shards = [GalleryShard.remote(files, ...) for files in split(prepared)]  # each reads its own slice
+    for each block of query items: a task sends it to every shard, merges their lists, writes its matches rows
+
+1. **Items.** Ray Data reads the committed files of the embedding table (their paths come from the Delta log), keeps
+   one face per source when asked (a shuffle by uri, so a source's faces meet in one worker), and each worker turns
+   its rows into items (key, uri, sha256, id, unit vector) written as staging files. The driver gets one line per
+   file: its path, its item count, the models seen, and the rare invalid embedding (an error row).
+2. **Shards.** Each actor reads its share of the staged gallery files itself and keeps the vectors in its device's
+   memory (``ExactSearch``); a gallery larger than one node's memory takes more shards.
+3. **Queries.** A task per block of query items (``query_batch`` of one staged file) puts the block in the object
+   store once, asks every shard for its top K, merges the lists exactly (score, then item id: the same answer however
+   the gallery is cut), names the winners from the shards' answers and writes the block's ``matches/`` rows. The
+   driver keeps a bounded number of blocks in flight and hands on data-file descriptions.
+
+The driver holds the file lists and counts, never a vector, an item name or a match row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from jobs.plan import ensure_ray
+from jobs.progress import Progress
+from jobs.source_job import WRITE_ROWS, RowWriter
+from ops.io.errors import EmbeddingError, JobFailed
+from ops.io.schemas import MATCHES
+from ops.io.storage import Store, storage_errors
+from ops.io.tables import committed_files
+from ops.matching import items
+from ops.matching.embeddings import EMBEDDING_TABLES, item_table, one_model
+from ops.matching.search import ExactSearch
+from ops.models.device import best_device
+
+log = logging.getLogger("crossmatch")
+STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: items between their preparation and the search
+
+_COLUMNS = {
+    "faces": [
+        "uri",
+        "sha256",
+        "frame_index",
+        "face_index",
+        "face_size",
+        "score",
+        "embedding",
+        "model_name",
+        "model_sha256",
+    ],
+    "voices": ["uri", "sha256", "level", "segment_index", "embedding", "model_name", "model_sha256"],
+}
+
+
+@dataclass
+class Prepared:
+    """A staged item set: its files (path, items), models, dimension and the invalid items set aside."""
+
+    files: list[tuple[str, int]] = field(default_factory=list)
+    models: set[tuple[str, str]] = field(default_factory=set)
+    dim: int | None = None
+    invalid: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(n for _, n in self.files)
+
+
+def prepare_items(
+    root: Store, table: str, run_id: str | None, per_source: bool, staging: Store, head: tuple | None = None
+) -> Prepared:
+    """The items of ``table`` (one run's, or every committed run's) staged under ``staging`` by Ray workers."""
+    import ray
+
+    if table not in EMBEDDING_TABLES:
+        raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
+    paths, committed = committed_files(root, table, run_id)
+    if not paths:
+        raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
+    data = ray.data.read_parquet(paths, filesystem=root.arrow, columns=[*_COLUMNS[table], "run_id", "attempt"])
+    data = data.map_batches(_committed, fn_kwargs={"pairs": committed}, batch_format="pyarrow")
+    if table == "faces" and per_source:
+        # A source's faces may lie in several files: a shuffle by uri brings them to one worker.
+        parts = max(1, min(len(paths), 64))
+        data = data.groupby("uri", num_partitions=parts).map_groups(items.clearest_faces, batch_format="pyarrow")
+    staged = data.map_batches(
+        stage_items,
+        fn_kwargs={"table": table, "per_source": per_source, "staging": staging, "head": head},
+        batch_size=WRITE_ROWS,
+        batch_format="pyarrow",
+    )
+    prepared = Prepared()
+    for row in staged.iter_rows():
+        if row["rows"]:
+            prepared.files.append((row["path"], row["rows"]))
+        prepared.models |= {tuple(m) for m in json.loads(row["models"])}
+        prepared.invalid += json.loads(row["invalid"])
+        prepared.dim = prepared.dim or row["dim"]
+    if not prepared.files and not prepared.invalid and not prepared.models:
+        raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
+    prepared.files.sort()  # a fixed order: shards and query blocks are cut the same way each run
+    return prepared
+
+
+def _committed(batch: pa.Table, pairs: set[tuple[str, str]]) -> pa.Table:
+    """Only the rows of committed run attempts (a file may hold an attempt that never committed)."""
+    keys = zip(batch.column("run_id").to_pylist(), batch.column("attempt").to_pylist(), strict=True)
+    return batch.filter(pa.array([key in pairs for key in keys], pa.bool_())).drop_columns(["run_id", "attempt"])
+
+
+def stage_items(batch: pa.Table, table: str, per_source: bool, staging: Store, head: tuple | None) -> pa.Table:
+    """A worker's rows as items in one staging file; the driver gets the file, the models and the invalid ones."""
+    found, invalid, models = item_table(batch, table, per_source)
+    if head is not None:
+        found, models = _through_head(found, models, *head)
+    path = ""
+    if found.num_rows:
+        target = staging.join(f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(target.uri), target.open("wb") as f:
+            pq.write_table(found, f, compression="zstd")
+        path = target.path
+    dim = found.schema.field("vector").type.list_size if found.num_rows else None
+    return pa.table(
+        {
+            "path": [path],
+            "rows": [found.num_rows],
+            "dim": pa.array([dim], pa.int64()),
+            "models": [json.dumps(sorted(models))],
+            "invalid": [json.dumps(invalid)],
+        }
+    )
+
+
+def _through_head(found: pa.Table, models: set, head_ref: str, models_root: str | None) -> tuple[pa.Table, set]:
+    """Items mapped by a trained projection head (refused when it was trained on another backbone)."""
+    from ops.matching.embeddings import EmbeddingSet, through_head
+
+    (name, sha) = one_model(models, "items", "this worker")
+    vectors = _vectors(found)
+    mapped = through_head(EmbeddingSet([], [], [], vectors, name, sha, []), head_ref, models_root)
+    width = mapped.vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(mapped.vectors, np.float32).ravel(), pa.float32())
+    found = found.set_column(4, "vector", pa.FixedSizeListArray.from_arrays(flat, width))
+    return found, {(mapped.model_name, mapped.model_sha256)}
+
+
+def _vectors(found: pa.Table) -> np.ndarray:
+    column = found.column("vector").combine_chunks()
+    flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), np.float32)
+    return flat.reshape(found.num_rows, -1) if found.num_rows else np.zeros((0, 0), np.float32)
+
+
+def _read(paths: list[str], store: Store) -> pa.Table:
+    return pads.dataset(paths, format="parquet", filesystem=store.arrow).to_table()
+
+
+class GalleryShard:
+    """One shard of a staged gallery, read by the actor itself and held on its device; answers query blocks with
+    each query's top K and the names of what it found."""
+
+    def __init__(self, paths: list[str], store: Store, precision: str) -> None:
+        found = _read(paths, store)
+        device = best_device()
+        self.ids = found.column("id").to_numpy()
+        self.engine = ExactSearch(
+            _vectors(found), self.ids, device=device, precision=precision if device.type == "cuda" else "fp32"
+        )
+        self.order = np.argsort(self.ids, kind="stable")
+        self.names = found.select(["uri", "sha256", "item"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+        found = self.engine.search(queries, k)
+        flat = found.ids.ravel()
+        position = self.order[np.searchsorted(self.ids[self.order], np.maximum(flat, 0))]
+        return found.scores, found.ids, self.names.take(pa.array(np.where(flat >= 0, position, 0)))
+
+
+def search_block(
+    path: str,
+    start: int,
+    stop: int,
+    store: Store,
+    shards: list,
+    k: int,
+    keep: int,
+    same_set: bool,
+    fields: dict,
+    writer: RowWriter,
+) -> tuple[list, int]:
+    """Query items ``start:stop`` of one staged file against every shard: merged top lists (a query found in its
+    own gallery skipped, ``keep`` ranks kept), its matches rows written by this worker. Returns the data files and
+    the row count."""
+    import ray
+
+    queries = pq.read_table(path, filesystem=store.arrow).slice(start, stop - start)
+    vectors = ray.put(_vectors(queries))
+    answers = ray.get([s.search.remote(vectors, k) for s in shards])
+    n = queries.num_rows
+    scores = np.concatenate([a[0] for a in answers], axis=1)
+    ids = np.concatenate([a[1] for a in answers], axis=1)
+    width = ids.shape[1]
+    # lexsort sorts by its last key first: score descending, then id ascending; padding (-inf, -1) sinks last.
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)
+    chosen_ids = np.take_along_axis(ids, order, 1)
+    chosen_scores = np.take_along_axis(scores, order, 1)
+    # Where each chosen entry's name is: answer s holds n x k names row-major.
+    shard_of, rank_in = order // k, order % k
+    name_at = shard_of * n * k + np.arange(n)[:, None] * k + rank_in
+    q_ids = queries.column("id").to_numpy()
+    kept = chosen_ids >= 0
+    if same_set:
+        kept &= chosen_ids != q_ids[:, None]
+    rank = np.cumsum(kept, axis=1)
+    kept &= rank <= keep
+    q = np.repeat(np.arange(n), width).reshape(n, width)[kept]
+    names = pa.concat_tables([a[2] for a in answers]).take(pa.array(name_at[kept]))
+    rows = len(q)
+    qt = queries.take(pa.array(q))
+    table = {
+        "mode": pa.array(["search"] * rows),
+        "query_uri": qt.column("uri"),
+        "query_sha256": qt.column("sha256"),
+        "query_item": qt.column("item"),
+        "gallery_uri": names.column("uri"),
+        "gallery_sha256": names.column("sha256"),
+        "gallery_item": names.column("item"),
+        "rank": pa.array(rank[kept], pa.int32()),
+        "score": pa.array(chosen_scores[kept], pa.float32()),
+    }
+    table |= {name: pa.array([value] * rows) for name, value in fields.items()}
+    for f in MATCHES:
+        if f.name not in table:
+            table[f.name] = pa.nulls(rows, f.type)
+    data = pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES)
+    return writer.write(data), rows
+
+
+def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
+    """Files into ``n`` shards of about equal item counts (largest first, each to the lightest shard)."""
+    loads, shards = [0] * n, [[] for _ in range(n)]
+    for path, rows in sorted(files, key=lambda f: (-f[1], f[0])):
+        i = int(np.argmin(loads))
+        shards[i].append(path)
+        loads[i] += rows
+    return [s for s in shards if s]
+
+
+def search_archive(
+    queries: Prepared,
+    gallery: Prepared,
+    store: Store,
+    k: int,
+    keep: int,
+    same_set: bool,
+    fields: dict,
+    writer: RowWriter,
+    shards: int | None,
+    gpus_per_shard: float | None,
+    precision: str,
+    query_batch: int,
+) -> tuple[list, int]:
+    """Every query item's top ``keep`` over the gallery, written as ``matches/`` rows by workers: returns the data
+    files and the row count."""
+    ensure_ray()
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    per_shard = gpus_per_shard if gpus_per_shard is not None else (1.0 if gpus else 0.0)
+    n_shards = max(1, min(shards or (int(gpus / per_shard) if per_shard else 1), len(gallery.files)))
+    if per_shard and n_shards * per_shard > gpus:  # the actors would wait for GPUs forever
+        raise JobFailed(
+            f"{n_shards} shards x {per_shard:g} GPU need {n_shards * per_shard:g} GPUs, the cluster has {gpus}: "
+            "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
+        )
+    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
+    held = [actor.remote(paths, store, precision) for paths in split(gallery.files, n_shards)]
+    log.info("%d gallery items in %d shard(s), %g GPU each", len(gallery), len(held), per_shard)
+    task = ray.remote(num_cpus=0.5)(search_block)
+    blocks = [(p, a, min(a + query_batch, n)) for p, n in queries.files for a in range(0, n, query_batch)]
+    window, pending, files, rows = 2 * len(held) + 2, {}, [], 0
+    progress = Progress("queries", len(queries))
+    try:
+        for i, (path, a, b) in enumerate(blocks):
+            pending[task.remote(path, a, b, store, held, k, keep, same_set, fields, writer)] = b - a
+            while len(pending) >= window or (pending and i == len(blocks) - 1):
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                written, count = ray.get(done)
+                files += written
+                rows += count
+                progress.update(pending.pop(done))
+    finally:
+        for s in held:
+            ray.kill(s)
+    return files, rows
