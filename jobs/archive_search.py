@@ -4,9 +4,9 @@
     shards = [GalleryShard.remote(files, ...) for files in split(prepared)]  # each reads its own slice
     for each block of query items: a task sends it to every shard, merges their lists, writes its matches rows
 
-1. **Items.** Ray Data reads the committed files of the embedding table (their paths come from the Delta log), keeps
-   one face per source when asked (a shuffle by uri, so a source's faces meet in one worker), and each worker turns
-   its rows into items (key, uri, sha256, id, unit vector) written as staging files. The driver gets one line per
+1. **Items.** A task per committed data file of the embedding table (their paths come from the Delta log) turns its
+   rows into items (key, uri, sha256, id, unit vector) written as a staging file; for one face per source, the
+   files' faces are first partitioned by uri, so that a source's faces meet in one task. The driver gets one line per
    file: its path, its item count, the models seen, and the rare invalid embedding (an error row).
 2. **Shards.** Each actor reads its share of the staged gallery files itself and keeps the vectors in its device's
    memory (``ExactSearch``); a gallery larger than one node's memory takes more shards.
@@ -20,9 +20,9 @@ The driver holds the file lists and counts, never a vector, an item name or a ma
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from jobs.plan import ensure_ray
 from jobs.progress import Progress
-from jobs.source_job import WRITE_ROWS, RowWriter
+from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, JobFailed
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
@@ -77,7 +77,10 @@ class Prepared:
 def prepare_items(
     root: Store, table: str, run_id: str | None, per_source: bool, staging: Store, head: tuple | None = None
 ) -> Prepared:
-    """The items of ``table`` (one run's, or every committed run's) staged under ``staging`` by Ray workers."""
+    """The items of ``table`` (one run's, or every committed run's) staged under ``staging`` by Ray tasks: one per
+    data file; for one face per source, files first partitioned by uri (a source's faces may lie in several files)
+    and then a task per partition. Plain tasks: Ray Data's hash shuffle cost seconds more on small clusters (as
+    the manifest found)."""
     import ray
 
     if table not in EMBEDDING_TABLES:
@@ -85,40 +88,65 @@ def prepare_items(
     paths, committed = committed_files(root, table, run_id)
     if not paths:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
-    data = ray.data.read_parquet(paths, filesystem=root.arrow, columns=[*_COLUMNS[table], "run_id", "attempt"])
-    data = data.map_batches(_committed, fn_kwargs={"pairs": committed}, batch_format="pyarrow")
+    settings = {"table": table, "per_source": per_source, "staging": staging, "head": head}
     if table == "faces" and per_source:
-        # A source's faces may lie in several files: a shuffle by uri brings them to one worker.
         parts = max(1, min(len(paths), 64))
-        data = data.groupby("uri", num_partitions=parts).map_groups(items.clearest_faces, batch_format="pyarrow")
-    staged = data.map_batches(
-        stage_items,
-        fn_kwargs={"table": table, "per_source": per_source, "staging": staging, "head": head},
-        batch_size=WRITE_ROWS,
-        batch_format="pyarrow",
-    )
+        split_task = ray.remote(num_cpus=0.5)(partition_faces)
+        partitioned: dict[int, list[str]] = {}
+        for found in ray.get([split_task.remote(p, root, committed, parts, staging.join("parts")) for p in paths]):
+            for part, path in found.items():
+                partitioned.setdefault(part, []).append(path)
+        task = ray.remote(num_cpus=0.5)(stage_partition)
+        summaries = ray.get([task.remote(files, root, settings) for _, files in sorted(partitioned.items())])
+    else:
+        task = ray.remote(num_cpus=0.5)(stage_file)
+        summaries = ray.get([task.remote(p, root, committed, settings) for p in paths])
     prepared = Prepared()
-    for row in staged.iter_rows():
-        if row["rows"]:
-            prepared.files.append((row["path"], row["rows"]))
-        prepared.models |= {tuple(m) for m in json.loads(row["models"])}
-        prepared.invalid += json.loads(row["invalid"])
-        prepared.dim = prepared.dim or row["dim"]
+    for summary in summaries:
+        if summary["rows"]:
+            prepared.files.append((summary["path"], summary["rows"]))
+        prepared.models |= summary["models"]
+        prepared.invalid += summary["invalid"]
+        prepared.dim = prepared.dim or summary["dim"]
     if not prepared.files and not prepared.invalid and not prepared.models:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
     prepared.files.sort()  # a fixed order: shards and query blocks are cut the same way each run
     return prepared
 
 
-def _committed(batch: pa.Table, pairs: set[tuple[str, str]]) -> pa.Table:
-    """Only the rows of committed run attempts (a file may hold an attempt that never committed)."""
-    keys = zip(batch.column("run_id").to_pylist(), batch.column("attempt").to_pylist(), strict=True)
-    return batch.filter(pa.array([key in pairs for key in keys], pa.bool_())).drop_columns(["run_id", "attempt"])
+def _committed_rows(path: str, root: Store, pairs: set[tuple[str, str]], table: str) -> pa.Table:
+    """A data file's rows of committed run attempts (a file may hold an attempt that never committed)."""
+    data = pq.read_table(path, filesystem=root.arrow, columns=[*_COLUMNS[table], "run_id", "attempt"])
+    keys = zip(data.column("run_id").to_pylist(), data.column("attempt").to_pylist(), strict=True)
+    return data.filter(pa.array([key in pairs for key in keys], pa.bool_())).drop_columns(["run_id", "attempt"])
 
 
-def stage_items(batch: pa.Table, table: str, per_source: bool, staging: Store, head: tuple | None) -> pa.Table:
-    """A worker's rows as items in one staging file; the driver gets the file, the models and the invalid ones."""
-    found, invalid, models = item_table(batch, table, per_source)
+def partition_faces(path: str, root: Store, pairs: set, parts: int, staging: Store) -> dict[int, str]:
+    """One file's faces, each source's clearest of them, written to the partition of its uri: {partition: path}."""
+    faces = items.clearest_faces(_committed_rows(path, root, pairs, "faces"))
+    of = np.array([zlib.crc32(u.encode()) % parts for u in faces.column("uri").to_pylist()], np.int64)
+    written = {}
+    for part in np.unique(of):
+        target = staging.join(f"p{part:05d}", f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(target.uri), target.open("wb") as f:
+            pq.write_table(faces.filter(pa.array(of == part)), f, compression="zstd")
+        written[int(part)] = target.path
+    return written
+
+
+def stage_partition(paths: list[str], root: Store, settings: dict) -> dict:
+    """A partition's faces (every face of its sources): each source's clearest as an item."""
+    faces = items.clearest_faces(pads.dataset(paths, format="parquet", filesystem=root.arrow).to_table())
+    return stage_items(faces, **settings)
+
+
+def stage_file(path: str, root: Store, pairs: set, settings: dict) -> dict:
+    return stage_items(_committed_rows(path, root, pairs, settings["table"]), **settings)
+
+
+def stage_items(rows: pa.Table, table: str, per_source: bool, staging: Store, head: tuple | None) -> dict:
+    """Rows as items in one staging file; the driver gets the file, the models and the invalid ones."""
+    found, invalid, models = item_table(rows, table, per_source)
     if head is not None:
         found, models = _through_head(found, models, *head)
     path = ""
@@ -128,15 +156,7 @@ def stage_items(batch: pa.Table, table: str, per_source: bool, staging: Store, h
             pq.write_table(found, f, compression="zstd")
         path = target.path
     dim = found.schema.field("vector").type.list_size if found.num_rows else None
-    return pa.table(
-        {
-            "path": [path],
-            "rows": [found.num_rows],
-            "dim": pa.array([dim], pa.int64()),
-            "models": [json.dumps(sorted(models))],
-            "invalid": [json.dumps(invalid)],
-        }
-    )
+    return {"path": path, "rows": found.num_rows, "dim": dim, "models": models, "invalid": invalid}
 
 
 def _through_head(found: pa.Table, models: set, head_ref: str, models_root: str | None) -> tuple[pa.Table, set]:

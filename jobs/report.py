@@ -12,20 +12,21 @@ laptop or a bucket, with no server. A source that cannot be previewed shows the 
 
 from __future__ import annotations
 
+import bisect
 import html
 import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import OutputRun, committed_runs, iter_table
 from ops.matching import items
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
@@ -69,41 +70,90 @@ def select_runs(root: Store, pipeline_run_id: str | None) -> list[dict]:
     return list(newest.values())
 
 
+# Errors listed one by one in the report (the rest are counted by type); probes are capped by --max-probes.
+ERRORS_LISTED = 200
+
+
 @dataclass
 class Evidence:
-    """The committed rows a report shows, read once."""
+    """What a report shows, read by column a batch at a time: counts as the rows stream by, and rows only for the
+    probes shown and what they matched (their labels, faces and speech). Nothing grows with the archive but the
+    counts' totals."""
 
+    root: Store
     runs: list[dict]
-    manifest: pa.Table | None = None
-    errors: list[dict] = field(default_factory=list)
-    faces: list[dict] = field(default_factory=list)
-    face_sources: list[dict] = field(default_factory=list)
-    voices: list[dict] = field(default_factory=list)
-    matches: list[tuple[dict, list[dict]]] = field(default_factory=list)  # (marker, rows)
+    counts: dict[str, object] = field(default_factory=dict)
+    kinds: Counter = field(default_factory=Counter)
+    errors_by_type: Counter = field(default_factory=Counter)
+    errors_listed: list[tuple] = field(default_factory=list)  # (job, uri, error_type, message), the first by job, uri
+    errors_total: int = 0
     calibrations: list[tuple[dict, dict]] = field(default_factory=list)  # (marker, row)
-    sources: dict[str, dict] = field(default_factory=dict)  # manifest rows by uri
+    matches: list[dict] = field(default_factory=list)  # the match runs' markers
+    sources: dict[str, dict] = field(default_factory=dict)  # manifest rows of the uris shown
 
     @classmethod
     def read(cls, root: Store, runs: list[dict]) -> Evidence:
-        ev = cls(runs)
+        ev = cls(root, runs)
         for marker in runs:
             job = marker["job"]
-            rows = partial(_committed_rows, root, marker)
-            # Runs committed before the error vocabulary named failures otherwise: read under today's names.
-            ev.errors += [e | {"error_type": canonical(e["error_type"])} for e in rows("errors")]
+            for batch in _rows(root, marker, "errors", ["job", "stage", "error_type", "uri", "message"]):
+                ev._errors(batch)
             if job == "manifest":
-                ev.manifest = read_table(root, "manifest", marker["run_id"])
-                ev.sources = {r["uri"]: r for r in ev.manifest.to_pylist()}
+                for name in ("manifest rows", "duplicates", "labelled"):
+                    ev._add(name, 0)
+                for batch in _rows(root, marker, "manifest", ["media_category", "duplicate_of", "label"]):
+                    ev.kinds.update(batch.column("media_category").to_pylist())
+                    ev._add("duplicates", pc.sum(pc.is_valid(batch.column("duplicate_of"))).as_py() or 0)
+                    ev._add("labelled", pc.sum(pc.is_valid(batch.column("label"))).as_py() or 0)
+                    ev._add("manifest rows", batch.num_rows)
             elif job == "embed_faces":
-                ev.faces += rows("faces")
-                ev.face_sources += rows("face_sources")
+                for batch in _rows(root, marker, "face_sources", ["faces"]):
+                    found = batch.column("faces")
+                    ev._add("sources with faces", pc.sum(pc.greater(found, 0)).as_py() or 0)
+                    ev._add("faces found", pc.sum(found).as_py() or 0)
+                ev._add("face rows", marker["tables"].get("faces", {}).get("rows", 0))
             elif job == "embed_voices":
-                ev.voices += rows("voices")
+                for batch in _rows(root, marker, "voices", ["level", "status", "speech_seconds"]):
+                    sources = batch.filter(pc.equal(batch.column("level"), "source"))
+                    ev._add(
+                        "sources with speech", pc.sum(pc.not_equal(sources.column("status"), "no_speech")).as_py() or 0
+                    )
+                    ev._add("speech segments", batch.num_rows - sources.num_rows)
+                    ev._add("speech seconds", pc.sum(sources.column("speech_seconds")).as_py() or 0.0)
             elif job == "match":
-                ev.matches.append((marker, rows("matches")))
+                ev.matches.append(marker)
             elif job == "calibrate":
-                ev.calibrations += [(marker, r) for r in rows("calibrations")]
+                ev.calibrations += [(marker, r) for b in _rows(root, marker, "calibrations") for r in b.to_pylist()]
         return ev
+
+    def _add(self, name: str, value) -> None:
+        self.counts[name] = self.counts.get(name, 0) + value
+
+    def _errors(self, batch: pa.Table) -> None:
+        # Runs committed before the error vocabulary named failures otherwise: read under today's names.
+        rows = zip(
+            *(batch.column(c).to_pylist() for c in ("job", "stage", "error_type", "uri", "message")), strict=True
+        )
+        for job, stage, kind, uri, message in rows:
+            kind = canonical(kind)
+            self.errors_by_type[(job, stage, kind)] += 1
+            self.errors_total += 1
+            entry = (job, uri, kind, message)
+            if len(self.errors_listed) < ERRORS_LISTED:
+                bisect.insort(self.errors_listed, entry)
+            elif entry < self.errors_listed[-1]:
+                bisect.insort(self.errors_listed, entry)
+                self.errors_listed.pop()
+
+    def know(self, uris: set[str]) -> None:
+        """Read the manifest rows (label, media category) of these uris, the ones the report shows."""
+        if not uris:
+            return
+        wanted = pc.field("uri").isin(sorted(uris))
+        for marker in self.runs:
+            if marker["job"] == "manifest":
+                for batch in _rows(self.root, marker, "manifest", ["uri", "label", "media_category"], wanted):
+                    self.sources |= {r["uri"]: r for r in batch.to_pylist()}
 
     def category(self, uri: str) -> str:
         return self.sources.get(uri, {}).get("media_category", "image")
@@ -112,32 +162,88 @@ class Evidence:
         return self.sources.get(uri, {}).get("label")
 
 
-def _committed_rows(root: Store, marker: dict, table: str) -> list[dict]:
-    """A run's rows of ``table`` without embeddings (a report shows none), none when the run wrote none."""
+def _rows(root: Store, marker: dict, table: str, columns: list[str] | None = None, filter=None):
+    """A run's rows of ``table`` (these columns, those ``filter`` keeps) a batch at a time; none when it wrote none."""
     if not marker["tables"].get(table, {}).get("rows"):
-        return []  # no files: nothing to read, and no schema to read it by
-    data = read_table(root, table, marker["run_id"])
-    return data.drop_columns([c for c in ("embedding",) if c in data.column_names]).to_pylist()
+        return iter(())  # no files: nothing to read, and no schema to read it by
+    return iter_table(root, table, marker["run_id"], columns=columns, filter=filter)
+
+
+@dataclass
+class Probes:
+    """One match run's probes as the report shows them: how many there are, the first ``limit`` by item key with
+    every row of theirs, and the thresholds its rows were judged by. Two passes over the run's rows: the keys and
+    thresholds, then the shown probes' rows."""
+
+    marker: dict
+    total: int
+    rows: dict[str, list[dict]]  # query item -> its rows, for the shown probes
+    thresholds: list[tuple[float, str]]
+
+    @classmethod
+    def read(cls, root: Store, marker: dict, limit: int) -> Probes:
+        total, first, thresholds = 0, [], set()
+        for batch in _rows(root, marker, "matches", ["query_item", "rank", "threshold", "threshold_source"]):
+            ranks = batch.column("rank")
+            # A probe has one rank-1 row (verification pairs have no rank: each row is one).
+            probes = batch.filter(pc.fill_null(pc.equal(ranks, 1), True)).column("query_item").to_pylist()
+            total += len(probes)
+            for item in probes:
+                if len(first) < limit or (first and item < first[-1]):
+                    if item not in first:
+                        bisect.insort(first, item)
+                        del first[limit:]
+            judged = zip(
+                batch.column("threshold").to_pylist(), batch.column("threshold_source").to_pylist(), strict=True
+            )
+            thresholds |= {(t, src) for t, src in judged if t is not None}
+        rows: dict[str, list[dict]] = defaultdict(list)
+        if first:
+            for batch in _rows(root, marker, "matches", None, pc.field("query_item").isin(first)):
+                for r in batch.to_pylist():
+                    rows[r["query_item"]].append(r)
+        return cls(marker, total, dict(rows), sorted(thresholds))
+
+    def uris(self) -> set[str]:
+        return {u for rows in self.rows.values() for r in rows for u in (r["query_uri"], r["gallery_uri"]) if u}
 
 
 class Previews:
     """Face thumbnails and speech clips of match items, each made once, the reason shown when one cannot be."""
 
-    def __init__(self, ev: Evidence, thumb_size: int, clip_seconds: float, enabled: bool = True) -> None:
+    def __init__(
+        self, ev: Evidence, uris: set[str], thumb_size: int, clip_seconds: float, enabled: bool = True
+    ) -> None:
         self.ev, self.thumb_size, self.clip_seconds, self.enabled = ev, thumb_size, clip_seconds, enabled
         self._made: dict[tuple[str, str], str] = {}
         self.failed = 0
-        self.faces: dict[str, dict] = {items.face_key(r["uri"], r["frame_index"], r["face_index"]): r for r in ev.faces}
-        if ev.faces:  # a per-source match names the source: the face it used, as matching chose it
-            clearest = items.clearest_faces(pa.Table.from_pylist(ev.faces))
-            self.faces |= {r["uri"]: r for r in clearest.to_pylist()}
+        self.faces: dict[str, dict] = {}
         self.segments: dict[str, dict] = {}
-        for r in ev.voices:
-            if r["level"] == "segment":
-                self.segments[items.segment_key(r["uri"], r["segment_index"])] = r
-                current = self.segments.get(r["uri"])
-                if current is None or r["speech_seconds"] > current["speech_seconds"]:
-                    self.segments[r["uri"]] = r
+        if not (enabled and uris):
+            return
+        # Only the faces and speech of the sources shown: every row of theirs, so a source's clearest face is the
+        # one matching chose.
+        wanted = pc.field("uri").isin(sorted(uris))
+        faces, voices = [], []
+        for marker in ev.runs:
+            if marker["job"] == "embed_faces":
+                columns = ["uri", "frame_index", "face_index", "box", "face_size", "score"]
+                faces += [b for b in _rows(ev.root, marker, "faces", columns, wanted)]
+            elif marker["job"] == "embed_voices":
+                columns = ["uri", "level", "segment_index", "start", "end", "speech_seconds"]
+                voices += [
+                    b for b in _rows(ev.root, marker, "voices", columns, wanted & (pc.field("level") == "segment"))
+                ]
+        if faces:
+            table = pa.concat_tables(faces)
+            self.faces = {items.face_key(r["uri"], r["frame_index"], r["face_index"]): r for r in table.to_pylist()}
+            # a per-source match names the source: the face it used, as matching chose it
+            self.faces |= {r["uri"]: r for r in items.clearest_faces(table).to_pylist()}
+        for r in (r for b in voices for r in b.to_pylist()):
+            self.segments[items.segment_key(r["uri"], r["segment_index"])] = r
+            current = self.segments.get(r["uri"])
+            if current is None or r["speech_seconds"] > current["speech_seconds"]:
+                self.segments[r["uri"]] = r
 
     def html(self, table: str, item: str) -> str:
         named = items.parse(item)
@@ -181,11 +287,14 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     out.check_writable()
     runs = select_runs(root, config.pipeline_run_id)
     ev = Evidence.read(root, runs)
-    previews = Previews(ev, config.thumb_size, config.clip_seconds, enabled=config.previews)
+    probes = [Probes.read(root, marker, config.max_probes) for marker in ev.matches]  # chosen first, then read
+    shown_uris = set().union(*(p.uris() for p in probes))
+    ev.know(shown_uris)
+    previews = Previews(ev, shown_uris, config.thumb_size, config.clip_seconds, enabled=config.previews)
     sections = [_runs_section(runs), _counts_section(ev), _errors_section(ev), _calibration_section(root, ev)]
     probes_shown = 0
-    for marker, rows in ev.matches:
-        section, shown = _matches_section(marker, rows, ev, previews, config.max_probes)
+    for found in probes:
+        section, shown = _matches_section(found, ev, previews)
         sections.append(section)
         probes_shown += shown
     title = f"crossmatch report {ctx.run_id}"
@@ -230,37 +339,30 @@ def _runs_section(runs: list[dict]) -> str:
 
 
 def _counts_section(ev: Evidence) -> str:
-    items: list[tuple[str, object]] = []
-    if ev.manifest is not None:
-        categories = Counter(ev.manifest.column("media_category").to_pylist())
-        items.append(("inputs", ev.manifest.num_rows + sum(1 for e in ev.errors if e["job"] == "manifest")))
-        items += [(f"{kind} files", n) for kind, n in sorted(categories.items())]
-        items.append(("duplicates", sum(1 for d in ev.manifest.column("duplicate_of").to_pylist() if d)))
-        items.append(("labelled", sum(1 for d in ev.manifest.column("label").to_pylist() if d)))
-    if ev.face_sources:
-        items.append(("sources with faces", sum(1 for s in ev.face_sources if s["faces"])))
-        items.append(("faces found", sum(s["faces"] for s in ev.face_sources)))
-        items.append(("face rows", len(ev.faces)))
-    if ev.voices:
-        sources = [v for v in ev.voices if v["level"] == "source"]
-        items.append(("sources with speech", sum(1 for s in sources if s["status"] != "no_speech")))
-        items.append(("speech segments", sum(1 for v in ev.voices if v["level"] == "segment")))
-        items.append(("speech seconds", round(sum(s["speech_seconds"] for s in sources), 1)))
-    items.append(("errors", len(ev.errors)))
-    cells = "".join(f'<div class="count"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in items)
+    c = ev.counts
+    shown: list[tuple[str, object]] = []
+    if "manifest rows" in c:
+        manifest_errors = sum(n for (job, _, _), n in ev.errors_by_type.items() if job == "manifest")
+        shown.append(("inputs", c["manifest rows"] + manifest_errors))
+        shown += [(f"{kind} files", n) for kind, n in sorted(ev.kinds.items())]
+        shown += [("duplicates", c["duplicates"]), ("labelled", c["labelled"])]
+    if "face rows" in c:
+        shown += [(k, c.get(k, 0)) for k in ("sources with faces", "faces found", "face rows")]
+    if "speech segments" in c:
+        shown += [(k, c.get(k, 0)) for k in ("sources with speech", "speech segments")]
+        shown.append(("speech seconds", round(c.get("speech seconds", 0.0), 1)))
+    shown.append(("errors", ev.errors_total))
+    cells = "".join(f'<div class="count"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in shown)
     return f'<h2>Counts</h2><div class="counts" data-testid="counts">{cells}</div>'
 
 
 def _errors_section(ev: Evidence) -> str:
-    if not ev.errors:
+    if not ev.errors_total:
         return '<h2>Errors</h2><p data-testid="errors">No errors: every input gave results.</p>'
-    by_type = Counter((e["job"], e["stage"], e["error_type"]) for e in ev.errors)
-    grouped = [[_e(j), _e(s), _e(t), str(n)] for (j, s, t), n in sorted(by_type.items())]
-    listed = [
-        [_e(e["job"]), _e(e["error_type"]), _e(e["uri"]), _e(e["message"])]
-        for e in sorted(ev.errors, key=lambda e: (e["job"], e["uri"]))[:200]
-    ]
-    more = f"<p>{len(ev.errors) - 200} more in errors/.</p>" if len(ev.errors) > 200 else ""
+    grouped = [[_e(j), _e(s), _e(t), str(n)] for (j, s, t), n in sorted(ev.errors_by_type.items())]
+    listed = [[_e(job), _e(kind), _e(uri), _e(message)] for job, uri, kind, message in ev.errors_listed]
+    rest = ev.errors_total - len(ev.errors_listed)
+    more = f"<p>{rest} more in errors/.</p>" if rest > 0 else ""
     return (
         "<h2>Errors</h2>"
         + _table(["job", "stage", "error type", "count"], grouped, "errors")
@@ -294,14 +396,11 @@ def _calibration_section(root: Store, ev: Evidence) -> str:
     return "".join(parts)
 
 
-def _matches_section(marker: dict, rows: list[dict], ev: Evidence, previews: Previews, limit: int) -> tuple[str, int]:
+def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[str, int]:
+    marker, by_query = probes.marker, probes.rows
     config = marker.get("config", {})
     mode, table = config.get("mode", "search"), config.get("table", "faces")
-    by_query: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        by_query[r["query_item"]].append(r)
-    queries = sorted(by_query)
-    shown = queries[:limit]
+    shown = sorted(by_query)
     heading = {
         "search": "Top matches",
         "identify": "Identification",
@@ -310,11 +409,11 @@ def _matches_section(marker: dict, rows: list[dict], ev: Evidence, previews: Pre
     }.get(mode, mode)
     if mode == "crossmatch":
         table = "voices and faces"
-    thresholds = sorted({(r["threshold"], r["threshold_source"]) for r in rows if r["threshold"] is not None})
+    thresholds = probes.thresholds
     judged = "; ".join(f"threshold {t:.4f} from {_e(src)}" for t, src in thresholds) or "no threshold: ranked only"
     parts = [
-        f"<h2>{heading}: {_e(table)}</h2><p>run {_e(marker['run_id'])}, {len(queries)} probes"
-        + (f", the first {len(shown)} shown" if len(shown) < len(queries) else "")
+        f"<h2>{heading}: {_e(table)}</h2><p>run {_e(marker['run_id'])}, {probes.total} probes"
+        + (f", the first {len(shown)} shown" if len(shown) < probes.total else "")
         + f"; {judged}.</p>"
     ]
     for query in shown:

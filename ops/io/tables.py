@@ -30,7 +30,7 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -631,6 +631,42 @@ def read_table(
         keys = pc.binary_join_element_wise(rows.column("run_id"), rows.column("attempt"), "\x00")
         rows = rows.filter(pc.is_in(keys, pa.array([f"{a}\x00{b}" for a, b in pairs])))
     return rows.select(wanted)
+
+
+def iter_table(
+    root: Store,
+    table: str,
+    run_id: str | None = None,
+    columns: list[str] | None = None,
+    filter: pc.Expression | None = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pa.Table]:
+    """The committed rows of ``table`` (one run's, or every committed run's) a batch at a time, only ``columns``
+    and the rows ``filter`` keeps: a reader that counts or picks holds one batch, not the table."""
+    dt = open_table(root, table)
+    runs = committed_runs(root)
+    if run_id is not None:
+        runs = [r for r in runs if r["run_id"] == run_id]
+        if not runs:
+            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
+    if dt is None or not runs:
+        return
+    wanted = columns or [n for n in table_schema(dt).names if n != "attempt"]
+    pairs = {(r["run_id"], r["attempt"]) for r in runs}
+    keys = pc.binary_join_element_wise(pc.field("run_id"), pc.field("attempt"), "\x00")
+    committed = pc.is_in(keys, pa.array(sorted(f"{a}\x00{b}" for a, b in pairs)))
+    if filter is not None:
+        committed = committed & filter
+    paths, _ = committed_files(root, table, run_id)
+    if not paths:
+        return
+    dataset = pads.dataset(paths, schema=table_schema(dt), format="parquet", filesystem=root.arrow)
+    try:
+        for batch in dataset.to_batches(columns=wanted, filter=committed, batch_size=batch_rows):
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+    except (FileNotFoundError, OSError) as exc:
+        raise CommitError(f"a committed file of {table} under {root.uri} cannot be read: {exc}") from exc
 
 
 def committed_files(root: Store, table: str, run_id: str | None = None) -> tuple[list[str], set[tuple[str, str]]]:
