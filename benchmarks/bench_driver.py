@@ -7,8 +7,9 @@ side.
 Makes an archive of N small photos (a generated portrait each, 160x128 JPEG, one face), then runs, interleaved,
 ``jobs.manifest`` and ``jobs.embed_faces`` from git worktrees of two commits ("after", default HEAD; "before",
 default the commit before the Delta tables: the driver gathered and wrote every row), each as its own process with
-a local Ray cluster, into a fresh output root. ``search`` is ``jobs.match search --per-source`` over N synthetic
-sources (``jobs.synthesize``: N/4 people, 4 recordings each, made once per size outside the timing). The driver's
+a local Ray cluster, into a fresh output root. ``search`` is ``jobs.match search --per-source`` and ``calibrate``
+``jobs.calibrate`` over N synthetic sources (``jobs.synthesize``: N/4 labelled people, 4 recordings each, made once
+per size outside the timing). The driver's
 peak resident memory is the job process's VmHWM (Ray's workers are other processes); wall time is the whole
 command, Ray's start included. Prints a table and the ratios.
 """
@@ -71,7 +72,10 @@ def main() -> None:
     parser.add_argument("--models", default=os.environ.get("CROSSMATCH_MODELS", str(REPO / "out" / "models")))
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
-        "--jobs", nargs="+", default=["manifest", "embed_faces"], help="manifest, embed_faces (needs manifest), search"
+        "--jobs",
+        nargs="+",
+        default=["manifest", "embed_faces"],
+        help="manifest, embed_faces (needs manifest), calibrate, search",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-driver-"))
@@ -89,7 +93,7 @@ def main() -> None:
             if {"manifest", "embed_faces"} & set(args.jobs):
                 make_archive(archive, n)
             embedded = work / f"synthetic-{n}"
-            if "search" in args.jobs:
+            if {"search", "calibrate"} & set(args.jobs):
                 synth = ["-m", "jobs.synthesize", "--output", str(embedded), "--identities", str(n // 4)]
                 synth += ["--recordings", "4", "--run-id", "synth", "--log-level", "WARNING"]
                 subprocess.run([python, *synth], cwd=trees["after"], env=env, check=True)
@@ -106,6 +110,15 @@ def main() -> None:
                             str(out),
                             "--models",
                             args.models,
+                        ],
+                        "calibrate": [
+                            "-m",
+                            "jobs.calibrate",
+                            str(embedded),
+                            "--embeddings-run-id",
+                            "synth",
+                            "--output",
+                            str(out),
                         ],
                         "search": [
                             "-m",

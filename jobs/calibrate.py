@@ -11,6 +11,7 @@ DET and score-histogram PNGs, and one ``calibrations/`` row; ``jobs.match verify
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -95,10 +96,12 @@ def _figures(scores: np.ndarray, same: np.ndarray, threshold: float, title: str)
 
 
 def labelled_sources(uris: list[str], labels: dict[str, str], max_sources: int) -> tuple[list[int], np.ndarray]:
-    """The positions of labelled sources (a seeded sample of ``max_sources`` beyond that many) and their labels."""
+    """The positions of labelled sources (beyond ``max_sources``, the ``max_sources`` whose uri hashes lowest: the
+    same sample whatever the order) and their labels."""
     labelled = [i for i, u in enumerate(uris) if u in labels]
     if len(labelled) > max_sources:
-        labelled = sorted(np.random.default_rng(0).choice(labelled, max_sources, replace=False).tolist())
+        rank = {i: hashlib.sha256(uris[i].encode()).digest() for i in labelled}
+        labelled = sorted(sorted(labelled, key=rank.__getitem__)[:max_sources])
     return labelled, np.array([labels[uris[i]] for i in labelled])
 
 
@@ -113,14 +116,20 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     root = resolve(config.embeddings)
-    data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True)
+    # Only a sample of the labelled sources is scored: their labels and embeddings alone are read (twice the
+    # sample's size of labels, as some labelled sources have no embedding: no face, no speech).
+    labels = read_labels(
+        root, config.labels, config.manifest_run_id, config.embeddings_run_id, sample=2 * config.max_sources
+    )
+    if not labels:
+        raise JobFailed(
+            f"0 labelled sources under {config.embeddings}: calibration needs at least two labels and a label with "
+            "two sources (--label-pattern on the manifest, or --labels uri,label)"
+        )
+    data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True, uris=sorted(labels))
     if config.head:  # calibrate what matching through the head will compare
         data = through_head(data, config.head, config.models)
-    labelled, names = labelled_sources(
-        data.uris,
-        read_labels(root, config.labels, config.manifest_run_id, config.embeddings_run_id),
-        config.max_sources,
-    )
+    labelled, names = labelled_sources(data.uris, labels, config.max_sources)
     if not enough_labels(names):
         raise JobFailed(
             f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "

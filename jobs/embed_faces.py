@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +60,7 @@ FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: boun
 
 @dataclass
 class EmbedFacesConfig(ActorOptions, JobConfig):
+    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},

@@ -16,6 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,7 @@ ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded
 
 @dataclass
 class EmbedVoicesConfig(ActorOptions, JobConfig):
+    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},

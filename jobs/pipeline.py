@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from jobs import calibrate, embed_faces, embed_voices, manifest, match, report
 from jobs.cli import JobConfig
@@ -49,6 +50,7 @@ _NOT_OUTPUT = {
 
 @dataclass
 class PipelineConfig(JobConfig):
+    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
     archive: str = field(
         default="",
         metadata={"positional": True, "run_key": True, "help": "the archive: a folder or s3://bucket/prefix"},

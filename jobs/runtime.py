@@ -79,8 +79,8 @@ def local_locations(config: JobConfig) -> list[tuple[str, str]]:
     found = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name == "models" and value is None:
-            value = models_root().uri
+        if f.name == "models" and value is None and getattr(config, "MODELS_ON_WORKERS", False):
+            value = models_root().uri  # the default root, where this job's workers load their models
         if f.name in LOCATIONS and isinstance(value, str) and value and resolve(value).scheme == "file":
             found.append((f"--{f.name.replace('_', '-')}", value))
     return found

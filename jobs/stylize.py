@@ -29,6 +29,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +69,7 @@ MIN_SHARD_BYTES = 1 << 20
 
 @dataclass
 class StylizeConfig(ActorOptions, JobConfig):
+    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
     manifest: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
     )

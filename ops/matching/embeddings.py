@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 import logging
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 
 from ops.io.errors import EmbeddingError
 from ops.io.storage import Store, resolve
-from ops.io.tables import committed_runs, read_table
+from ops.io.tables import committed_runs, iter_table, read_table
 from ops.matching import items
 from ops.matching.vectors import invalid_rows, normalise
 
@@ -59,18 +60,21 @@ class EmbeddingSet:
         )
 
 
-def read_embeddings(root: Store, table: str, run_id: str | None = None, per_source: bool = False) -> EmbeddingSet:
-    """The committed embeddings of ``table`` under ``root``: every face or speech segment, or with ``per_source``
-    one item per source (a voice source's pooled embedding; an image or video's clearest face: the largest, then
-    the most confident)."""
-    return embedding_set(read_committed(root, table, run_id), table, per_source, root.uri)
+def read_embeddings(
+    root: Store, table: str, run_id: str | None = None, per_source: bool = False, uris: list[str] | None = None
+) -> EmbeddingSet:
+    """The committed embeddings of ``table`` under ``root`` (only these sources' when ``uris`` is given): every face
+    or speech segment, or with ``per_source`` one item per source (a voice source's pooled embedding; an image or
+    video's clearest face: the largest, then the most confident)."""
+    return embedding_set(read_committed(root, table, run_id, uris), table, per_source, root.uri)
 
 
-def read_committed(root: Store, table: str, run_id: str | None = None) -> pa.Table:
+def read_committed(root: Store, table: str, run_id: str | None = None, uris: list[str] | None = None) -> pa.Table:
     """The committed rows of embedding table ``table``; an error that says which job to run when there are none."""
     if table not in EMBEDDING_TABLES:
         raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
-    data = read_table(root, table, run_id=run_id)
+    wanted = None if uris is None else pc.field("uri").isin(uris)
+    data = read_table(root, table, run_id=run_id, filter=wanted)
     if data.num_rows == 0:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
     return data
@@ -161,31 +165,58 @@ def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
 
 
 def read_labels(
-    root: Store, labels: str | None = None, manifest_run_id: str | None = None, for_run: str | None = None
+    root: Store,
+    labels: str | None = None,
+    manifest_run_id: str | None = None,
+    for_run: str | None = None,
+    sample: int | None = None,
 ) -> dict[str, str]:
     """Identity labels by source uri: from a CSV with columns uri and label, else from one manifest run under
     ``root``: ``manifest_run_id``, else the one the embeddings run ``for_run`` was made from, else the newest (a
     root that keeps nightly manifests of other archives must not mix their labels into this one's; the log says
-    which). A source given two identities is refused: enrolment must not guess."""
+    which). A source given two identities is refused: enrolment must not guess. With ``sample``, only that many
+    labelled sources, those whose uri hashes lowest (the same ones whatever the order the rows come in), read a
+    batch at a time: what a calibration samples, without holding every label of the archive."""
+    kept = _Sample(sample)
     if not labels:
         run = manifest_run_id or manifest_of(root, for_run) or newest_manifest_run(root)
         log.info("labels from manifest run %s under %s", run, root.uri)
-        manifest = read_table(root, "manifest", run_id=run, columns=["uri", "label"])
-        found = {}
-        for uri, label in zip(manifest.column("uri").to_pylist(), manifest.column("label").to_pylist(), strict=True):
-            if label and found.setdefault(uri, label) != label:
-                raise EmbeddingError(f"manifest run {run} gives {uri} two identities: {found[uri]}, {label}")
-        return found
+        where = f"manifest run {run}"
+        labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
+        for batch in iter_table(root, "manifest", run, columns=["uri", "label"], filter=labelled):
+            kept.add(zip(batch.column("uri").to_pylist(), batch.column("label").to_pylist(), strict=True), where)
+        return kept.found
     text = resolve(labels).read_bytes().decode("utf-8")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
         raise EmbeddingError(f"{labels} needs a header with columns uri and label")
-    found: dict[str, str] = {}
-    for row in reader:
-        if row["uri"] in found and found[row["uri"]] != row["label"]:
-            raise EmbeddingError(f"{labels} gives {row['uri']} two identities: {found[row['uri']]}, {row['label']}")
-        found[row["uri"]] = row["label"]
-    return found
+    kept.add(((row["uri"], row["label"]) for row in reader), labels)
+    return kept.found
+
+
+class _Sample:
+    """Labels as they stream by: all of them, or the ``size`` whose uri hashes lowest (a max-heap of that size)."""
+
+    def __init__(self, size: int | None) -> None:
+        self.size, self.found, self.heap = size, {}, []
+
+    def add(self, pairs, where: str) -> None:
+        for uri, label in pairs:
+            if uri in self.found:
+                if self.found[uri] != label:
+                    raise EmbeddingError(f"{where} gives {uri} two identities: {self.found[uri]}, {label}")
+                continue
+            if self.size is None:
+                self.found[uri] = label
+                continue
+            rank = -int.from_bytes(hashlib.sha256(uri.encode()).digest()[:8], "big")
+            if len(self.heap) < self.size:
+                heapq.heappush(self.heap, (rank, uri))
+                self.found[uri] = label
+            elif rank > self.heap[0][0]:
+                _, dropped = heapq.heappushpop(self.heap, (rank, uri))
+                del self.found[dropped]
+                self.found[uri] = label
 
 
 def manifest_of(root: Store, run_id: str | None) -> str | None:

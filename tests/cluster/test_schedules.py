@@ -75,6 +75,7 @@ def test_the_rayjob_runs_the_pipeline_with_a_dated_run_id_on_a_token_cluster():
     config = parse_config(PipelineConfig, pipeline_args(spec["entrypoint"]), "jobs.pipeline", "")
     assert re.fullmatch(r"pipeline-\d{4}-\d\d-\d\d", config.run_id) and check_run_id(config.run_id)
     assert config.archive.startswith("s3://") and config.output.startswith("s3://")
+    assert config.gpus_per_actor == 1  # the GPU group starts empty: the actors' demand makes the autoscaler grow it
     runtime = yaml.safe_load(spec["runtimeEnvYAML"])
     assert runtime["pip"] == requirements()  # pinned as the project pins them
     assert runtime["working_dir"].endswith(".zip")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_head(moto_endpoint):
-    """A separate Ray cluster started with the CLI, its nodes configured with the S3 endpoint (as a real cluster's
-    would be) and the test credentials inherited from the environment (as an instance role would provide)."""
+    """A separate Ray cluster of two nodes started with the CLI (a head and a worker that joins it), its nodes
+    configured with the S3 endpoint (as a real cluster's would be) and the test credentials inherited from the
+    environment (as an instance role would provide). Two nodes: local paths are refused there, S3 is the way."""
     temp = tempfile.mkdtemp(prefix="cm-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    dashboard = free_port()
+    dashboard, port = free_port(), free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_endpoint}
     log = open(Path(temp) / "ray-start.log", "wb")
     proc = subprocess.Popen(
@@ -44,7 +46,7 @@ def ray_head(moto_endpoint):
             "start",
             "--head",
             "--block",
-            f"--port={free_port()}",
+            f"--port={port}",
             f"--dashboard-port={dashboard}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-agent-listen-port={free_port()}",  # beside the session cluster
@@ -58,17 +60,64 @@ def ray_head(moto_endpoint):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    worker = None
     try:
         wait_for_port(dashboard, timeout=90)
         # Ray 2.60 turns token authentication on for `ray start --head`: the client must say so to send the token.
         address, client_env = f"http://127.0.0.1:{dashboard}", {**env, "RAY_AUTH_MODE": "token"}
+        worker = subprocess.Popen(
+            [
+                "ray",
+                "start",
+                f"--address=127.0.0.1:{port}",
+                "--block",
+                "--num-cpus=1",
+                f"--dashboard-agent-listen-port={free_port()}",
+                "--disable-usage-stats",
+            ],
+            env=client_env,  # the token: the worker joins a cluster that asks for it
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_for_nodes(address, client_env, 2)
         wait_for_job_agent(address, client_env)
         yield address, client_env
     finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGKILL)
         os.killpg(proc.pid, signal.SIGKILL)  # `ray stop` would stop every cluster on the machine
         kill_processes_mentioning(temp)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_nodes(address: str, env: dict, count: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            ["ray", "list", "nodes", f"--address={address}", "--format=json", "--filter", "state=ALIVE"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        try:
+            if done.returncode == 0 and len(json.loads(done.stdout)) >= count:
+                return
+        except json.JSONDecodeError:  # the state API answers with nothing while the dashboard starts
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster did not reach {count} nodes: {done.stdout[-500:]} {done.stderr[-1500:]}")
+        time.sleep(2)
+
+
+def test_local_paths_are_refused_on_two_nodes(ray_head, sample_archive, tmp_path):
+    address, env = ray_head
+    done = submit(address, env, "jobs.manifest", str(sample_archive), "--output", str(tmp_path / "out"))
+    log = done.stdout + done.stderr
+    assert done.returncode != 0 and "this cluster has 2 nodes" in log and "--output" in log and "s3://" in log
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):
@@ -169,10 +218,13 @@ def test_the_pipeline_through_the_submit_helper_end_to_end_on_s3(ray_head, all_m
     assert committed_runs(results)[-1]["committed_at"] == pipeline_marker["committed_at"]
 
 
-def test_a_failed_scheduled_run_exits_non_zero_and_the_retry_is_a_new_attempt(ray_head, request, monkeypatch):
+def test_a_failed_scheduled_run_exits_non_zero_and_the_retry_is_a_new_attempt(
+    ray_head, all_models, request, monkeypatch
+):
     address, env = ray_head
     bucket = new_bucket(request, "moto", monkeypatch)
     job = ["jobs.pipeline", bucket.uri("missing"), "--output", bucket.uri("results")]
+    job += ["--models", _upload_models(all_models, bucket)]  # two nodes: everything on S3
     first = _helper(address, env, "--name", "broken", "--date", "2026-11-22", "--", *job)
     assert first.returncode == 1, first.stdout[-4000:] + first.stderr[-4000:]
     assert "broken-2026-11-22: FAILED" in first.stdout and f"nothing found at {bucket.uri('missing')}" in first.stdout
