@@ -45,10 +45,11 @@ from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
 from ops.io.custody import open_verified, verified_bytes
-from ops.io.errors import ItemTimeout, JobFailed, VideoDecodeError
-from ops.io.schemas import FACE_SOURCES, faces
+from ops.io.errors import ItemTimeout, JobFailed, PreviewError, VideoDecodeError
+from ops.io.schemas import FACE_SOURCES, FACE_THUMBNAILS, faces
 from ops.io.storage import Store, resolve, storage_errors
 from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, decode_jpegs, sample_video
+from ops.media.preview import face_jpeg
 from ops.media.sniff import sniff
 from ops.models import catalogue
 
@@ -83,6 +84,14 @@ class EmbedFacesConfig(ActorOptions, JobConfig):
         default=4096,
         metadata={"help": "shrink larger images to this side before detection (boxes stay in source pixels)"},
     )
+    thumbnails: bool = field(
+        default=True,
+        metadata={
+            "run_key": True,
+            "help": "a small JPEG of every face in face_thumbnails/, for reports (--no-thumbnails: no face pictures "
+            "in the output)",
+        },
+    )
     per_track: bool = field(
         default=False, metadata={"run_key": True, "help": "video: one row per face track (its best face)"}
     )
@@ -99,6 +108,8 @@ class EmbedFacesConfig(ActorOptions, JobConfig):
         metadata={"help": "frames per face-actor batch; the actor cuts it into passes that fit its GPU's memory"},
     )
 
+
+THUMB_SIZE = 96  # face thumbnails' longer side, pixels: what a report shows
 
 _STAGED = pa.schema(
     [
@@ -121,6 +132,7 @@ _STAGED = pa.schema(
 )
 _FACE_FIELDS = [
     ("face_index", pa.int32()),
+    ("thumbnail", pa.binary()),
     ("faces", pa.int32()),
     ("box", pa.list_(pa.float32())),
     ("landmarks", pa.list_(pa.float32())),
@@ -208,12 +220,24 @@ class FaceActor:
         min_score: float,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_side: int | None = None,
+        thumbnails: bool = True,
     ) -> None:
         config = DetectorConfig(min_face=min_face, thresholds=(0.6, 0.7, min_score))
+        self.thumbnails = thumbnails
         detector = catalogue.build(catalogue.load_folder(detector_folder, "face-detection"))
         recogniser = catalogue.build(catalogue.load_folder(model_folder, "face-embedding"))
         self.pipeline = FacePipeline(detector, recogniser, config)
         self.max_pixels, self.max_side = max_pixels, max_side
+
+    def _thumbnail(self, image, box) -> bytes | None:
+        """A small JPEG of the face, cut here from the frame already decoded, so that nobody decodes the source
+        again to show it (None with --no-thumbnails, or for a box that left the frame)."""
+        if not self.thumbnails:
+            return None
+        try:
+            return face_jpeg(image, [float(v) for v in box], THUMB_SIZE)
+        except PreviewError:
+            return None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kinds = batch.column("kind").to_pylist()
@@ -263,6 +287,7 @@ class FaceActor:
                         "eye_distance": float(ff.eye_distance[k] * scale),
                         "sharpness": float(ff.sharpness[k]),
                         "embedding": ff.embeddings[k].tolist(),
+                        "thumbnail": self._thumbnail(images[i], ff.boxes[k]),
                     }
                 )
             if source is not None:
@@ -270,7 +295,9 @@ class FaceActor:
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
-def write_faces(batch: pa.Table, writer: RowWriter, staging: Store, provenance: dict, dim: int) -> pa.Table:
+def write_faces(
+    batch: pa.Table, writer: RowWriter, thumbs: RowWriter | None, staging: Store, provenance: dict, dim: int
+) -> pa.Table:
     """The face rows of the batch, written by this worker: photos' to ``faces/``, video faces to a staging file
     (they are tracked once their video is whole, see ``track_video``). The driver gets one "file" row per data file,
     one "staged" row per staging file, and the other rows (frames, sources, errors: a few small rows per source)."""
@@ -281,13 +308,20 @@ def write_faces(batch: pa.Table, writer: RowWriter, staging: Store, provenance: 
     photo = faces_ & (np.asarray(batch.column("media_category").to_pylist()) == "image")
     made = []
     if photo.any():
-        files = writer.write(_face_table(batch.filter(pa.array(photo)).to_pylist(), provenance, dim))
+        rows = batch.filter(pa.array(photo)).to_pylist()
+        files = writer.write(_face_table(rows, provenance, dim))
+        if thumbs is not None:
+            files += thumbs.write(_thumbnail_table(rows, provenance))
         made += [{"kind": "file", "message": file_row(f)} for f in files]
     video = faces_ & ~photo
     if video.any():
         path = staging.join(f"{uuid.uuid4().hex}.parquet")
+        rows = batch.filter(pa.array(video)).to_pylist()
+        staged = _face_table(rows, provenance, dim).append_column(
+            "thumbnail", pa.array([r["thumbnail"] for r in rows], pa.binary())
+        )
         with storage_errors(path.uri), path.open("wb") as f:
-            pq.write_table(_face_table(batch.filter(pa.array(video)).to_pylist(), provenance, dim), f)
+            pq.write_table(staged, f)
         made.append({"kind": "staged", "message": path.path, "faces": int(video.sum())})
     return pa.concat_tables([batch.filter(pa.array(~faces_)), pa.Table.from_pylist(made, schema=_EMBEDDED)])
 
@@ -308,9 +342,12 @@ def track_video(group: pa.Table, per_track: bool, failed: frozenset[str]) -> pa.
     return pa.Table.from_pylist(rows, schema=group.schema)
 
 
-def write_tracked(batch: pa.Table, writer: RowWriter) -> pa.Table:
-    """Tracked video face rows written by this worker; the driver gets the file and the rows per video."""
-    files = writer.write(batch)
+def write_tracked(batch: pa.Table, writer: RowWriter, thumbs: RowWriter | None) -> pa.Table:
+    """Tracked video face rows (and their thumbnails) written by this worker; the driver gets the files and the
+    rows per video."""
+    files = writer.write(batch.drop_columns(["thumbnail"]))
+    if thumbs is not None:
+        files += thumbs.write(_thumbnail_table(batch.to_pylist(), {"run_id": writer.run_id}))
     per_video = Counter(batch.column("uri").to_pylist())
     rows = [{"file": file_row(f)} for f in files] + [{"uri": u, "rows": n} for u, n in per_video.items()]
     return pa.Table.from_pylist(rows, schema=_TRACKED)
@@ -329,7 +366,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"--decode-on must be auto, cpu or device, not {config.decode_on!r}")
     dim = int(card["output_dim"])
     schema = faces(dim)
-    job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES})
+    job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES, "face_thumbnails": FACE_THUMBNAILS})
 
     sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("image", "video"))
     uris = sources.column("uri").to_pylist()
@@ -368,6 +405,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             "min_score": config.min_score,
             "max_pixels": config.max_pixels,
             "max_side": config.max_side,
+            "thumbnails": config.thumbnails,
         },
         config,
         config.batch_size,
@@ -376,31 +414,35 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         what="face",
     )
     writer = RowWriter(ctx.output, "faces", schema, ctx.run_id, job.out.attempt)
+    thumbs = None
+    if config.thumbnails:
+        thumbs = RowWriter(ctx.output, "face_thumbnails", FACE_THUMBNAILS, ctx.run_id, job.out.attempt)
     staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
     embedded = embedded.map_batches(
         write_faces,
-        fn_kwargs={"writer": writer, "staging": staging, "provenance": provenance, "dim": dim},
+        fn_kwargs={"writer": writer, "thumbs": thumbs, "staging": staging, "provenance": provenance, "dim": dim},
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
     try:
-        return _collect(config, ctx, job, embedded, uris, writer, staging, provenance, detector_card, card)
+        return _collect(config, ctx, job, embedded, uris, (writer, thumbs), staging, provenance, detector_card, card)
     finally:
         if staging.exists():
             staging.remove_tree()
 
 
-def _collect(config, ctx, job, embedded, uris, writer, staging, provenance, detector_card, card) -> dict:
+def _collect(config, ctx, job, embedded, uris, writers, staging, provenance, detector_card, card) -> dict:
     """Drive the pipeline: count the sources' rows as they come, then track the staged video faces, then commit."""
+    writer, thumbs = writers
     import ray
 
     ledger, frame_faces = SourceLedger(uris), Counter()
     written, staged, video_rows = Counter(), [], 0
     for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
         kinds = np.asarray(batch.column("kind").to_pylist())
-        job.add_files(
-            "faces", [parse_file_row(m) for m in batch.filter(pa.array(kinds == "file"))["message"].to_pylist()]
-        )
+        for described in batch.filter(pa.array(kinds == "file"))["message"].to_pylist():
+            file = parse_file_row(described)
+            job.add_files(file.table, [file])
         for row in batch.filter(pa.array(kinds == "staged")).select(["message", "faces"]).to_pylist():
             staged.append(row["message"])
             video_rows += row["faces"]
@@ -424,11 +466,17 @@ def _collect(config, ctx, job, embedded, uris, writer, staging, provenance, dete
             .map_groups(
                 track_video, fn_kwargs={"per_track": config.per_track, "failed": failed}, batch_format="pyarrow"
             )
-            .map_batches(write_tracked, fn_kwargs={"writer": writer}, batch_size=WRITE_ROWS, batch_format="pyarrow")
+            .map_batches(
+                write_tracked,
+                fn_kwargs={"writer": writer, "thumbs": thumbs},
+                batch_size=WRITE_ROWS,
+                batch_format="pyarrow",
+            )
         )
         for row in tracked.iter_rows():
             if row["file"]:
-                job.add_files("faces", [parse_file_row(row["file"])])
+                file = parse_file_row(row["file"])
+                job.add_files(file.table, [file])
             else:
                 written[row["uri"]] += row["rows"]
     sources_table = _sources_table(source_rows, frame_faces, written, provenance)
@@ -454,6 +502,23 @@ def _collect(config, ctx, job, embedded, uris, writer, staging, provenance, dete
         f"truncated, {len(error_rows)} errors {dict(job.errors_by_type) or ''}; {summary['frames']} frames, "
         f"{summary['faces']} faces, {summary['face_rows']} rows",
     )
+
+
+def _thumbnail_table(rows: list[dict], provenance: dict) -> pa.Table:
+    """The thumbnails of face rows (a face whose box left the frame has none)."""
+    table = [
+        {
+            "run_id": provenance["run_id"],
+            "uri": r["uri"],
+            "sha256": r["sha256"],
+            "frame_index": r["frame_index"],
+            "face_index": r["face_index"],
+            "thumbnail": r["thumbnail"],
+        }
+        for r in rows
+        if r.get("thumbnail")
+    ]
+    return pa.Table.from_pylist(table, schema=FACE_THUMBNAILS)
 
 
 def _face_table(rows: list[dict], provenance: dict, dim: int) -> pa.Table:

@@ -177,6 +177,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             model=config.face_model,
             detector=config.detector,
             fps=config.fps,
+            thumbnails=config.previews,  # --no-previews: no face pictures in the output either
             **actors,
         ),
     )

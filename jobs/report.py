@@ -225,10 +225,15 @@ class Previews:
         # one matching chose.
         wanted = pc.field("uri").isin(sorted(uris))
         faces, voices = [], []
+        self.thumbnails: dict[str, bytes] = {}
         for marker in ev.runs:
             if marker["job"] == "embed_faces":
                 columns = ["uri", "frame_index", "face_index", "box", "face_size", "score"]
                 faces += [b for b in _rows(ev.root, marker, "faces", columns, wanted)]
+                cut = ["uri", "frame_index", "face_index", "thumbnail"]
+                for batch in _rows(ev.root, marker, "face_thumbnails", cut, wanted):
+                    for r in batch.to_pylist():
+                        self.thumbnails[items.face_key(r["uri"], r["frame_index"], r["face_index"])] = r["thumbnail"]
             elif marker["job"] == "embed_voices":
                 columns = ["uri", "level", "segment_index", "start", "end", "speech_seconds"]
                 voices += [
@@ -264,6 +269,12 @@ class Previews:
         row = self.faces.get(item)
         if row is None:
             raise PreviewError("no face row for this item")
+        cut = self.thumbnails.get(items.face_key(row["uri"], row["frame_index"], row["face_index"]))
+        if cut is not None:  # cut at embed time: the source is not read again
+            return (
+                f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{data_uri("image/jpeg", cut)}">'
+            )
+        # A run embedded without thumbnails (--no-thumbnails, or before they existed): cut from the source.
         rgb = source_frame(resolve(row["uri"]).read_bytes(), self.ev.category(row["uri"]), row["frame_index"])
         uri = face_thumbnail(rgb, row["box"], self.thumb_size)
         return f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{uri}">'

@@ -119,6 +119,16 @@ FACE_SOURCES = _table(
     _f("model_sha256", SHA256),
 )
 
+FACE_THUMBNAILS = _table(
+    "face_thumbnails",
+    _f("run_id", pa.string()),
+    _f("uri", pa.string()),
+    _f("sha256", SHA256),
+    _f("frame_index", pa.int32()),
+    _f("face_index", pa.int32()),
+    _f("thumbnail", pa.binary(), doc="JPEG of the face with some context, longer side 96 px, cut at embed time"),
+)
+
 MATCHES = _table(
     "matches",
     _f("run_id", pa.string()),
@@ -210,6 +220,7 @@ TABLES: dict[str, pa.Schema] = {
     "manifest": MANIFEST,
     "errors": ERRORS,
     "face_sources": FACE_SOURCES,
+    "face_thumbnails": FACE_THUMBNAILS,
     "matches": MATCHES,
     "styled": STYLED,
     "training": TRAINING,

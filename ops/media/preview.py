@@ -40,6 +40,12 @@ def source_frame(data: bytes, category: str, frame_index: int) -> np.ndarray:
 
 def face_thumbnail(rgb: np.ndarray, box: list[float], size: int = 96) -> str:
     """A JPEG ``data:`` URI of the face in ``box`` (x1, y1, x2, y2 in the frame's pixels) with some context."""
+    return data_uri("image/jpeg", face_jpeg(rgb, box, size))
+
+
+def face_jpeg(rgb, box: list[float], size: int = 96) -> bytes:
+    """A small JPEG of the face in ``box`` with some context; ``rgb`` an (H, W, 3) array or tensor (only the crop
+    leaves a device)."""
     x1, y1, x2, y2 = box
     mx, my = (x2 - x1) * MARGIN, (y2 - y1) * MARGIN
     h, w = rgb.shape[:2]
@@ -47,11 +53,14 @@ def face_thumbnail(rgb: np.ndarray, box: list[float], size: int = 96) -> str:
     right, bottom = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
     if right <= left or bottom <= top:
         raise PreviewError(f"the box {box} lies outside the {w}x{h} frame")
-    crop = Image.fromarray(rgb[top:bottom, left:right])
+    part = rgb[top:bottom, left:right]
+    if not isinstance(part, np.ndarray):  # a frame decoded on the device
+        part = part.cpu().numpy()
+    crop = Image.fromarray(np.ascontiguousarray(part, np.uint8))
     crop.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     crop.save(buf, format="JPEG", quality=85)
-    return data_uri("image/jpeg", buf.getvalue())
+    return buf.getvalue()
 
 
 def speech_clip(data: bytes, start: float, end: float, max_seconds: float = 4.0) -> str:

@@ -116,6 +116,14 @@ def test_every_source_ends_as_one_row(ray_cluster, face_models, tmp_path, decode
         if n.endswith((".jpg", ".png", ".gif")) and expected[n] == "ok" and n != "crowd.jpg"
     )
     assert sum(r["face_rows"] for r in sources.values()) == faces.num_rows
+    # Every face row has its thumbnail, cut at embed time from the frame already decoded (a report never decodes
+    # the source again): a small JPEG of the face.
+    thumbs = read_table(out, "face_thumbnails")
+    key = lambda t: list(zip(*(t.column(c).to_pylist() for c in ("uri", "frame_index", "face_index")), strict=True))  # noqa: E731
+    assert sorted(key(thumbs)) == sorted(key(faces))
+    for jpeg in thumbs.column("thumbnail").to_pylist()[:5]:
+        im = Image.open(io.BytesIO(jpeg))
+        assert im.format == "JPEG" and max(im.size) <= 96 and np.asarray(im).std() > 5
     rotated = sources["rotated.jpg"]
     assert (rotated["width"], rotated["height"]) == (128, 160)  # upright
     row = next(r for r in faces.to_pylist() if r["uri"].endswith("rotated.jpg"))
@@ -213,3 +221,9 @@ def test_bytes_changed_since_the_manifest_are_error_rows_not_faces(ray_cluster, 
 def test_a_video_that_failed_after_its_frames_went_on_is_not_tracked():
     rows = pa.Table.from_pylist([{"uri": "s3://a/v.mp4", "frame_index": 0}, {"uri": "s3://a/v.mp4", "frame_index": 1}])
     assert embed_faces.track_video(rows, False, frozenset({"s3://a/v.mp4"})).num_rows == 0
+
+
+def test_no_thumbnails_keeps_no_face_pictures(ray_cluster, face_models, sample_archive, tmp_path):
+    out = resolve(str(tmp_path / "out"))
+    assert run_both(sample_archive, tmp_path / "out", face_models, "--no-thumbnails") == 0
+    assert read_table(out, "faces").num_rows > 0 and read_table(out, "face_thumbnails").num_rows == 0

@@ -142,3 +142,16 @@ def test_runs_committed_before_the_vocabulary_are_counted_under_todays_names(tmp
         assert f"<td>{name}</td>" in page
     for name in ("EmptyFile", "decode_error", "TooLarge", "DecodeError"):
         assert f"<td>{name}</td>" not in page
+
+
+def test_face_thumbnails_come_from_the_embed_run_not_the_sources(pipeline_run, tmp_path, monkeypatch):
+    """The faces shown were cut when they were embedded: the report decodes no image or video to show them."""
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the report decoded a source to show a face")
+
+    monkeypatch.setattr(report, "source_frame", no_decoding)
+    argv = [str(pipeline_run["results"]), "--pipeline-run-id", "pl", "--output", str(tmp_path), "--run-id", "cut"]
+    assert report.main(argv) == 0
+    page = (tmp_path / "report" / "cut" / "index.html").read_text()
+    assert page.count('data-testid="thumb"') > 13 and "no preview" not in page
