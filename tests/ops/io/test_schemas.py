@@ -39,7 +39,10 @@ def test_conform_refuses_missing_columns_and_nulls():
 
 def test_schema_for():
     assert schema_for("manifest") is MANIFEST
-    known = "known: calibrations, errors, face_sources, face_thumbnails, faces, manifest, matches, runs, styled, training, voices"
+    known = (
+        "known: calibrations, errors, face_sources, face_thumbnails, faces, manifest, matches, runs, styled, "
+        "training, voices"
+    )
     with pytest.raises(KeyError, match=known):
         schema_for("nope")
     assert schema_for("faces", 128).field("embedding").type == pa.list_(pa.float32(), 128)
