@@ -30,10 +30,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.plan import ensure_ray
+from jobs.plan import ensure_ray, shard_plan
 from jobs.progress import Progress
 from jobs.source_job import RowWriter
-from ops.io.errors import EmbeddingError, JobFailed
+from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import committed_files
@@ -295,14 +295,7 @@ def search_archive(
     ensure_ray()
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    per_shard = gpus_per_shard if gpus_per_shard is not None else (1.0 if gpus else 0.0)
-    n_shards = max(1, min(shards or (int(gpus / per_shard) if per_shard else 1), len(gallery.files)))
-    if per_shard and n_shards * per_shard > gpus:  # the actors would wait for GPUs forever
-        raise JobFailed(
-            f"{n_shards} shards x {per_shard:g} GPU need {n_shards * per_shard:g} GPUs, the cluster has {gpus}: "
-            "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
-        )
+    n_shards, per_shard = shard_plan(shards, gpus_per_shard, len(gallery.files))
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     held = [actor.remote(paths, store, precision) for paths in split(gallery.files, n_shards)]
     log.info("%d gallery items in %d shard(s), %g GPU each", len(gallery), len(held), per_shard)

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from jobs.archive_search import STAGING, prepare_items, search_archive
 from jobs.cli import JobConfig
-from jobs.plan import ensure_ray
+from jobs.plan import ensure_ray, shard_plan
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
@@ -136,14 +136,7 @@ def sharded_search(
     ensure_ray()
     import ray
 
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    per_shard = gpus_per_shard if gpus_per_shard is not None else (1.0 if gpus else 0.0)
-    n_shards = max(1, min(shards or (int(gpus / per_shard) if per_shard else 1), len(gallery)))
-    if per_shard and n_shards * per_shard > gpus:  # the actors would wait for GPUs forever
-        raise JobFailed(
-            f"{n_shards} shards x {per_shard:g} GPU need {n_shards * per_shard:g} GPUs, the cluster has {gpus}: "
-            "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
-        )
+    n_shards, per_shard = shard_plan(shards, gpus_per_shard, len(gallery))
     bounds = np.linspace(0, len(gallery), n_shards + 1).astype(int)
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     shards = [

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ops.io.errors import JobFailed
 from ops.io.storage import ObjectInfo
 
 log = logging.getLogger("crossmatch")
@@ -147,6 +148,23 @@ def actor_plan(options: ActorOptions) -> ActorPlan:
     if per_actor and gpus < per_actor:
         log.info("no GPU in the cluster yet: the model actors ask the autoscaler for %g GPU each", per_actor)
     return ActorPlan(max(cpus, 1), per_actor, start, ceiling)
+
+
+def shard_plan(shards: int | None, gpus_per_shard: float | None, most: int) -> tuple[int, float]:
+    """How many gallery shard actors, with how many GPUs each: one per GPU by default (else one on CPUs), at most
+    ``most`` (one item or file each). Shards hold fixed slices of the gallery, so their number is settled at start;
+    a demand the cluster cannot meet is refused rather than left waiting."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    per_shard = gpus_per_shard if gpus_per_shard is not None else (1.0 if gpus else 0.0)
+    count = max(1, min(shards or (int(gpus / per_shard) if per_shard else 1), most))
+    if per_shard and count * per_shard > gpus:  # the actors would wait for GPUs forever
+        raise JobFailed(
+            f"{count} shards x {per_shard:g} GPU need {count * per_shard:g} GPUs, the cluster has {gpus}: "
+            "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
+        )
+    return count, per_shard
 
 
 def model_pipeline(

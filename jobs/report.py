@@ -138,12 +138,8 @@ class Evidence:
             kind = canonical(kind)
             self.errors_by_type[(job, stage, kind)] += 1
             self.errors_total += 1
-            entry = (job, uri, kind, message)
-            if len(self.errors_listed) < ERRORS_LISTED:
-                bisect.insort(self.errors_listed, entry)
-            elif entry < self.errors_listed[-1]:
-                bisect.insort(self.errors_listed, entry)
-                self.errors_listed.pop()
+            bisect.insort(self.errors_listed, (job, uri, kind, message))
+            del self.errors_listed[ERRORS_LISTED:]  # the first by job and uri, however many there are
 
     def know(self, uris: set[str]) -> None:
         """Read the manifest rows (label, media category) of these uris, the ones the report shows."""

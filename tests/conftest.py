@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -11,8 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -83,6 +87,47 @@ def kill_processes_mentioning(text: str) -> None:
                 os.kill(int(pid), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
+
+
+@contextlib.contextmanager
+def cli_head(temp: str, port: int, env: dict, *options: str) -> Iterator[tuple[str, IO[bytes]]]:
+    """A Ray head started with `ray start --head` beside the session's cluster (its own ports and ``temp`` dir,
+    short: Ray's socket paths must fit in 107 bytes): yields its dashboard address and the log its nodes write to.
+    Everything it started goes at the end, and ``temp`` with it (`ray stop` would stop every cluster here)."""
+    dashboard = free_port()
+    log = open(Path(temp) / "ray-start.log", "wb")
+    command = ["ray", "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}"]
+    command += ["--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}"]
+    proc = subprocess.Popen(
+        [*command, "--disable-usage-stats", *options],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(dashboard, timeout=90)
+        yield f"http://127.0.0.1:{dashboard}", log
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        kill_processes_mentioning(temp)  # the head's processes and any node that joined it
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def ray_state(address: str, env: dict, what: str, *options: str) -> list[dict] | None:
+    """`ray list <what>` of a cluster as JSON; None while its state API answers nothing yet."""
+    done = subprocess.run(
+        ["ray", "list", what, f"--address={address}", "--format=json", "--limit=10000", *options],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        return json.loads(done.stdout) if done.returncode == 0 else None
+    except json.JSONDecodeError:
+        return None
 
 
 def submit(address: str, env: dict, *job: str, working_dir: bool = True) -> subprocess.CompletedProcess:

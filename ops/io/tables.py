@@ -606,11 +606,7 @@ def read_table(
     at = None
     if dt is not None and version is not None:
         at = datetime.fromtimestamp(dt.history(1)[0]["timestamp"] / 1000, UTC)
-    runs = committed_runs(root, at)
-    if run_id is not None:
-        runs = [r for r in runs if r["run_id"] == run_id]
-        if not runs:
-            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
+    runs = _runs(root, run_id, at)
     schema = table_schema(dt) if dt is not None else schema_for(table)
     wanted = columns or [n for n in (schema.names if schema is not None else []) if n != "attempt"]
     if dt is None or not runs:
@@ -643,23 +639,14 @@ def iter_table(
 ) -> Iterator[pa.Table]:
     """The committed rows of ``table`` (one run's, or every committed run's) a batch at a time, only ``columns``
     and the rows ``filter`` keeps: a reader that counts or picks holds one batch, not the table."""
-    dt = open_table(root, table)
-    runs = committed_runs(root)
-    if run_id is not None:
-        runs = [r for r in runs if r["run_id"] == run_id]
-        if not runs:
-            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
-    if dt is None or not runs:
+    dt, paths, pairs = _committed(root, table, run_id)
+    if not paths:
         return
     wanted = columns or [n for n in table_schema(dt).names if n != "attempt"]
-    pairs = {(r["run_id"], r["attempt"]) for r in runs}
     keys = pc.binary_join_element_wise(pc.field("run_id"), pc.field("attempt"), "\x00")
     committed = pc.is_in(keys, pa.array(sorted(f"{a}\x00{b}" for a, b in pairs)))
     if filter is not None:
         committed = committed & filter
-    paths, _ = committed_files(root, table, run_id)
-    if not paths:
-        return
     dataset = pads.dataset(paths, schema=table_schema(dt), format="parquet", filesystem=root.arrow)
     try:
         for batch in dataset.to_batches(columns=wanted, filter=committed, batch_size=batch_rows):
@@ -673,22 +660,34 @@ def committed_files(root: Store, table: str, run_id: str | None = None) -> tuple
     """Where the committed rows of ``table`` (one run's, or every committed run's) are, for workers to read
     themselves: the paths (as ``root.arrow`` names them) of the current data files that can hold them, and the
     committed (run_id, attempt) pairs whose rows are wanted. Reads the log alone, never a data file."""
+    _, paths, pairs = _committed(root, table, run_id)
+    return paths, pairs
+
+
+def _committed(root: Store, table: str, run_id: str | None):
+    """The table (None when nobody wrote it), the paths of its files that can hold the committed rows, and the
+    committed (run_id, attempt) pairs."""
     dt = open_table(root, table)
-    runs = committed_runs(root)
-    if run_id is not None:
-        runs = [r for r in runs if r["run_id"] == run_id]
-        if not runs:
-            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
-    pairs = {(r["run_id"], r["attempt"]) for r in runs}
+    pairs = {(r["run_id"], r["attempt"]) for r in _runs(root, run_id)}
     if dt is None or not pairs:
-        return [], pairs
+        return dt, [], pairs
     store = table_store(root, table)
     paths = [
         store.join(f["path"]).path
         for f in _file_index(dt)
         if f["run_id"] is None or (f["run_id"], f["attempt"]) in pairs
     ]
-    return paths, pairs
+    return dt, paths, pairs
+
+
+def _runs(root: Store, run_id: str | None, as_of: datetime | None = None) -> list[dict]:
+    """The committed runs (at ``as_of``), or the one ``run_id`` names: an error when it is not committed."""
+    runs = committed_runs(root, as_of)
+    if run_id is not None:
+        runs = [r for r in runs if r["run_id"] == run_id]
+        if not runs:
+            raise CommitError(f"no committed run {run_id!r} under {root.uri}")
+    return runs
 
 
 def _scan(root: Store, table: str, dt, columns, filter, keep=None, limit: int | None = None) -> pa.Table:

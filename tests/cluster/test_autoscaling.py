@@ -5,9 +5,6 @@ submitted to the empty cluster makes it grow, runs its face actors on the new no
 import functools
 import json
 import os
-import shutil
-import signal
-import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -17,7 +14,7 @@ import ray._private.services
 
 from ops.io.storage import resolve
 from ops.io.tables import read_table
-from tests.conftest import VENV_BIN, free_port, kill_processes_mentioning, wait_for_job_agent, wait_for_port
+from tests.conftest import VENV_BIN, cli_head, free_port, ray_state, wait_for_job_agent
 from tests.conftest import submit as submit_job
 
 pytestmark = pytest.mark.slow
@@ -69,7 +66,7 @@ def _config(gcs_address: str) -> dict:
 @pytest.fixture(scope="module")
 def autoscaling_cluster():
     temp = tempfile.mkdtemp(prefix="cm-as-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    port, dashboard = free_port(), free_port()
+    port = free_port()
     config = Path(temp) / "autoscaling.json"
     config.write_text(json.dumps(_config(f"{ray._private.services.get_node_ip_address()}:{port}")))
     env = {
@@ -80,50 +77,15 @@ def autoscaling_cluster():
         # The fake provider starts its nodes without the head's token: this test cluster runs without one.
         "RAY_AUTH_MODE": "disabled",
     }
-    log = open(Path(temp) / "ray-start.log", "wb")
-    proc = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-agent-listen-port={free_port()}",
-            "--num-cpus=0",
-            "--num-gpus=0",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-            f"--autoscaling-config={config}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for_port(dashboard, timeout=90)
-        address = f"http://127.0.0.1:{dashboard}"
+    with cli_head(temp, port, env, "--num-cpus=0", "--num-gpus=0", f"--autoscaling-config={config}") as (address, _):
         wait_for_job_agent(address, env)
         yield address, env
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # `ray stop` would stop every cluster on the machine
-        kill_processes_mentioning(temp)  # the head's processes and the nodes the autoscaler added
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _state(address: str, env: dict, what: str) -> list[dict]:
-    done = subprocess.run(
-        ["ray", "list", what, f"--address={address}", "--detail", "--format=json", "--limit=10000"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)
+    found = ray_state(address, env, what, "--detail")
+    assert found is not None, f"ray list {what} answered nothing"
+    return found
 
 
 def test_a_job_on_an_empty_autoscaling_cluster_grows_it_and_runs_on_the_new_nodes(

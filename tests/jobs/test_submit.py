@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +19,12 @@ from tests.conftest import (
     S3_KEY,
     S3_SECRET,
     VENV_BIN,
+    cli_head,
     free_port,
-    kill_processes_mentioning,
     new_bucket,
+    ray_state,
     submit,
     wait_for_job_agent,
-    wait_for_port,
 )
 
 pytestmark = pytest.mark.slow
@@ -36,35 +35,11 @@ def ray_head(moto_endpoint):
     """A separate Ray cluster of two nodes started with the CLI (a head and a worker that joins it), its nodes
     configured with the S3 endpoint (as a real cluster's would be) and the test credentials inherited from the
     environment (as an instance role would provide). Two nodes: local paths are refused there, S3 is the way."""
-    temp = tempfile.mkdtemp(prefix="cm-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    dashboard, port = free_port(), free_port()
+    temp, port = tempfile.mkdtemp(prefix="cm-ray-", dir="/tmp"), free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_endpoint}
-    log = open(Path(temp) / "ray-start.log", "wb")
-    proc = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-agent-listen-port={free_port()}",  # beside the session cluster
-            "--num-cpus=2",
-            "--num-gpus=1",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    worker = None
-    try:
-        wait_for_port(dashboard, timeout=90)
+    with cli_head(temp, port, env, "--num-cpus=2", "--num-gpus=1") as (address, log):
         # Ray 2.60 turns token authentication on for `ray start --head`: the client must say so to send the token.
-        address, client_env = f"http://127.0.0.1:{dashboard}", {**env, "RAY_AUTH_MODE": "token"}
+        client_env = {**env, "RAY_AUTH_MODE": "token"}
         worker = subprocess.Popen(
             [
                 "ray",
@@ -80,35 +55,19 @@ def ray_head(moto_endpoint):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        _wait_for_nodes(address, client_env, 2)
-        wait_for_job_agent(address, client_env)
-        yield address, client_env
-    finally:
-        if worker is not None:
+        try:
+            _wait_for_nodes(address, client_env, 2)
+            wait_for_job_agent(address, client_env)
+            yield address, client_env
+        finally:
             os.killpg(worker.pid, signal.SIGKILL)
-        os.killpg(proc.pid, signal.SIGKILL)  # `ray stop` would stop every cluster on the machine
-        kill_processes_mentioning(temp)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_nodes(address: str, env: dict, count: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        done = subprocess.run(
-            ["ray", "list", "nodes", f"--address={address}", "--format=json", "--filter", "state=ALIVE"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        try:
-            if done.returncode == 0 and len(json.loads(done.stdout)) >= count:
-                return
-        except json.JSONDecodeError:  # the state API answers with nothing while the dashboard starts
-            pass
+    while len(ray_state(address, env, "nodes", "--filter", "state=ALIVE") or []) < count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the cluster did not reach {count} nodes: {done.stdout[-500:]} {done.stderr[-1500:]}")
+            raise TimeoutError(f"the cluster did not reach {count} nodes")
         time.sleep(2)
 
 
