@@ -36,7 +36,7 @@ from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
-from ops.io.tables import committed_files
+from ops.io.tables import committed_files, committed_rows
 from ops.matching import items
 from ops.matching.embeddings import EMBEDDING_TABLES, item_table, one_model
 from ops.matching.search import ExactSearch
@@ -115,10 +115,7 @@ def prepare_items(
 
 
 def _committed_rows(path: str, root: Store, pairs: set[tuple[str, str]], table: str) -> pa.Table:
-    """A data file's rows of committed run attempts (a file may hold an attempt that never committed)."""
-    data = pq.read_table(path, filesystem=root.arrow, columns=[*_COLUMNS[table], "run_id", "attempt"])
-    keys = zip(data.column("run_id").to_pylist(), data.column("attempt").to_pylist(), strict=True)
-    return data.filter(pa.array([key in pairs for key in keys], pa.bool_())).drop_columns(["run_id", "attempt"])
+    return committed_rows(path, root, pairs, _COLUMNS[table])
 
 
 def partition_faces(path: str, root: Store, pairs: set, parts: int, staging: Store) -> dict[int, str]:

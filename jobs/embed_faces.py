@@ -8,15 +8,15 @@ embed the faces of many frames together. When the actors have GPUs, JPEG photos 
 it only reads their bytes, and the actors decode them in batches on the GPU (nvJPEG; --decode-on).
 
 ``faces/`` gets a row per face (per frame, or per track with --per-track), written by the workers: photos' faces as
-they come, video faces staged and then tracked per video after a shuffle by video. ``face_sources/`` gets a row per
-source (frames, faces, status ok / no_face / truncated), ``errors/`` a row per source that could not be decoded.
-Every source ends as exactly one face_sources row or one error row.
+they come; video faces are staged and tracked per video when the accounting settles their slice of the sources.
+``face_sources/`` gets a row per source (frames, faces, status ok / no_face / truncated), ``errors/`` a row per
+source that could not be decoded. Every source ends as exactly one face_sources row or one error row, checked by
+workers (jobs/accounting.py): the driver holds paths and counts, never a row per source.
 """
 
 from __future__ import annotations
 
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,30 +24,33 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import torch
 
+from jobs.accounting import (
+    OUTCOME_FIELDS,
+    OUTCOMES,
+    Ledger,
+    collect,
+    ledger_of,
+    plan_sources,
+    settle,
+    staged_rows,
+    summed,
+)
 from jobs.cli import JobConfig
 from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import (
-    WRITE_ROWS,
-    RowWriter,
-    SourceJob,
-    SourceLedger,
-    error_row,
-    file_row,
-    manifest_sources,
-    parse_file_row,
-)
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
 from ops.io.custody import open_verified, verified_bytes
 from ops.io.errors import ItemTimeout, JobFailed, PreviewError, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, FACE_THUMBNAILS, faces
-from ops.io.storage import Store, resolve, storage_errors
+from ops.io.storage import Store, resolve
+from ops.io.tables import DataFile
 from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, decode_jpegs, sample_video
 from ops.media.preview import face_jpeg
 from ops.media.sniff import sniff
@@ -55,7 +58,6 @@ from ops.models import catalogue
 
 JOB = "embed_faces"
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
-STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: video faces between embedding and tracking
 FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
 
 
@@ -295,65 +297,104 @@ class FaceActor:
         return pa.Table.from_pylist(rows, schema=_EMBEDDED)
 
 
+OUTCOME_COLUMNS = ["media_category", "frames", "height", "width", "status"]  # a face source's outcome, beyond the core
+
+
 def write_faces(
-    batch: pa.Table, writer: RowWriter, thumbs: RowWriter | None, staging: Store, provenance: dict, dim: int
+    batch: pa.Table, writer: RowWriter, thumbs: RowWriter | None, ledger: Ledger, provenance: dict, dim: int
 ) -> pa.Table:
-    """The face rows of the batch, written by this worker: photos' to ``faces/``, video faces to a staging file
-    (they are tracked once their video is whole, see ``track_video``). The driver gets one "file" row per data file,
-    one "staged" row per staging file, and the other rows (frames, sources, errors: a few small rows per source)."""
+    """The batch's rows written by this worker: photos' faces to ``faces/`` (and ``face_thumbnails/``), video
+    faces staged in the ledger (a video is tracked once it is whole, when its slice is settled: ``finish``), each
+    frame's face count and each source's outcome staged too. The driver gets the paths and row counts."""
     kinds = np.asarray(batch.column("kind").to_pylist())
+    made: list[dict] = []
     faces_ = kinds == "face"
-    if not faces_.any():
-        return batch
     photo = faces_ & (np.asarray(batch.column("media_category").to_pylist()) == "image")
-    made = []
     if photo.any():
         rows = batch.filter(pa.array(photo)).to_pylist()
         files = writer.write(_face_table(rows, provenance, dim))
         if thumbs is not None:
             files += thumbs.write(_thumbnail_table(rows, provenance))
-        made += [{"kind": "file", "message": file_row(f)} for f in files]
-    video = faces_ & ~photo
-    if video.any():
-        path = staging.join(f"{uuid.uuid4().hex}.parquet")
+        made += [{"kind": "file", "path": file_row(f), "rows": f.rows} for f in files]
+    if (video := faces_ & ~photo).any():
         rows = batch.filter(pa.array(video)).to_pylist()
         staged = _face_table(rows, provenance, dim).append_column(
             "thumbnail", pa.array([r["thumbnail"] for r in rows], pa.binary())
         )
-        with storage_errors(path.uri), path.open("wb") as f:
-            pq.write_table(staged, f)
-        made.append({"kind": "staged", "message": path.path, "faces": int(video.sum())})
-    return pa.concat_tables([batch.filter(pa.array(~faces_)), pa.Table.from_pylist(made, schema=_EMBEDDED)])
+        made.append({"kind": VIDEO_FACES, "path": ledger.stage(VIDEO_FACES, staged), "rows": len(rows)})
+    if (frames := kinds == "frame").any():
+        counts = batch.filter(pa.array(frames)).select(["uri", "faces"])
+        made.append({"kind": FRAMES, "path": ledger.stage(FRAMES, counts), "rows": counts.num_rows})
+    if (ended := (kinds == "source") | (kinds == "error")).any():
+        rows = batch.filter(pa.array(ended))
+        rows = rows.select([n for n, _ in OUTCOME_FIELDS if n != "key"] + OUTCOME_COLUMNS)
+        rows = rows.append_column("key", rows.column("uri"))
+        made.append({"kind": OUTCOMES, "path": ledger.stage(OUTCOMES, rows), "rows": rows.num_rows})
+    return staged_rows(made)
 
 
-def track_video(group: pa.Table, per_track: bool, failed: frozenset[str]) -> pa.Table:
-    """One video's face rows with their tracks (and only each track's clearest face with ``per_track``); none for
-    a video that ended as an error row after some of its frames had gone on (a change found when the stream
-    ended: its faces came from bytes the manifest did not hash)."""
-    if group.num_rows and group.column("uri")[0].as_py() in failed:
-        return group.slice(0, 0)
-    rows = group.to_pylist()
-    ids = assign_tracks(rows)
-    lengths = Counter(ids)
-    for row, track in zip(rows, ids, strict=True):
-        row["track_id"], row["track_frames"] = track, lengths[track]
-    if per_track:
-        rows = clearest_per_track(rows)
-    return pa.Table.from_pylist(rows, schema=group.schema)
+VIDEO_FACES, FRAMES = "video_faces", "frames"  # the ledger's kinds of this job, besides outcomes
 
 
-def write_tracked(batch: pa.Table, writer: RowWriter, thumbs: RowWriter | None) -> pa.Table:
-    """Tracked video face rows (and their thumbnails) written by this worker; the driver gets the files and the
-    rows per video."""
-    files = writer.write(batch.drop_columns(["thumbnail"]))
-    if thumbs is not None:
-        files += thumbs.write(_thumbnail_table(batch.to_pylist(), {"run_id": writer.run_id}))
-    per_video = Counter(batch.column("uri").to_pylist())
-    rows = [{"file": file_row(f)} for f in files] + [{"uri": u, "rows": n} for u, n in per_video.items()]
-    return pa.Table.from_pylist(rows, schema=_TRACKED)
+def finish(
+    lo: int,
+    hi: int,
+    ledger: Ledger,
+    paths: dict[str, list[str]],
+    outcomes: pa.Table | None,
+    per_track: bool,
+    writers: dict[str, RowWriter | None],
+    provenance: dict,
+) -> tuple[list[DataFile], dict]:
+    """One slice of the sources, settled: its videos' faces tracked (and only each track's clearest kept with
+    ``per_track``) and written, and a ``face_sources/`` row per source that did not fail."""
+    if outcomes is None:
+        return [], {}
+    found = {uri: n for uri, (n,) in summed(ledger.read(paths.get(FRAMES, []), lo, hi), "uri", ["faces"]).items()}
+    ended = outcomes.to_pylist()
+    failed = {r["uri"] for r in ended if r["kind"] == "error"}
+    written = Counter({r["uri"]: found.get(r["uri"], 0) for r in ended if r["media_category"] == "image"})
+    files: list[DataFile] = []
+    video = ledger.read(paths.get(VIDEO_FACES, []), lo, hi)
+    if video is not None and video.num_rows:
+        tracked = _tracked(video.drop_columns(["bucket"]), per_track, failed)
+        files += writers["faces"].write(tracked.drop_columns(["thumbnail"]))
+        if writers["face_thumbnails"] is not None:
+            files += writers["face_thumbnails"].write(_thumbnail_table(tracked.to_pylist(), provenance))
+        written.update(tracked.column("uri").to_pylist())
+    sources = _sources_table([r for r in ended if r["kind"] == "source"], found, written, provenance)
+    files += writers["face_sources"].write(sources)
+    statuses = Counter(sources.column("status").to_pylist())
+    counts = {
+        "ok": statuses["ok"],
+        "no_face": statuses["no_face"],
+        "truncated": statuses["truncated"],
+        "frames": int(pc.sum(sources.column("frames")).as_py() or 0),
+        "faces": int(pc.sum(sources.column("faces")).as_py() or 0),
+        "face_rows": int(pc.sum(sources.column("face_rows")).as_py() or 0),
+    }
+    return files, counts
 
 
-_TRACKED = pa.schema([("file", pa.string()), ("uri", pa.string()), ("rows", pa.int64())])
+def _tracked(video: pa.Table, per_track: bool, failed: set[str]) -> pa.Table:
+    """Video face rows with their tracks, each video tracked alone; none for a video that ended as an error row
+    after some of its frames had gone on (a change found when the stream ended: its faces came from bytes the
+    manifest did not hash)."""
+    video = video.filter(pc.invert(pc.is_in(video.column("uri"), pa.array(sorted(failed), pa.string()))))
+    video = video.sort_by([("uri", "ascending"), ("frame_index", "ascending"), ("face_index", "ascending")])
+    rows = video.to_pylist()
+    out: list[dict] = []
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end]["uri"] != rows[start]["uri"]:
+            group = rows[start:end]
+            ids = assign_tracks(group)
+            lengths = Counter(ids)
+            for row, track in zip(group, ids, strict=True):
+                row["track_id"], row["track_frames"] = track, lengths[track]
+            out += clearest_per_track(group) if per_track else group
+            start = end
+    return pa.Table.from_pylist(out, schema=video.schema)
 
 
 def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
@@ -367,17 +408,6 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     dim = int(card["output_dim"])
     schema = faces(dim)
     job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES, "face_thumbnails": FACE_THUMBNAILS})
-
-    sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("image", "video"))
-    uris = sources.column("uri").to_pylist()
-    ctx.log.info(
-        "%d image and video sources of %d manifest rows; detector %s, recogniser %s (%s)",
-        len(uris),
-        manifest_rows,
-        detector_card["name"],
-        card["name"],
-        card["checkpoint_sha256"][:12],
-    )
     provenance = {
         "run_id": ctx.run_id,
         "detector_name": detector_card["name"],
@@ -385,18 +415,42 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "model_name": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
-    if not uris:
-        return job.commit({"sources": 0})
-
-    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
     ensure_ray()
-    on_gpus = actor_plan(config).gpus_per_actor > 0
-    params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and on_gpus)
+    plan = actor_plan(config)
+    ledger = ledger_of(job.out)
+    try:
+        sources = plan_sources(
+            manifest_root,
+            config.manifest_run_id,
+            ("image", "video"),
+            ["uri", "sha256", "media_category", "size"],
+            MIN_SHARD_BYTES,
+            plan.parallelism,
+            ledger,
+        )
+        ctx.log.info(
+            "%d image and video sources of %d manifest rows; detector %s, recogniser %s (%s)",
+            sources.count,
+            sources.manifest_rows,
+            detector_card["name"],
+            card["name"],
+            card["checkpoint_sha256"][:12],
+        )
+        if not sources.count:
+            return job.commit({"sources": 0})
+        return _embed(config, ctx, job, plan, sources, ledger, provenance, detector_folder, model_folder, card)
+    finally:
+        ledger.remove()
+
+
+def _embed(config, ctx, job, plan, sources, ledger, provenance, detector_folder, model_folder, card) -> dict:
+    """Run the pipeline, settle the accounting a slice of the sources at a time, commit."""
+    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
+    params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and plan.gpus_per_actor > 0)
     ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
     embedded = model_pipeline(
-        sources,
-        ["uri", "sha256", "media_category", "size"],
-        MIN_SHARD_BYTES,
+        sources.blocks,
+        plan,
         FaceActor,
         {
             "detector_folder": detector_folder,
@@ -407,100 +461,47 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             "max_side": config.max_side,
             "thumbnails": config.thumbnails,
         },
-        config,
         config.batch_size,
         decode=decode_frames,
-        decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params},
+        decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
         what="face",
     )
-    writer = RowWriter(ctx.output, "faces", schema, ctx.run_id, job.out.attempt)
-    thumbs = None
-    if config.thumbnails:
-        thumbs = RowWriter(ctx.output, "face_thumbnails", FACE_THUMBNAILS, ctx.run_id, job.out.attempt)
-    staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
+    writers = {
+        table: job.row_writer(table)
+        for table in ("faces", "face_sources", "face_thumbnails")
+        if table != "face_thumbnails" or config.thumbnails
+    }
+    writers.setdefault("face_thumbnails", None)
     embedded = embedded.map_batches(
         write_faces,
-        fn_kwargs={"writer": writer, "thumbs": thumbs, "staging": staging, "provenance": provenance, "dim": dim},
+        fn_kwargs={
+            "writer": writers["faces"],
+            "thumbs": writers["face_thumbnails"],
+            "ledger": ledger,
+            "provenance": provenance,
+            "dim": int(card["output_dim"]),
+        },
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
-    try:
-        return _collect(config, ctx, job, embedded, uris, (writer, thumbs), staging, provenance, detector_card, card)
-    finally:
-        if staging.exists():
-            staging.remove_tree()
-
-
-def _collect(config, ctx, job, embedded, uris, writers, staging, provenance, detector_card, card) -> dict:
-    """Drive the pipeline: count the sources' rows as they come, then track the staged video faces, then commit."""
-    writer, thumbs = writers
-    import ray
-
-    ledger, frame_faces = SourceLedger(uris), Counter()
-    written, staged, video_rows = Counter(), [], 0
-    for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
-        kinds = np.asarray(batch.column("kind").to_pylist())
-        for described in batch.filter(pa.array(kinds == "file"))["message"].to_pylist():
-            file = parse_file_row(described)
-            job.add_files(file.table, [file])
-        for row in batch.filter(pa.array(kinds == "staged")).select(["message", "faces"]).to_pylist():
-            staged.append(row["message"])
-            video_rows += row["faces"]
-        for row in batch.filter(pa.array(kinds == "frame")).select(["uri", "faces", "media_category"]).to_pylist():
-            frame_faces[row["uri"]] += row["faces"]
-            if row["media_category"] == "image":  # a photo's faces are all written, one row each
-                written[row["uri"]] += row["faces"]
-        for row in batch.filter(pa.array((kinds == "source") | (kinds == "error"))).to_pylist():
-            ledger.report(row)
-
-    ledger.check_complete()
-    source_rows, error_rows = ledger.results, ledger.errors
-    if staged:
-        failed = frozenset(uri for uri, row in error_rows.items() if row["media_category"] == "video")
-        # Tracking needs a video's faces together: a shuffle of the staged rows by video, each tracked and written
-        # by a worker (partitions of about a data file's rows each).
-        parts = max(1, min(len(staged), -(-video_rows // WRITE_ROWS)))
-        tracked = (
-            ray.data.read_parquet([staging.at(p).path for p in staged], filesystem=ctx.output.arrow)
-            .groupby("uri", num_partitions=parts)
-            .map_groups(
-                track_video, fn_kwargs={"per_track": config.per_track, "failed": failed}, batch_format="pyarrow"
-            )
-            .map_batches(
-                write_tracked,
-                fn_kwargs={"writer": writer, "thumbs": thumbs},
-                batch_size=WRITE_ROWS,
-                batch_format="pyarrow",
-            )
-        )
-        for row in tracked.iter_rows():
-            if row["file"]:
-                file = parse_file_row(row["file"])
-                job.add_files(file.table, [file])
-            else:
-                written[row["uri"]] += row["rows"]
-    sources_table = _sources_table(source_rows, frame_faces, written, provenance)
-    job.write("face_sources", sources_table)
-    job.write_errors(list(error_rows.values()))
-    statuses = Counter(sources_table.column("status").to_pylist())
+    staged = collect(embedded, sources)
+    finish_kwargs = {"per_track": config.per_track, "writers": writers, "provenance": provenance}
+    settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
+    job.add_settled(staged.files + settled.files, settled.errors_by_type)
     summary = {
-        "sources": len(uris),
+        "sources": sources.count,
         # ok + no_face + truncated + errors == sources
-        "ok": statuses["ok"],
-        "no_face": statuses["no_face"],
-        "truncated": statuses["truncated"],
-        "frames": int(sum(r["frames"] for r in source_rows.values())),
-        "faces": int(sum(frame_faces.values())),
-        "face_rows": int(sum(written.values())),
-        "detector": detector_card["name"],
+        **{k: settled.counts[k] for k in ("ok", "no_face", "truncated", "frames", "faces", "face_rows")},
+        "detector": provenance["detector_name"],
         "model": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
     return job.commit(
         summary,
-        f"{len(uris)} sources: {summary['ok']} with faces, {summary['no_face']} without, {summary['truncated']} "
-        f"truncated, {len(error_rows)} errors {dict(job.errors_by_type) or ''}; {summary['frames']} frames, "
-        f"{summary['faces']} faces, {summary['face_rows']} rows",
+        f"{sources.count} sources: {summary['ok']} with faces, {summary['no_face']} without, "
+        f"{summary['truncated']} truncated, {sum(job.errors_by_type.values())} errors "
+        f"{dict(job.errors_by_type) or ''}; {summary['frames']} frames, {summary['faces']} faces, "
+        f"{summary['face_rows']} rows",
     )
 
 
@@ -545,11 +546,11 @@ def _face_table(rows: list[dict], provenance: dict, dim: int) -> pa.Table:
     return pa.Table.from_pylist(table, schema=faces(dim))
 
 
-def _sources_table(source_rows: dict, frame_faces: Counter, written: Counter, provenance: dict) -> pa.Table:
+def _sources_table(ended: list[dict], found: dict[str, int], written: Counter, provenance: dict) -> pa.Table:
     rows = []
-    for uri, r in sorted(source_rows.items()):
-        found = frame_faces[uri]
-        status = r["status"] if r["status"] != "ok" or found else "no_face"
+    for r in sorted(ended, key=lambda r: r["uri"]):
+        uri = r["uri"]
+        status = r["status"] if r["status"] != "ok" or found.get(uri) else "no_face"
         rows.append(
             {
                 **provenance,
@@ -559,7 +560,7 @@ def _sources_table(source_rows: dict, frame_faces: Counter, written: Counter, pr
                 "width": r["width"],
                 "height": r["height"],
                 "frames": r["frames"],
-                "faces": found,
+                "faces": found.get(uri, 0),
                 "face_rows": written[uri],
                 "status": status,
                 "message": r["message"],

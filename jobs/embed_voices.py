@@ -6,7 +6,8 @@ Sources are the committed manifest's audio and video objects. A CPU stage decode
 downmixes, resamples to 16 kHz (torchaudio), normalises loudness and cuts the speech into segments (webrtcvad);
 encoder actors pinned to GPUs batch the segments of many sources together. ``voices/`` gets a row per segment and
 a row per source (the pooled embedding, or status no_speech); a source that cannot be decoded at all is a row in
-``errors/``. Every source ends as exactly one source row or one error row.
+``errors/``. Every source ends as exactly one source row or one error row, checked by workers (jobs/accounting.py):
+the driver holds paths and counts, never a row per source.
 """
 
 from __future__ import annotations
@@ -21,24 +22,26 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
+from jobs.accounting import (
+    OUTCOME_FIELDS,
+    OUTCOMES,
+    Ledger,
+    collect,
+    ledger_of,
+    plan_sources,
+    settle,
+    staged_rows,
+)
 from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, model_pipeline
+from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import (
-    WRITE_ROWS,
-    RowWriter,
-    SourceJob,
-    SourceLedger,
-    error_row,
-    file_row,
-    manifest_sources,
-    parse_file_row,
-)
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import open_verified
 from ops.io.errors import AudioError, ItemTimeout, JobFailed
 from ops.io.schemas import voices
 from ops.io.storage import Store, resolve
+from ops.io.tables import DataFile
 from ops.matching.vectors import unit_or_zero
 from ops.media.audio import decode_mono
 from ops.models import catalogue
@@ -195,41 +198,93 @@ class VoiceEncoderActor:
         return out.append_column("partials", pa.array(count_col, pa.int32()))
 
 
-def write_segments(batch: pa.Table, writer: RowWriter, provenance: dict, dim: int) -> pa.Table:
-    """The segment rows of the batch written to ``voices/`` by this worker. The driver gets instead one "file" row
-    per data file written, one "pooled" row per source of the batch (the sum of its segments' partial embeddings,
-    their count in ``partials`` and the segments' in ``segments``, from which the source's row is pooled exactly),
-    and the other rows (sources, errors)."""
-    batch = batch.append_column("segments", pa.nulls(batch.num_rows, pa.int32()))
-    is_segment = np.asarray(batch.column("kind").to_pylist()) == "segment"
-    if not is_segment.any():
-        return batch
-    segments = batch.filter(pa.array(is_segment))
-    files = writer.write(_segment_table(segments, provenance, dim))
-    pooled: dict[str, list] = {}
-    pool(pooled, segments, dim)
-    made = [
-        {"kind": "pooled", "uri": uri, "partial_sum": acc[0].tolist(), "partials": acc[1], "segments": acc[2]}
-        for uri, acc in pooled.items()
-    ]
-    made += [{"kind": "file", "message": file_row(f)} for f in files]
-    return pa.concat_tables([batch.filter(pa.array(~is_segment)), pa.Table.from_pylist(made, schema=batch.schema)])
+POOLED = "pooled"  # the ledger's kind of this job, besides outcomes: a source's sums of partial embeddings
+OUTCOME_COLUMNS = ["duration", "speech_seconds", "status"]  # a voice source's outcome, beyond the core
+
+
+def write_segments(batch: pa.Table, writer: RowWriter, ledger: Ledger, provenance: dict, dim: int) -> pa.Table:
+    """The segment rows of the batch written to ``voices/`` by this worker; staged in the ledger: one "pooled" row
+    per source of the batch (the sum of its segments' partial embeddings, their count in ``partials`` and the
+    segments' in ``segments``, from which the source's row is pooled exactly when its slice is settled) and each
+    source's outcome. The driver gets the paths and row counts."""
+    kinds = np.asarray(batch.column("kind").to_pylist())
+    made: list[dict] = []
+    if (is_segment := kinds == "segment").any():
+        segments = batch.filter(pa.array(is_segment))
+        made += [
+            {"kind": "file", "path": file_row(f), "rows": f.rows}
+            for f in writer.write(_segment_table(segments, provenance, dim))
+        ]
+        pooled: dict[str, list] = {}
+        pool(pooled, segments, dim)
+        sums = pa.Table.from_pylist(
+            [
+                {"uri": uri, "partial_sum": acc[0].tolist(), "partials": acc[1], "segments": acc[2]}
+                for uri, acc in pooled.items()
+            ],
+            schema=_POOLED,
+        )
+        made.append({"kind": POOLED, "path": ledger.stage(POOLED, sums), "rows": sums.num_rows})
+    if (ended := (kinds == "source") | (kinds == "error")).any():
+        rows = batch.filter(pa.array(ended))
+        rows = rows.select([n for n, _ in OUTCOME_FIELDS if n != "key"] + OUTCOME_COLUMNS)
+        rows = rows.append_column("key", rows.column("uri"))
+        made.append({"kind": OUTCOMES, "path": ledger.stage(OUTCOMES, rows), "rows": rows.num_rows})
+    return staged_rows(made)
+
+
+_POOLED = pa.schema(
+    [("uri", pa.string()), ("partial_sum", pa.list_(pa.float64())), ("partials", pa.int64()), ("segments", pa.int64())]
+)
 
 
 def pool(pooled: dict[str, list], rows: pa.Table, dim: int) -> None:
     """Add the rows' sums of partial embeddings into ``pooled`` (uri -> [sum, partials, segments]): segment rows
-    count one segment each, a worker's "pooled" rows the segments they say."""
+    count one segment each, staged "pooled" rows the segments they say."""
+    counted = rows.column("segments").to_pylist() if "segments" in rows.column_names else [None] * rows.num_rows
     for uri, psum, n, k in zip(
         rows.column("uri").to_pylist(),
         rows.column("partial_sum").to_numpy(zero_copy_only=False),
         rows.column("partials").to_pylist(),
-        rows.column("segments").to_pylist(),
+        counted,
         strict=True,
     ):
         acc = pooled.setdefault(uri, [np.zeros(dim, np.float64), 0, 0])
         acc[0] += psum
         acc[1] += n
         acc[2] += 1 if k is None else k
+
+
+def finish(
+    lo: int,
+    hi: int,
+    ledger: Ledger,
+    paths: dict[str, list[str]],
+    outcomes: pa.Table | None,
+    writer: RowWriter,
+    provenance: dict,
+    dim: int,
+) -> tuple[list[DataFile], dict]:
+    """One slice of the sources, settled: a source row in ``voices/`` per source that did not fail, its embedding
+    pooled exactly from its segments' partial sums."""
+    if outcomes is None:
+        return [], {}
+    pooled: dict[str, list] = {}
+    if (sums := ledger.read(paths.get(POOLED, []), lo, hi)) is not None:
+        pool(pooled, sums, dim)
+    ended = [r for r in outcomes.to_pylist() if r["kind"] == "source"]
+    table = _source_table(ended, pooled, provenance, dim)
+    statuses = Counter(table.column("status").to_pylist())
+    counts = {
+        "ok": statuses["ok"],
+        "no_speech": statuses["no_speech"],
+        "truncated": statuses["truncated"],
+        "with_speech": sum(1 for r in ended if r["uri"] in pooled),
+        "segments": sum(pooled[r["uri"]][2] for r in ended if r["uri"] in pooled),
+        "audio_seconds": sum(r["duration"] for r in ended),
+        "speech_seconds": sum(r["speech_seconds"] for r in ended),
+    }
+    return writer.write(table), counts
 
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
@@ -241,21 +296,36 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     if config.vad == "silero":
         vad_folder = catalogue.verified(config.vad_model, config.models, "speech-detection")[0]
     dim = int(card["output_dim"])
-    schema = voices(dim)
-    job = SourceJob(ctx, config, {"voices": schema})
+    job = SourceJob(ctx, config, {"voices": voices(dim)})
+    ensure_ray()
+    plan = actor_plan(config)
+    ledger = ledger_of(job.out)
+    try:
+        sources = plan_sources(
+            manifest_root,
+            config.manifest_run_id,
+            ("audio", "video"),
+            ["uri", "sha256", "size"],
+            MIN_SHARD_BYTES,
+            plan.parallelism,
+            ledger,
+        )
+        ctx.log.info(
+            "%d audio and video sources of %d manifest rows; model %s (%s)",
+            sources.count,
+            sources.manifest_rows,
+            card["name"],
+            card["checkpoint_sha256"][:12],
+        )
+        if not sources.count:
+            return job.commit({"sources": 0})
+        return _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card)
+    finally:
+        ledger.remove()
 
-    sources, manifest_rows = manifest_sources(manifest_root, config.manifest_run_id, ("audio", "video"))
-    uris = sources.column("uri").to_pylist()
-    ctx.log.info(
-        "%d audio and video sources of %d manifest rows; model %s (%s)",
-        len(uris),
-        manifest_rows,
-        card["name"],
-        card["checkpoint_sha256"][:12],
-    )
-    if not uris:
-        return job.commit({"sources": 0})
 
+def _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card) -> dict:
+    """Run the pipeline, settle the accounting a slice of the sources at a time, commit."""
     params = {
         k: getattr(config, k)
         for k in (
@@ -268,65 +338,48 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             "item_timeout",
         )
     }
+    dim = int(card["output_dim"])
     embedded = model_pipeline(
-        sources,
-        ["uri", "sha256", "size"],
-        MIN_SHARD_BYTES,
+        sources.blocks,
+        plan,
         VoiceEncoderActor,
         {"model_folder": folder},
-        config,
         config.batch_size,
         decode=decode_segments,
-        decode_kwargs={"endpoint_url": manifest_root.endpoint_url, "params": params, "vad_folder": vad_folder},
+        decode_kwargs={
+            "endpoint_url": resolve(config.manifest).endpoint_url,
+            "params": params,
+            "vad_folder": vad_folder,
+        },
         what="encoder",
     )
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
+    writer = job.row_writer("voices")
     embedded = embedded.map_batches(
         write_segments,
-        fn_kwargs={
-            "writer": RowWriter(ctx.output, "voices", voices(dim), ctx.run_id, job.out.attempt),
-            "provenance": provenance,
-            "dim": dim,
-        },
+        fn_kwargs={"writer": writer, "ledger": ledger, "provenance": provenance, "dim": dim},
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
-
-    pooled: dict[str, list] = {}  # uri -> [partial sum, partials, segments]
-    ledger = SourceLedger(uris)
-    for batch in embedded.iter_batches(batch_format="pyarrow", batch_size=None):
-        kinds = np.asarray(batch.column("kind").to_pylist())
-        described = batch.filter(pa.array(kinds == "file")).column("message").to_pylist()
-        job.add_files("voices", [parse_file_row(m) for m in described])
-        pool(pooled, batch.filter(pa.array(kinds == "pooled")), dim)
-        for row in (
-            batch.filter(pa.array((kinds != "file") & (kinds != "pooled"))).drop_columns(["segments"]).to_pylist()
-        ):
-            ledger.report(row)
-
-    ledger.check_complete()
-    source_rows, error_rows = ledger.results, ledger.errors
-    source_table = _source_table(source_rows, pooled, provenance, dim)
-    job.write("voices", source_table)
-    job.write_errors(list(error_rows.values()))
-    statuses = Counter(source_table.column("status").to_pylist())
+    staged = collect(embedded, sources)
+    finish_kwargs = {"writer": writer, "provenance": provenance, "dim": dim}
+    settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
+    job.add_settled(staged.files + settled.files, settled.errors_by_type)
+    counts = settled.counts
     summary = {
-        "sources": len(uris),
+        "sources": sources.count,
         # ok + no_speech + truncated + errors == sources; with_speech counts the sources that have an embedding
-        "ok": statuses["ok"],
-        "no_speech": statuses["no_speech"],
-        "truncated": statuses["truncated"],
-        "with_speech": sum(1 for uri in source_rows if uri in pooled),
-        "segments": sum(acc[2] for acc in pooled.values()),
-        "audio_hours": round(sum(r["duration"] for r in source_rows.values()) / 3600, 4),
-        "speech_hours": round(sum(r["speech_seconds"] for r in source_rows.values()) / 3600, 4),
+        **{k: counts[k] for k in ("ok", "no_speech", "truncated", "with_speech", "segments")},
+        "audio_hours": round(counts["audio_seconds"] / 3600, 4),
+        "speech_hours": round(counts["speech_seconds"] / 3600, 4),
         "model": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
+    errors = sum(job.errors_by_type.values())
     return job.commit(
         summary,
-        f"{len(uris)} sources: {summary['with_speech']} with speech, {summary['no_speech']} without, "
-        f"{summary['truncated']} truncated, {len(error_rows)} errors {dict(job.errors_by_type) or ''}; "
+        f"{sources.count} sources: {summary['with_speech']} with speech, {summary['no_speech']} without, "
+        f"{summary['truncated']} truncated, {errors} errors {dict(job.errors_by_type) or ''}; "
         f"{summary['segments']} segments",
     )
 
@@ -358,9 +411,10 @@ def _segment_table(segments: pa.Table, provenance: dict, dim: int) -> pa.Table:
     )
 
 
-def _source_table(source_rows: dict, pooled: dict, provenance: dict, dim: int) -> pa.Table:
+def _source_table(ended: list[dict], pooled: dict, provenance: dict, dim: int) -> pa.Table:
     rows = []
-    for uri, r in sorted(source_rows.items()):
+    for r in sorted(ended, key=lambda r: r["uri"]):
+        uri = r["uri"]
         acc = pooled.get(uri)
         embedding = unit_or_zero(acc[0] / acc[1]).tolist() if acc and acc[1] else None
         rows.append(

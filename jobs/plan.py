@@ -9,8 +9,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-
 from ops.io.errors import JobFailed
 from ops.io.storage import ObjectInfo
 
@@ -56,15 +54,6 @@ def shard(objects: list[ObjectInfo], cpus: int, min_bytes: int) -> list[list[Obj
         shards[i].append(obj)
         heapq.heappush(heap, (load + max(obj.size, 1), i))
     return [s for s in shards if s]
-
-
-def source_blocks(sources: pa.Table, columns: list[str], cpus: int, min_bytes: int) -> list[pa.Table]:
-    """Manifest rows (these columns) in blocks balanced by size over the cores (see ``shard``)."""
-    uris = sources.column("uri").to_pylist()
-    objects = [ObjectInfo(u, u, int(n), None) for u, n in zip(uris, sources.column("size").to_pylist(), strict=True)]
-    row = {u: i for i, u in enumerate(uris)}
-    picked = sources.select(columns)
-    return [picked.take(pa.array([row[o.uri] for o in part])) for part in shard(objects, cpus, min_bytes)]
 
 
 @dataclass
@@ -168,25 +157,21 @@ def shard_plan(shards: int | None, gpus_per_shard: float | None, most: int) -> t
 
 
 def model_pipeline(
-    sources: pa.Table,
-    columns: list[str],
-    min_bytes: int,
+    blocks: list,
+    plan: ActorPlan,
     actor: type,
     actor_kwargs: dict,
-    options: ActorOptions,
     batch_size: int,
     decode: Callable | None = None,
     decode_kwargs: dict | None = None,
     what: str = "model",
 ):
-    """The sources (these manifest columns) as a Ray Data pipeline: blocks balanced by size, an optional CPU decode
-    stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on GPUs when the
-    cluster has them). Returns the dataset; iterating it runs the job."""
-    ensure_ray()
+    """Planned blocks of sources (object refs, see jobs.accounting.plan_sources) as a Ray Data pipeline: an optional
+    CPU decode stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on GPUs
+    when the plan has them). Returns the dataset; iterating it runs the job."""
     import ray
 
-    plan = actor_plan(options)
-    data = ray.data.from_arrow(source_blocks(sources, columns, plan.parallelism, min_bytes))
+    data = ray.data.from_arrow_refs(blocks)
     if decode is not None:
         data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_format="pyarrow", batch_size=1)
     data = data.map_batches(

@@ -1,10 +1,9 @@
 """The skeleton every job over an archive's sources shares (manifest, embed_faces, embed_voices, stylize).
 
     job = SourceJob(ctx, config, {"faces": schema})      # the output run, checked writable before any work
-    sources, _ = manifest_sources(root, run_id, ("image",))
-    ledger = SourceLedger(uris)                            # every source once: a result or an error row
-    job.write("faces", rows); job.write_errors(rows, stage="decode")   # small tables, from the driver
-    job.add_files("faces", files)                          # big ones: files Ray workers wrote (RowWriter)
+    writer = job.row_writer("faces")                       # Ray workers write the rows (RowWriter), hand on files
+    job.add_settled(files, errors_by_type)                 # what they wrote, once accounted (jobs/accounting.py)
+    job.write("runs_of_a_few_rows", rows)                  # small tables, from the driver
     return job.commit(summary, "12 sources: ...")          # errors and errors_by_type added, one closing log line
 
 A job's own code is then what it does to a source; where its rows go, how failures are named and counted, and
@@ -21,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.cli import JobConfig
-from jobs.progress import Progress
 from jobs.runtime import JobContext
 from ops.io.errors import JobFailed, describe, error_type
+from ops.io.schemas import schema_for
 from ops.io.storage import Store
 from ops.io.tables import DataFile, OutputRun, committed_runs, read_table, table_store, write_data_files
 
@@ -47,6 +46,18 @@ class SourceJob:
     def add_files(self, table: str, files: list[DataFile]) -> None:
         """Data files of one of the job's tables that Ray workers wrote (``write_rows``), committed with the run."""
         self.out.add_files(table, files, self.tables[table])
+
+    def row_writer(self, table: str) -> RowWriter:
+        """Where the job's workers write rows of one of its tables (or its errors) for this run attempt."""
+        schema = self.tables[table] if table != "errors" else schema_for("errors")
+        return RowWriter(self.ctx.output, table, schema, self.ctx.run_id, self.out.attempt)
+
+    def add_settled(self, files: list[DataFile], errors_by_type: Counter) -> None:
+        """Data files the workers wrote (of the job's tables and its errors) and the error rows among them, by
+        type (see jobs.accounting)."""
+        for file in files:
+            self.out.add_files(file.table, [file], self.tables.get(file.table) or schema_for(file.table))
+        self.errors_by_type.update(errors_by_type)
 
     def write_errors(self, rows: list[dict], stage: str | None = None) -> None:
         """Error rows (uri, sha256, error_type, message, stage), each type from the vocabulary (ops.io.errors)."""
@@ -116,29 +127,3 @@ def manifest_sources(root: Store, run_id: str | None, categories: tuple[str, ...
     if len(set(uris)) != len(uris):
         raise JobFailed(f"the manifest under {root.uri} lists a uri twice: pass --manifest-run-id")
     return sources, total
-
-
-class SourceLedger:
-    """Every source of a job ends as exactly one result row or one error row: checked as rows arrive and before
-    anything is committed."""
-
-    def __init__(self, uris: list[str]) -> None:
-        self.uris = uris
-        self.results: dict[str, dict] = {}
-        self.errors: dict[str, dict] = {}
-        self.progress = Progress("sources", len(uris))
-
-    def report(self, row: dict) -> None:
-        """A source's final row: ``kind`` "error" for an error row, anything else for a result."""
-        if row["uri"] in self.results or row["uri"] in self.errors:
-            raise JobFailed(f"{row['uri']} was reported twice; nothing was committed, rerun the job")
-        (self.errors if row["kind"] == "error" else self.results)[row["uri"]] = row
-        self.progress.update(1)
-
-    def check_complete(self) -> None:
-        missing = set(self.uris) - set(self.results) - set(self.errors)
-        if missing:
-            raise JobFailed(
-                f"accounting mismatch: {len(missing)} sources have no result (e.g. {sorted(missing)[0]}); "
-                "nothing was committed, rerun the job"
-            )

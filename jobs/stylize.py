@@ -33,22 +33,15 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
+from jobs.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_sources, settle, staged_rows
 from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, model_pipeline
+from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import (
-    WRITE_ROWS,
-    RowWriter,
-    SourceJob,
-    SourceLedger,
-    error_row,
-    file_row,
-    manifest_sources,
-    parse_file_row,
-)
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
 from ops.io.schemas import STYLED
@@ -255,18 +248,31 @@ _OUT = pa.schema(
 )
 
 
-def write_styled(batch: pa.Table, writer: RowWriter, fields: dict) -> pa.Table:
+def write_styled(batch: pa.Table, writer: RowWriter, ledger: Ledger, fields: dict) -> pa.Table:
     """The styled rows of the batch written to ``styled/`` by this worker (with the run's ``fields``: run id, method,
-    parameters, seed). The driver gets the batch without those rows' columns, one "file" row per data file."""
+    parameters, seed), and every image x style's outcome staged in the ledger. The driver gets paths and counts."""
     ok = np.asarray(batch.column("kind").to_pylist()) != "error"
-    files = []
+    made: list[dict] = []
     if ok.any():
         rows = [{k: r[k] for k in STYLED.names if k in r} | fields for r in batch.filter(pa.array(ok)).to_pylist()]
-        files = writer.write(pa.Table.from_pylist(rows, schema=STYLED))
-    slim = batch.select(["kind", "uri", "sha256", "style_uri", "error_type", "message"])
-    slim = slim.append_column("file", pa.nulls(slim.num_rows, pa.string()))
-    described = pa.Table.from_pylist([{"kind": "file", "file": file_row(f)} for f in files], schema=slim.schema)
-    return pa.concat_tables([slim, described])
+        made += [
+            {"kind": "file", "path": file_row(f), "rows": f.rows}
+            for f in writer.write(pa.Table.from_pylist(rows, schema=STYLED))
+        ]
+    if batch.num_rows:
+        ended = batch.select(["kind", "uri", "sha256", "style_uri", "error_type", "message"])
+        keys = [f"{u} x {s}" for u, s in zip(ended["uri"].to_pylist(), ended["style_uri"].to_pylist(), strict=True)]
+        ended = ended.append_column("key", pa.array(keys, pa.string()))
+        ended = ended.append_column("stage", pa.array(["stylize"] * ended.num_rows, pa.string()))
+        made.append({"kind": OUTCOMES, "path": ledger.stage(OUTCOMES, ended), "rows": ended.num_rows})
+    return staged_rows(made)
+
+
+def finish(lo: int, hi: int, ledger: Ledger, paths: dict, outcomes: pa.Table | None) -> tuple[list, dict]:
+    """A slice settled: its styled images counted (their rows were written as they came)."""
+    if outcomes is None:
+        return [], {}
+    return [], {"styled": int(pc.sum(pc.equal(outcomes.column("kind"), "result")).as_py() or 0)}
 
 
 def _progress(images: int, style: str, every: int = 50) -> gatys.Progress:
@@ -325,24 +331,39 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
         catalogue.verified(config.loss_network, config.models, "style-loss-network")
     root = resolve(config.manifest)
     job = SourceJob(ctx, config, {"styled": STYLED})
-    sources, manifest_rows = manifest_sources(root, config.manifest_run_id, ("image",))
-    uris = sources.column("uri").to_pylist()
-    ctx.log.info("%d images x %d styles (%s) of %d manifest rows", len(uris), len(styles), config.method, manifest_rows)
-    if not uris:
-        return job.commit({"sources": 0})
+    ensure_ray()
+    plan = actor_plan(config)
+    ledger = ledger_of(job.out)
+    try:
+        columns = ["uri", "sha256", "size"]
+        sources = plan_sources(
+            root, config.manifest_run_id, ("image",), columns, MIN_SHARD_BYTES, plan.parallelism, ledger
+        )
+        ctx.log.info(
+            "%d images x %d styles (%s) of %d manifest rows",
+            sources.count,
+            len(styles),
+            config.method,
+            sources.manifest_rows,
+        )
+        if not sources.count:
+            return job.commit({"sources": 0})
+        return _stylize(config, ctx, job, plan, sources, ledger, styles)
+    finally:
+        ledger.remove()
+
+
+def _stylize(config, ctx, job, plan, sources, ledger, styles) -> dict:
+    """Run the pipeline, settle the accounting a slice of the images at a time, commit."""
     actor_config = asdict(config) | {"run_id": ctx.run_id}
     styled = model_pipeline(
-        sources,
-        ["uri", "sha256", "size"],
-        MIN_SHARD_BYTES,
+        sources.blocks,
+        plan,
         StyleActor,
         {"config": actor_config, "styles": styles, "out": ctx.output},
-        config,
         config.batch_size,
         what="style",
     )
-    pairs = [(u, s.uri) for u in uris for s in styles]
-    ledger = SourceLedger([f"{u} x {s}" for u, s in pairs])
     params = {
         k: actor_config[k]
         for k in ("steps", "scales", "coarse_steps", "optimizer", "alpha", "beta", "tv", "preserve_colour")
@@ -352,30 +373,23 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     fields["seed"] = config.seed
     styled = styled.map_batches(
         write_styled,
-        fn_kwargs={"writer": RowWriter(ctx.output, "styled", STYLED, ctx.run_id, job.out.attempt), "fields": fields},
+        fn_kwargs={"writer": job.row_writer("styled"), "ledger": ledger, "fields": fields},
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
-    written, errors = 0, []
-    for row in styled.iter_rows():
-        if row["kind"] == "file":
-            job.add_files("styled", [parse_file_row(row["file"])])
-            continue
-        ledger.report({"uri": f"{row['uri']} x {row['style_uri']}", "kind": row["kind"]})
-        if row["kind"] == "error":
-            errors.append(row)
-        else:
-            written += 1
-    ledger.check_complete()
-    job.write_errors(errors, stage="stylize")
+    staged = collect(styled, sources, per_source=len(styles), what="images x styles")
+    suffixes = tuple(f" x {s.uri}" for s in styles)
+    settled = settle(ledger, staged, finish, {}, job.row_writer("errors"), JOB, suffixes=suffixes)
+    job.add_settled(staged.files + settled.files, settled.errors_by_type)
+    written, errors = settled.counts["styled"], sum(settled.errors_by_type.values())
     summary = {
-        "images": len(uris),
+        "images": sources.count,
         "styles": len(styles),
         "styled": written,
         "random_loss_network": config.random_loss_network is not None,
     }
     images = ctx.output.join("styled-images", ctx.run_id).uri
-    return job.commit(summary, f"{written} styled ({images}), {len(errors)} errors {dict(job.errors_by_type) or ''}")
+    return job.commit(summary, f"{written} styled ({images}), {errors} errors {dict(job.errors_by_type) or ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -664,6 +664,22 @@ def committed_files(root: Store, table: str, run_id: str | None = None) -> tuple
     return paths, pairs
 
 
+def committed_rows(
+    path: str, root: Store, pairs: set[tuple[str, str]], columns: list[str], filter: pc.Expression | None = None
+) -> pa.Table:
+    """A data file's rows of the committed (run_id, attempt) ``pairs`` (``committed_files``), only ``columns`` and
+    the rows ``filter`` keeps: what a worker reads of the file it was handed (a file may hold an attempt that never
+    committed)."""
+    keys = pc.binary_join_element_wise(pc.field("run_id"), pc.field("attempt"), "\x00")
+    wanted = pc.is_in(keys, pa.array(sorted(f"{a}\x00{b}" for a, b in pairs), pa.string()))
+    if filter is not None:
+        wanted = wanted & filter
+    try:
+        return pads.dataset(path, format="parquet", filesystem=root.arrow).to_table(columns=columns, filter=wanted)
+    except (FileNotFoundError, OSError) as exc:
+        raise CommitError(f"a committed data file {path} under {root.uri} cannot be read: {exc}") from exc
+
+
 def _committed(root: Store, table: str, run_id: str | None):
     """The table (None when nobody wrote it), the paths of its files that can hold the committed rows, and the
     committed (run_id, attempt) pairs."""

@@ -219,8 +219,8 @@ def test_bytes_changed_since_the_manifest_are_error_rows_not_faces(ray_cluster, 
 
 
 def test_a_video_that_failed_after_its_frames_went_on_is_not_tracked():
-    rows = pa.Table.from_pylist([{"uri": "s3://a/v.mp4", "frame_index": 0}, {"uri": "s3://a/v.mp4", "frame_index": 1}])
-    assert embed_faces.track_video(rows, False, frozenset({"s3://a/v.mp4"})).num_rows == 0
+    rows = pa.Table.from_pylist([{"uri": "s3://a/v.mp4", "frame_index": i, "face_index": 0} for i in range(2)])
+    assert embed_faces._tracked(rows, False, {"s3://a/v.mp4"}).num_rows == 0
 
 
 def test_no_thumbnails_keeps_no_face_pictures(ray_cluster, face_models, sample_archive, tmp_path):

@@ -1,11 +1,9 @@
 import logging
 
-import pytest
-
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext
-from jobs.source_job import SourceJob, SourceLedger, error_row
-from ops.io.errors import JobFailed, TooLarge
+from jobs.source_job import SourceJob, error_row
+from ops.io.errors import TooLarge
 from ops.io.schemas import MANIFEST
 from ops.io.storage import resolve
 from ops.io.tables import read_table
@@ -29,15 +27,3 @@ def test_a_source_job_commits_its_tables_errors_and_counts(tmp_path, caplog):
     assert "OSError: disk" in {e["message"] for e in errors}
     assert "2 sources, 2 errors" in caplog.text and "committed run r1:" in caplog.text
     assert "(tables manifest/, errors/)" in caplog.text
-
-
-def test_the_ledger_takes_each_source_once():
-    ledger = SourceLedger(["a", "b"])
-    ledger.report({"uri": "a", "kind": "source"})
-    with pytest.raises(JobFailed, match="reported twice"):
-        ledger.report({"uri": "a", "kind": "error"})
-    with pytest.raises(JobFailed, match="1 sources have no result .e.g. b."):
-        ledger.check_complete()
-    ledger.report({"uri": "b", "kind": "error"})
-    ledger.check_complete()
-    assert set(ledger.results) == {"a"} and set(ledger.errors) == {"b"}
