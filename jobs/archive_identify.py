@@ -1,0 +1,202 @@
+"""Identification at archive scale: identities enrolled by workers, then probes searched against them as a search is.
+
+    gallery = prepare_items(root, "faces", run_id, True, staging)            # items, sorted by uri bucket
+    enrolled = enrol(root, gallery, labels, manifest_run, same_set, staging)  # tasks: identities and probes staged
+    search_archive(probes, enrolled.identities, ..., mode="identify")        # as search: shards, blocks, writers
+
+1. **Labels** (one manifest run's, or a CSV of uri,label) are staged in a ledger sorted by uri bucket: a task per
+   manifest data file (the CSV by one task).
+2. **Join.** A task per slice of uris joins the slice's gallery items with their labels: a labelled item adds its
+   unit vector to its identity's partial sum (staged sorted by the label's bucket, so that an identity's partial sums meet in one task); with one table for both, an
+   unlabelled item is a probe (staged as an item file). A source given two identities fails the job: enrolment
+   must not guess.
+3. **Centroids.** A task per slice of labels adds up each identity's partial sums (in a fixed order, in float64)
+   into the mean of its sources' unit vectors, made unit: one-shot or few-shot enrolment. They are staged as gallery
+   items (item = the identity, no uri) that shard actors read like any gallery.
+
+The driver holds file lists and counts, never a label, a vector or an identity.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.archive_search import Prepared
+from ops.io.errors import EmbeddingError
+from ops.io.storage import Store, resolve, storage_errors
+from ops.io.tables import committed_files, committed_rows
+from ops.matching.embeddings import item_id
+from ops.matching.vectors import normalise
+
+log = logging.getLogger("crossmatch")
+LABELS, SUMS = "labels", "sums"  # the ledger's kinds: uri -> label, and partial sums per identity
+
+
+@dataclass
+class Enrolled:
+    """What enrolment staged: the identities as gallery items, the probes (the unlabelled gallery items, when one
+    table is both), and how many sources were enrolled."""
+
+    identities: Prepared
+    probes: Prepared
+    enrolled_sources: int
+
+
+def enrol(
+    root: Store, gallery: Prepared, labels: str | None, manifest_run: str, same_set: bool, staging: Store
+) -> Enrolled:
+    """Identities from ``gallery``'s labelled items (labels from the CSV ``labels``, else ``manifest_run`` under
+    ``root``); with ``same_set``, its unlabelled items become the probes."""
+    import ray
+
+    ledger = Ledger(staging.join("ledger"))
+    where = labels or f"manifest run {manifest_run}"
+    if labels:
+        staged = ray.get(ray.remote(stage_csv).remote(labels, ledger))
+        if staged["conflict"]:
+            raise EmbeddingError(f"{where} gives {staged['conflict'][0]} two identities: {', '.join(staged['conflict'][1:])}")
+        label_paths = [staged["path"]] if staged["path"] else []
+    else:
+        paths, pairs = committed_files(root, "manifest", manifest_run)
+        task = ray.remote(num_cpus=0.5)(stage_manifest_labels)
+        label_paths = [p for p in ray.get([task.remote(p, root, pairs, ledger) for p in paths]) if p]
+    log.info("labels from %s under %s", where, root.uri)
+    slices = _cuts(len(gallery))
+    join = ray.remote(num_cpus=0.5)(join_slice)
+    item_paths = [path for path, _ in gallery.files]
+    joined = ray.get(
+        [
+            join.remote(lo, hi, item_paths, label_paths, ledger, same_set, staging.join("probes"))
+            for lo, hi in slices
+        ]
+    )
+    conflicts = [j["conflict"] for j in joined if j["conflict"]]
+    if conflicts:
+        uri, a, b = min(conflicts)
+        raise EmbeddingError(f"{where} gives {uri} two identities: {a}, {b}")
+    enrolled = sum(j["enrolled"] for j in joined)
+    probes = Prepared(files=sorted((j["probes"], j["probe_count"]) for j in joined if j["probe_count"]))
+    probes.models, probes.dim = gallery.models, gallery.dim
+    sums = [j["sums"] for j in joined if j["sums"]]
+    centroid = ray.remote(num_cpus=0.5)(centroid_slice)
+    made = ray.get(
+        [centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in _cuts(enrolled)]
+    )
+    identities = Prepared(files=sorted((m["path"], m["rows"]) for m in made if m["rows"]))
+    identities.models, identities.dim = gallery.models, gallery.dim
+    return Enrolled(identities, probes, enrolled)
+
+
+def _cuts(count: int) -> list[tuple[int, int]]:
+    slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
+    cuts = [i * BUCKETS // slices for i in range(slices + 1)]
+    return list(zip(cuts, cuts[1:], strict=False))
+
+
+def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) -> str:
+    """One manifest data file's labelled sources, staged (uri, label)."""
+    labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
+    rows = committed_rows(path, root, pairs, ["uri", "label"], labelled)
+    return ledger.stage(LABELS, rows) if rows.num_rows else ""
+
+
+def stage_csv(labels: str, ledger: Ledger) -> dict:
+    """A CSV of uri,label, staged (each pair once); a uri given two labels is returned as the conflict."""
+    reader = csv.DictReader(io.StringIO(resolve(labels).read_bytes().decode("utf-8")))
+    if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
+        raise EmbeddingError(f"{labels} needs a header with columns uri and label")
+    found: dict[str, str] = {}
+    for row in reader:
+        if row["label"] and found.setdefault(row["uri"], row["label"]) != row["label"]:
+            return {"path": "", "conflict": (row["uri"], *sorted((found[row["uri"]], row["label"])))}
+    if not found:
+        return {"path": "", "conflict": None}
+    table = pa.table({"uri": pa.array(list(found), pa.string()), "label": pa.array(list(found.values()), pa.string())})
+    return {"path": ledger.stage(LABELS, table), "conflict": None}
+
+
+def join_slice(
+    lo: int, hi: int, item_paths: list[str], label_paths: list[str], ledger: Ledger, same_set: bool, probes: Store
+) -> dict:
+    """A slice of the uris: its labelled items summed per identity, its unlabelled ones staged as probes."""
+    none = {"conflict": None, "enrolled": 0, "sums": "", "probes": "", "probe_count": 0}
+    items = ledger.read(item_paths, lo, hi)
+    labels = ledger.read(label_paths, lo, hi, ["uri", "label"])
+    if items is None or items.num_rows == 0:
+        return none
+    by_uri: dict[str, str] = {}
+    if labels is not None:
+        for uri, label in zip(labels.column("uri").to_pylist(), labels.column("label").to_pylist(), strict=True):
+            if by_uri.setdefault(uri, label) != label:
+                return none | {"conflict": (uri, *sorted((by_uri[uri], label)))}
+    uris = items.column("uri").to_pylist()
+    labelled = np.array([u in by_uri for u in uris], bool)
+    out = dict(none)
+    if same_set and (~labelled).any():
+        rest = items.filter(pa.array(~labelled)).drop_columns(["bucket"])
+        target = probes.join(f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(target.uri), target.open("wb") as f:
+            pq.write_table(rest, f, compression="zstd")
+        out |= {"probes": target.path, "probe_count": rest.num_rows}
+    if labelled.any():
+        vectors = _vectors(items.filter(pa.array(labelled))).astype(np.float64)
+        names = [by_uri[u] for u, keep in zip(uris, labelled, strict=True) if keep]
+        order = np.argsort(np.array(names, dtype=object), kind="stable")
+        unique, first = np.unique(np.array(names, dtype=object)[order], return_index=True)
+        sums = np.add.reduceat(vectors[order], first, axis=0)
+        counts = np.diff(np.append(first, len(names)))
+        table = pa.table(
+            {
+                "label": pa.array([str(u) for u in unique], pa.string()),
+                "slice": pa.array([lo] * len(unique), pa.int32()),
+                "sum": pa.FixedSizeListArray.from_arrays(pa.array(sums.ravel(), pa.float64()), sums.shape[1]),
+                "count": pa.array(counts, pa.int64()),
+            }
+        )
+        out |= {"enrolled": int(labelled.sum()), "sums": ledger.stage(SUMS, table, by="label")}
+    return out
+
+
+def centroid_slice(lo: int, hi: int, sum_paths: list[str], ledger: Ledger, identities: Store) -> dict:
+    """A slice of the identities: each one's partial sums added in a fixed order, as a unit gallery item."""
+    sums = ledger.read(sum_paths, lo, hi)
+    if sums is None or sums.num_rows == 0:
+        return {"path": "", "rows": 0}
+    sums = sums.sort_by([("label", "ascending"), ("slice", "ascending")])
+    names = np.array(sums.column("label").to_pylist(), dtype=object)
+    unique, first = np.unique(names, return_index=True)
+    vectors = _vectors(sums, "sum").astype(np.float64)
+    total = np.add.reduceat(vectors, first, axis=0)
+    counts = np.add.reduceat(sums.column("count").to_numpy(), first)
+    centroids = normalise(total.astype(np.float32))  # the mean's direction: the sum's
+    labels = [str(u) for u in unique]
+    table = pa.table(
+        {
+            "uri": pa.array([""] * len(labels), pa.string()),
+            "sha256": pa.array([""] * len(labels), pa.string()),
+            "item": pa.array(labels, pa.string()),
+            "id": pa.array([item_id(f"identity:{label}") for label in labels], pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(centroids.ravel(), pa.float32()), centroids.shape[1]),
+            "members": pa.array(counts, pa.int64()),
+        }
+    )
+    target = identities.join(f"{uuid.uuid4().hex}.parquet")
+    with storage_errors(target.uri), target.open("wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    return {"path": target.path, "rows": table.num_rows}
+
+
+def _vectors(table: pa.Table, column: str = "vector") -> np.ndarray:
+    flat = table.column(column).combine_chunks()
+    values = np.asarray(flat.flatten().to_numpy(zero_copy_only=False))
+    return values.reshape(table.num_rows, -1)
