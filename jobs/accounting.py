@@ -75,12 +75,10 @@ class Ledger:
 
     folder: Store
 
-    def stage(self, kind: str, rows: pa.Table) -> str:
-        """Write rows of ``kind`` (they need a ``uri``) sorted by bucket; returns the file's path."""
-        rows = rows.append_column("bucket", buckets(rows.column("uri"))).sort_by("bucket")
+    def stage(self, kind: str, rows: pa.Table, by: str = "uri") -> str:
+        """Write rows of ``kind`` sorted by the bucket of their ``by`` column; returns the file's path."""
         target = self.folder.join(kind, f"{uuid.uuid4().hex}.parquet")
-        with storage_errors(target.uri), target.open("wb") as f:
-            pq.write_table(rows, f, compression="zstd", row_group_size=max(1024, -(-rows.num_rows // ROW_GROUPS)))
+        write_bucketed(rows, target, by)
         return target.path
 
     def read(self, paths: list[str], lo: int, hi: int, columns: list[str] | None = None) -> pa.Table | None:
@@ -96,6 +94,14 @@ class Ledger:
     def remove(self) -> None:
         if self.folder.exists():
             self.folder.remove_tree()
+
+
+def write_bucketed(rows: pa.Table, target: Store, by: str = "uri") -> None:
+    """Rows with a ``bucket`` column (of their ``by`` column), sorted by it in small row groups: a reader of a range
+    of buckets (``Ledger.read``) reads only the row groups that hold it."""
+    rows = rows.append_column("bucket", buckets(rows.column(by))).sort_by("bucket")
+    with storage_errors(target.uri), target.open("wb") as f:
+        pq.write_table(rows, f, compression="zstd", row_group_size=max(1024, -(-rows.num_rows // ROW_GROUPS)))
 
 
 def ledger_of(out: OutputRun) -> Ledger:

@@ -7,9 +7,9 @@
 1. **Labels** (one manifest run's, or a CSV of uri,label) are staged in a ledger sorted by uri bucket: a task per
    manifest data file (the CSV by one task).
 2. **Join.** A task per slice of uris joins the slice's gallery items with their labels: a labelled item adds its
-   unit vector to its identity's partial sum (staged sorted by the label's bucket, so that an identity's partial sums meet in one task); with one table for both, an
-   unlabelled item is a probe (staged as an item file). A source given two identities fails the job: enrolment
-   must not guess.
+   unit vector to its identity's partial sum (staged sorted by the label's bucket, so that an identity's partial
+   sums meet in one task); with one table for both, an unlabelled item is a probe (staged as an item file). A source
+   given two identities fails the job: enrolment must not guess.
 3. **Centroids.** A task per slice of labels adds up each identity's partial sums (in a fixed order, in float64)
    into the mean of its sources' unit vectors, made unit: one-shot or few-shot enrolment. They are staged as gallery
    items (item = the identity, no uri) that shard actors read like any gallery.
@@ -64,7 +64,9 @@ def enrol(
     if labels:
         staged = ray.get(ray.remote(stage_csv).remote(labels, ledger))
         if staged["conflict"]:
-            raise EmbeddingError(f"{where} gives {staged['conflict'][0]} two identities: {', '.join(staged['conflict'][1:])}")
+            raise EmbeddingError(
+                f"{where} gives {staged['conflict'][0]} two identities: {', '.join(staged['conflict'][1:])}"
+            )
         label_paths = [staged["path"]] if staged["path"] else []
     else:
         paths, pairs = committed_files(root, "manifest", manifest_run)
@@ -75,10 +77,7 @@ def enrol(
     join = ray.remote(num_cpus=0.5)(join_slice)
     item_paths = [path for path, _ in gallery.files]
     joined = ray.get(
-        [
-            join.remote(lo, hi, item_paths, label_paths, ledger, same_set, staging.join("probes"))
-            for lo, hi in slices
-        ]
+        [join.remote(lo, hi, item_paths, label_paths, ledger, same_set, staging.join("probes")) for lo, hi in slices]
     )
     conflicts = [j["conflict"] for j in joined if j["conflict"]]
     if conflicts:
@@ -89,9 +88,7 @@ def enrol(
     probes.models, probes.dim = gallery.models, gallery.dim
     sums = [j["sums"] for j in joined if j["sums"]]
     centroid = ray.remote(num_cpus=0.5)(centroid_slice)
-    made = ray.get(
-        [centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in _cuts(enrolled)]
-    )
+    made = ray.get([centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in _cuts(enrolled)])
     identities = Prepared(files=sorted((m["path"], m["rows"]) for m in made if m["rows"]))
     identities.models, identities.dim = gallery.models, gallery.dim
     return Enrolled(identities, probes, enrolled)

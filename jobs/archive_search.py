@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from jobs.accounting import write_bucketed
 from jobs.plan import ensure_ray, shard_plan
 from jobs.progress import Progress
 from jobs.source_job import RowWriter
@@ -147,10 +149,9 @@ def stage_items(rows: pa.Table, table: str, per_source: bool, staging: Store, he
     if head is not None:
         found, models = _through_head(found, models, *head)
     path = ""
-    if found.num_rows:
+    if found.num_rows:  # sorted by uri bucket: enrolment reads a slice of the uris at a time (jobs.archive_identify)
         target = staging.join(f"{uuid.uuid4().hex}.parquet")
-        with storage_errors(target.uri), target.open("wb") as f:
-            pq.write_table(found, f, compression="zstd")
+        write_bucketed(found, target)
         path = target.path
     dim = found.schema.field("vector").type.list_size if found.num_rows else None
     return {"path": path, "rows": found.num_rows, "dim": dim, "models": models, "invalid": invalid}
@@ -214,10 +215,12 @@ def search_block(
     same_set: bool,
     fields: dict,
     writer: RowWriter,
-) -> tuple[list, int]:
+    mode: str = "search",
+) -> tuple[list, int, int]:
     """Query items ``start:stop`` of one staged file against every shard: merged top lists (a query found in its
-    own gallery skipped, ``keep`` ranks kept), its matches rows written by this worker. Returns the data files and
-    the row count."""
+    own gallery skipped, ``keep`` ranks kept), its matches rows written by this worker. In ``identify`` mode the
+    gallery items are enrolled identities: each row names the identity, and rank 1 decides (the identity, or
+    ``unknown`` below ``fields["threshold"]``). Returns the data files, the row count and the unknowns."""
     import ray
 
     queries = pq.read_table(path, filesystem=store.arrow).slice(start, stop - start)
@@ -245,22 +248,29 @@ def search_block(
     rows = len(q)
     qt = queries.take(pa.array(q))
     table = {
-        "mode": pa.array(["search"] * rows),
+        "mode": pa.array([mode] * rows),
         "query_uri": qt.column("uri"),
         "query_sha256": qt.column("sha256"),
         "query_item": qt.column("item"),
-        "gallery_uri": names.column("uri"),
-        "gallery_sha256": names.column("sha256"),
-        "gallery_item": names.column("item"),
         "rank": pa.array(rank[kept], pa.int32()),
         "score": pa.array(chosen_scores[kept], pa.float32()),
     }
+    unknown = 0
+    if mode == "identify":
+        first = rank[kept] == 1
+        clears = chosen_scores[kept] >= fields["threshold"]
+        identity = names.column("item")
+        table["identity"] = identity
+        table["decision"] = pc.if_else(pa.array(first & clears), identity, pc.if_else(pa.array(first), "unknown", None))
+        unknown = int((first & ~clears).sum())
+    else:
+        table |= {"gallery_" + c: names.column(c) for c in ("uri", "sha256", "item")}
     table |= {name: pa.array([value] * rows) for name, value in fields.items()}
     for f in MATCHES:
         if f.name not in table:
             table[f.name] = pa.nulls(rows, f.type)
     data = pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES)
-    return writer.write(data), rows
+    return writer.write(data), rows, unknown
 
 
 def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
@@ -286,9 +296,10 @@ def search_archive(
     gpus_per_shard: float | None,
     precision: str,
     query_batch: int,
-) -> tuple[list, int]:
-    """Every query item's top ``keep`` over the gallery, written as ``matches/`` rows by workers: returns the data
-    files and the row count."""
+    mode: str = "search",
+) -> tuple[list, int, int]:
+    """Every query item's top ``keep`` over the gallery, written as ``matches/`` rows by workers (``mode``: see
+    ``search_block``): returns the data files, the row count and the unknowns."""
     ensure_ray()
     import ray
 
@@ -298,18 +309,19 @@ def search_archive(
     log.info("%d gallery items in %d shard(s), %g GPU each", len(gallery), len(held), per_shard)
     task = ray.remote(num_cpus=0.5)(search_block)
     blocks = [(p, a, min(a + query_batch, n)) for p, n in queries.files for a in range(0, n, query_batch)]
-    window, pending, files, rows = 2 * len(held) + 2, {}, [], 0
+    window, pending, files, rows, unknown = 2 * len(held) + 2, {}, [], 0, 0
     progress = Progress("queries", len(queries))
     try:
         for i, (path, a, b) in enumerate(blocks):
-            pending[task.remote(path, a, b, store, held, k, keep, same_set, fields, writer)] = b - a
+            pending[task.remote(path, a, b, store, held, k, keep, same_set, fields, writer, mode)] = b - a
             while len(pending) >= window or (pending and i == len(blocks) - 1):
                 (done,), _ = ray.wait(list(pending), num_returns=1)
-                written, count = ray.get(done)
+                written, count, unknowns = ray.get(done)
                 files += written
                 rows += count
+                unknown += unknowns
                 progress.update(pending.pop(done))
     finally:
         for s in held:
             ray.kill(s)
-    return files, rows
+    return files, rows, unknown

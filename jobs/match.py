@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.archive_identify import enrol
 from jobs.archive_search import STAGING, prepare_items, search_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray, shard_plan
@@ -44,17 +45,16 @@ from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching import items
 from ops.matching.embeddings import (
     EmbeddingSet,
-    check_comparable,
     embedding_set,
+    manifest_of,
+    newest_manifest_run,
     one_model,
     read_committed,
     read_embeddings,
-    read_labels,
     through_head,
 )
 from ops.matching.heads import project
 from ops.matching.search import ExactSearch, TopK, merge
-from ops.matching.vectors import normalise
 from ops.models import catalogue
 from ops.models.device import best_device
 from ops.models.registry import read_card
@@ -255,7 +255,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         fields |= {"threshold": threshold, "threshold_source": source}
         writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
         k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
-        files, matches = search_archive(
+        files, matches, _ = search_archive(
             queries,
             gallery,
             ctx.output,
@@ -433,73 +433,76 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
 
 
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Identification at archive scale (``jobs.archive_identify``): identities enrolled by tasks from the gallery's
+    labelled items, probes searched against them on shard actors, rows written by workers."""
     gallery_root = config.gallery or config.queries
-    gallery = _read(config, gallery_root, config.gallery_run_id, per_source=True)
-    labels = read_labels(resolve(gallery_root), config.labels, config.manifest_run_id, config.gallery_run_id)
-    enrolled = [i for i, u in enumerate(gallery.uris) if u in labels]
-    if not enrolled:
-        raise JobFailed(
-            f"no gallery source under {gallery_root} has a label: run the manifest with --label-pattern, or pass "
-            "--labels uri,label"
-        )
-    identities = sorted({labels[gallery.uris[i]] for i in enrolled})
-    # One-shot or few-shot enrolment: an identity is the mean of its sources' unit embeddings, made unit again.
-    sums = np.zeros((len(identities), gallery.dim))
-    where = {name: n for n, name in enumerate(identities)}
-    for i in enrolled:
-        sums[where[labels[gallery.uris[i]]]] += gallery.vectors[i]
-    centroids = normalise(sums.astype(np.float32))
-    if gallery_root == config.queries and config.gallery_run_id == config.queries_run_id:
-        probes_all = gallery  # one table: labelled sources enrol, the others are probed
-    else:
-        probes_all = _read(config, config.queries, config.queries_run_id, per_source=True)
-    check_comparable(probes_all, gallery)
-    probe_index = np.array(
-        [i for i, u in enumerate(probes_all.uris) if u not in labels or gallery_root != config.queries], np.int64
-    )
-    probes = probes_all.take(probe_index)
-    threshold, source = _threshold(config, gallery.model_name)
-    k = min(config.k, len(identities))
-    found = (
-        ExactSearch(centroids).search(probes.vectors, k)
-        if len(probes)
-        else TopK(np.zeros((0, k)), np.zeros((0, k), np.int64))
-    )
-    rows = []
-    for q in range(len(probes)):
-        for rank, (score, ident) in enumerate(zip(found.scores[q], found.ids[q], strict=True), start=1):
-            decision = None
-            if rank == 1:
-                decision = identities[ident] if score >= threshold else "unknown"
-            rows.append(
-                _rows(
-                    "identify",
-                    probes,
-                    q,
-                    out.run_id,
-                    identity=identities[ident],
-                    rank=rank,
-                    score=float(score),
-                    threshold=threshold,
-                    threshold_source=source,
-                    decision=decision,
-                )
+    same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    head = (config.head, config.models) if config.head else None
+    root = resolve(gallery_root)
+    ensure_ray()
+    try:
+        gallery = prepare_items(root, config.table, config.gallery_run_id, True, staging.join("g"), head)
+        manifest_run = None
+        if not config.labels:
+            manifest_run = (
+                config.manifest_run_id or manifest_of(root, config.gallery_run_id) or newest_manifest_run(root)
             )
-    decided = Counter(r["decision"] for r in rows if r["rank"] == 1)
-    errors = [_error(r, InvalidEmbedding) for r in gallery.invalid + probes_all.invalid]
-    return _finish(
-        out,
-        rows,
-        errors,
-        {
-            "identities": len(identities),
-            "enrolled_sources": len(enrolled),
-            "probes": len(probes),
-            "unknown": decided["unknown"],
-            "threshold": threshold,
-            "threshold_source": source,
-        },
-    )
+        enrolled = enrol(root, gallery, config.labels, manifest_run, same_set, staging)
+        if not enrolled.enrolled_sources:
+            raise JobFailed(
+                f"no gallery source under {gallery_root} has a label: run the manifest with --label-pattern, or "
+                "pass --labels uri,label"
+            )
+        probes = enrolled.probes
+        if not same_set:
+            probes = prepare_items(
+                resolve(config.queries), config.table, config.queries_run_id, True, staging.join("q"), head
+            )
+        model = one_model(gallery.models, config.table, gallery_root)
+        other = one_model(probes.models, config.table, config.queries) if probes.models else model
+        if model != other or (probes.dim and gallery.dim and probes.dim != gallery.dim):
+            raise EmbeddingError(
+                f"cannot compare {other[0]} ({other[1][:12]}, {probes.dim}-d) with {model[0]} ({model[1][:12]}, "
+                f"{gallery.dim}-d) embeddings: match sets made by the same model"
+            )
+        threshold, source = _threshold(config, model[0])
+        k = min(config.k, len(enrolled.identities))
+        fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
+        fields |= {"threshold": threshold, "threshold_source": source}
+        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+        files, matches, unknown = [], 0, 0
+        if len(probes):
+            files, matches, unknown = search_archive(
+                probes,
+                enrolled.identities,
+                ctx.output,
+                k,
+                k,
+                False,
+                fields,
+                writer,
+                config.shards,
+                config.gpus_per_shard,
+                config.precision,
+                config.query_batch,
+                mode="identify",
+            )
+        out.add_files("matches", files, MATCHES)
+    finally:
+        staging.remove_tree()
+    errors = [_error(r, InvalidEmbedding) for r in gallery.invalid + ([] if same_set else probes.invalid)]
+    out.write_errors(errors, stage="match")
+    return {
+        "identities": len(enrolled.identities),
+        "enrolled_sources": enrolled.enrolled_sources,
+        "probes": len(probes),
+        "unknown": unknown,
+        "threshold": threshold,
+        "threshold_source": source,
+        "matches": matches,
+        "errors": len(errors),
+    }
 
 
 def _error(row: dict, kind: type[InvalidEmbedding]) -> dict:

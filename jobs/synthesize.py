@@ -6,6 +6,8 @@ latent traits (see ops/testing/synthetic.py): data to train and test the face en
 Writes, under one run, ``manifest/`` (one labelled row per recording), ``faces/`` and ``voices/`` as the embed jobs
 would for videos with one face track and one stretch of speech each. Different seeds are different people: use one
 seed for training identities and another for unseen ones (and --first-identity so their labels do not collide).
+Ray tasks make and write the rows, a chunk of identities each (the first chunk is the seed's own stream, so a small
+population is the same however large the chunks); the driver holds file lists.
 """
 
 from __future__ import annotations
@@ -13,16 +15,21 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
+from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
 from ops.io.schemas import MANIFEST, faces, voices
-from ops.io.tables import OutputRun
+from ops.io.tables import DataFile, OutputRun
 from ops.testing import synthetic
 
 JOB = "synthesize"
+CHUNK = 25_000  # identities per task: 100,000 recordings' rows at 4 each, tens of MB in a worker
 
 
 @dataclass
@@ -34,21 +41,46 @@ class SynthesizeConfig(JobConfig):
     first_identity: int = field(default=0, metadata={"run_key": True, "help": "number of the first label"})
 
 
+def make_chunk(
+    config: SynthesizeConfig, start: int, stop: int, prefix: str, writers: dict[str, RowWriter]
+) -> list[DataFile]:
+    """Identities ``start:stop``: their recordings' rows made and written by this worker."""
+    world = synthetic.World(seed=config.world_seed)
+    rng = np.random.default_rng(config.seed if start == 0 else [config.seed, start])
+    rec = synthetic.record(world, synthetic.identities(world, stop - start, rng), config.recordings, rng)
+    made = synthetic.rows(world, rec, prefix, writers["manifest"].run_id, config.first_identity + start)
+    schemas = {"manifest": MANIFEST, "faces": faces(world.face_dim), "voices": voices(world.voice_dim)}
+    files = []
+    for table, rows in made.items():
+        files += writers[table].write(pa.Table.from_pylist(rows, schema=schemas[table]))
+    return files
+
+
 def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     if config.identities < 2 or config.recordings < 1:
         raise JobFailed("--identities must be at least 2 and --recordings at least 1")
     world = synthetic.World(seed=config.world_seed)
-    rec = synthetic.population(world, config.identities, config.recordings, config.seed)
-    prefix = ctx.output.join("synthetic", ctx.run_id).uri
-    made = synthetic.rows(world, rec, prefix, ctx.run_id, config.first_identity)
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
-    out.write("manifest", pa.Table.from_pylist(made["manifest"], schema=MANIFEST))
-    out.write("faces", pa.Table.from_pylist(made["faces"], schema=faces(world.face_dim)), faces(world.face_dim))
-    out.write("voices", pa.Table.from_pylist(made["voices"], schema=voices(world.voice_dim)), voices(world.voice_dim))
-    summary = {"identities": config.identities, "recordings": len(rec.identity), "world": synthetic.fingerprint(world)}
-    marker = out.commit(tables=("errors",), config=asdict(config), summary=summary)
-    ctx.log.info("%d identities, %d recordings: committed run %s", config.identities, len(rec.identity), ctx.run_id)
+    schemas = {"manifest": MANIFEST, "faces": faces(world.face_dim), "voices": voices(world.voice_dim)}
+    writers = {t: RowWriter(ctx.output, t, s, ctx.run_id, out.attempt) for t, s in schemas.items()}
+    prefix = ctx.output.join("synthetic", ctx.run_id).uri
+    ensure_ray()
+    import ray
+
+    task = ray.remote(make_chunk)
+    cuts = list(range(0, config.identities, CHUNK)) + [config.identities]
+    pending = {task.remote(config, a, b, prefix, writers): b - a for a, b in zip(cuts, cuts[1:], strict=False)}
+    progress = Progress("identities", config.identities)
+    while pending:
+        (done,), _ = ray.wait(list(pending), num_returns=1)
+        for file in ray.get(done):
+            out.add_files(file.table, [file], schemas[file.table])
+        progress.update(pending.pop(done))
+    recordings = config.identities * config.recordings
+    summary = {"identities": config.identities, "recordings": recordings, "world": synthetic.fingerprint(world)}
+    marker = out.commit(tables=(*schemas, "errors"), config=asdict(config), summary=summary)
+    ctx.log.info("%d identities, %d recordings: committed run %s", config.identities, recordings, ctx.run_id)
     return marker
 
 

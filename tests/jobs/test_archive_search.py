@@ -70,7 +70,7 @@ def _search(root, tmp_path, per_source: bool, shards: int, query_batch: int, k: 
     out = OutputRun(root, "search", "match")
     writer = RowWriter(root, "matches", MATCHES, "search", out.attempt)
     fields = {"run_id": "search", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    files, rows = search_archive(items, items, root, k + 1, k, True, fields, writer, shards, 0, "fp32", query_batch)
+    files, rows, _ = search_archive(items, items, root, k + 1, k, True, fields, writer, shards, 0, "fp32", query_batch)
     out.add_files("matches", files, MATCHES)
     out.commit()
     return items, rows
