@@ -15,13 +15,15 @@ every job's peak stays within 1.5 GB of it at every size (flat, not growing with
 - ``synthesize`` makes N synthetic sources (N/4 labelled people, 4 recordings each); ``calibrate`` calibrates on them;
   ``search`` searches ``--queries`` synthetic sources (other people, seed 2) against all N;
   ``identify`` enrols the N labelled sources as N/4 identities and identifies the same queries; ``report`` reports
-  the root the search and identification wrote.
+  the archive's root (each side works on its own copy of it) with the calibration, search and identification runs
+  added.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,14 +74,14 @@ def peak_of(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, int]:
 
 def commands(job: str, work: Path, n: int, out: Path, models: str, queries: int) -> list[str]:
     """The job's command line at size ``n``, writing into ``out``."""
-    archive, synthetic, probes = work / f"archive-{n}", work / f"synthetic-{n}", work / f"probes-{queries}"
-    gallery = ["--gallery", str(synthetic), "--gallery-run-id", "synth"]
+    archive, probes = work / f"archive-{n}", work / f"probes-{queries}"
+    gallery = ["--gallery", str(out), "--gallery-run-id", "synth"]
     return {
         "bare": ["-c", BARE],
         "manifest": ["-m", "jobs.manifest", str(archive), "--output", str(out)],
         "embed_faces": ["-m", "jobs.embed_faces", str(out), "--output", str(out), "--models", models],
         "synthesize": ["-m", "jobs.synthesize", "--output", str(out), "--identities", str(n // 4), "--run-id", "s"],
-        "calibrate": ["-m", "jobs.calibrate", str(synthetic), "--embeddings-run-id", "synth", "--output", str(out)],
+        "calibrate": ["-m", "jobs.calibrate", str(out), "--embeddings-run-id", "synth", "--output", str(out)],
         "search": ["-m", "jobs.match", "search", "--queries", str(probes), *gallery, "--per-source"]
         + ["--output", str(out), "--run-id", "search"],
         "identify": ["-m", "jobs.match", "identify", "--queries", str(probes), *gallery, "--threshold", "0.5"]
@@ -140,6 +142,8 @@ def main() -> None:
             for r in range(args.rounds):
                 for side, cwd in trees.items():
                     out = work / f"out-{side}-{n}-{r}"
+                    if kind is SYNTHETIC_JOBS and set(wanted) - {"synthesize"}:
+                        shutil.copytree(work / f"synthetic-{n}", out)  # the jobs add their runs to the archive's root
                     measure(n, "bare", side, cwd, out)
                     for job in wanted:
                         measure(n, job, side, cwd, out if job != "synthesize" else work / f"made-{side}-{n}-{r}")

@@ -11,6 +11,7 @@ error rows, never the manifest.
 
 from __future__ import annotations
 
+import json
 import sys
 import uuid
 from collections import Counter
@@ -25,10 +26,11 @@ from jobs.cli import JobConfig
 from jobs.plan import GROWTH, ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob
+from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
 from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import MANIFEST
 from ops.io.storage import Store, glob_regex, resolve, storage_errors
+from ops.io.tables import error_table
 from ops.media.sniff import sniff
 
 JOB = "manifest"
@@ -61,7 +63,7 @@ class ManifestConfig(JobConfig):
 
 
 # What a hashing task hands the driver: one "staged" row per file of hashed rows it wrote (its row count and the
-# bytes it hashed, for progress), and one "error" row per object it could not read or recognise.
+# bytes it hashed, for progress), and one "errors" row per file of error rows it wrote (with their count by type).
 _HASHED = pa.schema(
     [
         ("kind", pa.string()),
@@ -79,11 +81,18 @@ _STAGED = pa.schema([f for f in MANIFEST if f.name != "duplicate_of"])
 
 
 def hash_objects(
-    batch: pa.Table, archive: Store, staging: Store, run_id: str, labels: str | None, partitions: int = 1
+    batch: pa.Table,
+    archive: Store,
+    staging: Store,
+    run_id: str,
+    labels: str | None,
+    partitions: int = 1,
+    errors: RowWriter | None = None,
 ) -> pa.Table:
     """Stream each object once: sha256, size and media kind (and its label from the path), or the reason it could
     not be read or recognised. The manifest rows go to staging files, one per partition of the content hashes (so
-    that every copy of a content meets in one partition); the driver gets their paths, counts and the errors."""
+    that every copy of a content meets in one partition), the error rows to the errors table; the driver gets
+    their paths and counts."""
     matcher = glob_regex(labels) if labels else None
     rows, failed, hashed_bytes = [], [], 0
     for relpath, uri, modified in zip(
@@ -133,7 +142,63 @@ def hash_objects(
         with storage_errors(path.uri), path.open("wb") as f:
             pq.write_table(pa.Table.from_pylist(members, schema=_STAGED), f, compression="zstd")
         out.append({"kind": "staged", "uri": path.path, "size": 0, "relpath": str(len(members)), "stage": str(part)})
-    return pa.Table.from_pylist([*out, *failed], schema=_HASHED)
+    if failed:
+        by_type = json.dumps(Counter(r["error_type"] for r in failed))
+        for i, file in enumerate(errors.write(error_table(failed, run_id, JOB))):
+            said = by_type if i == 0 else "{}"  # the types once, with the first file
+            out.append({"kind": "errors", "uri": file_row(file), "relpath": str(file.rows), "message": said})
+    return pa.Table.from_pylist(out, schema=_HASHED)
+
+
+@dataclass
+class Listing:
+    """An archive listed by workers: blocks of objects balanced by size (object refs), how many, how many bytes."""
+
+    blocks: list = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+
+
+def list_archive(archive: Store, pattern: str, workers: int) -> Listing:
+    """The archive's objects matching ``pattern``, listed by tasks: one per folder right below the archive and one
+    for the objects at its top, each cutting its objects into blocks balanced by size (``plan.shard``). The driver
+    holds the refs and the counts, never an object's name."""
+    import ray
+
+    try:
+        folders = ray.get(ray.remote(num_cpus=0.5)(_folders).remote(archive))
+    except ray.exceptions.RayTaskError as exc:  # the archive's own message (it does not exist, it is a file)
+        raise exc.cause from None
+    parts = [("", True)] + [(name, False) for name in folders]
+    share = max(1, -(-workers // len(parts)))
+    task = ray.remote(num_cpus=0.5, num_returns="streaming")(list_blocks)
+    generators = [task.remote(archive, pattern, under, top, share) for under, top in parts]
+    listing = Listing()
+    for generator in generators:
+        refs = list(generator)
+        summary = ray.get(refs[-1])  # the last thing a listing task yields: what it listed
+        listing.blocks += refs[:-1]
+        listing.objects += summary["objects"]
+        listing.bytes += summary["bytes"]
+    return listing
+
+
+def _folders(archive: Store) -> list[str]:
+    return archive.folders()
+
+
+def list_blocks(archive: Store, pattern: str, under: str, top_only: bool, workers: int):
+    """One part of the archive listed: its objects in blocks balanced by size, then a summary."""
+    objects = archive.list(pattern, under=under, top_only=top_only)
+    for part in shard(objects, workers, MIN_SHARD_BYTES) if objects else []:
+        yield pa.table(
+            {
+                "relpath": [o.relpath for o in part],
+                "uri": [o.uri for o in part],
+                "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
+            }
+        )
+    yield {"objects": len(objects), "bytes": sum(o.size for o in objects)}
 
 
 def partition_of(sha256: str, partitions: int) -> int:
@@ -169,29 +234,21 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"--label-pattern {config.label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
     archive = resolve(config.archive)
     job = SourceJob(ctx, config, {"manifest": MANIFEST})
-    objects = archive.list(config.glob)
-    if not objects:
-        raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
-    total_bytes = sum(o.size for o in objects)
-    ctx.log.info("listed %d objects (%.1f MiB) under %s", len(objects), total_bytes / 2**20, archive.uri)
+    archive.check_listable()  # a missing prefix or a denied read said here, before any task starts
     ensure_ray()
     import ray
 
     workers = max(int(ray.cluster_resources().get("CPU", 0)), GROWTH)  # room for a cluster that grows
-    blocks = [
-        pa.table(
-            {
-                "relpath": [o.relpath for o in part],
-                "uri": [o.uri for o in part],
-                "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
-            }
-        )
-        for part in shard(objects, workers, MIN_SHARD_BYTES)
-    ]
+    listed = list_archive(archive, config.glob, workers)
+    if not listed.objects:
+        raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
+    objects, total_bytes, blocks = listed.objects, listed.bytes, listed.blocks
+    ctx.log.info("listed %d objects (%.1f MiB) under %s", objects, total_bytes / 2**20, archive.uri)
     staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
-    partitions = max(1, -(-len(objects) // WRITE_ROWS))
-    hashing = ray.data.from_arrow(blocks).map_batches(
+    partitions = max(1, -(-objects // WRITE_ROWS))
+    errors = job.row_writer("errors")
+    hashing = ray.data.from_arrow_refs(blocks).map_batches(
         hash_objects,
         fn_kwargs={
             "archive": archive,
@@ -199,13 +256,14 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             "run_id": ctx.run_id,
             "labels": config.label_pattern,
             "partitions": partitions,
+            "errors": errors,
         },
         batch_format="pyarrow",
         batch_size=None,
     )
-    progress = Progress("hashed objects", len(objects), total_bytes)
+    progress = Progress("hashed objects", objects, total_bytes)
     staged: dict[int, list[str]] = {}
-    staged_rows, errors = 0, []
+    staged_rows, failed = 0, 0
     try:
         for batch in hashing.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -214,14 +272,15 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
                         staged.setdefault(int(row["stage"]), []).append(row["uri"])
                     staged_rows += int(row["relpath"])
                     progress.update(int(row["relpath"]), row["size"])
-                else:
-                    errors.append(row)
-                    progress.update(1, 0)
+                else:  # a file of error rows the task wrote, and how many of each type
+                    job.add_settled([parse_file_row(row["uri"])], Counter(json.loads(row["message"])))
+                    failed += int(row["relpath"])
+                    progress.update(int(row["relpath"]), 0)
         # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
         # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
-        if staged_rows + len(errors) != len(objects):
+        if staged_rows + failed != objects:
             raise JobFailed(
-                f"accounting mismatch: {len(objects)} objects listed but {staged_rows + len(errors)} results; "
+                f"accounting mismatch: {objects} objects listed but {staged_rows + failed} results; "
                 "nothing was committed, rerun the job"
             )
         writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
@@ -235,19 +294,18 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             kinds.update(part["kinds"])
         if written != staged_rows:
             raise JobFailed(f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written")
-        job.write_errors(errors)
         summary = {
-            "objects": len(objects),
+            "objects": objects,
             "bytes": total_bytes,
             "manifest_rows": written,
-            "error_rows": len(errors),
+            "error_rows": failed,
             "duplicates": duplicates,
             "kinds": dict(kinds),
         }
         by_type = dict(job.errors_by_type) or ""
         return job.commit(
             summary,
-            f"{len(objects)} objects: {written} in manifest ({duplicates} duplicates), {len(errors)} errors {by_type}",
+            f"{objects} objects: {written} in manifest ({duplicates} duplicates), {failed} errors {by_type}",
         )
     finally:
         staging.remove_tree() if staging.exists() else None

@@ -147,14 +147,17 @@ class Store:
         elif self._call(self.fs.exists, self.path):
             self._call(self.fs.rm, self.path, recursive=True)
 
-    def list(self, pattern: str = "**") -> list[ObjectInfo]:
-        """Every object below this prefix whose relative path matches the glob ``pattern`` ("**" is every object).
+    def list(self, pattern: str = "**", under: str = "", top_only: bool = False) -> list[ObjectInfo]:
+        """Every object below this prefix whose relative path matches the glob ``pattern`` ("**" is every object);
+        only those below the folder ``under`` (relative paths stay relative to this prefix), or only those right
+        at this level with ``top_only``: how listing tasks split an archive (see ``folders``).
 
         Raises StorageError when the prefix does not exist (for S3: when nothing is stored under it).
         """
         base = self.path
-        found = self._call(self.fs.find, base, detail=True, withdirs=False)
-        if not found and not self._call(self.fs.exists, base):
+        where = self.join(under).path if under else base
+        found = self._call(self.fs.find, where, maxdepth=1 if top_only else None, detail=True, withdirs=False)
+        if not found and not under and not self._call(self.fs.exists, base):
             hint = "check the bucket and prefix" if self.scheme == "s3" else "check the path"
             raise NotFound(f"nothing found at {self.uri}: it does not exist ({hint})")
         if self.scheme == "file" and os.path.isfile(base):
@@ -174,6 +177,35 @@ class Store:
                 )
             )
         return objects
+
+    def check_listable(self) -> None:
+        """Fail now, with the reason (it does not exist, access denied, it is a file), when this prefix cannot be
+        listed: one request of at most one key, whatever the archive's size (listing itself is left to workers)."""
+        if self.scheme == "file":
+            if os.path.isfile(self.path):
+                raise StorageError(f"{self.uri} is a file, not a folder or prefix to list")
+            if not os.path.isdir(self.path):
+                raise NotFound(f"nothing found at {self.uri}: it does not exist (check the path)")
+            self._call(os.listdir, self.path)  # a folder we may not read
+            return
+        bucket, _, key = self.path.partition("/")
+        prefix = f"{key}/" if key else ""
+        found = self._call(self.fs.call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        if not found.get("KeyCount"):
+            raise NotFound(f"nothing found at {self.uri}: it does not exist (check the bucket and prefix)")
+
+    def folders(self) -> list[str]:
+        """The names of the folders (prefixes) right below this one, sorted: one listing each splits a large
+        archive's listing over workers. Raises StorageError when the prefix does not exist."""
+        if self.scheme == "file" and os.path.isfile(self.path):
+            raise StorageError(f"{self.uri} is a file, not a folder or prefix to list")
+        entries = self._call(self.fs.find, self.path, maxdepth=1, withdirs=True, detail=True).values()
+        if not entries and not self._call(self.fs.exists, self.path):
+            hint = "check the bucket and prefix" if self.scheme == "s3" else "check the path"
+            raise NotFound(f"nothing found at {self.uri}: it does not exist ({hint})")
+        base = self.path.rstrip("/")
+        names = {e["name"].rstrip("/") for e in entries if e.get("type") == "directory"}
+        return sorted(n.rsplit("/", 1)[-1] for n in names if n != base)
 
     def sha256(self) -> tuple[str, int, bytes]:
         """Stream the object once: its sha256 (hex), its size and its first bytes (for content sniffing)."""

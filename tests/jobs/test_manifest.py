@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 
@@ -7,8 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import manifest
+from jobs.source_job import RowWriter, parse_file_row
+from ops.io.schemas import schema_for
 from ops.io.storage import resolve
-from ops.io.tables import committed_runs, read_table
+from ops.io.tables import committed_runs, read_table, table_store
 from ops.media.encode import encode_image
 from ops.testing.samples import SAMPLE_LAYOUT, make_sample_archive, portrait
 
@@ -36,20 +39,27 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     names = ["ok.png", "empty.jpg", "text.jpg", "dangling.wav", "deleted.mp4"]
     archive, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staging"))
     batch = pa.table({"relpath": names, "uri": names, "modified": pa.nulls(5, pa.timestamp("ms", tz="UTC"))})
-    out = manifest.hash_objects(batch, archive, staging, "r", None).to_pylist()
-    hashed, staged, *failed = out
+    errors = RowWriter(archive, "errors", schema_for("errors"), "r", "a1")
+    out = manifest.hash_objects(batch, archive, staging, "r", None, errors=errors).to_pylist()
+    hashed, staged, written = out
     assert hashed["kind"] == "staged" and hashed["size"] == 48 + 10  # the bytes read (png, text), for progress
     assert staged["kind"] == "staged" and staged["relpath"] == "1" and staged["stage"] == "0"  # the png, partition 0
     (row,) = pq.read_table(staged["uri"]).to_pylist()
     assert (row["relpath"], row["media_kind"], row["run_id"]) == ("ok.png", "png", "r")
-    got = {r["relpath"]: (r["stage"], r["error_type"]) for r in failed}
+    # the error rows are written by the task: the driver gets the file, its rows and their types
+    assert written["kind"] == "errors" and written["relpath"] == "4"
+    assert json.loads(written["message"]) == {"empty_file": 1, "unknown_media_type": 1, "not_found": 2}
+    file = parse_file_row(written["uri"])
+    failed = pq.read_table(table_store(archive, "errors").join(file.path).path).to_pylist()
+    got = {r["uri"]: (r["stage"], r["error_type"]) for r in failed}
     assert got == {
         "empty.jpg": ("sniff", "empty_file"),
         "text.jpg": ("sniff", "unknown_media_type"),
         "dangling.wav": ("read", "not_found"),
         "deleted.mp4": ("read", "not_found"),
     }
-    assert "not found" in failed[3]["message"] and "deleted.mp4" in failed[3]["message"]
+    message = next(r["message"] for r in failed if r["uri"] == "deleted.mp4")
+    assert "not found" in message and "deleted.mp4" in message
 
 
 def test_sample_archive_every_object_accounted_once(ray_cluster, sample_archive, tmp_path, caplog):

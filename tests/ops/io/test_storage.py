@@ -81,6 +81,23 @@ def test_list_is_sorted_recursive_and_filtered(tmp_path):
     assert found[0].modified is not None and found[0].modified.tzinfo is not None
 
 
+def _split_listing(store) -> list[str]:
+    """The listing as listing tasks split it: the top level's objects, then each folder's."""
+    parts = [store.list(top_only=True)] + [store.list(under=name) for name in store.folders()]
+    return sorted(o.relpath for part in parts for o in part)
+
+
+def test_a_listing_split_by_folders_is_the_whole_listing(tmp_path):
+    store = _tree(tmp_path)
+    assert store.folders() == ["a", "b"]
+    assert _split_listing(store) == [o.relpath for o in store.list()]
+    assert [o.relpath for o in store.list("**/*.jpg", under="a")] == ["a/1.jpg", "a/deep/3.jpg"]
+    store.check_listable()
+    for path, words in ((tmp_path / "nope", "does not exist"), (tmp_path / "top.txt", "is a file")):
+        with pytest.raises(StorageError, match=words):
+            resolve(str(path)).check_listable()
+
+
 def test_list_missing_prefix_or_a_file_is_an_error(tmp_path):
     with pytest.raises(StorageError, match="does not exist"):
         resolve(str(tmp_path / "nope")).list()
@@ -118,6 +135,17 @@ def test_s3_roundtrip(s3):
     assert digest == hashlib.sha256(b"b" * (2**20 + 7)).hexdigest() and size == 2**20 + 7
     root.join("x").remove_tree()
     assert [o.relpath for o in root.list()] == ["y.bin"]
+
+
+def test_s3_a_listing_split_by_folders_is_the_whole_listing(s3):
+    root = resolve(s3.uri("archive"))
+    for name in ("x/a.bin", "x/deep/c.bin", "y.bin", "z/b.bin"):
+        root.join(name).put_atomic(b"1")
+    root.check_listable()
+    assert root.folders() == ["x", "z"]
+    assert _split_listing(root) == [o.relpath for o in root.list()] == ["x/a.bin", "x/deep/c.bin", "y.bin", "z/b.bin"]
+    with pytest.raises(StorageError, match="does not exist"):
+        resolve(s3.uri("no/such")).check_listable()
 
 
 def test_s3_missing_prefix_and_bucket(s3):
