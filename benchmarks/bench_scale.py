@@ -148,6 +148,7 @@ def main() -> None:
                     for job in wanted:
                         measure(n, job, side, cwd, out if job != "synthesize" else work / f"made-{side}-{n}-{r}")
     finally:
+        shutil.rmtree(work, ignore_errors=True)  # archives of a million files: gigabytes
         if args.before:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(trees["before"])], cwd=REPO, capture_output=True

@@ -146,9 +146,12 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
             "needs at least two labels and a label with two sources"
         )
     vectors = data.vectors[labelled].astype(np.float64)
-    upper = np.triu_indices(len(labelled), 1)
+    # Each pair once (the upper triangle) by a boolean mask and integer labels: index arrays and label strings per
+    # pair held 1 GB at 5,000 sources.
+    upper = np.triu(np.ones((len(labelled), len(labelled)), bool), 1)
     scores = (vectors @ vectors.T)[upper]
-    same = names[upper[0]] == names[upper[1]]
+    codes = np.unique(names, return_inverse=True)[1]
+    same = (codes[:, None] == codes[None, :])[upper]
     threshold = metrics.threshold_at_far(scores, same, config.target_far)
     record = {
         "run_id": ctx.run_id,

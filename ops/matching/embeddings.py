@@ -73,8 +73,12 @@ def read_committed(root: Store, table: str, run_id: str | None = None, uris: lis
     """The committed rows of embedding table ``table``; an error that says which job to run when there are none."""
     if table not in EMBEDDING_TABLES:
         raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
-    wanted = None if uris is None else pc.field("uri").isin(uris)
-    data = read_table(root, table, run_id=run_id, filter=wanted)
+    if uris is None:
+        data = read_table(root, table, run_id=run_id)
+    else:  # a few sources of a large table: streamed, so that only theirs are ever held
+        wanted = pc.field("uri").isin(uris)
+        found = list(iter_table(root, table, run_id, filter=wanted))
+        data = pa.concat_tables(found) if found else read_table(root, table, run_id=run_id, limit=0)
     if data.num_rows == 0:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
     return data
