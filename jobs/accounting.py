@@ -256,7 +256,11 @@ def settle(
     ]
     settled, problems = Settled(), Counter()
     examples: list[str] = []
-    for result in ray.get(pending):
+    progress = Progress("settled slices (accounting, per-source rows)", len(pending))
+    while pending:
+        (done,), pending = ray.wait(pending, num_returns=1)
+        result = ray.get(done)
+        progress.update(1)
         problems.update(result["problems"])
         examples += result["examples"]
         settled.files += result["files"]
