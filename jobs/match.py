@@ -377,7 +377,16 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
     pairs = _read_pairs(config.pairs)
     root = resolve(config.queries)
-    data = read_committed(root, config.table, config.queries_run_id)  # read once: sources and items come from it
+    # Only the embeddings of the sources the pairs name, streamed: the driver holds the pairs, not the archive. A
+    # side is a source uri or an item key (uri#...); both readings are asked for.
+    named = {x for pair in pairs for x in pair}
+    uris = sorted(named | {x.rsplit("#", 1)[0] for x in named})
+    try:
+        data = read_committed(root, config.table, config.queries_run_id, uris)  # sources and items come from it
+    except EmbeddingError:  # the pairs name nothing embedded: each is an error row, the model from any one row
+        data = read_table(root, config.table, run_id=config.queries_run_id, limit=1)
+        if data.num_rows == 0:
+            raise
     per_source = _headed(config, embedding_set(data, config.table, True, root.uri))
     items = _headed(config, embedding_set(data, config.table, False, root.uri))
     threshold, source = _threshold(config, per_source.model_name)

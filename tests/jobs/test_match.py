@@ -128,6 +128,28 @@ def test_verify_decides_and_reports_pairs_it_cannot_score(tmp_path):
     assert error["error_type"] == "unmatched_pair" and "/archive/nobody.jpg" in error["message"]
 
 
+def test_verify_reads_only_the_named_sources_and_a_pair_of_strangers_is_an_error_row(tmp_path, monkeypatch):
+    from ops.matching import embeddings
+
+    rng = np.random.default_rng(5)
+    vectors, uris, _ = identities(rng)
+    write_faces(tmp_path, vectors, uris)
+    asked = []
+    reader = embeddings.iter_table
+    monkeypatch.setattr(embeddings, "iter_table", lambda *a, **k: asked.append(k["filter"]) or reader(*a, **k))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{uris[0]},{uris[1]}#frame=0&face=0\n")
+    assert run("verify", "--queries", tmp_path, "--output", tmp_path, "--pairs", pairs, "--threshold", 0.5) == 0
+    assert len(asked) == 1 and uris[1] in str(asked[0]) and uris[2] not in str(asked[0])
+    (row,) = read_table(resolve(str(tmp_path)), "matches").to_pylist()
+    assert row["query_uri"] == uris[0] and row["gallery_item"] == f"{uris[1]}#frame=0&face=0"
+    pairs.write_text("a,b\n/nobody/x.jpg,/nobody/y.jpg\n")
+    args = ["--output", tmp_path, "--pairs", pairs, "--threshold", 0.5, "--run-id", "strangers"]
+    assert run("verify", "--queries", tmp_path, *args) == 0
+    (error,) = read_table(resolve(str(tmp_path)), "errors", run_id="strangers").to_pylist()
+    assert error["error_type"] == "unmatched_pair" and "/nobody/y.jpg" in error["message"]
+
+
 def test_verify_without_a_cosine_threshold_says_how_to_get_one(tmp_path, caplog):
     rng = np.random.default_rng(1)
     vectors, uris, _ = identities(rng)
