@@ -134,24 +134,21 @@ def submit(address: str, env: dict, *job: str, working_dir: bool = True) -> subp
     """`ray job submit` of ``python -m <job...>``, with the repository as the job's working directory (as a user
     submits), or without one (the project is installed in the nodes' environment)."""
     upload = [f"--working-dir={REPO}"] if working_dir else []
-    return subprocess.run(
-        [
-            "ray",
-            "job",
-            "submit",
-            f"--address={address}",
-            *upload,
-            f"--submission-id=cm-test-{uuid.uuid4().hex[:8]}",
-            "--",
-            "python",
-            "-m",
-            *job,
-        ],
+    submission = f"cm-test-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        ["ray", "job", "submit", f"--address={address}", *upload, f"--submission-id={submission}", "--"]
+        + ["python", "-m", *job],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+    # The job's whole log as the cluster stored it: the submit command's live tail now and then closes its
+    # WebSocket before the job's last lines arrive (seen once in 4 suites with a job that succeeded).
+    logs = subprocess.run(
+        ["ray", "job", "logs", f"--address={address}", submission], env=env, capture_output=True, text=True, timeout=60
+    )
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout + logs.stdout, done.stderr)
 
 
 @pytest.fixture(scope="session")
