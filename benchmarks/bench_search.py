@@ -109,28 +109,71 @@ def main() -> None:
         scaling(args.scaling, min(args.queries, 4000), min(args.gallery, 400_000), args.dims[0], args.k, args.rounds)
 
 
+def staged(store, name: str, vectors: np.ndarray, files: int) -> list[tuple[str, int]]:
+    """Vectors as the item files ``jobs.archive_search`` stages (key, uri, sha256, id, unit vector)."""
+    import pyarrow as pa
+
+    from jobs.accounting import write_bucketed
+    from ops.matching.embeddings import item_id
+
+    out = []
+    for f, part in enumerate(np.array_split(np.arange(len(vectors)), files)):
+        keys = [f"{name}{i}" for i in part]
+        flat = pa.array(vectors[part].ravel(), pa.float32())
+        rows = pa.table(
+            {
+                "item": keys,
+                "uri": keys,
+                "sha256": ["0" * 64] * len(keys),
+                "id": pa.array([item_id(k) for k in keys], pa.int64()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+            }
+        )
+        target = store.join(name, f"{f:03d}.parquet")
+        write_bucketed(rows, target)
+        out.append((target.path, len(keys)))
+    return out
+
+
 def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int, rounds: int) -> None:
-    """The sharded search of jobs.match on local Ray with 1, 2, 4 ... shard actors (one CPU, or one GPU, each)."""
+    """The archive search of jobs.match (``jobs.archive_search``: shard actors that read their own slice, query
+    blocks searched, merged and written by tasks) on local Ray with 1, 2, 4 ... shard actors (one CPU, or one GPU,
+    each), over staged item files in a scratch folder."""
+    import shutil
+    import tempfile
+
     import ray
 
-    from jobs.match import sharded_search
+    from jobs.archive_search import Prepared, search_archive
+    from jobs.source_job import RowWriter
+    from ops.io.schemas import MATCHES
+    from ops.io.storage import resolve
 
     ray.init(num_cpus=max(shard_counts), include_dashboard=False, logging_level="ERROR")
     rng = np.random.default_rng(1)
-    g, q = unit(rng, gallery, d), unit(rng, queries, d)
+    work = tempfile.mkdtemp(prefix="bench-search-")
+    store = resolve(work)
+    g = Prepared(staged(store, "g", unit(rng, gallery, d), 8))
+    q = Prepared(staged(store, "q", unit(rng, queries, d), 4))
+    fields = {"run_id": "bench", "model_name": "random", "model_sha256": "0" * 64, "threshold": None}
+    fields["threshold_source"] = None
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    print(f"sharded search (jobs.match) on local Ray, {queries} x {gallery}, d={d}, {os.cpu_count()} cores:")
+    print(f"archive search (jobs.match) on local Ray, {queries} x {gallery}, d={d}, {os.cpu_count()} cores:")
     times: dict[int, list[float]] = {n: [] for n in shard_counts}
-    for _ in range(rounds):
-        for n in shard_counts:
-            t = time.perf_counter()
-            sharded_search(g, q, k, shards=n, gpus_per_shard=1.0 if gpus >= n else 0.0)
-            times[n].append(time.perf_counter() - t)
+    try:
+        for r in range(rounds):
+            for n in shard_counts:
+                writer = RowWriter(store, "matches", MATCHES, "bench", f"{r}-{n}")
+                t = time.perf_counter()
+                search_archive(q, g, store, k, k, False, fields, writer, n, 1.0 if gpus >= n else 0.0, "fp32", 8192)
+                times[n].append(time.perf_counter() - t)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        ray.shutdown()
     one = statistics.median(times[shard_counts[0]])
     for n in shard_counts:
         s = statistics.median(times[n])
         print(f"  {n} shard(s): {s:6.2f} s  {queries * gallery / s / 1e9:5.2f} G pairs/s  {one / s:4.2f}x one shard")
-    ray.shutdown()
 
 
 if __name__ == "__main__":

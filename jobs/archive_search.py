@@ -40,7 +40,7 @@ from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import committed_files, committed_rows
 from ops.matching import items
-from ops.matching.embeddings import EMBEDDING_TABLES, item_table, one_model
+from ops.matching.embeddings import EMBEDDING_TABLES, item_id, item_table, one_model
 from ops.matching.search import ExactSearch
 from ops.models.device import best_device
 
@@ -76,8 +76,29 @@ class Prepared:
         return sum(n for _, n in self.files)
 
 
+@dataclass(frozen=True)
+class Projection:
+    """A trained model the items pass through in the staging tasks: a face head (``jobs.train_face``), or one branch
+    of a joint voice-face model (``jobs.train_crossmodal``), whose items become whole sources as ``uri#voice`` or
+    ``uri#face``."""
+
+    ref: str
+    models_root: str | None = None
+    branch: str | None = None  # "voice" or "face": that branch of a joint model; None: a face head
+
+    def __call__(self, found: pa.Table, table: str, models: set) -> tuple[pa.Table, set]:
+        if self.branch is None:
+            return _through_head(found, models, self.ref, self.models_root)
+        return _through_joint(found, models, self, table)
+
+
 def prepare_items(
-    root: Store, table: str, run_id: str | None, per_source: bool, staging: Store, head: tuple | None = None
+    root: Store,
+    table: str,
+    run_id: str | None,
+    per_source: bool,
+    staging: Store,
+    through: Projection | None = None,
 ) -> Prepared:
     """The items of ``table`` (one run's, or every committed run's) staged under ``staging`` by Ray tasks: one per
     data file; for one face per source, files first partitioned by uri (a source's faces may lie in several files)
@@ -90,7 +111,7 @@ def prepare_items(
     paths, committed = committed_files(root, table, run_id)
     if not paths:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
-    settings = {"table": table, "per_source": per_source, "staging": staging, "head": head}
+    settings = {"table": table, "per_source": per_source, "staging": staging, "through": through}
     if table == "faces" and per_source:
         parts = max(1, min(len(paths), 64))
         split_task = ray.remote(num_cpus=0.5)(partition_faces)
@@ -143,11 +164,11 @@ def stage_file(path: str, root: Store, pairs: set, settings: dict) -> dict:
     return stage_items(_committed_rows(path, root, pairs, settings["table"]), **settings)
 
 
-def stage_items(rows: pa.Table, table: str, per_source: bool, staging: Store, head: tuple | None) -> dict:
+def stage_items(rows: pa.Table, table: str, per_source: bool, staging: Store, through: Projection | None) -> dict:
     """Rows as items in one staging file; the driver gets the file, the models and the invalid ones."""
     found, invalid, models = item_table(rows, table, per_source)
-    if head is not None:
-        found, models = _through_head(found, models, *head)
+    if through is not None:
+        found, models = through(found, table, models)
     path = ""
     if found.num_rows:  # sorted by uri bucket: enrolment reads a slice of the uris at a time (jobs.archive_identify)
         target = staging.join(f"{uuid.uuid4().hex}.parquet")
@@ -168,6 +189,34 @@ def _through_head(found: pa.Table, models: set, head_ref: str, models_root: str 
     flat = pa.array(np.ascontiguousarray(mapped.vectors, np.float32).ravel(), pa.float32())
     found = found.set_column(4, "vector", pa.FixedSizeListArray.from_arrays(flat, width))
     return found, {(mapped.model_name, mapped.model_sha256)}
+
+
+def _through_joint(found: pa.Table, models: set, joint: Projection, table: str) -> tuple[pa.Table, set]:
+    """Items mapped by one branch of a joint model, keyed ``uri#<branch>``. Items of another backbone than the one
+    it was trained on pass unmapped, under their own model: the driver sees the mix and names it."""
+    from ops.matching.heads import project
+    from ops.models import catalogue
+
+    model = catalogue.load(joint.ref, joint.models_root, expect="voice-face-model")
+    expected = model.card["inputs"][table]
+    if models != {(expected["model_name"], expected["model_sha256"])}:
+        return found, models
+    if not found.num_rows:  # a file of invalid embeddings only
+        return found, {(model.name, model.sha256)}
+    vectors = project(getattr(catalogue.build(model), joint.branch), _vectors(found)).numpy()
+    keys = [items.modality_key(u, joint.branch) for u in found.column("uri").to_pylist()]
+    mapped = pa.table(
+        {
+            "item": keys,
+            "uri": found.column("uri"),
+            "sha256": found.column("sha256"),
+            "id": pa.array([item_id(k) for k in keys], pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ascontiguousarray(vectors, np.float32).ravel(), pa.float32()), vectors.shape[1]
+            ),
+        }
+    )
+    return mapped, {(model.name, model.sha256)}
 
 
 def _vectors(found: pa.Table) -> np.ndarray:
@@ -220,7 +269,8 @@ def search_block(
     """Query items ``start:stop`` of one staged file against every shard: merged top lists (a query found in its
     own gallery skipped, ``keep`` ranks kept), its matches rows written by this worker. In ``identify`` mode the
     gallery items are enrolled identities: each row names the identity, and rank 1 decides (the identity, or
-    ``unknown`` below ``fields["threshold"]``). Returns the data files, the row count and the unknowns."""
+    ``unknown`` below ``fields["threshold"]``); in ``crossmatch`` mode each row is accepted or rejected at it, when
+    there is one. Returns the data files, the row count and the unknowns."""
     import ray
 
     queries = pq.read_table(path, filesystem=store.arrow).slice(start, stop - start)
@@ -265,6 +315,8 @@ def search_block(
         unknown = int((first & ~clears).sum())
     else:
         table |= {"gallery_" + c: names.column(c) for c in ("uri", "sha256", "item")}
+    if mode == "crossmatch" and fields["threshold"] is not None:
+        table["decision"] = pc.if_else(pa.array(chosen_scores[kept] >= fields["threshold"]), "accept", "reject")
     table |= {name: pa.array([value] * rows) for name, value in fields.items()}
     for f in MATCHES:
         if f.name not in table:
@@ -307,7 +359,9 @@ def search_archive(
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     held = [actor.remote(paths, store, precision) for paths in split(gallery.files, n_shards)]
     log.info("%d gallery items in %d shard(s), %g GPU each", len(gallery), len(held), per_shard)
-    task = ray.remote(num_cpus=0.5)(search_block)
+    # Block tasks ask for no CPU: they wait on the shards most of their life, the window bounds how many run, and
+    # a CPU they held could be the one a CPU shard needs (shards on every CPU would leave them waiting forever).
+    task = ray.remote(num_cpus=0)(search_block)
     blocks = [(p, a, min(a + query_batch, n)) for p, n in queries.files for a in range(0, n, query_batch)]
     window, pending, files, rows, unknown = 2 * len(held) + 2, {}, [], 0, 0
     progress = Progress("queries", len(queries))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,17 +31,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.archive_identify import enrol
-from jobs.archive_search import STAGING, prepare_items, search_archive
+from jobs.archive_search import STAGING, Prepared, Projection, prepare_items, search_archive
 from jobs.cli import JobConfig
-from jobs.plan import ensure_ray, shard_plan
-from jobs.progress import Progress
+from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
-from ops.matching import items
 from ops.matching.embeddings import (
     EmbeddingSet,
     embedding_set,
@@ -50,11 +47,8 @@ from ops.matching.embeddings import (
     newest_manifest_run,
     one_model,
     read_committed,
-    read_embeddings,
     through_head,
 )
-from ops.matching.heads import project
-from ops.matching.search import ExactSearch, TopK, merge
 from ops.models import catalogue
 from ops.models.device import best_device
 from ops.models.registry import read_card
@@ -108,53 +102,6 @@ class MatchConfig(JobConfig):
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
     query_batch: int = field(default=8192, metadata={"help": "queries sent to the shards at a time"})
-
-
-class GalleryShard:
-    """One gallery shard held by an actor (on its GPU when it has one); answers query batches."""
-
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray, precision: str) -> None:
-        device = best_device()
-        self.engine = ExactSearch(vectors, ids, device=device, precision=precision if device.type == "cuda" else "fp32")
-
-    def search(self, queries: np.ndarray, k: int) -> TopK:
-        return self.engine.search(queries, k)
-
-
-def sharded_search(
-    gallery: np.ndarray,
-    queries: np.ndarray,
-    k: int,
-    shards: int | None = None,
-    gpus_per_shard: float | None = None,
-    precision: str = "fp32",
-    query_batch: int = 8192,
-) -> TopK:
-    """Top-K of every query over the gallery, split into shards on actors; partial lists merged exactly. For the
-    sets the driver already holds (identification's enrolled identities, cross-modal projections); search over an
-    archive goes through ``jobs.archive_search``."""
-    ensure_ray()
-    import ray
-
-    n_shards, per_shard = shard_plan(shards, gpus_per_shard, len(gallery))
-    bounds = np.linspace(0, len(gallery), n_shards + 1).astype(int)
-    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
-    shards = [
-        actor.remote(gallery[a:b], np.arange(a, b, dtype=np.int64), precision)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    logging.getLogger("crossmatch").info(
-        "%d gallery items in %d shard(s), %g GPU each", len(gallery), n_shards, per_shard
-    )
-    parts, progress = [], Progress("queries", len(queries))
-    for start in range(0, len(queries), query_batch):
-        batch = queries[start : start + query_batch]
-        found = merge(ray.get([s.search.remote(batch, k) for s in shards]), k)
-        parts.append(found)
-        progress.update(len(batch))
-    for s in shards:
-        ray.kill(s)
-    return TopK(np.concatenate([p.scores for p in parts]), np.concatenate([p.ids for p in parts]))
 
 
 def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
@@ -230,7 +177,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
     staging = ctx.output.join(STAGING, out.run_id, out.attempt)
-    head = (config.head, config.models) if config.head else None
+    head = Projection(config.head, config.models) if config.head else None
     ensure_ray()
     try:
         queries = prepare_items(
@@ -277,11 +224,6 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     return {"queries": len(queries), "gallery": len(gallery), "k": config.k, "matches": matches, "errors": len(errors)}
 
 
-def _read(config: MatchConfig, root: str, run_id: str | None, per_source: bool) -> EmbeddingSet:
-    """The committed embeddings of ``config.table`` under ``root``, through ``--head`` when one is given."""
-    return _headed(config, read_embeddings(resolve(root), config.table, run_id, per_source))
-
-
 def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
     if not config.head:
         return data
@@ -289,71 +231,73 @@ def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Cross-modal search at archive scale: each source's voice and each source's face mapped into the joint space
+    by the staging tasks (``uri#voice``, ``uri#face``), then voices searched over faces and faces over voices on
+    shard actors, rows written by workers (``jobs.archive_search``)."""
     if not config.joint_model:
         raise JobFailed("crossmatch needs --joint-model: a model trained by `python -m jobs.train_crossmodal`")
     model = catalogue.load(config.joint_model, config.models, expect="voice-face-model")
-    voices = read_embeddings(resolve(config.queries), "voices", config.queries_run_id, per_source=True)
-    faces = read_embeddings(resolve(config.gallery or config.queries), "faces", config.gallery_run_id, True)
-    for table, found in (("voices", voices), ("faces", faces)):
-        expected = model.card["inputs"][table]
-        if (found.model_name, found.model_sha256) != (expected["model_name"], expected["model_sha256"]):
-            raise JobFailed(
-                f"{table}/ was embedded with {found.model_name} ({found.model_sha256[:12]}), but {model.name} was "
-                f"trained on {expected['model_name']} ({expected['model_sha256'][:12]}): embed with that model"
-            )
-    threshold, source = (
-        (config.threshold, "--threshold")
-        if config.threshold is not None
-        else (model.card.get("default_threshold"), f"model card of {model.name}")
-    )
-    joint = catalogue.build(model)
-    v = project(joint.voice, voices.vectors).numpy()
-    f = project(joint.face, faces.vectors).numpy()
-    as_voice = EmbeddingSet(
-        voices.uris,
-        voices.sha256,
-        [items.modality_key(u, "voice") for u in voices.uris],
-        v,
-        model.name,
-        model.sha256,
-        [],
-    )
-    as_face = EmbeddingSet(
-        faces.uris, faces.sha256, [items.modality_key(u, "face") for u in faces.uris], f, model.name, model.sha256, []
-    )
-    rows = []
-    for queries, gallery in ((as_voice, as_face), (as_face, as_voice)):
-        k = min(config.k, len(gallery))
-        found = sharded_search(
-            gallery.vectors,
-            queries.vectors,
-            k,
-            config.shards,
-            config.gpus_per_shard,
-            config.precision,
-            config.query_batch,
-        )
-        for q in range(len(queries)):
-            for rank, (score, g) in enumerate(zip(found.scores[q], found.ids[q], strict=True), start=1):
-                decision = None if threshold is None else ("accept" if score >= threshold else "reject")
-                rows.append(
-                    _ranked(
-                        "crossmatch",
-                        queries,
-                        q,
-                        gallery,
-                        g,
-                        out.run_id,
-                        rank=rank,
-                        score=float(score),
-                        threshold=threshold,
-                        threshold_source=source if threshold is not None else None,
-                        decision=decision,
-                    )
+    joint = (model.name, model.sha256)
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    sets = {
+        "voices": (config.queries, config.queries_run_id),
+        "faces": (config.gallery or config.queries, config.gallery_run_id),
+    }
+    ensure_ray()
+    prepared: dict[str, Prepared] = {}
+    try:
+        for table, (root, run_id) in sets.items():
+            through = Projection(config.joint_model, config.models, branch=table[:-1])
+            prepared[table] = prepare_items(resolve(root), table, run_id, True, staging.join(table), through)
+            others = prepared[table].models - {joint}
+            if others:
+                expected = model.card["inputs"][table]
+                name, sha = sorted(others)[0]
+                raise JobFailed(
+                    f"{table}/ under {root} was embedded with {name} ({sha[:12]}), but {model.name} was trained on "
+                    f"{expected['model_name']} ({expected['model_sha256'][:12]}): embed with that model"
                 )
-    errors = [_error(r, InvalidEmbedding) for r in voices.invalid + faces.invalid]
-    summary = {"voices": len(as_voice), "faces": len(as_face), "k": config.k, "joint_model": model.name}
-    return _finish(out, rows, errors, summary)
+        threshold, source = (
+            (config.threshold, "--threshold")
+            if config.threshold is not None
+            else (model.card.get("default_threshold"), f"model card of {model.name}")
+        )
+        fields = {"run_id": out.run_id, "model_name": model.name, "model_sha256": model.sha256}
+        fields |= {"threshold": threshold, "threshold_source": source if threshold is not None else None}
+        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+        matches = 0
+        for queries, gallery in (("voices", "faces"), ("faces", "voices")):
+            if not len(prepared[queries]) or not len(prepared[gallery]):
+                continue
+            files, rows, _ = search_archive(
+                prepared[queries],
+                prepared[gallery],
+                ctx.output,
+                config.k,
+                config.k,
+                False,
+                fields,
+                writer,
+                config.shards,
+                config.gpus_per_shard,
+                config.precision,
+                config.query_batch,
+                mode="crossmatch",
+            )
+            out.add_files("matches", files, MATCHES)
+            matches += rows
+    finally:
+        staging.remove_tree()
+    errors = [_error(r, InvalidEmbedding) for r in prepared["voices"].invalid + prepared["faces"].invalid]
+    out.write_errors(errors, stage="match")
+    return {
+        "voices": len(prepared["voices"]),
+        "faces": len(prepared["faces"]),
+        "k": config.k,
+        "joint_model": model.name,
+        "matches": matches,
+        "errors": len(errors),
+    }
 
 
 def _read_pairs(uri: str) -> list[tuple[str, str]]:
@@ -447,7 +391,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
     staging = ctx.output.join(STAGING, out.run_id, out.attempt)
-    head = (config.head, config.models) if config.head else None
+    head = Projection(config.head, config.models) if config.head else None
     root = resolve(gallery_root)
     ensure_ray()
     try:

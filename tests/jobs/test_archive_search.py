@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.archive_search import prepare_items, search_archive, split
+from jobs.archive_search import Prepared, prepare_items, search_archive, split, stage_items
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -100,6 +100,26 @@ def test_every_face_as_an_item(ray_cluster, archive, tmp_path):
     assert len(items) == 180 and rows == 180 * 3  # the uncommitted attempt's faces are not items
     found = read_table(root, "matches", run_id="search")
     assert all("#frame=" in key or "#" in key for key in found.column("query_item").to_pylist())
+
+
+def test_cpu_shards_on_every_cpu_still_finish(ray_cluster, tmp_path):
+    """Query block tasks ask for no CPU: shards holding every CPU of the cluster would otherwise leave them (and the
+    job) waiting forever."""
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    rng = np.random.default_rng(1)
+    root, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staged"))
+    gallery = Prepared()
+    for shard in range(cpus):
+        uris = [f"s3://a/{shard}-{i}.jpg" for i in range(5)]
+        rows = _faces("embed", uris, rng.standard_normal((5, 8)).astype(np.float32), [50.0] * 5)
+        summary = stage_items(rows, "faces", True, staging, None)
+        gallery.files.append((summary["path"], summary["rows"]))
+    writer = RowWriter(root, "matches", MATCHES, "s", "a")
+    fields = {"run_id": "s", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
+    _, rows, _ = search_archive(gallery, gallery, root, 3, 2, True, fields, writer, cpus, 0, "fp32", 4)
+    assert rows == 5 * cpus * 2
 
 
 def test_the_shards_split_the_files_by_items_and_ids_do_not_depend_on_order():
