@@ -14,9 +14,11 @@ every job's peak stays within 1.5 GB of it at every size (flat, not growing with
   face): ``--photos`` sizes, since embedding is hours per 100,000 photos on two cores.
 - ``synthesize`` makes N synthetic sources (N/4 labelled people, 4 recordings each); ``calibrate`` calibrates on them;
   ``search`` searches ``--queries`` synthetic sources (other people, seed 2) against all N;
-  ``identify`` enrols the N labelled sources as N/4 identities and identifies the same queries; ``report`` reports
-  the archive's root (each side works on its own copy of it) with the calibration, search and identification runs
-  added.
+  ``identify`` enrols the N labelled sources as N/4 identities and identifies the same queries; ``verify`` scores N
+  pairs (each source against a random other); ``crossmatch`` ranks the N sources' faces for each query's voice and
+  the queries' voices for each of the N faces, through a joint model trained briefly on the queries (work linear in
+  N); ``report`` reports the archive's root (each side works on its own copy of it) with the calibration, search
+  and identification runs added.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PHOTO_JOBS = ("manifest", "embed_faces")
-SYNTHETIC_JOBS = ("synthesize", "calibrate", "search", "identify", "report")
+SYNTHETIC_JOBS = ("synthesize", "calibrate", "search", "identify", "verify", "crossmatch", "report")
 BARE = "import torch, jobs.embed_faces, jobs.match; from jobs.plan import ensure_ray; ensure_ray()"
 
 
@@ -86,8 +88,26 @@ def commands(job: str, work: Path, n: int, out: Path, models: str, queries: int)
         + ["--output", str(out), "--run-id", "search"],
         "identify": ["-m", "jobs.match", "identify", "--queries", str(probes), *gallery, "--threshold", "0.5"]
         + ["--output", str(out), "--run-id", "identify"],
+        "verify": ["-m", "jobs.match", "verify", "--queries", str(out), "--queries-run-id", "synth"]
+        + ["--pairs", str(work / f"pairs-{n}.parquet"), "--threshold", "0.5", "--output", str(out), "--run-id", "v"],
+        "crossmatch": ["-m", "jobs.match", "crossmatch", "--queries", str(probes), *gallery]
+        + ["--joint-model", "joint", "--models", str(work / "joint"), "--output", str(out), "--run-id", "x"],
         "report": ["-m", "jobs.report", str(out), "--output", str(out)],
     }[job]
+
+
+def make_pairs(folder: Path, target: Path, seed: int = 0) -> None:
+    """As many pairs as the archive has sources: each source against a random other."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ops.io.storage import resolve
+    from ops.io.tables import read_table
+
+    uris = read_table(resolve(str(folder)), "manifest", columns=["uri"]).column("uri")
+    other = np.random.default_rng(seed).permutation(len(uris))
+    pq.write_table(pa.table({"a": uris, "b": uris.take(pa.array(other))}), target)
 
 
 def main() -> None:
@@ -131,6 +151,10 @@ def main() -> None:
         if set(SYNTHETIC_JOBS[1:]) & set(args.jobs) and args.sources:
             # Queries of other people (seed 2) in the same world: what the driver holds does not depend on who.
             synthesize(work / f"probes-{args.queries}", max(2, args.queries // 4), ["--seed", "2"])
+        if "crossmatch" in args.jobs and args.sources:  # a joint model, briefly trained on the probes (not measured)
+            cmd = [python, "-m", "jobs.train_crossmodal", str(work / f"probes-{args.queries}"), "--name", "joint"]
+            cmd += ["--models", str(work / "joint"), "--output", str(work / "joint"), "--epochs", "1", "--no-gpus"]
+            subprocess.run([*cmd, "--steps", "20", "--log-level", "WARNING"], cwd=REPO, env=env, check=True)
         for n, kind in sizes:
             wanted = [j for j in kind if j in args.jobs]
             if not wanted:
@@ -139,6 +163,8 @@ def main() -> None:
                 make_archive(work / f"archive-{n}", n)
             elif set(wanted) - {"synthesize"}:
                 synthesize(work / f"synthetic-{n}", n // 4, [])
+                if "verify" in wanted:
+                    make_pairs(work / f"synthetic-{n}", work / f"pairs-{n}.parquet")
             for r in range(args.rounds):
                 for side, cwd in trees.items():
                     out = work / f"out-{side}-{n}-{r}"

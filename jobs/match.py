@@ -18,39 +18,29 @@ refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from jobs.archive_identify import enrol
 from jobs.archive_search import STAGING, Prepared, Projection, prepare_items, search_archive
+from jobs.archive_verify import Verifier, verify_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
-from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError, UnmatchedPair
-from ops.io.schemas import MATCHES
+from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError
+from ops.io.schemas import MATCHES, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching.embeddings import (
-    EmbeddingSet,
-    embedding_set,
     manifest_of,
     newest_manifest_run,
     one_model,
-    read_committed,
-    through_head,
 )
 from ops.models import catalogue
-from ops.models.device import best_device
 from ops.models.registry import read_card
 
 JOB = "match"
@@ -101,6 +91,7 @@ class MatchConfig(JobConfig):
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
+    pairs_per_task: int = field(default=100_000, metadata={"help": "verify: pairs each task reads and scores"})
     query_batch: int = field(default=8192, metadata={"help": "queries sent to the shards at a time"})
 
 
@@ -150,25 +141,6 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
     markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}
     newest = max(rows, key=lambda r: markers.get(r["run_id"], ""))
     return newest, newest["record_uri"]
-
-
-def _rows(mode: str, queries: EmbeddingSet, q: int, run_id: str, **fields) -> dict:
-    return {
-        "run_id": run_id,
-        "mode": mode,
-        "query_uri": queries.uris[q],
-        "query_sha256": queries.sha256[q],
-        "query_item": queries.items[q],
-        "model_name": queries.model_name,
-        "model_sha256": queries.model_sha256,
-        **fields,
-    }
-
-
-def _ranked(mode: str, queries: EmbeddingSet, q: int, gallery: EmbeddingSet, g: int, run_id: str, **fields) -> dict:
-    """A matches row of query ``q`` against gallery item ``g``."""
-    found = {"gallery_uri": gallery.uris[g], "gallery_sha256": gallery.sha256[g], "gallery_item": gallery.items[g]}
-    return _rows(mode, queries, q, run_id, **found, **fields)
 
 
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -222,12 +194,6 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
     out.write_errors(errors, stage="match")
     return {"queries": len(queries), "gallery": len(gallery), "k": config.k, "matches": matches, "errors": len(errors)}
-
-
-def _headed(config: MatchConfig, data: EmbeddingSet) -> EmbeddingSet:
-    if not config.head:
-        return data
-    return through_head(data, config.head, config.models, str(best_device()))
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -300,89 +266,44 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
     }
 
 
-def _read_pairs(uri: str) -> list[tuple[str, str]]:
-    try:
-        data = resolve(uri).read_bytes()
-    except StorageError as exc:
-        raise JobFailed(f"cannot read the pairs table {uri}: {exc}") from None
-    if data[:4] == b"PAR1":
-        table = pq.read_table(io.BytesIO(data))
-        if not {"a", "b"} <= set(table.column_names):
-            raise JobFailed(f"{uri} needs columns a and b; it has {table.column_names}")
-        return list(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True))
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
-    if not reader.fieldnames or not {"a", "b"} <= set(reader.fieldnames):
-        raise JobFailed(f"{uri} needs a header with columns a and b; it has {reader.fieldnames}")
-    return [(row["a"], row["b"]) for row in reader]
-
-
 def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Verification at archive scale (``jobs.archive_verify``): tasks read the pairs a chunk at a time, each reads
+    only the embeddings its pairs name, scores, decides and writes; the driver holds the model, the threshold and
+    counts."""
     if not config.pairs:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
-    pairs = _read_pairs(config.pairs)
     root = resolve(config.queries)
-    # Only the embeddings of the sources the pairs name, streamed: the driver holds the pairs, not the archive. A
-    # side is a source uri or an item key (uri#...); both readings are asked for.
-    named = {x for pair in pairs for x in pair}
-    uris = sorted(named | {x.rsplit("#", 1)[0] for x in named})
-    try:
-        data = read_committed(root, config.table, config.queries_run_id, uris)  # sources and items come from it
-    except EmbeddingError:  # the pairs name nothing embedded: each is an error row, the model from any one row
-        data = read_table(root, config.table, run_id=config.queries_run_id, limit=1)
-        if data.num_rows == 0:
-            raise
-    per_source = _headed(config, embedding_set(data, config.table, True, root.uri))
-    items = _headed(config, embedding_set(data, config.table, False, root.uri))
-    threshold, source = _threshold(config, per_source.model_name)
-    index = {key: (s, i) for s in (items, per_source) for i, key in enumerate(s.items)}
-    invalid = {r["item"]: r["reason"] for r in per_source.invalid + items.invalid}
-    rows, errors = [], []
-    for a, b in pairs:
-        missing = [x for x in (a, b) if x not in index]
-        if missing:
-            reason = "; ".join(
-                f"{x}: {invalid.get(x, 'no embedding (not in the embeddings, no face/speech found, or not a source)')}"
-                for x in missing
-            )
-            errors.append(
-                {
-                    "uri": a,
-                    "sha256": None,
-                    "error_type": UnmatchedPair.error_type,
-                    "message": f"pair ({a}, {b}): {reason}",
-                }
-            )
-            continue
-        (sa, ia), (sb, ib) = index[a], index[b]
-        score = float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
-        rows.append(
-            _ranked(
-                "verify",
-                sa,
-                ia,
-                sb,
-                ib,
-                out.run_id,
-                rank=1,
-                score=score,
-                threshold=threshold,
-                threshold_source=source,
-                decision="accept" if score >= threshold else "reject",
-            )
+    first = read_table(root, config.table, run_id=config.queries_run_id, limit=1)
+    if first.num_rows == 0:
+        raise EmbeddingError(
+            f"no committed {config.table}/ rows under {root.uri}: run `python -m jobs.embed_{config.table}` first"
         )
-    decisions = Counter(r["decision"] for r in rows)
-    return _finish(
-        out,
-        rows,
-        errors,
-        {
-            "pairs": len(pairs),
-            "accept": decisions["accept"],
-            "reject": decisions["reject"],
-            "threshold": threshold,
-            "threshold_source": source,
-        },
-    )
+    model = (first.column("model_name")[0].as_py(), first.column("model_sha256")[0].as_py())
+    if config.head:  # compared through the head: its name and sha256 are the model of the scores
+        head = catalogue.load(config.head, config.models, expect="face-head")
+        model = (head.name, head.sha256)
+    threshold, source = _threshold(config, model[0])
+    head = (config.head, config.models) if config.head else None
+    verifier = Verifier(root, config.table, config.queries_run_id, model, head, threshold, source, out.run_id, JOB)
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
+    matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    ensure_ray()
+    try:
+        done = verify_archive(config.pairs, staging, verifier, matches, errors, config.pairs_per_task)
+    finally:
+        staging.remove_tree()
+    out.add_files("matches", done.matches, MATCHES)
+    out.add_files("errors", done.errors)
+    return {
+        "pairs": done.pairs,
+        "accept": done.accept,
+        "reject": done.reject,
+        "threshold": threshold,
+        "threshold_source": source,
+        "matches": done.accept + done.reject,
+        "errors": done.unmatched,
+    }
 
 
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -467,16 +388,11 @@ def _error(row: dict, kind: type[InvalidEmbedding]) -> dict:
     }
 
 
-def _finish(out: OutputRun, rows: list[dict], errors: list[dict], summary: dict) -> dict:
-    out.write("matches", pa.Table.from_pylist(rows, schema=MATCHES) if rows else MATCHES.empty_table(), MATCHES)
-    out.write_errors(errors, stage="match")
-    summary |= {"matches": len(rows), "errors": len(errors)}
-    return summary
-
-
 def run(config: MatchConfig, ctx: JobContext) -> dict:
     if config.mode not in MODES:
         raise JobFailed(f"unknown mode {config.mode!r}: use {', '.join(MODES)}")
+    if config.pairs_per_task < 1:
+        raise JobFailed("--pairs-per-task must be at least 1")
     if config.k < 1:
         raise JobFailed("--k must be at least 1")
     out = OutputRun(ctx.output, ctx.run_id, JOB)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import calibrate, match
@@ -129,18 +130,30 @@ def test_verify_decides_and_reports_pairs_it_cannot_score(tmp_path):
 
 
 def test_verify_reads_only_the_named_sources_and_a_pair_of_strangers_is_an_error_row(tmp_path, monkeypatch):
+    from jobs.archive_verify import Verifier, stage_pairs, verify_chunk
+    from jobs.source_job import RowWriter
+    from ops.io.schemas import MATCHES, schema_for
     from ops.matching import embeddings
 
     rng = np.random.default_rng(5)
     vectors, uris, _ = identities(rng)
     write_faces(tmp_path, vectors, uris)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{uris[0]},{uris[1]}#frame=0&face=0\n")
+    # A chunk task (run here, to watch it read) asks the table for the sources its pairs name, and no others.
     asked = []
     reader = embeddings.iter_table
     monkeypatch.setattr(embeddings, "iter_table", lambda *a, **k: asked.append(k["filter"]) or reader(*a, **k))
-    pairs = tmp_path / "pairs.csv"
-    pairs.write_text(f"a,b\n{uris[0]},{uris[1]}#frame=0&face=0\n")
-    assert run("verify", "--queries", tmp_path, "--output", tmp_path, "--pairs", pairs, "--threshold", 0.5) == 0
+    root, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staged"))
+    (chunk,), why = stage_pairs(str(pairs), staging)
+    verifier = Verifier(root, "faces", None, ("dlib-resnet-v1", SHA), None, 0.5, "--threshold", "v", "match")
+    writers = [RowWriter(root, t, s, "v", "a") for t, s in (("matches", MATCHES), ("errors", schema_for("errors")))]
+    found = verify_chunk(chunk[0], staging, verifier, *writers)
+    assert why is None and found["pairs"] == 1 and found["accept"] + found["reject"] == 1 and not found["errors"]
     assert len(asked) == 1 and uris[1] in str(asked[0]) and uris[2] not in str(asked[0])
+    monkeypatch.undo()
+
+    assert run("verify", "--queries", tmp_path, "--output", tmp_path, "--pairs", pairs, "--threshold", 0.5) == 0
     (row,) = read_table(resolve(str(tmp_path)), "matches").to_pylist()
     assert row["query_uri"] == uris[0] and row["gallery_item"] == f"{uris[1]}#frame=0&face=0"
     pairs.write_text("a,b\n/nobody/x.jpg,/nobody/y.jpg\n")
@@ -148,6 +161,30 @@ def test_verify_reads_only_the_named_sources_and_a_pair_of_strangers_is_an_error
     assert run("verify", "--queries", tmp_path, *args) == 0
     (error,) = read_table(resolve(str(tmp_path)), "errors", run_id="strangers").to_pylist()
     assert error["error_type"] == "unmatched_pair" and "/nobody/y.jpg" in error["message"]
+
+
+def test_verify_scores_every_pair_of_many_chunks_once(ray_cluster, tmp_path):
+    """Pairs cut into chunks (here of 7): each chunk's task writes its rows; one row or one error per pair."""
+    rng = np.random.default_rng(3)
+    vectors, uris, _ = identities(rng, people=5, per_person=4)
+    write_faces(tmp_path, vectors, uris)
+    pairs = [(uris[i], uris[j]) for i in range(20) for j in range(i + 1, 20, 3)] + [(uris[0], "/nobody.jpg")]
+    table = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}), table)
+    args = ["--output", tmp_path, "--pairs", table, "--threshold", 0.5, "--run-id", "many", "--pairs-per-task", 7]
+    assert run("verify", "--queries", tmp_path, *args) == 0
+    rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
+    assert sorted((r["query_uri"], r["gallery_uri"]) for r in rows) == sorted(pairs[:-1])
+    unit = normalise(vectors).astype(np.float64)
+    for r in rows:
+        want = unit[uris.index(r["query_uri"])] @ unit[uris.index(r["gallery_uri"])]
+        assert r["score"] == pytest.approx(want, abs=1e-6) and r["decision"] == ("accept" if want >= 0.5 else "reject")
+    (marker,) = [m for m in committed_runs(resolve(str(tmp_path))) if m["run_id"] == "many"]
+    assert marker["summary"]["pairs"] == len(pairs) and marker["summary"]["errors"] == 1
+    assert marker["tables"]["matches"]["files"] >= len(pairs) // 7  # a file per chunk
+    bad = tmp_path / "bad.csv"
+    bad.write_text("left,right\nx,y\n")
+    assert run("verify", "--queries", tmp_path, "--output", tmp_path, "--pairs", bad, "--threshold", 0.5) == 2
 
 
 def test_verify_without_a_cosine_threshold_says_how_to_get_one(tmp_path, caplog):

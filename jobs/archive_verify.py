@@ -1,0 +1,246 @@
+"""1:1 verification at archive scale: tasks read the pairs and score them, a chunk each; the driver holds counts.
+
+    chunks = ray.get(stage_pairs.remote(pairs_uri, staging))   # one task streams the pairs table into chunk files
+    for each chunk: verify_chunk(...)                          # a task: the embeddings its pairs name, scored, written
+
+A side of a pair is a source uri (its per-source embedding: the clearest face, the source's voice) or an item key
+(``uri#...``). Each chunk task reads only the embeddings of the sources its pairs name (streamed, filtered by uri),
+scores every pair whose sides both have one and writes its ``matches/`` rows; a pair with a side that has none is one
+``unmatched_pair`` error row that says why. Every pair ends as exactly one of the two: the driver checks the counts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from jobs.progress import Progress
+from jobs.source_job import RowWriter
+from ops.io.errors import EmbeddingError, JobFailed, StorageError, UnmatchedPair
+from ops.io.schemas import MATCHES
+from ops.io.storage import Store, resolve, storage_errors
+from ops.io.tables import DataFile, error_table
+from ops.matching.embeddings import EmbeddingSet, embedding_set, read_committed, through_head
+
+CHUNK = 100_000  # pairs per task: their named embeddings (two sides, every item of a source) fit a worker easily
+_UNSCORED = "no embedding (not in the embeddings, no face/speech found, or not a source)"
+
+
+@dataclass(frozen=True)
+class Verifier:
+    """What every chunk task needs: where the embeddings are, the model they must come from, the threshold."""
+
+    root: Store
+    table: str
+    run_id: str | None
+    model: tuple[str, str]  # (name, sha256) of the vectors compared: the embedding model's, or the head's
+    head: tuple[str, str | None] | None  # (head ref, models root) to compare through, or None
+    threshold: float
+    threshold_source: str
+    job_run_id: str
+    job: str
+
+
+def stage_pairs(uri: str, staging: Store, chunk: int = CHUNK) -> tuple[list[tuple[str, int]], str | None]:
+    """The pairs table (CSV with a header, or Parquet; columns ``a`` and ``b``) streamed into chunk files of at most
+    ``chunk`` pairs. Returns the chunks (path, pairs) and, for a table that cannot be read, why."""
+    try:
+        with resolve(uri).open("rb") as f:
+            return _stage(f, uri, staging, chunk)
+    except (StorageError, OSError) as exc:
+        return [], f"cannot read the pairs table {uri}: {exc}"
+
+
+def _stage(f, uri: str, staging: Store, size: int) -> tuple[list[tuple[str, int]], str | None]:
+    try:
+        batches = _pair_batches(f, uri)
+        chunks, held, count = [], [], 0
+        for batch in batches:
+            held.append(batch)
+            count += batch.num_rows
+            while count >= size:
+                chunk = pa.Table.from_batches(held).combine_chunks()
+                chunks.append(_write_chunk(chunk.slice(0, size), staging))
+                rest = chunk.slice(size)
+                held, count = rest.to_batches(), rest.num_rows
+        if count or not chunks:
+            chunks.append(_write_chunk(pa.Table.from_batches(held, _PAIRS), staging))
+    except _BadPairs as exc:
+        return [], str(exc)
+    return [c for c in chunks if c[1]], None
+
+
+class _BadPairs(Exception):
+    pass
+
+
+_PAIRS = pa.schema([("a", pa.string()), ("b", pa.string())])
+
+
+def _pair_batches(f, uri: str):
+    """Batches of (a, b) from an open pairs table, read as they are needed."""
+    magic = f.read(4)
+    f.seek(0)
+    if magic == b"PAR1":
+        file = pq.ParquetFile(f)
+        names = file.schema_arrow.names
+        if not {"a", "b"} <= set(names):
+            raise _BadPairs(f"{uri} needs columns a and b; it has {names}")
+        return (b.select(["a", "b"]).cast(_PAIRS) for b in file.iter_batches(columns=["a", "b"]))
+    types = {"a": pa.string(), "b": pa.string()}
+    try:
+        reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
+    except pa.ArrowInvalid as exc:  # an empty file, or no header
+        raise _BadPairs(f"{uri} needs a header with columns a and b: {exc}") from None
+    if not {"a", "b"} <= set(reader.schema.names):
+        raise _BadPairs(f"{uri} needs a header with columns a and b; it has {reader.schema.names}")
+    return (b.select(["a", "b"]) for b in reader)
+
+
+def _write_chunk(pairs: pa.Table, staging: Store) -> tuple[str, int]:
+    target = staging.join(f"{uuid.uuid4().hex}.parquet")
+    with storage_errors(target.uri), target.open("wb") as f:
+        pq.write_table(pairs, f, compression="zstd")
+    return target.path, pairs.num_rows
+
+
+def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWriter, errors: RowWriter) -> dict:
+    """One chunk of pairs scored and decided, its rows and error rows written by this worker. Returns the files
+    written, the counts, and a reason when the chunk's embeddings cannot be compared at all."""
+    pairs = pq.read_table(path, filesystem=staging.arrow)
+    a, b = pairs.column("a").to_pylist(), pairs.column("b").to_pylist()
+    named = set(a) | set(b)
+    index, invalid, failed = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}))
+    counts = {"pairs": len(a), "accept": 0, "reject": 0, "errors": 0}
+    if failed:
+        return {"files": [], "error_files": [], **counts, "failed": failed}
+    scored, unscored = [], []
+    for x, y in zip(a, b, strict=True):
+        missing = [s for s in (x, y) if s not in index]
+        if missing:
+            reason = "; ".join(f"{s}: {invalid.get(s, _UNSCORED)}" for s in missing)
+            unscored.append(
+                {
+                    "uri": x,
+                    "sha256": None,
+                    "error_type": UnmatchedPair.error_type,
+                    "message": f"pair ({x}, {y}): {reason}",
+                }
+            )
+        else:
+            scored.append((index[x], index[y]))
+    files = matches.write(_rows(scored, verifier)) if scored else []
+    error_files = errors.write(error_table(unscored, verifier.job_run_id, verifier.job, "match")) if unscored else []
+    accepted = sum(1 for (sa, ia), (sb, ib) in scored if _score(sa, ia, sb, ib) >= verifier.threshold)
+    counts |= {"accept": accepted, "reject": len(scored) - accepted, "errors": len(unscored)}
+    return {"files": files, "error_files": error_files, **counts, "failed": None}
+
+
+def _embeddings(verifier: Verifier, uris: list[str]) -> tuple[dict, dict, str | None]:
+    """{key: (set, row)} for every source and item of ``uris`` that has an embedding, {key: why not} for the invalid
+    ones, and a reason when they come from another model than the job's."""
+    try:
+        data = read_committed(verifier.root, verifier.table, verifier.run_id, uris)
+    except EmbeddingError:  # the chunk names nothing embedded: each of its pairs is an error row
+        return {}, {}, None
+    sets = []
+    for per_source in (True, False):
+        try:
+            found = embedding_set(data, verifier.table, per_source, verifier.root.uri)
+        except EmbeddingError as exc:  # mixed models
+            return {}, {}, str(exc)
+        if verifier.head is not None:
+            found = through_head(found, *verifier.head)
+        if (found.model_name, found.model_sha256) != verifier.model and found.items:
+            return (
+                {},
+                {},
+                (
+                    f"{verifier.table}/ under {verifier.root.uri} mixes models {found.model_name} "
+                    f"({found.model_sha256[:12]}) and {verifier.model[0]} ({verifier.model[1][:12]}): pass the run id "
+                    "of one of them"
+                ),
+            )
+        sets.append(found)
+    index = {key: (s, i) for s in reversed(sets) for i, key in enumerate(s.items)}
+    invalid = {r["item"]: r["reason"] for s in sets for r in s.invalid}
+    return index, invalid, None
+
+
+def _score(sa: EmbeddingSet, ia: int, sb: EmbeddingSet, ib: int) -> float:
+    return float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
+
+
+def _rows(scored: list, verifier: Verifier) -> pa.Table:
+    scores = [_score(sa, ia, sb, ib) for (sa, ia), (sb, ib) in scored]
+    n = len(scored)
+    side = lambda which, what: [getattr(pair[which][0], what)[pair[which][1]] for pair in scored]  # noqa: E731
+    columns = {
+        "run_id": [verifier.job_run_id] * n,
+        "mode": ["verify"] * n,
+        "query_uri": side(0, "uris"),
+        "query_sha256": side(0, "sha256"),
+        "query_item": side(0, "items"),
+        "gallery_uri": side(1, "uris"),
+        "gallery_sha256": side(1, "sha256"),
+        "gallery_item": side(1, "items"),
+        "identity": [None] * n,
+        "rank": [1] * n,
+        "score": scores,
+        "threshold": [verifier.threshold] * n,
+        "threshold_source": [verifier.threshold_source] * n,
+        "decision": ["accept" if s >= verifier.threshold else "reject" for s in scores],
+        "model_name": [verifier.model[0]] * n,
+        "model_sha256": [verifier.model[1]] * n,
+    }
+    return pa.table(columns, schema=MATCHES)
+
+
+@dataclass
+class Verified:
+    """What the chunk tasks wrote and counted."""
+
+    matches: list[DataFile]
+    errors: list[DataFile]
+    pairs: int
+    accept: int
+    reject: int
+    unmatched: int
+
+
+def verify_archive(
+    pairs_uri: str, staging: Store, verifier: Verifier, matches: RowWriter, errors: RowWriter, chunk: int = CHUNK
+) -> Verified:
+    """Every pair of the table scored or reported by tasks; the counts checked: one row or one error per pair."""
+    import ray
+
+    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(pairs_uri, staging, chunk))
+    if why:
+        raise JobFailed(why)
+    task = ray.remote(num_cpus=1)(verify_chunk)
+    pending = {task.remote(p, staging, verifier, matches, errors): n for p, n in chunks}
+    done = Verified([], [], 0, 0, 0, 0)
+    progress = Progress("pairs", sum(n for _, n in chunks))
+    while pending:
+        (ready,), _ = ray.wait(list(pending), num_returns=1)
+        found = ray.get(ready)
+        if found["failed"]:
+            raise JobFailed(found["failed"])
+        done.matches += found["files"]
+        done.errors += found["error_files"]
+        done.pairs += found["pairs"]
+        done.accept += found["accept"]
+        done.reject += found["reject"]
+        done.unmatched += found["errors"]
+        progress.update(pending.pop(ready))
+    if done.accept + done.reject + done.unmatched != done.pairs:
+        raise JobFailed(
+            f"accounting mismatch: {done.pairs} pairs, but {done.accept + done.reject} scored and {done.unmatched} "
+            "unmatched"
+        )
+    return done
