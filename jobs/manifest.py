@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -22,13 +23,15 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from jobs.accounting import Ledger
 from jobs.cli import JobConfig
+from jobs.manifest_diff import diff_archive, previous_manifest
 from jobs.plan import GROWTH, ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
 from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
-from ops.io.schemas import MANIFEST
+from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import Store, glob_regex, resolve, storage_errors
 from ops.io.tables import error_table
 from ops.media.sniff import sniff
@@ -60,6 +63,13 @@ class ManifestConfig(JobConfig):
             "'**/{label}/*'; paths that do not match get no label"
         },
     )
+    full: bool = field(
+        default=False,
+        metadata={
+            "help": "read every object again; by default only objects new or changed since the last manifest of "
+            "the archive under --output are read, the others carried over"
+        },
+    )
 
 
 # What a hashing task hands the driver: one "staged" row per file of hashed rows it wrote (its row count and the
@@ -88,13 +98,17 @@ def hash_objects(
     labels: str | None,
     partitions: int = 1,
     errors: RowWriter | None = None,
+    changes: RowWriter | None = None,
+    previous_run_id: str | None = None,
 ) -> pa.Table:
     """Stream each object once: sha256, size and media kind (and its label from the path), or the reason it could
     not be read or recognised. The manifest rows go to staging files, one per partition of the content hashes (so
     that every copy of a content meets in one partition), the error rows to the errors table; the driver gets
-    their paths and counts."""
+    their paths and counts. A block made by difference (``jobs.manifest_diff``) names each object's content in the
+    previous snapshot: its ``new`` and ``modified`` rows go to ``changes``."""
     matcher = glob_regex(labels) if labels else None
     rows, failed, hashed_bytes = [], [], 0
+    before = batch.column("previous_sha256").to_pylist() if "previous_sha256" in batch.column_names else None
     for relpath, uri, modified in zip(
         *(batch.column(c).to_pylist() for c in ("relpath", "uri", "modified")), strict=True
     ):
@@ -134,20 +148,54 @@ def hash_objects(
             }
         )
     out = [{"kind": "staged", "size": hashed_bytes, "relpath": "0"}]  # the bytes, for progress
-    parts: dict[int, list[dict]] = {}
-    for row in rows:
-        parts.setdefault(partition_of(row["sha256"], partitions), []).append(row)
-    for part, members in sorted(parts.items()):
-        path = staging.join(f"p{part:05d}", f"{uuid.uuid4().hex}.parquet")
-        with storage_errors(path.uri), path.open("wb") as f:
-            pq.write_table(pa.Table.from_pylist(members, schema=_STAGED), f, compression="zstd")
-        out.append({"kind": "staged", "uri": path.path, "size": 0, "relpath": str(len(members)), "stage": str(part)})
+    out += stage_manifest_rows(pa.Table.from_pylist(rows, schema=_STAGED), staging, partitions)
+    if before is not None and changes is not None:
+        before_of = dict(zip(batch.column("uri").to_pylist(), before, strict=True))
+        out += _changes(rows, before_of, run_id, previous_run_id, changes)
     if failed:
         by_type = json.dumps(Counter(r["error_type"] for r in failed))
         for i, file in enumerate(errors.write(error_table(failed, run_id, JOB))):
             said = by_type if i == 0 else "{}"  # the types once, with the first file
             out.append({"kind": "errors", "uri": file_row(file), "relpath": str(file.rows), "message": said})
     return pa.Table.from_pylist(out, schema=_HASHED)
+
+
+def stage_manifest_rows(rows: pa.Table, staging: Store, partitions: int) -> list[dict]:
+    """Manifest rows staged for the duplicate pass, one file per partition of their content hashes; what the
+    driver is told of each file (its path, rows and partition)."""
+    out = []
+    of = [partition_of(sha, partitions) for sha in rows.column("sha256").to_pylist()]
+    for part in sorted(set(of)):
+        members = rows.filter(pa.array([p == part for p in of]))
+        path = staging.join(f"p{part:05d}", f"{uuid.uuid4().hex}.parquet")
+        with storage_errors(path.uri), path.open("wb") as f:
+            pq.write_table(members.select(_STAGED.names).cast(_STAGED), f, compression="zstd")
+        out.append(
+            {"kind": "staged", "uri": path.path, "size": 0, "relpath": str(members.num_rows), "stage": str(part)}
+        )
+    return out
+
+
+def _changes(
+    rows: list[dict], before: dict[str, str | None], run_id: str, previous_run_id: str, changes: RowWriter
+) -> list[dict]:
+    """The ``changes/`` rows of objects read again: new (no content before) or modified (another content)."""
+    found = [
+        {"run_id": run_id, "uri": r["uri"], "sha256": r["sha256"], "previous_sha256": before[r["uri"]]}
+        | {"previous_run_id": previous_run_id}
+        | {"change": "new" if before[r["uri"]] is None else "modified"}
+        for r in rows
+        if before[r["uri"]] != r["sha256"]
+    ]
+    if not found:
+        return []
+    counts = json.dumps(Counter(r["change"] for r in found))
+    out = []
+    for i, file in enumerate(changes.write(pa.Table.from_pylist(found, schema=CHANGES))):
+        out.append(
+            {"kind": "changes", "uri": file_row(file), "relpath": str(file.rows), "message": counts if i == 0 else "{}"}
+        )
+    return out
 
 
 @dataclass
@@ -196,9 +244,22 @@ def list_blocks(archive: Store, pattern: str, under: str, top_only: bool, worker
                 "relpath": [o.relpath for o in part],
                 "uri": [o.uri for o in part],
                 "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
+                "size": pa.array([o.size for o in part], pa.int64()),
             }
         )
     yield {"objects": len(objects), "bytes": sum(o.size for o in objects)}
+
+
+def _hashed(blocks: list, **settings) -> Iterator[pa.Table]:
+    """What the hashing tasks report of the blocks (``hash_objects``), as they finish; nothing for no blocks."""
+    if not blocks:
+        return
+    import ray
+
+    data = ray.data.from_arrow_refs(blocks).map_batches(
+        hash_objects, fn_kwargs=settings, batch_format="pyarrow", batch_size=None
+    )
+    yield from data.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
 def partition_of(sha256: str, partitions: int) -> int:
@@ -233,7 +294,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if config.label_pattern and "label" not in glob_regex(config.label_pattern).groupindex:
         raise JobFailed(f"--label-pattern {config.label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
     archive = resolve(config.archive)
-    job = SourceJob(ctx, config, {"manifest": MANIFEST})
+    job = SourceJob(ctx, config, {"manifest": MANIFEST, "changes": CHANGES})
     archive.check_listable()  # a missing prefix or a denied read said here, before any task starts
     ensure_ray()
     import ray
@@ -248,30 +309,58 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
     partitions = max(1, -(-objects // WRITE_ROWS))
     errors = job.row_writer("errors")
-    hashing = ray.data.from_arrow_refs(blocks).map_batches(
-        hash_objects,
-        fn_kwargs={
-            "archive": archive,
-            "staging": staging,
-            "run_id": ctx.run_id,
-            "labels": config.label_pattern,
-            "partitions": partitions,
-            "errors": errors,
-        },
-        batch_format="pyarrow",
-        batch_size=None,
-    )
-    progress = Progress("hashed objects", objects, total_bytes)
-    staged: dict[int, list[str]] = {}
-    staged_rows, failed = 0, 0
+    changes = job.row_writer("changes")
     try:
-        for batch in hashing.iter_batches(batch_format="pyarrow", batch_size=None):
+        previous = previous_manifest(ctx.output, config.archive, config.glob, ctx.run_id)
+        diff = None
+        staged: dict[int, list[str]] = {}
+        staged_rows, failed, to_hash, hash_bytes = 0, 0, objects, total_bytes
+        if previous is not None:
+            carry = {
+                "staging": staging,
+                "partitions": partitions,
+                "run_id": ctx.run_id,
+                "labels": config.label_pattern,
+                "changes": changes,
+                "workers": workers,
+            }
+            diff = diff_archive(
+                blocks, objects, previous, ctx.output, Ledger(staging.join("ledger")), carry, config.full
+            )
+            for row in diff.staged:
+                staged.setdefault(int(row["stage"]), []).append(row["uri"])
+            job.add_files("changes", diff.files)
+            blocks, staged_rows, to_hash, hash_bytes = diff.blocks, diff.carried, diff.to_hash, diff.to_hash_bytes
+            ctx.log.info(
+                "against manifest run %s: %d objects carried over unread, %d to read, %d removed",
+                previous.run_id,
+                diff.carried,
+                diff.to_hash,
+                diff.removed,
+            )
+        changed: Counter = Counter()
+        hashed = _hashed(
+            blocks,
+            archive=archive,
+            staging=staging,
+            run_id=ctx.run_id,
+            labels=config.label_pattern,
+            partitions=partitions,
+            errors=errors,
+            changes=changes if previous is not None else None,
+            previous_run_id=previous.run_id if previous is not None else None,
+        )
+        progress = Progress("hashed objects", to_hash, hash_bytes)
+        for batch in hashed:
             for row in batch.to_pylist():
                 if row["kind"] == "staged":
                     if row["uri"]:
                         staged.setdefault(int(row["stage"]), []).append(row["uri"])
                     staged_rows += int(row["relpath"])
                     progress.update(int(row["relpath"]), row["size"])
+                elif row["kind"] == "changes":  # a file of new and modified objects' rows, and how many of each
+                    job.add_files("changes", [parse_file_row(row["uri"])])
+                    changed.update(json.loads(row["message"]))
                 else:  # a file of error rows the task wrote, and how many of each type
                     job.add_settled([parse_file_row(row["uri"])], Counter(json.loads(row["message"])))
                     failed += int(row["relpath"])
@@ -302,6 +391,15 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             "duplicates": duplicates,
             "kinds": dict(kinds),
         }
+        if diff is not None:
+            summary |= {
+                "previous_manifest": previous.run_id,
+                "read": diff.to_hash,
+                "carried": diff.carried,
+                "new": changed["new"],
+                "modified": changed["modified"],
+                "removed": diff.removed,
+            }
         by_type = dict(job.errors_by_type) or ""
         return job.commit(
             summary,

@@ -273,7 +273,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     if not config.pairs:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
     root = resolve(config.queries)
-    first = read_table(root, config.table, run_id=config.queries_run_id, limit=1)
+    first = read_table(root, config.table, config.queries_run_id, columns=["model_name", "model_sha256"], limit=1)
     if first.num_rows == 0:
         raise EmbeddingError(
             f"no committed {config.table}/ rows under {root.uri}: run `python -m jobs.embed_{config.table}` first"

@@ -24,13 +24,18 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+import numpy as np
+import pyarrow.compute as pc
+
 from jobs import calibrate, embed_faces, embed_voices, manifest, match, report
 from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
 from jobs.stages import STAGES
 from ops.io.errors import JobFailed, ModelError
-from ops.io.tables import OutputRun, committed_runs
-from ops.matching.embeddings import read_embeddings, read_labels
+from ops.io.storage import Store
+from ops.io.tables import OutputRun, committed_runs, iter_table
+from ops.matching.embeddings import read_labels
 from ops.models import catalogue
 
 JOB = "pipeline"
@@ -275,14 +280,27 @@ def _match(
 
 
 def _why_not_calibrated(ctx: JobContext, table: str, run_id: str, manifest_run: str) -> str | None:
-    """Why ``table`` cannot be calibrated from the manifest's labels, or None when it can."""
-    sources = read_embeddings(ctx.output, table, run_id, per_source=True).uris
-    labelled, names = calibrate.labelled_sources(
-        sources, read_labels(ctx.output, manifest_run_id=manifest_run), max_sources=len(sources)
-    )
-    if not calibrate.enough_labels(names):
+    """Why ``table`` cannot be calibrated from the manifest's labels, or None when it can: decided by a task, which
+    streams the labels and the embedded sources' uris (the driver never holds the archive's)."""
+    ensure_ray()
+    import ray
+
+    task = ray.remote(num_cpus=0.5)(why_not_calibrated)
+    return ray.get(task.remote(ctx.output, table, run_id, manifest_run))
+
+
+def why_not_calibrated(root: Store, table: str, run_id: str, manifest_run: str) -> str | None:
+    labels = read_labels(root, manifest_run_id=manifest_run)
+    embedded = pc.is_valid(pc.field("embedding"))
+    if table == "voices":  # a source's own voice, when it has speech
+        embedded &= pc.field("level") == "source"
+    sources: dict[str, str] = {}  # each embedded, labelled source once (a source has many faces)
+    for batch in iter_table(root, table, run_id, columns=["uri"], filter=embedded):
+        sources.update((uri, labels[uri]) for uri in batch.column("uri").to_pylist() if uri in labels)
+    found = np.array(list(sources.values()))
+    if not calibrate.enough_labels(found):
         return (
-            f"{len(labelled)} labelled {table} sources with {len(set(names))} labels: calibration needs two labels "
+            f"{len(found)} labelled {table} sources with {len(set(found))} labels: calibration needs two labels "
             "and a label with two sources (pass --label-pattern)"
         )
     return None

@@ -39,6 +39,16 @@ MANIFEST = _table(
     _f("duplicate_of", pa.string(), nullable=True, doc="for repeated content: the first uri (sorted) with it"),
 )
 
+CHANGES = _table(
+    "changes",
+    _f("run_id", pa.string(), doc="the manifest run that found the change"),
+    _f("uri", pa.string()),
+    _f("change", pa.string(), doc="new, modified or removed, against the previous manifest of the same archive"),
+    _f("sha256", SHA256, nullable=True, doc="the content now (null: removed)"),
+    _f("previous_sha256", SHA256, nullable=True, doc="the content before (null: new)"),
+    _f("previous_run_id", pa.string(), doc="the manifest run compared with"),
+)
+
 ERRORS = _table(
     "errors",
     _f("run_id", pa.string()),
@@ -218,6 +228,7 @@ ATTEMPT = _f("attempt", pa.string(), doc="the attempt of the run that wrote the 
 TABLES: dict[str, pa.Schema] = {
     "calibrations": CALIBRATIONS,
     "manifest": MANIFEST,
+    "changes": CHANGES,
     "errors": ERRORS,
     "face_sources": FACE_SOURCES,
     "face_thumbnails": FACE_THUMBNAILS,
