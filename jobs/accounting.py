@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from jobs.plan import shard
 from jobs.progress import Progress
+from jobs.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
 from jobs.source_job import RowWriter, parse_file_row
 from ops.io.errors import JobFailed
 from ops.io.storage import ObjectInfo, Store, storage_errors
@@ -121,6 +122,7 @@ class Sources:
     listed: list[str] = field(default_factory=list)
     count: int = 0
     manifest_rows: int = 0
+    reused: Planned = field(default_factory=Planned)  # sources reused from an earlier run (``jobs.reuse``)
 
 
 def plan_sources(
@@ -131,10 +133,12 @@ def plan_sources(
     min_bytes: int,
     parallelism: int,
     ledger: Ledger,
+    reuse: Reuse | None = None,
 ) -> Sources:
     """The committed manifest's sources of these categories (one manifest run's, or every committed one's), planned
     by a task per manifest data file. Its blocks carry ``columns`` and are balanced by size over about
-    ``parallelism`` workers."""
+    ``parallelism`` workers. With ``reuse``, the sources an earlier run already embedded are planned out (their
+    rows copied, see ``jobs.reuse``) by a task per slice of the content hashes."""
     import ray
 
     runs = [r for r in committed_runs(root) if "manifest" in r["tables"] and run_id in (None, r["run_id"])]
@@ -144,8 +148,9 @@ def plan_sources(
     paths, pairs = committed_files(root, "manifest", run_id)
     cpus = max(1, -(-parallelism // max(len(paths), 1)))
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(plan_file)
-    generators = [task.remote(p, root, pairs, categories, columns, cpus, min_bytes, ledger) for p in paths]
-    sources = Sources(manifest_rows=total)
+    by_content = reuse is not None
+    generators = [task.remote(p, root, pairs, categories, columns, cpus, min_bytes, ledger, by_content) for p in paths]
+    sources, planned = Sources(manifest_rows=total), []
     for generator in generators:
         refs = list(generator)
         summary = ray.get(refs[-1])  # the last thing a planning task yields: what it staged
@@ -153,16 +158,37 @@ def plan_sources(
         sources.count += summary["rows"]
         if summary["path"]:
             sources.listed.append(summary["path"])
+            planned += [summary["planned"]] if by_content else []
+    if by_content:
+        slices = max(1, -(-sources.count // SLICE_SOURCES))
+        bounds = [BUCKETS * i // slices for i in range(slices + 1)]
+        parallel = max(1, -(-parallelism // slices))
+        sources.reused = plan_reusing(root, ledger, planned, reuse, columns, parallel, min_bytes, bounds)
+        sources.blocks = sources.reused.blocks
     return sources
 
 
 def plan_file(
-    path: str, root: Store, pairs: set, categories: tuple, columns: list[str], cpus: int, min_bytes: int, ledger
+    path: str,
+    root: Store,
+    pairs: set,
+    categories: tuple,
+    columns: list[str],
+    cpus: int,
+    min_bytes: int,
+    ledger: Ledger,
+    by_content: bool = False,
 ) -> Iterator:
-    """One manifest data file's sources: blocks balanced by size (see ``plan.shard``), then a summary."""
+    """One manifest data file's sources: blocks balanced by size (see ``plan.shard``), then a summary. With
+    ``by_content`` no blocks: the sources are staged by content hash for the reuse planning (``jobs.reuse``)."""
     wanted = pc.field("media_category").isin(list(categories))
     rows = committed_rows(path, root, pairs, SOURCE_COLUMNS, wanted)
     staged = ledger.stage(LISTED, rows.select(["uri", "sha256", "media_category"])) if rows.num_rows else ""
+    if by_content:
+        keep = list(dict.fromkeys([*columns, "uri", "sha256", "size"]))
+        planned = ledger.stage(PLANNED, rows.select(keep), by="sha256") if rows.num_rows else ""
+        yield {"rows": rows.num_rows, "path": staged, "planned": planned}
+        return
     if rows.num_rows:
         sizes = rows.column("size").to_numpy(zero_copy_only=False)
         objects = [ObjectInfo(str(i), str(i), int(n), None) for i, n in enumerate(sizes)]
@@ -197,11 +223,12 @@ class Staged:
 
 
 def collect(data, sources: Sources, per_source: int = 1, what: str = "sources") -> Staged:
-    """Run the pipeline ``data`` (whose last stage yields ``STAGED`` rows) and gather what it staged; progress
-    counts outcomes, ``per_source`` of them each."""
-    staged = Staged(paths={LISTED: list(sources.listed)}, rows=Counter({LISTED: sources.count}))
-    progress = Progress(what, sources.count * per_source)
-    for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
+    """Run the pipeline ``data`` (whose last stage yields ``STAGED`` rows; None: nothing to run, every source was
+    reused) and gather what it staged; progress counts outcomes, ``per_source`` of them each."""
+    paths = {LISTED: list(sources.listed), REUSED: list(sources.reused.reused_paths)}
+    staged = Staged(paths=paths, rows=Counter({LISTED: sources.count}))
+    progress = Progress(what, (sources.count - sources.reused.reused) * per_source)
+    for batch in data.iter_batches(batch_format="pyarrow", batch_size=None) if data is not None else []:
         for kind, path, rows in zip(*(batch.column(c).to_pylist() for c in ("kind", "path", "rows")), strict=True):
             if kind == "file":
                 staged.files.append(parse_file_row(path))
@@ -289,7 +316,8 @@ def settle_slice(
     rows written, then the job's own rows (``finish``)."""
     listed = ledger.read(paths[LISTED], lo, hi, ["uri", "sha256", "media_category"])
     outcomes = ledger.read(paths.get(OUTCOMES, []), lo, hi)
-    problems, examples = _anti_join(listed, outcomes, suffixes)
+    reused = ledger.read(paths.get(REUSED, []), lo, hi, ["key"])
+    problems, examples = _anti_join(listed, outcomes, suffixes, reused)
     if problems:
         return {"problems": problems, "examples": examples[:3], "files": [], "counts": {}, "errors_by_type": {}}
     files: list[DataFile] = []
@@ -304,11 +332,13 @@ def settle_slice(
     return {"problems": {}, "examples": [], "files": files + made, "counts": counts, "errors_by_type": by_type}
 
 
-def _anti_join(listed: pa.Table | None, outcomes: pa.Table | None, suffixes: tuple[str, ...]):
-    """What went wrong in a slice: uris the manifest lists twice, keys reported twice, keys expected and never
-    reported, keys reported and never expected; with a few examples."""
+def _anti_join(
+    listed: pa.Table | None, outcomes: pa.Table | None, suffixes: tuple[str, ...], reused: pa.Table | None = None
+):
+    """What went wrong in a slice: uris the manifest lists twice, keys reported twice (a reused source counts as
+    reported), keys expected and never reported, keys reported and never expected; with a few examples."""
     uris = listed.column("uri").to_pylist() if listed is not None else []
-    keys = outcomes.column("key").to_pylist() if outcomes is not None else []
+    keys = [k for t in (outcomes, reused) if t is not None for k in t.column("key").to_pylist()]
     problems: Counter = Counter()
     examples: list[str] = []
 

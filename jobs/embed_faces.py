@@ -41,6 +41,7 @@ from jobs.accounting import (
 from jobs.cli import JobConfig
 from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
+from jobs.reuse import Reuse, reusable_run, reuse_key
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.faces.mtcnn import DetectorConfig
@@ -96,6 +97,13 @@ class EmbedFacesConfig(ActorOptions, JobConfig):
     )
     per_track: bool = field(
         default=False, metadata={"run_key": True, "help": "video: one row per face track (its best face)"}
+    )
+    reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "copy the rows of sources an earlier run under --output embedded with the same content, models "
+            "and settings instead of embedding them again (--no-reuse: embed every source)"
+        },
     )
     decode_on: str = field(
         default="auto",
@@ -364,8 +372,13 @@ def finish(
         written.update(tracked.column("uri").to_pylist())
     sources = _sources_table([r for r in ended if r["kind"] == "source"], found, written, provenance)
     files += writers["face_sources"].write(sources)
+    return files, source_counts(sources)
+
+
+def source_counts(sources: pa.Table) -> dict:
+    """The run's counts that ``face_sources/`` rows add up to (made here, or reused)."""
     statuses = Counter(sources.column("status").to_pylist())
-    counts = {
+    return {
         "ok": statuses["ok"],
         "no_face": statuses["no_face"],
         "truncated": statuses["truncated"],
@@ -373,7 +386,6 @@ def finish(
         "faces": int(pc.sum(sources.column("faces")).as_py() or 0),
         "face_rows": int(pc.sum(sources.column("face_rows")).as_py() or 0),
     }
-    return files, counts
 
 
 def _tracked(video: pa.Table, per_track: bool, failed: set[str]) -> pa.Table:
@@ -415,9 +427,20 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "model_name": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
+    models = {detector_card["name"]: detector_card["checkpoint_sha256"], card["name"]: card["checkpoint_sha256"]}
+    key = reuse_key(config, models)
+    writers = {
+        table: job.row_writer(table)
+        for table in ("faces", "face_sources", "face_thumbnails")
+        if table != "face_thumbnails" or config.thumbnails
+    }
     ensure_ray()
     plan = actor_plan(config)
     ledger = ledger_of(job.out)
+    previous = reusable_run(ctx.output, JOB, key, ctx.run_id) if config.reuse else None
+    reuse = None
+    if previous is not None:
+        reuse = Reuse(previous, writers, "face_sources", None, source_counts)
     try:
         sources = plan_sources(
             manifest_root,
@@ -427,6 +450,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             MIN_SHARD_BYTES,
             plan.parallelism,
             ledger,
+            reuse,
         )
         ctx.log.info(
             "%d image and video sources of %d manifest rows; detector %s, recogniser %s (%s)",
@@ -436,65 +460,87 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
             card["name"],
             card["checkpoint_sha256"][:12],
         )
+        if previous is not None:
+            ctx.log.info(
+                "%d sources reused from run %s (same content, models and settings)", sources.reused.reused, previous
+            )
         if not sources.count:
-            return job.commit({"sources": 0})
-        return _embed(config, ctx, job, plan, sources, ledger, provenance, detector_folder, model_folder, card)
+            return job.commit({"sources": 0, "reuse_key": key})
+        job.add_settled(sources.reused.files, Counter())
+        fixed = _Fixed(provenance, detector_folder, model_folder, card, writers, key, previous)
+        return _embed(config, ctx, job, plan, sources, ledger, fixed)
     finally:
         ledger.remove()
 
 
-def _embed(config, ctx, job, plan, sources, ledger, provenance, detector_folder, model_folder, card) -> dict:
-    """Run the pipeline, settle the accounting a slice of the sources at a time, commit."""
+@dataclass
+class _Fixed:
+    """What a run settles before it starts: provenance, models, writers, the reuse key and the run reused."""
+
+    provenance: dict
+    detector_folder: Store
+    model_folder: Store
+    card: dict
+    writers: dict[str, RowWriter]
+    key: dict
+    previous: str | None
+
+
+def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
+    """Run the pipeline (over the sources not reused), settle the accounting a slice of the sources at a time,
+    commit."""
+    provenance, card, writers = fixed.provenance, fixed.card, fixed.writers
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
     params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and plan.gpus_per_actor > 0)
     ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
-    embedded = model_pipeline(
-        sources.blocks,
-        plan,
-        FaceActor,
-        {
-            "detector_folder": detector_folder,
-            "model_folder": model_folder,
-            "min_face": config.min_face,
-            "min_score": config.min_score,
-            "max_pixels": config.max_pixels,
-            "max_side": config.max_side,
-            "thumbnails": config.thumbnails,
-        },
-        config.batch_size,
-        decode=decode_frames,
-        decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
-        what="face",
-    )
-    writers = {
-        table: job.row_writer(table)
-        for table in ("faces", "face_sources", "face_thumbnails")
-        if table != "face_thumbnails" or config.thumbnails
-    }
-    writers.setdefault("face_thumbnails", None)
-    embedded = embedded.map_batches(
-        write_faces,
-        fn_kwargs={
-            "writer": writers["faces"],
-            "thumbs": writers["face_thumbnails"],
-            "ledger": ledger,
-            "provenance": provenance,
-            "dim": int(card["output_dim"]),
-        },
-        batch_size=WRITE_ROWS,
-        batch_format="pyarrow",
-    )
+    writers = {"face_thumbnails": None} | writers
+    embedded = None
+    if sources.blocks:  # none when every source was reused
+        embedded = model_pipeline(
+            sources.blocks,
+            plan,
+            FaceActor,
+            {
+                "detector_folder": fixed.detector_folder,
+                "model_folder": fixed.model_folder,
+                "min_face": config.min_face,
+                "min_score": config.min_score,
+                "max_pixels": config.max_pixels,
+                "max_side": config.max_side,
+                "thumbnails": config.thumbnails,
+            },
+            config.batch_size,
+            decode=decode_frames,
+            decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
+            what="face",
+        )
+        embedded = embedded.map_batches(
+            write_faces,
+            fn_kwargs={
+                "writer": writers["faces"],
+                "thumbs": writers["face_thumbnails"],
+                "ledger": ledger,
+                "provenance": provenance,
+                "dim": int(card["output_dim"]),
+            },
+            batch_size=WRITE_ROWS,
+            batch_format="pyarrow",
+        )
     staged = collect(embedded, sources)
     finish_kwargs = {"per_track": config.per_track, "writers": writers, "provenance": provenance}
     settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
     job.add_settled(staged.files + settled.files, settled.errors_by_type)
+    counts = settled.counts + Counter(sources.reused.counts)
     summary = {
         "sources": sources.count,
-        # ok + no_face + truncated + errors == sources
-        **{k: settled.counts[k] for k in ("ok", "no_face", "truncated", "frames", "faces", "face_rows")},
+        # ok + no_face + truncated + errors == sources, reused ones included
+        **{k: counts[k] for k in ("ok", "no_face", "truncated", "frames", "faces", "face_rows")},
+        "reused": sources.reused.reused,
+        "reused_from": fixed.previous,
         "detector": provenance["detector_name"],
         "model": card["name"],
         "model_sha256": card["checkpoint_sha256"],
+        "reuse_key": fixed.key,
     }
     return job.commit(
         summary,

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.accounting import (
     OUTCOME_FIELDS,
@@ -35,6 +36,7 @@ from jobs.accounting import (
 from jobs.cli import JobConfig
 from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.progress import ItemClock
+from jobs.reuse import Reuse, reusable_run, reuse_key
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import open_verified
@@ -85,6 +87,13 @@ class EmbedVoicesConfig(ActorOptions, JobConfig):
     )
     item_timeout: float = field(default=900.0, metadata={"help": "seconds of decoding per source at most (0: none)"})
     batch_size: int = field(default=64, metadata={"help": "segments per encoder batch"})
+    reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "copy the rows of sources an earlier run under --output embedded with the same content, models "
+            "and settings instead of embedding them again (--no-reuse: embed every source)"
+        },
+    )
 
 
 # What the decode stage hands to the encoder stage: segment rows (with their samples), source rows, error rows.
@@ -274,17 +283,24 @@ def finish(
         pool(pooled, sums, dim)
     ended = [r for r in outcomes.to_pylist() if r["kind"] == "source"]
     table = _source_table(ended, pooled, provenance, dim)
-    statuses = Counter(table.column("status").to_pylist())
-    counts = {
+    counts = source_counts(table) | {"segments": sum(pooled[r["uri"]][2] for r in ended if r["uri"] in pooled)}
+    return writer.write(table), counts
+
+
+def source_counts(rows: pa.Table) -> dict:
+    """The run's counts that ``voices/`` rows add up to (made here, or reused): sources by status, those with an
+    embedding, segments, seconds of audio and of speech."""
+    sources = rows.filter(pc.equal(rows.column("level"), "source"))
+    statuses = Counter(sources.column("status").to_pylist())
+    return {
         "ok": statuses["ok"],
         "no_speech": statuses["no_speech"],
         "truncated": statuses["truncated"],
-        "with_speech": sum(1 for r in ended if r["uri"] in pooled),
-        "segments": sum(pooled[r["uri"]][2] for r in ended if r["uri"] in pooled),
-        "audio_seconds": sum(r["duration"] for r in ended),
-        "speech_seconds": sum(r["speech_seconds"] for r in ended),
+        "with_speech": int(pc.sum(pc.is_valid(sources.column("embedding"))).as_py() or 0),
+        "segments": rows.num_rows - sources.num_rows,
+        "audio_seconds": float(pc.sum(sources.column("duration")).as_py() or 0.0),
+        "speech_seconds": float(pc.sum(sources.column("speech_seconds")).as_py() or 0.0),
     }
-    return writer.write(table), counts
 
 
 def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
@@ -293,13 +309,21 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     if config.vad not in ("silero", "webrtc"):
         raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
     vad_folder = None
+    models = {card["name"]: card["checkpoint_sha256"]}
     if config.vad == "silero":
-        vad_folder = catalogue.verified(config.vad_model, config.models, "speech-detection")[0]
+        vad_folder, vad_card = catalogue.verified(config.vad_model, config.models, "speech-detection")
+        models[vad_card["name"]] = vad_card["checkpoint_sha256"]
     dim = int(card["output_dim"])
     job = SourceJob(ctx, config, {"voices": voices(dim)})
+    key = reuse_key(config, models)
+    writer = job.row_writer("voices")
     ensure_ray()
     plan = actor_plan(config)
     ledger = ledger_of(job.out)
+    previous = reusable_run(ctx.output, JOB, key, ctx.run_id) if config.reuse else None
+    reuse = None
+    if previous is not None:
+        reuse = Reuse(previous, {"voices": writer}, "voices", pc.field("level") == "source", source_counts)
     try:
         sources = plan_sources(
             manifest_root,
@@ -309,6 +333,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             MIN_SHARD_BYTES,
             plan.parallelism,
             ledger,
+            reuse,
         )
         ctx.log.info(
             "%d audio and video sources of %d manifest rows; model %s (%s)",
@@ -317,15 +342,22 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
             card["name"],
             card["checkpoint_sha256"][:12],
         )
+        if previous is not None:
+            ctx.log.info(
+                "%d sources reused from run %s (same content, models and settings)", sources.reused.reused, previous
+            )
         if not sources.count:
-            return job.commit({"sources": 0})
-        return _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card)
+            return job.commit({"sources": 0, "reuse_key": key})
+        job.add_settled(sources.reused.files, Counter())
+        return _embed(config, ctx, job, plan, sources, ledger, (folder, vad_folder, card, writer, key, previous))
     finally:
         ledger.remove()
 
 
-def _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card) -> dict:
-    """Run the pipeline, settle the accounting a slice of the sources at a time, commit."""
+def _embed(config, ctx, job, plan, sources, ledger, fixed: tuple) -> dict:
+    """Run the pipeline (over the sources not reused), settle the accounting a slice of the sources at a time,
+    commit."""
+    folder, vad_folder, card, writer, key, previous = fixed
     params = {
         k: getattr(config, k)
         for k in (
@@ -339,6 +371,38 @@ def _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card) ->
         )
     }
     dim = int(card["output_dim"])
+    provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
+    embedded = None
+    if sources.blocks:  # none when every source was reused
+        embedded = _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger, provenance, dim)
+    staged = collect(embedded, sources)
+    finish_kwargs = {"writer": writer, "provenance": provenance, "dim": dim}
+    settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
+    job.add_settled(staged.files + settled.files, settled.errors_by_type)
+    counts = settled.counts + Counter(sources.reused.counts)
+    summary = {
+        "sources": sources.count,
+        # ok + no_speech + truncated + errors == sources; with_speech counts the sources that have an embedding
+        **{k: counts[k] for k in ("ok", "no_speech", "truncated", "with_speech", "segments")},
+        "audio_hours": round(counts["audio_seconds"] / 3600, 4),
+        "speech_hours": round(counts["speech_seconds"] / 3600, 4),
+        "reused": sources.reused.reused,
+        "reused_from": previous,
+        "model": card["name"],
+        "model_sha256": card["checkpoint_sha256"],
+        "reuse_key": key,
+    }
+    errors = sum(job.errors_by_type.values())
+    return job.commit(
+        summary,
+        f"{sources.count} sources: {summary['with_speech']} with speech, {summary['no_speech']} without, "
+        f"{summary['truncated']} truncated, {errors} errors {dict(job.errors_by_type) or ''}; "
+        f"{summary['segments']} segments",
+    )
+
+
+def _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger, provenance, dim: int):
+    """The Ray Data pipeline over the sources to embed: decode and VAD, the encoder actors, the writing stage."""
     embedded = model_pipeline(
         sources.blocks,
         plan,
@@ -353,34 +417,11 @@ def _embed(config, ctx, job, plan, sources, ledger, folder, vad_folder, card) ->
         },
         what="encoder",
     )
-    provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
-    writer = job.row_writer("voices")
-    embedded = embedded.map_batches(
+    return embedded.map_batches(
         write_segments,
         fn_kwargs={"writer": writer, "ledger": ledger, "provenance": provenance, "dim": dim},
         batch_size=WRITE_ROWS,
         batch_format="pyarrow",
-    )
-    staged = collect(embedded, sources)
-    finish_kwargs = {"writer": writer, "provenance": provenance, "dim": dim}
-    settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
-    job.add_settled(staged.files + settled.files, settled.errors_by_type)
-    counts = settled.counts
-    summary = {
-        "sources": sources.count,
-        # ok + no_speech + truncated + errors == sources; with_speech counts the sources that have an embedding
-        **{k: counts[k] for k in ("ok", "no_speech", "truncated", "with_speech", "segments")},
-        "audio_hours": round(counts["audio_seconds"] / 3600, 4),
-        "speech_hours": round(counts["speech_seconds"] / 3600, 4),
-        "model": card["name"],
-        "model_sha256": card["checkpoint_sha256"],
-    }
-    errors = sum(job.errors_by_type.values())
-    return job.commit(
-        summary,
-        f"{sources.count} sources: {summary['with_speech']} with speech, {summary['no_speech']} without, "
-        f"{summary['truncated']} truncated, {errors} errors {dict(job.errors_by_type) or ''}; "
-        f"{summary['segments']} segments",
     )
 
 

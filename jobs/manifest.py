@@ -322,7 +322,9 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
                 "run_id": ctx.run_id,
                 "labels": config.label_pattern,
                 "changes": changes,
+                "stage_rows": stage_manifest_rows,
                 "workers": workers,
+                "min_bytes": MIN_SHARD_BYTES,
             }
             diff = diff_archive(
                 blocks, objects, previous, ctx.output, Ledger(staging.join("ledger")), carry, config.full

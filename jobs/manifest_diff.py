@@ -96,8 +96,10 @@ def diff_archive(
     full: bool = False,
 ) -> Diff:
     """The listing (blocks of relpath, uri, modified, size) against the previous snapshot, by tasks. ``carry``:
-    what a carried row needs (``staging``, ``partitions``, ``run_id``, ``labels``, ``changes`` writer, ``workers``);
-    ``full``: every listed object is read again (the diff still finds the removed ones)."""
+    what carrying rows over needs (``staging``, ``partitions``, ``run_id``, ``labels``, the ``changes`` writer,
+    ``stage_rows``: how the manifest job stages its rows for the duplicate pass) and how to cut the blocks to hash
+    (``workers``, ``min_bytes``); ``full``: every listed object is read again (the diff still finds the removed
+    ones)."""
     import ray
 
     stage = ray.remote(num_cpus=0.5)(stage_listed)
@@ -135,8 +137,6 @@ def stage_previous(path: str, root: Store, committed: set, ledger: Ledger) -> st
 def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list[str], settings: dict):
     """One slice of the uris: carried rows staged for the duplicate pass, removed objects written to ``changes/``,
     the objects to hash yielded as blocks balanced by size, then a summary."""
-    from jobs.manifest import MIN_SHARD_BYTES, stage_manifest_rows
-
     now = ledger.read(listed, lo, hi)
     now = LISTING.empty_table() if now is None else now.select(LISTING.names)
     then = ledger.read(before, lo, hi)
@@ -158,7 +158,7 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
     if settings["full"]:
         same = pa.array([False] * joined.num_rows)
     carried, to_hash = joined.filter(same), joined.filter(pc.invert(same))
-    staged = stage_manifest_rows(_carried_rows(carried, settings), settings["staging"], settings["partitions"])
+    staged = settings["stage_rows"](_carried_rows(carried, settings), settings["staging"], settings["partitions"])
 
     gone = then.filter(pc.invert(pc.is_in(then.column("previous_uri"), value_set=now.column("uri"))))
     files = []
@@ -183,7 +183,7 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
         )
     ]
     known = dict(zip(to_hash.column("uri").to_pylist(), to_hash.column("previous_sha256").to_pylist(), strict=True))
-    for part in shard(objects, settings["workers"], MIN_SHARD_BYTES) if objects else []:
+    for part in shard(objects, settings["workers"], settings["min_bytes"]) if objects else []:
         yield pa.table(
             {
                 "relpath": [o.relpath for o in part],

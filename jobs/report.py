@@ -298,7 +298,8 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     shown_uris = set().union(*(p.uris() for p in probes))
     ev.know(shown_uris)
     previews = Previews(ev, shown_uris, config.thumb_size, config.clip_seconds, enabled=config.previews)
-    sections = [_runs_section(runs), _counts_section(ev), _errors_section(ev), _calibration_section(root, ev)]
+    sections = [_runs_section(runs), _changes_section(root, runs), _counts_section(ev), _errors_section(ev)]
+    sections.append(_calibration_section(root, ev))
     probes_shown = 0
     for found in probes:
         section, shown = _matches_section(found, ev, previews)
@@ -343,6 +344,37 @@ def _runs_section(runs: list[dict]) -> str:
         tables = ", ".join(f"{name} {t['rows']}" for name, t in m["tables"].items())
         rows.append([_e(m["run_id"]), _e(m["job"]), _e(m["committed_at"][:19]), models, _e(tables)])
     return "<h2>Runs</h2>" + _table(["run", "job", "committed (UTC)", "models", "rows"], rows, "runs")
+
+
+REMOVED_SHOWN = 50  # removed objects listed by name; the count says how many there were
+
+
+def _changes_section(root: Store, runs: list[dict]) -> str:
+    """What this run did not have to do again: the manifest's objects carried over unread against the previous
+    snapshot (and what was new, modified or removed), the embedding runs' sources reused from an earlier run."""
+    rows, removed = [], []
+    for m in sorted(runs, key=lambda m: m["committed_at"]):
+        summary = m.get("summary", {})
+        if m["job"] == "manifest" and "previous_manifest" in summary:
+            done = f"{summary['read']} read, {summary['carried']} carried over unread"
+            changed = ", ".join(f"{summary[k]} {k}" for k in ("new", "modified", "removed"))
+            rows.append([_e(m["run_id"]), _e(f"manifest {summary['previous_manifest']}"), _e(changed), _e(done)])
+            if summary["removed"]:
+                for batch in _rows(root, m, "changes", ["uri", "previous_sha256"], pc.field("change") == "removed"):
+                    removed += batch.slice(0, REMOVED_SHOWN - len(removed)).to_pylist()
+                    if len(removed) >= REMOVED_SHOWN:
+                        break
+        elif summary.get("reused_from"):
+            done = f"{summary['sources'] - summary['reused']} embedded, {summary['reused']} reused"
+            rows.append([_e(m["run_id"]), _e(f"{m['job']} {summary['reused_from']}"), "", _e(done)])
+    if not rows:
+        return ""
+    section = "<h2>Since the last run</h2>" + _table(["run", "compared with", "changes", "work"], rows, "changes")
+    if removed:
+        items = "".join(f"<li>{_e(r['uri'])} <small>{_e(r['previous_sha256'][:12])}</small></li>" for r in removed)
+        said = "Removed from the archive (no longer in this run's results)"
+        section += f'<p>{said}:</p><ul data-testid="removed">{items}</ul>'
+    return section
 
 
 def _counts_section(ev: Evidence) -> str:

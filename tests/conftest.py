@@ -323,3 +323,17 @@ def pipeline_run(ray_cluster, all_models, tmp_path_factory) -> dict:
     assert pipeline.main(argv) == 0
     (marker,) = [m for m in committed_runs(resolve(str(base / "results"))) if m["run_id"] == "pl"]
     return {"base": base, "archive": base / "archive", "results": base / "results", "argv": argv, "marker": marker}
+
+
+def same_row(a: dict, b: dict, rel: float = 1e-4) -> bool:
+    """Two rows equal, floats to ``rel`` (a row made again may differ in the last bits of a float)."""
+    if a.keys() != b.keys():
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, float) and isinstance(y, float):
+            if abs(x - y) > rel * max(abs(x), abs(y), 1e-9):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -11,7 +11,7 @@ from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from ops.media.encode import encode_image, encode_video
 from ops.testing.samples import portrait, speech
-from tests.conftest import shared_data
+from tests.conftest import same_row, shared_data
 
 
 def _png(im: Image.Image, **kw) -> bytes:
@@ -227,3 +227,45 @@ def test_no_thumbnails_keeps_no_face_pictures(ray_cluster, face_models, sample_a
     out = resolve(str(tmp_path / "out"))
     assert run_both(sample_archive, tmp_path / "out", face_models, "--no-thumbnails") == 0
     assert read_table(out, "faces").num_rows > 0 and read_table(out, "face_thumbnails").num_rows == 0
+
+
+def test_a_second_run_embeds_only_new_content_and_equals_a_full_run(ray_cluster, face_models, sample_archive, tmp_path):
+    out = resolve(str(tmp_path / "out"))
+    args = [out.uri, "--output", out.uri, "--models", face_models.uri, "--log-level", "WARNING"]
+
+    def snapshot(run_id: str) -> None:
+        assert (
+            manifest.main([str(sample_archive), "--output", out.uri, "--run-id", run_id, "--log-level", "WARNING"]) == 0
+        )
+
+    snapshot("m1")
+    assert embed_faces.main([*args, "--manifest-run-id", "m1", "--run-id", "f1"]) == 0
+    rng = np.random.default_rng(7)
+    (sample_archive / "photos" / "new.jpg").write_bytes(encode_image(portrait(rng, 3), "jpeg"))  # new content
+    copied = (sample_archive / "photos/alice/portrait-2.png").read_bytes()
+    (sample_archive / "photos" / "copy.png").write_bytes(copied)  # known content under a new name: reused
+    (sample_archive / "photos/bob/portrait-2.bmp").write_bytes(encode_image(portrait(rng, 4), "png"))  # rewritten
+    snapshot("m2")
+    assert embed_faces.main([*args, "--manifest-run-id", "m2", "--run-id", "f2"]) == 0
+    assert embed_faces.main([*args, "--manifest-run-id", "m2", "--run-id", "full", "--no-reuse"]) == 0
+    markers = {m["run_id"]: m for m in committed_runs(out)}
+    second, full = markers["f2"]["summary"], markers["full"]["summary"]
+    assert second["reused_from"] == "f1" and second["reused"] == second["sources"] - 2  # decoded: new, rewritten
+    assert full["reused"] == 0 and full["sources"] == second["sources"]
+    for count in ("ok", "no_face", "truncated", "frames", "faces", "face_rows", "errors"):
+        assert second[count] == full[count], count
+
+    def rows(table: str, run_id: str, key: tuple[str, ...]) -> dict:
+        found = read_table(out, table, run_id=run_id).drop_columns(["run_id"]).to_pylist()
+        return {tuple(r[k] for k in key): r for r in found}
+
+    face_key = ("uri", "frame_index", "face_index")
+    reused, made = rows("faces", "f2", face_key), rows("faces", "full", face_key)
+    assert reused.keys() == made.keys() and any("copy.png" in k[0] for k in reused)
+    for k, r in reused.items():
+        np.testing.assert_allclose(r.pop("embedding"), made[k].pop("embedding"), atol=1e-5)
+        np.testing.assert_allclose(r.pop("landmarks"), made[k].pop("landmarks"), atol=1e-3)
+        np.testing.assert_allclose(r.pop("box"), made[k].pop("box"), atol=1e-3)
+        assert same_row(r, made[k]), k
+    assert rows("face_sources", "f2", ("uri",)) == rows("face_sources", "full", ("uri",))
+    assert rows("face_thumbnails", "f2", face_key).keys() == reused.keys()

@@ -13,7 +13,7 @@ from ops.matching.metrics import equal_error_rate
 from ops.media.encode import encode_audio, encode_video
 from ops.testing.samples import music, speech
 from ops.voices.ge2e import GE2E
-from tests.conftest import shared_data
+from tests.conftest import same_row, shared_data
 
 
 def voice(seconds, rate, seed=0, pitch=140.0):
@@ -237,3 +237,39 @@ def test_audio_changed_since_the_manifest_is_an_error_row(ray_cluster, models, t
     (error,) = [e for e in read_table(root, "errors").to_pylist() if e["job"] == "embed_voices"]
     assert error["uri"].endswith("v1.wav") and error["error_type"] == "content_changed"
     assert {u.rsplit("/", 1)[-1] for u in read_table(root, "voices").column("uri").to_pylist()} == {"v0.wav"}
+
+
+def test_a_second_run_on_s3_embeds_only_new_content_and_equals_a_full_run(ray_cluster, models, s3):
+    archive, out = resolve(s3.uri("archive")), resolve(s3.uri("out"))
+    archive.join("a.flac").put_atomic(encode_audio(voice(3.0, 16000, seed=1), 16000, "flac"))
+    archive.join("b.flac").put_atomic(encode_audio(voice(2.0, 16000, seed=2, pitch=200.0), 16000, "flac"))
+    archive.join("quiet.flac").put_atomic(encode_audio(np.zeros(16000, np.float32), 16000, "flac"))
+    archive.join("silent.mp4").put_atomic(_silent_video(np.zeros((5, 32, 32, 3), np.uint8)))
+    args = [out.uri, "--output", out.uri, "--models", models.uri, "--log-level", "WARNING"]
+    quiet = ["--log-level", "WARNING"]
+    assert manifest.main([archive.uri, "--output", out.uri, "--run-id", "m1", *quiet]) == 0
+    assert embed_voices.main([*args, "--manifest-run-id", "m1", "--run-id", "v1"]) == 0
+    archive.join("a.flac").put_atomic(encode_audio(voice(3.0, 16000, seed=3), 16000, "flac"))  # rewritten
+    archive.join("b.flac").remove_tree()
+    archive.join("new.flac").put_atomic(encode_audio(voice(2.5, 16000, seed=4, pitch=110.0), 16000, "flac"))
+    archive.join("b-again.flac").put_atomic(encode_audio(voice(2.0, 16000, seed=2, pitch=200.0), 16000, "flac"))
+    assert manifest.main([archive.uri, "--output", out.uri, "--run-id", "m2", *quiet]) == 0
+    assert embed_voices.main([*args, "--manifest-run-id", "m2", "--run-id", "v2"]) == 0
+    assert embed_voices.main([*args, "--manifest-run-id", "m2", "--run-id", "full", "--no-reuse"]) == 0
+    markers = {m["run_id"]: m["summary"] for m in committed_runs(out)}
+    second, full = markers["v2"], markers["full"]
+    # Reused: quiet.flac (unchanged), b-again.flac (b's content under a new name); the failure is tried again.
+    assert second["sources"] == 5 and second["reused"] == 2 and second["reused_from"] == "v1"
+    for count in ("ok", "no_speech", "truncated", "with_speech", "segments", "audio_hours", "errors"):
+        assert second[count] == pytest.approx(full[count]), count
+
+    def rows(run_id: str) -> dict:
+        found = read_table(out, "voices", run_id=run_id).drop_columns(["run_id"]).to_pylist()
+        return {(r["uri"], r["level"], r["segment_index"]): r for r in found}
+
+    reused, made = rows("v2"), rows("full")
+    assert reused.keys() == made.keys() and any(k[0].endswith("b-again.flac") for k in reused)
+    for k, r in reused.items():
+        a, b = r.pop("embedding"), made[k].pop("embedding")
+        assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5)), k
+        assert same_row(r, made[k]), k

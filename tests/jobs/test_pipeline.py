@@ -134,3 +134,65 @@ def test_a_joint_model_adds_the_crossmatch_stage_and_the_report_shows_it(pipelin
     assert {r["mode"] for r in rows} == {"crossmatch"} and {r["model_name"] for r in rows} == {"joint-untrained"}
     page = Path(stages["report"]["summary"]["report_uri"]).read_text()
     assert "Cross-modal matches" in page and 'data-mode="crossmatch"' in page
+
+
+def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, all_models, tmp_path):
+    """The pipeline again after objects were added, one removed and one rewritten in place: only those are read,
+    decoded and embedded (counted), the removed one is in no result of the new run, and every table of the new run
+    holds what a full run over the final archive holds."""
+    import os
+
+    from ops.testing.samples import make_sample_archive
+
+    archive = tmp_path / "archive"
+    make_sample_archive(resolve(str(archive)))
+    for dirpath, _, names in os.walk(archive):  # written an hour ago: not "racily clean" for the first snapshot
+        for name in names:
+            path = os.path.join(dirpath, name)
+            os.utime(path, (os.stat(path).st_atime - 3600, os.stat(path).st_mtime - 3600))
+
+    def night(results: Path, run_id: str) -> dict:
+        argv = [str(archive), "--output", str(results), "--models", all_models.uri, "--run-id", run_id]
+        assert pipeline.main([*argv, "--label-pattern", "*/{label}/*"]) == 0
+        return _markers(results)
+
+    night(tmp_path / "results", "d1")
+    rng = __import__("numpy").random.default_rng(11)
+    (archive / "photos" / "carol" / "new.png").write_bytes(encode_image(portrait(rng, 2), "png"))
+    (archive / "photos" / "alice" / "portrait-2.png").write_bytes(encode_image(portrait(rng, 0), "png"))  # rewritten
+    removed = archive / "photos" / "bob" / "portrait-2.bmp"
+    removed.unlink()
+    runs = night(tmp_path / "results", "d2")
+    manifest = runs["d2.manifest"]["summary"]
+    assert (manifest["new"], manifest["modified"], manifest["removed"]) == (1, 1, 1)
+    faces = runs["d2.faces"]["summary"]
+    assert faces["reused_from"] == "d1.faces" and faces["sources"] - faces["reused"] == 2  # the new and rewritten
+    voices = runs["d2.voices"]["summary"]
+    assert voices["reused_from"] == "d1.voices" and voices["sources"] == voices["reused"]  # no new audio
+    results = resolve(str(tmp_path / "results"))
+    gone = resolve(str(removed)).uri
+    for table in ("manifest", "faces", "face_sources"):
+        assert (
+            gone
+            not in read_table(results, table, f"d2.{table if table != 'face_sources' else 'faces'}")
+            .column("uri")
+            .to_pylist()
+        )
+    search = read_table(results, "matches", "d2.search-faces")
+    assert gone not in search.column("query_uri").to_pylist() + search.column("gallery_uri").to_pylist()
+    page = Path(runs["d2"]["summary"]["report_uri"]).read_text()
+    assert 'data-testid="changes"' in page and gone in page  # the report says what changed
+
+    full = night(tmp_path / "full", "f")
+    fresh = resolve(str(tmp_path / "full"))
+    key = ("query_item", "rank", "gallery_item", "identity", "decision")
+    for table in ("search-faces", "search-voices", "identify-faces"):
+        a = read_table(results, "matches", f"d2.{table}").to_pylist()
+        b = read_table(fresh, "matches", f"f.{table}").to_pylist()
+        pick = lambda rows: sorted(tuple(r[k] for k in key) + (round(r["score"], 4),) for r in rows)  # noqa: E731
+        assert pick(a) == pick(b), table
+    for stage in ("faces", "voices"):
+        mine, theirs = runs[f"d2.{stage}"]["summary"], full[f"f.{stage}"]["summary"]
+        assert {k: v for k, v in mine.items() if k not in ("reused", "reused_from")} == {
+            k: v for k, v in theirs.items() if k not in ("reused", "reused_from")
+        }
