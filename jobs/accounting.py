@@ -160,10 +160,14 @@ def plan_sources(
             sources.listed.append(summary["path"])
             planned += [summary["planned"]] if by_content else []
     if by_content:
-        slices = max(1, -(-sources.count // SLICE_SOURCES))
-        bounds = [BUCKETS * i // slices for i in range(slices + 1)]
-        parallel = max(1, -(-parallelism // slices))
-        sources.reused = plan_reusing(root, ledger, planned, reuse, columns, parallel, min_bytes, bounds)
+        count = sources.count
+
+        def cut(heaviest: int) -> list[int]:  # slices of at most SLICE_SOURCES sources and SLICE_ROWS rows a table
+            slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES), -(-heaviest // SLICE_ROWS)))
+            return [BUCKETS * i // slices for i in range(slices + 1)]
+
+        cpus = max(1, -(-parallelism // (len(cut(0)) - 1)))
+        sources.reused = plan_reusing(root, ledger, planned, reuse, columns, cpus, min_bytes, cut)
         sources.blocks = sources.reused.blocks
     return sources
 

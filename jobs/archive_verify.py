@@ -113,8 +113,9 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     """One chunk of pairs scored and decided, its rows and error rows written by this worker. Returns the files
     written, the counts, and a reason when the chunk's embeddings cannot be compared at all."""
     pairs = pq.read_table(path, filesystem=staging.arrow)
-    a, b = pairs.column("a").to_pylist(), pairs.column("b").to_pylist()
-    named = set(a) | set(b)
+    a = [x or "" for x in pairs.column("a").to_pylist()]  # an empty side names nothing: the pair is an error row
+    b = [x or "" for x in pairs.column("b").to_pylist()]
+    named = (set(a) | set(b)) - {""}
     index, invalid, failed = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}))
     counts = {"pairs": len(a), "accept": 0, "reject": 0, "errors": 0}
     if failed:
@@ -123,7 +124,7 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     for x, y in zip(a, b, strict=True):
         missing = [s for s in (x, y) if s not in index]
         if missing:
-            reason = "; ".join(f"{s}: {invalid.get(s, _UNSCORED)}" for s in missing)
+            reason = "; ".join(f"{s}: {invalid.get(s, _UNSCORED)}" if s else "an empty side" for s in missing)
             unscored.append(
                 {
                     "uri": x,
@@ -238,9 +239,10 @@ def verify_archive(
         done.reject += found["reject"]
         done.unmatched += found["errors"]
         progress.update(pending.pop(ready))
-    if done.accept + done.reject + done.unmatched != done.pairs:
+    staged = sum(n for _, n in chunks)
+    if done.accept + done.reject + done.unmatched != staged or done.pairs != staged:
         raise JobFailed(
-            f"accounting mismatch: {done.pairs} pairs, but {done.accept + done.reject} scored and {done.unmatched} "
-            "unmatched"
+            f"accounting mismatch: {staged} pairs read, {done.pairs} in the chunks' answers, "
+            f"{done.accept + done.reject} scored and {done.unmatched} unmatched; nothing was committed, rerun the job"
         )
     return done

@@ -58,6 +58,7 @@ from ops.media.sniff import sniff
 from ops.models import catalogue
 
 JOB = "embed_faces"
+ROWS_VERSION = 1  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
 FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
 
@@ -427,8 +428,6 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         "model_name": card["name"],
         "model_sha256": card["checkpoint_sha256"],
     }
-    models = {detector_card["name"]: detector_card["checkpoint_sha256"], card["name"]: card["checkpoint_sha256"]}
-    key = reuse_key(config, models)
     writers = {
         table: job.row_writer(table)
         for table in ("faces", "face_sources", "face_thumbnails")
@@ -437,10 +436,14 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     ensure_ray()
     plan = actor_plan(config)
     ledger = ledger_of(job.out)
-    previous = reusable_run(ctx.output, JOB, key, ctx.run_id) if config.reuse else None
+    models = {detector_card["name"]: detector_card["checkpoint_sha256"], card["name"]: card["checkpoint_sha256"]}
+    jpeg_on_device = config.decode_on == "device" or (config.decode_on == "auto" and plan.gpus_per_actor > 0)
+    device = {"inference": "gpu" if plan.gpus_per_actor > 0 else "cpu", "jpeg_on_device": jpeg_on_device}
+    key = reuse_key(config, models, ROWS_VERSION, device)
+    previous = reusable_run(ctx.output, JOB, key) if config.reuse else None
     reuse = None
-    if previous is not None:
-        reuse = Reuse(previous, writers, "face_sources", None, source_counts)
+    if previous is not None:  # a truncated source (a timeout, a stream cut short) is decoded again, like an error
+        reuse = Reuse(previous, writers, "face_sources", pc.field("status") != "truncated", source_counts)
     try:
         sources = plan_sources(
             manifest_root,
@@ -491,7 +494,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
     commit."""
     provenance, card, writers = fixed.provenance, fixed.card, fixed.writers
     params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
-    params["jpeg_on_device"] = config.decode_on == "device" or (config.decode_on == "auto" and plan.gpus_per_actor > 0)
+    params["jpeg_on_device"] = fixed.key["device"]["jpeg_on_device"]
     ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
     writers = {"face_thumbnails": None} | writers
     embedded = None

@@ -51,6 +51,7 @@ from ops.voices.speech import SileroDetector, SpeechSegmenter, WebRTCDetector
 
 JOB = "embed_voices"
 # Compressed speech is about 25 KB per second of audio: a shard of this many bytes is a few seconds of work.
+ROWS_VERSION = 1  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
 MIN_SHARD_BYTES = 256 << 10
 ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded memory for hours-long sources
 
@@ -315,15 +316,16 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         models[vad_card["name"]] = vad_card["checkpoint_sha256"]
     dim = int(card["output_dim"])
     job = SourceJob(ctx, config, {"voices": voices(dim)})
-    key = reuse_key(config, models)
     writer = job.row_writer("voices")
     ensure_ray()
     plan = actor_plan(config)
     ledger = ledger_of(job.out)
-    previous = reusable_run(ctx.output, JOB, key, ctx.run_id) if config.reuse else None
+    key = reuse_key(config, models, ROWS_VERSION, {"inference": "gpu" if plan.gpus_per_actor > 0 else "cpu"})
+    previous = reusable_run(ctx.output, JOB, key) if config.reuse else None
     reuse = None
-    if previous is not None:
-        reuse = Reuse(previous, {"voices": writer}, "voices", pc.field("level") == "source", source_counts)
+    if previous is not None:  # a truncated source (a timeout, a stream cut short) is decoded again, like an error
+        done = (pc.field("level") == "source") & (pc.field("status") != "truncated")
+        reuse = Reuse(previous, {"voices": writer}, "voices", done, source_counts)
     try:
         sources = plan_sources(
             manifest_root,

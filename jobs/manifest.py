@@ -311,7 +311,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     errors = job.row_writer("errors")
     changes = job.row_writer("changes")
     try:
-        previous = previous_manifest(ctx.output, config.archive, config.glob, ctx.run_id)
+        previous = previous_manifest(ctx.output, config.archive, config.glob)
         diff = None
         staged: dict[int, list[str]] = {}
         staged_rows, failed, to_hash, hash_bytes = 0, 0, objects, total_bytes

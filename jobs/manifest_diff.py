@@ -57,13 +57,13 @@ class Previous:
     started_at: datetime
 
 
-def previous_manifest(root: Store, archive: str, glob: str, run_id: str) -> Previous | None:
-    """The newest committed manifest run of the same archive and glob under ``root`` (not ``run_id`` itself)."""
+def previous_manifest(root: Store, archive: str, glob: str) -> Previous | None:
+    """The newest committed manifest run of the same archive and glob under ``root`` (this run's own committed
+    attempt, when it runs again: its rows are read before the new attempt replaces it)."""
     found = [
         m
         for m in committed_runs(root)
         if m.get("job") == "manifest"
-        and m["run_id"] != run_id
         and (m.get("config") or {}).get("archive") == archive
         and (m.get("config") or {}).get("glob", "**") == glob
     ]

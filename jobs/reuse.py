@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 
 from jobs.plan import shard
 from jobs.source_job import RowWriter
+from ops.io.schemas import SCHEMA_VERSION
 from ops.io.storage import ObjectInfo, Store
 from ops.io.tables import DataFile, committed_files, committed_rows, committed_runs
 
@@ -59,19 +60,23 @@ NOT_SHAPING = frozenset(
 )
 
 
-def reuse_key(config, models: dict[str, str]) -> dict:
-    """What must be equal for rows to be reused: ``models`` (name -> checkpoint sha256) and every setting of the
-    job's config that shapes its rows."""
+def reuse_key(config, models: dict[str, str], rows_version: int, device: dict) -> dict:
+    """What must be equal for rows to be reused: ``models`` (name -> checkpoint sha256), the job's ``rows_version``
+    (bumped by a code change that alters its rows) and the schema version, where the work runs (``device``: CPU or
+    GPU inference, which decoder: their floats differ in the last bits) and every setting of the job's config that
+    shapes its rows."""
     settings = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in NOT_SHAPING}
-    return {"models": dict(sorted(models.items())), "settings": settings}
+    versions = {"rows": rows_version, "schema": SCHEMA_VERSION}
+    return {"models": dict(sorted(models.items())), "versions": versions, "device": device, "settings": settings}
 
 
-def reusable_run(root: Store, job: str, key: dict, run_id: str) -> str | None:
-    """The newest committed run of ``job`` under ``root`` with the same reuse key (not ``run_id`` itself)."""
+def reusable_run(root: Store, job: str, key: dict) -> str | None:
+    """The newest committed run of ``job`` under ``root`` with the same reuse key: another run, or this run's own
+    committed attempt when it runs again (its rows are copied before the new attempt replaces it)."""
     found = [
         m["run_id"]
         for m in committed_runs(root)
-        if m.get("job") == job and m["run_id"] != run_id and (m.get("summary") or {}).get("reuse_key") == key
+        if m.get("job") == job and (m.get("summary") or {}).get("reuse_key") == key
     ]
     return found[-1] if found else None
 
@@ -108,10 +113,11 @@ def plan_reusing(
     columns: list[str],
     cpus: int,
     min_bytes: int,
-    bounds: list[int],
+    cut: Callable[[int], list[int]],
 ) -> Planned:
     """The listed sources (staged by content hash in ``planned``) against the previous run, by tasks: one per data
-    file of its tables, then one per slice of the content hashes (``bounds``)."""
+    file of its tables, then one per slice of the content hashes; ``cut`` gives the slices' bounds for the most rows
+    of one previous table (a slice holds its share of every table's rows)."""
     import ray
 
     stage = ray.remote(num_cpus=0.5)(stage_previous)
@@ -120,9 +126,13 @@ def plan_reusing(
         paths, committed = committed_files(root, table, reuse.run_id)
         pending += [(table, stage.remote(p, root, committed, table, writer.schema.names, ledger)) for p in paths]
     previous: dict[str, list[str]] = {}
+    rows: Counter = Counter()
     for table, ref in pending:
-        if path := ray.get(ref):
+        path, count = ray.get(ref)
+        if path:
             previous.setdefault(table, []).append(path)
+            rows[table] += count
+    bounds = cut(max(rows.values(), default=0))
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(reuse_slice)
     generators = [
         task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes)
@@ -141,10 +151,10 @@ def plan_reusing(
     return done
 
 
-def stage_previous(path: str, root: Store, committed: set, table: str, columns: list[str], ledger) -> str:
-    """One data file of the previous run's ``table``, staged by content hash."""
+def stage_previous(path: str, root: Store, committed: set, table: str, columns: list[str], ledger) -> tuple[str, int]:
+    """One data file of the previous run's ``table``, staged by content hash: the staged file and its rows."""
     rows = committed_rows(path, root, committed, columns)
-    return ledger.stage(f"{PREVIOUS}/{table}", rows, by="sha256") if rows.num_rows else ""
+    return (ledger.stage(f"{PREVIOUS}/{table}", rows, by="sha256") if rows.num_rows else ""), rows.num_rows
 
 
 def reuse_slice(
