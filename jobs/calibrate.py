@@ -25,7 +25,7 @@ from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed
 from ops.io.schemas import CALIBRATIONS
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun
+from ops.io.tables import OutputRun, committed_runs
 from ops.matching import metrics
 from ops.matching.embeddings import read_embeddings, read_labels, through_head
 
@@ -54,6 +54,10 @@ class CalibrateConfig(JobConfig):
         default=None, metadata={"run_key": True, "help": "a trained face head (jobs.train_face), name or URI"}
     )
     models: str | None = field(default=None, metadata={"help": "models root, for --head"})
+    recalibrate: bool = field(
+        default=False,
+        metadata={"help": "compute it again even when an earlier calibration had the same sample, vectors and target"},
+    )
     max_sources: int = field(
         default=5000, metadata={"help": "score all pairs of at most this many sources (a seeded sample beyond)"}
     )
@@ -145,6 +149,10 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
             f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "
             "needs at least two labels and a label with two sources"
         )
+    fingerprint = _fingerprint(data, labelled, names, config)
+    earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint)
+    if earlier is not None:
+        return _copy(earlier, fingerprint, config, ctx, out)
     vectors = data.vectors[labelled].astype(np.float64)
     # Each pair once (the upper triangle) by a boolean mask and integer labels: index arrays and label strings per
     # pair held 1 GB at 5,000 sources.
@@ -176,7 +184,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
     row = record | {"record_uri": folder.join("record.json").uri}
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
-    marker = out.commit(config=asdict(config), summary=record)
+    marker = out.commit(config=asdict(config), summary=record | {"sample_sha256": fingerprint})
     ctx.log.info(
         "%s on %d sources (%d same, %d different pairs): AUC %.4f, EER %.4f, threshold %.4f at FAR %g",
         data.model_name,
@@ -189,6 +197,47 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         config.target_far,
     )
     ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def _fingerprint(data, labelled: list[int], names: np.ndarray, config: CalibrateConfig) -> str:
+    """What a calibration is computed from, hashed: the sample's labels and exact vectors, the model (or head) that
+    made them, the table and the target. Equal fingerprints give equal records."""
+    digest = hashlib.sha256()
+    head = {"model": [data.model_name, data.model_sha256], "table": config.table, "target_far": config.target_far}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update("\x00".join(str(n) for n in names).encode())
+    digest.update(np.ascontiguousarray(data.vectors[labelled], np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _calibrated(root, fingerprint: str) -> dict | None:
+    """The newest committed calibration of the same fingerprint under ``root``, with a record that can be read."""
+    for marker in reversed(committed_runs(root)):
+        if marker.get("job") == JOB and (marker.get("summary") or {}).get("sample_sha256") == fingerprint:
+            if root.join("calibration", marker["run_id"], "record.json").exists():
+                return marker
+    return None
+
+
+def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """An earlier calibration of the same sample, committed as this run's: its record and figures copied (this run
+    id, ``reused_from`` naming the earlier one), nothing scored again."""
+    source, folder = ctx.output.join("calibration", earlier["run_id"]), ctx.output.join("calibration", ctx.run_id)
+    record = json.loads(source.join("record.json").read_bytes()) | {"run_id": ctx.run_id}
+    for name in ("roc.png", "det.png", "scores.png"):
+        folder.join(name).put_atomic(source.join(name).read_bytes())
+    folder.join("record.json").put_atomic(json.dumps(record | {"reused_from": earlier["run_id"]}, indent=1).encode())
+    row = {k: v for k, v in record.items() if k in CALIBRATIONS.names} | {"record_uri": folder.join("record.json").uri}
+    out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
+    summary = record | {"sample_sha256": fingerprint, "reused_from": earlier["run_id"]}
+    marker = out.commit(config=asdict(config), summary=summary)
+    ctx.log.info(
+        "the labelled sample, its embeddings and the target are those of calibration run %s: its record copied, "
+        "threshold %.4f (--recalibrate computes it again)",
+        earlier["run_id"],
+        record["threshold"],
+    )
     return marker
 
 

@@ -330,3 +330,26 @@ def test_real_voices_calibrate_and_identify(ray_cluster, models, tmp_path):
     correct = sum(r["identity"] == r["query_uri"].rsplit("/", 2)[-2] for r in top)
     assert correct / len(top) >= 0.95
     assert json.loads(resolve(record["record_uri"]).read_bytes())["model_name"] == "ge2e-resemblyzer"
+
+
+def test_calibration_is_computed_again_only_when_its_sample_changed(tmp_path):
+    rng = np.random.default_rng(4)
+    vectors, uris, labels = identities(rng, people=4, per_person=3, spread=0.2)
+    write_faces(tmp_path, vectors, uris, labels=labels)
+
+    def calibrate_run(run_id: str, *extra) -> dict:
+        argv = [str(tmp_path), "--output", str(tmp_path), "--run-id", run_id, "--log-level", "WARNING", *extra]
+        assert calibrate.main(argv) == 0
+        return {m["run_id"]: m for m in committed_runs(resolve(str(tmp_path)))}[run_id]["summary"]
+
+    first = calibrate_run("c1")
+    again = calibrate_run("c2")  # the same sample, vectors and target: the record is copied, nothing scored again
+    assert again["reused_from"] == "c1" and again["threshold"] == first["threshold"]
+    assert again["sample_sha256"] == first["sample_sha256"] and "reused_from" not in first
+    record = json.loads((tmp_path / "calibration" / "c2" / "record.json").read_text())
+    assert record["run_id"] == "c2" and record["reused_from"] == "c1"
+    assert (tmp_path / "calibration" / "c2" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    (row,) = read_table(resolve(str(tmp_path)), "calibrations", run_id="c2").to_pylist()
+    assert row["record_uri"].endswith("c2/record.json") and row["threshold"] == first["threshold"]
+    assert "reused_from" not in calibrate_run("c3", "--recalibrate")
+    assert "reused_from" not in calibrate_run("c4", "--target-far", "0.01")  # another target: computed
