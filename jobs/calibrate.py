@@ -150,7 +150,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
             "needs at least two labels and a label with two sources"
         )
     fingerprint = _fingerprint(data, labelled, names, config)
-    earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint)
+    earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint, ctx.run_id)
     if earlier is not None:
         return _copy(earlier, fingerprint, config, ctx, out)
     vectors = data.vectors[labelled].astype(np.float64)
@@ -211,10 +211,13 @@ def _fingerprint(data, labelled: list[int], names: np.ndarray, config: Calibrate
     return digest.hexdigest()
 
 
-def _calibrated(root, fingerprint: str) -> dict | None:
-    """The newest committed calibration of the same fingerprint under ``root``, with a record that can be read."""
+def _calibrated(root, fingerprint: str, run_id: str) -> dict | None:
+    """The newest committed calibration of the same fingerprint under ``root`` (another run: a rerun of this one
+    computes it again), with a record that can be read."""
     for marker in reversed(committed_runs(root)):
-        if marker.get("job") == JOB and (marker.get("summary") or {}).get("sample_sha256") == fingerprint:
+        if marker.get("job") != JOB or marker["run_id"] == run_id:
+            continue
+        if (marker.get("summary") or {}).get("sample_sha256") == fingerprint:
             if root.join("calibration", marker["run_id"], "record.json").exists():
                 return marker
     return None

@@ -364,8 +364,12 @@ def _changes_section(root: Store, runs: list[dict]) -> str:
                     removed += batch.slice(0, REMOVED_SHOWN - len(removed)).to_pylist()
                     if len(removed) >= REMOVED_SHOWN:
                         break
+        elif summary.get("reused_from") and m["job"] == "calibrate":
+            done = "the same labelled sample: its record copied"
+            rows.append([_e(m["run_id"]), _e(f"calibrate {summary['reused_from']}"), "", _e(done)])
         elif summary.get("reused_from"):
-            done = f"{summary['sources'] - summary['reused']} embedded, {summary['reused']} reused"
+            reused = summary.get("reused", 0)
+            done = f"{summary.get('sources', 0) - reused} embedded, {reused} reused"
             rows.append([_e(m["run_id"]), _e(f"{m['job']} {summary['reused_from']}"), "", _e(done)])
     if not rows:
         return ""
