@@ -29,6 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -282,8 +283,7 @@ def settle(
     task = ray.remote(settle_slice)
     cuts = [i * BUCKETS // slices for i in range(slices + 1)]
     pending = [
-        task.remote(lo, hi, ledger, paths, suffixes, finish, finish_kwargs, errors, job)
-        for lo, hi in zip(cuts, cuts[1:], strict=False)
+        task.remote(lo, hi, ledger, paths, suffixes, finish, finish_kwargs, errors, job) for lo, hi in pairwise(cuts)
     ]
     settled, problems = Settled(), Counter()
     examples: list[str] = []

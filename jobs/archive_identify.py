@@ -24,6 +24,7 @@ import io
 import logging
 import uuid
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -97,7 +98,7 @@ def enrol(
 def _cuts(count: int) -> list[tuple[int, int]]:
     slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
     cuts = [i * BUCKETS // slices for i in range(slices + 1)]
-    return list(zip(cuts, cuts[1:], strict=False))
+    return list(pairwise(cuts))
 
 
 def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
+from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -135,8 +136,7 @@ def plan_reusing(
     bounds = cut(max(rows.values(), default=0))
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(reuse_slice)
     generators = [
-        task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes)
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes) for lo, hi in pairwise(bounds)
     ]
     done = Planned()
     for generator in generators:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -70,7 +71,7 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
 
     task = ray.remote(make_chunk)
     cuts = list(range(0, config.identities, CHUNK)) + [config.identities]
-    pending = {task.remote(config, a, b, prefix, writers): b - a for a, b in zip(cuts, cuts[1:], strict=False)}
+    pending = {task.remote(config, a, b, prefix, writers): b - a for a, b in pairwise(cuts)}
     progress = Progress("identities", config.identities)
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)
