@@ -144,7 +144,7 @@ def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int,
 
     import ray
 
-    from jobs.archive_search import Prepared, search_archive
+    from jobs.archive_search import Prepared, Search, search_archive
     from jobs.source_job import RowWriter
     from ops.io.schemas import MATCHES
     from ops.io.storage import resolve
@@ -165,7 +165,8 @@ def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int,
             for n in shard_counts:
                 writer = RowWriter(store, "matches", MATCHES, "bench", f"{r}-{n}")
                 t = time.perf_counter()
-                search_archive(q, g, store, k, k, False, fields, writer, n, 1.0 if gpus >= n else 0.0, "fp32", 8192)
+                how = Search(store, k, k, False, fields, writer, n, 1.0 if gpus >= n else 0.0, "fp32", 8192)
+                search_archive(q, g, how)
                 times[n].append(time.perf_counter() - t)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -29,12 +29,11 @@ from itertools import pairwise
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
 from jobs.archive_search import Prepared
 from ops.io.errors import EmbeddingError
-from ops.io.storage import Store, resolve, storage_errors
+from ops.io.storage import Store, resolve
 from ops.io.tables import committed_files, committed_rows
 from ops.matching.embeddings import item_id
 from ops.matching.vectors import normalise
@@ -143,8 +142,7 @@ def join_slice(
     if same_set and (~labelled).any():
         rest = items.filter(pa.array(~labelled)).drop_columns(["bucket"])
         target = probes.join(f"{uuid.uuid4().hex}.parquet")
-        with storage_errors(target.uri), target.open("wb") as f:
-            pq.write_table(rest, f, compression="zstd")
+        write_bucketed(rest, target)  # by uri, as every staged item file: a search by difference reads slices
         out |= {"probes": target.path, "probe_count": rest.num_rows}
     if labelled.any():
         vectors = _vectors(items.filter(pa.array(labelled))).astype(np.float64)
@@ -189,8 +187,7 @@ def centroid_slice(lo: int, hi: int, sum_paths: list[str], ledger: Ledger, ident
         }
     )
     target = identities.join(f"{uuid.uuid4().hex}.parquet")
-    with storage_errors(target.uri), target.open("wb") as f:
-        pq.write_table(table, f, compression="zstd")
+    write_bucketed(table, target, by="item")  # identities have no uri: a search by difference slices by label
     return {"path": target.path, "rows": table.num_rows}
 
 

@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -230,21 +232,31 @@ def _read(paths: list[str], store: Store) -> pa.Table:
 
 
 class GalleryShard:
-    """One shard of a staged gallery, read by the actor itself and held on its device; answers query blocks with
-    each query's top K and the names of what it found."""
+    """One shard of staged galleries, read by the actor itself and held on its device; answers query blocks with
+    each query's top K and the names of what it found. ``parts`` names the galleries it holds: a search holds one
+    ("all"); a search by difference (``jobs.search_diff``) may also hold the items added since the previous run."""
 
-    def __init__(self, paths: list[str], store: Store, precision: str) -> None:
-        found = _read(paths, store)
+    def __init__(self, parts: dict[str, list[str]], store: Store, precision: str) -> None:
         device = best_device()
+        precision = precision if device.type == "cuda" else "fp32"
+        self.parts = {name: _Held(_read(paths, store), device, precision) for name, paths in parts.items() if paths}
+
+    def search(self, queries: np.ndarray, k: int, part: str = "all") -> tuple[np.ndarray, np.ndarray, pa.Table]:
+        held = self.parts.get(part)
+        if held is None:  # this shard got no file of that gallery
+            empty = pa.table({c: pa.array([], pa.string()) for c in ("uri", "sha256", "item")})
+            return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64), empty
+        return held.search(queries, k)
+
+
+class _Held:
+    """A gallery in a device's memory, and the names of its items by id."""
+
+    def __init__(self, found: pa.Table, device, precision: str) -> None:
         self.ids = found.column("id").to_numpy()
-        self.engine = ExactSearch(
-            _vectors(found), self.ids, device=device, precision=precision if device.type == "cuda" else "fp32"
-        )
+        self.engine = ExactSearch(_vectors(found), self.ids, device=device, precision=precision)
         self.order = np.argsort(self.ids, kind="stable")
         self.names = found.select(["uri", "sha256", "item"])
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, pa.Table]:
         found = self.engine.search(queries, k)
@@ -253,76 +265,109 @@ class GalleryShard:
         return found.scores, found.ids, self.names.take(pa.array(np.where(flat >= 0, position, 0)))
 
 
-def search_block(
-    path: str,
-    start: int,
-    stop: int,
-    store: Store,
-    shards: list,
-    k: int,
-    keep: int,
-    same_set: bool,
-    fields: dict,
-    writer: RowWriter,
-    mode: str = "search",
-) -> tuple[list, int, int]:
-    """Query items ``start:stop`` of one staged file against every shard: merged top lists (a query found in its
-    own gallery skipped, ``keep`` ranks kept), its matches rows written by this worker. In ``identify`` mode the
-    gallery items are enrolled identities: each row names the identity, and rank 1 decides (the identity, or
-    ``unknown`` below ``fields["threshold"]``); in ``crossmatch`` mode each row is accepted or rejected at it, when
-    there is one. Returns the data files, the row count and the unknowns."""
-    import ray
+@dataclass
+class Candidates:
+    """Gallery entries found for a block of queries, flat: the query's row in the block, the score, the gallery
+    item's id and names (uri, sha256, item; an identity's label as the item)."""
 
-    queries = pq.read_table(path, filesystem=store.arrow).slice(start, stop - start)
-    vectors = ray.put(_vectors(queries))
-    answers = ray.get([s.search.remote(vectors, k) for s in shards])
-    n = queries.num_rows
-    scores = np.concatenate([a[0] for a in answers], axis=1)
-    ids = np.concatenate([a[1] for a in answers], axis=1)
-    width = ids.shape[1]
-    # lexsort sorts by its last key first: score descending, then id ascending; padding (-inf, -1) sinks last.
-    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -scores), axis=1)
-    chosen_ids = np.take_along_axis(ids, order, 1)
-    chosen_scores = np.take_along_axis(scores, order, 1)
-    # Where each chosen entry's name is: answer s holds n x k names row-major.
-    shard_of, rank_in = order // k, order % k
-    name_at = shard_of * n * k + np.arange(n)[:, None] * k + rank_in
+    query: np.ndarray
+    score: np.ndarray
+    gallery: np.ndarray
+    names: pa.Table
+
+    @staticmethod
+    def of_answers(answers: list[tuple[np.ndarray, np.ndarray, pa.Table]]) -> Candidates:
+        """The shards' answers (scores and ids n x k, names n x k row-major), padding dropped."""
+        parts = []
+        for scores, ids, names in answers:
+            n, k = ids.shape
+            found = ids.ravel() >= 0
+            query = np.repeat(np.arange(n), k)[found]
+            parts.append(Candidates(query, scores.ravel()[found], ids.ravel()[found], names.filter(pa.array(found))))
+        return Candidates.concat(parts)
+
+    @staticmethod
+    def concat(parts: list[Candidates]) -> Candidates:
+        if not parts:
+            empty = pa.table({c: pa.array([], pa.string()) for c in ("uri", "sha256", "item")})
+            return Candidates(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), empty)
+        return Candidates(
+            np.concatenate([p.query for p in parts]),
+            np.concatenate([p.score for p in parts]),
+            np.concatenate([p.gallery for p in parts]),
+            pa.concat_tables([p.names.select(["uri", "sha256", "item"]) for p in parts]),
+        )
+
+
+def match_rows(
+    queries: pa.Table, found: Candidates, keep: int, same_set: bool, fields: dict, mode: str
+) -> tuple[pa.Table, int]:
+    """Each query's best ``keep`` candidates as ``matches/`` rows (a query found in its own gallery skipped), and the
+    number of unknowns. Ordered as every search orders: by the score as stored (float32) descending, then by the
+    gallery id, so that lists merged from a previous run's rows (``jobs.search_diff``) rank exactly as a full
+    search; a decision compares the stored score with the threshold, as a reader of the table would. In
+    ``identify`` mode the gallery items are enrolled identities: each row names the identity, and rank 1 decides
+    (the identity, or ``unknown`` below ``fields["threshold"]``); in ``crossmatch`` mode each row is accepted or
+    rejected at the threshold, when there is one."""
+    score = found.score.astype(np.float32)
     q_ids = queries.column("id").to_numpy()
-    kept = chosen_ids >= 0
+    order = np.lexsort((found.gallery, -score, found.query))
     if same_set:
-        kept &= chosen_ids != q_ids[:, None]
-    rank = np.cumsum(kept, axis=1)
-    kept &= rank <= keep
-    q = np.repeat(np.arange(n), width).reshape(n, width)[kept]
-    names = pa.concat_tables([a[2] for a in answers]).take(pa.array(name_at[kept]))
+        order = order[found.gallery[order] != q_ids[found.query[order]]]
+    q = found.query[order]
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, np.int64)
+    rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)])) + 1
+    kept = rank <= keep
+    order, q, rank = order[kept], q[kept], rank[kept]
+    chosen = score[order]
+    names = found.names.take(pa.array(order, pa.int64()))
     rows = len(q)
-    qt = queries.take(pa.array(q))
+    qt = queries.take(pa.array(q, pa.int64()))
     table = {
         "mode": pa.array([mode] * rows),
         "query_uri": qt.column("uri"),
         "query_sha256": qt.column("sha256"),
         "query_item": qt.column("item"),
-        "rank": pa.array(rank[kept], pa.int32()),
-        "score": pa.array(chosen_scores[kept], pa.float32()),
+        "rank": pa.array(rank, pa.int32()),
+        "score": pa.array(chosen, pa.float32()),
     }
     unknown = 0
+    threshold = fields.get("threshold")
+    clears = chosen >= np.float32(threshold) if threshold is not None else None
     if mode == "identify":
-        first = rank[kept] == 1
-        clears = chosen_scores[kept] >= fields["threshold"]
+        first = rank == 1
         identity = names.column("item")
         table["identity"] = identity
         table["decision"] = pc.if_else(pa.array(first & clears), identity, pc.if_else(pa.array(first), "unknown", None))
         unknown = int((first & ~clears).sum())
     else:
         table |= {"gallery_" + c: names.column(c) for c in ("uri", "sha256", "item")}
-    if mode == "crossmatch" and fields["threshold"] is not None:
-        table["decision"] = pc.if_else(pa.array(chosen_scores[kept] >= fields["threshold"]), "accept", "reject")
+    if mode == "crossmatch" and threshold is not None:
+        table["decision"] = pc.if_else(pa.array(clears), "accept", "reject")
     table |= {name: pa.array([value] * rows) for name, value in fields.items()}
     for f in MATCHES:
         if f.name not in table:
             table[f.name] = pa.nulls(rows, f.type)
-    data = pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES)
-    return writer.write(data), rows, unknown
+    return pa.table({f.name: table[f.name] for f in MATCHES}).cast(MATCHES), unknown
+
+
+def search_block(path: str, start: int, stop: int, shards: list, how: Search) -> tuple[list, int, int, int]:
+    """Query items ``start:stop`` of one staged file against every shard: each query's lists merged exactly and
+    written as its ``matches/`` rows by this worker (``match_rows``). Returns the data files, the row count, the
+    unknowns and the queries searched."""
+    queries = pq.read_table(path, filesystem=how.store.arrow).slice(start, stop - start)
+    rows, unknown = match_rows(queries, ask(shards, queries, how.k), how.keep, how.same_set, how.fields, how.mode)
+    return how.writer.write(rows), rows.num_rows, unknown, queries.num_rows
+
+
+def ask(shards: list, queries: pa.Table, k: int, part: str = "all") -> Candidates:
+    """Every shard's top ``k`` in its gallery ``part`` for these queries (the block put in the object store once)."""
+    import ray
+
+    if not shards or not queries.num_rows:
+        return Candidates.concat([])
+    vectors = ray.put(_vectors(queries))
+    return Candidates.of_answers(ray.get([s.search.remote(vectors, k, part) for s in shards]))
 
 
 def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
@@ -335,47 +380,84 @@ def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
     return [s for s in shards if s]
 
 
-def search_archive(
-    queries: Prepared,
-    gallery: Prepared,
-    store: Store,
-    k: int,
-    keep: int,
-    same_set: bool,
-    fields: dict,
-    writer: RowWriter,
-    shards: int | None,
-    gpus_per_shard: float | None,
-    precision: str,
-    query_batch: int,
-    mode: str = "search",
-) -> tuple[list, int, int]:
-    """Every query item's top ``keep`` over the gallery, written as ``matches/`` rows by workers (``mode``: see
-    ``search_block``): returns the data files, the row count and the unknowns."""
+@dataclass(frozen=True)
+class Search:
+    """How a run searches: where its staged files are, K asked of the shards and ranks kept, the rows' fields and
+    writer, the shard layout and the query blocks' size; ``mode``: see ``match_rows``."""
+
+    store: Store
+    k: int
+    keep: int
+    same_set: bool
+    fields: dict
+    writer: RowWriter
+    shards: int | None
+    gpus_per_shard: float | None
+    precision: str
+    query_batch: int
+    mode: str = "search"
+
+
+def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
+    """Shard actors holding ``galleries`` (part name -> staged items), each reading its share of every part."""
+    import ray
+
+    galleries = {name: g for name, g in galleries.items() if g.files}
+    if not galleries:
+        return []
+    n_shards, per_shard = shard_plan(how.shards, how.gpus_per_shard, max(len(g.files) for g in galleries.values()))
+    shares = {name: split(g.files, n_shards) for name, g in galleries.items()}
+    n_shards = max(len(s) for s in shares.values())
+    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
+    held = [
+        actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, how.precision)
+        for i in range(n_shards)
+    ]
+    sizes = ", ".join(f"{len(g)} {name}" for name, g in galleries.items())
+    log.info("gallery items (%s) in %d shard(s), %g GPU each", sizes, len(held), per_shard)
+    return held
+
+
+def close_shards(held: list) -> None:
+    import ray
+
+    for s in held:
+        ray.kill(s)
+
+
+def run_windowed(calls: list[tuple[Callable[[], object], int]], window: int, total: int, what: str = "queries") -> list:
+    """Submit ``calls`` (a function that submits a task, and the queries it covers) keeping at most ``window`` in
+    flight; their results, with progress over ``total``."""
+    import ray
+
+    pending, results = {}, []
+    progress = Progress(what, total)
+    for i, (submit, weight) in enumerate(calls):
+        pending[submit()] = weight
+        while len(pending) >= window or (pending and i == len(calls) - 1):
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            results.append(ray.get(done))
+            progress.update(pending.pop(done))
+    return results
+
+
+def search_archive(queries: Prepared, gallery: Prepared, how: Search) -> tuple[list, int, int]:
+    """Every query item's top ``how.keep`` over the gallery, written as ``matches/`` rows by workers (see
+    ``match_rows``): returns the data files, the row count and the unknowns."""
     ensure_ray()
     import ray
 
-    n_shards, per_shard = shard_plan(shards, gpus_per_shard, len(gallery.files))
-    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
-    held = [actor.remote(paths, store, precision) for paths in split(gallery.files, n_shards)]
-    log.info("%d gallery items in %d shard(s), %g GPU each", len(gallery), len(held), per_shard)
+    held = open_shards({"all": gallery}, how)
     # Block tasks ask for no CPU: they wait on the shards most of their life, the window bounds how many run, and
     # a CPU they held could be the one a CPU shard needs (shards on every CPU would leave them waiting forever).
     task = ray.remote(num_cpus=0)(search_block)
-    blocks = [(p, a, min(a + query_batch, n)) for p, n in queries.files for a in range(0, n, query_batch)]
-    window, pending, files, rows, unknown = 2 * len(held) + 2, {}, [], 0, 0
-    progress = Progress("queries", len(queries))
+    calls = [
+        (partial(task.remote, path, a, min(a + how.query_batch, n), held, how), min(how.query_batch, n - a))
+        for path, n in queries.files
+        for a in range(0, n, how.query_batch)
+    ]
     try:
-        for i, (path, a, b) in enumerate(blocks):
-            pending[task.remote(path, a, b, store, held, k, keep, same_set, fields, writer, mode)] = b - a
-            while len(pending) >= window or (pending and i == len(blocks) - 1):
-                (done,), _ = ray.wait(list(pending), num_returns=1)
-                written, count, unknowns = ray.get(done)
-                files += written
-                rows += count
-                unknown += unknowns
-                progress.update(pending.pop(done))
+        results = run_windowed(calls, 2 * len(held) + 2, len(queries))
     finally:
-        for s in held:
-            ray.kill(s)
-    return files, rows, unknown
+        close_shards(held)
+    return [f for r in results for f in r[0]], sum(r[1] for r in results), sum(r[2] for r in results)

@@ -24,15 +24,17 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
 
+from jobs.accounting import Ledger
 from jobs.archive_identify import enrol
-from jobs.archive_search import STAGING, Prepared, Projection, prepare_items, search_archive
+from jobs.archive_search import STAGING, Prepared, Projection, Search, prepare_items
 from jobs.archive_verify import Verifier, verify_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
+from jobs.search_diff import Previous, diff_set, previous_run, search_key, search_sets, stage_previous
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError
-from ops.io.schemas import MATCHES, schema_for
+from ops.io.schemas import MATCH_ITEMS, MATCHES, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching.embeddings import (
@@ -93,6 +95,13 @@ class MatchConfig(JobConfig):
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
     pairs_per_task: int = field(default=100_000, metadata={"help": "verify: pairs each task reads and scores"})
     query_batch: int = field(default=8192, metadata={"help": "queries sent to the shards at a time"})
+    reuse: bool = field(
+        default=True,
+        metadata={
+            "help": "search only what changed since the newest committed run with the same settings, merging its "
+            "rows (the same rows as a full search; --no-reuse: search everything)"
+        },
+    )
 
 
 def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
@@ -143,6 +152,33 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
     return newest, newest["record_uri"]
 
 
+def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict[str, str]) -> Previous | None:
+    """The previous run to search by difference from (``jobs.search_diff``), its items and rows staged; None: a
+    full search (--no-reuse, or no committed run with the same key)."""
+    run = previous_run(ctx.output, JOB, key) if config.reuse else None
+    if run is None:
+        return None
+    ctx.log.info("searching by difference: what changed since run %s", run)
+    return stage_previous(ctx.output, run, by, Ledger(staging.join("previous")))
+
+
+def _how(config: MatchConfig, ctx: JobContext, k: int, keep: int, same_set: bool, fields: dict, out, mode: str):
+    writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+    return Search(
+        ctx.output,
+        k,
+        keep,
+        same_set,
+        fields,
+        writer,
+        config.shards,
+        config.gpus_per_shard,
+        config.precision,
+        config.query_batch,
+        mode,
+    )
+
+
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     """Search at archive scale (``jobs.archive_search``): items staged by workers, shards that read their own
     slice, query blocks searched, merged and written by tasks; the driver holds file lists and counts."""
@@ -172,28 +208,35 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         threshold, source = _search_threshold(config, model[0])
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source}
-        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
-        k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
-        files, matches, _ = search_archive(
-            queries,
-            gallery,
-            ctx.output,
-            k,
-            config.k,
-            same_set,
-            fields,
-            writer,
-            config.shards,
-            config.gpus_per_shard,
-            config.precision,
-            config.query_batch,
+        key = search_key(
+            "search", config.table, config.per_source, config.k, same_set, (config.queries, gallery_root), model
         )
+        sides = ("both",) if same_set else ("queries", "gallery")
+        previous = _previous(config, ctx, key, staging, dict.fromkeys(sides, "uri"))
+        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        query_set = diff_set(queries, sides[0], previous, ctx.output, staging.join("dq"), items)
+        gallery_set = (
+            query_set if same_set else diff_set(gallery, sides[1], previous, ctx.output, staging.join("dg"), items)
+        )
+        k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
+        how = _how(config, ctx, k, config.k, same_set, fields, out, "search")
+        files, matches, _, counts = search_sets(query_set, gallery_set, previous, how)
         out.add_files("matches", files, MATCHES)
+        out.add_files("match_items", query_set.records + ([] if same_set else gallery_set.records), MATCH_ITEMS)
     finally:
         staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
     out.write_errors(errors, stage="match")
-    return {"queries": len(queries), "gallery": len(gallery), "k": config.k, "matches": matches, "errors": len(errors)}
+    return {
+        "queries": len(queries),
+        "gallery": len(gallery),
+        "k": config.k,
+        "matches": matches,
+        "errors": len(errors),
+        "search_key": key,
+        "merged_from": previous.run_id if previous else None,
+        **counts,
+    }
 
 
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -230,28 +273,25 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         )
         fields = {"run_id": out.run_id, "model_name": model.name, "model_sha256": model.sha256}
         fields |= {"threshold": threshold, "threshold_source": source if threshold is not None else None}
-        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
-        matches = 0
+        roots = (sets["voices"][0], sets["faces"][0])
+        key = search_key("crossmatch", "both", True, config.k, False, roots, joint)
+        previous = _previous(config, ctx, key, staging, dict.fromkeys(prepared, "uri"))
+        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        diffed = {
+            table: diff_set(found, table, previous, ctx.output, staging.join(f"d{table}"), items)
+            for table, found in prepared.items()
+        }
+        how = _how(config, ctx, config.k, config.k, False, fields, out, "crossmatch")
+        matches, counts = 0, {}
         for queries, gallery in (("voices", "faces"), ("faces", "voices")):
             if not len(prepared[queries]) or not len(prepared[gallery]):
                 continue
-            files, rows, _ = search_archive(
-                prepared[queries],
-                prepared[gallery],
-                ctx.output,
-                config.k,
-                config.k,
-                False,
-                fields,
-                writer,
-                config.shards,
-                config.gpus_per_shard,
-                config.precision,
-                config.query_batch,
-                mode="crossmatch",
-            )
+            files, rows, _, found = search_sets(diffed[queries], diffed[gallery], previous, how)
             out.add_files("matches", files, MATCHES)
             matches += rows
+            counts |= {f"{queries}_{name}": n for name, n in found.items() if name.startswith("queries")}
+            counts |= {f"{gallery}_{name}": n for name, n in found.items() if name.startswith("gallery")}
+        out.add_files("match_items", [f for d in diffed.values() for f in d.records], MATCH_ITEMS)
     finally:
         staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in prepared["voices"].invalid + prepared["faces"].invalid]
@@ -263,6 +303,9 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         "joint_model": model.name,
         "matches": matches,
         "errors": len(errors),
+        "search_key": key,
+        "merged_from": previous.run_id if previous else None,
+        **counts,
     }
 
 
@@ -344,25 +387,19 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         k = min(config.k, len(enrolled.identities))
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source}
-        writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
-        files, matches, unknown = [], 0, 0
+        key = search_key("identify", config.table, True, config.k, same_set, (config.queries, gallery_root), model)
+        previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
+        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        probe_set = diff_set(probes, "queries", previous, ctx.output, staging.join("dq"), items)
+        identity_set = diff_set(
+            enrolled.identities, "gallery", previous, ctx.output, staging.join("dg"), items, identities=True
+        )
+        files, matches, unknown, counts = [], 0, 0, {}
         if len(probes):
-            files, matches, unknown = search_archive(
-                probes,
-                enrolled.identities,
-                ctx.output,
-                k,
-                k,
-                False,
-                fields,
-                writer,
-                config.shards,
-                config.gpus_per_shard,
-                config.precision,
-                config.query_batch,
-                mode="identify",
-            )
+            how = _how(config, ctx, k, k, False, fields, out, "identify")
+            files, matches, unknown, counts = search_sets(probe_set, identity_set, previous, how)
         out.add_files("matches", files, MATCHES)
+        out.add_files("match_items", probe_set.records + identity_set.records, MATCH_ITEMS)
     finally:
         staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in gallery.invalid + ([] if same_set else probes.invalid)]
@@ -376,6 +413,9 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         "threshold_source": source,
         "matches": matches,
         "errors": len(errors),
+        "search_key": key,
+        "merged_from": previous.run_id if previous else None,
+        **counts,
     }
 
 

@@ -159,6 +159,16 @@ MATCHES = _table(
     _f("model_sha256", SHA256),
 )
 
+MATCH_ITEMS = _table(
+    "match_items",
+    _f("run_id", pa.string()),
+    _f("side", pa.string(), doc="queries, gallery, or both (one set against itself); crossmatch: voices or faces"),
+    _f("item", pa.string(), doc="the item key as in matches/ (identify's gallery: the identity)"),
+    _f("uri", pa.string(), doc="the source ('' for an enrolled identity)"),
+    _f("sha256", SHA256, doc="the source's content hash ('' for an enrolled identity)"),
+    _f("vector_sha256", SHA256, doc="hash of the unit vector searched (an identity: of its centroid)"),
+)
+
 CALIBRATIONS = _table(
     "calibrations",
     _f("run_id", pa.string()),
@@ -233,6 +243,7 @@ TABLES: dict[str, pa.Schema] = {
     "face_sources": FACE_SOURCES,
     "face_thumbnails": FACE_THUMBNAILS,
     "matches": MATCHES,
+    "match_items": MATCH_ITEMS,
     "styled": STYLED,
     "training": TRAINING,
     "runs": RUNS,

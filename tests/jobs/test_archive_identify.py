@@ -7,7 +7,7 @@ import pytest
 
 from jobs import archive_identify
 from jobs.archive_identify import enrol
-from jobs.archive_search import prepare_items, search_archive
+from jobs.archive_search import Search, prepare_items, search_archive
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -52,9 +52,8 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     writer = RowWriter(root, "matches", MATCHES, "identify", "a1")
     fields = {"run_id": "identify", "model_name": "dlib-resnet-v1", "model_sha256": SHA, "threshold": 0.6}
     fields["threshold_source"] = "--threshold"
-    files, rows, unknown = search_archive(
-        enrolled.probes, enrolled.identities, root, 2, 2, False, fields, writer, 2, 0, "fp32", 5, mode="identify"
-    )
+    how = Search(root, 2, 2, False, fields, writer, 2, 0, "fp32", 5, mode="identify")
+    files, rows, unknown = search_archive(enrolled.probes, enrolled.identities, how)
     out = OutputRun(root, "identify", "match", attempt="a1")
     out.add_files("matches", files, MATCHES)
     out.commit(tables=("matches",))

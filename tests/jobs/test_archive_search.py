@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.archive_search import Prepared, prepare_items, search_archive, split, stage_items
+from jobs.archive_search import Prepared, Search, prepare_items, search_archive, split, stage_items
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -70,7 +70,8 @@ def _search(root, tmp_path, per_source: bool, shards: int, query_batch: int, k: 
     out = OutputRun(root, "search", "match")
     writer = RowWriter(root, "matches", MATCHES, "search", out.attempt)
     fields = {"run_id": "search", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    files, rows, _ = search_archive(items, items, root, k + 1, k, True, fields, writer, shards, 0, "fp32", query_batch)
+    how = Search(root, k + 1, k, True, fields, writer, shards, 0, "fp32", query_batch)
+    files, rows, _ = search_archive(items, items, how)
     out.add_files("matches", files, MATCHES)
     out.commit()
     return items, rows
@@ -118,7 +119,7 @@ def test_cpu_shards_on_every_cpu_still_finish(ray_cluster, tmp_path):
         gallery.files.append((summary["path"], summary["rows"]))
     writer = RowWriter(root, "matches", MATCHES, "s", "a")
     fields = {"run_id": "s", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    _, rows, _ = search_archive(gallery, gallery, root, 3, 2, True, fields, writer, cpus, 0, "fp32", 4)
+    _, rows, _ = search_archive(gallery, gallery, Search(root, 3, 2, True, fields, writer, cpus, 0, "fp32", 4))
     assert rows == 5 * cpus * 2
 
 
