@@ -1,6 +1,6 @@
 """A nightly run after 1% growth against a full run of the same archive, side by side: wall times and their ratio.
 
-    python benchmarks/bench_incremental.py [--photos 1000] [--growth 0.01] [--rounds 2]
+    python benchmarks/bench_incremental.py [--photos 1000] [--growth 0.01] [--rounds 2] [--search-sources 40000]
 
 An archive of generated portraits (160x128 JPEG, one face each) is listed and embedded once (manifest, then
 embed_faces). Then, each round: 1% more photos are added and the night's run (manifest by difference, embeddings
@@ -8,6 +8,11 @@ reused by content) is timed beside a full run over the same archive (``--full``,
 with nothing new (Ray's start, listing, the joins, the commit) and beside a run with one new photo (the same, plus
 starting the model actors at all). Each job is its own process, as a scheduled run is. Prints medians and ratios:
 incremental / full, and (incremental - one new) / full, the part that grows with the new objects.
+
+The search part alone: ``--search-sources`` synthetic sources (``jobs.synthesize``) searched all against all
+(``jobs.match search --per-source``), then 1% more sources, then the night's search by difference (added sources
+against all, kept sources' lists merged) timed beside a full search of the same tables (``--no-reuse``), each from a
+copy of the same output root. ``--photos 0`` or ``--search-sources 0`` skips a part.
 """
 
 from __future__ import annotations
@@ -62,16 +67,82 @@ def night(archive: Path, out: Path, run_id: str, models: str, env: dict, full: b
     return timed(manifest, env) + timed(faces, env)
 
 
+def search_part(sources: int, growth: float, rounds: int, env: dict) -> None:
+    """The search alone: the night's search by difference against a full search, from copies of one root."""
+    import json
+
+    from ops.io.storage import resolve
+    from ops.io.tables import committed_runs
+
+    work = Path(tempfile.mkdtemp(prefix="bench-search-diff-"))
+    base = work / "base"
+    people = max(1, sources // 4)
+
+    def synthesize(run_id: str, n: int, seed: int, first: int) -> None:
+        argv = [
+            "-m",
+            "jobs.synthesize",
+            "--output",
+            str(base),
+            "--identities",
+            n,
+            "--seed",
+            seed,
+            "--first-identity",
+            first,
+        ]
+        timed([*map(str, argv), "--run-id", run_id], env)
+
+    def search(out: Path, run_id: str, *extra: str) -> tuple[float, dict]:
+        argv = ["-m", "jobs.match", "search", "--queries", str(out), "--output", str(out), "--per-source", "--k", "10"]
+        took = timed([*argv, "--run-id", run_id, *extra], env)
+        (marker,) = [m for m in committed_runs(resolve(str(out))) if m["run_id"] == run_id]
+        return took, marker["summary"]
+
+    times: dict[str, list[float]] = {"full": [], "by difference": []}
+    try:
+        synthesize("night-1", people, 1, 0)
+        first, _ = search(base, "search-1")
+        synthesize("growth", max(1, round(people * growth)), 2, people)
+        print(f"search, {people * 4} sources: first night {first:.1f} s", flush=True)
+        summary = {}
+        for r in range(rounds):
+            for name, extra in (("by difference", ()), ("full", ("--no-reuse",))):
+                copy = work / f"r{r}-{name.replace(' ', '-')}"
+                shutil.copytree(base, copy)
+                took, summary[name] = search(copy, "search-2", *extra)
+                times[name].append(took)
+                shutil.rmtree(copy, ignore_errors=True)
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    full, diff = statistics.median(times["full"]), statistics.median(times["by difference"])
+    done = summary["by difference"]
+    print(f"\nsearch, medians of {rounds} rounds, {os.cpu_count()} cores, each its own process:")
+    whole = summary["full"]
+    print(f"  full search      {full:7.1f} s   {whole['queries']} queries x {whole['gallery']}")
+    print(
+        f"  by difference    {diff:7.1f} s   {diff / full:6.1%} of full  ({done['queries_searched']} searched, "
+        f"{done['queries_merged']} merged, {done['gallery_added']} added)"
+    )
+    print(json.dumps({"full_s": full, "by_difference_s": diff, "ratio": diff / full}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=1000)
     parser.add_argument("--growth", type=float, default=0.01)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--search-sources", type=int, default=40_000)
     parser.add_argument("--models", default=os.environ.get("CROSSMATCH_MODELS", str(REPO / "out" / "models")))
     args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": ""}
+    if args.search_sources:
+        search_part(args.search_sources, args.growth, args.rounds, env)
+    if not args.photos:
+        return
     work = Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     archive, out = work / "archive", work / "out"
-    env = {**os.environ, "PYTHONPATH": ""}
     times: dict[str, list[float]] = {"full": [], "incremental": [], "one new": [], "nothing new": []}
     try:
         add_photos(archive, 0, args.photos)

@@ -2,7 +2,7 @@
 
     gallery = prepare_items(root, "faces", run_id, True, staging)            # items, sorted by uri bucket
     enrolled = enrol(root, gallery, labels, manifest_run, same_set, staging)  # tasks: identities and probes staged
-    search_archive(probes, enrolled.identities, ..., mode="identify")        # as search: shards, blocks, writers
+    search_sets(probes, identities, previous, how)                         # as search (jobs.search_diff)
 
 1. **Labels** (one manifest run's, or a CSV of uri,label) are staged in a ledger sorted by uri bucket: a task per
    manifest data file (the CSV by one task).

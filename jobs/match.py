@@ -14,6 +14,8 @@ crossmatch: through a joint voice-face model (jobs.train_crossmodal), every sour
 and every face ranks every voice (items ``uri#voice`` and ``uri#face``; a video's own face is a candidate like any
 other). Thresholds come from --threshold, else a calibration record (jobs.calibrate), else the model card, else the job
 refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored land in ``errors/`` with a reason.
+Search, identify and crossmatch record the items they compared in ``match_items/``, and a run after an earlier one
+with the same settings searches only what changed, merging the rest (``jobs.search_diff``; --no-reuse: everything).
 """
 
 from __future__ import annotations
@@ -208,9 +210,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         threshold, source = _search_threshold(config, model[0])
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source}
-        key = search_key(
-            "search", config.table, config.per_source, config.k, same_set, (config.queries, gallery_root), model
-        )
+        key = search_key("search", config.table, config.per_source, config.k, same_set, model)
         sides = ("both",) if same_set else ("queries", "gallery")
         previous = _previous(config, ctx, key, staging, dict.fromkeys(sides, "uri"))
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
@@ -273,8 +273,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         )
         fields = {"run_id": out.run_id, "model_name": model.name, "model_sha256": model.sha256}
         fields |= {"threshold": threshold, "threshold_source": source if threshold is not None else None}
-        roots = (sets["voices"][0], sets["faces"][0])
-        key = search_key("crossmatch", "both", True, config.k, False, roots, joint)
+        key = search_key("crossmatch", "both", True, config.k, False, joint)
         previous = _previous(config, ctx, key, staging, dict.fromkeys(prepared, "uri"))
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
         diffed = {
@@ -387,7 +386,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         k = min(config.k, len(enrolled.identities))
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source}
-        key = search_key("identify", config.table, True, config.k, same_set, (config.queries, gallery_root), model)
+        key = search_key("identify", config.table, True, config.k, same_set, model)
         previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
         probe_set = diff_set(probes, "queries", previous, ctx.output, staging.join("dq"), items)

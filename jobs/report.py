@@ -351,7 +351,8 @@ REMOVED_SHOWN = 50  # removed objects listed by name; the count says how many th
 
 def _changes_section(root: Store, runs: list[dict]) -> str:
     """What this run did not have to do again: the manifest's objects carried over unread against the previous
-    snapshot (and what was new, modified or removed), the embedding runs' sources reused from an earlier run."""
+    snapshot (and what was new, modified or removed), the embedding runs' sources reused from an earlier run, the
+    match runs' queries whose lists were merged from an earlier run's rather than searched again."""
     rows, removed = [], []
     for m in sorted(runs, key=lambda m: m["committed_at"]):
         summary = m.get("summary", {})
@@ -367,6 +368,11 @@ def _changes_section(root: Store, runs: list[dict]) -> str:
         elif summary.get("reused_from") and m["job"] == "calibrate":
             done = "the same labelled sample: its record copied"
             rows.append([_e(m["run_id"]), _e(f"calibrate {summary['reused_from']}"), "", _e(done)])
+        elif summary.get("merged_from"):
+            added, removed_items = summary.get("gallery_added"), summary.get("gallery_removed")
+            changed = f"gallery: {added} added, {removed_items} removed" if added is not None else ""
+            done = f"{summary.get('queries_searched', 0)} queries searched, {summary.get('queries_merged', 0)} merged"
+            rows.append([_e(m["run_id"]), _e(f"{m['job']} {summary['merged_from']}"), _e(changed), _e(done)])
         elif summary.get("reused_from"):
             reused = summary.get("reused", 0)
             done = f"{summary.get('sources', 0) - reused} embedded, {reused} reused"

@@ -60,17 +60,16 @@ PREVIOUS_ROWS = "previous_rows"  # the ledger's kind for the previous run's rows
 _ROW_COLUMNS = ["query_uri", "query_item", "gallery_uri", "gallery_sha256", "gallery_item", "identity", "score"]
 
 
-def search_key(mode: str, table: str, per_source: bool, k: int, same_set: bool, roots: tuple, model: tuple) -> dict:
-    """What must be equal for a previous match run's rows to be merged from: what was searched against what, how
-    many were kept, and the model. Not the threshold (decisions are made again from the stored scores) nor the
-    input runs (the items are compared by their vectors)."""
+def search_key(mode: str, table: str, per_source: bool, k: int, same_set: bool, model: tuple) -> dict:
+    """What must be equal for a previous match run's rows to be merged from: the kind of search, how many are kept,
+    and the model. Not the threshold (decisions are made again from the stored scores), nor where the embeddings
+    are or which runs of them (items are compared by key and vector: another archive's are all added)."""
     return {
         "mode": mode,
         "table": table,
         "per_source": per_source,
         "k": k,
         "same_set": same_set,
-        "roots": list(roots),
         "model": list(model),
         "versions": {"rows": ROWS_VERSION, "schema": SCHEMA_VERSION},
     }

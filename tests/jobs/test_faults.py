@@ -1,5 +1,6 @@
 """Fault injection on the local cluster and a real S3 server: a flaky object store, a killed actor, a killed
-driver. Each time every input is accounted for exactly once, compared with the undisturbed pipeline run."""
+driver (also in an incremental night on S3). Each time every input is accounted for exactly once, compared with the
+undisturbed pipeline run or a full one."""
 
 import os
 import signal
@@ -33,7 +34,7 @@ def _content(root, run_prefix: str) -> dict[str, list]:
     }
 
 
-def test_a_pipeline_over_a_flaky_s3_loses_nothing_and_leaks_no_credential(
+def test_a_pipeline_over_a_flaky_s3_loses_nothing_leaks_no_credential_and_resumes_its_next_night(
     pipeline_run, all_models, request, monkeypatch, caplog
 ):
     bucket = new_bucket(request, "moto", monkeypatch)
@@ -62,6 +63,66 @@ def test_a_pipeline_over_a_flaky_s3_loses_nothing_and_leaks_no_credential(
         text = str(pq.read_table(resolve(obj.uri).open()).to_pylist()) if obj.uri.endswith(".parquet") else ""
         for secret in (S3_SECRET, S3_KEY):
             assert secret.encode() not in data and secret not in text, obj.uri
+    _next_night_killed_and_resumed(archive, results, all_models)
+
+
+def _next_night_killed_and_resumed(archive, results, all_models) -> None:
+    """The next night on the same S3 bucket, after a photo was added, one removed and one rewritten in place: its
+    driver killed once the faces stage committed, then the same command again. The night resumes (finished stages
+    kept), reads and embeds only what changed, searches by difference, and its search equals a full one."""
+    import numpy as np
+
+    from jobs import match
+    from ops.media.encode import encode_image
+    from ops.testing.samples import portrait
+
+    rng = np.random.default_rng(11)
+    archive.join("photos/carol/new.png").put_atomic(encode_image(portrait(rng, 2), "png"))
+    archive.join("photos/alice/portrait-2.png").put_atomic(encode_image(portrait(rng, 0), "png"))  # rewritten
+    gone = archive.join("photos/bob/portrait-2.bmp")
+    gone.fs.rm(gone.path)
+    command = [sys.executable, "-m", "jobs.pipeline", archive.uri, "--output", results.uri]
+    command += ["--models", all_models.uri, "--label-pattern", "*/{label}/*", "--run-id", "night2"]
+    # On the cluster the first night ran on (RAY_ADDRESS), as a scheduled job is: its logical GPUs make the same
+    # reuse key (GPU inference), and the killed driver's tasks and actors die with it while the cluster lives on.
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    first = subprocess.Popen(
+        command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not any(m["run_id"] == "night2.faces" for m in committed_runs(results)):
+        assert first.poll() is None, "the night ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = {m["run_id"]: m["attempt"] for m in committed_runs(results)}
+    assert "night2" not in done_before and "night2.search-faces" not in done_before
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = {m["run_id"]: m for m in committed_runs(results)}
+    assert all(runs[r]["attempt"] == a for r, a in done_before.items())  # finished stages kept, not redone
+    manifest = runs["night2.manifest"]["summary"]
+    assert (manifest["new"], manifest["modified"], manifest["removed"]) == (1, 1, 1)
+    faces = runs["night2.faces"]["summary"]
+    assert faces["reused_from"] == "flaky.faces" and faces["sources"] - faces["reused"] == 2
+    search = runs["night2.search-faces"]["summary"]
+    assert search["merged_from"] == "flaky.search-faces" and search["queries_merged"] > 0
+    for table in ("manifest", "faces", "matches"):
+        for run_id in ("night2.manifest", "night2.faces", "night2.search-faces", "night2.identify-faces"):
+            found = read_table(results, table, run_id)
+            for column in ("uri", "query_uri", "gallery_uri"):
+                if column in found.column_names:
+                    assert gone.uri not in found.column(column).to_pylist(), (table, run_id)
+    argv = ["search", "--queries", results.uri, "--output", results.uri, "--per-source", "--k", 5]
+    argv += ["--queries-run-id", "night2.faces", "--gallery-run-id", "night2.faces", "--no-reuse", "--run-id", "full"]
+    assert match.main([*map(str, argv), "--log-level", "WARNING"]) == 0
+    key = lambda r: (r["query_item"], r["rank"], r["gallery_item"], r["score"])  # noqa: E731
+    merged = sorted(map(key, read_table(results, "matches", "night2.search-faces").to_pylist()))
+    assert merged == sorted(map(key, read_table(results, "matches", "full").to_pylist()))
 
 
 def _map_workers() -> dict[int, str]:

@@ -169,6 +169,13 @@ def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, 
     assert faces["reused_from"] == "d1.faces" and faces["sources"] - faces["reused"] == 2  # the new and rewritten
     voices = runs["d2.voices"]["summary"]
     assert voices["reused_from"] == "d1.voices" and voices["sources"] == voices["reused"]  # no new audio
+    # Searches by difference: voices unchanged (every list merged), faces searched only where something changed.
+    voice_search = runs["d2.search-voices"]["summary"]
+    assert voice_search["merged_from"] == "d1.search-voices" and voice_search["queries_searched"] == 0
+    face_search = runs["d2.search-faces"]["summary"]
+    assert face_search["merged_from"] == "d1.search-faces" and face_search["gallery_added"] == 2
+    assert face_search["gallery_removed"] == 2 and face_search["queries_merged"] > 0
+    assert runs["d2.identify-faces"]["summary"]["merged_from"] == "d1.identify-faces"
     results = resolve(str(tmp_path / "results"))
     gone = resolve(str(removed)).uri
     for table in ("manifest", "faces", "face_sources"):
@@ -182,6 +189,7 @@ def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, 
     assert gone not in search.column("query_uri").to_pylist() + search.column("gallery_uri").to_pylist()
     page = Path(runs["d2"]["summary"]["report_uri"]).read_text()
     assert 'data-testid="changes"' in page and gone in page  # the report says what changed
+    assert "queries searched" in page
 
     full = night(tmp_path / "full", "f")
     fresh = resolve(str(tmp_path / "full"))
