@@ -368,10 +368,13 @@ def _changes_section(root: Store, runs: list[dict]) -> str:
         elif summary.get("reused_from") and m["job"] == "calibrate":
             done = "the same labelled sample: its record copied"
             rows.append([_e(m["run_id"]), _e(f"calibrate {summary['reused_from']}"), "", _e(done)])
-        elif summary.get("merged_from"):
-            added, removed_items = summary.get("gallery_added"), summary.get("gallery_removed")
-            changed = f"gallery: {added} added, {removed_items} removed" if added is not None else ""
-            done = f"{summary.get('queries_searched', 0)} queries searched, {summary.get('queries_merged', 0)} merged"
+        elif summary.get("merged_from"):  # crossmatch counts per modality (voices_queries_searched, ...): summed
+            total = {
+                what: sum(v for k, v in summary.items() if k.endswith(what) and isinstance(v, int))
+                for what in ("queries_searched", "queries_merged", "gallery_added", "gallery_removed")
+            }
+            changed = f"gallery: {total['gallery_added']} added, {total['gallery_removed']} removed"
+            done = f"{total['queries_searched']} queries searched, {total['queries_merged']} merged"
             rows.append([_e(m["run_id"]), _e(f"{m['job']} {summary['merged_from']}"), _e(changed), _e(done)])
         elif summary.get("reused_from"):
             reused = summary.get("reused", 0)

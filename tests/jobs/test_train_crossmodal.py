@@ -60,6 +60,26 @@ def test_supervised_joint_model_matches_unseen_voices_and_faces(ray_cluster, peo
     (marker,) = [m for m in committed_runs(resolve(str(out))) if m["run_id"] == "x"]
     assert marker["summary"]["joint_model"] == "joint"
 
+    # The next night, six more recordings: crossmatch by difference, both directions equal to a full crossmatch.
+    night = tmp_path / "night"
+    more = ["--output", str(night), "--recordings", "2", "--seed", "9"]
+    assert synthesize.main([*more, "--identities", "30", "--first-identity", "9000", "--run-id", "n1"]) == 0
+    argv = ["crossmatch", "--queries", str(night), "--joint-model", "joint", "--models", str(tmp_path)]
+    argv += ["--output", str(night), "--k", "5", "--log-level", "WARNING"]
+    assert match.main([*argv, "--run-id", "c1"]) == 0
+    assert (
+        synthesize.main([*more, "--identities", "3", "--seed", "10", "--first-identity", "9100", "--run-id", "n2"]) == 0
+    )
+    assert match.main([*argv, "--run-id", "c2"]) == 0
+    assert match.main([*argv, "--run-id", "c3", "--no-reuse"]) == 0
+    summary = {m["run_id"]: m["summary"] for m in committed_runs(resolve(str(night)))}
+    assert summary["c2"]["merged_from"] == "c1" and summary["c3"]["merged_from"] is None
+    assert summary["c2"]["voices_gallery_added"] == summary["c2"]["faces_gallery_added"] == 6
+    assert summary["c2"]["voices_queries_merged"] > 0 and summary["c2"]["faces_queries_merged"] > 0
+    key = lambda r: (r["query_item"], r["rank"], r["gallery_item"], r["score"], r["decision"])  # noqa: E731
+    merged, full = (sorted(map(key, read_table(resolve(str(night)), "matches", r).to_pylist())) for r in ("c2", "c3"))
+    assert merged == full and len(full) == 2 * 66 * 5
+
 
 def test_self_supervised_from_video_alone_learns_the_link(ray_cluster, people, tmp_path):
     assert _train(people, tmp_path, "video", "--mode", "video", "--epochs", "8") == 0
