@@ -12,7 +12,8 @@ incremental / full, and (incremental - one new) / full, the part that grows with
 The search part alone: ``--search-sources`` synthetic sources (``jobs.synthesize``) searched all against all
 (``jobs.match search --per-source``), then 1% more sources, then the night's search by difference (added sources
 against all, kept sources' lists merged) timed beside a full search of the same tables (``--no-reuse``), each from a
-copy of the same output root. ``--photos 0`` or ``--search-sources 0`` skips a part.
+copy of the same output root, and beside the same search once more with nothing new (its fixed cost). ``--photos 0``
+or ``--search-sources 0`` skips a part.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def search_part(sources: int, growth: float, rounds: int, env: dict) -> None:
         (marker,) = [m for m in committed_runs(resolve(str(out))) if m["run_id"] == run_id]
         return took, marker["summary"]
 
-    times: dict[str, list[float]] = {"full": [], "by difference": []}
+    times: dict[str, list[float]] = {"full": [], "by difference": [], "nothing new": []}
     try:
         synthesize("night-1", people, 1, 0)
         first, _ = search(base, "search-1")
@@ -112,11 +113,13 @@ def search_part(sources: int, growth: float, rounds: int, env: dict) -> None:
                 shutil.copytree(base, copy)
                 took, summary[name] = search(copy, "search-2", *extra)
                 times[name].append(took)
+                if not extra:  # the same search again: nothing changed since (the fixed cost of a night's search)
+                    times["nothing new"].append(search(copy, "search-3")[0])
                 shutil.rmtree(copy, ignore_errors=True)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    full, diff = statistics.median(times["full"]), statistics.median(times["by difference"])
+    full, diff, fixed = (statistics.median(times[k]) for k in ("full", "by difference", "nothing new"))
     done = summary["by difference"]
     print(f"\nsearch, medians of {rounds} rounds, {os.cpu_count()} cores, each its own process:")
     whole = summary["full"]
@@ -125,7 +128,9 @@ def search_part(sources: int, growth: float, rounds: int, env: dict) -> None:
         f"  by difference    {diff:7.1f} s   {diff / full:6.1%} of full  ({done['queries_searched']} searched, "
         f"{done['queries_merged']} merged, {done['gallery_added']} added)"
     )
-    print(json.dumps({"full_s": full, "by_difference_s": diff, "ratio": diff / full}))
+    print(f"  nothing new      {fixed:7.1f} s   {fixed / full:6.1%} of full  (fixed: Ray, staging, the diff, rows)")
+    print(f"  growth part      {diff - fixed:7.1f} s   {(diff - fixed) / full:6.1%} of full")
+    print(json.dumps({"full_s": full, "by_difference_s": diff, "nothing_new_s": fixed, "ratio": diff / full}))
 
 
 def main() -> None:

@@ -121,7 +121,7 @@ def stage_previous_file(path: str, root: Store, pairs: set, ledger: Ledger, by: 
     if by is None:
         rows = committed_rows(path, root, pairs, _ROW_COLUMNS)
         return {PREVIOUS_ROWS: [ledger.stage(PREVIOUS_ROWS, rows, by="query_uri")]} if rows.num_rows else {}
-    rows = committed_rows(path, root, pairs, ["side", "item", "uri", "vector_sha256"])
+    rows = committed_rows(path, root, pairs, ["side", "item", "uri", "sha256", "vector_sha256"])
     staged = {}
     for side, column in by.items():
         mine = rows.filter(pc.equal(rows.column("side"), side))
@@ -216,23 +216,30 @@ def diff_slice(
     none = ("", 0)
     found = {"records": [], "added": none, "kept": none, "removed": none}
     now = ledger.read(paths, lo, hi)
-    if now is None:
-        return found
-    hashes = pa.array(vector_hashes(now) if now.num_rows else [], pa.string())
-    if now.num_rows:
+    if now is not None and now.num_rows:
+        hashes = pa.array(vector_hashes(now), pa.string())
         record = {"run_id": pa.array([writer.run_id] * now.num_rows), "side": pa.array([side] * now.num_rows)}
         record |= {c: now.column(c) for c in ("item", "uri", "sha256")}
         found["records"] = writer.write(pa.table(record | {"vector_sha256": hashes}, schema=MATCH_ITEMS))
+        # Kept: the same item with the same source content and the same vector (a rewritten source whose vector
+        # came out equal still changes its rows' gallery_sha256, so it counts as changed).
+        keys = _keys(now.column("item"), now.column("sha256"), hashes)
+    else:
+        now, keys = None, pa.array([], pa.string())
     if before is None:
         return found
-    old = ledger.read(before, lo, hi, ["item", "vector_sha256"]) if before else None
-    old_keys = _keys(old.column("item"), old.column("vector_sha256")) if old is not None else pa.array([], pa.string())
-    keys = _keys(now.column("item"), hashes)
-    known = pc.is_in(keys, value_set=old_keys).to_numpy(zero_copy_only=False)
-    now = now.drop_columns(["bucket"])
-    found["added"] = _stage(now.filter(pa.array(~known)), staging.join("added"), identities)
-    found["kept"] = _stage(now.filter(pa.array(known)), staging.join("kept"), identities)
-    if old is not None:
+    old = ledger.read(before, lo, hi, ["item", "sha256", "vector_sha256"]) if before else None
+    old_keys = (
+        _keys(old.column("item"), old.column("sha256"), old.column("vector_sha256"))
+        if old is not None
+        else pa.array([], pa.string())
+    )
+    if now is not None:
+        known = pc.is_in(keys, value_set=old_keys).to_numpy(zero_copy_only=False)
+        now = now.drop_columns(["bucket"])
+        found["added"] = _stage(now.filter(pa.array(~known)), staging.join("added"), identities)
+        found["kept"] = _stage(now.filter(pa.array(known)), staging.join("kept"), identities)
+    if old is not None and old.num_rows:
         gone = old.filter(pc.invert(pc.is_in(old_keys, value_set=keys)))
         prefix = "identity:" if identities else ""
         ids = pa.array([item_id(prefix + i) for i in gone.column("item").to_pylist()], pa.int64())
@@ -244,8 +251,10 @@ def diff_slice(
     return found
 
 
-def _keys(items: pa.Array | pa.ChunkedArray, hashes: pa.Array | pa.ChunkedArray) -> pa.Array:
-    joined = pc.binary_join_element_wise(items, hashes, "\x00")
+def _keys(*columns: pa.Array | pa.ChunkedArray) -> pa.Array:
+    joined = pc.binary_join_element_wise(
+        *(pa.chunked_array([c]) if isinstance(c, pa.Array) else c for c in columns), "\x00"
+    )
     return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 

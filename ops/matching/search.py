@@ -4,8 +4,9 @@ Queries go in blocks against gallery blocks. A block's scores come from one matr
 numpy's BLAS, which runs faster than torch's here; on CUDA fp32, fp16 or bf16 through torch); only entries that can
 still enter a query's top K are kept as candidates: at or above the query's current K-th best score minus a
 margin that bounds the product's rounding error. Candidates are re-scored exactly (float64 dot products of the
-stored fp32 vectors, on the host) and merged into a running top K ordered by score, then by gallery id:
-deterministic, and the same answer whatever the precision, block sizes, device or sharding.
+stored fp32 vectors, on the host, then rounded to float32 as stored) and merged into a running top K ordered by
+that score, then by gallery id: deterministic, and the same answer whatever the precision, block sizes, device or
+sharding.
 
 On CUDA the filter is not run per block (each would wait for the device): a running approximate top (K + extra)
 per query stays on the device, and a query whose kept extra entries prove its top K complete is re-scored from
@@ -13,8 +14,9 @@ them; the others (near-duplicates crowding the margin) take the filtered path.
 
 The margin is a proof, not a tolerance: for unit vectors q and g, a product whose inputs are rounded with unit
 roundoff u and whose output is rounded with u again differs from the exact q.g by at most 3u + d 2^-23 (the last
-term the float32 accumulation over d terms), since sum |q_i g_i| <= |q||g| = 1. A vector within that margin of the
-threshold is always re-scored, so no true top-K member is lost.
+term the float32 accumulation over d terms), since sum |q_i g_i| <= |q||g| = 1; rounding the exact score to float32
+moves it by at most 2^-24 more. A vector within that margin of the threshold is always re-scored, so no true top-K
+member is lost.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class ExactSearch:
         if self.device.type == "cpu" and precision != "fp32":
             raise SearchError(f"{precision} products are for CUDA; on CPU the engine works in fp32")
         self.precision = precision
-        self.margin = 3.0 * UNIT_ROUNDOFF[precision] + self.dim * 2.0**-23
+        # and 2^-24 more: exact scores are ranked as stored, rounded to float32 (see _exact)
+        self.margin = 3.0 * UNIT_ROUNDOFF[precision] + self.dim * 2.0**-23 + 2.0**-24
         gallery_block = gallery_block or (65536 if self.device.type == "cuda" else 4096)
         query_block = query_block or (4096 if self.device.type == "cuda" else 512)
         if gallery_block % CHUNK or gallery_block < CHUNK:
@@ -250,8 +253,11 @@ class ExactSearch:
         return r.cpu().numpy(), c.cpu().numpy()
 
     def _exact(self, q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        # On the host whatever the device: one summation order, so every path gives bit-identical scores.
-        return np.einsum("ij,ij->i", q[rows].astype(np.float64), self.gallery[cols].astype(np.float64))
+        # On the host whatever the device: one summation order, so every path gives bit-identical scores. Rounded
+        # to float32, the precision rows store them in: lists are ranked by the score a reader sees (then by id),
+        # so that lists merged from stored rows (jobs.search_diff) and any cut of the gallery rank the same.
+        exact = np.einsum("ij,ij->i", q[rows].astype(np.float64), self.gallery[cols].astype(np.float64))
+        return exact.astype(np.float32).astype(np.float64)
 
     def _merge(self, q, rows, cols, best_s, best_i, k) -> tuple[np.ndarray, np.ndarray]:
         """The running lists of the queries that have candidates, merged with their exact scores."""

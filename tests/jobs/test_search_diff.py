@@ -15,13 +15,14 @@ from ops.io.tables import OutputRun, committed_runs, read_table
 SHA = "ab" * 32
 
 
-def embed(root, run_id: str, uris: list[str], vectors: np.ndarray) -> None:
-    """A committed faces/ run, one face per source, each source's sha256 that of its vector (its "content")."""
+def embed(root, run_id: str, uris: list[str], vectors: np.ndarray, rewritten: frozenset = frozenset()) -> None:
+    """A committed faces/ run, one face per source, each source's sha256 that of its vector (its "content"); the
+    ``rewritten`` uris' sha256 another (new bytes, the same face)."""
     rows = [
         {
             "run_id": run_id,
             "uri": u,
-            "sha256": hashlib.sha256(v.tobytes()).hexdigest(),
+            "sha256": hashlib.sha256(v.tobytes() + (b"exif" if u in rewritten else b"")).hexdigest(),
             "frame_index": 0,
             "timestamp": None,
             "face_index": 0,
@@ -54,17 +55,15 @@ def run(root, run_id: str, *args) -> dict:
 
 
 def rows_of(root, run_id: str) -> list[tuple]:
-    rows = read_table(resolve(str(root)), "matches", run_id=run_id).to_pylist()
-    return sorted(
-        (r["query_item"], r["rank"], r["gallery_item"], r["identity"], r["score"], r["decision"], r["threshold"])
-        for r in rows
-    )
+    rows = read_table(resolve(str(root)), "matches", run_id=run_id).drop_columns(["run_id", "threshold_source"])
+    return sorted(tuple(r.values()) for r in rows.to_pylist())
 
 
 @pytest.fixture
 def night(tmp_path):
     """Two nights of an archive of 80 sources in 8 groups: the second lost one source, had one rewritten (same uri,
-    new content), and gained four (one a near-copy of a source many lists name)."""
+    new content), one rewritten with the same face (new bytes: only its sha256 changes), and gained four (one an
+    exact copy of a source: equal scores, ranked by gallery id)."""
     rng = np.random.default_rng(7)
     centres = rng.standard_normal((8, 16))
     vectors = (np.repeat(centres, 10, axis=0) + 0.4 * rng.standard_normal((80, 16))).astype(np.float32)
@@ -74,14 +73,15 @@ def night(tmp_path):
     after_uris, after = uris[1:], vectors[1:].copy()  # /archive/g0/00.jpg removed
     after[0] = (centres[0] + 0.4 * rng.standard_normal(16)).astype(np.float32)  # /archive/g0/01.jpg rewritten
     new = (centres[[1, 2, 5]] + 0.4 * rng.standard_normal((3, 16))).astype(np.float32)
-    near = vectors[15] + 0.01 * rng.standard_normal(16).astype(np.float32)
     after_uris += [f"/archive/new/{i}.jpg" for i in range(4)]
-    after = np.concatenate([after, new, near[None]]).astype(np.float32)
-    embed(root, "e2", after_uris, after)
+    after = np.concatenate([after, new, vectors[15][None]]).astype(np.float32)
+    embed(root, "e2", after_uris, after, rewritten=frozenset({uris[5]}))
     return root, uris
 
 
-def test_search_by_difference_equals_a_full_search(ray_cluster, night):
+@pytest.mark.parametrize("slice_sources", [100_000, 16])
+def test_search_by_difference_equals_a_full_search(ray_cluster, night, slice_sources, monkeypatch):
+    monkeypatch.setattr("jobs.search_diff.SLICE_SOURCES", slice_sources)  # 16: six slices of the uris
     root, uris = night
     first = run(
         root,
@@ -131,11 +131,12 @@ def test_search_by_difference_equals_a_full_search(ray_cluster, night):
         "--no-reuse",
     )
     assert second["merged_from"] == "s1" and full["merged_from"] is None
-    assert second["gallery_added"] == 5 and second["gallery_removed"] == 2  # 4 new, 1 rewritten (out and in)
-    # Searched in full: the 5 added queries and the lists that named the removed or rewritten source.
+    assert second["gallery_added"] == 6 and second["gallery_removed"] == 3  # 4 new, 2 rewritten (out and in)
+    # Searched in full: the 6 added queries and the lists that named the removed or rewritten sources.
+    changed = {uris[0], uris[1], uris[5]}
     before = read_table(resolve(str(root)), "matches", run_id="s1").to_pylist()
-    named = {r["query_uri"] for r in before if r["gallery_uri"] in uris[:2]} - set(uris[:2])
-    assert second["queries_searched"] == 5 + len(named) and second["queries_merged"] == 83 - 5 - len(named)
+    named = {r["query_uri"] for r in before if r["gallery_uri"] in changed} - changed
+    assert second["queries_searched"] == 6 + len(named) and second["queries_merged"] == 83 - 6 - len(named)
     assert second["queries_merged"] > 50
     assert rows_of(root, "s2") == rows_of(root, "s3")
     assert not [r for r in read_table(root, "matches", run_id="s2").to_pylist() if uris[0] in r["gallery_item"]]
@@ -176,5 +177,5 @@ def test_identify_by_difference_equals_a_full_identification(ray_cluster, night,
     assert second["merged_from"] == "i1" and second["gallery_added"] == 2 and second["gallery_removed"] == 1
     assert 0 < second["queries_searched"] < second["probes"] and second["probes"] == full["probes"] == 73
     assert rows_of(root, "i2") == rows_of(root, "i3")
-    decided = [r for r in rows_of(root, "i2") if r[1] == 1]
-    assert len(decided) == 73 and {r[5] for r in decided} <= {f"p{g}" for g in range(9)} | {"unknown"}
+    decided = [r for r in read_table(root, "matches", run_id="i2").to_pylist() if r["rank"] == 1]
+    assert len(decided) == 73 and {r["decision"] for r in decided} <= {f"p{g}" for g in range(9)} | {"unknown"}

@@ -11,9 +11,9 @@ def unit(rng, n, d=32):
 
 
 def brute_force(q, g, k, ids=None):
-    """float64 scores of the stored vectors, ordered by score then id."""
+    """Exact scores of the stored vectors rounded to float32 (as rows store them), ordered by score then id."""
     ids = np.arange(len(g)) if ids is None else ids
-    scores = q.astype(np.float64) @ g.astype(np.float64).T
+    scores = (q.astype(np.float64) @ g.astype(np.float64).T).astype(np.float32).astype(np.float64)
     order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, 1), ids[order]
 
