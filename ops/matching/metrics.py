@@ -98,3 +98,36 @@ def one_of_n_accuracy(scores: np.ndarray, truth: np.ndarray) -> float:
     others = scores.copy()
     others[np.arange(len(scores)), truth] = -np.inf
     return float((true > others.max(axis=1)).mean())
+
+
+def _contingency(truth, found) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of items per (found cluster, true class) pair present, with each pair's cluster and class sizes."""
+    _, t = np.unique(np.asarray(truth), return_inverse=True)
+    _, f = np.unique(np.asarray(found), return_inverse=True)
+    pairs, counts = np.unique(np.stack([f, t]), axis=1, return_counts=True)
+    return counts.astype(np.float64), np.bincount(f)[pairs[0]].astype(np.float64), np.bincount(t)[pairs[1]]
+
+
+def bcubed(truth, found) -> tuple[float, float, float]:
+    """BCubed precision, recall and F of a clustering (``found``) against true classes (``truth``): per item, the
+    share of its cluster that shares its class (precision) and of its class that shares its cluster (recall),
+    averaged over items (Amigo et al. 2009)."""
+    counts, cluster, klass = _contingency(truth, found)
+    n = counts.sum()
+    precision = float((counts**2 / cluster).sum() / n)
+    recall = float((counts**2 / klass).sum() / n)
+    return precision, recall, 2 * precision * recall / (precision + recall)
+
+
+def pairwise_f(truth, found) -> tuple[float, float, float]:
+    """Pairwise precision, recall and F: over pairs of items, those put together that belong together."""
+    counts, _, _ = _contingency(truth, found)
+    together = (counts * (counts - 1) / 2).sum()
+    _, f_sizes = np.unique(np.asarray(found), return_counts=True)
+    _, t_sizes = np.unique(np.asarray(truth), return_counts=True)
+    found_pairs = (f_sizes * (f_sizes - 1) / 2).sum()
+    true_pairs = (t_sizes * (t_sizes - 1) / 2).sum()
+    precision = float(together / found_pairs) if found_pairs else 1.0
+    recall = float(together / true_pairs) if true_pairs else 1.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f

@@ -73,3 +73,15 @@ def test_one_of_two_and_one_of_n():
     assert one_of_two_accuracy(np.array([0.9, 0.2, 0.5]), np.array([0.1, 0.4, 0.5])) == pytest.approx(1.5 / 3)
     scores = np.array([[0.9, 0.1, 0.2], [0.3, 0.3, 0.1], [0.1, 0.2, 0.8]])
     assert one_of_n_accuracy(scores, np.array([0, 0, 1])) == pytest.approx(1 / 3)  # a tie is a miss
+
+
+def test_bcubed_and_pairwise_f_by_hand():
+    from ops.matching.metrics import bcubed, pairwise_f
+
+    truth, found = list("aaabb"), [1, 1, 2, 2, 2]
+    # BCubed precision: (2/2 + 2/2 + 1/3 + 2/3 + 2/3) / 5 = 11/15; recall: (2/3 + 2/3 + 1/3 + 2/2 + 2/2) / 5 = 11/15
+    assert bcubed(truth, found) == pytest.approx((11 / 15, 11 / 15, 11 / 15))
+    # Pairs together in both: (0,1) and (3,4) of 4 found pairs and 4 true pairs.
+    assert pairwise_f(truth, found) == pytest.approx((0.5, 0.5, 0.5))
+    assert bcubed(truth, truth) == (1.0, 1.0, 1.0) and pairwise_f(truth, ["x"] * 5)[1] == 1.0
+    assert bcubed(truth, list(range(5)))[0] == 1.0  # singletons: every cluster pure

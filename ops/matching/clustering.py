@@ -1,0 +1,113 @@
+"""Who is in an archive: identities as clusters of a k-nearest-neighbour graph of embeddings.
+
+    graph = knn_graph(vectors, k=10, threshold=0.6)       # exact top-k of each item (ExactSearch), edges >= threshold
+    labels = chinese_whispers(graph, seed=0)             # or connected_components(graph) at a stricter threshold
+
+The graph comes from the exact search engine, so its edges are the true nearest neighbours, not an index's guess.
+Two clusterings of it: **connected components** (every edge merges: a single false link chains two people, so it
+wants a strict threshold) and **Chinese whispers** (Biemann 2006, as dlib's ``chinese_whispers``: each node in
+turn takes the label its neighbours' edges weigh most; a stray link between two dense groups does not merge them).
+Both are deterministic: components by construction, whispers for a given seed (visiting order), ties to the lower
+label. Labels are the lowest member index of each cluster, so a clustering reads the same however it was computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ops.matching.search import ExactSearch
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An undirected weighted graph over ``n`` items: each edge once (``src < dst``), its weight a cosine score."""
+
+    n: int
+    src: np.ndarray
+    dst: np.ndarray
+    weight: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def knn_graph(vectors: np.ndarray, k: int, threshold: float, device: str | None = None) -> Graph:
+    """Each item linked to its exact top ``k`` others (cosine, ``ExactSearch``) that score at least ``threshold``;
+    an edge found from both ends is kept once."""
+    n = len(vectors)
+    if n == 0:
+        return Graph(0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    top = ExactSearch(vectors, ids=np.arange(n), device=device).search(vectors, min(k + 1, n))
+    src = np.repeat(np.arange(n), top.ids.shape[1])
+    dst, weight = top.ids.ravel(), top.scores.ravel()
+    keep = (dst >= 0) & (dst != src) & (weight >= threshold)
+    return undirected(n, src[keep], dst[keep], weight[keep])
+
+
+def undirected(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> Graph:
+    """Edges as one undirected edge each (``src < dst``; a pair given twice keeps its larger weight)."""
+    a, b = np.minimum(src, dst).astype(np.int64), np.maximum(src, dst).astype(np.int64)
+    order = np.lexsort((-weight, b, a))
+    a, b, weight = a[order], b[order], np.asarray(weight, np.float64)[order]
+    first = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if len(a) else np.zeros(0, bool)
+    return Graph(n, a[first], b[first], weight[first])
+
+
+def connected_components(graph: Graph) -> np.ndarray:
+    """Each item's component, labelled by its lowest member: hooking and pointer jumping, vectorised (a few
+    passes over the edges, however long the chains)."""
+    parent = np.arange(graph.n)
+    while True:
+        pu, pv = parent[graph.src], parent[graph.dst]
+        lo, hi = np.minimum(pu, pv), np.maximum(pu, pv)
+        moved = lo != hi
+        if not moved.any():
+            return parent
+        np.minimum.at(parent, hi[moved], lo[moved])  # hook the higher root under the lower
+        while True:  # jump: every item straight to its root
+            up = parent[parent]
+            if (up == parent).all():
+                break
+            parent = up
+
+
+def chinese_whispers(graph: Graph, iterations: int = 20, seed: int = 0) -> np.ndarray:
+    """Chinese whispers: each item starts as its own label; in each pass, in a seeded random order, every item with
+    neighbours takes the label whose edges to it weigh most (ties: the lower label). Stops early when a pass
+    changes nothing. Labels are then renamed to each cluster's lowest member."""
+    n = graph.n
+    labels = np.arange(n)
+    if n == 0 or len(graph) == 0:
+        return labels
+    # Adjacency in CSR form, both directions.
+    ends = np.concatenate([graph.src, graph.dst])
+    others = np.concatenate([graph.dst, graph.src])
+    weights = np.concatenate([graph.weight, graph.weight])
+    order = np.argsort(ends, kind="stable")
+    others, weights = others[order], weights[order]
+    start = np.searchsorted(ends[order], np.arange(n + 1))
+    rng = np.random.default_rng(seed)
+    linked = np.flatnonzero(np.diff(start) > 0)
+    for _ in range(iterations):
+        changed = False
+        for i in rng.permutation(linked):
+            a, b = start[i], start[i + 1]
+            votes: dict[int, float] = {}
+            for label, w in zip(labels[others[a:b]].tolist(), weights[a:b].tolist(), strict=True):
+                votes[label] = votes.get(label, 0.0) + w
+            best = min(votes, key=lambda label: (-votes[label], label))
+            if best != labels[i]:
+                labels[i] = best
+                changed = True
+        if not changed:
+            break
+    return canonical(labels)
+
+
+def canonical(labels: np.ndarray) -> np.ndarray:
+    """Cluster labels renamed to each cluster's lowest member index."""
+    labels = np.asarray(labels)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    return first[inverse]

@@ -1,0 +1,67 @@
+"""ops.matching.clustering: the k-NN graph from exact search, connected components and Chinese whispers, on hand-made
+graphs and synthetic identities (and beside dlib's Chinese whispers on the same graph)."""
+
+import numpy as np
+import pytest
+
+from ops.matching.clustering import Graph, canonical, chinese_whispers, connected_components, knn_graph, undirected
+from ops.matching.metrics import bcubed
+
+
+def _graph(n: int, edges: list[tuple[int, int, float]]) -> Graph:
+    src, dst, w = (np.array(x) for x in zip(*edges, strict=True)) if edges else ([], [], [])
+    return undirected(n, np.asarray(src, np.int64), np.asarray(dst, np.int64), np.asarray(w, np.float64))
+
+
+def identities(rng, people: int, per_person: int, spread: float, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    centres = rng.standard_normal((people, dim))
+    vectors = np.repeat(centres, per_person, axis=0) + spread * rng.standard_normal((people * per_person, dim))
+    return vectors.astype(np.float32), np.repeat(np.arange(people), per_person)
+
+
+def test_components_label_each_by_its_lowest_member_however_long_the_chain():
+    g = _graph(6, [(2, 1, 0.9), (1, 0, 0.8), (4, 3, 0.7)])
+    assert connected_components(g).tolist() == [0, 0, 0, 3, 3, 5]
+    chain = _graph(1000, [(i, i + 1, 1.0) for i in reversed(range(999))])
+    assert (connected_components(chain) == 0).all()
+
+
+def test_an_edge_given_twice_is_kept_once_with_its_larger_weight():
+    g = _graph(3, [(1, 0, 0.5), (0, 1, 0.7), (1, 2, 0.6)])
+    assert g.src.tolist() == [0, 1] and g.dst.tolist() == [1, 2] and g.weight.tolist() == [0.7, 0.6]
+
+
+def test_whispers_keep_two_groups_apart_across_one_stray_link():
+    clique = lambda base: [(base + i, base + j, 0.9) for i in range(5) for j in range(i + 1, 5)]  # noqa: E731
+    g = _graph(11, clique(0) + clique(5) + [(4, 5, 0.3)])  # and item 10 alone
+    labels = chinese_whispers(g, seed=3)
+    assert labels.tolist() == [0] * 5 + [5] * 5 + [10]
+    assert connected_components(g).tolist() == [0] * 10 + [10]  # a single link chains them
+    assert (chinese_whispers(g, seed=3) == labels).all()  # the same seed, the same answer
+
+
+def test_the_knn_graph_holds_the_exact_neighbours_above_the_threshold():
+    rng = np.random.default_rng(0)
+    vectors, truth = identities(rng, people=8, per_person=10, spread=0.3)
+    g = knn_graph(vectors, k=5, threshold=0.5)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    np.fill_diagonal(scores, -np.inf)
+    for i in range(0, 80, 7):  # each item's edges to higher indices are among its top 5 and above 0.5
+        mine = g.dst[g.src == i]
+        top = set(np.argsort(-scores[i])[:5].tolist())
+        assert all(j in top or i in set(np.argsort(-scores[j])[:5].tolist()) for j in mine)
+        assert (scores[i, mine] >= 0.5 - 1e-6).all()
+    assert bcubed(truth, connected_components(g))[2] == 1.0 and bcubed(truth, chinese_whispers(g))[2] == 1.0
+
+
+def test_whispers_cluster_as_well_as_dlibs_on_the_same_graph():
+    dlib = pytest.importorskip("dlib")
+    rng = np.random.default_rng(1)
+    vectors, truth = identities(rng, people=40, per_person=6, spread=0.9)  # loose groups: some stray edges
+    g = knn_graph(vectors, k=8, threshold=0.35)
+    ours = bcubed(truth, chinese_whispers(g, seed=0))[2]
+    edges = [(int(a), int(b), float(w)) for a, b, w in zip(g.src, g.dst, g.weight, strict=True)]
+    theirs = np.array(dlib.chinese_whispers(edges))
+    theirs = canonical(np.concatenate([theirs, -1 - np.arange(g.n - len(theirs))]))  # dlib stops at its last vertex
+    assert ours >= bcubed(truth, theirs)[2] - 0.02 and ours > 0.8, (ours, bcubed(truth, theirs)[2])
