@@ -169,6 +169,25 @@ MATCH_ITEMS = _table(
     _f("vector_sha256", SHA256, doc="hash of the unit vector searched (an identity: of its centroid)"),
 )
 
+IDENTITIES = _table(
+    "identities",
+    _f("run_id", pa.string()),
+    _f("identity", pa.string(), doc="id-<hash of its sorted member items>: the same id while its members are"),
+    _f("modality", pa.string(), doc="faces or voices"),
+    _f("item", pa.string(), doc="the member: an item key of the search it was clustered from"),
+    _f("uri", pa.string()),
+    _f("sha256", SHA256),
+    _f("size", pa.int32(), doc="the identity's members"),
+    _f("representative", pa.bool_(), doc="the member most linked within the identity (one per identity)"),
+    _f("cohesion", pa.float64(), nullable=True, doc="mean score of the edges inside the identity (null: none)"),
+    _f("confidence", pa.float64(), doc="share of the member's edge weight inside its identity (1: no edge out)"),
+    _f("method", pa.string(), doc="whispers or components, over the k-NN graph of the search"),
+    _f("threshold", pa.float32(), doc="edges at or above this cosine score link members"),
+    _f("search_run_id", pa.string(), doc="the search run whose top-K lists are the graph"),
+    _f("model_name", pa.string()),
+    _f("model_sha256", SHA256),
+)
+
 CALIBRATIONS = _table(
     "calibrations",
     _f("run_id", pa.string()),
@@ -244,6 +263,7 @@ TABLES: dict[str, pa.Schema] = {
     "face_thumbnails": FACE_THUMBNAILS,
     "matches": MATCHES,
     "match_items": MATCH_ITEMS,
+    "identities": IDENTITIES,
     "styled": STYLED,
     "training": TRAINING,
     "runs": RUNS,

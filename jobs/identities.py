@@ -1,0 +1,261 @@
+"""jobs.identities: who is in an archive: the items of a search clustered into identities.
+
+    python -m jobs.identities [RESULTS] --search-run-id RUN [--method whispers|components] [--threshold T]
+
+The graph is a committed search of one set against itself (``jobs.match search``, typically ``--per-source``): an
+item's exact top-K list, kept where a score reaches the threshold, gives its edges, so the graph costs nothing more
+than the search (and a nightly search by difference keeps it current). Two clusterings (``ops.matching.clustering``):
+Chinese whispers (the default: a stray link between two people does not merge them) and connected components (every
+link merges: for a strict threshold). The threshold is --threshold, else the one the search rows carry (a
+calibration's or the model card's); the job refuses without one.
+
+A Ray task reads the run's items (``match_items/``) and lists (``matches/``, three columns), clusters, and writes
+``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members: stable while its
+membership is), its size, whether it is the identity's representative (the member most linked inside it), the
+identity's cohesion (mean edge score) and the member's confidence (share of its edge weight inside its identity).
+Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is scored:
+BCubed and pairwise precision, recall and F over the labelled items, and identities found against the true number.
+The driver holds counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import RowWriter
+from ops.io.errors import JobFailed
+from ops.io.schemas import IDENTITIES
+from ops.io.storage import Store, resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching import metrics
+from ops.matching.clustering import Graph, chinese_whispers, connected_components, undirected
+from ops.matching.embeddings import manifest_of
+
+JOB = "identities"
+METHODS = ("whispers", "components")
+
+
+@dataclass
+class IdentitiesConfig(JobConfig):
+    results: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the search run"}
+    )
+    search_run_id: str | None = field(
+        default=None, metadata={"run_key": True, "help": "the search run to cluster (jobs.match search)"}
+    )
+    method: str = field(default="whispers", metadata={"run_key": True, "help": "whispers or components"})
+    threshold: float | None = field(
+        default=None, metadata={"run_key": True, "help": "cosine score linking two items (default: the search's)"}
+    )
+    iterations: int = field(default=20, metadata={"run_key": True, "help": "whispers: passes at most"})
+    seed: int = field(default=0, metadata={"run_key": True, "help": "whispers: the visiting order's seed"})
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels to score against (default: the search's embeddings' manifest)"},
+    )
+
+
+def _search(root: Store, run_id: str | None) -> dict:
+    """The committed search run to cluster: one set searched against itself."""
+    if not run_id:
+        raise JobFailed("--search-run-id is needed: the run of `python -m jobs.match search` to cluster")
+    found = [m for m in committed_runs(root) if m["run_id"] == run_id]
+    if not found:
+        raise JobFailed(f"no committed run {run_id} under {root.uri}: run `python -m jobs.match search` first")
+    marker = found[0]
+    summary, config = marker.get("summary") or {}, marker.get("config") or {}
+    if marker["job"] != "match" or summary.get("mode") != "search":
+        raise JobFailed(f"run {run_id} is a {marker['job']} {summary.get('mode', '')} run, not a search")
+    if not (summary.get("search_key") or {}).get("same_set"):
+        raise JobFailed(f"run {run_id} searched queries against another gallery: cluster a search of one set")
+    # Labels come from the embeddings' own manifest: the one the search named, or the one its embeddings run made.
+    embeddings = resolve(config.get("queries") or root.uri)
+    manifest = config.get("manifest_run_id") or manifest_of(embeddings, config.get("queries_run_id"))
+    return {"table": config.get("table", "faces"), "labels": (embeddings, manifest), "k": summary["k"]}
+
+
+def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
+    if config.method not in METHODS:
+        raise JobFailed(f"unknown --method {config.method!r}: use {' or '.join(METHODS)}")
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    root = resolve(config.results)
+    search = _search(root, config.search_run_id)
+    first = read_table(root, "matches", config.search_run_id, ["threshold", "model_name", "model_sha256"], limit=1)
+    if first.num_rows == 0:
+        raise JobFailed(f"search run {config.search_run_id} has no rows: nothing links any item")
+    threshold = config.threshold if config.threshold is not None else first.column("threshold")[0].as_py()
+    if threshold is None:
+        raise JobFailed(
+            f"no threshold: search run {config.search_run_id} had none (no calibration, no model card threshold); "
+            "pass --threshold, or search with --calibration"
+        )
+    model = (first.column("model_name")[0].as_py(), first.column("model_sha256")[0].as_py())
+    labels_root, manifest_run = search["labels"]
+    if config.manifest_run_id:
+        labels_root, manifest_run = root, config.manifest_run_id
+    ensure_ray()
+    import ray
+
+    writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
+    settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed}
+    task = ray.remote(num_cpus=1)(cluster_search)
+    done = ray.get(
+        task.remote(
+            root,
+            config.search_run_id,
+            search["table"],
+            float(threshold),
+            settings,
+            (labels_root, manifest_run),
+            model,
+            writer,
+        )
+    )
+    out.add_files("identities", done.pop("files"), IDENTITIES)
+    summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
+    summary |= {"manifest_run_id": manifest_run, **done}
+    marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
+    scored = f", BCubed F {done['bcubed_f']:.3f}" if "bcubed_f" in done else ""
+    ctx.log.info(
+        "%d items in %d identities (%d of one, largest %d) by %s at %.3f%s",
+        done["items"],
+        done["identities"],
+        done["singletons"],
+        done["largest"],
+        config.method,
+        threshold,
+        scored,
+    )
+    return marker
+
+
+def cluster_search(
+    root: Store,
+    search_run: str,
+    table: str,
+    threshold: float,
+    settings: dict,
+    labels: tuple[Store, str | None],
+    model: tuple[str, str],
+    writer: RowWriter,
+) -> dict:
+    """One worker: the search's items and lists as a graph, clustered, written as ``identities/`` rows; counts and,
+    with labels, the scores of the clustering."""
+    items = read_table(root, "match_items", search_run, ["item", "uri", "sha256"])
+    lists = read_table(
+        root, "matches", search_run, ["query_item", "gallery_item", "score"], filter=pc.field("score") >= threshold
+    )
+    names = items.column("item").combine_chunks()
+    src = pc.index_in(lists.column("query_item"), value_set=names)
+    dst = pc.index_in(lists.column("gallery_item"), value_set=names)
+    if src.null_count or dst.null_count:  # the run's own tables disagree: nothing to cluster on a guess
+        raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
+    score = lists.column("score").to_numpy().astype(np.float64)
+    graph = undirected(len(names), _ints(src), _ints(dst), score)
+    if settings["method"] == "whispers":
+        clusters = chinese_whispers(graph, settings["iterations"], settings["seed"])
+    else:
+        clusters = connected_components(graph)
+    rows, counts = _members(items, graph, clusters)
+    rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
+    for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
+        rows = rows.append_column(name, pa.array([value] * rows.num_rows))
+    rows = rows.append_column("search_run_id", pa.array([search_run] * rows.num_rows))
+    rows = rows.append_column("model_name", pa.array([model[0]] * rows.num_rows))
+    rows = rows.append_column("model_sha256", pa.array([model[1]] * rows.num_rows))
+    files = writer.write(rows.select(IDENTITIES.names).cast(IDENTITIES))
+    counts |= {"items": len(names), "edges": len(graph), "files": files}
+    if labels[1]:
+        counts |= _scores(labels[0], labels[1], items, clusters)
+    return counts
+
+
+def _ints(column: pa.ChunkedArray) -> np.ndarray:
+    return column.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _members(items: pa.Table, graph: Graph, labels: np.ndarray) -> tuple[pa.Table, dict]:
+    """Each member's identity, size, confidence and whether it represents it; each identity's cohesion."""
+    n = len(labels)
+    inside = labels[graph.src] == labels[graph.dst]
+    weight_in = np.bincount(graph.src[inside], graph.weight[inside], n) + np.bincount(
+        graph.dst[inside], graph.weight[inside], n
+    )
+    weight_all = np.bincount(graph.src, graph.weight, n) + np.bincount(graph.dst, graph.weight, n)
+    confidence = np.where(weight_all > 0, weight_in / np.where(weight_all > 0, weight_all, 1), 1.0)
+    _, cluster = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(cluster)
+    edge_sum = np.bincount(cluster[graph.src[inside]], graph.weight[inside], len(sizes))
+    edge_count = np.bincount(cluster[graph.src[inside]], minlength=len(sizes))
+    cohesion = np.where(edge_count > 0, edge_sum / np.maximum(edge_count, 1), np.nan)
+    # The representative: the most linked inside (ties: the lower index), by one sort of all members.
+    order = np.lexsort((np.arange(n), -weight_in, cluster))
+    first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
+    representative = np.zeros(n, bool)
+    representative[order[first]] = True
+    item_names = items.column("item").to_pylist()
+    by_cluster = np.argsort(cluster, kind="stable")
+    bounds = np.r_[0, np.cumsum(sizes)]
+    ids = np.empty(len(sizes), object)
+    for c in range(len(sizes)):
+        members = sorted(item_names[i] for i in by_cluster[bounds[c] : bounds[c + 1]])
+        ids[c] = "id-" + hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    rows = pa.table(
+        {
+            "identity": pa.array(ids[cluster].tolist(), pa.string()),
+            "item": items.column("item"),
+            "uri": items.column("uri"),
+            "sha256": items.column("sha256"),
+            "size": pa.array(sizes[cluster], pa.int32()),
+            "representative": pa.array(representative),
+            "cohesion": pa.array(
+                np.where(sizes[cluster] > 1, cohesion[cluster], np.nan), pa.float64(), from_pandas=True
+            ),
+            "confidence": pa.array(confidence, pa.float64()),
+        }
+    )
+    counts = {"identities": len(sizes), "singletons": int((sizes == 1).sum()), "largest": int(sizes.max(initial=0))}
+    return rows, counts
+
+
+def _scores(root: Store, manifest_run: str, items: pa.Table, labels: np.ndarray) -> dict:
+    """The clustering against the manifest's labels, over the labelled items."""
+    labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
+    known = read_table(root, "manifest", manifest_run, ["uri", "label"], filter=labelled)
+    at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks())
+    mine = pc.is_valid(at).to_numpy(zero_copy_only=False)
+    if not mine.any():
+        return {}
+    truth = np.array(known.column("label").to_pylist(), object)[at.filter(pa.array(mine)).to_numpy()]
+    found = labels[mine]
+    bp, br, bf = metrics.bcubed(truth, found)
+    pp, pr, pf = metrics.pairwise_f(truth, found)
+    return {
+        "labelled_items": int(mine.sum()),
+        "true_identities": len(set(truth.tolist())),
+        "found_identities": len(np.unique(found)),
+        "bcubed_precision": bp,
+        "bcubed_recall": br,
+        "bcubed_f": bf,
+        "pairwise_precision": pp,
+        "pairwise_recall": pr,
+        "pairwise_f": pf,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, IdentitiesConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(run_module(__spec__.name))

@@ -1,0 +1,56 @@
+"""jobs.identities: a search of one set clustered into identities, scored against the manifest's labels."""
+
+import numpy as np
+
+from jobs import identities, match
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+from tests.jobs.test_match import write_faces
+
+
+def _summary(root, run_id: str) -> dict:
+    (marker,) = [m for m in committed_runs(resolve(str(root))) if m["run_id"] == run_id]
+    return marker["summary"]
+
+
+def test_a_search_clustered_into_identities_scored_against_labels(ray_cluster, tmp_path, caplog):
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((8, 16))
+    vectors = np.concatenate(
+        [np.repeat(centres, 10, axis=0) + 0.3 * rng.standard_normal((80, 16)), rng.standard_normal((1, 16))]
+    )
+    labels = [f"p{i // 10}" for i in range(80)] + [None]  # and a stranger, unlabelled
+    uris = [f"/archive/{i:02d}.jpg" for i in range(81)]
+    write_faces(tmp_path, vectors.astype(np.float32), uris, labels=labels)
+    search = ["search", "--queries", tmp_path, "--output", tmp_path, "--per-source", "--k", 10, "--threshold", 0.7]
+    assert match.main([*map(str, search), "--run-id", "s", "--log-level", "WARNING"]) == 0
+    argv = [str(tmp_path), "--search-run-id", "s", "--output", str(tmp_path), "--manifest-run-id", "manifest-test"]
+    assert identities.main([*argv, "--run-id", "i1"]) == 0
+    summary = _summary(tmp_path, "i1")
+    assert summary["identities"] == 9 and summary["singletons"] == 1 and summary["largest"] == 10
+    assert summary["bcubed_f"] == 1.0 and summary["pairwise_f"] == 1.0 and summary["true_identities"] == 8
+    rows = read_table(resolve(str(tmp_path)), "identities", "i1").to_pylist()
+    assert (
+        len(rows) == 81
+        and {r["method"] for r in rows} == {"whispers"}
+        and {r["threshold"] for r in rows} == {float(np.float32(0.7))}
+    )
+    by_identity: dict[str, list[dict]] = {}
+    for r in rows:
+        by_identity.setdefault(r["identity"], []).append(r)
+    for members in by_identity.values():
+        assert len({m["uri"].split("/")[-1][:1] for m in members}) == 1  # one person (one tens digit) each
+        assert sum(m["representative"] for m in members) == 1 and all(m["size"] == len(members) for m in members)
+        assert all(0 < m["confidence"] <= 1 for m in members)
+        assert (members[0]["cohesion"] is None) == (len(members) == 1)
+    # The same clustering again: the same identity ids (they name their members); components agree here.
+    assert identities.main([*argv, "--run-id", "i2"]) == 0
+    assert identities.main([*argv, "--run-id", "i3", "--method", "components"]) == 0
+    ids = lambda run: sorted(r["identity"] for r in read_table(resolve(str(tmp_path)), "identities", run).to_pylist())  # noqa: E731
+    assert ids("i1") == ids("i2") == ids("i3")
+    # A run that is not a search of one set, or no threshold anywhere: refused with the reason.
+    assert identities.main([str(tmp_path), "--search-run-id", "i1", "--output", str(tmp_path)]) == 2
+    assert "not a search" in caplog.text
+    assert match.main([*map(str, search[:-2]), "--run-id", "bare", "--log-level", "WARNING"]) == 0
+    assert identities.main([str(tmp_path), "--search-run-id", "bare", "--output", str(tmp_path)]) == 2
+    assert "pass --threshold" in caplog.text
