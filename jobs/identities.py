@@ -75,7 +75,9 @@ def _search(root: Store, run_id: str | None) -> dict:
     summary, config = marker.get("summary") or {}, marker.get("config") or {}
     if marker["job"] != "match" or summary.get("mode") != "search":
         raise JobFailed(f"run {run_id} is a {marker['job']} {summary.get('mode', '')} run, not a search")
-    if not (summary.get("search_key") or {}).get("same_set"):
+    if "search_key" not in summary:
+        raise JobFailed(f"run {run_id} was made before searches recorded their items (match_items/): search again")
+    if not summary["search_key"].get("same_set"):
         raise JobFailed(f"run {run_id} searched queries against another gallery: cluster a search of one set")
     # Labels come from the embeddings' own manifest: the one the search named, or the one its embeddings run made.
     embeddings = resolve(config.get("queries") or root.uri)
@@ -198,8 +200,8 @@ def _members(items: pa.Table, graph: Graph, labels: np.ndarray) -> tuple[pa.Tabl
     edge_sum = np.bincount(cluster[graph.src[inside]], graph.weight[inside], len(sizes))
     edge_count = np.bincount(cluster[graph.src[inside]], minlength=len(sizes))
     cohesion = np.where(edge_count > 0, edge_sum / np.maximum(edge_count, 1), np.nan)
-    # The representative: the most linked inside (ties: the lower index), by one sort of all members.
-    order = np.lexsort((np.arange(n), -weight_in, cluster))
+    # The representative: the most linked inside, then the surest (ties: the lower index), by one sort of all members.
+    order = np.lexsort((np.arange(n), -confidence, -weight_in, cluster))
     first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
     representative = np.zeros(n, bool)
     representative[order[first]] = True
