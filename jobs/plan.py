@@ -153,11 +153,6 @@ def shard_plan(shards: int | None, gpus_per_shard: float | None, most: int) -> t
             f"{count} shards x {per_shard:g} GPU need {count * per_shard:g} GPUs, the cluster has {gpus}: "
             "pass fewer --shards, a fractional --gpus-per-shard, or --gpus-per-shard 0"
         )
-    cpus = int(ray.cluster_resources().get("CPU", 0))
-    if not per_shard and shards and count > cpus:  # a CPU shard holds a CPU for the whole search: none can wait
-        raise JobFailed(
-            f"{count} CPU shards need a CPU each, the cluster has {cpus}: pass --shards {max(cpus, 1)} or less"
-        )
     return count, per_shard
 
 

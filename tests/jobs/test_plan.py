@@ -1,7 +1,6 @@
 import pytest
 
-from jobs.plan import ActorOptions, actor_plan, shard, shard_plan
-from ops.io.errors import JobFailed
+from jobs.plan import ActorOptions, actor_plan, shard
 from ops.io.storage import ObjectInfo
 
 
@@ -52,23 +51,3 @@ def test_actor_pools_start_with_the_cluster_and_grow(monkeypatch, resources, opt
     strategy = plan.map_args(64)["compute"]
     assert (strategy.min_size, strategy.max_size) == (plan.min_size, plan.max_size or float("inf"))
     assert plan.parallelism >= max(plan.cpus, plan.max_size or 0)
-
-
-@pytest.mark.parametrize(
-    ("resources", "asked", "expected"),
-    [
-        ({"CPU": 4}, (None, None), (1, 0.0)),  # one CPU shard by default
-        ({"CPU": 4}, (4, None), (4, 0.0)),  # a shard on every CPU
-        ({"CPU": 4, "GPU": 2}, (None, None), (2, 1.0)),  # one per GPU
-        ({"CPU": 4, "GPU": 1}, (2, 0.5), (2, 0.5)),
-        ({"CPU": 4}, (5, None), "5 CPU shards need a CPU each, the cluster has 4: pass --shards 4 or less"),
-        ({"CPU": 4, "GPU": 1}, (2, 1.0), "2 shards x 1 GPU need 2 GPUs, the cluster has 1"),
-    ],
-)
-def test_shard_plans_the_cluster_can_hold_and_refuses_the_others(monkeypatch, resources, asked, expected):
-    _cluster(monkeypatch, **resources)
-    if isinstance(expected, str):  # shards that would wait forever for a CPU or GPU held by another shard
-        with pytest.raises(JobFailed, match=expected):
-            shard_plan(*asked, most=100)
-    else:
-        assert shard_plan(*asked, most=100) == expected
