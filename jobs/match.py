@@ -32,8 +32,9 @@ from jobs.archive_search import STAGING, Prepared, Projection, Search, prepare_i
 from jobs.archive_verify import Verifier, verify_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
+from jobs.reuse import reusable_run
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.search_diff import Previous, diff_set, previous_run, search_key, search_sets, stage_previous
+from jobs.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError
 from ops.io.schemas import MATCH_ITEMS, MATCHES, schema_for
@@ -157,7 +158,7 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
 def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict[str, str]) -> Previous | None:
     """The previous run to search by difference from (``jobs.search_diff``), its items and rows staged; None: a
     full search (--no-reuse, or no committed run with the same key)."""
-    run = previous_run(ctx.output, JOB, key) if config.reuse else None
+    run = reusable_run(ctx.output, JOB, key, "search_key") if config.reuse else None
     if run is None:
         return None
     ctx.log.info("searching by difference: what changed since run %s", run)

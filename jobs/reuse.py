@@ -71,13 +71,12 @@ def reuse_key(config, models: dict[str, str], rows_version: int, device: dict) -
     return {"models": dict(sorted(models.items())), "versions": versions, "device": device, "settings": settings}
 
 
-def reusable_run(root: Store, job: str, key: dict) -> str | None:
-    """The newest committed run of ``job`` under ``root`` with the same reuse key: another run, or this run's own
-    committed attempt when it runs again (its rows are copied before the new attempt replaces it)."""
+def reusable_run(root: Store, job: str, key: dict, field: str = "reuse_key") -> str | None:
+    """The newest committed run of ``job`` under ``root`` whose summary holds the same key under ``field`` (a reuse
+    key; a search key): another run, or this run's own committed attempt when it runs again (its rows are read
+    before the new attempt replaces it)."""
     found = [
-        m["run_id"]
-        for m in committed_runs(root)
-        if m.get("job") == job and (m.get("summary") or {}).get("reuse_key") == key
+        m["run_id"] for m in committed_runs(root) if m.get("job") == job and (m.get("summary") or {}).get(field) == key
     ]
     return found[-1] if found else None
 

@@ -51,7 +51,7 @@ from jobs.archive_search import (
 from jobs.source_job import RowWriter
 from ops.io.schemas import MATCH_ITEMS, SCHEMA_VERSION
 from ops.io.storage import Store, storage_errors
-from ops.io.tables import DataFile, committed_files, committed_rows, committed_runs
+from ops.io.tables import DataFile, committed_files, committed_rows
 from ops.matching.embeddings import item_id
 
 log = logging.getLogger("crossmatch")
@@ -73,17 +73,6 @@ def search_key(mode: str, table: str, per_source: bool, k: int, same_set: bool, 
         "model": list(model),
         "versions": {"rows": ROWS_VERSION, "schema": SCHEMA_VERSION},
     }
-
-
-def previous_run(root: Store, job: str, key: dict) -> str | None:
-    """The newest committed run of ``job`` under ``root`` with the same search key (this run's own committed attempt
-    too, when it runs again)."""
-    found = [
-        m["run_id"]
-        for m in committed_runs(root)
-        if m.get("job") == job and (m.get("summary") or {}).get("search_key") == key
-    ]
-    return found[-1] if found else None
 
 
 @dataclass(frozen=True)
