@@ -7,7 +7,9 @@ item's exact top-K list, kept where a score reaches the threshold, gives its edg
 than the search (and a nightly search by difference keeps it current). Two clusterings (``ops.matching.clustering``):
 Chinese whispers (the default: a stray link between two people does not merge them) and connected components (every
 link merges: for a strict threshold). The threshold is --threshold, else the one the search rows carry (a
-calibration's or the model card's); the job refuses without one.
+calibration's or the model card's); the job refuses without one. The faces of one video track are must-linked:
+clustered as one node (``clustering.contract``), so a track that turns its head stays one person. A speech segment
+is one item already, so a speaker's turn is never split.
 
 A Ray task reads the run's items (``match_items/``) and lists (``matches/``, three columns), clusters, and writes
 ``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members: stable while its
@@ -37,8 +39,9 @@ from ops.io.schemas import IDENTITIES
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching import metrics
-from ops.matching.clustering import Graph, chinese_whispers, connected_components, undirected
+from ops.matching.clustering import Graph, cluster, undirected
 from ops.matching.embeddings import manifest_of
+from ops.matching.items import face_key
 
 JOB = "identities"
 METHODS = ("whispers", "components")
@@ -82,7 +85,13 @@ def _search(root: Store, run_id: str | None) -> dict:
     # Labels come from the embeddings' own manifest: the one the search named, or the one its embeddings run made.
     embeddings = resolve(config.get("queries") or root.uri)
     manifest = config.get("manifest_run_id") or manifest_of(embeddings, config.get("queries_run_id"))
-    return {"table": config.get("table", "faces"), "labels": (embeddings, manifest), "k": summary["k"]}
+    return {
+        "table": config.get("table", "faces"),
+        "labels": (embeddings, manifest),
+        "k": summary["k"],
+        "embeddings": (embeddings, config.get("queries_run_id")),
+        "per_source": bool(summary["search_key"].get("per_source")),
+    }
 
 
 def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
@@ -110,6 +119,8 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
 
     writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed}
+    # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
+    tracks = search["embeddings"] if search["table"] == "faces" and not search["per_source"] else None
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -121,6 +132,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
             (labels_root, manifest_run),
             model,
             writer,
+            tracks,
         )
     )
     out.add_files("identities", done.pop("files"), IDENTITIES)
@@ -150,9 +162,10 @@ def cluster_search(
     labels: tuple[Store, str | None],
     model: tuple[str, str],
     writer: RowWriter,
+    tracks: tuple[Store, str | None] | None = None,
 ) -> dict:
-    """One worker: the search's items and lists as a graph, clustered, written as ``identities/`` rows; counts and,
-    with labels, the scores of the clustering."""
+    """One worker: the search's items and lists as a graph, clustered (the faces of a video track as one, when
+    ``tracks`` names the faces run), written as ``identities/`` rows; counts and, with labels, the scores."""
     items = read_table(root, "match_items", search_run, ["item", "uri", "sha256"])
     lists = read_table(
         root, "matches", search_run, ["query_item", "gallery_item", "score"], filter=pc.field("score") >= threshold
@@ -164,10 +177,8 @@ def cluster_search(
         raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
-    if settings["method"] == "whispers":
-        clusters = chinese_whispers(graph, settings["iterations"], settings["seed"])
-    else:
-        clusters = connected_components(graph)
+    group = track_groups(tracks[0], tracks[1], items) if tracks else None
+    clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"])
     rows, counts = _members(items, graph, clusters)
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
     for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
@@ -177,9 +188,30 @@ def cluster_search(
     rows = rows.append_column("model_sha256", pa.array([model[1]] * rows.num_rows))
     files = writer.write(rows.select(IDENTITIES.names).cast(IDENTITIES))
     counts |= {"items": len(names), "edges": len(graph), "files": files}
+    if group is not None:
+        counts["tracks"] = int(len(np.unique(group)) - (np.bincount(group) == 1).sum())
     if labels[1]:
         counts |= _scores(labels[0], labels[1], items, clusters)
     return counts
+
+
+def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray:
+    """Each item's must-link group: the items of one face track of one video share one; every other item is a
+    group of its own. Tracks come from the faces run's rows of the same content (uri, frame, face and sha256)."""
+    rows = read_table(
+        root,
+        "faces",
+        run_id,
+        ["uri", "sha256", "frame_index", "face_index", "track_id"],
+        filter=pc.is_valid(pc.field("track_id")),
+    )
+    track_of = {
+        (face_key(u, f, i), s): f"{u}\0{t}"
+        for u, s, f, i, t in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
+    }
+    names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
+    keys = [track_of.get((n, s), f"\1{n}") for n, s in zip(names, shas, strict=True)]
+    return np.unique(np.array(keys, object), return_inverse=True)[1].astype(np.int64)
 
 
 def _ints(column: pa.ChunkedArray) -> np.ndarray:

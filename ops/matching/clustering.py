@@ -55,6 +55,33 @@ def undirected(n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> 
     return Graph(n, a[first], b[first], weight[first])
 
 
+def contract(graph: Graph, group: np.ndarray) -> Graph:
+    """The graph over groups of items that must be together (a video's face track is one face): an edge between two
+    groups weighs the sum of their members' edges, so a group votes in whispers as its members would together."""
+    group = np.asarray(group, np.int64)
+    m = int(group.max()) + 1 if len(group) else 0
+    a, b = group[graph.src], group[graph.dst]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    apart = lo != hi
+    pairs, at = np.unique(lo[apart] * m + hi[apart], return_inverse=True)
+    return Graph(m, pairs // m, pairs % m, np.bincount(at, graph.weight[apart], len(pairs)))
+
+
+def cluster(
+    graph: Graph, method: str, group: np.ndarray | None = None, iterations: int = 20, seed: int = 0
+) -> np.ndarray:
+    """Each item's cluster by ``method`` (whispers or components), the members of a ``group`` always together:
+    the groups are clustered as one node each (``contract``), then every item takes its group's label."""
+    if group is not None:
+        found = cluster(contract(graph, group), method, None, iterations, seed)
+        return canonical(found[group])
+    if method == "whispers":
+        return chinese_whispers(graph, iterations, seed)
+    if method == "components":
+        return connected_components(graph)
+    raise ValueError(f"unknown clustering {method!r}: use whispers or components")
+
+
 def connected_components(graph: Graph) -> np.ndarray:
     """Each item's component, labelled by its lowest member: hooking and pointer jumping, vectorised (a few
     passes over the edges, however long the chains)."""

@@ -54,3 +54,27 @@ def test_a_search_clustered_into_identities_scored_against_labels(ray_cluster, t
     assert match.main([*map(str, search[:-2]), "--run-id", "bare", "--log-level", "WARNING"]) == 0
     assert identities.main([str(tmp_path), "--search-run-id", "bare", "--output", str(tmp_path)]) == 2
     assert "pass --threshold" in caplog.text
+
+
+def test_the_faces_of_a_video_track_are_one_identity(ray_cluster, tmp_path):
+    """A track turns its head: its profile frames look like nobody, yet they are the face the track began with."""
+    rng = np.random.default_rng(7)
+    a, b, profile = rng.standard_normal((3, 16))
+    near = lambda centre, n: centre + 0.2 * rng.standard_normal((n, 16))  # noqa: E731
+    vectors = np.concatenate([near(a, 4), near(b, 4), near(a, 3), near(profile, 3), near(b, 3)]).astype(np.float32)
+    uris = [f"/archive/a{i}.jpg" for i in range(4)] + [f"/archive/b{i}.jpg" for i in range(4)] + ["/archive/v.mp4"] * 9
+    video = [(f, 0, 0) for f in range(6)] + [(f, 1, 1) for f in range(3)]  # (frame, face, track)
+    frames = [{}] * 8 + [
+        {"frame_index": f, "timestamp": f / 1.0, "face_index": i, "track_id": t, "sha256": "f" * 64}
+        for f, i, t in video
+    ]
+    write_faces(tmp_path, vectors, uris, frames=frames)
+    search = ["search", "--queries", tmp_path, "--output", tmp_path, "--k", 10, "--threshold", 0.7]
+    assert match.main([*map(str, search), "--run-id", "s", "--log-level", "WARNING"]) == 0
+    assert identities.main([str(tmp_path), "--search-run-id", "s", "--output", str(tmp_path), "--run-id", "i"]) == 0
+    rows = read_table(resolve(str(tmp_path)), "identities", "i").to_pylist()
+    who = {r["item"]: r["identity"] for r in rows}
+    assert len(rows) == 17 and len(set(who.values())) == 2
+    assert {who[f"/archive/v.mp4#frame={f}&face=0"] for f in range(6)} == {who["/archive/a0.jpg#frame=0&face=0"]}
+    assert {who[f"/archive/v.mp4#frame={f}&face=1"] for f in range(3)} == {who["/archive/b0.jpg#frame=0&face=0"]}
+    assert _summary(tmp_path, "i")["tracks"] == 2

@@ -17,8 +17,11 @@ from tests.conftest import shared_data
 SHA = "ab" * 32
 
 
-def write_faces(root, vectors, uris, labels=None, model=("dlib-resnet-v1", SHA), run_id="embed_faces-test"):
-    """A committed faces/ run (one face per source) and a manifest with labels, as the jobs would write them."""
+def write_faces(
+    root, vectors, uris, labels=None, model=("dlib-resnet-v1", SHA), run_id="embed_faces-test", frames=None
+):
+    """A committed faces/ run (one face per source, or per ``frames`` entry: a dict of frame_index, timestamp,
+    face_index, track_id for that row) and a manifest with labels, as the jobs would write them."""
     n, dim = vectors.shape
     rows = [
         {
@@ -42,6 +45,7 @@ def write_faces(root, vectors, uris, labels=None, model=("dlib-resnet-v1", SHA),
             "model_name": model[0],
             "model_sha256": model[1],
         }
+        | (frames[i] if frames else {})
         for i, u in enumerate(uris)
     ]
     out = OutputRun(resolve(str(root)), run_id, "embed_faces")

@@ -4,7 +4,16 @@ graphs and synthetic identities (and beside dlib's Chinese whispers on the same 
 import numpy as np
 import pytest
 
-from ops.matching.clustering import Graph, canonical, chinese_whispers, connected_components, knn_graph, undirected
+from ops.matching.clustering import (
+    Graph,
+    canonical,
+    chinese_whispers,
+    cluster,
+    connected_components,
+    contract,
+    knn_graph,
+    undirected,
+)
 from ops.matching.metrics import bcubed
 
 
@@ -65,3 +74,13 @@ def test_whispers_cluster_as_well_as_dlibs_on_the_same_graph():
     theirs = np.array(dlib.chinese_whispers(edges))
     theirs = canonical(np.concatenate([theirs, -1 - np.arange(g.n - len(theirs))]))  # dlib stops at its last vertex
     assert ours >= bcubed(truth, theirs)[2] - 0.02 and ours > 0.8, (ours, bcubed(truth, theirs)[2])
+
+
+def test_a_group_is_clustered_as_one_node():
+    # 0-1 linked, 2-3 linked, nothing between: two clusters, until 1 and 2 must be together.
+    graph = undirected(5, np.array([0, 2]), np.array([1, 3]), np.array([0.9, 0.8]))
+    assert cluster(graph, "components").tolist() == [0, 0, 2, 2, 4]
+    together = np.array([0, 1, 1, 2, 3])  # item -> group
+    assert contract(graph, together).n == 4
+    for method in ("components", "whispers"):
+        assert cluster(graph, method, together).tolist() == [0, 0, 0, 0, 4]
