@@ -1,6 +1,6 @@
 """jobs.identities: who is in an archive: the items of a search clustered into identities.
 
-    python -m jobs.identities [RESULTS] --search-run-id RUN [--method whispers|components] [--threshold T]
+    python -m jobs.identities [RESULTS] --search-run-id RUN [--method whispers|components] [--threshold T] [--full]
 
 The graph is a committed search of one set against itself (``jobs.match search``, typically ``--per-source``): an
 item's exact top-K list, kept where a score reaches the threshold, gives its edges, so the graph costs nothing more
@@ -12,12 +12,19 @@ clustered as one node (``clustering.contract``), so a track that turns its head 
 is one item already, so a speaker's turn is never split.
 
 A Ray task reads the run's items (``match_items/``) and lists (``matches/``, three columns), clusters, and writes
-``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members: stable while its
-membership is), its size, whether it is the identity's representative (the member most linked inside it), the
-identity's cohesion (mean edge score) and the member's confidence (share of its edge weight inside its identity).
-Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is scored:
-BCubed and pairwise precision, recall and F over the labelled items, and identities found against the true number.
-The driver holds counts.
+``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members when founded), its size,
+whether it is the identity's representative (the member most linked inside it), the identity's cohesion (mean edge
+score) and the member's confidence (share of its edge weight inside its identity).
+Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is
+scored: BCubed and pairwise precision, recall and F over the labelled items, and identities found against the true
+number. The driver holds counts.
+
+Night after night: the newest identities run with the same key (table, whole sources or items, method, threshold,
+model) is the previous one. Its items (same key, same content) keep their identities, and whispers moves only the
+new items: each joins the identity its links weigh most or founds one, so the archive is not clustered again and
+nobody moves under an analyst's feet. Two identities that a new item links are not merged that way: --full clusters
+everything again. Either way an identity that holds most of a previous identity's members carries its id (grown or
+not); any other is named by its members.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import pyarrow.compute as pc
 
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
+from jobs.reuse import reusable_run
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
@@ -64,6 +72,10 @@ class IdentitiesConfig(JobConfig):
     manifest_run_id: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "labels to score against (default: the search's embeddings' manifest)"},
+    )
+    full: bool = field(
+        default=False,
+        metadata={"run_key": True, "help": "cluster every item again, not only the items new since the last run"},
     )
 
 
@@ -114,11 +126,19 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     labels_root, manifest_run = search["labels"]
     if config.manifest_run_id:
         labels_root, manifest_run = root, config.manifest_run_id
+    key = {
+        "table": search["table"],
+        "per_source": search["per_source"],
+        "method": config.method,
+        "threshold": round(float(threshold), 6),
+        "model": list(model),
+    }
+    previous = reusable_run(ctx.output, JOB, key, "identities_key")
     ensure_ray()
     import ray
 
     writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
-    settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed}
+    settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
     # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
     tracks = search["embeddings"] if search["table"] == "faces" and not search["per_source"] else None
     task = ray.remote(num_cpus=1)(cluster_search)
@@ -133,10 +153,12 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
             model,
             writer,
             tracks,
+            (ctx.output, previous) if previous else None,
         )
     )
     out.add_files("identities", done.pop("files"), IDENTITIES)
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
+    summary |= {"identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, **done}
     marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
     scored = f", BCubed F {done['bcubed_f']:.3f}" if "bcubed_f" in done else ""
@@ -163,9 +185,14 @@ def cluster_search(
     model: tuple[str, str],
     writer: RowWriter,
     tracks: tuple[Store, str | None] | None = None,
+    previous: tuple[Store, str] | None = None,
 ) -> dict:
     """One worker: the search's items and lists as a graph, clustered (the faces of a video track as one, when
-    ``tracks`` names the faces run), written as ``identities/`` rows; counts and, with labels, the scores."""
+    ``tracks`` names the faces run), written as ``identities/`` rows; counts and, with labels, the scores.
+
+    With a ``previous`` identities run, its identities carry their ids, and with whispers (unless ``full``) its
+    items keep their identities: only the new items (new keys, or new content) are clustered, joining an
+    identity or founding one."""
     items = read_table(root, "match_items", search_run, ["item", "uri", "sha256"])
     lists = read_table(
         root, "matches", search_run, ["query_item", "gallery_item", "score"], filter=pc.field("score") >= threshold
@@ -178,8 +205,20 @@ def cluster_search(
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
     group = track_groups(tracks[0], tracks[1], items) if tracks else None
-    clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"])
-    rows, counts = _members(items, graph, clusters)
+    before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
+    kept = before != None  # noqa: E711 (element-wise)
+    start = movable = None
+    if settings["method"] == "whispers" and not settings["full"] and kept.any():
+        # Each previous identity starts as its lowest kept member's label; only the new items move.
+        start = np.arange(len(names))
+        order = np.flatnonzero(kept)
+        firsts = {}
+        for i in order:
+            start[i] = firsts.setdefault(before[i], i)
+        movable = ~kept
+    clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
+    rows, counts = _members(items, graph, clusters, before)
+    counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
     for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
         rows = rows.append_column(name, pa.array([value] * rows.num_rows))
@@ -214,11 +253,43 @@ def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray
     return np.unique(np.array(keys, object), return_inverse=True)[1].astype(np.int64)
 
 
+def previous_identities(root: Store, run_id: str, items: pa.Table) -> np.ndarray:
+    """Each item's identity in a previous run, where it was a member with the same content (else None)."""
+    rows = read_table(root, "identities", run_id, ["item", "sha256", "identity"])
+    was = {
+        (n, s): i for n, s, i in zip(*(rows.column(c).to_pylist() for c in ("item", "sha256", "identity")), strict=True)
+    }
+    names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
+    return np.array([was.get((n, s)) for n, s in zip(names, shas, strict=True)], object)
+
+
+def carried_ids(cluster: np.ndarray, names: list[str], before: np.ndarray) -> tuple[np.ndarray, int]:
+    """An id per cluster (``cluster``: dense indices): a previous identity's id goes to the cluster that holds
+    most of its members, each cluster taking at most one (the most members first; ties to the lower id); any
+    other cluster is ``id-`` and a hash of its sorted members. Returns the ids and how many were carried."""
+    sizes = np.bincount(cluster)
+    counts: dict[tuple[int, str], int] = {}
+    for c, was in zip(cluster[before != None].tolist(), before[before != None].tolist(), strict=True):  # noqa: E711
+        counts[(c, was)] = counts.get((c, was), 0) + 1
+    ids = np.empty(len(sizes), object)
+    taken: set[str] = set()
+    for (c, was), _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
+        if ids[c] is None and was not in taken:
+            ids[c] = was
+            taken.add(was)
+    by_cluster = np.argsort(cluster, kind="stable")
+    bounds = np.r_[0, np.cumsum(sizes)]
+    for c in np.flatnonzero(ids == None):  # noqa: E711
+        members = sorted(names[i] for i in by_cluster[bounds[c] : bounds[c + 1]])
+        ids[c] = "id-" + hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    return ids, len(taken)
+
+
 def _ints(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _members(items: pa.Table, graph: Graph, labels: np.ndarray) -> tuple[pa.Table, dict]:
+def _members(items: pa.Table, graph: Graph, labels: np.ndarray, before: np.ndarray) -> tuple[pa.Table, dict]:
     """Each member's identity, size, confidence and whether it represents it; each identity's cohesion."""
     n = len(labels)
     inside = labels[graph.src] == labels[graph.dst]
@@ -237,13 +308,7 @@ def _members(items: pa.Table, graph: Graph, labels: np.ndarray) -> tuple[pa.Tabl
     first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
     representative = np.zeros(n, bool)
     representative[order[first]] = True
-    item_names = items.column("item").to_pylist()
-    by_cluster = np.argsort(cluster, kind="stable")
-    bounds = np.r_[0, np.cumsum(sizes)]
-    ids = np.empty(len(sizes), object)
-    for c in range(len(sizes)):
-        members = sorted(item_names[i] for i in by_cluster[bounds[c] : bounds[c + 1]])
-        ids[c] = "id-" + hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    ids, carried = carried_ids(cluster, items.column("item").to_pylist(), before)
     rows = pa.table(
         {
             "identity": pa.array(ids[cluster].tolist(), pa.string()),
@@ -259,6 +324,7 @@ def _members(items: pa.Table, graph: Graph, labels: np.ndarray) -> tuple[pa.Tabl
         }
     )
     counts = {"identities": len(sizes), "singletons": int((sizes == 1).sum()), "largest": int(sizes.max(initial=0))}
+    counts["identities_carried"] = carried
     return rows, counts
 
 

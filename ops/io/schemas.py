@@ -172,7 +172,11 @@ MATCH_ITEMS = _table(
 IDENTITIES = _table(
     "identities",
     _f("run_id", pa.string()),
-    _f("identity", pa.string(), doc="id-<hash of its sorted member items>: the same id while its members are"),
+    _f(
+        "identity",
+        pa.string(),
+        doc="id-<hash of its members when founded>, carried on by the identity holding most of them",
+    ),
     _f("modality", pa.string(), doc="faces or voices"),
     _f("item", pa.string(), doc="the member: an item key of the search it was clustered from"),
     _f("uri", pa.string()),

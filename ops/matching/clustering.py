@@ -68,18 +68,41 @@ def contract(graph: Graph, group: np.ndarray) -> Graph:
 
 
 def cluster(
-    graph: Graph, method: str, group: np.ndarray | None = None, iterations: int = 20, seed: int = 0
+    graph: Graph,
+    method: str,
+    group: np.ndarray | None = None,
+    iterations: int = 20,
+    seed: int = 0,
+    start: np.ndarray | None = None,
+    movable: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each item's cluster by ``method`` (whispers or components), the members of a ``group`` always together:
-    the groups are clustered as one node each (``contract``), then every item takes its group's label."""
+    the groups are clustered as one node each (``contract``), then every item takes its group's label. Whispers
+    can go on from a clustering: ``start`` labels, and only the ``movable`` items change theirs (a group moves
+    when all its members may)."""
     if group is not None:
-        found = cluster(contract(graph, group), method, None, iterations, seed)
+        if start is not None and movable is not None:
+            start, movable = _by_group(group, start, movable)
+        found = cluster(contract(graph, group), method, None, iterations, seed, start, movable)
         return canonical(found[group])
     if method == "whispers":
-        return chinese_whispers(graph, iterations, seed)
+        return chinese_whispers(graph, iterations, seed, start, movable)
     if method == "components":
         return connected_components(graph)
     raise ValueError(f"unknown clustering {method!r}: use whispers or components")
+
+
+def _by_group(group: np.ndarray, start: np.ndarray, movable: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups' start labels and whether they move: a group with a fixed member keeps that member's label (the
+    lowest, if several), a group of movable members starts as its lowest member's own label."""
+    m = int(group.max()) + 1
+    fixed_label = np.where(movable, np.iinfo(np.int64).max, start)
+    group_start = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(group_start, group, fixed_label)
+    group_movable = group_start == np.iinfo(np.int64).max
+    lowest = np.full(m, np.iinfo(np.int64).max)
+    np.minimum.at(lowest, group, np.arange(len(group)))
+    return np.where(group_movable, lowest, group_start), group_movable
 
 
 def connected_components(graph: Graph) -> np.ndarray:
@@ -100,27 +123,34 @@ def connected_components(graph: Graph) -> np.ndarray:
             parent = up
 
 
-def chinese_whispers(graph: Graph, iterations: int = 20, seed: int = 0) -> np.ndarray:
-    """Chinese whispers: each item starts as its own label; in each pass, in a seeded random order, every item with
-    neighbours takes the label whose edges to it weigh most (ties: the lower label). Stops early when a pass
-    changes nothing. Labels are then renamed to each cluster's lowest member."""
+def chinese_whispers(
+    graph: Graph,
+    iterations: int = 20,
+    seed: int = 0,
+    start: np.ndarray | None = None,
+    movable: np.ndarray | None = None,
+) -> np.ndarray:
+    """Chinese whispers: each item starts as its own label (or its ``start`` label: an earlier clustering's); in
+    each pass, in a seeded random order, every item with neighbours (every ``movable`` one) takes the label whose
+    edges to it weigh most (ties: the lower label). Stops early when a pass changes nothing. Labels are then renamed
+    to each cluster's lowest member."""
     n = graph.n
-    labels = np.arange(n)
+    labels = np.arange(n) if start is None else np.array(start, np.int64)
     if n == 0 or len(graph) == 0:
-        return labels
+        return canonical(labels)
     # Adjacency in CSR form, both directions.
     ends = np.concatenate([graph.src, graph.dst])
     others = np.concatenate([graph.dst, graph.src])
     weights = np.concatenate([graph.weight, graph.weight])
     order = np.argsort(ends, kind="stable")
     others, weights = others[order], weights[order]
-    start = np.searchsorted(ends[order], np.arange(n + 1))
+    offsets = np.searchsorted(ends[order], np.arange(n + 1))
     rng = np.random.default_rng(seed)
-    linked = np.flatnonzero(np.diff(start) > 0)
+    linked = np.flatnonzero((np.diff(offsets) > 0) & (True if movable is None else np.asarray(movable, bool)))
     for _ in range(iterations):
         changed = False
         for i in rng.permutation(linked):
-            a, b = start[i], start[i + 1]
+            a, b = offsets[i], offsets[i + 1]
             votes: dict[int, float] = {}
             for label, w in zip(labels[others[a:b]].tolist(), weights[a:b].tolist(), strict=True):
                 votes[label] = votes.get(label, 0.0) + w

@@ -78,3 +78,36 @@ def test_the_faces_of_a_video_track_are_one_identity(ray_cluster, tmp_path):
     assert {who[f"/archive/v.mp4#frame={f}&face=0"] for f in range(6)} == {who["/archive/a0.jpg#frame=0&face=0"]}
     assert {who[f"/archive/v.mp4#frame={f}&face=1"] for f in range(3)} == {who["/archive/b0.jpg#frame=0&face=0"]}
     assert _summary(tmp_path, "i")["tracks"] == 2
+
+
+def test_the_next_night_joins_new_faces_to_the_identities_it_has(ray_cluster, tmp_path):
+    """New photos of a known person join that identity under its id; a new person founds one; nobody else moves;
+    --full clusters everything again and still finds the same ids."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((5, 16))
+    near = lambda p, n: centres[p] + 0.3 * rng.standard_normal((n, 16))  # noqa: E731
+    first = np.concatenate([near(p, 6) for p in range(4)]).astype(np.float32)
+    uris = [f"/archive/{i:02d}.jpg" for i in range(24)]
+    added = np.concatenate([near(0, 3), near(4, 4)]).astype(np.float32)  # person 0 again; person 4, new
+    new_uris = [f"/archive/new{i}.jpg" for i in range(7)]
+
+    def night(run: str, vectors, names, *extra):
+        write_faces(tmp_path, vectors, names, run_id=f"faces-{run}")
+        runs = ["--queries-run-id", f"faces-{run}", "--gallery-run-id", f"faces-{run}"]
+        search = ["search", "--queries", tmp_path, "--output", tmp_path, "--k", 8, "--threshold", 0.7, *runs]
+        assert match.main([*map(str, search), "--per-source", "--run-id", f"s{run}", "--log-level", "WARNING"]) == 0
+        argv = [str(tmp_path), "--search-run-id", f"s{run}", "--output", str(tmp_path), "--run-id", f"i{run}"]
+        assert identities.main([*argv, *extra]) == 0
+        rows = read_table(resolve(str(tmp_path)), "identities", f"i{run}").to_pylist()
+        return {r["uri"]: r["identity"] for r in rows}, _summary(tmp_path, f"i{run}")
+
+    one, _ = night("1", first, uris)
+    assert len(set(one.values())) == 4
+    two, summary = night("2", np.concatenate([first, added]), uris + new_uris)
+    assert summary["previous_run_id"] == "i1" and summary["reclustered"] is False
+    assert summary["items_kept"] == 24 and summary["items_new"] == 7 and summary["identities_carried"] == 4
+    assert all(two[u] == one[u] for u in uris)  # nobody moved, every id carried (person 0's grew)
+    assert {two[u] for u in new_uris[:3]} == {one[uris[0]]}
+    assert len({two[u] for u in new_uris[3:]}) == 1 and two[new_uris[3]] not in one.values()
+    again, summary = night("3", np.concatenate([first, added]), uris + new_uris, "--full")
+    assert summary["reclustered"] is True and summary["items_kept"] == 31 and again == two
