@@ -192,6 +192,37 @@ IDENTITIES = _table(
     _f("model_sha256", SHA256),
 )
 
+EVIDENCE = pa.struct(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("sha256", SHA256, nullable=False),
+        pa.field("start", pa.float64(), nullable=False),
+        pa.field("end", pa.float64(), nullable=False),
+    ]
+)
+
+PERSONS = _table(
+    "persons",
+    _f("run_id", pa.string()),
+    _f("person", pa.string(), nullable=True, doc="person-<hash of the two identities>; null when not linked"),
+    _f("face_identity", pa.string(), doc="an identity of the faces identities run"),
+    _f("voice_identity", pa.string(), doc="an identity of the voices identities run"),
+    _f("linked", pa.bool_(), doc="true: one person; false: a candidate the evidence does not carry (see reason)"),
+    _f("reason", pa.string(), nullable=True, doc="why a candidate is not linked; null when linked"),
+    _f("link_score", pa.float64(), doc="the smaller of face_share and voice_share"),
+    _f("face_share", pa.float64(), doc="of the face's seconds seen alone while one voice spoke, the share with this"),
+    _f("voice_share", pa.float64(), doc="of the voice's seconds spoken while one face was seen, the share with this"),
+    _f("seconds", pa.float64(), doc="speech seconds of this voice while this face alone was on screen"),
+    _f("videos", pa.int32(), doc="distinct videos (by content) the evidence comes from"),
+    _f("evidence", pa.list_(EVIDENCE), doc="every span: the video, its sha256, start and end seconds"),
+    _f("faces_run_id", pa.string(), doc="the identities run of the faces"),
+    _f("voices_run_id", pa.string(), doc="the identities run of the voices"),
+    _f("face_model_name", pa.string()),
+    _f("face_model_sha256", SHA256),
+    _f("voice_model_name", pa.string()),
+    _f("voice_model_sha256", SHA256),
+)
+
 CALIBRATIONS = _table(
     "calibrations",
     _f("run_id", pa.string()),
@@ -268,6 +299,7 @@ TABLES: dict[str, pa.Schema] = {
     "matches": MATCHES,
     "match_items": MATCH_ITEMS,
     "identities": IDENTITIES,
+    "persons": PERSONS,
     "styled": STYLED,
     "training": TRAINING,
     "runs": RUNS,

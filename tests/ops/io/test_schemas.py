@@ -41,7 +41,7 @@ def test_schema_for():
     assert schema_for("manifest") is MANIFEST
     known = (
         "known: calibrations, changes, errors, face_sources, face_thumbnails, faces, identities, manifest, "
-        "match_items, matches, runs, styled, training, voices"
+        "match_items, matches, persons, runs, styled, training, voices"
     )
     with pytest.raises(KeyError, match=known):
         schema_for("nope")

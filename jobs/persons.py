@@ -1,0 +1,248 @@
+"""jobs.persons: face identities and voice identities linked into persons, by what videos show while someone speaks.
+
+    python -m jobs.persons [RESULTS] --faces-run-id RUN --voices-run-id RUN [--min-videos 2] [--min-share 0.5]
+
+Both runs are ``jobs.identities`` runs over items (faces by frame, voices by speech segment), not whole sources:
+linking needs to know who is on screen when. For every speech segment of a video, the sampled frames inside it say
+who was seen: when every such frame shows exactly one face and all of them one face identity, the segment is
+evidence that its voice identity and that face identity are one person (a span: the video, its sha256, start and
+end). A segment with several faces on screen is left undecided (who of them speaks is a guess), one with nobody on
+screen is unseen; neither links anything.
+
+Each (face identity, voice identity) pair with evidence is a candidate, a ``persons/`` row carrying all its spans.
+Its voice share is the part of the voice's decided seconds spent with this face, its face share the part of the
+face's decided seconds spent with this voice; a candidate is linked when both shares exceed --min-share (each is
+the other's main partner) and the evidence comes from at least --min-videos videos (a voice-over in one video is
+not a person). A candidate that is not linked says why. Linked rows name the person by a hash of the two identities,
+so the person keeps its id while both identities keep theirs.
+
+A Ray task reads four narrow column sets (members of both runs, frame times, segment spans), links, and writes the
+rows; the driver holds counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.cli import JobConfig
+from jobs.plan import ensure_ray
+from jobs.runtime import JobContext, run_job, run_module
+from jobs.source_job import RowWriter
+from ops.io.errors import JobFailed
+from ops.io.schemas import PERSONS
+from ops.io.storage import Store, resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching.items import face_key, segment_key
+
+JOB = "persons"
+
+
+@dataclass
+class PersonsConfig(JobConfig):
+    results: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with both identities runs"}
+    )
+    faces_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "jobs.identities run of faces"})
+    voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "jobs.identities run of voices"})
+    min_videos: int = field(default=2, metadata={"run_key": True, "help": "videos a link needs evidence from"})
+    min_share: float = field(
+        default=0.5, metadata={"run_key": True, "help": "each side's share of its decided seconds a link needs"}
+    )
+
+
+@dataclass(frozen=True)
+class Side:
+    """One identities run: where its members' rows are and which embedding rows they came from."""
+
+    table: str
+    run_id: str
+    embeddings: Store
+    embeddings_run: str | None
+    model: tuple[str, str]
+
+
+def _side(root: Store, run_id: str | None, table: str) -> Side:
+    """A committed identities run of ``table`` items, with the embeddings its search read."""
+    flag = f"--{table}-run-id"
+    if not run_id:
+        raise JobFailed(f"{flag} is needed: a run of `python -m jobs.identities` over {table}")
+    runs = {m["run_id"]: m for m in committed_runs(root)}
+    marker = runs.get(run_id)
+    if marker is None or marker["job"] != "identities":
+        raise JobFailed(f"{flag} {run_id}: no committed identities run of that id under {root.uri}")
+    summary = marker.get("summary") or {}
+    if summary.get("table") != table:
+        raise JobFailed(f"{flag} {run_id} clustered {summary.get('table')}, not {table}")
+    if summary.get("identities_key", {}).get("per_source", True):
+        raise JobFailed(
+            f"{flag} {run_id} clustered whole sources: linking needs who is seen and heard when, so search and "
+            f"cluster the {table} items (`jobs.match search` without --per-source)"
+        )
+    search = runs.get(summary["search_run_id"]) or {}
+    config = search.get("config") or {}
+    model = tuple(summary["identities_key"]["model"])
+    return Side(table, run_id, resolve(config.get("queries") or root.uri), config.get("queries_run_id"), model)
+
+
+def run(config: PersonsConfig, ctx: JobContext) -> dict:
+    if config.min_videos < 1 or not 0 <= config.min_share < 1:
+        raise JobFailed("--min-videos must be at least 1 and --min-share in [0, 1)")
+    out = OutputRun(ctx.output, ctx.run_id, JOB)
+    out.check_writable()
+    root = resolve(config.results)
+    faces, voices = _side(root, config.faces_run_id, "faces"), _side(root, config.voices_run_id, "voices")
+    ensure_ray()
+    import ray
+
+    writer = RowWriter(ctx.output, "persons", PERSONS, out.run_id, out.attempt)
+    rules = {"min_videos": config.min_videos, "min_share": config.min_share}
+    done = ray.get(ray.remote(num_cpus=1)(link_persons).remote(root, faces, voices, rules, writer))
+    out.add_files("persons", done.pop("files"), PERSONS)
+    summary = {"faces_run_id": faces.run_id, "voices_run_id": voices.run_id, **done}
+    marker = out.commit(tables=("persons",), config=asdict(config), summary=summary)
+    ctx.log.info(
+        "%d persons from %d candidates; speech segments in videos: %d decided, %d with several faces (undecided), "
+        "%d with nobody on screen",
+        done["persons"],
+        done["candidates"],
+        done["segments_decided"],
+        done["segments_undecided"],
+        done["segments_unseen"],
+    )
+    return marker
+
+
+def link_persons(root: Store, faces: Side, voices: Side, rules: dict, writer: RowWriter) -> dict:
+    """One worker: who is seen during each speech segment, the candidates with their evidence, the links."""
+    seen = _seen(root, faces)  # (uri, sha256) -> {time: [face identity, ...]}
+    heard = _heard(root, voices, set(seen))  # (uri, sha256, start, end, voice identity) of videos with faces
+    evidence: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    counts = {"segments_decided": 0, "segments_undecided": 0, "segments_unseen": 0}
+    for uri, sha, start, end, voice in heard:
+        inside = [who for t, who in seen[(uri, sha)].items() if start <= t <= end]
+        if not inside:
+            counts["segments_unseen"] += 1
+        elif all(len(who) == 1 for who in inside) and len({who[0] for who in inside}) == 1:
+            counts["segments_decided"] += 1
+            evidence[(inside[0][0], voice)].append({"uri": uri, "sha256": sha, "start": start, "end": end})
+        else:
+            counts["segments_undecided"] += 1
+    rows = _candidates(evidence, rules)
+    for row in rows:
+        row |= {
+            "run_id": writer.run_id,
+            "faces_run_id": faces.run_id,
+            "voices_run_id": voices.run_id,
+            "face_model_name": faces.model[0],
+            "face_model_sha256": faces.model[1],
+            "voice_model_name": voices.model[0],
+            "voice_model_sha256": voices.model[1],
+        }
+    files = writer.write(pa.Table.from_pylist(rows, schema=PERSONS)) if rows else []
+    persons = sum(r["linked"] for r in rows)
+    return counts | {"candidates": len(rows), "persons": persons, "files": files}
+
+
+def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[str]]]:
+    """Each video's sampled frame times, and the face identities seen at each (one per face row)."""
+    members = read_table(root, "identities", faces.run_id, ["item", "sha256", "identity"])
+    identity = dict(
+        zip(
+            zip(members.column("item").to_pylist(), members.column("sha256").to_pylist(), strict=True),
+            members.column("identity").to_pylist(),
+            strict=True,
+        )
+    )
+    rows = read_table(
+        faces.embeddings,
+        "faces",
+        faces.embeddings_run,
+        ["uri", "sha256", "frame_index", "face_index", "timestamp"],
+        filter=pc.is_valid(pc.field("timestamp")),  # video frames only: a photo has no time
+    )
+    seen: dict[tuple[str, str], dict[float, list[str]]] = defaultdict(lambda: defaultdict(list))
+    done = set()
+    for uri, sha, frame, face, t in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
+        key = (face_key(uri, frame, face), sha)
+        if key in identity and key not in done:  # one row per face, however many runs hold it
+            done.add(key)
+            seen[(uri, sha)][t].append(identity[key])
+    return seen
+
+
+def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tuple[str, str, float, float, str]]:
+    """The speech segments of those videos, each with its voice identity."""
+    members = read_table(root, "identities", voices.run_id, ["item", "sha256", "identity"])
+    identity = dict(
+        zip(
+            zip(members.column("item").to_pylist(), members.column("sha256").to_pylist(), strict=True),
+            members.column("identity").to_pylist(),
+            strict=True,
+        )
+    )
+    uris = sorted({uri for uri, _ in videos})
+    rows = read_table(
+        voices.embeddings,
+        "voices",
+        voices.embeddings_run,
+        ["uri", "sha256", "segment_index", "start", "end"],
+        filter=(pc.field("level") == "segment") & pc.field("uri").isin(uris),
+    )
+    heard = {}
+    for uri, sha, segment, start, end in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
+        key = (segment_key(uri, segment), sha)
+        if key in identity and (uri, sha) in videos:
+            heard[key] = (uri, sha, start, end, identity[key])
+    return sorted(heard.values())
+
+
+def _candidates(evidence: dict[tuple[str, str], list[dict]], rules: dict) -> list[dict]:
+    """A row per (face identity, voice identity) with evidence: shares, videos, and the decision with its reason."""
+    seconds = {pair: sum(s["end"] - s["start"] for s in spans) for pair, spans in evidence.items()}
+    face_total: dict[str, float] = defaultdict(float)
+    voice_total: dict[str, float] = defaultdict(float)
+    for (face, voice), s in seconds.items():
+        face_total[face] += s
+        voice_total[voice] += s
+    rows = []
+    for (face, voice), spans in sorted(evidence.items()):
+        s = seconds[(face, voice)]
+        face_share = s / face_total[face] if face_total[face] > 0 else 0.0
+        voice_share = s / voice_total[voice] if voice_total[voice] > 0 else 0.0
+        videos = len({span["sha256"] for span in spans})
+        reason = None
+        if min(face_share, voice_share) <= rules["min_share"]:
+            reason = f"not each other's main partner (shares {face_share:.2f}, {voice_share:.2f})"
+        elif videos < rules["min_videos"]:
+            reason = f"seen together in {videos} video(s), fewer than {rules['min_videos']}"
+        person = "person-" + hashlib.sha256(f"{face}\n{voice}".encode()).hexdigest()[:16] if reason is None else None
+        rows.append(
+            {
+                "person": person,
+                "face_identity": face,
+                "voice_identity": voice,
+                "linked": reason is None,
+                "reason": reason,
+                "link_score": min(face_share, voice_share),
+                "face_share": face_share,
+                "voice_share": voice_share,
+                "seconds": s,
+                "videos": videos,
+                "evidence": sorted(spans, key=lambda span: (span["uri"], span["start"])),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, PersonsConfig, run, argv, description=__doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(run_module(__spec__.name))
