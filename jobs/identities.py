@@ -158,7 +158,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     )
     out.add_files("identities", done.pop("files"), IDENTITIES)
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
-    summary |= {"identities_key": key, "previous_run_id": previous}
+    summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, **done}
     marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
     scored = f", BCubed F {done['bcubed_f']:.3f}" if "bcubed_f" in done else ""

@@ -234,6 +234,8 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         "k": config.k,
         "matches": matches,
         "errors": len(errors),
+        "threshold": threshold,
+        "threshold_source": source,
         "search_key": key,
         "merged_from": previous.run_id if previous else None,
         **counts,

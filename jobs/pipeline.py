@@ -5,8 +5,9 @@
 Stages, each one of the suite's jobs, each committed under the run id ``<run id>.<stage>``:
 
     manifest -> voices -> faces
-             -> calibrate-faces -> search-faces -> identify-faces      (calibrate and identify: when there are labels)
-             -> calibrate-voices -> search-voices -> identify-voices
+             -> calibrate-faces -> search-faces -> identities-faces -> identify-faces
+             -> calibrate-voices -> search-voices -> identities-voices -> identify-voices
+                (calibrate and identify: when there are labels; identities: when the search has a threshold)
              -> crossmatch                                           (with --joint-model: voices rank faces and back)
              -> report
 
@@ -27,7 +28,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow.compute as pc
 
-from jobs import calibrate, embed_faces, embed_voices, manifest, match, report
+from jobs import calibrate, embed_faces, embed_voices, identities, manifest, match, report
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
@@ -188,7 +189,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
     )
     for table, marker in {"faces": faces, "voices": voices}.items():
         if not marker["tables"].get(table, {}).get("rows"):
-            for stage in (f"calibrate-{table}", f"search-{table}", f"identify-{table}"):
+            for stage in (f"calibrate-{table}", f"search-{table}", f"identities-{table}", f"identify-{table}"):
                 stages.skip(stage, f"no {table} were found in the archive")
             continue
         embeddings_run = stages.done[table]["run_id"]
@@ -211,6 +212,16 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
         # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
         _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
+        search = stages.done[f"search-{table}"]
+        if search["summary"].get("threshold") is None:
+            reason = "no threshold links two sources: no calibration (no labels) and the model card gives none"
+            stages.skip(f"identities-{table}", reason)
+        else:  # who is in the archive: the search's lists above its threshold, clustered
+            stages.run(
+                f"identities-{table}",
+                identities,
+                identities.IdentitiesConfig(results=root, search_run_id=search["run_id"], manifest_run_id=manifest_run),
+            )
         if record:
             _match(stages, "identify", table, root, embeddings_run, manifest_run, config, record)
         else:

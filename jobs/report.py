@@ -5,9 +5,11 @@
 Reads the committed runs under RESULTS (a pipeline run's stages, or the newest run of each job) and writes
 ``report/<run_id>/index.html``: the runs and models behind it (names and sha256), counts (inputs by kind, faces,
 speech segments, errors by job and type), the calibration (AUC, EER, threshold, ROC and score histograms) when there
-are labels, and for each probe its top matches with face thumbnails or speech clips, scores and thresholds, and
-identification decisions. Thumbnails and clips are embedded as data: URIs, so the file opens in any browser, from a
-laptop or a bucket, with no server. A source that cannot be previewed shows the reason instead.
+are labels, for each probe its top matches with face thumbnails or speech clips, scores and thresholds, and
+identification decisions; who is in the archive (a contact sheet per identity, the largest first: its representative
+and surest members) and the persons that link a face identity to a voice identity, each with its evidence. Thumbnails
+and clips are embedded as data: URIs, so the file opens in any browser, from a laptop or a bucket, with no server. A
+source that cannot be previewed shows the reason instead.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ops.matching import items
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
-REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate")
+REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate", "identities", "persons")
 
 
 @dataclass
@@ -45,6 +47,8 @@ class ReportConfig(JobConfig):
         metadata={"run_key": True, "help": "report this pipeline run's stages (default: the newest run of each job)"},
     )
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches, per table and mode"})
+    max_identities: int = field(default=12, metadata={"help": "identities shown (the largest), per modality"})
+    members_shown: int = field(default=8, metadata={"help": "members shown per identity"})
     thumb_size: int = field(default=96, metadata={"help": "face thumbnails' longer side, pixels"})
     clip_seconds: float = field(default=4.0, metadata={"help": "speech clips' length at most, seconds"})
     previews: bool = field(
@@ -64,7 +68,8 @@ def select_runs(root: Store, pipeline_run_id: str | None) -> list[dict]:
     newest: dict[tuple, dict] = {}
     for marker in markers:  # oldest first: later ones replace
         config = marker.get("config", {})
-        newest[(marker["job"], config.get("mode"), config.get("table"))] = marker
+        table = config.get("table") or marker.get("summary", {}).get("table")
+        newest[(marker["job"], config.get("mode"), table)] = marker
     if not newest:
         raise JobFailed(f"no committed runs under {root.uri} to report on: run `python -m jobs.pipeline` first")
     return list(newest.values())
@@ -89,6 +94,8 @@ class Evidence:
     errors_total: int = 0
     calibrations: list[tuple[dict, dict]] = field(default_factory=list)  # (marker, row)
     matches: list[dict] = field(default_factory=list)  # the match runs' markers
+    identities: list[dict] = field(default_factory=list)  # the identities runs' markers
+    persons: list[dict] = field(default_factory=list)  # the persons runs' markers
     sources: dict[str, dict] = field(default_factory=dict)  # manifest rows of the uris shown
 
     @classmethod
@@ -122,6 +129,10 @@ class Evidence:
                     ev._add("speech seconds", pc.sum(sources.column("speech_seconds")).as_py() or 0.0)
             elif job == "match":
                 ev.matches.append(marker)
+            elif job == "identities":
+                ev.identities.append(marker)
+            elif job == "persons":
+                ev.persons.append(marker)
             elif job == "calibrate":
                 ev.calibrations += [(marker, r) for b in _rows(root, marker, "calibrations") for r in b.to_pylist()]
         return ev
@@ -202,6 +213,38 @@ class Probes:
 
     def uris(self) -> set[str]:
         return {u for rows in self.rows.values() for r in rows for u in (r["query_uri"], r["gallery_uri"]) if u}
+
+
+@dataclass
+class Sheets:
+    """One identities run as contact sheets: the ``limit`` largest identities, each with its representative first
+    and then its surest members up to ``members``. Two passes over the run's rows: each identity's size (from its
+    representative's row), then the shown identities' members."""
+
+    marker: dict
+    total: int
+    members: dict[str, list[dict]]  # identity -> its shown members, the representative first
+
+    @classmethod
+    def read(cls, root: Store, marker: dict, limit: int, members: int) -> Sheets:
+        total, largest = 0, []  # (-size, identity), the ``limit`` largest
+        for batch in _rows(root, marker, "identities", ["identity", "size"], pc.field("representative")):
+            for identity, size in zip(*(batch.column(c).to_pylist() for c in ("identity", "size")), strict=True):
+                total += 1
+                bisect.insort(largest, (-size, identity))
+                del largest[limit:]
+        shown: dict[str, list[dict]] = {identity: [] for _, identity in largest}
+        if shown:
+            wanted = pc.field("identity").isin(list(shown))
+            for batch in _rows(root, marker, "identities", None, wanted):
+                for r in batch.to_pylist():
+                    kept = shown[r["identity"]]
+                    bisect.insort(kept, r, key=lambda m: (not m["representative"], -m["confidence"], m["item"]))
+                    del kept[members:]
+        return cls(marker, total, shown)
+
+    def uris(self) -> set[str]:
+        return {r["uri"] for rows in self.members.values() for r in rows}
 
 
 class Previews:
@@ -295,7 +338,8 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     runs = select_runs(root, config.pipeline_run_id)
     ev = Evidence.read(root, runs)
     probes = [Probes.read(root, marker, config.max_probes) for marker in ev.matches]  # chosen first, then read
-    shown_uris = set().union(*(p.uris() for p in probes))
+    sheets = [Sheets.read(root, m, config.max_identities, config.members_shown) for m in ev.identities]
+    shown_uris = set().union(*(p.uris() for p in probes), *(s.uris() for s in sheets))
     ev.know(shown_uris)
     previews = Previews(ev, shown_uris, config.thumb_size, config.clip_seconds, enabled=config.previews)
     sections = [_runs_section(runs), _changes_section(root, runs), _counts_section(ev), _errors_section(ev)]
@@ -305,6 +349,8 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
         section, shown = _matches_section(found, ev, previews)
         sections.append(section)
         probes_shown += shown
+    sections += [_identities_section(found, ev, previews) for found in sheets]
+    sections += [_persons_section(root, marker) for marker in ev.persons]
     title = f"crossmatch report {ctx.run_id}"
     page = _page(title, sections)
     target = ctx.output.join("report", ctx.run_id, "index.html")
@@ -503,6 +549,78 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
         + (f"<br>label: {_e(label)}" if label else "")
         + f'<br>score <b data-testid="score">{r["score"]:.3f}</b><br><small>{limit}</small></div>'
     )
+
+
+def _identities_section(sheets: Sheets, ev: Evidence, previews: Previews) -> str:
+    marker, summary = sheets.marker, sheets.marker.get("summary", {})
+    table = summary.get("table", "faces")
+    scored = (
+        f"; against the labels: {summary['found_identities']} found for {summary['true_identities']} people, "
+        f"BCubed F {summary['bcubed_f']:.3f}, pairwise F {summary['pairwise_f']:.3f}"
+        if "bcubed_f" in summary
+        else ""
+    )
+    parts = [
+        f"<h2>Who is in the archive: {_e(table)}</h2><p>run {_e(marker['run_id'])}: {summary.get('items', 0)} items "
+        f"in {sheets.total} identities ({summary.get('singletons', 0)} of one) by {_e(summary.get('method', ''))} "
+        f"at {summary.get('threshold', 0):.3f} over search {_e(summary.get('search_run_id', ''))}"
+        + (f", the {len(sheets.members)} largest shown" if len(sheets.members) < sheets.total else "")
+        + f"{scored}.</p>"
+    ]
+    for identity, members in sheets.members.items():
+        first = members[0]
+        cohesion = "" if first["cohesion"] is None else f", cohesion {first['cohesion']:.3f}"
+        labels = Counter(ev.label(m["uri"]) for m in members if ev.label(m["uri"]))
+        named = f"<br>labels: {_e(', '.join(f'{k} ({n})' for k, n in labels.most_common()))}" if labels else ""
+        cards = "".join(
+            f'<div class="match{" above" if m["representative"] else ""}" data-testid="member">'
+            f"{previews.html(table, m['item'])}<code>{_e(m['item'])}</code>"
+            f"<br><small>confidence {m['confidence']:.2f}{' · representative' if m['representative'] else ''}</small>"
+            "</div>"
+            for m in members
+        )
+        more = first["size"] - len(members)
+        parts.append(
+            f'<section class="probe" data-testid="identity" data-table="{_e(table)}"><div class="probe-head"><div>'
+            f"<code>{_e(identity)}</code><br><b>{first['size']}</b> members{cohesion}{named}"
+            + (f"<br><small>{more} more in identities/</small>" if more > 0 else "")
+            + f'</div></div><div class="matches">{cards}</div></section>'
+        )
+    return "".join(parts)
+
+
+PERSONS_SHOWN = 50  # candidates listed; the summary counts them all
+
+
+def _persons_section(root: Store, marker: dict) -> str:
+    summary = marker.get("summary", {})
+    rows = []
+    for batch in _rows(root, marker, "persons"):
+        rows += batch.to_pylist()
+        rows = sorted(rows, key=lambda r: (not r["linked"], -r["seconds"]))[:PERSONS_SHOWN]
+    cells = []
+    for r in rows:
+        spans = "<br>".join(f"{_e(e['uri'])} {e['start']:.1f}-{e['end']:.1f} s" for e in r["evidence"][:5])
+        spans += f"<br><small>{len(r['evidence']) - 5} more spans</small>" if len(r["evidence"]) > 5 else ""
+        decision = f"<b>{_e(r['person'])}</b>" if r["linked"] else f"not linked: {_e(r['reason'])}"
+        cells.append(
+            [
+                decision,
+                _e(r["face_identity"]),
+                _e(r["voice_identity"]),
+                f"{r['link_score']:.2f}",
+                f"{r['seconds']:.1f} s in {r['videos']} videos",
+                spans,
+            ]
+        )
+    said = (
+        f"<p>run {_e(marker['run_id'])}: {summary.get('persons', 0)} persons from {summary.get('candidates', 0)} "
+        f"candidates. Speech segments in videos with faces: {summary.get('segments_decided', 0)} with one face on "
+        f"screen (evidence), {summary.get('segments_undecided', 0)} with several (undecided), "
+        f"{summary.get('segments_unseen', 0)} with nobody seen.</p>"
+    )
+    headers = ["person", "face identity", "voice identity", "link score", "together", "evidence"]
+    return "<h2>Persons: faces and voices</h2>" + said + _table(headers, cells, "persons")
 
 
 _STYLE = """

@@ -40,7 +40,15 @@ def test_every_stage_runs_and_commits_over_the_sample_archive(pipeline_run):
     )
     identify = read_table(results, "matches", "pl.identify-faces").to_pylist()
     assert {r["decision"] for r in identify if r["rank"] == 1} <= {"alice", "bob", "carol", "unknown"}
-    assert Path(marker["summary"]["report_uri"]).is_file()
+    # Who is in the archive: every searched source in one identity, scored against the labels.
+    who = runs["pl.identities-faces"]["summary"]
+    assert who["items"] == runs["pl.search-faces"]["summary"]["queries"] and who["true_identities"] == 3
+    members = read_table(results, "identities", "pl.identities-faces")
+    assert members.num_rows == who["items"] and sum(members.column("representative").to_pylist()) == who["identities"]
+    report = Path(marker["summary"]["report_uri"])
+    assert report.is_file() and report.read_text().count('data-testid="identity" data-table="faces"') == min(
+        who["identities"], 12
+    )
 
 
 def test_a_rerun_keeps_every_committed_stage(pipeline_run):

@@ -90,7 +90,7 @@ def test_select_runs_takes_a_pipeline_runs_stages_or_the_newest_of_each_job(pipe
     assert {m["run_id"] for m in stages} >= {"pl.manifest", "pl.faces", "pl.search-faces"}
     assert all(m["job"] != "report" for m in stages)
     newest = report.select_runs(root, None)
-    kinds = [(m["job"], m["config"].get("mode"), m["config"].get("table")) for m in newest]
+    kinds = [(m["job"], m["config"].get("mode"), m["config"].get("table") or m["summary"].get("table")) for m in newest]
     assert len(kinds) == len(set(kinds))
     assert len(committed_runs(root)) > len(newest)
 
