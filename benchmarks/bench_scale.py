@@ -4,6 +4,7 @@ the same run (and, with --before, against another commit, side by side).
     python benchmarks/bench_scale.py [--sources 10000 100000] [--photos 1000 4000] [--queries 10000]
     python benchmarks/bench_scale.py --jobs synthesize calibrate search identify report --sources 1000000
     python benchmarks/bench_scale.py --jobs manifest embed_faces --photos 1000 4000 --before 75fe8d4
+    python benchmarks/bench_scale.py --jobs search-self identities --photos --sources 1000000
 
 Each job runs as its own process with a local Ray cluster (Ray's workers are other processes); its driver's peak
 resident memory is the process's VmHWM, its wall time the whole command, Ray's start included. ``bare`` is a process
@@ -17,7 +18,9 @@ every job's peak stays within 1.5 GB of it at every size (flat, not growing with
   ``identify`` enrols the N labelled sources as N/4 identities and identifies the same queries; ``verify`` scores N
   pairs (each source against a random other); ``crossmatch`` ranks the N sources' faces for each query's voice and
   the queries' voices for each of the N faces, through a joint model trained briefly on the queries (work linear in
-  N); ``report`` reports the archive's root (each side works on its own copy of it) with the calibration, search
+  N); ``search-self`` searches all N against themselves (each source's exact top 10: the k-NN graph, its
+  arithmetic against this machine's GEMM rate measured before and after) and ``identities`` clusters that graph;
+  ``report`` reports the archive's root (each side works on its own copy of it) with the calibration, search
   and identification runs added.
 """
 
@@ -37,7 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PHOTO_JOBS = ("manifest", "embed_faces")
-SYNTHETIC_JOBS = ("synthesize", "calibrate", "search", "identify", "verify", "crossmatch", "report")
+SYNTHETIC_JOBS = (
+    "synthesize",
+    "calibrate",
+    "search",
+    "identify",
+    "verify",
+    "crossmatch",
+    "search-self",
+    "identities",
+    "report",
+)
 BARE = "import torch, jobs.embed_faces, jobs.match; from jobs.plan import ensure_ray; ensure_ray()"
 
 
@@ -92,8 +105,28 @@ def commands(job: str, work: Path, n: int, out: Path, models: str, queries: int)
         + ["--pairs", str(work / f"pairs-{n}.parquet"), "--threshold", "0.5", "--output", str(out), "--run-id", "v"],
         "crossmatch": ["-m", "jobs.match", "crossmatch", "--queries", str(probes), *gallery]
         + ["--joint-model", "joint", "--models", str(work / "joint"), "--output", str(out), "--run-id", "x"],
+        # Who is in the archive: every source's exact top 10 among all N (the k-NN graph), then clustered. Every
+        # edge is kept (threshold 0): the densest graph k = 10 gives, the clustering's worst case.
+        "search-self": ["-m", "jobs.match", "search", "--queries", str(out), "--queries-run-id", "synth", *gallery]
+        + ["--per-source", "--k", "10", "--threshold", "0", "--output", str(out), "--run-id", "self"],
+        "identities": ["-m", "jobs.identities", str(out), "--search-run-id", "self", "--output", str(out)]
+        + ["--run-id", "who"],
         "report": ["-m", "jobs.report", str(out), "--output", str(out)],
     }[job]
+
+
+def gemm_rate(dim: int = 128, seconds: float = 3.0) -> float:
+    """This machine's float32 GEMM rate (FLOP/s) in the search's shape: a block of queries against a block of the
+    gallery, ``dim`` deep, on every core torch uses."""
+    import torch
+
+    a, b = torch.randn(4096, dim), torch.randn(dim, 65536)
+    torch.mm(a, b)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        done += 1
+    return 2 * 4096 * 65536 * dim * done / (time.perf_counter() - start)
 
 
 def make_pairs(folder: Path, target: Path, seed: int = 0) -> None:
@@ -146,9 +179,13 @@ def main() -> None:
         cmd += ["--run-id", "synth", "--log-level", "WARNING", *seed_args]
         subprocess.run(cmd, cwd=REPO, env=env, check=True)
 
+    rates = []
+    if "search-self" in args.jobs:
+        rates.append(gemm_rate())
+        print(f"GEMM rate (float32, 128 deep): {rates[-1] / 1e9:.1f} GFLOP/s", flush=True)
     try:
         sizes = [(n, PHOTO_JOBS) for n in args.photos] + [(n, SYNTHETIC_JOBS) for n in args.sources]
-        if set(SYNTHETIC_JOBS[1:]) & set(args.jobs) and args.sources:
+        if {"search", "identify", "crossmatch"} & set(args.jobs) and args.sources:
             # Queries of other people (seed 2) in the same world: what the driver holds does not depend on who.
             synthesize(work / f"probes-{args.queries}", max(2, args.queries // 4), ["--seed", "2"])
         if "crossmatch" in args.jobs and args.sources:  # a joint model, briefly trained on the probes (not measured)
@@ -173,6 +210,9 @@ def main() -> None:
                     measure(n, "bare", side, cwd, out)
                     for job in wanted:
                         measure(n, job, side, cwd, out if job != "synthesize" else work / f"made-{side}-{n}-{r}")
+        if "search-self" in args.jobs:
+            rates.append(gemm_rate())
+            print(f"GEMM rate (float32, 128 deep), after: {rates[-1] / 1e9:.1f} GFLOP/s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # archives of a million files: gigabytes
         if args.before:
@@ -200,6 +240,11 @@ def main() -> None:
                 bp, bw = med(n, job, "before")
                 line += f" {bp:,.0f} MiB | {bw:,.1f} s |"
             print(line)
+            if job == "search-self" and rates:
+                # The k-NN graph's arithmetic (every pair, 128 deep) over the whole job's wall, Ray's start included.
+                rate = 2 * n * n * 128 / wall
+                share = rate / statistics.median(rates)
+                print(f"|  | k-NN graph: {rate / 1e9:.1f} GFLOP/s | {share:.0%} of GEMM rate | | |")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """jobs.persons: face identities and voice identities linked into persons, by what videos show while someone speaks.
 
     python -m jobs.persons [RESULTS] --faces-run-id RUN --voices-run-id RUN [--min-videos 2] [--min-share 0.5]
+                           [--joint-model NAME [--joint-margin 0.1]]
 
 Both runs are ``jobs.identities`` runs over items (faces by frame, voices by speech segment), not whole sources:
 linking needs to know who is on screen when. For every speech segment of a video, the sampled frames inside it say
 who was seen: when every such frame shows exactly one face and all of them one face identity, the segment is
 evidence that its voice identity and that face identity are one person (a span: the video, its sha256, start and
-end). A segment with several faces on screen is left undecided (who of them speaks is a guess), one with nobody on
-screen is unseen; neither links anything.
+end). A segment with several faces on screen is left undecided (who of them speaks is a guess), unless a joint
+voice-face model is given (``jobs.train_crossmodal``): then the segment's voice and each face identity seen (the mean
+of its faces inside the segment) are mapped into the joint space, and the face that out-scores every other by
+--joint-margin is the speaker (the span says so, with the score). A segment with nobody on screen is unseen;
+neither undecided nor unseen links anything.
 
 Each (face identity, voice identity) pair with evidence is a candidate, a ``persons/`` row carrying all its spans.
 Its voice share is the part of the voice's decided seconds spent with this face, its face share the part of the
@@ -54,6 +58,13 @@ class PersonsConfig(JobConfig):
     min_share: float = field(
         default=0.5, metadata={"run_key": True, "help": "each side's share of its decided seconds a link needs"}
     )
+    joint_model: str | None = field(
+        default=None, metadata={"run_key": True, "help": "voice-face model deciding who speaks among several faces"}
+    )
+    joint_margin: float = field(
+        default=0.1, metadata={"run_key": True, "help": "joint model: the speaker's lead over the next face, cosine"}
+    )
+    models: str | None = field(default=None, metadata={"help": "models root, for --joint-model"})
 
 
 @dataclass(frozen=True)
@@ -97,42 +108,71 @@ def run(config: PersonsConfig, ctx: JobContext) -> dict:
     out.check_writable()
     root = resolve(config.results)
     faces, voices = _side(root, config.faces_run_id, "faces"), _side(root, config.voices_run_id, "voices")
+    joint = _joint(config, faces, voices) if config.joint_model else None
     ensure_ray()
     import ray
 
     writer = RowWriter(ctx.output, "persons", PERSONS, out.run_id, out.attempt)
-    rules = {"min_videos": config.min_videos, "min_share": config.min_share}
-    done = ray.get(ray.remote(num_cpus=1)(link_persons).remote(root, faces, voices, rules, writer))
+    rules = {"min_videos": config.min_videos, "min_share": config.min_share, "joint_margin": config.joint_margin}
+    done = ray.get(ray.remote(num_cpus=1)(link_persons).remote(root, faces, voices, rules, writer, joint))
     out.add_files("persons", done.pop("files"), PERSONS)
     summary = {"faces_run_id": faces.run_id, "voices_run_id": voices.run_id, **done}
     marker = out.commit(tables=("persons",), config=asdict(config), summary=summary)
     ctx.log.info(
-        "%d persons from %d candidates; speech segments in videos: %d decided, %d with several faces (undecided), "
-        "%d with nobody on screen",
+        "%d persons from %d candidates; speech segments in videos: %d decided (%d by the joint model), %d with "
+        "several faces (undecided), %d with nobody on screen",
         done["persons"],
         done["candidates"],
         done["segments_decided"],
+        done["segments_by_joint_model"],
         done["segments_undecided"],
         done["segments_unseen"],
     )
     return marker
 
 
-def link_persons(root: Store, faces: Side, voices: Side, rules: dict, writer: RowWriter) -> dict:
-    """One worker: who is seen during each speech segment, the candidates with their evidence, the links."""
-    seen = _seen(root, faces)  # (uri, sha256) -> {time: [face identity, ...]}
-    heard = _heard(root, voices, set(seen))  # (uri, sha256, start, end, voice identity) of videos with faces
+def _joint(config: PersonsConfig, faces: Side, voices: Side) -> Store:
+    """The joint model's folder, refused unless it was trained on these very face and voice models."""
+    from ops.models import catalogue
+
+    model = catalogue.load(config.joint_model, config.models, expect="voice-face-model")
+    for side in (faces, voices):
+        wanted = model.card["inputs"][side.table]
+        if (wanted["model_name"], wanted["model_sha256"]) != side.model:
+            raise JobFailed(
+                f"joint model {model.name} maps {wanted['model_name']} ({wanted['model_sha256'][:12]}) {side.table}, "
+                f"but identities run {side.run_id} clustered {side.model[0]} ({side.model[1][:12]}): use a joint model "
+                "trained on the same embeddings"
+            )
+    return catalogue.locate(config.joint_model, config.models)
+
+
+def link_persons(
+    root: Store, faces: Side, voices: Side, rules: dict, writer: RowWriter, joint: Store | None = None
+) -> dict:
+    """One worker: who is seen during each speech segment (among several faces, the joint model's choice, when it
+    is given and sure), the candidates with their evidence, the links."""
+    seen = _seen(root, faces)  # (uri, sha256) -> {time: [(face identity, face item), ...]}
+    heard = _heard(root, voices, set(seen))  # (uri, sha256, start, end, voice identity, segment item)
     evidence: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    counts = {"segments_decided": 0, "segments_undecided": 0, "segments_unseen": 0}
-    for uri, sha, start, end, voice in heard:
+    counts = {"segments_decided": 0, "segments_by_joint_model": 0, "segments_undecided": 0, "segments_unseen": 0}
+    several = []
+    for uri, sha, start, end, voice, segment in heard:
         inside = [who for t, who in seen[(uri, sha)].items() if start <= t <= end]
+        span = {"uri": uri, "sha256": sha, "start": start, "end": end}
         if not inside:
             counts["segments_unseen"] += 1
-        elif all(len(who) == 1 for who in inside) and len({who[0] for who in inside}) == 1:
+        elif all(len(who) == 1 for who in inside) and len({who[0][0] for who in inside}) == 1:
             counts["segments_decided"] += 1
-            evidence[(inside[0][0], voice)].append({"uri": uri, "sha256": sha, "start": start, "end": end})
+            evidence[(inside[0][0][0], voice)].append(span | {"by": "alone on screen", "score": None})
         else:
-            counts["segments_undecided"] += 1
+            several.append((span, voice, segment, [face for who in inside for face in who]))
+    if several and joint is not None:
+        left = _speakers(root, faces, voices, joint, several, rules["joint_margin"], evidence)
+        counts["segments_by_joint_model"] = len(several) - len(left)
+        counts["segments_decided"] += counts["segments_by_joint_model"]
+        several = left
+    counts["segments_undecided"] = len(several)
     rows = _candidates(evidence, rules)
     for row in rows:
         row |= {
@@ -149,8 +189,80 @@ def link_persons(root: Store, faces: Side, voices: Side, rules: dict, writer: Ro
     return counts | {"candidates": len(rows), "persons": persons, "files": files}
 
 
-def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[str]]]:
-    """Each video's sampled frame times, and the face identities seen at each (one per face row)."""
+def _speakers(
+    root: Store,
+    faces: Side,
+    voices: Side,
+    joint: Store,
+    several: list[tuple[dict, str, str, list[tuple[str, str]]]],
+    margin: float,
+    evidence: dict[tuple[str, str], list[dict]],
+) -> list:
+    """Segments with several faces on screen, decided by the joint model where the best face identity (the mean of
+    its faces in the segment, mapped) out-scores the next by ``margin``: their spans join ``evidence``. Returns the
+    segments still undecided."""
+    import numpy as np
+
+    from ops.matching.heads import project
+    from ops.matching.search import normalise
+    from ops.models import catalogue
+
+    model = catalogue.build(catalogue.load_folder(joint, expect="voice-face-model"), "cpu")
+    face_items = {item for *_, faces_on in several for _, item in faces_on}
+    segment_items = {segment for _, _, segment, _ in several}
+    uris = sorted({span["uri"] for span, *_ in several})
+    face_vectors = _vectors(faces.embeddings, "faces", faces.embeddings_run, uris, face_items)
+    voice_vectors = _vectors(voices.embeddings, "voices", voices.embeddings_run, uris, segment_items)
+    mapped_faces = dict(
+        zip(face_vectors, project(model.face, np.stack(list(face_vectors.values()))).numpy(), strict=True)
+    )
+    mapped_voices = dict(
+        zip(voice_vectors, project(model.voice, np.stack(list(voice_vectors.values()))).numpy(), strict=True)
+    )
+    left = []
+    for span, voice, segment, faces_on in several:
+        by_identity: dict[str, list] = defaultdict(list)
+        for identity, item in faces_on:
+            by_identity[identity].append(mapped_faces[item])
+        scores = sorted(
+            (
+                (float(normalise(np.mean(v, axis=0)[None])[0] @ mapped_voices[segment]), who)
+                for who, v in by_identity.items()
+            ),
+            reverse=True,
+        )
+        if len(scores) > 1 and scores[0][0] - scores[1][0] >= margin:
+            evidence[(scores[0][1], voice)].append(span | {"by": "joint model", "score": scores[0][0]})
+        else:
+            left.append((span, voice, segment, faces_on))
+    return left
+
+
+def _vectors(root: Store, table: str, run_id: str | None, uris: list[str], wanted: set[str]) -> dict:
+    """The unit embeddings of these items (face or segment keys) of these sources."""
+    import numpy as np
+
+    from ops.matching.search import normalise
+
+    columns = ["uri", "frame_index", "face_index"] if table == "faces" else ["uri", "segment_index"]
+    where = pc.field("uri").isin(uris)
+    if table == "voices":
+        where = where & (pc.field("level") == "segment")
+    rows = read_table(root, table, run_id, [*columns, "embedding"], filter=where)
+    found = {}
+    for r in rows.to_pylist():
+        key = (
+            face_key(r["uri"], r["frame_index"], r["face_index"])
+            if table == "faces"
+            else segment_key(r["uri"], r["segment_index"])
+        )
+        if key in wanted:
+            found[key] = np.asarray(r["embedding"], np.float32)
+    return {k: v for k, v in zip(found, normalise(np.stack(list(found.values()))), strict=True)}
+
+
+def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[tuple[str, str]]]]:
+    """Each video's sampled frame times, and the faces seen at each: (identity, item), one per face row."""
     members = read_table(root, "identities", faces.run_id, ["item", "sha256", "identity"])
     identity = dict(
         zip(
@@ -172,12 +284,12 @@ def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[st
         key = (face_key(uri, frame, face), sha)
         if key in identity and key not in done:  # one row per face, however many runs hold it
             done.add(key)
-            seen[(uri, sha)][t].append(identity[key])
+            seen[(uri, sha)][t].append((identity[key], key[0]))
     return seen
 
 
-def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tuple[str, str, float, float, str]]:
-    """The speech segments of those videos, each with its voice identity."""
+def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tuple[str, str, float, float, str, str]]:
+    """The speech segments of those videos, each with its voice identity and item key."""
     members = read_table(root, "identities", voices.run_id, ["item", "sha256", "identity"])
     identity = dict(
         zip(
@@ -198,7 +310,7 @@ def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tupl
     for uri, sha, segment, start, end in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
         key = (segment_key(uri, segment), sha)
         if key in identity and (uri, sha) in videos:
-            heard[key] = (uri, sha, start, end, identity[key])
+            heard[key] = (uri, sha, start, end, identity[key], key[0])
     return sorted(heard.values())
 
 

@@ -198,6 +198,8 @@ EVIDENCE = pa.struct(
         pa.field("sha256", SHA256, nullable=False),
         pa.field("start", pa.float64(), nullable=False),
         pa.field("end", pa.float64(), nullable=False),
+        pa.field("by", pa.string(), nullable=False),  # "alone on screen", or "joint model" (several faces)
+        pa.field("score", pa.float64(), nullable=True),  # joint model: the speaker's score (the next one's: margin)
     ]
 )
 
@@ -214,7 +216,7 @@ PERSONS = _table(
     _f("voice_share", pa.float64(), doc="of the voice's seconds spoken while one face was seen, the share with this"),
     _f("seconds", pa.float64(), doc="speech seconds of this voice while this face alone was on screen"),
     _f("videos", pa.int32(), doc="distinct videos (by content) the evidence comes from"),
-    _f("evidence", pa.list_(EVIDENCE), doc="every span: the video, its sha256, start and end seconds"),
+    _f("evidence", pa.list_(EVIDENCE), doc="every span: video, sha256, start, end, how decided (and the score)"),
     _f("faces_run_id", pa.string(), doc="the identities run of the faces"),
     _f("voices_run_id", pa.string(), doc="the identities run of the voices"),
     _f("face_model_name", pa.string()),

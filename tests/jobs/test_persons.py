@@ -7,6 +7,8 @@ from jobs import identities, match, persons
 from ops.io.schemas import voices
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching.heads import JOINT_MODEL, JointModel
+from ops.models.registry import store_model
 from tests.jobs.test_match import SHA, write_faces
 
 # Videos: who is on screen (face, seconds sampled) and who speaks when (voice, start, end).
@@ -36,7 +38,7 @@ def write_voices(root, rows, dim, run_id="voices-test"):
 
 def _archive(tmp_path, rng):
     faces_of = {p: rng.standard_normal(16) for p in "ABC"}
-    voice_of = {p: rng.standard_normal(16) for p in "ABN"}
+    voice_of = {"A": faces_of["A"], "B": faces_of["B"], "N": rng.standard_normal(16)}  # one space: see _joint
     near = lambda centre: (centre + 0.2 * rng.standard_normal(16)).astype(np.float32)  # noqa: E731
     vectors, uris, frames, voice_rows = [], [], [], []
     for n, (video, (on_screen, speech)) in enumerate(VIDEOS.items()):
@@ -94,3 +96,44 @@ def test_faces_and_voices_seen_and_heard_together_are_linked_into_persons(ray_cl
     # Runs the wrong way round, or over whole sources: refused with the reason.
     swapped = [str(tmp_path), "--faces-run-id", "i-voices", "--voices-run-id", "i-faces", "--output", str(tmp_path)]
     assert persons.main(swapped) == 2 and "clustered voices, not faces" in caplog.text
+
+
+def _joint(models) -> None:
+    """A joint model that maps both sides by the identity (so a voice scores its own face's cosine): Linear [I; -I],
+    LayerNorm (the mean is zero, a common scale), ReLU keeps each sign's part, Linear [I, -I] puts x back together."""
+    import torch
+
+    model = JointModel(16, 16, out_dim=16, hidden=32)
+    eye = torch.eye(16)
+    with torch.no_grad():
+        for head in (model.face, model.voice):
+            head.net[0].weight.copy_(torch.cat([eye, -eye])), head.net[0].bias.zero_()
+            head.net[3].weight.copy_(torch.cat([eye, -eye], 1)), head.net[3].bias.zero_()
+    inputs = {
+        t: {"model_name": m, "model_sha256": SHA, "dim": 16}
+        for t, m in (("faces", "dlib-resnet-v1"), ("voices", "ge2e"))
+    }
+    card = {
+        "modality": "voice-face",
+        "inputs": inputs,
+        "embedding_dim": 16,
+        "metric": "cosine",
+        "default_threshold": 0.5,
+    }
+    store_model(resolve(str(models)), "joint", JOINT_MODEL, model.state_dict(), {"test": "identity map"}, card)
+
+
+def test_a_joint_model_says_who_speaks_among_several_faces(ray_cluster, tmp_path):
+    _archive(tmp_path, np.random.default_rng(11))
+    _joint(tmp_path / "models")
+    argv = [str(tmp_path), "--faces-run-id", "i-faces", "--voices-run-id", "i-voices", "--output", str(tmp_path)]
+    argv += ["--joint-model", "joint", "--models", str(tmp_path / "models"), "--run-id", "pj"]
+    assert persons.main(argv) == 0
+    summary = _summary(tmp_path, "pj")
+    assert summary["segments_decided"] == 7 and summary["segments_by_joint_model"] == 1
+    assert summary["segments_undecided"] == 0
+    (a,) = [r for r in read_table(resolve(str(tmp_path)), "persons", "pj").to_pylist() if r["seconds"] > 8]
+    spans = {e["uri"][-6:]: e for e in a["evidence"]}
+    assert a["linked"] and a["videos"] == 3 and a["seconds"] == 14.0
+    assert spans["v5.mp4"]["by"] == "joint model" and spans["v5.mp4"]["score"] > 0.9
+    assert spans["v2.mp4"]["by"] == "alone on screen" and spans["v2.mp4"]["score"] is None
