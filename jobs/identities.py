@@ -245,7 +245,7 @@ def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray
         filter=pc.is_valid(pc.field("track_id")),
     )
     track_of = {
-        (face_key(u, f, i), s): f"{u}\0{t}"
+        (face_key(u, f, i), s): f"{u}\0{s}\0{t}"
         for u, s, f, i, t in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True)
     }
     names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
@@ -264,25 +264,37 @@ def previous_identities(root: Store, run_id: str, items: pa.Table) -> np.ndarray
 
 
 def carried_ids(cluster: np.ndarray, names: list[str], before: np.ndarray) -> tuple[np.ndarray, int]:
-    """An id per cluster (``cluster``: dense indices): a previous identity's id goes to the cluster that holds
-    most of its members, each cluster taking at most one (the most members first; ties to the lower id); any
-    other cluster is ``id-`` and a hash of its sorted members. Returns the ids and how many were carried."""
+    """An id per cluster (``cluster``: dense indices): a previous identity's id goes to the cluster that holds more
+    than half of its kept members, each cluster taking at most one (the most members first; ties to the lower id);
+    any other cluster is ``id-`` and a hash of its sorted members (never an id used before). Returns the ids and
+    how many were carried."""
     sizes = np.bincount(cluster)
+    kept = before != None  # noqa: E711 (element-wise)
     counts: dict[tuple[int, str], int] = {}
-    for c, was in zip(cluster[before != None].tolist(), before[before != None].tolist(), strict=True):  # noqa: E711
+    for c, was in zip(cluster[kept].tolist(), before[kept].tolist(), strict=True):
         counts[(c, was)] = counts.get((c, was), 0) + 1
+    members_kept: dict[str, int] = {}
+    for (_, was), n in counts.items():
+        members_kept[was] = members_kept.get(was, 0) + n
     ids = np.empty(len(sizes), object)
     taken: set[str] = set()
-    for (c, was), _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
-        if ids[c] is None and was not in taken:
+    for (c, was), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
+        # Only to the cluster holding more than half of the identity's kept members: never to a stray.
+        if ids[c] is None and was not in taken and 2 * n > members_kept[was]:
             ids[c] = was
             taken.add(was)
+    carried = len(taken)
+    taken |= set(members_kept)  # a new id never repeats an earlier one (a split can bring back a founding set)
     by_cluster = np.argsort(cluster, kind="stable")
     bounds = np.r_[0, np.cumsum(sizes)]
     for c in np.flatnonzero(ids == None):  # noqa: E711
-        members = sorted(names[i] for i in by_cluster[bounds[c] : bounds[c + 1]])
-        ids[c] = "id-" + hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
-    return ids, len(taken)
+        text = "\n".join(sorted(names[i] for i in by_cluster[bounds[c] : bounds[c + 1]]))
+        ids[c] = "id-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        while ids[c] in taken:
+            text += "\n"
+            ids[c] = "id-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        taken.add(ids[c])
+    return ids, carried
 
 
 def _ints(column: pa.ChunkedArray) -> np.ndarray:

@@ -4,14 +4,15 @@
                            [--joint-model NAME [--joint-margin 0.1]]
 
 Both runs are ``jobs.identities`` runs over items (faces by frame, voices by speech segment), not whole sources:
-linking needs to know who is on screen when. For every speech segment of a video, the sampled frames inside it say
-who was seen: when every such frame shows exactly one face and all of them one face identity, the segment is
-evidence that its voice identity and that face identity are one person (a span: the video, its sha256, start and
-end). A segment with several faces on screen is left undecided (who of them speaks is a guess), unless a joint
-voice-face model is given (``jobs.train_crossmodal``): then the segment's voice and each face identity seen (the mean
-of its faces inside the segment) are mapped into the joint space, and the face that out-scores every other by
---joint-margin is the speaker (the span says so, with the score). A segment with nobody on screen is unseen;
-neither undecided nor unseen links anything.
+linking needs to know who is on screen when. For every speech segment of a video, the sampled frames inside it say who
+was seen: when all the faces in them belong to one face identity, the segment is evidence that its voice identity and
+that face identity are one person (a span: the video, its sha256, start and end). A segment with several faces on
+screen is left undecided (who of them speaks is a guess), unless a joint voice-face model is given
+(``jobs.train_crossmodal``): then the segment's voice and each face identity seen (the mean of its faces inside the
+segment) are mapped into the joint space, and the face that out-scores every other by --joint-margin is the speaker
+(the span says so, with the score). A segment with nobody on screen (or no picture: an audio file) is unseen, and one
+with a face that no identity holds (no valid embedding) is undecided whatever the model says, since that face may be
+the speaker; neither undecided nor unseen links anything.
 
 Each (face identity, voice identity) pair with evidence is a candidate, a ``persons/`` row carrying all its spans.
 Its voice share is the part of the voice's decided seconds spent with this face, its face share the part of the
@@ -102,8 +103,9 @@ def _side(root: Store, run_id: str | None, table: str) -> Side:
 
 
 def run(config: PersonsConfig, ctx: JobContext) -> dict:
-    if config.min_videos < 1 or not 0 <= config.min_share < 1:
-        raise JobFailed("--min-videos must be at least 1 and --min-share in [0, 1)")
+    if config.min_videos < 1 or not 0.5 <= config.min_share < 1:
+        # Below a half, one face could be the main partner of two voices: a person would not be one.
+        raise JobFailed("--min-videos must be at least 1 and --min-share in [0.5, 1)")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     root = resolve(config.results)
@@ -152,27 +154,32 @@ def link_persons(
 ) -> dict:
     """One worker: who is seen during each speech segment (among several faces, the joint model's choice, when it
     is given and sure), the candidates with their evidence, the links."""
-    seen = _seen(root, faces)  # (uri, sha256) -> {time: [(face identity, face item), ...]}
-    heard = _heard(root, voices, set(seen))  # (uri, sha256, start, end, voice identity, segment item)
+    seen = _seen(root, faces)  # (uri, sha256) -> {time: [(face identity or None, face item), ...]}
+    heard = _heard(root, voices)  # (uri, sha256, start, end, voice identity, segment item)
     evidence: dict[tuple[str, str], list[dict]] = defaultdict(list)
     counts = {"segments_decided": 0, "segments_by_joint_model": 0, "segments_undecided": 0, "segments_unseen": 0}
+    counts["segments_unidentified_face"] = 0
     several = []
     for uri, sha, start, end, voice, segment in heard:
-        inside = [who for t, who in seen[(uri, sha)].items() if start <= t <= end]
+        frames = seen.get((uri, sha), {})
+        on_screen = [face for t, faces_at in frames.items() if start <= t <= end for face in faces_at]
+        identities = {identity for identity, _ in on_screen}
         span = {"uri": uri, "sha256": sha, "start": start, "end": end}
-        if not inside:
+        if not on_screen:
             counts["segments_unseen"] += 1
-        elif all(len(who) == 1 for who in inside) and len({who[0][0] for who in inside}) == 1:
+        elif len(identities) == 1 and None not in identities:
             counts["segments_decided"] += 1
-            evidence[(inside[0][0][0], voice)].append(span | {"by": "alone on screen", "score": None})
+            evidence[(on_screen[0][0], voice)].append(span | {"by": "one identity on screen", "score": None})
+        elif None in identities:  # a face nobody clustered (no valid embedding) may be the speaker: no guess
+            counts["segments_unidentified_face"] += 1
         else:
-            several.append((span, voice, segment, [face for who in inside for face in who]))
+            several.append((span, voice, segment, on_screen))
     if several and joint is not None:
         left = _speakers(root, faces, voices, joint, several, rules["joint_margin"], evidence)
         counts["segments_by_joint_model"] = len(several) - len(left)
         counts["segments_decided"] += counts["segments_by_joint_model"]
         several = left
-    counts["segments_undecided"] = len(several)
+    counts["segments_undecided"] = len(several) + counts.pop("segments_unidentified_face")
     rows = _candidates(evidence, rules)
     for row in rows:
         row |= {
@@ -256,8 +263,11 @@ def _vectors(root: Store, table: str, run_id: str | None, uris: list[str], wante
             if table == "faces"
             else segment_key(r["uri"], r["segment_index"])
         )
-        if key in wanted:
+        if key in wanted and r["embedding"] is not None:
             found[key] = np.asarray(r["embedding"], np.float32)
+    if len(found) < len(wanted):  # the run the identities came from lost rows since: nothing to decide on
+        missing = sorted(wanted - set(found))
+        raise JobFailed(f"{len(missing)} {table} items have no embedding under {root.uri} (first: {missing[0]})")
     return {k: v for k, v in zip(found, normalise(np.stack(list(found.values()))), strict=True)}
 
 
@@ -278,18 +288,18 @@ def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[tu
         ["uri", "sha256", "frame_index", "face_index", "timestamp"],
         filter=pc.is_valid(pc.field("timestamp")),  # video frames only: a photo has no time
     )
-    seen: dict[tuple[str, str], dict[float, list[str]]] = defaultdict(lambda: defaultdict(list))
+    seen: dict[tuple[str, str], dict[float, list[tuple[str | None, str]]]] = defaultdict(lambda: defaultdict(list))
     done = set()
     for uri, sha, frame, face, t in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
         key = (face_key(uri, frame, face), sha)
-        if key in identity and key not in done:  # one row per face, however many runs hold it
+        if key not in done:  # one row per face, however many runs hold it; one no identity holds counts as None
             done.add(key)
-            seen[(uri, sha)][t].append((identity[key], key[0]))
+            seen[(uri, sha)][t].append((identity.get(key), key[0]))
     return seen
 
 
-def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tuple[str, str, float, float, str, str]]:
-    """The speech segments of those videos, each with its voice identity and item key."""
+def _heard(root: Store, voices: Side) -> list[tuple[str, str, float, float, str, str]]:
+    """Every clustered speech segment, with its voice identity and item key."""
     members = read_table(root, "identities", voices.run_id, ["item", "sha256", "identity"])
     identity = dict(
         zip(
@@ -298,18 +308,17 @@ def _heard(root: Store, voices: Side, videos: set[tuple[str, str]]) -> list[tupl
             strict=True,
         )
     )
-    uris = sorted({uri for uri, _ in videos})
     rows = read_table(
         voices.embeddings,
         "voices",
         voices.embeddings_run,
         ["uri", "sha256", "segment_index", "start", "end"],
-        filter=(pc.field("level") == "segment") & pc.field("uri").isin(uris),
+        filter=pc.field("level") == "segment",
     )
     heard = {}
     for uri, sha, segment, start, end in zip(*(rows.column(c).to_pylist() for c in rows.column_names), strict=True):
         key = (segment_key(uri, segment), sha)
-        if key in identity and (uri, sha) in videos:
+        if key in identity:
             heard[key] = (uri, sha, start, end, identity[key], key[0])
     return sorted(heard.values())
 

@@ -35,7 +35,7 @@ from jobs.runtime import JobContext, launch, run_job, run_module
 from jobs.stages import STAGES
 from ops.io.errors import JobFailed, ModelError
 from ops.io.storage import Store
-from ops.io.tables import OutputRun, committed_runs, iter_table
+from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 from ops.matching.embeddings import read_labels
 from ops.models import catalogue
 
@@ -213,7 +213,10 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
         _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
         search = stages.done[f"search-{table}"]
-        if search["summary"].get("threshold") is None:
+        first = read_table(ctx.output, "matches", search["run_id"], ["threshold"], limit=1)
+        if first.num_rows == 0:
+            stages.skip(f"identities-{table}", f"the search found no two {table} sources to link")
+        elif first.column("threshold")[0].as_py() is None:
             reason = "no threshold links two sources: no calibration (no labels) and the model card gives none"
             stages.skip(f"identities-{table}", reason)
         else:  # who is in the archive: the search's lists above its threshold, clustered

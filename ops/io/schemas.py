@@ -198,7 +198,7 @@ EVIDENCE = pa.struct(
         pa.field("sha256", SHA256, nullable=False),
         pa.field("start", pa.float64(), nullable=False),
         pa.field("end", pa.float64(), nullable=False),
-        pa.field("by", pa.string(), nullable=False),  # "alone on screen", or "joint model" (several faces)
+        pa.field("by", pa.string(), nullable=False),  # "one identity on screen", or "joint model" (several)
         pa.field("score", pa.float64(), nullable=True),  # joint model: the speaker's score (the next one's: margin)
     ]
 )

@@ -141,7 +141,8 @@ def chinese_whispers(
     items that is the one-at-a-time algorithm exactly; beyond, two neighbours rarely share a slice (a slice is a
     ``batches``-th of the items), so it behaves as the sequential one does."""
     n = graph.n
-    labels = np.arange(n) if start is None else np.array(start, np.int64)
+    # Labels numbered densely (order kept, so ties still go to the lower): votes are counted by item * n + label.
+    labels = np.arange(n) if start is None else np.unique(start, return_inverse=True)[1].astype(np.int64)
     if n == 0 or len(graph) == 0:
         return canonical(labels)
     # Adjacency in CSR form, both directions.
@@ -157,6 +158,8 @@ def chinese_whispers(
     for _ in range(iterations):
         changed = False
         visit = rng.permutation(linked)
+        if len(visit) == 0:  # nothing may move (every item kept from an earlier clustering)
+            break
         for part in np.array_split(visit, min(batches, len(visit))):
             best = _votes(part, offsets, degree, others, weights, labels)
             moved = best != labels[part]

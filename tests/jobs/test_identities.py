@@ -111,3 +111,6 @@ def test_the_next_night_joins_new_faces_to_the_identities_it_has(ray_cluster, tm
     assert len({two[u] for u in new_uris[3:]}) == 1 and two[new_uris[3]] not in one.values()
     again, summary = night("3", np.concatenate([first, added]), uris + new_uris, "--full")
     assert summary["reclustered"] is True and summary["items_kept"] == 31 and again == two
+    # A night with nothing new: nothing moves, nothing is renamed.
+    same, summary = night("4", np.concatenate([first, added]), uris + new_uris)
+    assert summary["items_new"] == 0 and summary["reclustered"] is False and same == two

@@ -84,3 +84,30 @@ def test_a_group_is_clustered_as_one_node():
     assert contract(graph, together).n == 4
     for method in ("components", "whispers"):
         assert cluster(graph, method, together).tolist() == [0, 0, 0, 0, 4]
+
+
+def test_whispers_goes_on_from_earlier_labels_with_groups():
+    # Items 3 and 4 were one identity, 5 another; 0-1 is a new track (one group), 2 a new face.
+    graph = undirected(6, np.array([0, 2]), np.array([3, 5]), np.array([0.9, 0.9]))
+    group = np.array([0, 0, 1, 2, 3, 4])
+    start, movable = np.array([0, 1, 2, 3, 3, 5]), np.array([True, True, True, False, False, False])
+    assert cluster(graph, "whispers", group, start=start, movable=movable).tolist() == [0, 0, 2, 0, 0, 2]
+    # Nothing may move: the earlier labels stand, whatever the edges say.
+    assert cluster(graph, "whispers", None, start=start, movable=np.zeros(6, bool)).tolist() == [0, 1, 2, 3, 3, 5]
+
+
+def test_whispers_in_slices_finds_what_one_at_a_time_finds():
+    rng = np.random.default_rng(3)
+    people, each = 300, 6
+    src = np.repeat(np.arange(people * each), each - 1)
+    dst = (src // each) * each + (src % each + 1 + np.tile(np.arange(each - 1), people * each)) % each
+    stray = rng.integers(0, people * each, (2, 200))  # weak links between people
+    graph = undirected(
+        people * each,
+        np.r_[src, stray[0]],
+        np.r_[dst, stray[1]],
+        np.r_[np.full(len(src), 0.9), np.full(200, 0.3)],
+    )
+    truth = np.repeat(np.arange(people), each)
+    for batches in (1024, people * each):  # sliced, and one item at a time
+        assert bcubed(truth, chinese_whispers(graph, batches=batches))[2] == 1.0
