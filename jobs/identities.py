@@ -13,8 +13,9 @@ is one item already, so a speaker's turn is never split.
 
 A Ray task reads the run's items (``match_items/``) and lists (``matches/``, three columns), clusters, and writes
 ``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members when founded), its size,
-whether it is the identity's representative (the member most linked inside it), the identity's cohesion (mean edge
-score) and the member's confidence (share of its edge weight inside its identity).
+whether it is the identity's representative (of the members mostly linked inside it, the clearest face or the longest
+speech), the identity's cohesion (mean edge score) and the member's confidence (share of its edge weight inside its
+identity).
 Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is
 scored: BCubed and pairwise precision, recall and F over the labelled items, and identities found against the true
 number. The driver holds counts.
@@ -49,7 +50,7 @@ from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching import metrics
 from ops.matching.clustering import Graph, cluster, undirected
 from ops.matching.embeddings import manifest_of
-from ops.matching.items import face_key
+from ops.matching.items import clearest_faces, face_key, segment_key
 
 JOB = "identities"
 METHODS = ("whispers", "components")
@@ -139,8 +140,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
 
     writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
-    # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
-    tracks = search["embeddings"] if search["table"] == "faces" and not search["per_source"] else None
+    settings["per_source"] = search["per_source"]
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -152,7 +152,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
             (labels_root, manifest_run),
             model,
             writer,
-            tracks,
+            search["embeddings"],
             (ctx.output, previous) if previous else None,
         )
     )
@@ -184,11 +184,12 @@ def cluster_search(
     labels: tuple[Store, str | None],
     model: tuple[str, str],
     writer: RowWriter,
-    tracks: tuple[Store, str | None] | None = None,
+    embeddings: tuple[Store, str | None] | None = None,
     previous: tuple[Store, str] | None = None,
 ) -> dict:
-    """One worker: the search's items and lists as a graph, clustered (the faces of a video track as one, when
-    ``tracks`` names the faces run), written as ``identities/`` rows; counts and, with labels, the scores.
+    """One worker: the search's items and lists as a graph, clustered (the faces of a video track as one), written
+    as ``identities/`` rows; counts and, with labels, the scores. ``embeddings`` (the root and run the search read)
+    gives the tracks and how clear each member is.
 
     With a ``previous`` identities run, its identities carry their ids, and with whispers (unless ``full``) its
     items keep their identities: only the new items (new keys, or new content) are clustered, joining an
@@ -204,7 +205,10 @@ def cluster_search(
         raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
-    group = track_groups(tracks[0], tracks[1], items) if tracks else None
+    # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
+    tracked = embeddings is not None and table == "faces" and not settings["per_source"]
+    group = track_groups(embeddings[0], embeddings[1], items) if tracked else None
+    clear = clarity(embeddings[0], embeddings[1], table, settings["per_source"], items) if embeddings else None
     before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
     kept = before != None  # noqa: E711 (element-wise)
     start = movable = None
@@ -217,7 +221,7 @@ def cluster_search(
             start[i] = firsts.setdefault(before[i], i)
         movable = ~kept
     clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
-    rows, counts = _members(items, graph, clusters, before)
+    rows, counts = _members(items, graph, clusters, before, clear)
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
     for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
@@ -297,11 +301,41 @@ def carried_ids(cluster: np.ndarray, names: list[str], before: np.ndarray) -> tu
     return ids, carried
 
 
+def clarity(root: Store, run_id: str | None, table: str, per_source: bool, items: pa.Table) -> np.ndarray:
+    """How clear each item is, for choosing a representative: a face's detector score times its eye distance (for
+    a whole source, its clearest face's: the one its search used), a voice's seconds of speech; NaN when unknown."""
+    if table == "faces":
+        columns = ["uri", "sha256", "frame_index", "face_index", "score", "eye_distance", "face_size"]
+        rows = read_table(root, "faces", run_id, columns)
+        if per_source:
+            rows = clearest_faces(rows)
+        value = pc.multiply(rows.column("score").cast(pa.float64()), rows.column("eye_distance").cast(pa.float64()))
+        uris, frames, faces = (rows.column(c).to_pylist() for c in ("uri", "frame_index", "face_index"))
+        keys = uris if per_source else [face_key(u, f, i) for u, f, i in zip(uris, frames, faces, strict=True)]
+    else:
+        level = "source" if per_source else "segment"
+        rows = read_table(
+            root,
+            "voices",
+            run_id,
+            ["uri", "sha256", "segment_index", "speech_seconds"],
+            filter=pc.field("level") == level,
+        )
+        value = rows.column("speech_seconds")
+        uris, segments = rows.column("uri").to_pylist(), rows.column("segment_index").to_pylist()
+        keys = uris if per_source else [segment_key(u, s) for u, s in zip(uris, segments, strict=True)]
+    known = dict(zip(zip(keys, rows.column("sha256").to_pylist(), strict=True), value.to_pylist(), strict=True))
+    names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
+    return np.array([known.get((n, s)) for n, s in zip(names, shas, strict=True)], np.float64)
+
+
 def _ints(column: pa.ChunkedArray) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _members(items: pa.Table, graph: Graph, labels: np.ndarray, before: np.ndarray) -> tuple[pa.Table, dict]:
+def _members(
+    items: pa.Table, graph: Graph, labels: np.ndarray, before: np.ndarray, clear: np.ndarray | None = None
+) -> tuple[pa.Table, dict]:
     """Each member's identity, size, confidence and whether it represents it; each identity's cohesion."""
     n = len(labels)
     inside = labels[graph.src] == labels[graph.dst]
@@ -315,8 +349,10 @@ def _members(items: pa.Table, graph: Graph, labels: np.ndarray, before: np.ndarr
     edge_sum = np.bincount(cluster[graph.src[inside]], graph.weight[inside], len(sizes))
     edge_count = np.bincount(cluster[graph.src[inside]], minlength=len(sizes))
     cohesion = np.where(edge_count > 0, edge_sum / np.maximum(edge_count, 1), np.nan)
-    # The representative: the most linked inside, then the surest (ties: the lower index), by one sort of all members.
-    order = np.lexsort((np.arange(n), -confidence, -weight_in, cluster))
+    # The representative: among the members mostly linked inside, the clearest (a face's detector score times its
+    # eye distance, a voice's seconds of speech), then the most linked, then the surest; one sort of all members.
+    clear = np.zeros(n) if clear is None else np.nan_to_num(clear, nan=-1.0)
+    order = np.lexsort((np.arange(n), -confidence, -weight_in, -clear, confidence < 0.5, cluster))
     first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
     representative = np.zeros(n, bool)
     representative[order[first]] = True

@@ -182,7 +182,7 @@ IDENTITIES = _table(
     _f("uri", pa.string()),
     _f("sha256", SHA256),
     _f("size", pa.int32(), doc="the identity's members"),
-    _f("representative", pa.bool_(), doc="the member most linked inside the identity, then the surest (one each)"),
+    _f("representative", pa.bool_(), doc="of the members mostly linked inside, the clearest face or longest speech"),
     _f("cohesion", pa.float64(), nullable=True, doc="mean score of the edges inside the identity (null: none)"),
     _f("confidence", pa.float64(), doc="share of the member's edge weight inside its identity (1: no edge out)"),
     _f("method", pa.string(), doc="whispers or components, over the k-NN graph of the search"),

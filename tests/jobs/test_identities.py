@@ -66,6 +66,7 @@ def test_the_faces_of_a_video_track_are_one_identity(ray_cluster, tmp_path):
     video = [(f, 0, 0) for f in range(6)] + [(f, 1, 1) for f in range(3)]  # (frame, face, track)
     frames = [{}] * 8 + [
         {"frame_index": f, "timestamp": f / 1.0, "face_index": i, "track_id": t, "sha256": "f" * 64}
+        | ({"eye_distance": 40.0} if (f, i) == (2, 0) else {})  # the clearest face of all
         for f, i, t in video
     ]
     write_faces(tmp_path, vectors, uris, frames=frames)
@@ -78,6 +79,8 @@ def test_the_faces_of_a_video_track_are_one_identity(ray_cluster, tmp_path):
     assert {who[f"/archive/v.mp4#frame={f}&face=0"] for f in range(6)} == {who["/archive/a0.jpg#frame=0&face=0"]}
     assert {who[f"/archive/v.mp4#frame={f}&face=1"] for f in range(3)} == {who["/archive/b0.jpg#frame=0&face=0"]}
     assert _summary(tmp_path, "i")["tracks"] == 2
+    chosen = {r["identity"]: r["item"] for r in rows if r["representative"]}
+    assert chosen[who["/archive/a0.jpg#frame=0&face=0"]] == "/archive/v.mp4#frame=2&face=0"
 
 
 def test_the_next_night_joins_new_faces_to_the_identities_it_has(ray_cluster, tmp_path):
