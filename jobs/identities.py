@@ -257,12 +257,17 @@ def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray
     return np.unique(np.array(keys, object), return_inverse=True)[1].astype(np.int64)
 
 
-def previous_identities(root: Store, run_id: str, items: pa.Table) -> np.ndarray:
-    """Each item's identity in a previous run, where it was a member with the same content (else None)."""
+def identity_of(root: Store, run_id: str) -> dict[tuple[str, str], str]:
+    """(item, sha256) -> identity, for every member of an identities run."""
     rows = read_table(root, "identities", run_id, ["item", "sha256", "identity"])
-    was = {
+    return {
         (n, s): i for n, s, i in zip(*(rows.column(c).to_pylist() for c in ("item", "sha256", "identity")), strict=True)
     }
+
+
+def previous_identities(root: Store, run_id: str, items: pa.Table) -> np.ndarray:
+    """Each item's identity in a previous run, where it was a member with the same content (else None)."""
+    was = identity_of(root, run_id)
     names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
     return np.array([was.get((n, s)) for n, s in zip(names, shas, strict=True)], object)
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.cli import JobConfig
+from jobs.identities import identity_of
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
@@ -271,16 +272,9 @@ def _vectors(root: Store, table: str, run_id: str | None, uris: list[str], wante
     return {k: v for k, v in zip(found, normalise(np.stack(list(found.values()))), strict=True)}
 
 
-def _identity_of(root: Store, run_id: str) -> dict[tuple[str, str], str]:
-    """(item, sha256) -> identity, for every member of an identities run."""
-    members = read_table(root, "identities", run_id, ["item", "sha256", "identity"])
-    keys = zip(members.column("item").to_pylist(), members.column("sha256").to_pylist(), strict=True)
-    return dict(zip(keys, members.column("identity").to_pylist(), strict=True))
-
-
 def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[tuple[str, str]]]]:
     """Each video's sampled frame times, and the faces seen at each: (identity, item), one per face row."""
-    identity = _identity_of(root, faces.run_id)
+    identity = identity_of(root, faces.run_id)
     rows = read_table(
         faces.embeddings,
         "faces",
@@ -300,7 +294,7 @@ def _seen(root: Store, faces: Side) -> dict[tuple[str, str], dict[float, list[tu
 
 def _heard(root: Store, voices: Side) -> list[tuple[str, str, float, float, str, str]]:
     """Every clustered speech segment, with its voice identity and item key."""
-    identity = _identity_of(root, voices.run_id)
+    identity = identity_of(root, voices.run_id)
     rows = read_table(
         voices.embeddings,
         "voices",
