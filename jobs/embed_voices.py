@@ -51,7 +51,7 @@ from ops.voices.speech import SileroDetector, SpeechSegmenter, WebRTCDetector
 
 JOB = "embed_voices"
 # Compressed speech is about 25 KB per second of audio: a shard of this many bytes is a few seconds of work.
-ROWS_VERSION = 1  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
+ROWS_VERSION = 2  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
 MIN_SHARD_BYTES = 256 << 10
 ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded memory for hours-long sources
 
@@ -83,6 +83,12 @@ class EmbedVoicesConfig(ActorOptions, JobConfig):
     )
     vad_model: str = field(default="silero-vad", metadata={"help": "the Silero VAD model: registry name or URI"})
     vad_mode: int = field(default=3, metadata={"help": "webrtcvad aggressiveness, 0 (lenient) to 3 (strict)"})
+    vad_threshold: float = field(
+        default=0.5, metadata={"help": "Silero: speech where a stretch's probability reaches this somewhere"}
+    )
+    vad_low: float = field(
+        default=0.35, metadata={"help": "Silero: a speech stretch extends while its probability stays at this"}
+    )
     max_source_seconds: float = field(
         default=12 * 3600.0, metadata={"help": "embed at most this much of one source (the rest is reported)"}
     )
@@ -117,20 +123,24 @@ _STAGED = pa.schema(
 )
 
 
+def speech_detector(params: dict, model_folder: Store | None):
+    """The detector the job's settings name (the Silero model loaded once per worker process)."""
+    if params["vad"] == "webrtc":
+        return WebRTCDetector(params["vad_mode"])
+    return SileroDetector(_silero(model_folder), params["vad_threshold"], params["vad_low"])
+
+
 @functools.lru_cache(maxsize=4)
-def speech_detector(kind: str, mode: int, model_folder: Store | None):
-    """The detector for a worker process, built once (the Silero model loads from the models root)."""
-    if kind == "webrtc":
-        return WebRTCDetector(mode)
+def _silero(model_folder: Store):
     # On the CPU: the decode stage runs it, on CPU workers, beside the decoding.
-    return SileroDetector(catalogue.build(catalogue.load_folder(model_folder, "speech-detection"), "cpu"))
+    return catalogue.build(catalogue.load_folder(model_folder, "speech-detection"), "cpu")
 
 
 def decode_segments(
     batch: pa.Table, endpoint_url: str | None, params: dict, vad_folder: Store | None = None
 ) -> Iterator[pa.Table]:
     """Decode each source of the batch into speech segments, then one source row; or one error row."""
-    detector = speech_detector(params["vad"], params["vad_mode"], vad_folder)
+    detector = speech_detector(params, vad_folder)
     for uri, sha, size in zip(*(batch.column(c).to_pylist() for c in ("uri", "sha256", "size")), strict=True):
         rows: list[dict] = []
         segmenter = SpeechSegmenter(
@@ -309,6 +319,10 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     folder, card = catalogue.verified(config.model, config.models, "speaker-embedding")
     if config.vad not in ("silero", "webrtc"):
         raise JobFailed(f"--vad {config.vad!r}: use silero or webrtc")
+    if not 0 < config.vad_low <= config.vad_threshold < 1:
+        raise JobFailed(
+            f"--vad-low {config.vad_low} and --vad-threshold {config.vad_threshold}: need 0 < low <= threshold < 1"
+        )
     vad_folder = None
     models = {card["name"]: card["checkpoint_sha256"]}
     if config.vad == "silero":
@@ -368,6 +382,8 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: tuple) -> dict:
             "max_gap_seconds",
             "vad",
             "vad_mode",
+            "vad_threshold",
+            "vad_low",
             "max_source_seconds",
             "item_timeout",
         )

@@ -66,13 +66,23 @@ class WebRTCDetector:
 
 
 class SileroDetector:
-    """Silero VAD (a learned detector): speech where its probability reaches ``threshold``; silence, noise and
-    music-only stretches fall below. Short pauses are bridged as for webrtcvad."""
+    """Silero VAD (a learned detector): silence, noise and music-only stretches stay below ``threshold``.
 
-    def __init__(self, model: torch.nn.Module, threshold: float = 0.5, bridge_windows: int = 6) -> None:
+    Speech is each stretch whose probability stays at or above ``low`` and reaches ``threshold`` somewhere in it
+    (hysteresis, with the silero-vad package's own gap of 0.15). A plain threshold cut the onsets the detector's
+    LSTM is slow to call (after music most of all) and the fading ends of words: speaker evidence the encoder
+    missed (measured by ``benchmarks/bench_vad.py``). Short pauses are then bridged as for webrtcvad.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, threshold: float = 0.5, low: float = 0.35, bridge_windows: int = 6
+    ) -> None:
         from ops.voices.silero import WINDOW
 
-        self.model, self.threshold, self.bridge_windows, self.window = model.eval(), threshold, bridge_windows, WINDOW
+        if not 0 < low <= threshold < 1:
+            raise ValueError(f"Silero VAD thresholds: need 0 < low ({low}) <= threshold ({threshold}) < 1")
+        self.model, self.window = model.eval(), WINDOW
+        self.threshold, self.low, self.bridge_windows = threshold, low, bridge_windows
 
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         n = len(wav) // self.window
@@ -87,7 +97,21 @@ class SileroDetector:
                 probs = self.model(torch.from_numpy(np.ascontiguousarray(wav[: n * self.window]))).numpy()
         finally:
             torch.set_num_threads(threads)
-        return bridge(probs[:n] >= self.threshold, self.bridge_windows)
+        return bridge(hysteresis(probs[:n], self.threshold, self.low), self.bridge_windows)
+
+
+def hysteresis(probs: np.ndarray, high: float, low: float) -> np.ndarray:
+    """The windows of every run of ``probs >= low`` that holds a window ``>= high``, both edges included."""
+    above = probs >= low
+    if not above.any():
+        return above
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], above, [False]]).astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    peaks = np.maximum.reduceat(probs, starts)  # each run's maximum (runs are contiguous from their starts)
+    keep = np.zeros(len(probs) + 1, np.int64)
+    np.add.at(keep, starts[peaks >= high], 1)
+    np.add.at(keep, ends[peaks >= high], -1)
+    return np.cumsum(keep[:-1]) > 0
 
 
 @dataclass

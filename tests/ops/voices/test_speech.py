@@ -116,3 +116,21 @@ def test_segmenter_with_silero(silero):
     segments, seg = _segments(x, detector=silero)
     assert len(segments) == 2  # the music between two speakers separates them and is not embedded
     assert segments[0].end < 4.0 and segments[1].start > 7.5  # the detector lags a few windows at onsets
+
+
+def test_hysteresis_keeps_whole_runs_that_reach_the_threshold():
+    from ops.voices.speech import hysteresis
+
+    probs = np.array([0.1, 0.4, 0.6, 0.4, 0.2, 0.4, 0.36, 0.1, 0.9, 0.5, 0.34, 0.5])
+    # runs >= 0.35: [1, 4) peaks 0.6 (kept, its soft onset and end too); [5, 7) peaks 0.4 (dropped);
+    # [8, 10) peaks 0.9 (kept); [11, 12) reaches 0.5 exactly (kept)
+    assert hysteresis(probs, 0.5, 0.35).astype(int).tolist() == [0, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 1]
+    assert hysteresis(probs, 0.5, 0.5).tolist() == (probs >= 0.5).tolist()  # low == threshold: the plain rule
+    assert not hysteresis(np.full(5, 0.2), 0.5, 0.35).any()
+
+
+def test_silero_thresholds_are_checked(silero):
+    from ops.voices.speech import SileroDetector
+
+    with pytest.raises(ValueError, match="low"):
+        SileroDetector(silero.model, threshold=0.4, low=0.5)
