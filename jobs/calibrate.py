@@ -1,12 +1,24 @@
-"""jobs.calibrate: from labelled embeddings, the threshold for a target false accept rate and the curves behind it.
+"""jobs.calibrate: from labelled embeddings, the threshold for a target false accept rate, scores as log-likelihood
+ratios, and the curves behind them; with --fuse, the same for face and voice evidence together.
 
     python -m jobs.calibrate [ROOT] [--table faces|voices] [--labels labels.csv] [--target-far 1e-3]
+    python -m jobs.calibrate [ROOT] --fuse [--voices VOICES_ROOT] [--voice-labels labels.csv] [--fusion sum|linear]
 
 Every pair of labelled sources (each source's embedding: its pooled voice, or its clearest face) is scored; pairs
 of one label are genuine, others impostor. Writes a calibration record (ROC AUC, EER, TAR at FAR 1e-2/1e-3/1e-4,
 the threshold for --target-far, pair counts, model provenance) as ``calibration/<run_id>/record.json`` beside ROC,
 DET and score-histogram PNGs, and one ``calibrations/`` row; ``jobs.match verify|identify --calibration
-<record.json>`` then decides at that threshold instead of the model card's.
+<record.json>`` then decides at that threshold instead of the model card's. The record also maps a score to a
+log-likelihood ratio (``ops.matching.calibration``: slope and offset, Cllr and min Cllr, Cllr held out by label).
+
+--fuse reads the faces under ROOT and the voices under --voices (default ROOT), each with its labels, and builds
+identities of both (``ops.matching.fusion``: one label in both modalities, else chimeric face-voice pairs fixed by
+--seed). Trials between them are scored by face alone, voice alone and fused (sum of calibrated log-LRs, and a
+trained linear fusion), held out by identity; the record (``calibration/<run_id>/record.json``, kind ``fused``) gives
+EER, TAR at FAR 1e-2/1e-3, Cllr and min Cllr of each, the per-modality calibrations, the fusion weights and the
+log-LR threshold at --target-far for fused, face-only and voice-only decisions; ``roc.png`` and ``det.png`` show the
+three systems together; one ``fusions/`` row. ``jobs.match verify|identify --fuse --calibration <record.json>``
+decides by it.
 """
 
 from __future__ import annotations
@@ -23,10 +35,11 @@ import pyarrow as pa
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed
-from ops.io.schemas import CALIBRATIONS
+from ops.io.schemas import CALIBRATIONS, FUSIONS
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs
-from ops.matching import metrics
+from ops.matching import fusion, metrics
+from ops.matching.calibration import LinearCalibration, cllr, min_cllr
 from ops.matching.embeddings import read_embeddings, read_labels, through_head
 
 JOB = "calibrate"
@@ -60,6 +73,25 @@ class CalibrateConfig(JobConfig):
     )
     max_sources: int = field(
         default=5000, metadata={"help": "score all pairs of at most this many sources (a seeded sample beyond)"}
+    )
+    fuse: bool = field(default=False, metadata={"run_key": True, "help": "calibrate face and voice evidence together"})
+    voices: str | None = field(
+        default=None, metadata={"run_key": True, "help": "--fuse: root with the voice embeddings (default: ROOT)"}
+    )
+    voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "--fuse: this voices run"})
+    voice_labels: str | None = field(
+        default=None,
+        metadata={
+            "run_key": True,
+            "help": "--fuse: CSV uri,label for the voices (default: --labels, or the manifest's)",
+        },
+    )
+    fusion: str = field(
+        default="sum", metadata={"run_key": True, "help": "--fuse: what decides: sum (of log-LRs) or linear (trained)"}
+    )
+    seed: int = field(default=0, metadata={"run_key": True, "help": "--fuse: identity pairing, trials and folds"})
+    trials_per_pair: int = field(
+        default=50, metadata={"run_key": True, "help": "--fuse: trials drawn per pair of identities at most"}
     )
 
 
@@ -124,31 +156,48 @@ def enough_labels(names: np.ndarray) -> bool:
     return len(set(names)) >= 2 and any((names == n).sum() >= 2 for n in set(names))
 
 
+def _labelled(
+    root_uri: str, table: str, run_id: str | None, labels_csv: str | None, config, head=None, manifest_run_id=None
+):
+    """The labelled sample of ``table`` under ``root_uri``: its embeddings (through ``head`` when given), the
+    positions of the labelled sources and their labels."""
+    root = resolve(root_uri)
+    # Only a sample of the labelled sources is scored: their labels and embeddings alone are read (twice the
+    # sample's size of labels, as some labelled sources have no embedding: no face, no speech).
+    labels = read_labels(root, labels_csv, manifest_run_id, run_id, sample=2 * config.max_sources)
+    if not labels:
+        raise JobFailed(
+            f"0 labelled sources under {root_uri}: calibration needs at least two labels and a label with "
+            "two sources (--label-pattern on the manifest, or --labels uri,label)"
+        )
+    data = read_embeddings(root, table, run_id, per_source=True, uris=sorted(labels))
+    if head:  # calibrate what matching through the head will compare
+        data = through_head(data, head, config.models)
+    labelled, names = labelled_sources(data.uris, labels, config.max_sources)
+    if not enough_labels(names):
+        raise JobFailed(
+            f"{len(labelled)} labelled {table} sources under {root_uri} with {len(set(names))} labels: calibration "
+            "needs at least two labels and a label with two sources"
+        )
+    return data, labelled, names
+
+
 def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     if not 0 < config.target_far < 1:
         raise JobFailed("--target-far must be between 0 and 1")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
-    root = resolve(config.embeddings)
-    # Only a sample of the labelled sources is scored: their labels and embeddings alone are read (twice the
-    # sample's size of labels, as some labelled sources have no embedding: no face, no speech).
-    labels = read_labels(
-        root, config.labels, config.manifest_run_id, config.embeddings_run_id, sample=2 * config.max_sources
+    if config.fuse:
+        return run_fused(config, ctx, out)
+    data, labelled, names = _labelled(
+        config.embeddings,
+        config.table,
+        config.embeddings_run_id,
+        config.labels,
+        config,
+        config.head,
+        config.manifest_run_id,
     )
-    if not labels:
-        raise JobFailed(
-            f"0 labelled sources under {config.embeddings}: calibration needs at least two labels and a label with "
-            "two sources (--label-pattern on the manifest, or --labels uri,label)"
-        )
-    data = read_embeddings(root, config.table, config.embeddings_run_id, per_source=True, uris=sorted(labels))
-    if config.head:  # calibrate what matching through the head will compare
-        data = through_head(data, config.head, config.models)
-    labelled, names = labelled_sources(data.uris, labels, config.max_sources)
-    if not enough_labels(names):
-        raise JobFailed(
-            f"{len(labelled)} labelled sources under {config.embeddings} with {len(set(names))} labels: calibration "
-            "needs at least two labels and a label with two sources"
-        )
     fingerprint = _fingerprint(data, labelled, names, config)
     earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint, ctx.run_id)
     if earlier is not None:
@@ -178,6 +227,9 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         # With few impostor pairs a small FAR cannot be measured: say how many the target rests on.
         "impostor_pairs_above_threshold": int((scores[~same] >= threshold).sum()),
     }
+    first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
+    second = np.broadcast_to(codes[None, :].astype(np.int32), upper.shape)[upper]
+    record["llr"] = score_to_llr(scores, same, first, second, threshold, config.seed)
     folder = ctx.output.join("calibration", ctx.run_id)
     for name, png in _figures(scores, same, threshold, f"{data.model_name}, {config.table}").items():
         folder.join(name).put_atomic(png)
@@ -196,8 +248,54 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         threshold,
         config.target_far,
     )
+    llr = record["llr"]
+    ctx.log.info(
+        "score to log-LR: %.3f x score %+.3f; Cllr %.3f bits (held out %s, min %.3f); threshold at log-LR %.2f",
+        llr["slope"],
+        llr["offset"],
+        llr["cllr"],
+        "n/a" if llr["cllr_held_out"] is None else f"{llr['cllr_held_out']:.3f}",
+        llr["min_cllr"],
+        llr["llr_at_threshold"],
+    )
     ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
     return marker
+
+
+LLR_METHOD = "prior-weighted logistic regression on the cosine score (Platt's targets)"
+
+
+def score_to_llr(
+    scores: np.ndarray, same: np.ndarray, first: np.ndarray, second: np.ndarray, threshold: float, seed: int
+) -> dict:
+    """The map from a cosine score to a natural-log likelihood ratio, fitted on every pair, with Cllr on those pairs,
+    min Cllr (what no monotone map beats) and Cllr held out: the labels split in two, each half's pairs scored by the
+    map fitted on the other's (``first``, ``second``: each pair's label codes). A linear map, because it is
+    monotone, has two parameters a few hundred pairs pin down, and extrapolates; the pool-adjacent-violators fit is
+    a step function that overfits small sets and is infinite at its ends (it serves min Cllr)."""
+    cal = LinearCalibration.fit(scores, same)
+    out = {
+        "method": LLR_METHOD,
+        **cal.to_dict(),
+        "cllr": cllr(cal(scores), same),
+        "min_cllr": min_cllr(scores, same),
+        "llr_at_threshold": float(cal(threshold)),
+        "cllr_held_out": None,
+    }
+    labels = int(max(first.max(), second.max())) + 1
+    fold = np.zeros(labels, np.int8)
+    fold[np.random.default_rng(seed).permutation(labels)[: labels // 2]] = 1
+    a, b = fold[first], fold[second]
+    held, truth = [], []
+    for k in (0, 1):
+        train, test = (a == k) & (b == k), (a == 1 - k) & (b == 1 - k)
+        if not (same[train].any() and (~same[train]).any() and same[test].any() and (~same[test]).any()):
+            out["cllr_held_out_why_not"] = "a half of the labels has no same or no different pairs"
+            return out
+        held.append(LinearCalibration.fit(scores[train], same[train])(scores[test]))
+        truth.append(same[test])
+    out["cllr_held_out"] = cllr(np.concatenate(held), np.concatenate(truth))
+    return out
 
 
 def _fingerprint(data, labelled: list[int], names: np.ndarray, config: CalibrateConfig) -> str:
@@ -205,6 +303,7 @@ def _fingerprint(data, labelled: list[int], names: np.ndarray, config: Calibrate
     made them, the table and the target. Equal fingerprints give equal records."""
     digest = hashlib.sha256()
     head = {"model": [data.model_name, data.model_sha256], "table": config.table, "target_far": config.target_far}
+    head |= {"record": 2, "seed": config.seed}  # record 2: with the score-to-log-LR map
     digest.update(json.dumps(head, sort_keys=True).encode())
     digest.update("\x00".join(str(n) for n in names).encode())
     digest.update(np.ascontiguousarray(data.vectors[labelled], np.float32).tobytes())
@@ -242,6 +341,164 @@ def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobCont
         record["threshold"],
     )
     return marker
+
+
+def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Face and voice evidence calibrated together (``ops.matching.fusion``): the record, figures and row."""
+    if config.fusion not in ("sum", "linear"):
+        raise JobFailed(f"--fusion {config.fusion!r}: use sum or linear")
+    if config.trials_per_pair < 1:
+        raise JobFailed("--trials-per-pair must be at least 1")
+    voices_root = config.voices or config.embeddings
+    same_root = voices_root == config.embeddings
+    faces, f_at, f_names = _labelled(
+        config.embeddings,
+        "faces",
+        config.embeddings_run_id,
+        config.labels,
+        config,
+        config.head,
+        config.manifest_run_id,
+    )
+    voices, v_at, v_names = _labelled(
+        voices_root,
+        "voices",
+        config.voices_run_id,
+        config.voice_labels or (config.labels if same_root else None),
+        config,
+        None,
+        config.manifest_run_id if same_root else None,
+    )
+    face_set = fusion.Labelled(faces.vectors[f_at], f_names)
+    voice_set = fusion.Labelled(voices.vectors[v_at], v_names)
+    identities, pairing = fusion.pair_identities(face_set, voice_set, config.seed)
+    trials = fusion.make_trials(face_set, voice_set, identities, config.seed, config.trials_per_pair)
+    try:
+        evaluation = fusion.evaluate(face_set, voice_set, identities, trials, config.seed)
+    except ValueError as exc:
+        raise JobFailed(f"cannot calibrate faces and voices together: {exc}") from None
+    systems = evaluation.figures(config.target_far)
+    decider = f"fused {config.fusion}"
+    thresholds = {"fused": systems[decider]["llr_threshold"]}
+    thresholds |= {m: systems[m]["llr_threshold"] for m in ("face", "voice")}
+    record = {
+        "kind": "fused",
+        "run_id": ctx.run_id,
+        "models": {
+            "faces": {"model_name": faces.model_name, "model_sha256": faces.model_sha256},
+            "voices": {"model_name": voices.model_name, "model_sha256": voices.model_sha256},
+        },
+        "roots": {"faces": config.embeddings, "voices": voices_root},
+        "pairing": pairing,
+        "pairing_sha256": fusion.pairing_sha256(identities),
+        "identities": [{"face_label": f, "voice_label": v} for f, v in identities[:500]],
+        "identity_count": len(identities),
+        "same_trials": int(trials.same.sum()),
+        "different_trials": int((~trials.same).sum()),
+        "held_out": "two folds of identities; each scored by the calibrations and weights fitted on the other",
+        "systems": systems,
+        "fusion": config.fusion,
+        "calibration": evaluation.fusion.to_dict() | {"method": LLR_METHOD},
+        "target_far": config.target_far,
+        "llr_thresholds": thresholds,
+    }
+    folder = ctx.output.join("calibration", ctx.run_id)
+    shown = {"face": "face alone", "voice": "voice alone", decider: f"face and voice ({config.fusion})"}
+    curves = {label: evaluation.held_out[name] for name, label in shown.items()}
+    for name, png in _fused_figures(curves, evaluation.same, thresholds["fused"], pairing).items():
+        folder.join(name).put_atomic(png)
+    folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
+    fused = systems[decider]
+    row = {
+        "run_id": ctx.run_id,
+        "face_model_name": faces.model_name,
+        "face_model_sha256": faces.model_sha256,
+        "voice_model_name": voices.model_name,
+        "voice_model_sha256": voices.model_sha256,
+        "pairing": pairing,
+        "identities": len(identities),
+        "same_trials": record["same_trials"],
+        "different_trials": record["different_trials"],
+        "fusion": config.fusion,
+        "face_eer": systems["face"]["eer"],
+        "voice_eer": systems["voice"]["eer"],
+        "fused_eer": fused["eer"],
+        "face_cllr": systems["face"]["cllr"],
+        "voice_cllr": systems["voice"]["cllr"],
+        "fused_cllr": fused["cllr"],
+        "fused_tar_at_far_0.01": fused["tar_at_far_0.01"],
+        "fused_tar_at_far_0.001": fused["tar_at_far_0.001"],
+        "target_far": config.target_far,
+        "llr_threshold": thresholds["fused"],
+        "record_uri": folder.join("record.json").uri,
+    }
+    out.write("fusions", pa.Table.from_pylist([row], schema=FUSIONS))
+    summary = {k: v for k, v in record.items() if k not in ("identities", "systems", "calibration")}
+    summary |= {f"{name.replace(' ', '_')}_eer": fig["eer"] for name, fig in systems.items()}
+    summary |= {f"{name.replace(' ', '_')}_cllr": fig["cllr"] for name, fig in systems.items()}
+    marker = out.commit(config=asdict(config), summary=summary)
+    for name, fig in systems.items():
+        ctx.log.info(
+            "%-12s held out: EER %.4f, TAR %.4f at FAR 1e-2, %.4f at 1e-3, Cllr %.3f bits (min %.3f)",
+            name,
+            fig["eer"],
+            fig["tar_at_far_0.01"],
+            fig["tar_at_far_0.001"],
+            fig["cllr"],
+            fig["min_cllr"],
+        )
+    ctx.log.info(
+        "%d %s identities, %d same and %d different trials; fused (%s) log-LR threshold %.2f at FAR %g",
+        len(identities),
+        pairing,
+        record["same_trials"],
+        record["different_trials"],
+        config.fusion,
+        thresholds["fused"],
+        config.target_far,
+    )
+    ctx.log.info("fused calibration record: %s (ROC and DET of the three beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def _fused_figures(curves: dict[str, np.ndarray], same: np.ndarray, threshold: float, pairing: str) -> dict:
+    """ROC and DET with one curve per system, and the fused log-LRs' histogram, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    roc_fig, roc_ax = plt.subplots(figsize=(5, 4))
+    det_fig, det_ax = plt.subplots(figsize=(5, 4))
+    for label, llr in curves.items():
+        far, tar = _thinned(*metrics.roc(llr, same)[:2])
+        eer = metrics.equal_error_rate(llr, same)
+        roc_ax.plot(np.maximum(far, 1e-6), tar, label=f"{label} (EER {100 * eer:.2f}%)")
+        det_ax.plot(np.maximum(far, 1e-6), np.maximum(1 - tar, 1e-6), label=label)
+    roc_ax.set(xscale="log", xlabel="false accept rate", ylabel="true accept rate", ylim=(0, 1.01))
+    roc_ax.set_title(f"ROC, held out ({pairing})")
+    det_ax.set(xscale="log", yscale="log", xlabel="false accept rate", ylabel="false reject rate")
+    det_ax.set_title(f"DET, held out ({pairing})")
+    for ax in (roc_ax, det_ax):
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    hist_fig, ax = plt.subplots(figsize=(5, 4))
+    fused = list(curves.values())[-1]
+    bins = np.linspace(np.percentile(fused, 0.1) - 1, np.percentile(fused, 99.9) + 1, 60)
+    ax.hist(np.clip(fused[~same], bins[0], bins[-1]), bins=bins, alpha=0.6, density=True, label="different people")
+    ax.hist(np.clip(fused[same], bins[0], bins[-1]), bins=bins, alpha=0.6, density=True, label="same person")
+    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.2f}")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(xlabel="fused log-likelihood ratio (natural log)", ylabel="density", title="Fused evidence, held out")
+    ax.legend(fontsize=8)
+    encoded = {}
+    for name, fig in (("roc.png", roc_fig), ("det.png", det_fig), ("scores.png", hist_fig)):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        encoded[name] = buf.getvalue()
+    return encoded
 
 
 def main(argv: list[str] | None = None) -> int:
