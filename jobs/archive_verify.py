@@ -46,19 +46,25 @@ class Verifier:
     job: str
 
 
-def stage_pairs(uri: str, staging: Store, chunk: int = CHUNK) -> tuple[list[tuple[str, int]], str | None]:
-    """The pairs table (CSV with a header, or Parquet; columns ``a`` and ``b``) streamed into chunk files of at most
-    ``chunk`` pairs. Returns the chunks (path, pairs) and, for a table that cannot be read, why."""
+PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; fused verification takes two
+
+
+def stage_pairs(
+    uri: str, staging: Store, chunk: int = CHUNK, layouts: tuple[tuple[str, ...], ...] = PAIRS
+) -> tuple[list[tuple[str, int]], str | None]:
+    """The pairs table (CSV with a header, or Parquet; the columns of the first of ``layouts`` it has) streamed into
+    chunk files of at most ``chunk`` pairs. Returns the chunks (path, pairs) and, for a table that cannot be read,
+    why."""
     try:
         with resolve(uri).open("rb") as f:
-            return _stage(f, uri, staging, chunk)
+            return _stage(f, uri, staging, chunk, layouts)
     except (StorageError, OSError) as exc:
         return [], f"cannot read the pairs table {uri}: {exc}"
 
 
-def _stage(f, uri: str, staging: Store, size: int) -> tuple[list[tuple[str, int]], str | None]:
+def _stage(f, uri: str, staging: Store, size: int, layouts) -> tuple[list[tuple[str, int]], str | None]:
     try:
-        batches = _pair_batches(f, uri)
+        batches, schema = _pair_batches(f, uri, layouts)
         chunks, held, count = [], [], 0
         for batch in batches:
             held.append(batch)
@@ -69,7 +75,7 @@ def _stage(f, uri: str, staging: Store, size: int) -> tuple[list[tuple[str, int]
                 rest = chunk.slice(size)
                 held, count = rest.to_batches(), rest.num_rows
         if count or not chunks:
-            chunks.append(_write_chunk(pa.Table.from_batches(held, _PAIRS), staging))
+            chunks.append(_write_chunk(pa.Table.from_batches(held, schema), staging))
     except _BadPairs as exc:
         return [], str(exc)
     return [c for c in chunks if c[1]], None
@@ -79,27 +85,30 @@ class _BadPairs(Exception):
     pass
 
 
-_PAIRS = pa.schema([("a", pa.string()), ("b", pa.string())])
-
-
-def _pair_batches(f, uri: str):
-    """Batches of (a, b) from an open pairs table, read as they are needed."""
+def _pair_batches(f, uri: str, layouts):
+    """Batches of the first layout's columns the open pairs table has (as strings), read as they are needed, and
+    their schema."""
+    wanted = " or ".join(", ".join(layout) for layout in layouts)
     magic = f.read(4)
     f.seek(0)
     if magic == b"PAR1":
         file = pq.ParquetFile(f)
         names = file.schema_arrow.names
-        if not {"a", "b"} <= set(names):
-            raise _BadPairs(f"{uri} needs columns a and b; it has {names}")
-        return (b.select(["a", "b"]).cast(_PAIRS) for b in file.iter_batches(columns=["a", "b"]))
-    types = {"a": pa.string(), "b": pa.string()}
+        layout = next((c for c in layouts if set(c) <= set(names)), None)
+        if layout is None:
+            raise _BadPairs(f"{uri} needs columns {wanted}; it has {names}")
+        schema = pa.schema([(c, pa.string()) for c in layout])
+        return (b.select(list(layout)).cast(schema) for b in file.iter_batches(columns=list(layout))), schema
+    types = {c: pa.string() for layout in layouts for c in layout}
     try:
         reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
     except pa.ArrowInvalid as exc:  # an empty file, or no header
-        raise _BadPairs(f"{uri} needs a header with columns a and b: {exc}") from None
-    if not {"a", "b"} <= set(reader.schema.names):
-        raise _BadPairs(f"{uri} needs a header with columns a and b; it has {reader.schema.names}")
-    return (b.select(["a", "b"]) for b in reader)
+        raise _BadPairs(f"{uri} needs a header with columns {wanted}: {exc}") from None
+    layout = next((c for c in layouts if set(c) <= set(reader.schema.names)), None)
+    if layout is None:
+        raise _BadPairs(f"{uri} needs a header with columns {wanted}; it has {reader.schema.names}")
+    schema = pa.schema([(c, pa.string()) for c in layout])
+    return (b.select(list(layout)) for b in reader), schema
 
 
 def _write_chunk(pairs: pa.Table, staging: Store) -> tuple[str, int]:
@@ -215,15 +224,23 @@ class Verified:
 
 
 def verify_archive(
-    pairs_uri: str, staging: Store, verifier: Verifier, matches: RowWriter, errors: RowWriter, chunk: int = CHUNK
+    pairs_uri: str,
+    staging: Store,
+    verifier,
+    matches: RowWriter,
+    errors: RowWriter,
+    chunk: int = CHUNK,
+    layouts: tuple[tuple[str, ...], ...] = PAIRS,
+    score=verify_chunk,
 ) -> Verified:
-    """Every pair of the table scored or reported by tasks; the counts checked: one row or one error per pair."""
+    """Every pair of the table scored or reported by tasks (``score``: one chunk, as ``verify_chunk``); the counts
+    checked: one row or one error per pair."""
     import ray
 
-    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(pairs_uri, staging, chunk))
+    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(pairs_uri, staging, chunk, layouts))
     if why:
         raise JobFailed(why)
-    task = ray.remote(num_cpus=1)(verify_chunk)
+    task = ray.remote(num_cpus=1)(score)
     pending = {task.remote(p, staging, verifier, matches, errors): n for p, n in chunks}
     done = Verified([], [], 0, 0, 0, 0)
     progress = Progress("pairs", sum(n for _, n in chunks))

@@ -4,6 +4,7 @@
     python -m jobs.match verify   --pairs pairs.csv [--queries out/results] [--threshold T | --calibration URI]
     python -m jobs.match identify [--gallery ROOT] [--queries ROOT] [--labels labels.csv] [--k 5]
     python -m jobs.match crossmatch --joint-model NAME [--queries VOICES_ROOT] [--gallery FACES_ROOT] [--k 10]
+    python -m jobs.match verify|identify --fuse --calibration FUSED_RECORD [...]
 
 search: every query item against every gallery item, top K per query, on gallery shards held by actors (pinned to
 GPUs with --gpus-per-shard; the gallery stays in device memory across query batches). verify: a pairs table
@@ -16,6 +17,11 @@ other). Thresholds come from --threshold, else a calibration record (jobs.calibr
 refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored land in ``errors/`` with a reason.
 Search, identify and crossmatch record the items they compared in ``match_items/``, and a run after an earlier one
 with the same settings searches only what changed, merging the rest (``jobs.search_diff``; --no-reuse: everything).
+verify and identify with --fuse compare faces and voices together (``jobs.archive_fuse``): each side's face and voice
+(a pairs table's ``a_face, a_voice, b_face, b_voice``, or sources with both as ``a, b``; identify: every source of the
+queries against identities enrolled with the mean of their faces and of their voices), scored as calibrated
+log-likelihood ratios by a fused calibration record (``jobs.calibrate --fuse``) and decided at its threshold; one
+modality alone where a side lacks the other, as the row says. Those rows land in ``evidence/``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.compute as pc
 
 from jobs.accounting import Ledger
+from jobs.archive_fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
 from jobs.archive_identify import enrol
 from jobs.archive_search import STAGING, Prepared, Projection, Search, prepare_items
 from jobs.archive_verify import Verifier, verify_archive
@@ -37,7 +44,7 @@ from jobs.runtime import JobContext, run_job, run_module
 from jobs.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError
-from ops.io.schemas import MATCH_ITEMS, MATCHES, schema_for
+from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching.embeddings import (
@@ -45,6 +52,7 @@ from ops.matching.embeddings import (
     newest_manifest_run,
     one_model,
 )
+from ops.matching.fusion import Fusion
 from ops.models import catalogue
 from ops.models.registry import read_card
 
@@ -91,6 +99,10 @@ class MatchConfig(JobConfig):
     )
     joint_model: str | None = field(
         default=None, metadata={"run_key": True, "help": "crossmatch: the joint voice-face model, name or URI"}
+    )
+    fuse: bool = field(
+        default=False,
+        metadata={"run_key": True, "help": "verify, identify: faces and voices together, by a fused --calibration"},
     )
     models: str | None = field(default=None, metadata={"help": "models root, for the model card's threshold"})
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
@@ -317,6 +329,8 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     counts."""
     if not config.pairs:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
+    if config.fuse:
+        return run_verify_fused(config, ctx, out)
     root = resolve(config.queries)
     first = read_table(root, config.table, config.queries_run_id, columns=["model_name", "model_sha256"], limit=1)
     if first.num_rows == 0:
@@ -354,6 +368,8 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     """Identification at archive scale (``jobs.archive_identify``): identities enrolled by tasks from the gallery's
     labelled items, probes searched against them on shard actors, rows written by workers."""
+    if config.fuse:
+        return run_identify_fused(config, ctx, out)
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
     staging = ctx.output.join(STAGING, out.run_id, out.attempt)
@@ -421,6 +437,109 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     }
 
 
+def _fused_record(uri: str | None) -> tuple[dict, str]:
+    """A fused calibration record (``jobs.calibrate --fuse``): the JSON file, or the newest under an output root."""
+    if not uri:
+        raise JobFailed("--fuse needs --calibration: a fused record from `python -m jobs.calibrate --fuse`")
+    if not uri.endswith(".json"):
+        rows = read_table(resolve(uri), "fusions").to_pylist()
+        if not rows:
+            raise JobFailed(f"no committed fused calibration under {uri}: run `python -m jobs.calibrate --fuse` first")
+        markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}
+        uri = max(rows, key=lambda r: markers.get(r["run_id"], ""))["record_uri"]
+    try:
+        record = json.loads(resolve(uri).read_bytes())
+    except (StorageError, json.JSONDecodeError) as exc:
+        raise JobFailed(f"cannot read the calibration record {uri}: {exc}") from None
+    if record.get("kind") != "fused":
+        raise JobFailed(f"{uri} calibrates one modality: --fuse needs a record from `python -m jobs.calibrate --fuse`")
+    return record, uri
+
+
+def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobContext, out: OutputRun) -> Evidence:
+    """The fused scorer over ``root_uri``'s faces and voices, refused when either was embedded by another model
+    than the calibration's."""
+    record, where = _fused_record(config.calibration)
+    root = resolve(root_uri)
+    sides = {}
+    for table in ("faces", "voices"):
+        first = read_table(root, table, run_id, columns=["model_name", "model_sha256"], limit=1)
+        expected = record["models"][table]
+        model = (expected["model_name"], expected["model_sha256"])
+        if first.num_rows:
+            have = (first.column("model_name")[0].as_py(), first.column("model_sha256")[0].as_py())
+            if have != model:
+                raise EmbeddingError(
+                    f"{table}/ under {root_uri} was embedded with {have[0]} ({have[1][:12]}), but {where} calibrates "
+                    f"{model[0]} ({model[1][:12]})"
+                )
+        sides[table] = Verifier(root, table, run_id, model, None, 0.0, where, out.run_id, JOB)
+    if not any(read_table(root, t, run_id, columns=["uri"], limit=1).num_rows for t in ("faces", "voices")):
+        raise EmbeddingError(f"no committed faces/ or voices/ rows under {root_uri}: run the embed jobs first")
+    fusion = Fusion.from_dict(record["calibration"])
+    thresholds = record["llr_thresholds"]
+    return Evidence(sides["faces"], sides["voices"], fusion, record["fusion"], thresholds, where, out.run_id, JOB)
+
+
+def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Fused verification at archive scale: as verify, each chunk task scoring faces and voices (``fuse_chunk``)."""
+    evidence = _evidence(config, config.queries, config.queries_run_id, ctx, out)
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
+    rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
+    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    ensure_ray()
+    try:
+        done = verify_archive(
+            config.pairs, staging, evidence, rows, errors, config.pairs_per_task, FUSED_PAIRS, fuse_chunk
+        )
+    finally:
+        staging.remove_tree()
+    out.add_files("evidence", done.matches, EVIDENCE)
+    out.add_files("errors", done.errors)
+    return {
+        "pairs": done.pairs,
+        "accept": done.accept,
+        "reject": done.reject,
+        "calibration": evidence.calibration,
+        "fusion": evidence.method,
+        "llr_thresholds": evidence.thresholds,
+        "evidence": done.accept + done.reject,
+        "errors": done.unmatched,
+    }
+
+
+def run_identify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+    """Fused identification at archive scale (``jobs.archive_fuse.identify_fused``)."""
+    gallery_root = config.gallery or config.queries
+    same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
+    gallery = _evidence(config, gallery_root, config.gallery_run_id, ctx, out)
+    queries = gallery if same_set else _evidence(config, config.queries, config.queries_run_id, ctx, out)
+    manifest_run = None
+    if not config.labels:
+        root = resolve(gallery_root)
+        manifest_run = config.manifest_run_id or manifest_of(root, config.gallery_run_id) or newest_manifest_run(root)
+    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "fused")
+    rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
+    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    ensure_ray()
+    try:
+        done = identify_fused(gallery, queries, config.labels, manifest_run, same_set, config.k, staging, rows, errors)
+    finally:
+        staging.remove_tree()
+    out.add_files("evidence", done.rows, EVIDENCE)
+    out.add_files("errors", done.errors)
+    return {
+        "identities": done.identities,
+        "enrolled": done.enrolled,
+        "probes": done.probes,
+        "unknown": done.unknown,
+        "calibration": gallery.calibration,
+        "fusion": gallery.method,
+        "llr_thresholds": gallery.thresholds,
+        "errors": done.unmatched,
+    }
+
+
 def _error(row: dict, kind: type[InvalidEmbedding]) -> dict:
     return {
         "uri": row["uri"],
@@ -437,13 +556,16 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
         raise JobFailed("--pairs-per-task must be at least 1")
     if config.k < 1:
         raise JobFailed("--k must be at least 1")
+    if config.fuse and config.mode not in ("verify", "identify"):
+        raise JobFailed(f"--fuse is for verify and identify, not {config.mode}")
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     modes = {"search": run_search, "verify": run_verify, "identify": run_identify, "crossmatch": run_crossmatch}
     summary = modes[config.mode](config, ctx, out)
-    marker = out.commit(tables=("matches", "errors"), config=asdict(config), summary={"mode": config.mode, **summary})
+    tables = ("evidence", "errors") if config.fuse else ("matches", "errors")
+    marker = out.commit(tables=tables, config=asdict(config), summary={"mode": config.mode, **summary})
     ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
-    ctx.log.info("committed run %s (tables matches/, errors/)", ctx.run_id)
+    ctx.log.info("committed run %s (tables %s/, errors/)", ctx.run_id, tables[0])
     return marker
 
 

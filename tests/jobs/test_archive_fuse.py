@@ -1,0 +1,116 @@
+"""Fused verification and identification (jobs.match --fuse, jobs.archive_fuse) on synthetic people whose every
+recording has a face and a voice."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from jobs import calibrate, match, synthesize
+from ops.io.storage import resolve
+from ops.io.tables import read_table
+
+
+def quiet(*args) -> list[str]:
+    return [str(a) for a in args] + ["--log-level", "WARNING"]
+
+
+@pytest.fixture(scope="module")
+def archive(ray_cluster, tmp_path_factory):
+    """40 synthetic people with 4 recordings each, and a fused calibration of them."""
+    root = tmp_path_factory.mktemp("fused")
+    assert synthesize.main(quiet("--output", root, "--identities", 40, "--recordings", 4, "--seed", 7)) == 0
+    assert calibrate.main(quiet(root, "--fuse", "--output", root, "--run-id", "cal")) == 0
+    manifest = read_table(resolve(str(root)), "manifest").to_pylist()
+    return root, {r["uri"]: r["label"] for r in manifest}
+
+
+def evidence(out, run_id):
+    return read_table(resolve(str(out)), "evidence", run_id=run_id).to_pylist()
+
+
+def test_verify_fuses_both_modalities_and_accounts_for_every_pair(archive, tmp_path):
+    root, labels = archive
+    uris = sorted(labels)
+    rng = random.Random(0)
+    pairs = [tuple(rng.sample(uris, 2)) for _ in range(200)] + [(u, u.replace("rec-00", "rec-01")) for u in uris[::4]]
+    table = tmp_path / "pairs.csv"
+    table.write_text("a,b\n" + "".join(f"{a},{b}\n" for a, b in pairs) + "nowhere,nothing\n")
+    out = tmp_path / "out"
+    argv = ("verify", "--fuse", "--pairs", table, "--queries", root, "--calibration", root, "--output", out)
+    assert match.main(quiet(*argv, "--run-id", "v")) == 0
+    rows = evidence(out, "v")
+    (error,) = read_table(resolve(str(out)), "errors", run_id="v").to_pylist()
+    assert len(rows) == len(pairs) and error["error_type"] == "unmatched_pair"
+    assert "face: " in error["message"] and "voice: " in error["message"]
+    record = json.loads((root / "calibration" / "cal" / "record.json").read_text())
+    for r in rows:
+        assert r["modalities"] == "face+voice" and r["llr"] == pytest.approx(r["face_llr"] + r["voice_llr"])
+        assert r["llr_threshold"] == record["llr_thresholds"]["fused"]
+        assert r["decision"] == ("accept" if r["llr"] >= r["llr_threshold"] else "reject")
+        assert r["query_face_sha256"] and r["gallery_voice_sha256"] and r["face_model_name"] == "synthetic-face"
+    same = np.array([labels[r["query"]] == labels[r["gallery"]] for r in rows])
+    llr = np.array([r["llr"] for r in rows])
+    assert llr[same].mean() > 0.5 and llr[~same].mean() < -0.5  # evidence points the right way on average
+    assert (llr[~same] >= record["llr_thresholds"]["fused"]).mean() < 0.02
+
+
+def test_a_missing_modality_falls_back_to_the_other(archive, tmp_path):
+    root, labels = archive
+    a, b, c = sorted(labels)[:3]
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"a_face,a_voice,b_face,b_voice\n{a},,{b},\n,{a},,{b}\n{a},{a},{b},{c}\n{a},,,{b}\n")
+    out = tmp_path / "out"
+    argv = ("verify", "--fuse", "--pairs", table, "--queries", root, "--calibration", root, "--output", out)
+    assert match.main(quiet(*argv, "--run-id", "v")) == 0
+    record = json.loads((root / "calibration" / "cal" / "record.json").read_text())
+    rows = sorted(evidence(out, "v"), key=lambda r: (r["modalities"], r["gallery"]))
+    assert [r["modalities"] for r in rows] == ["face", "face+voice", "voice"]
+    face, both, voice = rows
+    assert face["voice_llr"] is None and face["llr"] == face["face_llr"]
+    assert face["llr_threshold"] == record["llr_thresholds"]["face"]
+    assert voice["face_score"] is None and voice["llr_threshold"] == record["llr_thresholds"]["voice"]
+    assert both["gallery_face_item"] == b and both["gallery_voice_item"] == c
+    (error,) = read_table(resolve(str(out)), "errors", run_id="v").to_pylist()  # a face against a voice only
+    assert "no modality to compare" in error["message"]
+
+
+def test_identify_with_both_beats_either_alone(archive, tmp_path):
+    root, labels = archive
+    enrol = tmp_path / "enrol.csv"
+    enrol.write_text("uri,label\n" + "".join(f"{u},{lab}\n" for u, lab in labels.items() if "rec-00" in u))
+    out = tmp_path / "out"
+    common = ("--labels", enrol, "--queries", root, "--output", out, "--k", 3)
+    assert match.main(quiet("identify", "--fuse", "--calibration", root, *common, "--run-id", "fused")) == 0
+    rows = evidence(out, "fused")
+    top = [r for r in rows if r["rank"] == 1]
+    assert len(top) == 120 and len(rows) == 360  # every probe not enrolled, k rows each
+    assert all(r["decision"] in (r["gallery"], "unknown") for r in top)
+    fused = np.mean([r["gallery"] == labels[r["query"]] for r in top])
+    for table in ("faces", "voices"):
+        argv = ("identify", "--table", table, "--threshold", 0.0, *common, "--run-id", table)
+        assert match.main(quiet(*argv)) == 0
+        single = [r for r in read_table(resolve(str(out)), "matches", run_id=table).to_pylist() if r["rank"] == 1]
+        assert len(single) == 120
+        assert fused > np.mean([r["identity"] == labels[r["query_uri"]] for r in single]) + 0.05
+
+
+def test_fuse_refuses_what_it_cannot_use(archive, tmp_path, caplog):
+    root, labels = archive
+    table = tmp_path / "pairs.csv"
+    a, b = sorted(labels)[:2]
+    table.write_text(f"a,b\n{a},{b}\n")
+    base = ("verify", "--fuse", "--pairs", table, "--queries", root, "--output", tmp_path / "out")
+    assert match.main(quiet(*base)) != 0
+    assert "--fuse needs --calibration" in caplog.text
+    assert calibrate.main(quiet(root, "--table", "faces", "--output", tmp_path / "single", "--run-id", "one")) == 0
+    assert match.main(quiet(*base, "--calibration", tmp_path / "single" / "calibration" / "one" / "record.json")) != 0
+    assert "calibrates one modality" in caplog.text
+    other = tmp_path / "other"  # another world: other models made these embeddings
+    assert synthesize.main(quiet("--output", other, "--identities", 6, "--recordings", 3, "--world-seed", 1)) == 0
+    argv = ("verify", "--fuse", "--pairs", table, "--queries", other, "--calibration", root, "--output", other)
+    assert match.main(quiet(*argv)) != 0
+    assert "but /" in caplog.text and "calibrates synthetic-face" in caplog.text
+    assert match.main(quiet("search", "--fuse", "--queries", root, "--output", tmp_path / "out")) != 0
+    assert "--fuse is for verify and identify" in caplog.text
