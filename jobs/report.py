@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import html
+import json
 import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, iter_table
 from ops.matching import items
+from ops.matching.calibration import describe
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
@@ -69,7 +71,7 @@ def select_runs(root: Store, pipeline_run_id: str | None) -> list[dict]:
     for marker in markers:  # oldest first: later ones replace
         config = marker.get("config", {})
         table = config.get("table") or marker.get("summary", {}).get("table")
-        newest[(marker["job"], config.get("mode"), table)] = marker
+        newest[(marker["job"], config.get("mode"), table, bool(config.get("fuse")))] = marker
     if not newest:
         raise JobFailed(f"no committed runs under {root.uri} to report on: run `python -m jobs.pipeline` first")
     return list(newest.values())
@@ -93,7 +95,9 @@ class Evidence:
     errors_listed: list[tuple] = field(default_factory=list)  # (job, uri, error_type, message), the first by job, uri
     errors_total: int = 0
     calibrations: list[tuple[dict, dict]] = field(default_factory=list)  # (marker, row)
+    fusions: list[tuple[dict, dict]] = field(default_factory=list)  # (marker, row) of fused calibrations
     matches: list[dict] = field(default_factory=list)  # the match runs' markers
+    fused: list[dict] = field(default_factory=list)  # the fused match runs' markers (rows in evidence/)
     identities: list[dict] = field(default_factory=list)  # the identities runs' markers
     persons: list[dict] = field(default_factory=list)  # the persons runs' markers
     sources: dict[str, dict] = field(default_factory=dict)  # manifest rows of the uris shown
@@ -128,13 +132,14 @@ class Evidence:
                     ev._add("speech segments", batch.num_rows - sources.num_rows)
                     ev._add("speech seconds", pc.sum(sources.column("speech_seconds")).as_py() or 0.0)
             elif job == "match":
-                ev.matches.append(marker)
+                (ev.fused if (marker.get("config") or {}).get("fuse") else ev.matches).append(marker)
             elif job == "identities":
                 ev.identities.append(marker)
             elif job == "persons":
                 ev.persons.append(marker)
             elif job == "calibrate":
                 ev.calibrations += [(marker, r) for b in _rows(root, marker, "calibrations") for r in b.to_pylist()]
+                ev.fusions += [(marker, r) for b in _rows(root, marker, "fusions") for r in b.to_pylist()]
         return ev
 
     def _add(self, name: str, value) -> None:
@@ -350,6 +355,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
         sections.append(section)
         probes_shown += shown
     sections += [_identities_section(found, ev, previews) for found in sheets]
+    sections += [_fused_section(root, marker, config.max_probes) for marker in ev.fused]
     sections += [_persons_section(root, marker) for marker in ev.persons]
     title = f"crossmatch report {ctx.run_id}"
     page = _page(title, sections)
@@ -472,7 +478,7 @@ def _errors_section(ev: Evidence) -> str:
 
 
 def _calibration_section(root: Store, ev: Evidence) -> str:
-    if not ev.calibrations:
+    if not ev.calibrations and not ev.fusions:
         return '<h2>Calibration</h2><p data-testid="calibration">No calibration: the archive has no labels.</p>'
     parts = ["<h2>Calibration</h2>"]
     for marker, row in ev.calibrations:
@@ -482,16 +488,158 @@ def _calibration_section(root: Store, ev: Evidence) -> str:
             f"pairs; AUC {row['auc']:.4f}, EER {row['eer']:.4f}; threshold {row['threshold']:.4f} "
             f"at FAR {row['target_far']:g}"
         )
-        plots = []
-        for name in ("roc.png", "scores.png"):
-            try:
-                png = root.join("calibration", marker["run_id"], name).read_bytes()
-                src = data_uri("image/png", png)
-                plots.append(f'<img class="plot" data-testid="plot" alt="{name}" src="{src}">')
-            except StorageError as exc:
-                plots.append(f'<span class="nopreview">{_e(name)} unavailable: {_e(str(exc))}</span>')
-        parts.append(f'<div data-testid="calibration-{_e(row["table"])}"><p>{stats}</p>{"".join(plots)}</div>')
+        llr = _llr_words(root, row)
+        plots = _plots(root, marker["run_id"], ("roc.png", "scores.png"))
+        parts.append(f'<div data-testid="calibration-{_e(row["table"])}"><p>{stats}</p>{llr}{plots}</div>')
+    for marker, row in ev.fusions:
+        parts.append(_fusion_block(root, marker, row))
     return "".join(parts)
+
+
+def _plots(root: Store, run_id: str, names: tuple[str, ...]) -> str:
+    plots = []
+    for name in names:
+        try:
+            src = data_uri("image/png", root.join("calibration", run_id, name).read_bytes())
+            plots.append(f'<img class="plot" data-testid="plot" alt="{name}" src="{src}">')
+        except StorageError as exc:
+            plots.append(f'<span class="nopreview">{_e(name)} unavailable: {_e(str(exc))}</span>')
+    return "".join(plots)
+
+
+def _llr_words(root: Store, row: dict) -> str:
+    """The record's score-to-log-LR map in words, when it has one (records before it did not)."""
+    try:
+        llr = json.loads(resolve(row["record_uri"]).read_bytes()).get("llr")
+    except (StorageError, ValueError):
+        llr = None
+    if not llr:
+        return ""
+    held = "" if llr.get("cllr_held_out") is None else f", {llr['cllr_held_out']:.3f} held out"
+    return (
+        f'<p data-testid="llr">As evidence: a score s is a log-likelihood ratio of {llr["slope"]:.2f} &times; s '
+        f"{llr['offset']:+.2f} (natural log; {_e(llr['method'])}). Cllr {llr['cllr']:.3f} bits{held} "
+        f"(0 is perfect, 1 is no information; {llr['min_cllr']:.3f} is the best any monotone map of these scores "
+        f"could do). At the threshold the evidence is {_e(describe(llr['llr_at_threshold']))}.</p>"
+    )
+
+
+def _fusion_block(root: Store, marker: dict, row: dict) -> str:
+    try:
+        record = json.loads(resolve(row["record_uri"]).read_bytes())
+    except (StorageError, ValueError) as exc:
+        return f'<p class="nopreview">fused calibration {_e(row["record_uri"])} unavailable: {_e(str(exc))}</p>'
+    systems = record["systems"]
+    decider = f"fused {record['fusion']}"
+    names = {"face": "face alone", "voice": "voice alone", "fused sum": "face and voice, sum of log-LRs"}
+    names["fused linear"] = "face and voice, trained linear fusion"
+    table = _table(
+        ["system", "EER", "TAR at FAR 1e-2", "TAR at FAR 1e-3", "Cllr (bits)", "min Cllr"],
+        [
+            [
+                _e(names[name]) + (" <b>(decides)</b>" if name == decider else ""),
+                f"{100 * fig['eer']:.2f}%",
+                f"{fig['tar_at_far_0.01']:.3f}",
+                f"{fig['tar_at_far_0.001']:.3f}",
+                f"{fig['cllr']:.3f}",
+                f"{fig['min_cllr']:.3f}",
+            ]
+            for name, fig in systems.items()
+        ],
+        "fusion-figures",
+    )
+    models = record["models"]
+    head = (
+        f"<h3>Face and voice together</h3><p>{_e(models['faces']['model_name'])} faces and "
+        f"{_e(models['voices']['model_name'])} voices, {record['identity_count']} identities ({_e(record['pairing'])}"
+        + (": each the faces of one person joined to the voices of another" if record["pairing"] == "chimeric" else "")
+        + f"), {record['same_trials']} same-identity and {record['different_trials']} different-identity trials, "
+        f"every figure held out ({_e(record['held_out'])}).</p>"
+    )
+    threshold = record["llr_thresholds"]["fused"]
+    words = (
+        f"<p>A fused log-LR of {threshold:.2f} or more is accepted (false accept rate {record['target_far']:g} held "
+        f"out): the face and voice evidence together are then at least {_e(describe(threshold))}.</p>"
+    )
+    plots = _plots(root, marker["run_id"], ("roc.png", "det.png", "scores.png"))
+    return f'<div data-testid="calibration-fused">{head}{table}{words}{plots}</div>'
+
+
+def _fused_section(root: Store, marker: dict, limit: int) -> str:
+    """A fused match run: verification's first ``limit`` pairs, one line each; identification's first ``limit``
+    probes, each with its top rows. The evidence of each is put in words."""
+    mode = (marker.get("config") or {}).get("mode", "verify")
+    first: list[tuple[str, str]] = []  # (query, gallery) of verify rows; (query, "") of identify probes
+    total = 0
+    for batch in _rows(root, marker, "evidence", ["query", "gallery"], pc.field("rank") == 1):
+        keys = zip(batch.column("query").to_pylist(), batch.column("gallery").to_pylist(), strict=True)
+        for query, gallery in keys:
+            total += 1
+            key = (query, gallery if mode == "verify" else "")
+            if key not in first and (len(first) < limit or key < first[-1]):
+                bisect.insort(first, key)
+                del first[limit:]
+    shown: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    if first:
+        wanted = pc.field("query").isin(sorted({q for q, _ in first}))
+        for batch in _rows(root, marker, "evidence", None, wanted):
+            for r in batch.to_pylist():
+                key = (r["query"], r["gallery"] if mode == "verify" else "")
+                if key in set(first):
+                    shown[key].append(r)
+    summary = marker.get("summary") or {}
+    heading = "Verification" if mode == "verify" else "Identification"
+    parts = [
+        f"<h2>{heading}: face and voice together</h2>"
+        f"<p>run {_e(marker['run_id'])}, {total} {'pairs' if mode == 'verify' else 'probes'}"
+        + (f", the first {len(first)} shown" if len(first) < total else "")
+        + f"; calibration {_e(summary.get('calibration', ''))} ({_e(summary.get('fusion', ''))} of log-LRs). "
+        "A log-LR is the natural log of how many times more likely the evidence is if it is the same person.</p>"
+    ]
+    headers = ["rank", "against", "used", "face cosine (log-LR)", "voice cosine (log-LR)", "log-LR", "decision"]
+    if mode == "verify":
+        rows = [r for key in first for r in sorted(shown[key], key=lambda r: r["modalities"])]
+        cells = [[f"<code>{_e(r['query'])}</code>", *_evidence_cells(r)[1:], _e(_statement(r, mode))] for r in rows]
+        parts.append(_table(["pair", *headers[1:], "in words"], cells, "fused-rows"))
+        return "".join(parts)
+    for key in first:
+        rows = sorted(shown[key], key=lambda r: r["rank"])
+        parts.append(
+            f'<section class="fused" data-testid="fused-probe"><p><code>{_e(key[0])}</code></p>'
+            f'<p data-testid="fused-words">{_e(_statement(rows[0], mode))}</p>'
+            + _table(headers, [_evidence_cells(r) for r in rows], "fused-rows")
+            + "</section>"
+        )
+    return "".join(parts)
+
+
+def _evidence_cells(r: dict) -> list[str]:
+    def modality(score, llr) -> str:
+        return "" if score is None else f"{score:.3f} ({llr:+.2f})"
+
+    return [
+        str(r["rank"]),
+        f"<code>{_e(r['gallery'])}</code>",
+        _e(r["modalities"]),
+        modality(r["face_score"], r["face_llr"]),
+        modality(r["voice_score"], r["voice_llr"]),
+        f"<b>{r['llr']:+.2f}</b> (threshold {r['llr_threshold']:.2f})",
+        _e(r["decision"] or ""),
+    ]
+
+
+def _statement(row: dict, mode: str) -> str:
+    """The best row's evidence in words a reader can check against its log-LR."""
+    which = {
+        "face+voice": "The face and voice evidence together are",
+        "face": "The face evidence alone (no voice to compare) is",
+        "voice": "The voice evidence alone (no face to compare) is",
+    }[row["modalities"]]
+    if mode == "identify":
+        words = describe(row["llr"], f"this is {row['gallery']}", "it is someone else")
+    else:
+        words = describe(row["llr"], f"this is the same person as {row['gallery']}", "it is someone else")
+    return f"{which} {words}, at this calibration. Decision: {row['decision']}."
 
 
 def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[str, int]:

@@ -119,12 +119,12 @@ class LinearCalibration:
         return {"slope": self.slope, "offset": self.offset}
 
 
-def describe(llr: float) -> str:
-    """A log-LR in words a reader can check: how many times more likely the evidence is under "same person"."""
+def describe(llr: float, same: str = "it is the same person", different: str = "it is not") -> str:
+    """A log-LR in words a reader can check: how many times more likely the evidence is under one hypothesis than
+    under the other (``same`` and ``different`` complete "if ...")."""
     if not math.isfinite(llr):
-        return "infinitely more likely if it is the same person" if llr > 0 else "impossible if it is the same person"
+        return f"possible only if {same if llr > 0 else different}"
     ratio = math.exp(abs(llr))
     times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
-    if llr >= 0:
-        return f"{times} times more likely if it is the same person than if not"
-    return f"{times} times more likely if it is not the same person than if it is"
+    first, second = (same, different) if llr >= 0 else (different, same)
+    return f"{times} times more likely if {first} than if {second}"

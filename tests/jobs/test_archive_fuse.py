@@ -114,3 +114,23 @@ def test_fuse_refuses_what_it_cannot_use(archive, tmp_path, caplog):
     assert "but /" in caplog.text and "calibrates synthetic-face" in caplog.text
     assert match.main(quiet("search", "--fuse", "--queries", root, "--output", tmp_path / "out")) != 0
     assert "--fuse is for verify and identify" in caplog.text
+
+
+def test_the_report_states_the_fused_evidence_in_words(archive, tmp_path):
+    from jobs import report
+
+    root, labels = archive
+    a, b = sorted(labels)[:2]
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"a,b\n{a},{b}\n")
+    enrol = tmp_path / "enrol.csv"
+    enrol.write_text("uri,label\n" + "".join(f"{u},{lab}\n" for u, lab in labels.items() if "rec-00" in u))
+    for argv in (("verify", "--pairs", table), ("identify", "--labels", enrol, "--k", 2)):
+        assert match.main(quiet(*argv, "--fuse", "--queries", root, "--calibration", root, "--output", root)) == 0
+    assert report.main(quiet(root, "--output", root, "--run-id", "r", "--max-probes", 3)) == 0
+    page = (root / "report" / "r" / "index.html").read_text()
+    assert 'data-testid="calibration-fused"' in page and 'data-testid="fusion-figures"' in page
+    assert "face and voice, sum of log-LRs <b>(decides)</b>" in page
+    assert page.count('alt="roc.png"') >= 1 and "Verification: face and voice together" in page
+    assert page.count('data-testid="fused-probe"') == 3  # identification: the first 3 probes
+    assert "The face and voice evidence together are" in page and "times more likely if this is" in page

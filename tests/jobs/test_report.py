@@ -52,6 +52,8 @@ def test_the_report_opens_from_the_file_with_every_part_shown(pipeline_run, brow
 
     for table in ("faces", "voices"):
         assert page.get_by_test_id(f"calibration-{table}").is_visible()
+        words = page.get_by_test_id(f"calibration-{table}").get_by_test_id("llr").inner_text()
+        assert "log-likelihood ratio of" in words and "Cllr" in words and "times more likely if" in words
     plots = page.locator("img[data-testid=plot]")
     assert plots.count() == 4 and all(
         plots.nth(i).evaluate("i => i.complete && i.naturalWidth > 300") for i in range(4)

@@ -68,5 +68,8 @@ def test_calibration_refuses_scores_that_fall_with_sameness():
 
 
 def test_words():
-    assert describe(math.log(250.0)) == "250 times more likely if it is the same person than if not"
-    assert describe(-math.log(2.0)) == "2.0 times more likely if it is not the same person than if it is"
+    assert describe(math.log(250.0)) == "250 times more likely if it is the same person than if it is not"
+    assert describe(-math.log(2.0), "this is Ann", "it is someone else") == (
+        "2.0 times more likely if it is someone else than if this is Ann"
+    )
+    assert describe(math.log(12_345.0)).startswith("12,345 times")
