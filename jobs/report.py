@@ -557,9 +557,18 @@ def _fusion_block(root: Store, marker: dict, row: dict) -> str:
         f"every figure held out ({_e(record['held_out'])}).</p>"
     )
     threshold = record["llr_thresholds"]["fused"]
+    fused = systems[decider]
+    caveat = ""
+    if fused.get("different_trials") and 1 / fused["different_trials"] > record["target_far"]:
+        caveat = (
+            f" Only {fused['different_trials']} different-identity trials were held out: a rate of "
+            f"{record['target_far']:g} cannot be measured on them, so the threshold is the lowest that accepts none."
+        )
+    if fused.get("llr_at_far", threshold) < threshold:
+        caveat += " It is raised to 0: evidence that favours different people is never accepted."
     words = (
         f"<p>A fused log-LR of {threshold:.2f} or more is accepted (false accept rate {record['target_far']:g} held "
-        f"out): the face and voice evidence together are then at least {_e(describe(threshold))}.</p>"
+        f"out): the face and voice evidence together are then at least {_e(describe(threshold))}.{caveat}</p>"
     )
     plots = _plots(root, marker["run_id"], ("roc.png", "det.png", "scores.png"))
     return f'<div data-testid="calibration-fused">{head}{table}{words}{plots}</div>'

@@ -193,15 +193,22 @@ class Evaluation:
     folds: list[list[int]]
 
     def figures(self, target_far: float) -> dict[str, dict]:
+        """Each system's held-out figures and its decision threshold: the log-LR at ``target_far``, but never below
+        0 (a log-LR below 0 favours different people: with few impostor trials the FAR threshold can fall there,
+        and accepting on such evidence would be wrong whatever the rate)."""
         out = {}
         for name, llr in self.held_out.items():
+            at_far = metrics.threshold_at_far(llr, self.same, target_far)
             out[name] = {
                 "eer": metrics.equal_error_rate(llr, self.same),
                 "auc": metrics.auc(llr, self.same),
                 **{f"tar_at_far_{far:g}": metrics.tar_at_far(llr, self.same, far) for far in FARS},
                 "cllr": cllr(llr, self.same),
                 "min_cllr": min_cllr(llr, self.same),
-                "llr_threshold": metrics.threshold_at_far(llr, self.same, target_far),
+                "llr_at_far": at_far,
+                "llr_threshold": max(at_far, 0.0),
+                "different_trials_above_threshold": int((llr[~self.same] >= max(at_far, 0.0)).sum()),
+                "different_trials": int((~self.same).sum()),
             }
         return out
 
