@@ -176,6 +176,7 @@ def enrol_both(evidence: Evidence, labels_csv: str | None, manifest_run: str | N
     it holds the labelled sources, never the archive."""
     labels = read_labels(evidence.faces.root, labels_csv, manifest_run)
     identities: dict[str, dict] = {}
+    contributed: set[str] = set()  # the sources enrolled: a face, a voice or both
     for modality, verifier in (("face", evidence.faces), ("voice", evidence.voices)):
         index, _, failed = _embeddings(verifier, sorted(labels))
         if failed:
@@ -185,6 +186,7 @@ def enrol_both(evidence: Evidence, labels_csv: str | None, manifest_run: str | N
                 found, row = index[uri]
                 entry = identities.setdefault(label, {"face": [], "voice": []})
                 entry[modality].append(found.vectors[row].astype(np.float64))
+                contributed.add(uri)
     if not identities:
         return {"path": None, "identities": 0, "enrolled": 0, "uris_path": None, "failed": None}
 
@@ -208,7 +210,7 @@ def enrol_both(evidence: Evidence, labels_csv: str | None, manifest_run: str | N
             pq.write_table(table, f)
         with uris_path.open("wb") as f:
             pq.write_table(pa.table({"uri": sorted(labels)}), f)
-    enrolled = sum(len(v["face"]) + len(v["voice"]) for v in identities.values())
+    enrolled = len(contributed)
     return {
         "path": path.path,
         "identities": len(names),
@@ -256,39 +258,34 @@ def identify_slice(
         gallery = identities.column(modality).to_pylist()
         dim = next((len(v) for v in gallery if v is not None), 0)
         vectors[modality] = np.array([v if v is not None else [np.nan] * dim for v in gallery], np.float64)
+        vectors[modality] = vectors[modality].reshape(len(gallery), dim)
         index, _, failed = _embeddings(verifier, uris)
         if failed:
             return {"files": [], "error_files": [], **counts, "failed": failed}
         probes[modality] = index
     files, unscored, tables = [], [], []
-    scores: dict[str, np.ndarray] = {}
-    for modality in ("face", "voice"):
-        q = np.full((len(uris), vectors[modality].shape[1] if vectors[modality].size else 0), np.nan)
-        for i, uri in enumerate(uris):
-            if uri in probes[modality]:
-                found, row = probes[modality][uri]
-                q[i] = found.vectors[row]
-        scores[modality] = q @ vectors[modality].T if q.shape[1] else np.full((len(uris), len(names)), np.nan)
-    face_llr, voice_llr, llr, threshold, modalities = evidence.llrs(scores["face"], scores["voice"])
-    for i, uri in enumerate(uris):
-        usable = np.flatnonzero(~np.isnan(llr[i]))
-        if not len(usable):
-            has = [m for m in ("face", "voice") if uri in probes[m]]
-            unscored.append(
-                {
-                    "uri": uri,
-                    "sha256": None,
-                    "error_type": UnmatchedPair.error_type,
-                    "message": f"probe {uri} has {' and '.join(has) or 'neither a face nor a voice'}; no identity "
-                    "was enrolled with it",
-                }
-            )
-            continue
-        top = usable[np.argsort(-llr[i, usable], kind="stable")[:k]]
-        tables.append(
-            _probe_rows(evidence, uri, probes, names, top, scores, face_llr, voice_llr, llr, threshold, modalities, i)
-        )
-        counts["unknown"] += tables[-1]["decision"][0] == "unknown"
+    for start in range(0, len(uris), PROBE_BLOCK):  # a block at a time: P x N matrices stay small
+        block = uris[start : start + PROBE_BLOCK]
+        scores = {m: _block_scores(block, probes[m], vectors[m], len(names)) for m in ("face", "voice")}
+        face_llr, voice_llr, llr, threshold, modalities = evidence.llrs(scores["face"], scores["voice"])
+        for i, uri in enumerate(block):
+            usable = np.flatnonzero(~np.isnan(llr[i]))
+            if not len(usable):
+                has = [m for m in ("face", "voice") if uri in probes[m]]
+                unscored.append(
+                    {
+                        "uri": uri,
+                        "sha256": None,
+                        "error_type": UnmatchedPair.error_type,
+                        "message": f"probe {uri} has {' and '.join(has) or 'neither a face nor a voice'}; no "
+                        "identity was enrolled with it",
+                    }
+                )
+                continue
+            top = usable[np.argsort(-llr[i, usable], kind="stable")[:k]]
+            found = (scores, face_llr, voice_llr, llr, threshold, modalities)
+            tables.append(_probe_rows(evidence, uri, probes, names, top, found, i))
+            counts["unknown"] += tables[-1]["decision"][0] == "unknown"
     if tables:
         merged = {key: [v for t in tables for v in t[key]] for key in tables[0]}
         n = len(merged["rank"])
@@ -299,7 +296,24 @@ def identify_slice(
     return {"files": files, "error_files": error_files, **counts, "failed": None}
 
 
-def _probe_rows(evidence, uri, probes, names, top, scores, face_llr, voice_llr, llr, threshold, modalities, i) -> dict:
+PROBE_BLOCK = 1024
+
+
+def _block_scores(block: list[str], found: dict, gallery: np.ndarray, identities: int) -> np.ndarray:
+    """Cosines (probes x identities) of one modality; NaN where the probe or the identity has none."""
+    if gallery.shape[1] == 0:  # no identity was enrolled with this modality
+        return np.full((len(block), identities), np.nan)
+    q = np.full((len(block), gallery.shape[1]), np.nan)
+    for i, uri in enumerate(block):
+        if uri in found:
+            vectors, row = found[uri]
+            q[i] = vectors.vectors[row]
+    return q @ gallery.T
+
+
+def _probe_rows(evidence, uri, probes, names, top, found, i) -> dict:
+    scores, face_llr, voice_llr, llr, threshold, modalities = found
+
     def probe(modality: str, what: str):
         if uri not in probes[modality]:
             return None

@@ -154,6 +154,8 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
 def _embeddings(verifier: Verifier, uris: list[str]) -> tuple[dict, dict, str | None]:
     """{key: (set, row)} for every source and item of ``uris`` that has an embedding, {key: why not} for the invalid
     ones, and a reason when they come from another model than the job's."""
+    if not uris:  # nothing named (a fused table's empty modality): pyarrow refuses an empty isin of strings
+        return {}, {}, None
     try:
         data = read_committed(verifier.root, verifier.table, verifier.run_id, uris)
     except EmbeddingError:  # the chunk names nothing embedded: each of its pairs is an error row

@@ -249,6 +249,15 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         config.target_far,
     )
     llr = record["llr"]
+    if "why_not" in llr:
+        ctx.log.warning("no score-to-log-LR map: %s", llr["why_not"])
+    else:
+        _log_llr(ctx, llr)
+    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def _log_llr(ctx: JobContext, llr: dict) -> None:
     ctx.log.info(
         "score to log-LR: %.3f x score %+.3f; Cllr %.3f bits (held out %s, min %.3f); threshold at log-LR %.2f",
         llr["slope"],
@@ -258,8 +267,6 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         llr["min_cllr"],
         llr["llr_at_threshold"],
     )
-    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
-    return marker
 
 
 LLR_METHOD = "prior-weighted logistic regression on the cosine score (Platt's targets)"
@@ -273,7 +280,10 @@ def score_to_llr(
     map fitted on the other's (``first``, ``second``: each pair's label codes). A linear map, because it is
     monotone, has two parameters a few hundred pairs pin down, and extrapolates; the pool-adjacent-violators fit is
     a step function that overfits small sets and is infinite at its ends (it serves min Cllr)."""
-    cal = LinearCalibration.fit(scores, same)
+    try:
+        cal = LinearCalibration.fit(scores, same)
+    except ValueError as exc:  # scores that do not rise with sameness: the record says so, the threshold stands
+        return {"method": LLR_METHOD, "why_not": str(exc)}
     out = {
         "method": LLR_METHOD,
         **cal.to_dict(),
@@ -292,7 +302,11 @@ def score_to_llr(
         if not (same[train].any() and (~same[train]).any() and same[test].any() and (~same[test]).any()):
             out["cllr_held_out_why_not"] = "a half of the labels has no same or no different pairs"
             return out
-        held.append(LinearCalibration.fit(scores[train], same[train])(scores[test]))
+        try:
+            held.append(LinearCalibration.fit(scores[train], same[train])(scores[test]))
+        except ValueError as exc:
+            out["cllr_held_out_why_not"] = f"the map fitted on half the labels: {exc}"
+            return out
         truth.append(same[test])
     out["cllr_held_out"] = cllr(np.concatenate(held), np.concatenate(truth))
     return out
@@ -349,6 +363,8 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
         raise JobFailed(f"--fusion {config.fusion!r}: use sum or linear")
     if config.trials_per_pair < 1:
         raise JobFailed("--trials-per-pair must be at least 1")
+    if config.head:
+        raise JobFailed("--head with --fuse: fused matching compares the embeddings themselves; calibrate without it")
     voices_root = config.voices or config.embeddings
     same_root = voices_root == config.embeddings
     faces, f_at, f_names = _labelled(
@@ -357,7 +373,7 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
         config.embeddings_run_id,
         config.labels,
         config,
-        config.head,
+        None,
         config.manifest_run_id,
     )
     voices, v_at, v_names = _labelled(
@@ -372,8 +388,9 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
     face_set = fusion.Labelled(faces.vectors[f_at], f_names)
     voice_set = fusion.Labelled(voices.vectors[v_at], v_names)
     identities, pairing = fusion.pair_identities(face_set, voice_set, config.seed)
-    trials = fusion.make_trials(face_set, voice_set, identities, config.seed, config.trials_per_pair)
     try:
+        fusion.enough_identities(identities)
+        trials = fusion.make_trials(face_set, voice_set, identities, config.seed, config.trials_per_pair)
         evaluation = fusion.evaluate(face_set, voice_set, identities, trials, config.seed)
     except ValueError as exc:
         raise JobFailed(f"cannot calibrate faces and voices together: {exc}") from None

@@ -558,6 +558,11 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
         raise JobFailed("--k must be at least 1")
     if config.fuse and config.mode not in ("verify", "identify"):
         raise JobFailed(f"--fuse is for verify and identify, not {config.mode}")
+    if config.fuse and (config.queries_run_id or config.gallery_run_id or config.head):
+        # One run id cannot name both a faces run and a voices run; a head is not what the record calibrated.
+        raise JobFailed(
+            "--fuse reads every committed faces/ and voices/ run: drop --queries-run-id, --gallery-run-id and --head"
+        )
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     modes = {"search": run_search, "verify": run_verify, "identify": run_identify, "crossmatch": run_crossmatch}

@@ -585,7 +585,7 @@ def _fused_section(root: Store, marker: dict, limit: int) -> str:
         for query, gallery in keys:
             total += 1
             key = (query, gallery if mode == "verify" else "")
-            if key not in first and (len(first) < limit or key < first[-1]):
+            if key not in first and (len(first) < limit or (first and key < first[-1])):
                 bisect.insort(first, key)
                 del first[limit:]
     shown: dict[tuple[str, str], list[dict]] = defaultdict(list)

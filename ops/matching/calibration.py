@@ -35,11 +35,19 @@ def cllr(llr: np.ndarray, same: np.ndarray) -> float:
     return float((miss + false) / (2 * LN2))
 
 
+LEVELS = 100_000  # PAV's resolution: scores fall on this many steps of their range at most
+
+
 def pav_llr(scores: np.ndarray, same: np.ndarray) -> np.ndarray:
     """The log-LR of each pair under the monotone map of scores that fits the pairs best (pool adjacent violators:
     the isotonic regression of the labels on the scores, tied scores pooled), the data's prior odds removed.
-    Ends may be -inf or +inf where a block holds only one class."""
+    Ends may be -inf or +inf where a block holds only one class. Scores are first put on at most ``LEVELS`` + 1
+    steps of their range (ties pooled): the merging loop then runs in a fraction of a second even for the 12.5M
+    pairs of a 5,000-source calibration, which took minutes over every distinct float."""
     scores, same = np.asarray(scores, np.float64), np.asarray(same, bool)
+    low, high = scores.min(), scores.max()
+    if len(np.unique(scores)) > LEVELS and high > low:
+        scores = np.round((scores - low) / (high - low) * LEVELS)
     order = np.argsort(scores, kind="stable")
     values, first = np.unique(scores[order], return_index=True)
     sizes = np.diff(np.append(first, len(scores))).astype(np.float64)
@@ -81,14 +89,26 @@ def fit_logistic(features: np.ndarray, same: np.ndarray, iterations: int = 100) 
     target = np.where(same, (positives + 1) / (positives + 2), 1 / (negatives + 2))
     weight = np.where(same, 0.5 / positives, 0.5 / negatives)  # each class weighs half: the output is a log-LR
     design = np.hstack([x, np.ones((len(x), 1))])
+
+    def loss(theta: np.ndarray) -> float:  # the weighted cross-entropy against Platt's targets
+        z = design @ theta
+        return float((weight * (target * np.logaddexp(0, -z) + (1 - target) * np.logaddexp(0, z))).sum())
+
     theta = np.zeros(design.shape[1])
+    current = loss(theta)
     for _ in range(iterations):
         z = design @ theta
         p = 0.5 * (1 + np.tanh(z / 2))  # the logistic function, without overflow
         gradient = design.T @ (weight * (p - target))
         hessian = (design * (weight * p * (1 - p))[:, None]).T @ design + 1e-12 * np.eye(len(theta))
         step = np.linalg.solve(hessian, gradient)
-        theta -= step
+        # Newton's step, halved until the loss falls: nearly separated scores overshoot from the start.
+        for _ in range(40):
+            trial = loss(theta - step)
+            if trial <= current:
+                break
+            step = step / 2
+        theta, current = theta - step, min(trial, current)
         if np.abs(step).max() < 1e-10:
             break
     return theta[:-1], float(theta[-1])
@@ -122,9 +142,14 @@ class LinearCalibration:
 def describe(llr: float, same: str = "it is the same person", different: str = "it is not") -> str:
     """A log-LR in words a reader can check: how many times more likely the evidence is under one hypothesis than
     under the other (``same`` and ``different`` complete "if ...")."""
+    if math.isnan(llr):
+        return "of no stated weight (the log-LR is undefined)"
     if not math.isfinite(llr):
         return f"possible only if {same if llr > 0 else different}"
-    ratio = math.exp(abs(llr))
-    times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
+    if abs(llr) > 50 * math.log(10):  # beyond 10^50 a number of times is no longer a figure a reader checks
+        times = f"about 10^{abs(llr) / math.log(10):.0f}"
+    else:
+        ratio = math.exp(abs(llr))
+        times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
     first, second = (same, different) if llr >= 0 else (different, same)
     return f"{times} times more likely if {first} than if {second}"

@@ -45,12 +45,13 @@ class Labelled:
 
 def pair_identities(faces: Labelled, voices: Labelled, seed: int) -> tuple[list[tuple[str, str]], str]:
     """Identities as (face label, voice label) and how they were made: labels with two samples or more in both
-    modalities, when at least two labels are shared ("shared labels"); else the face labels with two faces or more
-    joined in a seeded order to the voice labels with two voices or more ("chimeric")."""
+    modalities, when at least four labels are shared (what held-out figures need: "shared labels"); else the face
+    labels with two faces or more joined in a seeded order to the voice labels with two voices or more
+    ("chimeric")."""
     face_labels = _repeated(faces.labels)
     voice_labels = _repeated(voices.labels)
     shared = sorted(face_labels & voice_labels)
-    if len(shared) >= 2:
+    if len(shared) >= 4:
         return [(label, label) for label in shared], "shared labels"
     rng = np.random.default_rng(seed)
     voice_order = [str(v) for v in rng.permutation(sorted(voice_labels))]
@@ -108,8 +109,9 @@ def make_trials(
         picks = rng.choice(total, min(per_pair, total), replace=False)
         f, v = face_pairs[picks // len(voice_pairs)], voice_pairs[picks % len(voice_pairs)]
         parts.append((f, v, i, j))
-    face = np.concatenate([_cosines(faces.vectors, f) for f, _, _, _ in parts])
-    voice = np.concatenate([_cosines(voices.vectors, v) for _, v, _, _ in parts])
+    face_vectors, voice_vectors = faces.vectors.astype(np.float64), voices.vectors.astype(np.float64)
+    face = np.concatenate([_cosines(face_vectors, f) for f, _, _, _ in parts])
+    voice = np.concatenate([_cosines(voice_vectors, v) for _, v, _, _ in parts])
     first = np.concatenate([np.full(len(f), i) for f, _, i, _ in parts])
     second = np.concatenate([np.full(len(f), j) for f, _, _, j in parts])
     return Trials(face, voice, first == second, first, second)
@@ -124,8 +126,7 @@ def _pairs(a: np.ndarray, b: np.ndarray, same: bool) -> np.ndarray:
 
 
 def _cosines(vectors: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    v = vectors.astype(np.float64)
-    return np.einsum("ij,ij->i", v[pairs[:, 0]], v[pairs[:, 1]])
+    return np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
 
 
 def single_pairs(data: Labelled, labels: set[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -133,9 +134,9 @@ def single_pairs(data: Labelled, labels: set[str]) -> tuple[np.ndarray, np.ndarr
     is fitted on."""
     keep = np.flatnonzero(np.isin(data.labels, sorted(labels)))
     v = data.vectors[keep].astype(np.float64)
-    i, j = np.triu_indices(len(keep), 1)
-    scores = np.einsum("ij,ij->i", v[i], v[j])
-    return scores, data.labels[keep][i] == data.labels[keep][j]
+    upper = np.triu(np.ones((len(keep), len(keep)), bool), 1)  # each pair once, as jobs.calibrate scores them
+    codes = np.unique(data.labels[keep], return_inverse=True)[1]
+    return (v @ v.T)[upper], (codes[:, None] == codes[None, :])[upper]
 
 
 @dataclass(frozen=True)
@@ -213,15 +214,19 @@ class Evaluation:
         return out
 
 
-def evaluate(
-    faces: Labelled, voices: Labelled, identities: list[tuple[str, str]], trials: Trials, seed: int
-) -> Evaluation:
-    """Two folds of identities: each fold's trials scored by what the other fold fitted, pooled."""
+def enough_identities(identities: list[tuple[str, str]]) -> None:
     if len(identities) < 4:
         raise ValueError(
             f"{len(identities)} identities with two faces and two voices or more: held-out figures need at least 4 "
             "(two per fold, for impostor trials on both sides)"
         )
+
+
+def evaluate(
+    faces: Labelled, voices: Labelled, identities: list[tuple[str, str]], trials: Trials, seed: int
+) -> Evaluation:
+    """Two folds of identities: each fold's trials scored by what the other fold fitted, pooled."""
+    enough_identities(identities)
     order = np.random.default_rng(seed).permutation(len(identities))
     folds = [sorted(order[: len(order) // 2].tolist()), sorted(order[len(order) // 2 :].tolist())]
     held: dict[str, list[np.ndarray]] = {name: [] for name in SYSTEMS}

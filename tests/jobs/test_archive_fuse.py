@@ -74,6 +74,25 @@ def test_a_missing_modality_falls_back_to_the_other(archive, tmp_path):
     assert both["gallery_face_item"] == b and both["gallery_voice_item"] == c
     (error,) = read_table(resolve(str(out)), "errors", run_id="v").to_pylist()  # a face against a voice only
     assert "no modality to compare" in error["message"]
+    faces_only = tmp_path / "faces.csv"  # a chunk that names no voice at all
+    faces_only.write_text(f"a_face,a_voice,b_face,b_voice\n{a},,{b},\n")
+    argv = ("verify", "--fuse", "--pairs", faces_only, "--queries", root, "--calibration", root, "--output", out)
+    assert match.main(quiet(*argv, "--run-id", "f")) == 0
+    assert [r["modalities"] for r in evidence(out, "f")] == ["face"]
+
+
+def test_an_identity_without_voices_is_scored_by_faces():
+    from jobs.archive_fuse import _block_scores
+
+    gallery = np.zeros((3, 0))
+    assert np.isnan(_block_scores(["x", "y"], {}, gallery, 3)).all()
+    faces = np.array([[1.0, 0.0], [np.nan, np.nan]])  # the second identity has no face
+
+    class Found:
+        vectors = np.array([[0.6, 0.8]])
+
+    scores = _block_scores(["x", "y"], {"x": (Found, 0)}, faces, 2)
+    assert scores[0, 0] == pytest.approx(0.6) and np.isnan(scores[0, 1]) and np.isnan(scores[1]).all()
 
 
 def test_identify_with_both_beats_either_alone(archive, tmp_path):
@@ -114,6 +133,10 @@ def test_fuse_refuses_what_it_cannot_use(archive, tmp_path, caplog):
     assert "but /" in caplog.text and "calibrates synthetic-face" in caplog.text
     assert match.main(quiet("search", "--fuse", "--queries", root, "--output", tmp_path / "out")) != 0
     assert "--fuse is for verify and identify" in caplog.text
+    assert match.main(quiet(*base, "--calibration", root, "--queries-run-id", "x")) != 0
+    assert "drop --queries-run-id" in caplog.text
+    assert calibrate.main(quiet(root, "--fuse", "--head", "h", "--output", tmp_path / "h")) != 0
+    assert "--head with --fuse" in caplog.text
 
 
 def test_the_report_states_the_fused_evidence_in_words(archive, tmp_path):
@@ -127,6 +150,7 @@ def test_the_report_states_the_fused_evidence_in_words(archive, tmp_path):
     enrol.write_text("uri,label\n" + "".join(f"{u},{lab}\n" for u, lab in labels.items() if "rec-00" in u))
     for argv in (("verify", "--pairs", table), ("identify", "--labels", enrol, "--k", 2)):
         assert match.main(quiet(*argv, "--fuse", "--queries", root, "--calibration", root, "--output", root)) == 0
+    assert report.main(quiet(root, "--output", root, "--run-id", "r0", "--max-probes", 0)) == 0
     assert report.main(quiet(root, "--output", root, "--run-id", "r", "--max-probes", 3)) == 0
     page = (root / "report" / "r" / "index.html").read_text()
     assert 'data-testid="calibration-fused"' in page and 'data-testid="fusion-figures"' in page

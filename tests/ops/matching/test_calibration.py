@@ -73,3 +73,22 @@ def test_words():
         "2.0 times more likely if it is someone else than if this is Ann"
     )
     assert describe(math.log(12_345.0)).startswith("12,345 times")
+
+
+def test_words_for_extreme_and_undefined_evidence():
+    assert describe(float("nan")) == "of no stated weight (the log-LR is undefined)"
+    assert describe(5000.0).startswith("about 10^2171 times more likely if it is the same person")
+    assert describe(-math.inf) == "possible only if it is not"
+
+
+def test_pav_on_millions_of_distinct_scores_is_quick_and_close():
+    import time
+
+    rng = np.random.default_rng(2)
+    same = rng.random(400_000) < 0.2
+    scores = np.where(same, rng.normal(1.0, 1.0, len(same)), rng.normal(0.0, 1.0, len(same)))
+    t = time.perf_counter()
+    quick = min_cllr(scores, same)  # over 100,000 levels
+    assert time.perf_counter() - t < 10
+    exact = cllr(pav_llr(scores[:50_000], same[:50_000]), same[:50_000])  # under the level count: exact
+    assert quick == pytest.approx(exact, abs=0.02)
