@@ -344,7 +344,10 @@ def match_rows(
         table |= {"gallery_" + c: names.column(c) for c in ("uri", "sha256", "item")}
     if mode == "crossmatch" and threshold is not None:
         table["decision"] = pc.if_else(pa.array(clears), "accept", "reject")
-    table |= {name: pa.array([value] * rows) for name, value in fields.items()}
+    llr_map = fields.get("llr_map")  # (slope, offset) of the calibration record, when one was given
+    if llr_map is not None:
+        table["llr"] = pa.array(llr_map[0] * chosen.astype(np.float64) + llr_map[1], pa.float64())
+    table |= {name: pa.array([value] * rows) for name, value in fields.items() if name in MATCHES.names}
     for f in MATCHES:
         if f.name not in table:
             table[f.name] = pa.nulls(rows, f.type)

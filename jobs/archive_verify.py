@@ -44,6 +44,7 @@ class Verifier:
     threshold_source: str
     job_run_id: str
     job: str
+    llr_map: tuple[float, float] | None = None  # (slope, offset): scores as log-LRs, from a calibration record
 
 
 PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; fused verification takes two
@@ -209,6 +210,7 @@ def _rows(scored: list, verifier: Verifier) -> pa.Table:
         "decision": ["accept" if s >= verifier.threshold else "reject" for s in scores],
         "model_name": [verifier.model[0]] * n,
         "model_sha256": [verifier.model[1]] * n,
+        "llr": [verifier.llr_map[0] * s + verifier.llr_map[1] for s in scores] if verifier.llr_map else [None] * n,
     }
     return pa.table(columns, schema=MATCHES)
 

@@ -138,6 +138,21 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
     )
 
 
+def _llr_map(config: MatchConfig, model_name: str) -> tuple[float, float] | None:
+    """The calibration record's map from a score to a log-LR (slope, offset), when --calibration names one that
+    has it (records before the map, and maps that could not be fitted, have none: the rows' llr is then null)."""
+    if not config.calibration:
+        return None
+    record, where = _calibration(config.calibration, model_name)
+    if "llr" not in record:  # a calibrations/ row: the map is in its record
+        try:
+            record = json.loads(resolve(where).read_bytes())
+        except (StorageError, json.JSONDecodeError):
+            return None
+    llr = record.get("llr") or {}
+    return (float(llr["slope"]), float(llr["offset"])) if "slope" in llr else None
+
+
 def _search_threshold(config: MatchConfig, model_name: str) -> tuple[float | None, str | None]:
     """Search ranks whatever the threshold; it records one with each match (so a reader sees which clear it) when
     one is given or the model card has one. A threshold asked for that cannot be had is still an error."""
@@ -222,7 +237,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
             raise JobFailed(f"the gallery under {gallery_root} has no valid embedding")
         threshold, source = _search_threshold(config, model[0])
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
-        fields |= {"threshold": threshold, "threshold_source": source}
+        fields |= {"threshold": threshold, "threshold_source": source, "llr_map": _llr_map(config, model[0])}
         key = search_key("search", config.table, config.per_source, config.k, same_set, model)
         sides = ("both",) if same_set else ("queries", "gallery")
         previous = _previous(config, ctx, key, staging, dict.fromkeys(sides, "uri"))
@@ -343,7 +358,10 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         model = (head.name, head.sha256)
     threshold, source = _threshold(config, model[0])
     head = (config.head, config.models) if config.head else None
-    verifier = Verifier(root, config.table, config.queries_run_id, model, head, threshold, source, out.run_id, JOB)
+    llr_map = _llr_map(config, model[0])
+    verifier = Verifier(
+        root, config.table, config.queries_run_id, model, head, threshold, source, out.run_id, JOB, llr_map
+    )
     staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
     matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
     errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
@@ -404,7 +422,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         threshold, source = _threshold(config, model[0])
         k = min(config.k, len(enrolled.identities))
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
-        fields |= {"threshold": threshold, "threshold_source": source}
+        fields |= {"threshold": threshold, "threshold_source": source, "llr_map": _llr_map(config, model[0])}
         key = search_key("identify", config.table, True, config.k, same_set, model)
         previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)

@@ -704,7 +704,13 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
     return (
         f'<div class="match{verdict}" data-testid="match"><span class="rank">#{r["rank"]}</span>{what}'
         + (f"<br>label: {_e(label)}" if label else "")
-        + f'<br>score <b data-testid="score">{r["score"]:.3f}</b><br><small>{limit}</small></div>'
+        + f'<br>score <b data-testid="score">{r["score"]:.3f}</b>'
+        + (
+            f' <small data-testid="llr" title="{_e(describe(r["llr"]))}">log-LR {r["llr"]:+.2f}</small>'
+            if r.get("llr") is not None
+            else ""
+        )
+        + f"<br><small>{limit}</small></div>"
     )
 
 

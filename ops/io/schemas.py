@@ -157,6 +157,12 @@ MATCHES = _table(
     _f("decision", pa.string(), nullable=True, doc="verify, crossmatch: accept/reject; identify: identity/unknown"),
     _f("model_name", pa.string()),
     _f("model_sha256", SHA256),
+    _f(
+        "llr",
+        pa.float64(),
+        nullable=True,
+        doc="the score as a natural-log likelihood ratio by the calibration record's map; null without one",
+    ),
 )
 
 MATCH_ITEMS = _table(

@@ -408,18 +408,44 @@ def error_table(rows: list[dict], run_id: str, job: str, stage: str | None = Non
     return pa.Table.from_pylist(data, schema=schema_for("errors"))
 
 
-def _same_schema(dt, table: str, schema: pa.Schema) -> None:
+def _same_schema(dt, table: str, schema: pa.Schema) -> list[pa.Field]:
+    """Refuse a schema other than the table's; returns the nullable columns ``schema`` adds at its end (a newer
+    crossmatch's additions: the table is then evolved to hold them, and its earlier rows read them as null)."""
     have = table_schema(dt)
-    if not have.remove_metadata().equals(schema.remove_metadata()):
-        differ = [
-            f"{f.name}: {have.field(f.name).type if f.name in have.names else 'missing'} here, {f.type} in this run"
-            for f in schema
-            if f.name not in have.names or have.field(f.name).type != f.type
-        ]
-        raise CommitError(
-            f"table {table} under {dt.table_uri} holds another schema ({'; '.join(differ) or 'column order'}): "
-            "another model's width or another version; write to another output root"
-        )
+    plain, new = have.remove_metadata(), schema.remove_metadata()
+    if plain.equals(new):
+        return []
+    head = pa.schema(list(new)[: len(plain)])
+    added = list(new)[len(plain) :]
+    if len(new) > len(plain) and head.equals(plain) and all(f.nullable for f in added):
+        return [schema.field(f.name) for f in added]
+    differ = [
+        f"{f.name}: {have.field(f.name).type if f.name in have.names else 'missing'} here, {f.type} in this run"
+        for f in schema
+        if f.name not in have.names or have.field(f.name).type != f.type
+    ]
+    raise CommitError(
+        f"table {table} under {dt.table_uri} holds another schema ({'; '.join(differ) or 'column order'}): "
+        "another model's width or another version; write to another output root"
+    )
+
+
+def _description(table: str, schema: pa.Schema) -> str:
+    """The table description crossmatch keeps: its name, schema version and exact Arrow schema."""
+    arrow = base64.b64encode(schema.serialize().to_pybytes()).decode()
+    return json.dumps({"crossmatch": table, "schema_version": SCHEMA_VERSION, "arrow_schema": arrow})
+
+
+def _evolve(dt, store: Store, table: str, schema: pa.Schema, added: list[pa.Field]) -> None:
+    """Add ``added`` (nullable columns at the end) to the table: to its Delta schema, which every engine reads
+    (earlier files then read them as null), and to the exact Arrow schema in its description. Two commits, each
+    skipped when already made (a run that died between them is completed by the next)."""
+    delta_names = {f.name for f in dt.schema().fields}
+    missing = [f for f in added if f.name not in delta_names]
+    if missing:
+        dt.alter.add_columns(list(_delta_schema(pa.schema(missing)).fields))
+    dt.alter.set_table_description(_description(table, schema))
+    log.info("table %s under %s now holds column(s) %s", table, store.uri, ", ".join(f.name for f in added))
 
 
 def _transact(
@@ -446,20 +472,18 @@ def _transact(
         dt = open_table(root, table)
         removed: list[dict] = []
         if dt is not None:
-            _same_schema(dt, table, schema)
+            new_columns = _same_schema(dt, table, schema)
+            if new_columns:
+                with storage_errors(store.uri):
+                    _evolve(dt, store, table, schema, new_columns)
+                dt = open_table(root, table)
             with storage_errors(store.uri):
                 files = _file_index(dt)
             removed = doomed(files)  # outside the translation of errors: a caller's own exception stays its own
         try:
             with storage_errors(store.uri):
                 if dt is None:
-                    description = json.dumps(
-                        {
-                            "crossmatch": table,
-                            "schema_version": SCHEMA_VERSION,
-                            "arrow_schema": base64.b64encode(schema.serialize().to_pybytes()).decode(),
-                        }
-                    )
+                    description = _description(table, schema)
                     create_table_with_add_actions(
                         delta_uri(store),
                         _delta_schema(schema),

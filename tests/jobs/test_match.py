@@ -240,6 +240,8 @@ def test_calibrate_then_identify_open_set(tmp_path):
     assert top["/probes/stranger.jpg"]["decision"] == "unknown"
     assert all(top[f"/probes/{i}.jpg"]["decision"] == labels[i] for i in range(20) if i % 4 == 1)
     assert all(r["threshold"] == pytest.approx(record["threshold"]) for r in rows)
+    llr = json.loads(resolve(record["record_uri"]).read_bytes())["llr"]  # every row's score as evidence
+    assert all(r["llr"] == pytest.approx(llr["slope"] * r["score"] + llr["offset"]) for r in rows)
     # an output root stands for its newest calibration of the model
     assert (
         run(
@@ -259,6 +261,19 @@ def test_calibrate_then_identify_open_set(tmp_path):
     )
     again = read_table(resolve(str(root)), "matches", run_id="identify-by-root").to_pylist()
     assert {r["threshold_source"] for r in again} == {record["record_uri"]}
+    assert all(r["llr"] == pytest.approx(llr["slope"] * r["score"] + llr["offset"]) for r in again)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{uris[0]},{uris[1]}\n")
+    assert (
+        run("verify", "--pairs", pairs, "--queries", root, "--output", root, "--calibration", root, "--run-id", "v")
+        == 0
+    )
+    (pair,) = read_table(resolve(str(root)), "matches", run_id="v").to_pylist()
+    assert pair["llr"] == pytest.approx(llr["slope"] * pair["score"] + llr["offset"])
+    assert (
+        run("verify", "--pairs", pairs, "--queries", root, "--output", root, "--threshold", 0.5, "--run-id", "t") == 0
+    )
+    assert read_table(resolve(str(root)), "matches", run_id="t").column("llr").to_pylist() == [None]
 
 
 def test_bad_inputs_fail_or_become_error_rows(tmp_path, caplog):

@@ -359,3 +359,42 @@ def test_a_table_made_empty_takes_rows_later(tmp_path):
     full.write("errors", errors(2, "f"))
     full.commit()
     assert read_table(root, "errors").num_rows == 2
+
+
+def test_a_table_gains_a_nullable_column_and_every_engine_reads_the_old_rows_as_null(tmp_path):
+    """matches/ written before it had llr, then by a crossmatch that writes it: the table evolves in place."""
+    from ops.io.schemas import MATCHES
+
+    root = resolve(str(tmp_path))
+    before = pa.schema([f for f in MATCHES if f.name != "llr"], metadata=MATCHES.metadata)
+
+    def rows(run_id: str, schema: pa.Schema, llr: float | None = None) -> pa.Table:
+        row = {"run_id": run_id, "mode": "verify", "query_uri": "a", "query_sha256": "0" * 64, "query_item": "a"}
+        row |= {"rank": 1, "score": 0.5, "model_name": "m", "model_sha256": "1" * 64}
+        return pa.Table.from_pylist([row | ({"llr": llr} if "llr" in schema.names else {})], schema=schema)
+
+    for run_id, schema, llr in (("old", before, None), ("new", MATCHES, 1.5)):
+        run = OutputRun(root, run_id, "match")
+        run.write("matches", rows(run_id, schema, llr), schema)
+        run.commit()
+    ours = {r["run_id"]: r["llr"] for r in read_table(root, "matches").to_pylist()}
+    assert ours == {"old": None, "new": 1.5}
+    with pytest.raises(CommitError, match="another schema"):  # a column removed or retyped is still refused
+        run = OutputRun(root, "worse", "match")
+        run.write("matches", rows("worse", before), before)
+        run.commit()
+
+    duckdb = pytest.importorskip("duckdb")
+    import duckdb_ext
+
+    extensions = Path(list(duckdb_ext.__path__)[0]) / "extensions" / f"v{duckdb.__version__}" / "linux_amd64"
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute(f"LOAD '{extensions / 'delta.duckdb_extension'}'")
+    sql = f"SELECT run_id, llr FROM delta_scan('{tmp_path}/matches') ORDER BY run_id"
+    assert con.execute(sql).fetchall() == [("new", 1.5), ("old", None)]
+    import polars as pl
+
+    assert sorted(pl.read_delta(str(tmp_path / "matches")).select("run_id", "llr").rows()) == [
+        ("new", 1.5),
+        ("old", None),
+    ]
