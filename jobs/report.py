@@ -518,7 +518,8 @@ def _llr_words(root: Store, row: dict) -> str:
     held = "" if llr.get("cllr_held_out") is None else f", {llr['cllr_held_out']:.3f} held out"
     return (
         f'<p data-testid="llr">As evidence: a score s is a log-likelihood ratio of {llr["slope"]:.2f} &times; s '
-        f"{llr['offset']:+.2f} (natural log; {_e(llr['method'])}). Cllr {llr['cllr']:.3f} bits{held} "
+        f"{'+' if llr['offset'] >= 0 else '&minus;'} {abs(llr['offset']):.2f} (natural log; {_e(llr['method'])}). "
+        f"Cllr {llr['cllr']:.3f} bits{held} "
         f"(0 is perfect, 1 is no information; {llr['min_cllr']:.3f} is the best any monotone map of these scores "
         f"could do). At the threshold the evidence is {_e(describe(llr['llr_at_threshold']))}.</p>"
     )
