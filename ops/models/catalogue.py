@@ -32,6 +32,7 @@ ARCHITECTURE_MODULES = {
     "silero-vad-v6-16k": "ops.voices.silero",
     "projection-head": "ops.matching.heads",
     "joint-voice-face": "ops.matching.heads",
+    "attribute-head": "ops.attributes.heads",
     "vgg16-torchvision": "ops.style.vgg",
     "vgg19-torchvision": "ops.style.vgg",
     "transformer-net-pytorch-examples": "ops.style.transformer_net",
@@ -44,6 +45,7 @@ HINTS = {
     "speaker-embedding": "pass a speaker encoder such as ge2e-resemblyzer",
     "speech-detection": "pass --vad-model silero-vad",
     "voice-face-model": "pass a joint model trained by jobs.train_crossmodal",
+    "face-attributes": "pass attribute heads trained by jobs.train_attributes",
     "style-transfer": "pass a TransformerNet (jobs.train_style, or jobs.models import --architecture "
     "transformer-net-pytorch-examples)",
     "style-loss-network": "import VGG weights: jobs.models import vgg19.pth --architecture vgg19-torchvision",

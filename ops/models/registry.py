@@ -93,6 +93,7 @@ TASKS = (
     "speaker-embedding",
     "speech-detection",
     "voice-face-model",  # the joint voice-face model (jobs.train_crossmodal)
+    "face-attributes",  # attribute heads over face embeddings (jobs.train_attributes), or a whole network
     "style-transfer",
     "style-loss-network",
 )
