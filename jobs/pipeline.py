@@ -8,6 +8,7 @@ Stages, each one of the suite's jobs, each committed under the run id ``<run id>
              -> calibrate-faces -> search-faces -> identities-faces -> identify-faces
              -> calibrate-voices -> search-voices -> identities-voices -> identify-voices
                 (calibrate and identify: when there are labels; identities: when the search has a threshold)
+             -> attributes                              (with --attributes-model: age, expression, ... of every face)
              -> crossmatch                                           (with --joint-model: voices rank faces and back)
              -> report
 
@@ -28,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow.compute as pc
 
-from jobs import calibrate, embed_faces, embed_voices, identities, manifest, match, report
+from jobs import attributes, calibrate, embed_faces, embed_voices, identities, manifest, match, report
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
@@ -81,6 +82,10 @@ class PipelineConfig(JobConfig):
     joint_model: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "joint voice-face model (jobs.train_crossmodal): adds crossmatch"},
+    )
+    attributes_model: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "attribute heads (jobs.train_attributes) applied to every face"},
     )
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches in the report"})
     previews: bool = field(
@@ -230,6 +235,21 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         else:
             stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
 
+    if not config.attributes_model:
+        stages.skip("attributes", "no --attributes-model given (train heads with jobs.train_attributes)")
+    elif not faces["tables"].get("faces", {}).get("rows"):
+        stages.skip("attributes", "no faces were found in the archive")
+    else:
+        stages.run(
+            "attributes",
+            attributes,
+            attributes.AttributesConfig(
+                embeddings=root,
+                model=config.attributes_model,
+                embeddings_run_id=stages.done["faces"]["run_id"],
+                models=config.models,
+            ),
+        )
     if not config.joint_model:
         stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)")
     elif not all(m["tables"].get(t, {}).get("rows") for t, m in (("faces", faces), ("voices", voices))):

@@ -35,7 +35,7 @@ from ops.matching.calibration import describe
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
-REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate", "identities", "persons")
+REPORTED = ("manifest", "embed_faces", "embed_voices", "match", "calibrate", "identities", "persons", "attributes")
 
 
 @dataclass
@@ -101,6 +101,8 @@ class Evidence:
     identities: list[dict] = field(default_factory=list)  # the identities runs' markers
     persons: list[dict] = field(default_factory=list)  # the persons runs' markers
     sources: dict[str, dict] = field(default_factory=dict)  # manifest rows of the uris shown
+    attribute_runs: list[dict] = field(default_factory=list)  # the attributes runs' markers
+    attributes: dict[str, list[str]] = field(default_factory=dict)  # face item -> its attributes, as words
 
     @classmethod
     def read(cls, root: Store, runs: list[dict]) -> Evidence:
@@ -137,6 +139,8 @@ class Evidence:
                 ev.identities.append(marker)
             elif job == "persons":
                 ev.persons.append(marker)
+            elif job == "attributes":
+                ev.attribute_runs.append(marker)
             elif job == "calibrate":
                 ev.calibrations += [(marker, r) for b in _rows(root, marker, "calibrations") for r in b.to_pylist()]
                 ev.fusions += [(marker, r) for b in _rows(root, marker, "fusions") for r in b.to_pylist()]
@@ -166,6 +170,27 @@ class Evidence:
             if marker["job"] == "manifest":
                 for batch in _rows(self.root, marker, "manifest", ["uri", "label", "media_category"], wanted):
                     self.sources |= {r["uri"]: r for r in batch.to_pylist()}
+
+    def know_attributes(self, uris: set[str]) -> None:
+        """Read the attributes of the faces of these uris (the ones the report shows), as short words."""
+        if not uris:
+            return
+        wanted = pc.field("uri").isin(sorted(uris))
+        for marker in self.attribute_runs:
+            for batch in _rows(self.root, marker, "attributes", None, wanted):
+                for r in batch.to_pylist():
+                    if r["class"] is not None:
+                        text = f"{r['attribute']} {r['class']} ({r['probability']:.2f})"
+                    elif r["interval_low"] is not None:
+                        text = f"{r['attribute']} {r['value']:.0f} ({r['interval_low']:.0f}-{r['interval_high']:.0f})"
+                    else:
+                        text = f"{r['attribute']} {r['value']:.1f}"
+                    self.attributes.setdefault(r["item"], []).append(text)
+                    self.attributes.setdefault(r["uri"], self.attributes[r["item"]])  # a source: its first face
+
+    def attribute_html(self, item: str) -> str:
+        words = self.attributes.get(item)
+        return f'<br><small data-testid="attributes">{_e(", ".join(words))}</small>' if words else ""
 
     def category(self, uri: str) -> str:
         return self.sources.get(uri, {}).get("media_category", "image")
@@ -346,6 +371,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     sheets = [Sheets.read(root, m, config.max_identities, config.members_shown) for m in ev.identities]
     shown_uris = set().union(*(p.uris() for p in probes), *(s.uris() for s in sheets))
     ev.know(shown_uris)
+    ev.know_attributes(shown_uris)
     previews = Previews(ev, shown_uris, config.thumb_size, config.clip_seconds, enabled=config.previews)
     sections = [_runs_section(runs), _changes_section(root, runs), _counts_section(ev), _errors_section(ev)]
     sections.append(_calibration_section(root, ev))
@@ -679,6 +705,7 @@ def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[
         head = (
             f'<div class="probe-head">{previews.html(table, query)}<div><code>{_e(query)}</code>'
             + (f"<br>label: <b>{_e(label)}</b>" if label else "")
+            + (ev.attribute_html(query) if table == "faces" else "")
             + f"<br><small>sha256 {_e(first['query_sha256'][:16])}</small>"
             + (f"<br>decision: <b data-testid='decision'>{_e(first['decision'])}</b>" if first["decision"] else "")
             + "</div></div>"
@@ -698,7 +725,9 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
     what = (
         f"<b>{_e(r['identity'])}</b>"
         if mode == "identify"
-        else previews.html(table, r["gallery_item"]) + f"<code>{_e(r['gallery_item'])}</code>"
+        else previews.html(table, r["gallery_item"])
+        + f"<code>{_e(r['gallery_item'])}</code>"
+        + (ev.attribute_html(r["gallery_item"]) if table == "faces" else "")
     )
     label = ev.label(r["gallery_uri"]) if r["gallery_uri"] else None
     limit = "no threshold" if threshold is None else f"{'match' if above else 'no match'} at {threshold:.3f}"
@@ -739,6 +768,7 @@ def _identities_section(sheets: Sheets, ev: Evidence, previews: Previews) -> str
         cards = "".join(
             f'<div class="match{" above" if m["representative"] else ""}" data-testid="member">'
             f"{previews.html(table, m['item'])}<code>{_e(m['item'])}</code>"
+            f"{ev.attribute_html(m['item']) if table == 'faces' else ''}"
             f"<br><small>confidence {m['confidence']:.2f}{' · representative' if m['representative'] else ''}</small>"
             "</div>"
             for m in members

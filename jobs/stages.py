@@ -15,6 +15,7 @@ STAGES = (
     "search-voices",
     "identities-voices",
     "identify-voices",
+    "attributes",
     "crossmatch",
     "report",
 )

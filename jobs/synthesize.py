@@ -1,11 +1,14 @@
 """jobs.synthesize: committed face and voice embedding tables of synthetic identities whose faces and voices share
 latent traits (see ops/testing/synthetic.py): data to train and test the face encoder and the joint voice-face model on.
 
-    python -m jobs.synthesize OUTPUT [--identities 400] [--recordings 4] [--seed 1] [--first-identity 0]
+    python -m jobs.synthesize OUTPUT [--identities 400] [--recordings 4] [--seed 1] [--first-identity 0] [--attributes]
 
 Writes, under one run, ``manifest/`` (one labelled row per recording), ``faces/`` and ``voices/`` as the embed jobs
 would for videos with one face track and one stretch of speech each. Different seeds are different people: use one
 seed for training identities and another for unseen ones (and --first-identity so their labels do not collide).
+With --attributes each person also has an age and each recording an expression that shape its face; their ground
+truth, by uri, is written as Parquet under ``synthetic/<run_id>/attributes/`` (a labels table for
+``jobs.train_attributes``).
 Ray tasks make and write the rows, a chunk of identities each (the first chunk is the seed's own stream, so a small
 population is the same however large the chunks); the driver holds file lists.
 """
@@ -18,6 +21,7 @@ from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
@@ -26,6 +30,7 @@ from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
 from ops.io.schemas import MANIFEST, faces, voices
+from ops.io.storage import resolve, storage_errors
 from ops.io.tables import DataFile, OutputRun
 from ops.testing import synthetic
 
@@ -40,16 +45,24 @@ class SynthesizeConfig(JobConfig):
     seed: int = field(default=1, metadata={"run_key": True, "help": "who the people are"})
     world_seed: int = field(default=0, metadata={"run_key": True, "help": "how traits map to embeddings"})
     first_identity: int = field(default=0, metadata={"run_key": True, "help": "number of the first label"})
+    attributes: bool = field(
+        default=False, metadata={"run_key": True, "help": "ages and expressions that shape the faces, and their labels"}
+    )
 
 
 def make_chunk(
     config: SynthesizeConfig, start: int, stop: int, prefix: str, writers: dict[str, RowWriter]
 ) -> list[DataFile]:
     """Identities ``start:stop``: their recordings' rows made and written by this worker."""
-    world = synthetic.World(seed=config.world_seed)
+    world = synthetic.World(seed=config.world_seed, attributes=config.attributes)
     rng = np.random.default_rng(config.seed if start == 0 else [config.seed, start])
     rec = synthetic.record(world, synthetic.identities(world, stop - start, rng), config.recordings, rng)
     made = synthetic.rows(world, rec, prefix, writers["manifest"].run_id, config.first_identity + start)
+    if config.attributes:  # the ground truth, as a lab's labels table would hold it
+        truth = synthetic.attribute_rows(rec, [r["uri"] for r in made["manifest"]])
+        target = resolve(prefix).join("attributes", f"{start:09d}.parquet")
+        with storage_errors(target.uri), target.open("wb") as f:
+            pq.write_table(pa.Table.from_pylist(truth), f)
     schemas = {"manifest": MANIFEST, "faces": faces(world.face_dim), "voices": voices(world.voice_dim)}
     files = []
     for table, rows in made.items():
@@ -60,7 +73,7 @@ def make_chunk(
 def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     if config.identities < 2 or config.recordings < 1:
         raise JobFailed("--identities must be at least 2 and --recordings at least 1")
-    world = synthetic.World(seed=config.world_seed)
+    world = synthetic.World(seed=config.world_seed, attributes=config.attributes)
     out = OutputRun(ctx.output, ctx.run_id, JOB)
     out.check_writable()
     schemas = {"manifest": MANIFEST, "faces": faces(world.face_dim), "voices": voices(world.voice_dim)}
@@ -80,6 +93,8 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
         progress.update(pending.pop(done))
     recordings = config.identities * config.recordings
     summary = {"identities": config.identities, "recordings": recordings, "world": synthetic.fingerprint(world)}
+    if config.attributes:
+        summary["attribute_labels"] = ctx.output.join("synthetic", ctx.run_id, "attributes").uri
     marker = out.commit(tables=(*schemas, "errors"), config=asdict(config), summary=summary)
     ctx.log.info("%d identities, %d recordings: committed run %s", config.identities, recordings, ctx.run_id)
     return marker

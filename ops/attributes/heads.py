@@ -6,7 +6,10 @@ network, with the two loss families every face-understanding course starts from.
   label smoothing is an option.
 - A **numeric** attribute (an age in years) is a regression on its standardised value, trained with squared error
   (``mse``), absolute error (``l1``) or the Gaussian negative log-likelihood (``gaussian``): the head then also
-  predicts a variance per face, so each estimate comes with its own uncertainty.
+  predicts a variance per face, so each estimate comes with its own uncertainty. A network that fits its training
+  faces closely grows overconfident on others (its training residuals shrink, and its variances with them), so the
+  spread is recalibrated on people it did not train on (``recalibrate``: one scale, the root mean square of their
+  standardised errors).
 
 The attributes share a trunk (Linear, LayerNorm, ReLU); each has its own output layer. A sample missing a label
 (NaN for a number, -1 for a class) adds nothing to that attribute's loss. The attribute specs (classes, the numeric
@@ -43,6 +46,7 @@ class AttributeSpec:
     label_smoothing: float = 0.0
     mean: float = 0.0
     std: float = 1.0
+    std_scale: float = 1.0  # the predicted spread's recalibration (``recalibrate``)
 
     @property
     def outputs(self) -> int:
@@ -106,7 +110,7 @@ class AttributeHead(nn.Module):
                 continue
             value = out[:, 0].numpy() * spec.std + spec.mean
             std = (
-                np.sqrt(np.exp(out[:, 1].clamp(-10, 10).numpy())) * spec.std
+                np.sqrt(np.exp(out[:, 1].clamp(-10, 10).numpy())) * spec.std * spec.std_scale
                 if spec.loss == "gaussian"
                 else np.full(len(value), np.nan)
             )
@@ -121,6 +125,24 @@ class AttributeHead(nn.Module):
         head = cls(first.shape[1], parsed, first.shape[0])
         head.load_state_dict(state, strict=True)
         return head
+
+
+def recalibrate(head: AttributeHead, x: Tensor, truth: dict[str, np.ndarray]) -> dict[str, float]:
+    """Scale each Gaussian attribute's predicted spread so that, on these faces (of people the head did not train
+    on), the standardised errors have unit root mean square; returns the scales (also set on the head's specs)."""
+    scales = {}
+    for spec in head.specs:
+        spec.std_scale = 1.0 if spec.loss == "gaussian" else spec.std_scale
+    found = head.predict(x)
+    for spec in head.specs:
+        if spec.kind != "numeric" or spec.loss != "gaussian":
+            continue
+        known = ~np.isnan(truth[spec.name])
+        if known.sum() < 2:
+            continue
+        z = (truth[spec.name][known] - found[spec.name]["value"][known]) / found[spec.name]["std"][known]
+        spec.std_scale = scales[spec.name] = float(np.sqrt(np.mean(z**2)))
+    return scales
 
 
 def specs_from_labels(

@@ -252,6 +252,25 @@ CALIBRATIONS = _table(
     _f("record_uri", pa.string(), doc="the JSON record beside the ROC, DET and score PNGs"),
 )
 
+ATTRIBUTES = _table(
+    "attributes",
+    _f("run_id", pa.string()),
+    _f("item", pa.string(), doc="the face: uri#frame=F&face=I"),
+    _f("uri", pa.string()),
+    _f("sha256", SHA256),
+    _f("attribute", pa.string(), doc="the attribute's name, as the head's card gives it"),
+    _f("class", pa.string(), nullable=True, doc="categorical: the most likely class"),
+    _f("probability", pa.float64(), nullable=True, doc="categorical: that class's probability"),
+    _f("value", pa.float64(), nullable=True, doc="numeric: the estimate, in the attribute's units"),
+    _f("uncertainty", pa.float64(), nullable=True, doc="numeric: one standard deviation (Gaussian heads)"),
+    _f("interval_low", pa.float64(), nullable=True, doc="numeric: the central 90% interval"),
+    _f("interval_high", pa.float64(), nullable=True),
+    _f("model_name", pa.string(), doc="the attribute heads"),
+    _f("model_sha256", SHA256),
+    _f("backbone_name", pa.string(), doc="the face recogniser whose embeddings the heads read"),
+    _f("backbone_sha256", SHA256),
+)
+
 FUSIONS = _table(
     "fusions",
     _f("run_id", pa.string()),
@@ -353,6 +372,7 @@ RUNS = _table(
 ATTEMPT = _f("attempt", pa.string(), doc="the attempt of the run that wrote the row (see the runs table)")
 
 TABLES: dict[str, pa.Schema] = {
+    "attributes": ATTRIBUTES,
     "calibrations": CALIBRATIONS,
     "evidence": EVIDENCE,
     "fusions": FUSIONS,

@@ -33,6 +33,7 @@ ARCHITECTURE_MODULES = {
     "projection-head": "ops.matching.heads",
     "joint-voice-face": "ops.matching.heads",
     "attribute-head": "ops.attributes.heads",
+    "fairface-resnet34": "ops.attributes.fairface",
     "vgg16-torchvision": "ops.style.vgg",
     "vgg19-torchvision": "ops.style.vgg",
     "transformer-net-pytorch-examples": "ops.style.transformer_net",

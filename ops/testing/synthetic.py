@@ -7,6 +7,13 @@ and face-only traits plus face nuisance; a voice embedding likewise, through dif
 So: the raw face embeddings verify identities only as well as the nuisance allows (a trained face encoder can learn
 to ignore it), and raw faces and voices live in unrelated spaces (a joint model must find the shared traits).
 The maps are fixed by the world's seed; identities and recordings by the caller's generator.
+
+A world with ``attributes`` also gives each identity an age (5 to 80 years) and each recording an expression
+(neutral, happy, sad or surprised, neutral most often), and both shape the face embedding through their own maps:
+ground truth for attribute heads. Age enters through a curved feature (its standardised value and that value
+squared), so a linear read-out is not enough; how clearly a recording shows it varies from recording to recording,
+so an honest uncertainty varies too. Without ``attributes`` nothing is drawn for them: the embeddings are those of
+a world without.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ class World:
     voice_dim: int = 256
     nuisance_scale: float = 2.0  # a recording's nuisance against an identity's traits (unit variance)
     noise: float = 1.0
+    attributes: bool = False  # ages and expressions that shape the faces
+    age_scale: float = 1.5  # how strongly age shows in a face, against the traits' unit variance
+    expression_scale: float = 0.6
     _maps: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def maps(self) -> dict[str, np.ndarray]:
@@ -46,7 +56,14 @@ class World:
                 voice_own=m(self.voice_dim, self.voice_only),
                 voice_nuisance=m(self.voice_dim, self.nuisance),
             )
+            if self.attributes:  # drawn after the others: the maps above are those of a world without
+                self._maps.update(face_age=m(self.face_dim, 2), face_expression=m(self.face_dim, len(EXPRESSIONS)))
         return self._maps
+
+
+EXPRESSIONS = ("neutral", "happy", "sad", "surprised")
+EXPRESSION_SHARES = (0.55, 0.25, 0.12, 0.08)  # imbalanced, as an archive's are
+AGES = (5.0, 80.0)
 
 
 @dataclass
@@ -57,6 +74,8 @@ class Recordings:
     identity: np.ndarray  # (N,) int
     faces: np.ndarray  # (N, face_dim) float32, unit rows
     voices: np.ndarray  # (N, voice_dim) float32, unit rows
+    age: np.ndarray | None = None  # (N,) years: the identity's age (a world with attributes)
+    expression: np.ndarray | None = None  # (N,) index into EXPRESSIONS
 
 
 def identities(world: World, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -77,10 +96,32 @@ def record(world: World, traits: dict[str, np.ndarray], per_identity: int, rng: 
     def embed(modality: str, own: str, dim: int) -> np.ndarray:
         signal = traits["shared"][who] @ maps[f"{modality}_shared"].T + traits[own][who] @ maps[f"{modality}_own"].T
         nuisance = world.nuisance_scale * rng.standard_normal((len(who), world.nuisance))
-        x = signal + nuisance @ maps[f"{modality}_nuisance"].T + world.noise * rng.standard_normal((len(who), dim))
+        return signal + nuisance @ maps[f"{modality}_nuisance"].T + world.noise * rng.standard_normal((len(who), dim))
+
+    faces, voices = embed("face", "face_own", world.face_dim), embed("voice", "voice_own", world.voice_dim)
+    age = expression = None
+    if world.attributes:  # drawn after the rest: the embeddings' other parts are those of a world without
+        age = rng.uniform(*AGES, n)[who]  # each identity's age
+        expression = rng.choice(len(EXPRESSIONS), len(who), p=EXPRESSION_SHARES)
+        z = (age - np.mean(AGES)) / (np.diff(AGES)[0] / np.sqrt(12))  # standardised over the uniform's range
+        clarity = rng.uniform(0.3, 1.0, len(who))[:, None]  # how clearly this recording shows the age
+        feature = np.stack([z, z**2 - 1], 1) * clarity
+        faces = faces + world.age_scale * (feature @ maps["face_age"].T)
+        faces = faces + world.expression_scale * (np.eye(len(EXPRESSIONS))[expression] @ maps["face_expression"].T)
+
+    def unit(x: np.ndarray) -> np.ndarray:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
-    return Recordings(who, embed("face", "face_own", world.face_dim), embed("voice", "voice_own", world.voice_dim))
+    return Recordings(who, unit(faces), unit(voices), age, expression)
+
+
+def attribute_rows(rec: Recordings, uris: list[str]) -> list[dict]:
+    """The attribute ground truth of ``rec``'s recordings (a world with attributes), by source uri: what a lab's
+    labels table holds."""
+    return [
+        {"uri": uri, "age": float(a), "expression": EXPRESSIONS[e]}
+        for uri, a, e in zip(uris, rec.age, rec.expression, strict=True)
+    ]
 
 
 def population(world: World, n: int, per_identity: int, seed: int) -> Recordings:

@@ -8,7 +8,8 @@ from ops.io.tables import committed_runs, read_table
 from ops.media.encode import encode_image
 from ops.testing.samples import SAMPLE_LAYOUT, portrait
 
-RUN = [s for s in pipeline.STAGES if s != "crossmatch"]  # the stages that run without a joint model
+OPTIONAL = ("attributes", "crossmatch")  # the stages that need a model the demo does not pass
+RUN = [s for s in pipeline.STAGES if s not in OPTIONAL]
 
 
 def _markers(results: Path) -> dict[str, dict]:
@@ -19,10 +20,11 @@ def test_every_stage_runs_and_commits_over_the_sample_archive(pipeline_run):
     marker, results = pipeline_run["marker"], resolve(str(pipeline_run["results"]))
     stages = marker["stages"]
     assert list(stages) == list(pipeline.STAGES)  # sample archive: faces, speech and labels, so every stage runs
-    assert {n for n, e in stages.items() if e["state"] != "ran"} == {"crossmatch"}  # but this: no joint model
+    assert {n for n, e in stages.items() if e["state"] != "ran"} == set(OPTIONAL)  # but these: no models given
     assert "no --joint-model" in stages["crossmatch"]["reason"]
+    assert "no --attributes-model" in stages["attributes"]["reason"]
     runs = _markers(pipeline_run["results"])
-    assert all(f"pl.{stage}" in runs for stage in pipeline.STAGES if stage != "crossmatch")
+    assert all(f"pl.{stage}" in runs for stage in RUN)
 
     # Every object of the archive is accounted for by the manifest: a row or an error row, once.
     manifest, errors = read_table(results, "manifest", "pl.manifest"), read_table(results, "errors", "pl.manifest")
@@ -111,11 +113,15 @@ def test_bad_arguments_fail_clearly(tmp_path, caplog):
     assert "no archive given" in caplog.text
 
 
-def test_a_joint_model_adds_the_crossmatch_stage_and_the_report_shows_it(pipeline_run, all_models, tmp_path):
-    """Wiring, not quality: an untrained joint model whose card names the demo's face and voice models (a trained
-    one's quality is tested in test_train_crossmodal)."""
+def test_a_joint_model_and_attribute_heads_add_their_stages_and_the_report_shows_them(
+    pipeline_run, all_models, tmp_path
+):
+    """Wiring, not quality: an untrained joint model whose card names the demo's face and voice models, and untrained
+    attribute heads over its faces (trained ones' quality is tested in test_train_crossmodal and
+    test_train_attributes)."""
     import torch
 
+    from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeHead, AttributeSpec
     from ops.matching.heads import JOINT_MODEL, JointModel
     from ops.models.registry import store_model
 
@@ -132,16 +138,32 @@ def test_a_joint_model_adds_the_crossmatch_stage_and_the_report_shows_it(pipelin
     state = JointModel(128, 256).state_dict()
     card = {"modality": "voice-face", "inputs": inputs, "metric": "cosine", "default_threshold": 0.5}
     store_model(models, "joint-untrained", JOINT_MODEL, state, {"file": "test"}, card)
+    specs = [
+        AttributeSpec("age", "numeric", "gaussian", mean=40, std=15),
+        AttributeSpec("mood", "categorical", "ce", classes=["calm", "glad"]),
+    ]
+    heads = {
+        "modality": "face",
+        "input": inputs["faces"] | {"dim": 128, "key": "uri"},
+        "attributes": [s.to_dict() for s in specs],
+    }
+    store_model(
+        models, "attributes-untrained", ATTRIBUTE_HEAD, AttributeHead(128, specs).state_dict(), {"file": "test"}, heads
+    )
 
-    argv = [*pipeline_run["argv"], "--joint-model", "joint-untrained"]
+    argv = [*pipeline_run["argv"], "--joint-model", "joint-untrained", "--attributes-model", "attributes-untrained"]
     argv[argv.index("--models") + 1] = models.uri
     assert pipeline.main(argv) == 0
     stages = _markers(pipeline_run["results"])["pl"]["stages"]
     assert stages["crossmatch"]["state"] == "ran" and stages["report"]["state"] == "ran"
+    assert all(stages[s]["state"] == "kept" for s in RUN if s != "report")  # the optional stages come last
+    found = read_table(results, "attributes", "pl.attributes").to_pylist()
+    assert len(found) == 2 * faces.num_rows and {r["attribute"] for r in found} == {"age", "mood"}
     rows = read_table(results, "matches", "pl.crossmatch").to_pylist()
     assert {r["mode"] for r in rows} == {"crossmatch"} and {r["model_name"] for r in rows} == {"joint-untrained"}
     page = Path(stages["report"]["summary"]["report_uri"]).read_text()
     assert "Cross-modal matches" in page and 'data-mode="crossmatch"' in page
+    assert 'data-testid="attributes"' in page
 
 
 def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, all_models, tmp_path):

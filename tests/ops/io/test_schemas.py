@@ -40,9 +40,8 @@ def test_conform_refuses_missing_columns_and_nulls():
 def test_schema_for():
     assert schema_for("manifest") is MANIFEST
     known = (
-        "known: calibrations, changes, errors, evidence, face_sources, face_thumbnails, faces, fusions, identities, "
-        "manifest, "
-        "match_items, matches, persons, runs, styled, training, voices"
+        "known: attributes, calibrations, changes, errors, evidence, face_sources, face_thumbnails, faces, fusions, "
+        "identities, manifest, match_items, matches, persons, runs, styled, training, voices"
     )
     with pytest.raises(KeyError, match=known):
         schema_for("nope")

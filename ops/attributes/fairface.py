@@ -1,0 +1,83 @@
+"""FairFace's attribute network (Kärkkäinen and Joo, 2021), under its public checkpoint layout, loaded strictly.
+
+The released model (``res34_fair_align_multi_7_20190809.pt``) is torchvision's ResNet-34 with its last layer
+replaced by ``Linear(512, 18)``, saved as a plain state dict: ``conv1, bn1, layer1-4.i.{conv1, bn1, conv2, bn2,
+downsample.0/1}, fc``. Its 18 outputs are three softmax groups: race (7), gender (2) and age group (9), in the
+order below. It reads 224x224 RGB face chips (aligned and cropped with margin, as its ``predict.py`` does with
+dlib) normalised by ImageNet's mean and spread; this module takes chips in 0-255 and normalises inside ``forward``,
+like every network in ``ops.faces``.
+
+Import with ``python -m jobs.models import res34_fair_align_multi_7_20190809.pt --architecture fairface-resnet34``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from ops.models.registry import Architecture, read_state_dict
+
+GROUPS = {
+    "race": ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"),
+    "gender": ("Male", "Female"),
+    "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"),
+}
+OUTPUTS = sum(len(c) for c in GROUPS.values())  # 18
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class FairFace(nn.Module):
+    """Chips (N, 3, 224, 224) RGB 0-255 -> the 18 logits (race 7, gender 2, age group 9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet34(weights=None)
+        self.net.fc = nn.Linear(self.net.fc.in_features, OUTPUTS)
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        return self.net((chips - self.mean) / self.std)
+
+    @torch.inference_mode()
+    def predict(self, chips: torch.Tensor) -> dict[str, dict[str, object]]:
+        """Per group: its classes and their probabilities (N, classes)."""
+        logits = self.eval()(chips).float().cpu()
+        found, start = {}, 0
+        for name, classes in GROUPS.items():
+            part = logits[:, start : start + len(classes)]
+            found[name] = {"classes": list(classes), "probabilities": torch.softmax(part, 1).numpy()}
+            start += len(classes)
+        return found
+
+
+def _convert(data: bytes) -> dict[str, torch.Tensor]:
+    """The released file -> this module's state dict (keys under ``net.``), every key checked."""
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(data).items()}
+    model = FairFace()
+    model.net.load_state_dict(state, strict=True)  # names every missing and unexpected key on failure
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _build(model, device: torch.device) -> FairFace:
+    net = FairFace()
+    net.load_state_dict(model.state, strict=True)
+    return net.to(device).eval()
+
+
+FAIRFACE = Architecture(
+    name="fairface-resnet34",
+    task="face-attributes",
+    build=_build,
+    convert=_convert,
+    card=lambda state: {
+        "modality": "face",
+        "task": "face-attributes",
+        "input": "224x224 RGB face chip (FairFace's dlib alignment, margin 0.25), 0-255",
+        "groups": {name: list(classes) for name, classes in GROUPS.items()},
+        "source": "FairFace (github.com/joojs/fairface), CC BY 4.0",
+    },
+)
+ARCHITECTURES = (FAIRFACE,)
