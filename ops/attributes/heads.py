@@ -85,7 +85,7 @@ class AttributeHead(nn.Module):
             known = ~torch.isnan(target)
             if not known.any():
                 continue
-            z = (target[known] - spec.mean) / spec.std
+            z = ((target[known] - spec.mean) / spec.std).to(out.dtype)  # labels may come as float64
             mean = out[known, 0]
             if spec.loss == "mse":
                 total = total + F.mse_loss(mean, z)

@@ -32,7 +32,7 @@ def test_unlabelled_samples_add_nothing_and_each_loss_learns():
             AttributeSpec("mood", "categorical", "ce", classes=["a", "b"], label_smoothing=0.1),
         ]
         head = AttributeHead(8, specs, hidden=32)
-        y = {"age": age.float().clone(), "mood": mood.clone()}
+        y = {"age": age.double().clone(), "mood": mood.clone()}  # labels read from a table: float64
         y["age"][:100] = float("nan")
         y["mood"][100:200] = -1
         optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
