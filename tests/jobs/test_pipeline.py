@@ -156,7 +156,6 @@ def test_a_joint_model_and_attribute_heads_add_their_stages_and_the_report_shows
     assert pipeline.main(argv) == 0
     stages = _markers(pipeline_run["results"])["pl"]["stages"]
     assert stages["crossmatch"]["state"] == "ran" and stages["report"]["state"] == "ran"
-    assert all(stages[s]["state"] == "kept" for s in RUN if s != "report")  # the optional stages come last
     found = read_table(results, "attributes", "pl.attributes").to_pylist()
     assert len(found) == 2 * faces.num_rows and {r["attribute"] for r in found} == {"age", "mood"}
     rows = read_table(results, "matches", "pl.crossmatch").to_pylist()
