@@ -71,7 +71,7 @@ def apply_file(path: str, root: Store, pairs: set, applier: Applier, rows: RowWr
     if found.num_rows:
         head = _head(applier.folder)
         vectors = np.asarray(found.column("vector").combine_chunks().flatten().to_numpy(), np.float32)
-        predicted = head.predict(torch.from_numpy(vectors.reshape(found.num_rows, -1)))
+        predicted = head.predict(torch.tensor(vectors.reshape(found.num_rows, -1)))  # a copy: arrow memory is read-only
         files = rows.write(_rows(found, head.specs, predicted, applier))
     bad = [
         {"uri": r["uri"], "sha256": r["sha256"], "error_type": InvalidEmbedding.error_type, "message": r["reason"]}
