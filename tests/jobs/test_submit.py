@@ -153,7 +153,7 @@ def test_the_pipeline_through_the_submit_helper_end_to_end_on_s3(ray_head, all_m
     results = resolve(bucket.uri("results"))
     runs = {m["run_id"]: m for m in committed_runs(results)}
     pipeline_marker = runs["nightly-2026-11-22"]
-    assert {n for n, e in pipeline_marker["stages"].items() if e["state"] != "ran"} == {"crossmatch"}  # no model
+    assert {n for n, e in pipeline_marker["stages"].items() if e["state"] != "ran"} == {"attributes", "crossmatch"}
     manifest = read_table(results, "manifest", "nightly-2026-11-22.manifest")
     errors = read_table(results, "errors", "nightly-2026-11-22.manifest")
     assert sorted(manifest.column("uri").to_pylist() + errors.column("uri").to_pylist()) == sorted(
