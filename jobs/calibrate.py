@@ -131,8 +131,15 @@ def _figures(scores: np.ndarray, same: np.ndarray, threshold: float, title: str)
     ax.set(xlabel="cosine score", ylabel="density", title=f"Scores: {title}")
     ax.legend()
     out["scores.png"] = fig
+    return _encoded(out)
+
+
+def _encoded(figures: dict) -> dict[str, bytes]:
+    """Matplotlib figures as PNG bytes, each closed (a figure left open holds its memory)."""
+    import matplotlib.pyplot as plt
+
     encoded = {}
-    for name, fig in out.items():
+    for name, fig in figures.items():
         buf = io.BytesIO()
         fig.tight_layout()
         fig.savefig(buf, format="png", dpi=100)
@@ -508,14 +515,7 @@ def _fused_figures(curves: dict[str, np.ndarray], same: np.ndarray, threshold: f
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set(xlabel="fused log-likelihood ratio (natural log)", ylabel="density", title="Fused evidence, held out")
     ax.legend(fontsize=8)
-    encoded = {}
-    for name, fig in (("roc.png", roc_fig), ("det.png", det_fig), ("scores.png", hist_fig)):
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        encoded[name] = buf.getvalue()
-    return encoded
+    return _encoded({"roc.png": roc_fig, "det.png": det_fig, "scores.png": hist_fig})
 
 
 def main(argv: list[str] | None = None) -> int:

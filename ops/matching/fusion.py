@@ -55,7 +55,8 @@ def pair_identities(faces: Labelled, voices: Labelled, seed: int) -> tuple[list[
         return [(label, label) for label in shared], "shared labels"
     rng = np.random.default_rng(seed)
     voice_order = [str(v) for v in rng.permutation(sorted(voice_labels))]
-    return list(zip(sorted(face_labels), voice_order, strict=False)), "chimeric"
+    n = min(len(face_labels), len(voice_order))  # the larger side's extra labels join no one
+    return list(zip(sorted(face_labels)[:n], voice_order[:n], strict=True)), "chimeric"
 
 
 def _repeated(labels: np.ndarray) -> set[str]:
