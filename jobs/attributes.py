@@ -69,26 +69,32 @@ def apply_file(path: str, root: Store, pairs: set, applier: Applier, rows: RowWr
         return {"failed": f"{path} holds {name} ({sha[:12]}) embeddings: {applier.name} reads {applier.backbone[0]}"}
     files = []
     if found.num_rows:
-        head = _head(applier.folder)
+        head = _head(applier.folder, applier.sha256)
         vectors = np.asarray(found.column("vector").combine_chunks().flatten().to_numpy(), np.float32)
         predicted = head.predict(torch.tensor(vectors.reshape(found.num_rows, -1)))  # a copy: arrow memory is read-only
         files = rows.write(_rows(found, head.specs, predicted, applier))
     bad = [
-        {"uri": r["uri"], "sha256": r["sha256"], "error_type": InvalidEmbedding.error_type, "message": r["reason"]}
+        {
+            "uri": r["uri"],
+            "sha256": r["sha256"],
+            "error_type": InvalidEmbedding.error_type,
+            "message": f"{r['item']}: {r['reason']}",
+        }
         for r in invalid
     ]
     error_files = errors.write(error_table(bad, applier.run_id, JOB, "attributes")) if bad else []
     return {"failed": None, "files": files, "error_files": error_files, "faces": found.num_rows, "errors": len(bad)}
 
 
-_HEADS: dict[str, torch.nn.Module] = {}
+_HEADS: dict[tuple[str, str], torch.nn.Module] = {}
 
 
-def _head(folder: Store):
-    """The head, built once per worker process."""
-    if folder.uri not in _HEADS:
-        _HEADS[folder.uri] = catalogue.build(catalogue.load_folder(folder, "face-attributes"), "cpu")
-    return _HEADS[folder.uri]
+def _head(folder: Store, sha256: str):
+    """The head, built once per worker process (keyed by its sha256 too: a head stored again under the same name
+    is another head)."""
+    if (folder.uri, sha256) not in _HEADS:
+        _HEADS[folder.uri, sha256] = catalogue.build(catalogue.load_folder(folder, "face-attributes"), "cpu")
+    return _HEADS[folder.uri, sha256]
 
 
 def _rows(found: pa.Table, specs, predicted: dict, applier: Applier) -> pa.Table:

@@ -111,7 +111,8 @@ def _loop(cfg: dict) -> None:
     head = AttributeHead(data["train_x"].shape[1], specs, cfg["hidden"])
     model = ray.train.torch.prepare_model(Objective(head))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    mine = np.arange(len(data["train_x"]))[worker.rank :: worker.world]
+    # Every worker the same number of faces, so the same number of steps: DDP's all-reduces stay in step.
+    mine = np.arange(len(data["train_x"]))[worker.rank :: worker.world][: len(data["train_x"]) // worker.world]
     x = torch.tensor(data["train_x"])
     ys = [torch.tensor(data[f"train_{s.name}"]) for s in specs]
 
@@ -213,7 +214,11 @@ def _labelled_faces(config: TrainAttributesConfig, ctx: JobContext):
     except EmbeddingError as exc:
         raise JobFailed(str(exc)) from None
     keys = table.column(key).to_pylist()
-    rows = {k: i for i, k in enumerate(keys)}
+    rows: dict[str, int] = {}
+    for i, k in enumerate(keys):  # a key labelled twice: the same labels are one row, different ones are refused
+        if k in rows and any(table.column(a)[rows[k]] != table.column(a)[i] for a in wanted):
+            raise JobFailed(f"{config.labels} labels {k} twice, differently: one row per {key}")
+        rows.setdefault(k, i)
     at = np.array([rows.get(k, -1) for k in (faces.uris if key == "uri" else faces.items)])
     kept = np.flatnonzero(at >= 0)
     if len(kept) < 10:
@@ -221,9 +226,20 @@ def _labelled_faces(config: TrainAttributesConfig, ctx: JobContext):
     columns = {}
     for name in wanted:
         column = table.column(name)
-        values = column.to_numpy(zero_copy_only=False)
+        if pa.types.is_dictionary(column.type):  # pandas categories: decoded, or nulls would read as classes
+            column = pa.chunked_array([c.dictionary_decode() for c in column.chunks], column.type.value_type)
         numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-        columns[name] = (values.astype(np.float64) if numeric else values.astype(object))[at[kept]]
+        values = (
+            column.to_numpy(zero_copy_only=False).astype(np.float64)
+            if numeric
+            else np.array(column.to_pylist(), object)
+        )
+        columns[name] = values[at[kept]]
+    labelled = np.zeros(len(kept), bool)  # faces with no label for any wanted attribute teach nothing
+    for values in columns.values():
+        labelled |= ~np.isnan(values) if values.dtype == np.float64 else np.array([v not in (None, "") for v in values])
+    kept = kept[labelled]
+    columns = {n: v[labelled] for n, v in columns.items()}
     people = None
     try:
         identity = read_labels(root, config.identity_labels, None, config.embeddings_run_id)

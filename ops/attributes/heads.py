@@ -19,6 +19,7 @@ mean and spread, the loss) travel with the weights in the model card, so a store
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -71,7 +72,9 @@ class AttributeHead(nn.Module):
 
     def loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
         """The sum over attributes of each one's mean loss over the samples labelled for it."""
-        total = outputs[self.specs[0].name].new_zeros(())
+        # Every output joins the graph, labelled in this batch or not: DDP expects a gradient for every parameter,
+        # and a batch with no label at all must still give a loss that backpropagates (to zero).
+        total = sum(out.sum() for out in outputs.values()) * 0.0
         for spec in self.specs:
             out, target = outputs[spec.name], targets[spec.name]
             if spec.kind == "categorical":
@@ -154,6 +157,11 @@ def specs_from_labels(
         raise ValueError(f"numeric loss {numeric_loss!r}: use one of {', '.join(NUMERIC_LOSSES)}")
     specs = []
     for name, values in columns.items():
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name in dir(nn.ModuleDict()):
+            raise ValueError(
+                f"attribute {name!r}: name attributes with letters, digits and underscores, not a word PyTorch "
+                "modules already use"
+            )
         if values.dtype.kind in "fiu":
             known = values[~np.isnan(values.astype(np.float64))]
             if len(known) < 2:

@@ -85,3 +85,8 @@ def test_heads_are_refused_on_another_backbone_and_bad_labels_are_clear(trained,
     assert "needs a uri or an item column" in caplog.text
     assert train_attributes.main(quiet(other, "--output", other)) != 0
     assert "--labels is needed" in caplog.text
+    twice = tmp_path / "twice.csv"
+    uri = read_table(resolve(str(other)), "manifest").column("uri")[0].as_py()
+    twice.write_text(f"uri,age\n{uri},30\n{uri},31\n")
+    assert train_attributes.main(quiet(other, "--labels", twice, "--output", other, "--no-gpus")) != 0
+    assert "twice, differently" in caplog.text

@@ -63,3 +63,17 @@ def test_a_stored_head_rebuilds_strictly():
         AttributeHead.from_state(
             {k: v for k, v in head.state_dict().items() if "outputs" not in k}, [s.to_dict() for s in specs]
         )
+
+
+def test_a_batch_without_labels_backpropagates_to_zero_and_names_are_checked():
+    specs = [
+        AttributeSpec("age", "numeric", "gaussian"),
+        AttributeSpec("mood", "categorical", "ce", classes=["a", "b"]),
+    ]
+    head = AttributeHead(4, specs, hidden=8)
+    loss = head.loss(head(torch.randn(3, 4)), {"age": torch.full((3,), float("nan")), "mood": torch.full((3,), -1)})
+    loss.backward()  # no label at all: a zero loss that still reaches every parameter
+    assert loss.item() == 0 and all(p.grad is not None for p in head.parameters())
+    for bad in ("age.years", "train", "float"):
+        with pytest.raises(ValueError, match="letters, digits and underscores"):
+            specs_from_labels({bad: np.array([1.0, 2.0])})
