@@ -8,7 +8,7 @@ Stages, each one of the suite's jobs, each committed under the run id ``<run id>
              -> calibrate-faces -> search-faces -> identities-faces -> identify-faces
              -> calibrate-voices -> search-voices -> identities-voices -> identify-voices
                 (calibrate and identify: when there are labels; identities: when the search has a threshold)
-             -> attributes                              (with --attributes-model: age, expression, ... of every face)
+             -> attributes       (with --attributes-model: heads' age, expression, ...; or FairFace's race, gender, age)
              -> crossmatch                                           (with --joint-model: voices rank faces and back)
              -> report
 
@@ -85,7 +85,10 @@ class PipelineConfig(JobConfig):
     )
     attributes_model: str | None = field(
         default=None,
-        metadata={"run_key": True, "help": "attribute heads (jobs.train_attributes) applied to every face"},
+        metadata={
+            "run_key": True,
+            "help": "attribute heads (jobs.train_attributes) or FairFace (jobs.models import) applied to every face",
+        },
     )
     max_probes: int = field(default=50, metadata={"help": "probes shown with their matches in the report"})
     previews: bool = field(
@@ -236,7 +239,9 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
 
     if not config.attributes_model:
-        stages.skip("attributes", "no --attributes-model given (train heads with jobs.train_attributes)")
+        stages.skip(
+            "attributes", "no --attributes-model given (train heads with jobs.train_attributes, or import FairFace)"
+        )
     elif not faces["tables"].get("faces", {}).get("rows"):
         stages.skip("attributes", "no faces were found in the archive")
     else:
@@ -247,7 +252,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
                 embeddings=root,
                 model=config.attributes_model,
                 embeddings_run_id=stages.done["faces"]["run_id"],
-                models=config.models,
+                **actors,
             ),
         )
     if not config.joint_model:

@@ -5,7 +5,7 @@ replaced by ``Linear(512, 18)``, saved as a plain state dict: ``conv1, bn1, laye
 downsample.0/1}, fc``. Its 18 outputs are three softmax groups: race (7), gender (2) and age group (9), in the
 order below. It reads 224x224 RGB face chips (aligned and cropped with margin, as its ``predict.py`` does with
 dlib) normalised by ImageNet's mean and spread; this module takes chips in 0-255 and normalises inside ``forward``,
-like every network in ``ops.faces``.
+like every network in ``ops.faces``. ``cut_chips`` cuts those chips from our detector's five landmarks.
 
 Import with ``python -m jobs.models import res34_fair_align_multi_7_20190809.pt --architecture fairface-resnet34``.
 """
@@ -13,9 +13,11 @@ Import with ``python -m jobs.models import res34_fair_align_multi_7_20190809.pt 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ops.faces.align import dlib_template, warp
 from ops.models.registry import Architecture, read_state_dict
 
 GROUPS = {
@@ -24,6 +26,8 @@ GROUPS = {
     "age": ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "70+"),
 }
 OUTPUTS = sum(len(c) for c in GROUPS.values())  # 18
+# FairFace's predict.py: dlib.get_face_chips(img, shapes, size=300, padding=0.25), then transforms.Resize((224, 224)).
+CUT, PADDING, SIZE = 300, 0.25, 224
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -51,6 +55,19 @@ class FairFace(nn.Module):
             found[name] = {"classes": list(classes), "probabilities": torch.softmax(part, 1).numpy()}
             start += len(classes)
         return found
+
+
+def cut_chips(images: torch.Tensor, image_idx: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """FairFace's chips (K, 3, 224, 224) uint8: face k of ``images[image_idx[k]]`` (N, 3, H, W) uint8, its five
+    landmarks (K, 5, 2) in that image's pixel-edge coordinates. As its ``predict.py`` makes them: a dlib chip of 300
+    pixels with a margin of 0.25 (our landmarks onto dlib's mean face, ``ops.faces.align``), rounded to 8 bits as
+    dlib's are, then shrunk to 224 by bilinear filtering with antialiasing, as Pillow's resize does."""
+    points = dlib_template(CUT, PADDING).to(images.device)
+    cut = warp(images, image_idx, landmarks, points, CUT).round().clamp(0, 255)
+    if not len(cut):
+        return torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8, device=images.device)
+    small = F.interpolate(cut, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return small.round().clamp(0, 255).to(torch.uint8)
 
 
 def _convert(data: bytes) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ difference from the manifest's hash is a ``ContentChanged`` error with both hash
   checked when the decoder is done (the rest of the object, if the decoder stopped early, is read to finish the
   hash). A failure inside the block is checked too: a changed object explains a decoder's error better than the
   decoder does.
+- ``verify(store, sha256)``: the object checked by streaming it, for a job that must check before it makes anything
+  and cannot hold the object (a video read again to cut faces the manifest's bytes held: ``jobs.attributes``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def verified_bytes(store: Store, sha256: str) -> bytes:
     data = store.read_bytes()
     check(sha256, hashlib.sha256(data).hexdigest(), store.uri)
     return data
+
+
+def verify(store: Store, sha256: str) -> None:
+    with store.open() as raw:
+        check(sha256, HashingReader(raw).finish(), store.uri)
 
 
 class HashingReader(io.RawIOBase):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -90,9 +90,17 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: in
 
 
 def sample_video(
-    f: BinaryIO, fps: float, max_frames: int, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+    f: BinaryIO,
+    fps: float,
+    max_frames: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    only: Collection[int] | None = None,
 ) -> Iterator[Frame]:
-    """Frames of the first video stream, one per 1/fps seconds (fps <= 0: every frame), at most ``max_frames``."""
+    """Frames of the first video stream, one per 1/fps seconds (fps <= 0: every frame), at most ``max_frames``;
+    with ``only``, just the frames of those stream numbers (a job that found faces in them, reading them again),
+    decoding no further than the last."""
+    last = max(only) if only else -1
     try:
         container = av.open(f, mode="r")
     except av.error.InvalidDataError as exc:
@@ -111,8 +119,12 @@ def sample_video(
         try:
             for frame in container.decode(stream):
                 index += 1
+                if only is not None and index not in only:
+                    if index >= last:
+                        return
+                    continue
                 t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
-                if fps > 0 and t + 1e-6 < next_time:
+                if only is None and fps > 0 and t + 1e-6 < next_time:
                     continue
                 rgb, scale = _shrink(frame.to_ndarray(format="rgb24"), max_side)
                 yield Frame(index, t, rgb, scale)

@@ -3,6 +3,7 @@ exact layout (torchvision's ResNet-34 with an 18-way last layer, a plain state d
 
 import io
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -70,3 +71,23 @@ def test_another_layout_is_refused(tmp_path):
     (tmp_path / "broken.pt").write_bytes(saved(state))
     with pytest.raises(ModelError, match="layer3.0.conv1.weight"):
         catalogue.import_checkpoint(str(tmp_path / "broken.pt"), "fairface-resnet34", "broken", models)
+
+
+def test_chips_are_dlibs_300_pixel_chip_shrunk_to_224_as_pillow_shrinks_it():
+    """Landmarks placed where dlib's get_face_chip(size=300, padding=0.25) puts its template, 37 and 21 pixels in:
+    the 300-pixel chip is then exactly that crop of the image, and FairFace's predict.py shrinks it with Pillow."""
+    from PIL import Image
+
+    from ops.attributes.fairface import cut_chips
+    from ops.faces.align import dlib_template
+
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.tensor(rng.random((1, 3, 40, 48)) * 255), size=(360, 400))
+    image = smooth.round().to(torch.uint8)
+    marks = (dlib_template(300, 0.25) + 0.5 + torch.tensor([37.0, 21.0])).view(1, 5, 2)  # pixel edges
+    chip = cut_chips(image, torch.zeros(1, dtype=torch.long), marks)[0]
+    crop = image[0, :, 21:321, 37:337].permute(1, 2, 0).numpy()
+    expected = np.asarray(Image.fromarray(crop).resize((224, 224), Image.BILINEAR)).astype(int)
+    difference = np.abs(chip.permute(1, 2, 0).numpy().astype(int) - expected)
+    assert chip.dtype == torch.uint8 and chip.shape == (3, 224, 224)
+    assert difference.max() <= 1 and difference.mean() < 0.1
