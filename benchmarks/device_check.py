@@ -13,6 +13,8 @@ others still run):
   breakdown;
 - search: exact top-10 of Q queries over a gallery of G (one engine, and two shards merged), as a fraction of the
   bf16 GEMM rate measured in the same run, and whether the bf16 top-K equals the fp32 one;
+- attributes: FairFace (ResNet-34, 224 px chips) faces/s on chips already cut, and with ``cut_chips`` cutting them
+  from 640x480 frames at MTCNN's landmarks: what batch attribute estimation costs beside the network alone;
 - style: TransformerNet images/s at 512 px, one 2048 px image through tiles, Gatys seconds per 512 px image.
 
 Models come from ``--models`` (a models root with mtcnn, ge2e-resemblyzer and silero-vad pulled: ``make
@@ -41,6 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ops.attributes.fairface import FairFace, cut_chips  # noqa: E402
 from ops.faces.dlib_resnet import DlibResNet  # noqa: E402
 from ops.faces.pipeline import FacePipeline  # noqa: E402
 from ops.faces.recogniser import ready  # noqa: E402
@@ -256,6 +259,41 @@ def search(size: dict, device: torch.device) -> dict:
     return result | {"sharded_topk_equal_fp32": float(np.mean(sharded.ids == reference.ids))}
 
 
+def attributes(size: dict, device: torch.device, models: str) -> dict:
+    detector = catalogue.build(catalogue.load("mtcnn", resolve(models), expect="face-detection"), device)
+    frames = [
+        torch.from_numpy(decode_image(b).rgb.copy()).permute(2, 0, 1).to(device) for b in jpegs_640x480(size["images"])
+    ]
+    marks = [d.landmarks for d in detector.detect(frames)]
+    found = sum(len(m) for m in marks)
+    torch.manual_seed(0)
+    net = FairFace().to(device).eval()
+
+    def cut() -> torch.Tensor:
+        idx = [torch.zeros(len(m), dtype=torch.long, device=device) for m in marks]
+        return torch.cat([cut_chips(f[None], i, m) for f, i, m in zip(frames, idx, marks, strict=True) if len(m)])
+
+    chips = cut()
+    batch = 256
+
+    def network(ready: torch.Tensor) -> None:
+        for i in range(0, len(ready), batch):
+            net.predict(ready[i : i + batch].float())
+
+    alone = _median(lambda: network(chips), device)
+    both = _median(lambda: network(cut()), device)
+    cutting = _median(cut, device)
+    return {
+        "faces": found,
+        "network_faces_per_s": round(found / alone, 1),
+        "cut_and_network_faces_per_s": round(found / both, 1),
+        "cut_faces_per_s": round(found / cutting, 1),
+        "fraction_of_network_alone": round(alone / both, 3),
+        "batch": batch,
+        "weights": "seeded random in FairFace's layout (speed only)",
+    }
+
+
 def style(size: dict, device: torch.device) -> dict:
     torch.manual_seed(0)
     net = TransformerNet().to(device).eval()
@@ -281,7 +319,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / ".whl" / "models"))
     parser.add_argument("--quick", action="store_true", help="small sizes (any machine): checks the code paths")
-    parser.add_argument("--only", help="comma-separated sections: faces, voices, search, style")
+    parser.add_argument("--only", help="comma-separated sections: faces, voices, search, attributes, style")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="where the JSON and text go ($OUT)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -290,6 +328,7 @@ def main() -> None:
         "faces": lambda: faces(size, device, args.models),
         "voices": lambda: voices(size, device, args.models),
         "search": lambda: search(size, device),
+        "attributes": lambda: attributes(size, device, args.models),
         "style": lambda: style(size, device),
     }
     chosen = args.only.split(",") if args.only else list(sections)

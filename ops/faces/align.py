@@ -85,12 +85,14 @@ def warp(
     for k in factors.unique().tolist():
         sel = (factors == k).nonzero(as_tuple=True)[0]
         fine = size * k
-        coords = (torch.arange(fine, dtype=torch.float64, device=images.device) + 0.5) / k - 0.5
-        gy, gx = torch.meshgrid(coords, coords, indexing="ij")
-        grid = torch.stack([gx, gy, torch.ones_like(gx)], dim=-1).reshape(-1, 3)  # chip centres, fine
-        pts = grid @ matrices[sel].transpose(1, 2)  # (S, fine*fine, 2) image centres
-        norm = torch.tensor([width, height], dtype=torch.float64, device=images.device)
-        pts = (2 * (pts + 0.5) / norm - 1).reshape(len(sel), fine, fine, 2).to(torch.float32)
+        coords = (torch.arange(fine, dtype=torch.float64, device=images.device) + 0.5) / k - 0.5  # chip centres
+        m = matrices[sel].view(-1, 2, 3, 1, 1)
+        gx, gy = coords.view(1, fine), coords.view(fine, 1)
+        # Image centres of every chip sample, in grid_sample's [-1, 1] (by broadcasting: a matmul over a stacked
+        # grid of fine*fine points cost ten times as much on a CPU).
+        x = (m[:, 0, 0] * gx + m[:, 0, 1] * gy + m[:, 0, 2] + 0.5) * (2 / width) - 1
+        y = (m[:, 1, 0] * gx + m[:, 1, 1] * gy + m[:, 1, 2] + 0.5) * (2 / height) - 1
+        pts = torch.stack([x, y], dim=-1).to(torch.float32)  # (S, fine, fine, 2)
         sampled = F.grid_sample(source[image_idx[sel]], pts, mode="bilinear", padding_mode="zeros", align_corners=False)
         chips[sel] = F.avg_pool2d(sampled, k) if k > 1 else sampled
     return chips

@@ -173,3 +173,22 @@ def test_jpegs_decode_on_the_device_as_pillow_decodes_them(orientation):
     pillow = decode_image(buf.getvalue()).rgb
     assert counts == {"device": 1, "pillow": 0, "failed": 0} and tensor.device.type == DEVICE.type
     assert np.abs(tensor.cpu().numpy().astype(int) - pillow.astype(int)).mean() < 2
+
+
+def test_fairface_chips_and_probabilities_on_the_device_match_the_cpu():
+    from ops.attributes.fairface import FairFace, cut_chips
+
+    rng = np.random.default_rng(2)
+    frame = torch.from_numpy(np.concatenate([portrait(rng, 0), portrait(rng, 1)], 1)).permute(2, 0, 1)[None]
+    marks = torch.tensor([[[44, 62], [84, 62], [64, 84], [48, 104], [80, 104]]], dtype=torch.float32)
+    marks = torch.cat([marks, marks + torch.tensor([128.0, 0.0])])
+    index = torch.zeros(2, dtype=torch.long)
+    here = cut_chips(frame, index, marks)
+    there = cut_chips(frame.to(DEVICE), index.to(DEVICE), marks.to(DEVICE)).cpu()
+    assert (here.int() - there.int()).abs().max() <= 1  # bilinear sampling rounds alike but for ties
+    torch.manual_seed(0)
+    net = FairFace().eval()
+    expected = net.predict(here.float())
+    found = net.to(DEVICE).predict(here.float().to(DEVICE))
+    for group in expected:
+        np.testing.assert_allclose(found[group]["probabilities"], expected[group]["probabilities"], atol=1e-2)  # TF32
