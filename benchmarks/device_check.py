@@ -43,7 +43,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ops.attributes.fairface import FairFace, cut_chips  # noqa: E402
+from ops.attributes.fairface import FairFace, cut_frames  # noqa: E402
 from ops.faces.dlib_resnet import DlibResNet  # noqa: E402
 from ops.faces.pipeline import FacePipeline  # noqa: E402
 from ops.faces.recogniser import ready  # noqa: E402
@@ -269,9 +269,8 @@ def attributes(size: dict, device: torch.device, models: str) -> dict:
     torch.manual_seed(0)
     net = FairFace().to(device).eval()
 
-    def cut() -> torch.Tensor:
-        idx = [torch.zeros(len(m), dtype=torch.long, device=device) for m in marks]
-        return torch.cat([cut_chips(f[None], i, m) for f, i, m in zip(frames, idx, marks, strict=True) if len(m)])
+    def cut() -> torch.Tensor:  # as jobs.attributes' actors cut them: frames of one size together, 8 at a time
+        return cut_frames(frames, marks)
 
     chips = cut()
     batch = 256

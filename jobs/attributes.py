@@ -2,14 +2,17 @@
 
     python -m jobs.attributes ROOT --model NAME [--embeddings-run-id RUN] [--models out/models] [--output ROOT]
 
-Two kinds of model, both read from ``faces/`` (the paths of its committed data files come from the Delta log):
+Two kinds of model, both read from one committed run of ``faces/`` (``--embeddings-run-id``, by default the newest;
+the paths of its data files come from the Delta log):
 - attribute heads (``jobs.train_attributes``) read the embeddings: a task per data file runs the head on its faces.
   A head is refused on embeddings of another backbone than it was trained on; a face whose embedding is NaN,
   infinite or zero is an ``errors/`` row.
 - a network that reads face pictures (FairFace's ResNet-34: race, gender, age group) reads each face again from its
-  source: CPU tasks read the source (checked against the sha256 the faces were found in), decode the frames that
-  hold faces and cut the network's chips at the stored landmarks; a pool of model actors (on GPUs when the cluster
-  has them) runs the network. A source that cannot be read again leaves an ``errors/`` row for each of its faces.
+  source: CPU tasks, each a part of a data file, read the sources (checked against the sha256 the faces were found
+  in) and decode the frames that hold faces, as the faces run decoded them (its --max-pixels, --max-side and
+  --item-timeout); a pool of model actors (on GPUs when the cluster has them) cuts the network's chips at the stored
+  landmarks and runs it; a write stage writes the rows, many batches to a file. A source that cannot be read again
+  leaves an ``errors/`` row for each of its faces.
 
 Either way ``attributes/`` gets one row per face and attribute: the item key, the source's uri and sha256, a
 categorical attribute's most likely class and its probability, a numeric one's estimate, its uncertainty (one
@@ -32,16 +35,24 @@ import torch
 
 from jobs.cli import JobConfig
 from jobs.plan import ActorOptions, actor_plan, ensure_ray
-from jobs.progress import Progress
+from jobs.progress import ItemClock, Progress
 from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import RowWriter, file_row, parse_file_row
-from ops.attributes.fairface import FAIRFACE, GROUPS, SIZE, cut_chips
+from jobs.source_job import WRITE_ROWS, RowWriter, file_row, parse_file_row
+from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
-from ops.io.custody import verified_bytes, verify
+from ops.io.custody import verified_bytes, verified_copy
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, VideoDecodeError, describe, error_type
 from ops.io.schemas import ATTRIBUTES, schema_for
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_files, committed_rows, committed_runs, error_table, read_table
+from ops.io.tables import (
+    OutputRun,
+    committed_file_rows,
+    committed_files,
+    committed_rows,
+    committed_runs,
+    error_table,
+    read_table,
+)
 from ops.matching import items
 from ops.matching.embeddings import item_table
 from ops.media.images import DEFAULT_MAX_PIXELS, decode_image, sample_video
@@ -51,11 +62,7 @@ JOB = "attributes"
 COLUMNS = ["uri", "sha256", "frame_index", "face_index", "embedding", "model_name", "model_sha256"]
 PICTURE_COLUMNS = ["uri", "sha256", "frame_index", "face_index", "timestamp", "landmarks"]
 PICTURE_COLUMNS += ["detector_name", "detector_sha256"]
-# Frames are decoded at most this large, as jobs.embed_faces decodes them by default: landmarks are stored in
-# source pixels, so any size cuts the same chip; this one bounds a worker's memory.
-MAX_SIDE = 4096
-CHIPS_PER_BLOCK = 64  # chips a decode task hands on at once (150 KB each): bounded memory for long videos
-CHIP_BATCH = 256  # chips per model-actor batch
+MAX_SIDE = 4096  # jobs.embed_faces' default --max-side, for a faces run that does not say its own
 
 
 @dataclass
@@ -96,9 +103,8 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
     if architecture not in (ATTRIBUTE_HEAD, FAIRFACE.name):
         raise JobFailed(f"{model.name} ({architecture}): jobs.attributes runs {ATTRIBUTE_HEAD} or {FAIRFACE.name}")
     root = resolve(config.embeddings)
-    first = read_table(root, "faces", config.embeddings_run_id, columns=["model_name", "model_sha256"], limit=1)
-    if first.num_rows == 0:
-        raise EmbeddingError(f"no committed faces/ rows under {root.uri}: run `python -m jobs.embed_faces` first")
+    faces_run = _faces_run(root, config.embeddings_run_id, ctx)
+    first = read_table(root, "faces", faces_run["run_id"], columns=["model_name", "model_sha256"], limit=1)
     backbone = None
     if architecture == ATTRIBUTE_HEAD:
         backbone = (model.card["input"]["model_name"], model.card["input"]["model_sha256"])
@@ -114,19 +120,14 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
     applier = Applier(folder, model.name, model.sha256, backbone, ctx.run_id)
     rows = RowWriter(ctx.output, "attributes", ATTRIBUTES, out.run_id, out.attempt)
     errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
-    paths, pairs = committed_files(root, "faces", config.embeddings_run_id)
     ensure_ray()
     if architecture == ATTRIBUTE_HEAD:
         attributes = [a["name"] for a in model.card["attributes"]]
+        paths, pairs = committed_files(root, "faces", faces_run["run_id"])
         faces, bad = _apply_heads(paths, root, pairs, applier, rows, errors, out)
     else:
         attributes = list(GROUPS)
-        total = sum(
-            r["tables"].get("faces", {}).get("rows", 0)
-            for r in committed_runs(root)
-            if config.embeddings_run_id in (None, r["run_id"])
-        )
-        faces, bad = _apply_pictures(config, paths, root, pairs, applier, rows, errors, out, total)
+        faces, bad = _apply_pictures(config, root, faces_run, applier, rows, errors, out)
     summary = {"model": model.name, "model_sha256": model.sha256, "faces": faces, "errors": bad}
     marker = out.commit(
         tables=("attributes", "errors"), config=asdict(config), summary=summary | {"attributes": attributes}
@@ -140,6 +141,22 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
         bad,
     )
     return marker
+
+
+def _faces_run(root: Store, run_id: str | None, ctx: JobContext) -> dict:
+    """The committed run of faces/ to read: the one named, else the newest (an embedding run that reuses earlier
+    rows copies them into itself, so the newest is whole; reading every run would give a face twice)."""
+    runs = [r for r in committed_runs(root) if r["tables"].get("faces", {}).get("rows")]
+    if run_id is not None:
+        runs = [r for r in runs if r["run_id"] == run_id]
+    if not runs:
+        which = f"run {run_id} has no" if run_id else "no committed"
+        raise EmbeddingError(f"{which} faces/ rows under {root.uri}: run `python -m jobs.embed_faces` first")
+    if run_id is None and len(runs) > 1:
+        ctx.log.info(
+            "faces of run %s, the newest of %d (--embeddings-run-id chooses another)", runs[-1]["run_id"], len(runs)
+        )
+    return runs[-1]
 
 
 # -- heads over embeddings: a task per faces/ file ------------------------------------------------------------------
@@ -244,37 +261,84 @@ def _rows(found: pa.Table, specs: list[AttributeSpec], predicted: dict, applier:
     return pa.concat_tables(parts)
 
 
-# -- a network over face pictures: decode tasks cut chips, model actors run it ---------------------------------------
+# -- a network over face pictures: decode tasks read the frames, model actors cut the chips and run it -------------
 
-# What the decode tasks hand the model actors: a row per face, its chip, or the error that left it without one.
-_CHIPS = pa.schema(
+# What the decode tasks hand the model actors: a decoded frame and the faces to cut from it, or the faces a source
+# no longer gives (no pixels) and why.
+_FRAMES = pa.schema(
     [
-        ("item", pa.string()),
         ("uri", pa.string()),
         ("sha256", pa.string()),
-        ("backbone_name", pa.string()),  # the detector whose landmarks cut the chip
-        ("backbone_sha256", pa.string()),
-        ("chip", pa.binary()),  # (3, SIZE, SIZE) uint8; null when the face could not be read again
+        ("pixels", pa.binary()),  # (height, width, 3) uint8; null when the faces' source failed
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("scale", pa.float64()),  # source pixels per pixel of the frame (landmarks are in source pixels)
+        ("items", pa.list_(pa.string())),
+        ("landmarks", pa.list_(pa.list_(pa.float32()))),  # per face: x, y of its five points
+        ("backbone_name", pa.list_(pa.string())),  # per face: the detector whose landmarks cut it
+        ("backbone_sha256", pa.list_(pa.string())),
         ("error_type", pa.string()),
         ("message", pa.string()),
     ]
 )
-PICTURE_SPECS = [AttributeSpec(name, "categorical", "fairface", list(classes)) for name, classes in GROUPS.items()]
+# What the actors hand the write stage: attribute rows, and a face's error as a row with error_type set.
+_MADE_ROWS = pa.schema(
+    [f.with_nullable(True) for f in ATTRIBUTES]
+    + [pa.field("error_type", pa.string()), pa.field("message", pa.string())]
+)
+_MADE = pa.schema([("table", pa.string()), ("file", pa.string()), ("faces", pa.int64()), ("errors", pa.int64())])
+PICTURE_SPECS = [AttributeSpec(name, "categorical", "ce", list(classes)) for name, classes in GROUPS.items()]
+FACES_PER_PART = 1000  # faces a decode task reads again: a large data file of faces/ is cut into parts of this many
+FRAMES_PER_BLOCK = 8  # frames a decode task hands on at once: bounded memory for long videos
+FRAME_BATCH = 16  # frames per model-actor batch on a GPU (4K frames: 48 MB each)
+CUT_FRAMES = 8  # frames of one size cut in one call: its float copy of them bounds the memory it takes
+CHIP_BATCH = 256  # chips per forward pass
 
 
-def _apply_pictures(config, paths, root, pairs, applier, rows, errors, out, total: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Limits:
+    """How the faces run decoded its sources (its own settings, so that every source it read decodes again)."""
+
+    max_pixels: int
+    max_side: int | None
+    item_timeout: float
+
+    @classmethod
+    def of(cls, run: dict) -> Limits:
+        config = run.get("config") or {}
+        return cls(
+            int(config.get("max_pixels") or DEFAULT_MAX_PIXELS),
+            config.get("max_side", MAX_SIDE),
+            float(config.get("item_timeout") or 0.0),
+        )
+
+
+def _apply_pictures(config, root, faces_run, applier, rows, errors, out) -> tuple[int, int]:
     import ray
 
+    files, pairs = committed_file_rows(root, "faces", faces_run["run_id"])
+    parts = [
+        {"path": path, "part": k, "parts": n}
+        for path, count in files
+        for n in [max(1, -(-count // FACES_PER_PART))]
+        for k in range(n)
+    ]
     plan = actor_plan(config)
-    data = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths)))
-    data = data.map_batches(cut_file, fn_kwargs={"root": root, "pairs": pairs}, batch_format="pyarrow", batch_size=1)
+    data = ray.data.from_items(parts, override_num_blocks=max(1, len(parts)))
+    limits = Limits.of(faces_run)
     data = data.map_batches(
-        PictureActor,
-        fn_constructor_kwargs={"applier": applier, "rows": rows, "errors": errors},
-        **plan.map_args(CHIP_BATCH),
+        read_frames, fn_kwargs={"root": root, "pairs": pairs, "limits": limits}, batch_format="pyarrow", batch_size=1
+    )
+    data = data.map_batches(
+        PictureActor, fn_constructor_kwargs={"applier": applier}, **plan.map_args(FRAME_BATCH), batch_format="pyarrow"
+    )
+    data = data.map_batches(
+        write_rows,
+        fn_kwargs={"rows": rows, "errors": errors, "run_id": applier.run_id},
+        batch_size=WRITE_ROWS,
         batch_format="pyarrow",
     )
-    progress = Progress("faces", total)
+    progress = Progress("faces", faces_run["tables"]["faces"]["rows"])
     faces = bad = 0
     for batch in data.iter_batches(batch_format="pyarrow", batch_size=None):
         for table, made, n_faces, n_errors in zip(
@@ -288,109 +352,154 @@ def _apply_pictures(config, paths, root, pairs, applier, rows, errors, out, tota
     return faces, bad
 
 
-def cut_file(batch: pa.Table, root: Store, pairs: set) -> Iterator[pa.Table]:
-    """The committed data files of faces/ named in ``batch``: every face cut again from its source as a chip, a
-    block of chips at a time; a face whose source cannot be read again gets the reason instead."""
-    for path in batch.column("path").to_pylist():
+def read_frames(batch: pa.Table, root: Store, pairs: set, limits: Limits) -> Iterator[pa.Table]:
+    """Parts of committed data files of faces/ (the sources of a file, in order, cut into ``parts``): each source
+    read again (checked against the sha256 its faces were found in) and the frames that hold faces decoded, a block
+    of frames at a time; the faces of a source that cannot be read again come with the reason instead."""
+    for path, part, parts in zip(*(batch.column(c).to_pylist() for c in ("path", "part", "parts")), strict=True):
         data = committed_rows(path, root, pairs, PICTURE_COLUMNS)
-        data = data.sort_by([("uri", "ascending"), ("frame_index", "ascending"), ("face_index", "ascending")])
-        keys = items.keys(data, "faces")
-        rows = [r | {"item": k} for r, k in zip(data.to_pylist(), keys, strict=True)]
-        start = 0
-        while start < len(rows):
-            end = start
-            while end < len(rows) and rows[end]["uri"] == rows[start]["uri"]:
-                end += 1
+        order = [
+            ("uri", "ascending"),
+            ("sha256", "ascending"),
+            ("frame_index", "ascending"),
+            ("face_index", "ascending"),
+        ]
+        data = data.sort_by(order)
+        rows = [r | {"item": k} for r, k in zip(data.to_pylist(), items.keys(data, "faces"), strict=True)]
+        # One source is one content: a uri embedded twice, changed in between, is two.
+        sources: dict[tuple[str, str], list[dict]] = {}
+        for row in rows:
+            sources.setdefault((row["uri"], row["sha256"]), []).append(row)
+        keys = list(sources)
+        for key in keys[part * len(keys) // parts : (part + 1) * len(keys) // parts]:
             block: list[dict] = []
-            for made in _source_chips(rows[start:end], root.endpoint_url):
+            for made in _source_frames(sources[key], root.endpoint_url, limits):
                 block.append(made)
-                if len(block) >= CHIPS_PER_BLOCK:
-                    yield pa.Table.from_pylist(block, schema=_CHIPS)
+                if len(block) >= FRAMES_PER_BLOCK:
+                    yield pa.Table.from_pylist(block, schema=_FRAMES)
                     block = []
             if block:
-                yield pa.Table.from_pylist(block, schema=_CHIPS)
-            start = end
+                yield pa.Table.from_pylist(block, schema=_FRAMES)
 
 
-def _source_chips(faces: list[dict], endpoint_url: str | None) -> Iterator[dict]:
-    """One source's faces (rows of faces/, in frame order), each as a row with its chip or, for those the source
-    no longer gives (changed, gone, unreadable), with the error."""
+def _source_frames(faces: list[dict], endpoint_url: str | None, limits: Limits) -> Iterator[dict]:
+    """One source's faces (rows of faces/, in frame order) as a row per frame that holds them, decoded; the faces
+    it no longer gives (changed, gone, unreadable) as one row with the error."""
     first = faces[0]
-    store = resolve(first["uri"], endpoint_url)
-    done = 0
+    by_frame: dict[int, list[dict]] = {}
+    for face in faces:
+        by_frame.setdefault(face["frame_index"], []).append(face)
+    left = dict(by_frame)
     try:
+        store = resolve(first["uri"], endpoint_url)
         if first["timestamp"] is None:  # a still image
-            frame = decode_image(verified_bytes(store, first["sha256"]), DEFAULT_MAX_PIXELS, MAX_SIDE)
-            for row in _frame_chips(frame, faces):
-                done += 1
-                yield row
+            data = verified_bytes(store, first["sha256"])
+            yield _frame_row(decode_image(data, limits.max_pixels, limits.max_side), faces)
             return
-        verify(store, first["sha256"])  # before anything is cut from it; a video need not fit in memory
-        wanted = sorted({f["frame_index"] for f in faces})
-        with store.open() as f:
-            frames = sample_video(f, 0, len(wanted), DEFAULT_MAX_PIXELS, MAX_SIDE, only=set(wanted))
-            for frame in frames:
-                on_frame = [r for r in faces[done:] if r["frame_index"] == frame.index]
-                for row in _frame_chips(frame, on_frame):
-                    done += 1
-                    yield row
-        if done < len(faces):
-            raise VideoDecodeError(f"the video ended before frame {faces[done]['frame_index']}")
+        clock = ItemClock(limits.item_timeout)
+        # Checked whole before any frame goes on (rows made from a part of changed bytes could not be taken back),
+        # from a local copy made in the same read: a video need not fit in memory.
+        with verified_copy(store, first["sha256"]) as f:
+            wanted = set(by_frame)
+            for frame in sample_video(f, 0, len(wanted), limits.max_pixels, limits.max_side, only=wanted):
+                yield _frame_row(frame, left.pop(frame.index))
+                clock.check(f"decoding {len(wanted) - len(left)} frames")
+        if left:
+            raise VideoDecodeError(f"the video ended before frame {min(left)}")
     except Exception as exc:  # noqa: BLE001 - a source's failure is an error row for each face it leaves
-        for row in faces[done:]:
-            yield _chip_row(row) | {"error_type": error_type(exc), "message": f"{row['item']}: {describe(exc)}"}
+        rest = faces if first["timestamp"] is None else [r for frame in sorted(left) for r in left[frame]]
+        yield _face_lists(first, rest) | {"error_type": error_type(exc), "message": describe(exc)}
 
 
-def _frame_chips(frame, faces: list[dict]) -> Iterator[dict]:
-    """The chips of ``faces`` (rows of faces/) on one decoded frame; landmarks are in source pixels."""
-    image = torch.from_numpy(np.require(frame.rgb, requirements="W")).permute(2, 0, 1)[None]
-    marks = torch.tensor([r["landmarks"] for r in faces], dtype=torch.float32).view(-1, 5, 2) / frame.scale
-    chips = cut_chips(image, torch.zeros(len(faces), dtype=torch.long), marks).numpy()
-    for row, chip in zip(faces, chips, strict=True):
-        yield _chip_row(row) | {"chip": chip.tobytes()}
+def _frame_row(frame, faces: list[dict]) -> dict:
+    h, w = frame.rgb.shape[:2]
+    pixels = {"pixels": frame.rgb.tobytes(), "height": h, "width": w, "scale": frame.scale}
+    return _face_lists(faces[0], faces) | pixels
 
 
-def _chip_row(face: dict) -> dict:
+def _face_lists(first: dict, faces: list[dict]) -> dict:
     return {
-        "item": face["item"],
-        "uri": face["uri"],
-        "sha256": face["sha256"],
-        "backbone_name": face["detector_name"],
-        "backbone_sha256": face["detector_sha256"],
+        "uri": first["uri"],
+        "sha256": first["sha256"],
+        "items": [f["item"] for f in faces],
+        "landmarks": [f["landmarks"] for f in faces],
+        "backbone_name": [f["detector_name"] for f in faces],
+        "backbone_sha256": [f["detector_sha256"] for f in faces],
     }
 
 
 class PictureActor:
-    """The picture network, loaded once per actor (on its GPU when it has one): a batch of chips in, their
-    attribute rows and the faces' error rows written, the files' descriptions out."""
+    """The picture network, loaded once per actor (on its GPU when it has one): a batch of decoded frames in, their
+    faces' chips cut here (frames of one size together) and the network run; out, each face's attribute rows, or
+    its error."""
 
-    def __init__(self, applier: Applier, rows: RowWriter, errors: RowWriter) -> None:
-        self.applier, self.rows, self.errors = applier, rows, errors
+    def __init__(self, applier: Applier) -> None:
+        self.applier = applier
         self.net = _model(applier.folder, applier.sha256)
         self.device = next(self.net.parameters()).device
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        has = batch.column("chip").is_valid()
-        good, failed = batch.filter(has), batch.filter(pc.invert(has))
-        made = []
-        if good.num_rows:
-            pixels = np.frombuffer(b"".join(good.column("chip").to_pylist()), np.uint8)
-            chips = torch.from_numpy(pixels.reshape(-1, 3, SIZE, SIZE).copy()).to(self.device).float()
-            predicted = self.net.predict(chips)
-            for f in self.rows.write(_rows(good, PICTURE_SPECS, predicted, self.applier)):
-                made.append({"table": "attributes", "file": file_row(f), "faces": 0, "errors": 0})
-            made.append({"table": "attributes", "file": None, "faces": good.num_rows, "errors": 0})
-        if failed.num_rows:
-            bad = failed.select(["uri", "sha256", "error_type", "message"]).to_pylist()
-            for f in self.errors.write(error_table(bad, self.applier.run_id, JOB, "attributes")):
-                made.append({"table": "errors", "file": file_row(f), "faces": 0, "errors": 0})
-            made.append({"table": "errors", "file": None, "faces": 0, "errors": failed.num_rows})
-        return pa.Table.from_pylist(
-            made,
-            schema=pa.schema(
-                [("table", pa.string()), ("file", pa.string()), ("faces", pa.int64()), ("errors", pa.int64())]
-            ),
-        )
+        frames = batch.to_pylist()
+        parts = []
+        good = [f for f in frames if f["pixels"] is not None]
+        if good:
+            chips, faces = self._cut(good)
+            runs = [self.net.predict(chips[i : i + CHIP_BATCH].float()) for i in range(0, len(chips), CHIP_BATCH)]
+            predicted = {g: {"probabilities": np.concatenate([r[g]["probabilities"] for r in runs])} for g in GROUPS}
+            found = _rows(faces, PICTURE_SPECS, predicted, self.applier)
+            none = pa.nulls(found.num_rows, pa.string())
+            parts.append(found.append_column("error_type", none).append_column("message", none).cast(_MADE_ROWS))
+        bad = [
+            {
+                "uri": f["uri"],
+                "sha256": f["sha256"],
+                "item": item,
+                "error_type": f["error_type"],
+                "message": f["message"],
+            }
+            for f in frames
+            if f["pixels"] is None
+            for item in f["items"]
+        ]
+        if bad:
+            parts.append(pa.Table.from_pylist(bad, schema=_MADE_ROWS))
+        return pa.concat_tables(parts) if parts else _MADE_ROWS.empty_table()
+
+    def _cut(self, frames: list[dict]) -> tuple[torch.Tensor, pa.Table]:
+        """The chips of every face of ``frames`` on this actor's device, and the faces in the same order."""
+        tensors, marks = [], []
+        for f in frames:
+            pixels = np.frombuffer(f["pixels"], np.uint8).reshape(f["height"], f["width"], 3)
+            tensors.append(torch.from_numpy(pixels.copy()).to(self.device).permute(2, 0, 1))
+            marks.append(torch.tensor(np.asarray(f["landmarks"], np.float32) / f["scale"], device=self.device))
+        faces = {
+            "item": [i for f in frames for i in f["items"]],
+            "uri": [f["uri"] for f in frames for _ in f["items"]],
+            "sha256": [f["sha256"] for f in frames for _ in f["items"]],
+            "backbone_name": [n for f in frames for n in f["backbone_name"]],
+            "backbone_sha256": [n for f in frames for n in f["backbone_sha256"]],
+        }
+        return cut_frames(tensors, marks, CUT_FRAMES), pa.table(faces)
+
+
+def write_rows(batch: pa.Table, rows: RowWriter, errors: RowWriter, run_id: str) -> pa.Table:
+    """The actors' rows written by this worker, many actor batches to a file: attribute rows to ``attributes/``,
+    each face's error to ``errors/`` (naming the face). The driver gets the files and the counts."""
+    failed = pc.is_valid(batch.column("error_type"))
+    made = []
+    results = batch.filter(pc.invert(failed)).select(ATTRIBUTES.names).cast(ATTRIBUTES)
+    if results.num_rows:
+        made += [{"table": "attributes", "file": file_row(f), "faces": 0, "errors": 0} for f in rows.write(results)]
+        faces = pc.sum(pc.equal(results.column("attribute"), PICTURE_SPECS[0].name)).as_py()
+        made.append({"table": "attributes", "file": None, "faces": faces, "errors": 0})
+    bad = [r | {"message": f"{r['item']}: {r['message']}"} for r in batch.filter(failed).to_pylist()]
+    if bad:
+        made += [
+            {"table": "errors", "file": file_row(f), "faces": 0, "errors": 0}
+            for f in errors.write(error_table(bad, run_id, JOB, "attributes"))
+        ]
+        made.append({"table": "errors", "file": None, "faces": 0, "errors": len(bad)})
+    return pa.Table.from_pylist(made, schema=_MADE)
 
 
 def main(argv: list[str] | None = None) -> int:

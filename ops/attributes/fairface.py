@@ -48,7 +48,12 @@ class FairFace(nn.Module):
     @torch.inference_mode()
     def predict(self, chips: torch.Tensor) -> dict[str, dict[str, object]]:
         """Per group: its classes and their probabilities (N, classes)."""
-        logits = self.eval()(chips).float().cpu()
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # cuDNN's default TF32 moves probabilities by 1e-3: not by device
+        try:
+            logits = self.eval()(chips).float().cpu()
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
         found, start = {}, 0
         for name, classes in GROUPS.items():
             part = logits[:, start : start + len(classes)]
@@ -68,6 +73,29 @@ def cut_chips(images: torch.Tensor, image_idx: torch.Tensor, landmarks: torch.Te
         return torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8, device=images.device)
     small = F.interpolate(cut, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
     return small.round().clamp(0, 255).to(torch.uint8)
+
+
+def cut_frames(frames: list[torch.Tensor], landmarks: list[torch.Tensor], together: int = 8) -> torch.Tensor:
+    """The chips of every face of ``frames`` ((3, H, W) uint8, on one device; ``landmarks[i]`` (K_i, 5, 2) in frame
+    i's pixel-edge coordinates), frame by frame. Frames of one size are cut together, ``together`` at a time: the
+    float copy of them that sampling takes bounds the memory of a call."""
+    if not frames:
+        return torch.zeros(0, 3, SIZE, SIZE, dtype=torch.uint8)
+    device = frames[0].device
+    found: list[torch.Tensor | None] = [None] * len(frames)
+    sizes: dict[tuple[int, ...], list[int]] = {}
+    for i, frame in enumerate(frames):
+        sizes.setdefault(tuple(frame.shape), []).append(i)
+    for members in sizes.values():
+        for start in range(0, len(members), together):
+            part = members[start : start + together]
+            counts = [len(landmarks[i]) for i in part]
+            index = torch.repeat_interleave(torch.arange(len(part)), torch.tensor(counts)).to(device)
+            marks = torch.cat([landmarks[i].reshape(-1, 5, 2) for i in part])
+            chips = cut_chips(torch.stack([frames[i] for i in part]), index, marks)
+            for i, piece in zip(part, chips.split(counts), strict=True):
+                found[i] = piece
+    return torch.cat(found)
 
 
 def _convert(data: bytes) -> dict[str, torch.Tensor]:

@@ -10,14 +10,16 @@ difference from the manifest's hash is a ``ContentChanged`` error with both hash
   checked when the decoder is done (the rest of the object, if the decoder stopped early, is read to finish the
   hash). A failure inside the block is checked too: a changed object explains a decoder's error better than the
   decoder does.
-- ``verify(store, sha256)``: the object checked by streaming it, for a job that must check before it makes anything
-  and cannot hold the object (a video read again to cut faces the manifest's bytes held: ``jobs.attributes``).
+- ``verified_copy(store, sha256)``: the object copied to a local temporary file as it is hashed, and checked before
+  anything is made from it, for a job that cannot hold the object in memory nor undo what it made from a part of it
+  (a video read again to cut the faces found in it: ``jobs.attributes``). One read of the store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -43,9 +45,16 @@ def verified_bytes(store: Store, sha256: str) -> bytes:
     return data
 
 
-def verify(store: Store, sha256: str) -> None:
-    with store.open() as raw:
-        check(sha256, HashingReader(raw).finish(), store.uri)
+@contextmanager
+def verified_copy(store: Store, sha256: str) -> Iterator[IO[bytes]]:
+    with tempfile.TemporaryFile() as copy, store.open() as raw:
+        digest = hashlib.sha256()
+        while block := raw.read(CHUNK_BYTES):
+            digest.update(block)
+            copy.write(block)
+        check(sha256, digest.hexdigest(), store.uri)
+        copy.seek(0)
+        yield copy
 
 
 class HashingReader(io.RawIOBase):

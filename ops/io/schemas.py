@@ -265,9 +265,14 @@ ATTRIBUTES = _table(
     _f("uncertainty", pa.float64(), nullable=True, doc="numeric: one standard deviation (Gaussian heads)"),
     _f("interval_low", pa.float64(), nullable=True, doc="numeric: the central 90% interval"),
     _f("interval_high", pa.float64(), nullable=True),
-    _f("model_name", pa.string(), doc="the attribute heads"),
+    _f("model_name", pa.string(), doc="the attribute heads, or the network that read the face's picture (FairFace)"),
     _f("model_sha256", SHA256),
-    _f("backbone_name", pa.string(), doc="the face recogniser whose embeddings the heads read"),
+    _f(
+        "backbone_name",
+        pa.string(),
+        doc="what made the model's input: heads, the recogniser of the embeddings; a picture network, the detector "
+        "whose landmarks cut the face",
+    ),
     _f("backbone_sha256", SHA256),
 )
 

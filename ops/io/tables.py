@@ -520,9 +520,10 @@ def _file_index(dt) -> list[dict]:
         return actions.column(name).to_pylist() if name in names else [None] * actions.num_rows
 
     files = []
-    for path, size, r0, r1, a0, a1 in zip(
+    for path, size, rows, r0, r1, a0, a1 in zip(
         column("path"),
         column("size_bytes"),
+        column("num_records"),
         column("min.run_id"),
         column("max.run_id"),
         column("min.attempt"),
@@ -530,7 +531,8 @@ def _file_index(dt) -> list[dict]:
         strict=True,
     ):
         one = r0 is not None and r0 == r1 and a0 == a1
-        files.append({"path": path, "size": size, "run_id": r0 if one else None, "attempt": a0 if one else None})
+        run, attempt = (r0, a0) if one else (None, None)
+        files.append({"path": path, "size": size, "rows": rows, "run_id": run, "attempt": attempt})
     return files
 
 
@@ -690,6 +692,17 @@ def committed_files(root: Store, table: str, run_id: str | None = None) -> tuple
     committed (run_id, attempt) pairs whose rows are wanted. Reads the log alone, never a data file."""
     _, paths, pairs = _committed(root, table, run_id)
     return paths, pairs
+
+
+def committed_file_rows(root: Store, table: str, run_id: str | None = None) -> tuple[list[tuple[str, int]], set]:
+    """As ``committed_files``, each path with its row count from the log (every attempt's rows it holds: at least
+    the committed ones), for cutting a large file's work into parts before any file is read."""
+    dt, _, pairs = _committed(root, table, run_id)
+    if dt is None or not pairs:
+        return [], pairs
+    store = table_store(root, table)
+    wanted = [f for f in _file_index(dt) if f["run_id"] is None or (f["run_id"], f["attempt"]) in pairs]
+    return [(store.join(f["path"]).path, int(f["rows"] or 0)) for f in wanted], pairs
 
 
 def committed_rows(

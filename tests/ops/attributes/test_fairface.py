@@ -91,3 +91,21 @@ def test_chips_are_dlibs_300_pixel_chip_shrunk_to_224_as_pillow_shrinks_it():
     difference = np.abs(chip.permute(1, 2, 0).numpy().astype(int) - expected)
     assert chip.dtype == torch.uint8 and chip.shape == (3, 224, 224)
     assert difference.max() <= 1 and difference.mean() < 0.1
+
+
+def test_frames_are_cut_together_by_size_and_their_chips_come_back_in_frame_order():
+    from ops.attributes.fairface import cut_chips, cut_frames
+    from ops.testing.samples import portrait
+
+    rng = np.random.default_rng(1)
+    frames = [
+        torch.from_numpy(portrait(rng, i, size)).permute(2, 0, 1) for i, size in enumerate([(160, 128), (200, 160)] * 3)
+    ]
+    face = torch.tensor([[44, 62], [84, 62], [64, 84], [48, 104], [80, 104]], dtype=torch.float32)
+    marks = [face[None] + torch.rand(k, 1, 2) * 4 for k in (1, 2, 0, 1, 3, 1)]
+    together = cut_frames(frames, marks, together=2)
+    alone = torch.cat(
+        [cut_chips(f[None], torch.zeros(len(m), dtype=torch.long), m) for f, m in zip(frames, marks, strict=True)]
+    )
+    assert together.shape == (8, 3, 224, 224) and torch.equal(together, alone)
+    assert cut_frames([], []).shape == (0, 3, 224, 224)
