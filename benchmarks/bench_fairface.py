@@ -5,14 +5,15 @@
 
 Contenders, over every face of every photo (decoded once, before timing):
 - network alone: FairFace's ResNet-34 on chips already cut, batches of --batch: what cutting can at best reach;
-- ours: ``ops.attributes.fairface.cut_chips`` (every face of a photo in one ``grid_sample``) and the network;
+- ours: ``ops.attributes.fairface.cut_frames`` (as jobs.attributes' actors cut: the faces of frames of one size in
+  one ``grid_sample``) and the network;
 - FairFace's way (its ``predict.py``): dlib's 5-point shape predictor on dlib's HOG box, ``dlib.get_face_chips``
   (300 px, margin 0.25), Pillow's resize to 224 and torchvision's ToTensor/Normalize per chip, and the network
   batched the same (``predict.py`` runs it one chip at a time: slower still).
-Prints faces per second, the ratios, the share of time cutting takes, and how close the two chips of each face both
-found are (mean absolute difference in 8-bit levels, and PSNR). The weights are random, saved in FairFace's layout:
-the released checkpoint is on Google Drive only, and speed and chips do not depend on it. Photos: ../shared/data/faces
-when present, else synthetic portraits.
+Prints faces per second, the ratios, the share of time cutting takes, and where the two chips put the same face (the
+distance between the same points in them, and the face's size in ours against FairFace's). The weights are random,
+saved in FairFace's layout: the released checkpoint is on Google Drive only, and speed and chips do not depend on
+it. Photos: ../shared/data/faces when present, else synthetic portraits.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_faces import SHARED_FACES  # noqa: E402
-from ops.attributes.fairface import FairFace, cut_chips  # noqa: E402
+from ops.attributes.fairface import FairFace, cut_chips, cut_frames  # noqa: E402
 from ops.media.images import decode_image  # noqa: E402
 from ops.models.catalogue import build, load, models_root, pull, source_members  # noqa: E402
 from ops.models.device import best_device  # noqa: E402
@@ -82,13 +83,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
 
     def ours_cut() -> torch.Tensor:
-        return torch.cat(
-            [
-                cut_chips(t[None], torch.zeros(len(m), dtype=torch.long, device=device), m)
-                for t, m in zip(tensors, landmarks, strict=True)
-                if len(m)
-            ]
-        )
+        return cut_frames(tensors, landmarks)
 
     def theirs_cut() -> torch.Tensor:
         from PIL import Image
