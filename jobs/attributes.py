@@ -9,8 +9,8 @@ the paths of its data files come from the Delta log):
   infinite or zero is an ``errors/`` row.
 - a network that reads face pictures (FairFace's ResNet-34: race, gender, age group) reads each face again from its
   source: CPU tasks, each a part of a data file, read the sources (checked against the sha256 the faces were found
-  in) and decode the frames that hold faces, as the faces run decoded them (its --max-pixels, --max-side and
-  --item-timeout); a pool of model actors (on GPUs when the cluster has them) cuts the network's chips at the stored
+  in) and decode the frames that hold faces, as the faces run decoded them (its --max-pixels and --max-side); a pool
+  of model actors (on GPUs when the cluster has them) cuts the network's chips at the stored
   landmarks and runs it; a write stage writes the rows, many batches to a file. A source that cannot be read again
   leaves an ``errors/`` row for each of its faces.
 
@@ -18,7 +18,8 @@ Either way ``attributes/`` gets one row per face and attribute: the item key, th
 categorical attribute's most likely class and its probability, a numeric one's estimate, its uncertainty (one
 standard deviation) and 90% interval, the model's name and sha256, what made its input (the recogniser of the
 embeddings, or the detector of the landmarks) and the run id. Rows are written by the workers; the driver holds file
-paths and counts.
+paths and counts, and before the commit checks that every face of the run is accounted for (its rows, or an error
+row naming it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 from jobs.cli import JobConfig
 from jobs.plan import ActorOptions, actor_plan, ensure_ray
-from jobs.progress import ItemClock, Progress
+from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, file_row, parse_file_row
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
@@ -128,6 +129,12 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
     else:
         attributes = list(GROUPS)
         faces, bad = _apply_pictures(config, root, faces_run, applier, rows, errors, out)
+    expected = faces_run["tables"]["faces"]["rows"]
+    if faces + bad != expected:  # a face lost or made twice on the way is a bug: nothing is committed then
+        raise JobFailed(
+            f"{faces} faces with attributes and {bad} errors account for {faces + bad} of the {expected} faces of run "
+            f"{faces_run['run_id']}: nothing committed"
+        )
     summary = {"model": model.name, "model_sha256": model.sha256, "faces": faces, "errors": bad}
     marker = out.commit(
         tables=("attributes", "errors"), config=asdict(config), summary=summary | {"attributes": attributes}
@@ -146,17 +153,16 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
 def _faces_run(root: Store, run_id: str | None, ctx: JobContext) -> dict:
     """The committed run of faces/ to read: the one named, else the newest (an embedding run that reuses earlier
     rows copies them into itself, so the newest is whole; reading every run would give a face twice)."""
-    runs = [r for r in committed_runs(root) if r["tables"].get("faces", {}).get("rows")]
-    if run_id is not None:
-        runs = [r for r in runs if r["run_id"] == run_id]
+    runs = [r for r in committed_runs(root) if "faces" in r["tables"] and run_id in (None, r["run_id"])]
     if not runs:
-        which = f"run {run_id} has no" if run_id else "no committed"
-        raise EmbeddingError(f"{which} faces/ rows under {root.uri}: run `python -m jobs.embed_faces` first")
-    if run_id is None and len(runs) > 1:
-        ctx.log.info(
-            "faces of run %s, the newest of %d (--embeddings-run-id chooses another)", runs[-1]["run_id"], len(runs)
-        )
-    return runs[-1]
+        which = f"no committed run {run_id} of" if run_id else "no committed"
+        raise EmbeddingError(f"{which} faces/ under {root.uri}: run `python -m jobs.embed_faces` first")
+    run = runs[-1]
+    if not run["tables"]["faces"].get("rows"):
+        raise EmbeddingError(f"faces/ run {run['run_id']} under {root.uri} found no face: nothing to estimate")
+    newest = "" if run_id else f", the newest of {len(runs)} (--embeddings-run-id chooses another)"
+    ctx.log.info("faces of run %s: %d faces%s", run["run_id"], run["tables"]["faces"]["rows"], newest)
+    return run
 
 
 # -- heads over embeddings: a task per faces/ file ------------------------------------------------------------------
@@ -297,20 +303,17 @@ CHIP_BATCH = 256  # chips per forward pass
 
 @dataclass(frozen=True)
 class Limits:
-    """How the faces run decoded its sources (its own settings, so that every source it read decodes again)."""
+    """How the faces run decoded its sources (its own settings, so that every source it read decodes again). Not its
+    --item-timeout: the frames wanted are ones it decoded, none past the last, and a time limit here (that would
+    count waiting for the actors) would turn faces it found into errors."""
 
     max_pixels: int
     max_side: int | None
-    item_timeout: float
 
     @classmethod
     def of(cls, run: dict) -> Limits:
         config = run.get("config") or {}
-        return cls(
-            int(config.get("max_pixels") or DEFAULT_MAX_PIXELS),
-            config.get("max_side", MAX_SIDE),
-            float(config.get("item_timeout") or 0.0),
-        )
+        return cls(int(config.get("max_pixels") or DEFAULT_MAX_PIXELS), config.get("max_side", MAX_SIDE))
 
 
 def _apply_pictures(config, root, faces_run, applier, rows, errors, out) -> tuple[int, int]:
@@ -365,15 +368,20 @@ def read_frames(batch: pa.Table, root: Store, pairs: set, limits: Limits) -> Ite
             ("face_index", "ascending"),
         ]
         data = data.sort_by(order)
-        rows = [r | {"item": k} for r, k in zip(data.to_pylist(), items.keys(data, "faces"), strict=True)]
-        # One source is one content: a uri embedded twice, changed in between, is two.
+        # One source is one content (a uri embedded twice, changed in between, is two); this part's sources are a
+        # slice of the file's, in order, cut out before any row becomes a Python object.
+        key = pc.binary_join_element_wise(data.column("uri"), data.column("sha256"), "\x00")
+        starts = [0] + (np.flatnonzero(pc.not_equal(key[1:], key[:-1]).to_numpy()) + 1).tolist()
+        bounds = starts + [data.num_rows]
+        first, last = part * len(starts) // parts, (part + 1) * len(starts) // parts
+        mine = data.slice(bounds[first], bounds[last] - bounds[first])
+        rows = [r | {"item": k} for r, k in zip(mine.to_pylist(), items.keys(mine, "faces"), strict=True)]
         sources: dict[tuple[str, str], list[dict]] = {}
         for row in rows:
             sources.setdefault((row["uri"], row["sha256"]), []).append(row)
-        keys = list(sources)
-        for key in keys[part * len(keys) // parts : (part + 1) * len(keys) // parts]:
+        for faces in sources.values():
             block: list[dict] = []
-            for made in _source_frames(sources[key], root.endpoint_url, limits):
+            for made in _source_frames(faces, root.endpoint_url, limits):
                 block.append(made)
                 if len(block) >= FRAMES_PER_BLOCK:
                     yield pa.Table.from_pylist(block, schema=_FRAMES)
@@ -396,14 +404,14 @@ def _source_frames(faces: list[dict], endpoint_url: str | None, limits: Limits) 
             data = verified_bytes(store, first["sha256"])
             yield _frame_row(decode_image(data, limits.max_pixels, limits.max_side), faces)
             return
-        clock = ItemClock(limits.item_timeout)
         # Checked whole before any frame goes on (rows made from a part of changed bytes could not be taken back),
         # from a local copy made in the same read: a video need not fit in memory.
         with verified_copy(store, first["sha256"]) as f:
             wanted = set(by_frame)
             for frame in sample_video(f, 0, len(wanted), limits.max_pixels, limits.max_side, only=wanted):
-                yield _frame_row(frame, left.pop(frame.index))
-                clock.check(f"decoding {len(wanted) - len(left)} frames")
+                row = _frame_row(frame, left[frame.index])
+                del left[frame.index]  # its faces go on with the frame
+                yield row
         if left:
             raise VideoDecodeError(f"the video ended before frame {min(left)}")
     except Exception as exc:  # noqa: BLE001 - a source's failure is an error row for each face it leaves

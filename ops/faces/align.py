@@ -81,7 +81,6 @@ def warp(
     scale = matrices[:, 0, :2].norm(dim=1)  # image pixels per chip pixel
     factors = scale.ceil().clamp(1, 4).to(torch.int64)
     chips = images.new_zeros(k_faces, channels, size, size, dtype=torch.float32)
-    source = images.float()
     for k in factors.unique().tolist():
         sel = (factors == k).nonzero(as_tuple=True)[0]
         fine = size * k
@@ -93,8 +92,16 @@ def warp(
         x = (m[:, 0, 0] * gx + m[:, 0, 1] * gy + m[:, 0, 2] + 0.5) * (2 / width) - 1
         y = (m[:, 1, 0] * gx + m[:, 1, 1] * gy + m[:, 1, 2] + 0.5) * (2 / height) - 1
         pts = torch.stack([x, y], dim=-1).to(torch.float32)  # (S, fine, fine, 2)
-        sampled = F.grid_sample(source[image_idx[sel]], pts, mode="bilinear", padding_mode="zeros", align_corners=False)
-        chips[sel] = F.avg_pool2d(sampled, k) if k > 1 else sampled
+        # Each image sampled once for all its faces, their grids stacked (one float copy of one image at a time: a
+        # copy per face would take 22 GB for a crowd of 150 on a 4K photo).
+        owners = image_idx[sel]
+        for i in owners.unique().tolist():
+            mine = (owners == i).nonzero(as_tuple=True)[0]
+            grid = pts[mine].reshape(1, len(mine) * fine, fine, 2)
+            source = images[i : i + 1].float()
+            sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            sampled = sampled.reshape(channels, len(mine), fine, fine).transpose(0, 1)
+            chips[sel[mine]] = F.avg_pool2d(sampled, k) if k > 1 else sampled
     return chips
 
 

@@ -47,11 +47,12 @@ def verified_bytes(store: Store, sha256: str) -> bytes:
 
 @contextmanager
 def verified_copy(store: Store, sha256: str) -> Iterator[IO[bytes]]:
-    with tempfile.TemporaryFile() as copy, store.open() as raw:
+    with tempfile.TemporaryFile() as copy:
         digest = hashlib.sha256()
-        while block := raw.read(CHUNK_BYTES):
-            digest.update(block)
-            copy.write(block)
+        with store.open() as raw:
+            while block := raw.read(CHUNK_BYTES):
+                digest.update(block)
+                copy.write(block)
         check(sha256, digest.hexdigest(), store.uri)
         copy.seek(0)
         yield copy

@@ -12,7 +12,7 @@ import torch
 from jobs import attributes, embed_faces, manifest
 from ops.attributes.fairface import GROUPS, cut_chips
 from ops.io.storage import resolve
-from ops.io.tables import read_table
+from ops.io.tables import committed_file_rows, read_table
 from ops.media.encode import encode_image, encode_video
 from ops.media.images import decode_image
 from ops.models import catalogue
@@ -114,11 +114,13 @@ def test_the_newest_faces_run_is_read_once_and_large_files_are_cut_into_parts(
     # a second faces run over the same manifest: every row reused into it
     assert embed_faces.main(quiet(out, "--output", out, "--models", face_models.uri, "--run-id", "g")) == 0
     faces = read_table(resolve(str(out)), "faces", "g").to_pylist()
+    files, _ = committed_file_rows(resolve(str(out)), "faces", "g")
+    assert sum(n for _, n in files) == len(faces) and max(n for _, n in files) > 2  # a file cut into parts below
     monkeypatch.setattr(attributes, "FACES_PER_PART", 2)  # decode tasks of two faces' sources each
     result = tmp_path / "result"
     argv = ("--model", "fairface", "--models", models.uri, "--output", result, "--run-id", "b", "--log-level", "INFO")
     assert attributes.main([str(out), *map(str, argv)]) == 0
-    assert "faces of run g, the newest of 2" in caplog.text
+    assert "faces of run g:" in caplog.text and "the newest of 2" in caplog.text
     rows = read_table(resolve(str(result)), "attributes", "b").to_pylist()
     errors = read_table(resolve(str(result)), "errors", "b").to_pylist()
     per_item = Counter(r["item"] for r in rows)
