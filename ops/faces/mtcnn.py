@@ -1,52 +1,72 @@
 """MTCNN face detection (Zhang et al. 2016): P-Net over an image pyramid, R-Net and O-Net on crops, five landmarks.
 
 The weights are the ones facenet-pytorch ships (``facenet_pytorch/data/{pnet,rnet,onet}.pt``, converted from the
-authors' Caffe models), loaded strictly under their own key names. The cascade is ours and batched, on whatever
-device the model is on: images of any sizes go through each pyramid level together (each scaled on its own, then
-zero-padded to a common size in batches that waste little, the padding masked so that every image's candidates are
-its own), and every candidate of every image through R-Net and O-Net in one call each. A photo archive of mixed
-sizes therefore runs in batches, with the detections each image gives alone.
+authors' Caffe models), loaded strictly under their own key names. The cascade follows facenet-pytorch's
+``detect_face`` step by step, so that our detections are its detections (``benchmarks/fidelity_faces.py`` measures
+it on real photos, ``tests/ops/faces/test_mtcnn_reference.py`` pins it):
+- the pyramid's scales are multiplied out one by one, levels resized by area averaging;
+- P-Net's cells become boxes on the integer pixel grid, ``floor((2 * cell + 1) / scale)`` to
+  ``floor((2 * cell + 12) / scale)``, 1-based inclusive pixel indices as in the authors' MATLAB code;
+- crops for R-Net and O-Net are the boxes' whole pixels truncated and clipped to the image, resized by area
+  averaging (computed exactly from a summed-area table, every box at once);
+- the same conventions of width (``x2 - x1`` in the first regression, ``x2 - x1 + 1`` after), thresholds (``>=``
+  for P-Net, ``>`` after) and the last NMS by intersection over the smaller box.
+What is ours is the batching, on whatever device the model is on: images of any sizes go through each pyramid level
+together (each scaled on its own, then zero-padded to a common size in batches that waste little, the padding masked
+so that every image's candidates are its own), and every candidate of every image through R-Net and O-Net in one
+call each. A photo archive of mixed sizes therefore runs in batches, with the detections each image gives alone.
 
-Coordinates are continuous pixel edges (x right, y down; pixel i spans [i, i+1)). Crops for R-Net and O-Net are
-taken with ``roi_align`` from the raw 0-255 image, so pixels outside the image are black as in the reference
-implementations, then normalised as the nets were trained: ``(x - 127.5) / 128``.
+NMS is exact and the same on every device: the first stage's boxes are integers, so their IoU is a ratio of
+integers, which float64 decides exactly against the threshold (a pair exactly at it is kept, as the reference keeps
+it); the kernel runs in float64 on the host, since torchvision's CUDA kernel compares in float32.
+
+Returned coordinates are continuous pixel edges (x right, y down; pixel i spans [i, i+1)): the reference's boxes
+shifted by its 1-based first pixel, its landmarks as they are (already edge coordinates).
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import batched_nms
 
 from ops.models.registry import Architecture, LoadedModel, ModelSpec, PackageSource
 
 
-def _margin(logits: torch.Tensor) -> torch.Tensor:
-    """Face logit minus background logit: the face probability is its sigmoid. Ranked by this, strong candidates
-    do not tie (the float32 probability of many is exactly 1.0, and NMS would then keep whichever sorts first)."""
-    return logits[:, 1] - logits[:, 0]
+def _probability(logits: torch.Tensor) -> torch.Tensor:
+    """The face probability as the reference computes it: softmax over (background, face) logits, in float32. Many
+    strong candidates tie at exactly 1.0; NMS then keeps the first in candidate order, as the reference does."""
+    return F.softmax(logits, dim=1)[:, 1]
 
 
-def _nms(boxes: torch.Tensor, margins: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
-    # Exact ties left (flat image regions) are broken by candidate order, which is the same for an image alone
-    # or anywhere in a batch: detection does not depend on the batch.
-    rank = torch.arange(len(margins), device=margins.device, dtype=torch.float64)
-    order = torch.zeros_like(rank)
+def _rank_keys(scores: torch.Tensor, idxs: torch.Tensor, later_first: bool = False) -> torch.Tensor:
+    """Distinct float64 keys ordering candidates by score, best first, ties by candidate order within their image
+    (the reference's stable sorts of one image's candidates; ``later_first`` where it takes the last of a tie): the
+    same for an image alone or anywhere in a batch."""
+    n = len(scores)
+    position = torch.zeros(n, dtype=torch.int64, device=scores.device)
     for i in idxs.unique():
         sel = idxs == i
-        order[sel] = rank[: int(sel.sum())]
-    keys = margins.double() - order * 1e-9
-    # Pyramid cells lie on a grid, so many pairs overlap by exactly the threshold (two 12-pixel windows 4 pixels
-    # apart: IoU 0.5), and the CPU and CUDA kernels round such a pair's IoU to different sides of it. A pair within
-    # 1e-6 of the threshold counts as at it (kept) on every device; the CUDA kernel takes the threshold as float32,
-    # whose spacing near 0.5 is 6e-8, so a smaller allowance would vanish there.
-    return batched_nms(boxes.double(), keys, idxs, threshold + 1e-6)
+        position[sel] = torch.arange(int(sel.sum()), device=scores.device)
+    by_position = position.argsort(descending=later_first, stable=True)
+    by_score = scores[by_position].argsort(descending=True, stable=True)
+    keys = torch.empty(n, dtype=torch.float64, device=scores.device)
+    keys[by_position[by_score]] = torch.arange(n, 0, -1, dtype=torch.float64, device=scores.device)
+    return keys
+
+
+def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Greedy NMS by IoU (areas ``(x2 - x1) * (y2 - y1)``, as torchvision's): boxes are kept best first and drop
+    every later box of their image whose IoU with them is above ``threshold``. Run in float64 on the host on every
+    device: integer boxes are then decided exactly (see the module's docstring)."""
+    idxs_host = idxs.cpu()
+    keys = _rank_keys(scores.float().cpu(), idxs_host)
+    return batched_nms(boxes.double().cpu(), keys, idxs_host, threshold).to(boxes.device)
 
 
 class PNet(nn.Module):
@@ -73,7 +93,7 @@ class PNet(nn.Module):
         if sizes is not None:  # windows wholly in the padding: finite again, so that no convolution method (a
             x = x.nan_to_num(neginf=0.0)  # Winograd tile, say) carries inf into an image's own cells
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return _margin(self.conv4_1(x)), self.conv4_2(x)
+        return _probability(self.conv4_1(x)), self.conv4_2(x)
 
     @staticmethod
     def output_size(height: int, width: int) -> tuple[int, int]:
@@ -103,7 +123,7 @@ class RNet(nn.Module):
         x = F.max_pool2d(self.prelu2(self.conv2(x)), 3, 2, ceil_mode=True)
         x = self.prelu3(self.conv3(x))
         x = self.prelu4(self.dense4(x.permute(0, 3, 2, 1).flatten(1)))  # Caffe's (w, h, c) flattening order
-        return _margin(self.dense5_1(x)), self.dense5_2(x)
+        return _probability(self.dense5_1(x)), self.dense5_2(x)
 
 
 class ONet(nn.Module):
@@ -122,7 +142,7 @@ class ONet(nn.Module):
         x = F.max_pool2d(self.prelu3(self.conv3(x)), 2, 2, ceil_mode=True)
         x = self.prelu4(self.conv4(x))
         x = self.prelu5(self.dense5(x.permute(0, 3, 2, 1).flatten(1)))
-        return _margin(self.dense6_1(x)), self.dense6_2(x), self.dense6_3(x)
+        return _probability(self.dense6_1(x)), self.dense6_2(x), self.dense6_3(x)
 
 
 @dataclass
@@ -148,35 +168,36 @@ class DetectorConfig:
     nms: tuple[float, float, float, float] = (0.5, 0.7, 0.7, 0.7)  # per scale, across scales, R-Net, O-Net (min)
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-12), 1 - 1e-12)
-    return math.log(p / (1 - p))
-
-
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
 
 
 def _square(boxes: torch.Tensor) -> torch.Tensor:
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1, keepdim=True).values
-    return torch.cat([centre - side / 2, centre + side / 2], dim=1)
+    """The reference's ``rerec``: a square of the longer side, centred on the box."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    x1 = boxes[:, 0] + w * 0.5 - side * 0.5
+    y1 = boxes[:, 1] + h * 0.5 - side * 0.5
+    return torch.stack([x1, y1, x1 + side, y1 + side], dim=1)
 
 
-def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
-    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+def _regress(boxes: torch.Tensor, reg: torch.Tensor, inclusive: bool) -> torch.Tensor:
+    """Offsets as fractions of the box's size: ``x2 - x1`` after P-Net, ``x2 - x1 + 1`` (inclusive pixels) after
+    R-Net and O-Net, as the reference does."""
+    size = (boxes[:, 2:] - boxes[:, :2] + (1 if inclusive else 0)).repeat(1, 2)
     return boxes + reg * size
 
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """NMS by intersection over the smaller box (the final MTCNN step): drops boxes nested in a better one."""
-    order = scores.argsort(descending=True, stable=True)
+    """NMS by intersection over the smaller box in inclusive pixels (the final MTCNN step): drops boxes nested in a
+    better one. The reference takes the last of boxes with equal scores first (numpy's argsort, ascending)."""
+    order = _rank_keys(scores, idxs, later_first=True).argsort(descending=True)
     boxes, idxs = boxes[order], idxs[order]
     lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
     rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=2)
-    area = (boxes[:, 2:] - boxes[:, :2]).prod(dim=1)
-    overlap = inter / torch.minimum(area[:, None], area[None, :]).clamp(min=1e-6)
+    inter = (rb - lt + 1).clamp(min=0).prod(dim=2)
+    area = (boxes[:, 2:] - boxes[:, :2] + 1).prod(dim=1)
+    overlap = inter / torch.minimum(area[:, None], area[None, :])
     suppress = (overlap > threshold) & (idxs[:, None] == idxs[None, :])
     keep = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     for i in range(len(boxes)):  # K is small after O-Net
@@ -185,6 +206,41 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, thre
             later[: i + 1] = False
             keep &= ~later
     return order[keep]
+
+
+def _windows(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The reference's ``pad``: each box's whole pixels (truncated, clipped to the image) as 0-based half-open
+    [x0, y0, x1, y1) windows, int64."""
+    b = boxes.trunc().to(torch.int64)
+    x0, y0 = b[:, 0].clamp(min=1) - 1, b[:, 1].clamp(min=1) - 1
+    x1, y1 = b[:, 2].clamp(max=width), b[:, 3].clamp(max=height)
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def _area_crops(image: torch.Tensor, windows: torch.Tensor, size: int) -> torch.Tensor:
+    """Each window of ``image`` (3, H, W) resized to ``size`` x ``size`` by area averaging, exactly as
+    ``F.interpolate(crop, mode="area")`` (adaptive average pooling: output cell i covers input
+    [floor(i n / size), ceil((i + 1) n / size))), for every window at once from one float64 summed-area table."""
+    table = F.pad(image.double().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (3, H + 1, W + 1)
+    cells = torch.arange(size + 1, device=windows.device)
+
+    def edges(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = (hi - lo)[:, None]
+        start = lo[:, None] + (cells[None, :-1] * n) // size
+        end = lo[:, None] + -((-(cells[None, 1:]) * n) // size)  # ceil
+        return start, end
+
+    xs, xe = edges(windows[:, 0], windows[:, 2])  # (K, size)
+    ys, ye = edges(windows[:, 1], windows[:, 3])
+    width = table.shape[2]
+
+    def at(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:  # table values at (K, size, size) corners
+        flat = (rows[:, :, None] * width + cols[:, None, :]).flatten()
+        return table.flatten(1)[:, flat].view(3, *rows.shape[:1], size, size)
+
+    sums = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
+    area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).to(torch.float64)
+    return (sums / area).permute(1, 0, 2, 3).float()
 
 
 # Images of different sizes share a P-Net call when, zero-padded to the largest, they cover at most this many times
@@ -201,32 +257,34 @@ class MTCNN(nn.Module):
         self.pnet, self.rnet, self.onet = PNet(), RNet(), ONet()
 
     def _scales(self, height: int, width: int, config: DetectorConfig) -> list[float]:
+        # Multiplied out one by one as the reference does: factor ** k rounds differently, and a scale one ulp away
+        # can change a level's size (int(h * scale + 1)) or a box's floor.
         m = 12.0 / config.min_face
-        side, scales = min(height, width) * m, []
+        side, scale, scales = min(height, width) * m, m, []
         while side >= 12:
-            scales.append(m * config.factor ** len(scales))
+            scales.append(scale)
+            scale *= config.factor
             side *= config.factor
         return scales
 
-    def _crops(
-        self, images: list[torch.Tensor], boxes: torch.Tensor, image_idx: torch.Tensor, size: int
-    ) -> torch.Tensor:
-        """Crops of ``boxes`` (in their images' pixels), each from its own image: ``roi_align`` runs on images of one
-        size together (its edge handling is the image's own, so a padded canvas would change crops at the edges)."""
+    def _crops(self, images: list[torch.Tensor], boxes: torch.Tensor, image_idx: torch.Tensor, size: int):
+        """Crops of ``boxes`` (1-based inclusive pixel indices) from their own images, as the reference cuts them
+        (see ``_windows`` and ``_area_crops``), normalised; and which boxes have a crop at all (a box wholly outside
+        its image has none: the reference would misalign its crops, here it is dropped)."""
         crops = torch.empty(len(boxes), 3, size, size, device=boxes.device)
-        for members in _by_size(images).values():
-            local = torch.full((len(images),), -1, dtype=torch.long, device=boxes.device)
-            local[members] = torch.arange(len(members), device=boxes.device)
-            sel = local[image_idx] >= 0
-            if sel.any():
-                rois = torch.cat([local[image_idx[sel]][:, None].to(boxes.dtype), boxes[sel]], dim=1)
-                stack = torch.stack([images[j] for j in members])
-                crops[sel] = roi_align(stack, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        return _normalise(crops)
+        valid = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+        for i in image_idx.unique().tolist():
+            sel = (image_idx == i).nonzero(as_tuple=True)[0]
+            windows = _windows(boxes[sel], *images[i].shape[-2:])
+            ok = (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
+            valid[sel] = ok
+            if ok.any():
+                crops[sel[ok]] = _area_crops(images[i], windows[ok], size)
+        return _normalise(crops), valid
 
     def _pnet_level(self, images: list[torch.Tensor], members: list[int], scale: float, threshold: float) -> list:
         """P-Net on ``members`` at one pyramid scale, batched with zero padding (see ``PNet.forward``): candidate
-        cells as (image index, y, x, margin, offsets)."""
+        cells as (image index, y, x, probability, offsets)."""
         scaled = [
             F.interpolate(images[j][None], size=(int(h * scale + 1), int(w * scale + 1)), mode="area")[0]
             for j in members
@@ -240,14 +298,14 @@ class MTCNN(nn.Module):
             for row, i in enumerate(chunk):
                 batch[row, :, : sizes[row][0], : sizes[row][1]] = scaled[i]
             padded = any(s != (height, width) for s in sizes)
-            margin, reg = self.pnet(_normalise(batch), sizes if padded else None)
-            valid = torch.zeros_like(margin, dtype=torch.bool)
+            prob, reg = self.pnet(_normalise(batch), sizes if padded else None)
+            valid = torch.zeros_like(prob, dtype=torch.bool)
             for row, (h, w) in enumerate(sizes):
                 oh, ow = PNet.output_size(h, w)
                 valid[row, : max(oh, 0), : max(ow, 0)] = True
-            b, y, x = torch.nonzero(valid & (margin >= threshold), as_tuple=True)
-            owner = torch.tensor([members[i] for i in chunk], device=margin.device)[b]
-            out.append((owner, y, x, margin[b, y, x], reg[b, :, y, x]))
+            b, y, x = torch.nonzero(valid & (prob >= threshold), as_tuple=True)
+            owner = torch.tensor([members[i] for i in chunk], device=prob.device)[b]
+            out.append((owner, y, x, prob[b, y, x], reg[b, :, y, x]))
         return out
 
     @torch.inference_mode()
@@ -275,33 +333,36 @@ class MTCNN(nn.Module):
         found = []
         for level, scale in enumerate(max(levels, key=len) if levels else []):
             members = [j for j in range(n) if len(levels[j]) > level]
-            for b, y, x, scores, offsets in self._pnet_level(images, members, scale, _logit(t1)):
+            for b, y, x, scores, offsets in self._pnet_level(images, members, scale, t1):
                 if len(b) == 0:
                     continue
-                cells = torch.stack([x, y, x, y], dim=1).float() * 2 + torch.tensor([0, 0, 12, 12], device=device)
-                boxes = cells / scale
+                cell = torch.stack([x, y], dim=1).float() * 2  # float32 as the reference computes them
+                boxes = torch.cat([((cell + 1) / scale).floor(), ((cell + 12) / scale).floor()], dim=1)
                 keep = _nms(boxes, scores, b, config.nms[0])
                 found.append((boxes[keep], scores[keep], offsets[keep], b[keep]))
         if not found:
             return [self._empty(device) for _ in range(n)]
         boxes, scores, offsets, idx = (torch.cat(parts) for parts in zip(*found, strict=True))
         keep = _nms(boxes, scores, idx, config.nms[1])
-        boxes, idx = _square(_regress(boxes[keep], offsets[keep])), idx[keep]
+        boxes, idx = _square(_regress(boxes[keep], offsets[keep], inclusive=False)), idx[keep]
         # Stage 2: R-Net on 24x24 crops.
-        margin, reg = self.rnet(self._crops(images, boxes, idx, 24))
-        keep = margin >= _logit(t2)
-        boxes, scores, reg, idx = boxes[keep], margin[keep], reg[keep], idx[keep]
+        crops, valid = self._crops(images, boxes, idx, 24)
+        prob, reg = self.rnet(crops)
+        keep = valid & (prob > t2)
+        boxes, scores, reg, idx = boxes[keep], prob[keep], reg[keep], idx[keep]
         keep = _nms(boxes, scores, idx, config.nms[2])
-        boxes, idx = _square(_regress(boxes[keep], reg[keep])), idx[keep]
+        boxes, idx = _square(_regress(boxes[keep], reg[keep], inclusive=True)), idx[keep]
         # Stage 3: O-Net on 48x48 crops: final score, box and five landmarks.
-        margin, reg, marks = self.onet(self._crops(images, boxes, idx, 48))
-        keep = margin >= _logit(t3)
-        boxes, scores, reg, marks, idx = boxes[keep], margin[keep], reg[keep], marks[keep], idx[keep]
-        size = boxes[:, 2:] - boxes[:, :2]
-        landmarks = torch.stack([marks[:, :5], marks[:, 5:]], dim=2) * size[:, None, :] + boxes[:, None, :2]
-        boxes = _regress(boxes, reg)
+        crops, valid = self._crops(images, boxes, idx, 48)
+        prob, reg, marks = self.onet(crops)
+        keep = valid & (prob > t3)
+        boxes, scores, reg, marks, idx = boxes[keep], prob[keep], reg[keep], marks[keep], idx[keep]
+        size = boxes[:, 2:] - boxes[:, :2] + 1
+        landmarks = torch.stack([marks[:, :5], marks[:, 5:]], dim=2) * size[:, None, :] + boxes[:, None, :2] - 1
+        boxes = _regress(boxes, reg, inclusive=True)
         keep = _nms_min(boxes, scores, idx, config.nms[3])
-        boxes, scores, landmarks, idx = boxes[keep], torch.sigmoid(scores[keep]), landmarks[keep], idx[keep]
+        boxes, scores, landmarks, idx = boxes[keep], scores[keep], landmarks[keep], idx[keep]
+        boxes = boxes - torch.tensor([1.0, 1.0, 0.0, 0.0], device=device)  # 1-based first pixel -> its left edge
         return [Faces(boxes[idx == i], scores[idx == i], landmarks[idx == i]) for i in range(n)]
 
     @staticmethod
@@ -354,13 +415,6 @@ def _build(model: LoadedModel, device: torch.device) -> MTCNN:
 
 ARCHITECTURES = (Architecture("mtcnn", "face-detection", build=_build),)
 SPECS = (MTCNN_SPEC,)
-
-
-def _by_size(images: list[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
-    groups: dict[tuple[int, int], list[int]] = {}
-    for j, image in enumerate(images):
-        groups.setdefault(tuple(image.shape[-2:]), []).append(j)
-    return groups
 
 
 def _chunks(scaled: list[torch.Tensor]) -> list[list[int]]:
