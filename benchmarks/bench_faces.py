@@ -9,7 +9,8 @@ Contenders, each over every image, decoding included:
   cores and with one thread (per-core figure), and where the time goes (decode, detect + align, embed).
 Prints faces per second, the ratio to dlib, and whether both pipelines make the same verification decisions
 (Euclidean distance 0.6 on every pair of faces both found). Images: ../shared/data/faces cut to 640x480 when
-present, else synthetic portraits.
+present, else synthetic portraits. With ../shared, also each pipeline's verification AUC and equal error rate on
+every pair of its one-person photos at their own sizes (the subject: the largest face), the same pairs for both.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ops.faces.pipeline import FacePipeline  # noqa: E402
+from ops.matching.metrics import auc, equal_error_rate  # noqa: E402
 from ops.media.images import decode_image  # noqa: E402
 from ops.models.catalogue import build, load, models_root, pull, source_members  # noqa: E402
 from ops.models.device import best_device  # noqa: E402
+from ops.testing.references import (  # noqa: E402
+    DlibPipeline,
+    euclidean_scores,
+    labelled_photos,
+    largest,
+    verification_pairs,
+)
 from ops.testing.samples import portrait  # noqa: E402
 
 SHARED_FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
@@ -132,6 +141,31 @@ def agreement(ours: list, theirs: list) -> tuple[int, float]:
     return len(a), float((da[upper] == db[upper]).mean()) if len(upper[0]) else 1.0
 
 
+def verification(pipeline: FacePipeline, dlib: DlibPipeline) -> None:
+    """AUC and EER of both pipelines on every pair of the one-person photos both find a face in."""
+    ours, theirs, people = [], [], []
+    for _, person, rgb in labelled_photos(SHARED_FACES):
+        (found,) = pipeline([rgb])
+        faces = dlib(rgb, sizes=(150,))
+        k, kd = largest(found.boxes), largest(np.array([f.box for f in faces]).reshape(-1, 4))
+        if k is not None and kd is not None:
+            ours.append(found.embeddings[k])
+            theirs.append(faces[kd].descriptor)
+            people.append(person)
+    i, j, same = verification_pairs(people)
+    print(
+        f"  verification, {len(people)} one-person photos of {len(set(people))} people, {len(same)} pairs "
+        f"({same.sum()} same person), Euclidean distance:"
+    )
+    for name, vectors in (("ours", ours), ("dlib", theirs)):
+        scores = euclidean_scores(np.array(vectors), i, j)
+        errors = int(((scores > -0.6) != same).sum())
+        print(
+            f"    {name:5s} AUC {auc(scores, same):.4f}, EER {equal_error_rate(scores, same):.2%}, "
+            f"{errors} wrong decisions at dlib's 0.6"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -190,6 +224,8 @@ def main() -> None:
     print("  ours, where the time goes: " + ", ".join(f"{k} {v / total:.0%}" for k, v in last_clock.items()))
     both, same = agreement(results["ours"], results["dlib"])
     print(f"  faces found by both: {both}; same verification decision (distance < 0.6) on {same:.1%} of their pairs")
+    if SHARED_FACES.exists():
+        verification(pipeline, DlibPipeline(files["dlib"], files["shape"]))
 
     # Mixed sizes, as in a photo archive: MTCNN batches them (padded, masked), against one image at a time.
     mixed = mixed_sizes(images)

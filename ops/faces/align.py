@@ -2,11 +2,9 @@
 
 Landmarks are MTCNN's: left eye centre, right eye centre, nose tip, left and right mouth corner (image left/right),
 in continuous pixel-edge coordinates. Each recogniser was trained on chips of its own geometry:
-- dlib's ResNet on ``get_face_chip(size=150, padding=0.25)`` chips. dlib places the 5-point model's eye corners and
-  nose base on a mean face; MTCNN's points are other points of the same face, so their template is taken from the
-  same mean face in dlib's source (the 68-point ``mean_face_shape``: eye centres as the mean of each eye's six
-  points, the nose tip, the mouth corners), mapped through dlib's padding formula. It is dlib's geometry, not a fit
-  to any images.
+- dlib's ResNet on ``get_face_chip(size=150, padding=0.25)`` chips. dlib places its 5-point model's eye corners and
+  nose base on a mean face; MTCNN's points are other points of the same face, so where dlib's chips show them is
+  measured: fitted to dlib's own chips of real faces (``_DLIB_POINTS``), mapped as dlib maps its template.
 - arcface/insightface models on 112x112 chips with the insightface ``arcface_dst`` template;
 - facenet-pytorch's InceptionResnetV1 on 160x160: the arcface template scaled to 160.
 
@@ -19,20 +17,41 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# dlib's mean face (dlib/image_transforms/interpolation.h, get_face_chip_details), unit square, pixel centres.
-_DLIB_MEAN_FACE = {
-    "left_eye": (0.225492, 0.215990),  # mean of points 36-41
-    "right_eye": (0.754761, 0.215990),  # mean of points 42-47
-    "nose_tip": (0.490127, 0.515625),  # point 30
-    "mouth_left": (0.254149, 0.780233),  # point 48
-    "mouth_right": (0.726104, 0.780233),  # point 54
-}
+# Where dlib's chips show MTCNN's five points (left eye centre, right eye centre, nose tip, left and right mouth
+# corner), in dlib's unit face frame (``dlib_chip``): fitted to dlib's own ``get_face_chip`` of the 23 faces that
+# dlib's whole pipeline and ours both find in ../shared's photos (``benchmarks/fidelity_faces.py --fit``: the mean
+# over faces of our points mapped into dlib's chip). dlib's ResNet was trained on those chips, so ours must show a
+# face as they do. The points of dlib's mean face that MTCNN's name (the mean of each eye's six points, the nose tip,
+# the mouth corners: (0.2255, 0.2160), (0.7548, 0.2160), (0.4901, 0.5156), (0.2541, 0.7802), (0.7261, 0.7802)) are
+# other points of the face: with them our faces came out 5% smaller. Turned heads (the clip's frames) still come out
+# about 4% smaller than dlib's chips: there MTCNN's and dlib's points disagree with the pose, which no template fixes.
+_DLIB_POINTS = (
+    (0.222866, 0.200363),
+    (0.767319, 0.202983),
+    (0.492500, 0.533885),
+    (0.239279, 0.789107),
+    (0.749873, 0.788036),
+)
 
 
 def dlib_template(size: int = 150, padding: float = 0.25) -> torch.Tensor:
-    """The five MTCNN points where dlib's ``get_face_chip(size, padding)`` puts them (pixel-centre coordinates)."""
-    unit = torch.tensor(list(_DLIB_MEAN_FACE.values()), dtype=torch.float64)
-    return (padding + unit) / (2 * padding + 1) * size
+    """The five MTCNN points where dlib's ``get_face_chip(size, padding)`` puts them (chip pixel centres)."""
+    return dlib_chip(torch.tensor(_DLIB_POINTS, dtype=torch.float64), size, padding)
+
+
+def dlib_chip(unit: torch.Tensor, size: int, padding: float) -> torch.Tensor:
+    """Points of dlib's unit face frame -> where dlib's chip of ``size`` and ``padding`` shows them. dlib fits its
+    similarity to ``(padding + unit) / (2 padding + 1) * size``, then samples the chip by mapping its corner pixels
+    (0 and size - 1) onto the corners of that transform's rectangle (``get_mapping_to_chip``): size - 1 steps span
+    what the fit gave size, so every point sits (size - 1) / size as far from the centre, which is (size - 1) / 2."""
+    nominal = (padding + unit) / (2 * padding + 1) * size
+    return (size - 1) / 2 + (nominal - size / 2) * (size - 1) / size
+
+
+def dlib_unit(chip: torch.Tensor, size: int, padding: float) -> torch.Tensor:
+    """The inverse of ``dlib_chip``: chip pixel centres -> dlib's unit face frame."""
+    nominal = size / 2 + (chip - (size - 1) / 2) * size / (size - 1)
+    return nominal * (2 * padding + 1) / size - padding
 
 
 ARCFACE_112 = torch.tensor(

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from ops.faces.align import dlib_template, sharpness, similarity, template, warp
+from ops.faces.align import dlib_chip, dlib_template, dlib_unit, sharpness, similarity, template, warp
 
 
 def test_similarity_recovers_a_known_transform():
@@ -16,12 +16,23 @@ def test_similarity_recovers_a_known_transform():
     torch.testing.assert_close(m[:, 2], shift)
 
 
-def test_dlib_template_is_dlibs_mean_face_with_padding():
+def test_dlib_template_is_a_face_centred_in_dlibs_chip():
     t = dlib_template(150, 0.25)
-    assert t[0, 0] < t[2, 0] < t[1, 0]  # left eye, nose, right eye
-    assert abs(float(t[:, 0].mean()) - 75) < 3  # centred
-    # dlib's 5-point eye corners sit at y = 0.2135..0.2291 of the unit face, our eye centres between them
-    assert (0.25 + 0.2135) / 1.5 * 150 < t[0, 1] < (0.25 + 0.2291) / 1.5 * 150
+    assert t[0, 0] < t[2, 0] < t[1, 0] and t[3, 0] < t[4, 0]  # left eye, nose, right eye; mouth corners
+    assert t[0, 1] < t[2, 1] < t[3, 1]  # eyes above the nose above the mouth
+    assert abs(float(t[:, 0].mean()) - 74.5) < 3  # centred
+    # The same face at any chip size: FairFace's 300-pixel chip is the 150-pixel one, twice as fine.
+    torch.testing.assert_close((dlib_template(300) + 0.5) / 300, (t + 0.5) / 150, atol=0.005, rtol=0)
+
+
+def test_dlib_unit_inverts_dlib_chip():
+    unit = torch.tensor([[0.2, 0.3], [0.8, 0.9], [-0.1, 1.2]], dtype=torch.float64)
+    for size, padding in ((150, 0.25), (300, 0.25), (200, 0.2)):
+        torch.testing.assert_close(dlib_unit(dlib_chip(unit, size, padding), size, padding), unit)
+    # dlib samples its chip's corner pixels (0 and size - 1) at the corners of its rectangle: the unit frame's
+    # padded corners land on them.
+    corners = torch.tensor([[-0.25, -0.25], [1.25, 1.25]], dtype=torch.float64)
+    torch.testing.assert_close(dlib_chip(corners, 150, 0.25), torch.tensor([[0.0, 0.0], [149.0, 149.0]]).double())
 
 
 def test_warp_puts_the_landmarks_on_the_template():
