@@ -41,14 +41,16 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_gatys.py
 	$(PY) benchmarks/bench_soak.py
 
-# The device check's luggage (benchmarks/device_check.sh): Python 3.12 wheels of what a bare CUDA machine lacks, and
-# the models it runs, pulled and verified here (that machine reaches no network). 45 MB; .whl/ is git-ignored.
-DEVICE_WHEELS := av==18.1.0 fsspec==2026.9.0 threadpoolctl==3.8.0 webrtcvad-wheels==2.0.14.post1
+# The device check's luggage (benchmarks/device_check.sh): Python 3.12 wheels of what a bare CUDA machine lacks, the
+# models it runs, pulled and verified here (that machine reaches no network), and a copy of ../shared's photos (when
+# present) for the detector's test against facenet-pytorch's on the GPU. 52 MB; .whl/ is git-ignored.
+DEVICE_WHEELS := av==18.1.0 fsspec==2026.9.0 threadpoolctl==3.8.0 webrtcvad-wheels==2.0.14.post1 facenet-pytorch==2.5.3
 device-bundle: $(VENV)/.installed
 	$(PY) -m pip download --quiet --only-binary=:all: --no-deps --implementation cp --python-version 3.12 \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  --dest .whl $(DEVICE_WHEELS)
 	for m in mtcnn ge2e-resemblyzer silero-vad; do $(PY) -m jobs.models pull $$m --models .whl/models || exit 1; done
+	if [ -d ../shared/data/faces ]; then mkdir -p .whl/shared/data && cp -r ../shared/data/faces .whl/shared/data/; fi
 	du -sh .whl
 
 lint: $(VENV)/.installed

@@ -22,6 +22,8 @@ if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$site" .whl
     for wheel in .whl/*.whl; do "$PYTHON" -m zipfile -e "$wheel" "$site" || exit 2; done
 fi
 export PYTHONPATH="$site:$PWD" CROSSMATCH_TEST_MODELS="$PWD/.whl/models" PYTHONUNBUFFERED=1
+# The bundle's copy of ../shared's photos: the detector is tested against facenet-pytorch's on them, on the GPU.
+if [ -d .whl/shared ]; then export CROSSMATCH_SHARED="$PWD/.whl/shared"; fi
 if ! "$PYTHON" -c 'import torch, sys; print("torch", torch.__version__); sys.exit(not torch.cuda.is_available())'; then
     case " $* " in
         *" --device cpu "*) echo "no GPU visible: running on the CPU, as asked" ;;

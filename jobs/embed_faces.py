@@ -58,7 +58,8 @@ from ops.media.sniff import sniff
 from ops.models import catalogue
 
 JOB = "embed_faces"
-ROWS_VERSION = 1  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
+ROWS_VERSION = 2  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
+# 2: detections as facenet-pytorch's, chips as dlib's (every box, landmark and embedding moved)
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
 FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
 

@@ -21,7 +21,9 @@ from typing import IO
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside a developer's checkout; the device check carries a copy of its photos (no ../shared travels there)
+# and names it in $CROSSMATCH_SHARED.
+SHARED = Path(os.environ.get("CROSSMATCH_SHARED") or REPO.parent / "shared")
 VENV_BIN = Path(sys.executable).parent
 
 # Test credentials for both S3 servers, set before Ray starts so that its workers inherit them, as nodes of a real

@@ -10,15 +10,15 @@ from ops.faces.mtcnn import MTCNN, _nms
 from ops.models.catalogue import load
 from ops.models.device import best_device
 from ops.testing.references import Detections, detection_agreement, real_photos
-from tests.conftest import shared_data
+from tests.conftest import _models_root, shared_data
 
 DEVICE = best_device()
 
 
 @pytest.fixture(scope="module")
-def mtcnn(face_models):
-    model = MTCNN()
-    model.load_state_dict(load("mtcnn", face_models).state, strict=True)
+def mtcnn(tmp_path_factory):
+    model = MTCNN()  # MTCNN alone: the device check carries no recogniser
+    model.load_state_dict(load("mtcnn", _models_root(tmp_path_factory, "mtcnn-only", ("mtcnn",))).state, strict=True)
     return model.to(DEVICE).eval()
 
 
