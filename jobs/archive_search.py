@@ -29,7 +29,6 @@ from functools import partial
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
@@ -42,6 +41,7 @@ from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import committed_files, committed_rows
 from ops.matching import items
+from ops.matching.decisions import BELOW_EVIDENCE, decide, verbal_array
 from ops.matching.embeddings import EMBEDDING_TABLES, item_id, item_table, one_model
 from ops.matching.search import ExactSearch
 from ops.models.device import best_device
@@ -308,7 +308,8 @@ def match_rows(
     search; a decision compares the stored score with the threshold, as a reader of the table would. In
     ``identify`` mode the gallery items are enrolled identities: each row names the identity, and rank 1 decides
     (the identity, or ``unknown`` below ``fields["threshold"]``); in ``crossmatch`` mode each row is accepted or
-    rejected at the threshold, when there is one."""
+    rejected at the threshold, in ``search`` mode a match or not, when there is one. A score that clears the
+    threshold on a log-LR not above ``fields["min_llr"]`` is ``BELOW_EVIDENCE`` (``ops.matching.decisions``)."""
     score = found.score.astype(np.float32)
     q_ids = queries.column("id").to_numpy()
     order = np.lexsort((found.gallery, -score, found.query))
@@ -333,20 +334,24 @@ def match_rows(
     }
     unknown = 0
     threshold = fields.get("threshold")
-    clears = chosen >= np.float32(threshold) if threshold is not None else None
+    llr_map = fields.get("llr_map")  # (slope, offset) of the calibration record, when one was given
+    llr = llr_map[0] * chosen.astype(np.float64) + llr_map[1] if llr_map is not None else None
+    min_llr = fields.get("min_llr", 0.0)
     if mode == "identify":
         first = rank == 1
         identity = names.column("item")
         table["identity"] = identity
-        table["decision"] = pc.if_else(pa.array(first & clears), identity, pc.if_else(pa.array(first), "unknown", None))
-        unknown = int((first & ~clears).sum())
+        decided = decide(chosen, threshold, llr, min_llr, np.asarray(identity.to_pylist(), object), "unknown")
+        table["decision"] = pa.array(np.where(first, decided, None).tolist(), pa.string())
+        # Not identified: below the threshold, or above it on evidence that does not favour the identity.
+        unknown = int((first & np.isin(decided, ["unknown", BELOW_EVIDENCE])).sum())
     else:
         table |= {"gallery_" + c: names.column(c) for c in ("uri", "sha256", "item")}
-    if mode == "crossmatch" and threshold is not None:
-        table["decision"] = pc.if_else(pa.array(clears), "accept", "reject")
-    llr_map = fields.get("llr_map")  # (slope, offset) of the calibration record, when one was given
-    if llr_map is not None:
-        table["llr"] = pa.array(llr_map[0] * chosen.astype(np.float64) + llr_map[1], pa.float64())
+        words = ("accept", "reject") if mode == "crossmatch" else ("match", "no match")
+        table["decision"] = pa.array(decide(chosen, threshold, llr, min_llr, *words).tolist(), pa.string())
+    if llr is not None:
+        table["llr"] = pa.array(llr, pa.float64())
+        table["verbal"] = pa.array(verbal_array(llr), pa.string())
     table |= {name: pa.array([value] * rows) for name, value in fields.items() if name in MATCHES.names}
     for f in MATCHES:
         if f.name not in table:

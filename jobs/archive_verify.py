@@ -25,6 +25,7 @@ from ops.io.errors import EmbeddingError, JobFailed, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, resolve, storage_errors
 from ops.io.tables import DataFile, error_table
+from ops.matching.decisions import BELOW_EVIDENCE, decide, verbal_array
 from ops.matching.embeddings import EmbeddingSet, embedding_set, read_committed, through_head
 
 CHUNK = 100_000  # pairs per task: their named embeddings (two sides, every item of a source) fit a worker easily
@@ -45,6 +46,7 @@ class Verifier:
     job_run_id: str
     job: str
     llr_map: tuple[float, float] | None = None  # (slope, offset): scores as log-LRs, from a calibration record
+    min_llr: float = 0.0  # accepted only above this log-LR, where there is one (``ops.matching.decisions``)
 
 
 PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; fused verification takes two
@@ -145,10 +147,12 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
             )
         else:
             scored.append((index[x], index[y]))
-    files = matches.write(_rows(scored, verifier)) if scored else []
+    rows = _rows(scored, verifier) if scored else None
+    files = matches.write(rows) if rows is not None else []
     error_files = errors.write(error_table(unscored, verifier.job_run_id, verifier.job, "match")) if unscored else []
-    accepted = sum(1 for (sa, ia), (sb, ib) in scored if _score(sa, ia, sb, ib) >= verifier.threshold)
-    counts |= {"accept": accepted, "reject": len(scored) - accepted, "errors": len(unscored)}
+    decided = rows.column("decision").to_pylist() if rows is not None else []
+    counts |= {word: decided.count(word) for word in ("accept", "reject")} | {"errors": len(unscored)}
+    counts["below_evidence"] = decided.count(BELOW_EVIDENCE)
     return {"files": files, "error_files": error_files, **counts, "failed": None}
 
 
@@ -190,7 +194,8 @@ def _score(sa: EmbeddingSet, ia: int, sb: EmbeddingSet, ib: int) -> float:
 
 
 def _rows(scored: list, verifier: Verifier) -> pa.Table:
-    scores = [_score(sa, ia, sb, ib) for (sa, ia), (sb, ib) in scored]
+    scores = np.array([_score(sa, ia, sb, ib) for (sa, ia), (sb, ib) in scored], np.float32)
+    llr = verifier.llr_map[0] * scores.astype(np.float64) + verifier.llr_map[1] if verifier.llr_map else None
     n = len(scored)
     side = lambda which, what: [getattr(pair[which][0], what)[pair[which][1]] for pair in scored]  # noqa: E731
     columns = {
@@ -207,10 +212,11 @@ def _rows(scored: list, verifier: Verifier) -> pa.Table:
         "score": scores,
         "threshold": [verifier.threshold] * n,
         "threshold_source": [verifier.threshold_source] * n,
-        "decision": ["accept" if s >= verifier.threshold else "reject" for s in scores],
+        "decision": decide(scores, verifier.threshold, llr, verifier.min_llr, "accept", "reject").tolist(),
         "model_name": [verifier.model[0]] * n,
         "model_sha256": [verifier.model[1]] * n,
-        "llr": [verifier.llr_map[0] * s + verifier.llr_map[1] for s in scores] if verifier.llr_map else [None] * n,
+        "llr": llr.tolist() if llr is not None else [None] * n,
+        "verbal": verbal_array(llr) if llr is not None else [None] * n,
     }
     return pa.table(columns, schema=MATCHES)
 
@@ -225,6 +231,7 @@ class Verified:
     accept: int
     reject: int
     unmatched: int
+    below_evidence: int = 0  # above the threshold on evidence that does not favour "same": not accepted
 
 
 def verify_archive(
@@ -258,12 +265,14 @@ def verify_archive(
         done.pairs += found["pairs"]
         done.accept += found["accept"]
         done.reject += found["reject"]
+        done.below_evidence += found.get("below_evidence", 0)
         done.unmatched += found["errors"]
         progress.update(pending.pop(ready))
     staged = sum(n for _, n in chunks)
-    if done.accept + done.reject + done.unmatched != staged or done.pairs != staged:
+    scored = done.accept + done.reject + done.below_evidence
+    if scored + done.unmatched != staged or done.pairs != staged:
         raise JobFailed(
             f"accounting mismatch: {staged} pairs read, {done.pairs} in the chunks' answers, "
-            f"{done.accept + done.reject} scored and {done.unmatched} unmatched; nothing was committed, rerun the job"
+            f"{scored} scored and {done.unmatched} unmatched; nothing was committed, rerun the job"
         )
     return done

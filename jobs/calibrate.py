@@ -40,10 +40,13 @@ from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs
 from ops.matching import fusion, metrics
 from ops.matching.calibration import LinearCalibration, cllr, min_cllr
+from ops.matching.decisions import choose_threshold, published_threshold
 from ops.matching.embeddings import read_embeddings, read_labels, through_head
 
 JOB = "calibrate"
 FARS = (1e-2, 1e-3, 1e-4)
+# Below this AUC the scores barely tell the labels apart: a calibration of them would state evidence there is not.
+MIN_AUC = 0.6
 
 
 @dataclass
@@ -216,7 +219,17 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     scores = (vectors @ vectors.T)[upper]
     codes = np.unique(names, return_inverse=True)[1]
     same = (codes[:, None] == codes[None, :])[upper]
-    threshold = metrics.threshold_at_far(scores, same, config.target_far)
+    area = metrics.auc(scores, same)
+    if area < MIN_AUC:
+        raise JobFailed(
+            f"the scores of {len(labelled)} labelled sources barely tell their labels apart (AUC {area:.3f} on "
+            f"{int(same.sum())} same-label and {int((~same).sum())} different-label pairs, 0.5 is chance): the labels "
+            "are likely not people (folder names such as dates or events: check --label-pattern or --labels), or the "
+            "embeddings are not of the labelled people. No calibration was written"
+        )
+    card = published_threshold(config.head or data.model_name, config.models)
+    choice = choose_threshold(scores, same, config.target_far, card, data.model_name)
+    threshold = choice.threshold
     record = {
         "run_id": ctx.run_id,
         "model_name": data.model_name,
@@ -226,12 +239,15 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         "labels": len(set(names)),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
-        "auc": metrics.auc(scores, same),
+        "auc": area,
         "eer": metrics.equal_error_rate(scores, same),
         **{f"tar_at_far_{far:g}": metrics.tar_at_far(scores, same, far) for far in FARS},
         "target_far": config.target_far,
         "threshold": threshold,
-        # With few impostor pairs a small FAR cannot be measured: say how many the target rests on.
+        # With few impostor pairs a small FAR cannot be measured: which rule set the threshold, and why.
+        "threshold_rule": choice.rule,
+        "threshold_far": choice.far,
+        "threshold_why": choice.why,
         "impostor_pairs_above_threshold": int((scores[~same] >= threshold).sum()),
     }
     first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
@@ -245,7 +261,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
     marker = out.commit(config=asdict(config), summary=record | {"sample_sha256": fingerprint})
     ctx.log.info(
-        "%s on %d sources (%d same, %d different pairs): AUC %.4f, EER %.4f, threshold %.4f at FAR %g",
+        "%s on %d sources (%d same, %d different pairs): AUC %.4f, EER %.4f, threshold %.4f (%s)",
         data.model_name,
         len(labelled),
         record["same_pairs"],
@@ -253,8 +269,10 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         record["auc"],
         record["eer"],
         threshold,
-        config.target_far,
+        choice.why,
     )
+    if choice.rule != "target":
+        ctx.log.warning("the threshold is not at --target-far %g: %s", config.target_far, choice.why)
     llr = record["llr"]
     if "why_not" in llr:
         ctx.log.warning("no score-to-log-LR map: %s", llr["why_not"])
@@ -324,7 +342,7 @@ def _fingerprint(data, labelled: list[int], names: np.ndarray, config: Calibrate
     made them, the table and the target. Equal fingerprints give equal records."""
     digest = hashlib.sha256()
     head = {"model": [data.model_name, data.model_sha256], "table": config.table, "target_far": config.target_far}
-    head |= {"record": 2, "seed": config.seed}  # record 2: with the score-to-log-LR map
+    head |= {"record": 3, "seed": config.seed}  # 2: with the score-to-log-LR map; 3: thresholds it can measure
     digest.update(json.dumps(head, sort_keys=True).encode())
     digest.update("\x00".join(str(n) for n in names).encode())
     digest.update(np.ascontiguousarray(data.vectors[labelled], np.float32).tobytes())

@@ -15,10 +15,12 @@ A Ray task reads the run's items (``match_items/``) and lists (``matches/``, thr
 ``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members when founded), its size,
 whether it is the identity's representative (of the members mostly linked inside it, the clearest face or the longest
 speech), the identity's cohesion (mean edge score) and the member's confidence (share of its edge weight inside its
-identity).
+identity, times, where the search carries calibrated log-LRs, the posterior of its strongest link inside). A link is
+a match: above the threshold and, with log-LRs, above --min-llr (0). The run warns (log, summary, report) when an
+identity holds several labels, when one identity holds most items, or when the threshold keeps nearly every link.
 Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is
-scored: BCubed and pairwise precision, recall and F over the labelled items, and identities found against the true
-number. The driver holds counts.
+scored: BCubed and pairwise precision, recall and F over the labelled items (how many of all, said with them), and
+identities found against the true number. The driver holds counts.
 
 Night after night: the newest identities run with the same key (table, whole sources or items, method, threshold,
 model) is the previous one. Its items (same key, same content) keep their identities, and whispers moves only the
@@ -67,6 +69,14 @@ class IdentitiesConfig(JobConfig):
     method: str = field(default="whispers", metadata={"run_key": True, "help": "whispers or components"})
     threshold: float | None = field(
         default=None, metadata={"run_key": True, "help": "cosine score linking two items (default: the search's)"}
+    )
+    min_llr: float = field(
+        default=0.0,
+        metadata={
+            "run_key": True,
+            "help": "where the search carries calibrated log-LRs, link two items only above this one too (0: the "
+            "evidence favours 'same')",
+        },
     )
     iterations: int = field(default=20, metadata={"run_key": True, "help": "whispers: passes at most"})
     seed: int = field(default=0, metadata={"run_key": True, "help": "whispers: the visiting order's seed"})
@@ -132,6 +142,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         "per_source": search["per_source"],
         "method": config.method,
         "threshold": round(float(threshold), 6),
+        "min_llr": config.min_llr,
         "model": list(model),
     }
     previous = reusable_run(ctx.output, JOB, key, "identities_key")
@@ -140,7 +151,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
 
     writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
-    settings["per_source"] = search["per_source"]
+    settings |= {"per_source": search["per_source"], "min_llr": config.min_llr}
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -161,7 +172,11 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, **done}
     marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
-    scored = f", BCubed F {done['bcubed_f']:.3f}" if "bcubed_f" in done else ""
+    scored = (
+        f", BCubed F {done['bcubed_f']:.3f} over the {done['labelled_items']} labelled items of {done['items']}"
+        if "bcubed_f" in done
+        else ""
+    )
     ctx.log.info(
         "%d items in %d identities (%d of one, largest %d) by %s at %.3f%s",
         done["items"],
@@ -172,6 +187,8 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         threshold,
         scored,
     )
+    for warning in done["warnings"]:
+        ctx.log.warning("%s", warning)
     return marker
 
 
@@ -195,8 +212,16 @@ def cluster_search(
     items keep their identities: only the new items (new keys, or new content) are clustered, joining an
     identity or founding one."""
     items = read_table(root, "match_items", search_run, ["item", "uri", "sha256"])
+    # A link is a match: above the threshold and, where the search carries calibrated log-LRs, on evidence that
+    # favours "same" (``ops.matching.decisions``).
+    supported = pc.field("llr").is_null() | (pc.field("llr") > settings.get("min_llr", 0.0))
+    listed = read_table(root, "matches", search_run, ["score"]).num_rows
     lists = read_table(
-        root, "matches", search_run, ["query_item", "gallery_item", "score"], filter=pc.field("score") >= threshold
+        root,
+        "matches",
+        search_run,
+        ["query_item", "gallery_item", "score", "llr"],
+        filter=(pc.field("score") >= threshold) & supported,
     )
     names = items.column("item").combine_chunks()
     src = pc.index_in(lists.column("query_item"), value_set=names)
@@ -221,7 +246,7 @@ def cluster_search(
             start[i] = firsts.setdefault(before[i], i)
         movable = ~kept
     clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
-    rows, counts = _members(items, graph, clusters, before, clear)
+    rows, counts = _members(items, graph, clusters, before, clear, _evidence_map(lists))
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
     for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
@@ -234,8 +259,50 @@ def cluster_search(
     if group is not None:
         counts["tracks"] = int(len(np.unique(group)) - (np.bincount(group) == 1).sum())
     if labels[1]:
-        counts |= _scores(labels[0], labels[1], items, clusters)
+        counts |= _scores(labels[0], labels[1], items, np.array(rows.column("identity").to_pylist(), object))
+    counts["warnings"] = _warnings(counts, len(lists), listed)
     return counts
+
+
+def _evidence_map(lists: pa.Table):
+    """The search rows' score -> log-LR map (the calibration's: linear, so the strongest link by score is the
+    strongest by evidence), as a function of scores; None when the search carries no log-LRs."""
+    llr = lists.column("llr").to_numpy(zero_copy_only=False).astype(np.float64)
+    known = ~np.isnan(llr)
+    if not known.any():
+        return None
+    score = lists.column("score").to_numpy().astype(np.float64)[known]
+    order = np.argsort(score)
+    return lambda s: np.interp(s, score[order], llr[known][order])
+
+
+# An identity that holds more than this share of the items, or a threshold that keeps more than this share of the
+# search's links, says the threshold links nearly everything.
+MOST = 0.5
+NEARLY_ALL_LINKS = 0.9
+SHOWN = 10  # identities named in the warnings at most
+
+
+def _warnings(counts: dict, kept: int, listed: int) -> list[str]:
+    """What a reader must know before trusting the identities: merges of labelled people, one identity holding most
+    items, a threshold that keeps nearly every link."""
+    out = []
+    for identity, names in counts.pop("mixed", {}).items():
+        out.append(f"identity {identity} holds {len(names)} labels ({', '.join(names[:5])}): it merges people")
+    if counts.get("mixed_identities", 0) > SHOWN:
+        out.append(f"... and {counts['mixed_identities'] - SHOWN} more identities that hold several labels")
+    items, largest = counts["items"], counts["largest"]
+    if items >= 10 and largest > MOST * items:
+        out.append(
+            f"one identity holds {largest} of {items} items: the threshold links people who differ (raise it, or "
+            "calibrate with labels)"
+        )
+    if listed >= 10 and kept > NEARLY_ALL_LINKS * listed:
+        out.append(
+            f"the threshold keeps {kept} of the search's {listed} links ({kept / listed:.0%}): it links nearly "
+            "everything, and the identities say little"
+        )
+    return out
 
 
 def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray:
@@ -339,9 +406,18 @@ def _ints(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def _members(
-    items: pa.Table, graph: Graph, labels: np.ndarray, before: np.ndarray, clear: np.ndarray | None = None
+    items: pa.Table,
+    graph: Graph,
+    labels: np.ndarray,
+    before: np.ndarray,
+    clear: np.ndarray | None = None,
+    evidence=None,
 ) -> tuple[pa.Table, dict]:
-    """Each member's identity, size, confidence and whether it represents it; each identity's cohesion."""
+    """Each member's identity, size, confidence and whether it represents it; each identity's cohesion.
+
+    A member's confidence is the share of its edge weight inside its identity; with ``evidence`` (the search's map of
+    scores to log-LRs), times how sure its strongest link inside is (the posterior of "same" at even prior odds):
+    a member held by weak links is not shown as certain."""
     n = len(labels)
     inside = labels[graph.src] == labels[graph.dst]
     weight_in = np.bincount(graph.src[inside], graph.weight[inside], n) + np.bincount(
@@ -349,6 +425,12 @@ def _members(
     )
     weight_all = np.bincount(graph.src, graph.weight, n) + np.bincount(graph.dst, graph.weight, n)
     confidence = np.where(weight_all > 0, weight_in / np.where(weight_all > 0, weight_all, 1), 1.0)
+    if evidence is not None and inside.any():
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, graph.src[inside], graph.weight[inside])
+        np.maximum.at(best, graph.dst[inside], graph.weight[inside])
+        linked = np.isfinite(best)
+        confidence[linked] *= 1 / (1 + np.exp(-evidence(best[linked])))
     _, cluster = np.unique(labels, return_inverse=True)
     sizes = np.bincount(cluster)
     edge_sum = np.bincount(cluster[graph.src[inside]], graph.weight[inside], len(sizes))
@@ -391,6 +473,10 @@ def _scores(root: Store, manifest_run: str, items: pa.Table, labels: np.ndarray)
         return {}
     truth = np.array(known.column("label").to_pylist(), object)[at.filter(pa.array(mine)).to_numpy()]
     found = labels[mine]
+    mixed: dict[str, set[str]] = {}
+    for cluster_label, person in zip(found.tolist(), truth.tolist(), strict=True):
+        mixed.setdefault(cluster_label, set()).add(person)
+    merged = {c: sorted(p) for c, p in sorted(mixed.items()) if len(p) > 1}
     bp, br, bf = metrics.bcubed(truth, found)
     pp, pr, pf = metrics.pairwise_f(truth, found)
     return {
@@ -403,6 +489,9 @@ def _scores(root: Store, manifest_run: str, items: pa.Table, labels: np.ndarray)
         "pairwise_precision": pp,
         "pairwise_recall": pr,
         "pairwise_f": pf,
+        # Identities that hold two labels or more: the first few named (the count says how many in all).
+        "mixed_identities": len(merged),
+        "mixed": dict(list(merged.items())[:SHOWN]),
     }
 
 

@@ -43,10 +43,11 @@ from jobs.reuse import reusable_run
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
 from jobs.source_job import RowWriter
-from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, ModelError, StorageError
+from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
 from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching.decisions import published_threshold
 from ops.matching.embeddings import (
     manifest_of,
     newest_manifest_run,
@@ -54,7 +55,6 @@ from ops.matching.embeddings import (
 )
 from ops.matching.fusion import Fusion
 from ops.models import catalogue
-from ops.models.registry import read_card
 
 JOB = "match"
 MODES = ("search", "verify", "identify", "crossmatch")
@@ -93,6 +93,14 @@ class MatchConfig(JobConfig):
         default=None,
         metadata={"run_key": True, "help": "a calibration record (jobs.calibrate) to take the threshold from"},
     )
+    min_llr: float = field(
+        default=0.0,
+        metadata={
+            "run_key": True,
+            "help": "with a calibration, accept, match or identify only above this log-LR too (0: the evidence "
+            "favours 'same'); a score above the threshold on less is 'below the evidence needed'",
+        },
+    )
     head: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "a trained face head (jobs.train_face) to compare through, name or URI"},
@@ -126,14 +134,11 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
     if config.calibration:
         record, where = _calibration(config.calibration, model_name)
         return float(record["threshold"]), where
-    try:
-        card = read_card(catalogue.locate(model_name, config.models))
-    except ModelError:  # no card is the same problem as no cosine threshold on it
-        card = {}
-    if card.get("metric") == "cosine" and card.get("default_threshold") is not None:
-        return float(card["default_threshold"]), f"model card of {model_name}"
+    published = published_threshold(model_name, config.models)
+    if published is not None:
+        return published, f"model card of {model_name}"
     raise JobFailed(
-        f"no cosine threshold for {model_name} (its card's metric is {card.get('metric', 'unknown')}): run "
+        f"no cosine threshold for {model_name} (its model card publishes none): run "
         "`python -m jobs.calibrate` on labelled data and pass --calibration, or pass --threshold"
     )
 
@@ -238,6 +243,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         threshold, source = _search_threshold(config, model[0])
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source, "llr_map": _llr_map(config, model[0])}
+        fields["min_llr"] = config.min_llr
         key = search_key("search", config.table, config.per_source, config.k, same_set, model)
         sides = ("both",) if same_set else ("queries", "gallery")
         previous = _previous(config, ctx, key, staging, dict.fromkeys(sides, "uri"))
@@ -360,7 +366,17 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     head = (config.head, config.models) if config.head else None
     llr_map = _llr_map(config, model[0])
     verifier = Verifier(
-        root, config.table, config.queries_run_id, model, head, threshold, source, out.run_id, JOB, llr_map
+        root,
+        config.table,
+        config.queries_run_id,
+        model,
+        head,
+        threshold,
+        source,
+        out.run_id,
+        JOB,
+        llr_map,
+        config.min_llr,
     )
     staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
     matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
@@ -376,9 +392,11 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         "pairs": done.pairs,
         "accept": done.accept,
         "reject": done.reject,
+        "below_evidence": done.below_evidence,
         "threshold": threshold,
         "threshold_source": source,
-        "matches": done.accept + done.reject,
+        "min_llr": config.min_llr if llr_map else None,
+        "matches": done.accept + done.reject + done.below_evidence,
         "errors": done.unmatched,
     }
 
@@ -423,6 +441,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         k = min(config.k, len(enrolled.identities))
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source, "llr_map": _llr_map(config, model[0])}
+        fields["min_llr"] = config.min_llr
         key = search_key("identify", config.table, True, config.k, same_set, model)
         previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)

@@ -79,6 +79,10 @@ class PipelineConfig(JobConfig):
     fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second"})
     k: int = field(default=5, metadata={"run_key": True, "help": "matches per probe"})
     target_far: float = field(default=1e-3, metadata={"run_key": True, "help": "calibrated false accept rate"})
+    min_llr: float = field(
+        default=0.0,
+        metadata={"run_key": True, "help": "matches, identities and identifications only above this log-LR too"},
+    )
     joint_model: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "joint voice-face model (jobs.train_crossmodal): adds crossmatch"},
@@ -231,7 +235,9 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             stages.run(
                 f"identities-{table}",
                 identities,
-                identities.IdentitiesConfig(results=root, search_run_id=search["run_id"], manifest_run_id=manifest_run),
+                identities.IdentitiesConfig(
+                    results=root, search_run_id=search["run_id"], manifest_run_id=manifest_run, min_llr=config.min_llr
+                ),
             )
         if record:
             _match(stages, "identify", table, root, embeddings_run, manifest_run, config, record)
@@ -313,6 +319,7 @@ def _match(
             manifest_run_id=manifest_run,
             k=config.k,
             calibration=calibration,
+            min_llr=config.min_llr,
             models=config.models,
         ),
     )

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -32,6 +33,7 @@ from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, iter_table
 from ops.matching import items
 from ops.matching.calibration import describe
+from ops.matching.decisions import BELOW_EVIDENCE, decide, is_positive, verbal
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
@@ -508,13 +510,15 @@ def _calibration_section(root: Store, ev: Evidence) -> str:
         return '<h2>Calibration</h2><p data-testid="calibration">No calibration: the archive has no labels.</p>'
     parts = ["<h2>Calibration</h2>"]
     for marker, row in ev.calibrations:
+        record = _record(row)
+        rule = record.get("threshold_why") or f"at FAR {row['target_far']:g}"
         stats = (
             f"{_e(row['model_name'])} ({_e(row['model_sha256'][:12])}) on {_e(row['table'])}: "
             f"{row['sources']} labelled sources, {row['same_pairs']} genuine and {row['different_pairs']} impostor "
             f"pairs; AUC {row['auc']:.4f}, EER {row['eer']:.4f}; threshold {row['threshold']:.4f} "
-            f"at FAR {row['target_far']:g}"
+            f'(<span data-testid="threshold-rule">{_e(rule)}</span>)'
         )
-        llr = _llr_words(root, row)
+        llr = _llr_words(record)
         plots = _plots(root, marker["run_id"], ("roc.png", "scores.png"))
         parts.append(f'<div data-testid="calibration-{_e(row["table"])}"><p>{stats}</p>{llr}{plots}</div>')
     for marker, row in ev.fusions:
@@ -533,12 +537,17 @@ def _plots(root: Store, run_id: str, names: tuple[str, ...]) -> str:
     return "".join(plots)
 
 
-def _llr_words(root: Store, row: dict) -> str:
-    """The record's score-to-log-LR map in words, when it has one (records before it did not)."""
+def _record(row: dict) -> dict:
+    """A calibrations/ row's record (empty when it cannot be read)."""
     try:
-        llr = json.loads(resolve(row["record_uri"]).read_bytes()).get("llr")
+        return json.loads(resolve(row["record_uri"]).read_bytes())
     except (StorageError, ValueError):
-        llr = None
+        return {}
+
+
+def _llr_words(record: dict) -> str:
+    """The record's score-to-log-LR map in words, when it has one (records before it did not)."""
+    llr = record.get("llr")
     if not llr:
         return ""
     held = "" if llr.get("cllr_held_out") is None else f", {llr['cllr_held_out']:.3f} held out"
@@ -547,7 +556,9 @@ def _llr_words(root: Store, row: dict) -> str:
         f"{'+' if llr['offset'] >= 0 else '&minus;'} {abs(llr['offset']):.2f} (natural log; {_e(llr['method'])}). "
         f"Cllr {llr['cllr']:.3f} bits{held} "
         f"(0 is perfect, 1 is no information; {llr['min_cllr']:.3f} is the best any monotone map of these scores "
-        f"could do). At the threshold the evidence is {_e(describe(llr['llr_at_threshold']))}.</p>"
+        f"could do). At the threshold the evidence is {_e(describe(llr['llr_at_threshold']))}"
+        + (": a score there is no match; a match needs a log-LR above 0 too" if llr["llr_at_threshold"] <= 0 else "")
+        + ".</p>"
     )
 
 
@@ -682,6 +693,7 @@ def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[
     marker, by_query = probes.marker, probes.rows
     config = marker.get("config", {})
     mode, table = config.get("mode", "search"), config.get("table", "faces")
+    min_llr = float(config.get("min_llr") or 0.0)
     shown = sorted(by_query)
     heading = {
         "search": "Top matches",
@@ -707,10 +719,15 @@ def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[
             + (f"<br>label: <b>{_e(label)}</b>" if label else "")
             + (ev.attribute_html(query) if table == "faces" else "")
             + f"<br><small>sha256 {_e(first['query_sha256'][:16])}</small>"
-            + (f"<br>decision: <b data-testid='decision'>{_e(first['decision'])}</b>" if first["decision"] else "")
+            + (
+                f"<br>decision: <b data-testid='decision'>{_e(first['decision'])}</b>"
+                + (f"<br><small>{_e(first['verbal'])}</small>" if first.get("verbal") else "")
+                if first["decision"]
+                else ""
+            )
             + "</div></div>"
         )
-        cards = "".join(_match_card(r, table, mode, ev, previews) for r in ranked)
+        cards = "".join(_match_card(r, table, mode, ev, previews, min_llr) for r in ranked)
         parts.append(
             f'<section class="probe" data-testid="probe" data-table="{_e(table)}" data-mode="{_e(mode)}">'
             f'{head}<div class="matches">{cards}</div></section>'
@@ -718,10 +735,28 @@ def _matches_section(probes: Probes, ev: Evidence, previews: Previews) -> tuple[
     return "".join(parts), len(shown)
 
 
-def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews) -> str:
+def _card_decision(r: dict, mode: str, min_llr: float) -> str | None:
+    """A row's decision as stored; for the rows the job leaves undecided (identify's ranks below 1), the same rule
+    (``ops.matching.decisions.decide``) applied to the row's score, threshold and log-LR."""
+    if r["decision"] is not None or r["threshold"] is None:
+        return r["decision"]
+    llr = None if r.get("llr") is None else np.array([r["llr"]])
+    positive = r["identity"] if mode == "identify" else "match"
+    return decide(np.array([r["score"]]), r["threshold"], llr, min_llr, positive, "no match")[0]
+
+
+def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews, min_llr: float = 0.0) -> str:
     threshold = r["threshold"]
-    above = threshold is not None and r["score"] >= threshold
-    verdict = "" if threshold is None else (" above" if above else " below")
+    decision = _card_decision(r, mode, min_llr)
+    # Green only for a decision that says "the same person": a score above the threshold on evidence that does
+    # not favour it is shown apart, never as a match.
+    verdict = (
+        ""
+        if decision is None
+        else " above"
+        if is_positive(decision)
+        else (" undecided" if decision == BELOW_EVIDENCE else " below")
+    )
     what = (
         f"<b>{_e(r['identity'])}</b>"
         if mode == "identify"
@@ -730,13 +765,21 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
         + (ev.attribute_html(r["gallery_item"]) if table == "faces" else "")
     )
     label = ev.label(r["gallery_uri"]) if r["gallery_uri"] else None
-    limit = "no threshold" if threshold is None else f"{'match' if above else 'no match'} at {threshold:.3f}"
+    if threshold is None:
+        limit = "no threshold"
+    elif decision == BELOW_EVIDENCE:
+        limit = f"above the threshold {threshold:.3f}, {BELOW_EVIDENCE}"
+    else:
+        limit = f"{'match' if is_positive(decision) else 'no match'} at {threshold:.3f}"
+    words = r.get("verbal") or (verbal(r["llr"]) if r.get("llr") is not None else None)
     return (
-        f'<div class="match{verdict}" data-testid="match"><span class="rank">#{r["rank"]}</span>{what}'
+        f'<div class="match{verdict}" data-testid="match" data-decision="{_e(decision or "")}">'
+        f'<span class="rank">#{r["rank"]}</span>{what}'
         + (f"<br>label: {_e(label)}" if label else "")
         + f'<br>score <b data-testid="score">{r["score"]:.3f}</b>'
         + (
             f' <small data-testid="llr" title="{_e(describe(r["llr"]))}">log-LR {r["llr"]:+.2f}</small>'
+            f'<br><small data-testid="verbal">{_e(words)}</small>'
             if r.get("llr") is not None
             else ""
         )
@@ -748,17 +791,20 @@ def _identities_section(sheets: Sheets, ev: Evidence, previews: Previews) -> str
     marker, summary = sheets.marker, sheets.marker.get("summary", {})
     table = summary.get("table", "faces")
     scored = (
-        f"; against the labels: {summary['found_identities']} found for {summary['true_identities']} people, "
+        f"; against the labels of {summary.get('labelled_items', '?')} of the {summary.get('items', 0)} items: "
+        f"{summary['found_identities']} found for {summary['true_identities']} people, "
         f"BCubed F {summary['bcubed_f']:.3f}, pairwise F {summary['pairwise_f']:.3f}"
         if "bcubed_f" in summary
         else ""
     )
+    warnings = "".join(f"<li>{_e(w)}</li>" for w in summary.get("warnings", []))
     parts = [
         f"<h2>Who is in the archive: {_e(table)}</h2><p>run {_e(marker['run_id'])}: {summary.get('items', 0)} items "
         f"in {sheets.total} identities ({summary.get('singletons', 0)} of one) by {_e(summary.get('method', ''))} "
         f"at {summary.get('threshold', 0):.3f} over search {_e(summary.get('search_run_id', ''))}"
         + (f", the {len(sheets.members)} largest shown" if len(sheets.members) < sheets.total else "")
         + f"{scored}.</p>"
+        + (f'<ul class="warnings" data-testid="identity-warnings">{warnings}</ul>' if warnings else "")
     ]
     for identity, members in sheets.members.items():
         first = members[0]
@@ -828,6 +874,7 @@ min-width:7em}.count b{display:block;font-size:1.4em}
 .probe-head{display:flex;gap:.6em;min-width:18em;max-width:18em;word-break:break-all}
 .matches{display:flex;flex-wrap:wrap;gap:.6em}.match{border:1px solid #ddd;border-radius:4px;padding:.4em;
 width:11em;word-break:break-all}.match.above{border-color:#2a7;background:#f1fbf5}.match.below{opacity:.8}
+.match.undecided{border-color:#c90;background:#fffaf0}.warnings{color:#a50;font-weight:600}
 .rank{float:right;color:#888}.thumb{display:block;max-width:96px;max-height:96px;border-radius:3px}
 .clip{width:10em;display:block}.plot{max-width:420px;margin-right:1em}.nopreview{color:#a33;font-size:.85em}
 code{font-size:.85em}
@@ -839,7 +886,9 @@ def _page(title: str, sections: list[str]) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1><p>Written {made}. Scores are cosine "
-        "similarities of L2-normalised embeddings; a match is a score at or above the threshold shown with it.</p>"
+        "similarities of L2-normalised embeddings; a match is a score at or above the threshold shown with it whose "
+        "calibrated log-likelihood ratio, where there is a calibration, favours the same person (green); a score "
+        "above the threshold on evidence that does not is shown apart (amber), never as a match.</p>"
         + "".join(sections)
         + "</body></html>"
     )

@@ -154,7 +154,13 @@ MATCHES = _table(
     _f("score", pa.float32(), doc="cosine similarity of the L2-normalised embeddings, exact"),
     _f("threshold", pa.float32(), nullable=True, doc="the decision threshold, when one applies"),
     _f("threshold_source", pa.string(), nullable=True, doc="--threshold, a calibration record, or the card"),
-    _f("decision", pa.string(), nullable=True, doc="verify, crossmatch: accept/reject; identify: identity/unknown"),
+    _f(
+        "decision",
+        pa.string(),
+        nullable=True,
+        doc="verify, crossmatch: accept/reject; search: match/no match; identify: identity/unknown at rank 1; "
+        "'below the evidence needed' where the score clears the threshold and the log-LR is not above --min-llr",
+    ),
     _f("model_name", pa.string()),
     _f("model_sha256", SHA256),
     _f(
@@ -162,6 +168,12 @@ MATCHES = _table(
         pa.float64(),
         nullable=True,
         doc="the score as a natural-log likelihood ratio by the calibration record's map; null without one",
+    ),
+    _f(
+        "verbal",
+        pa.string(),
+        nullable=True,
+        doc="the log-LR in the forensic verbal scale ('moderate support for the same person'); null without one",
     ),
 )
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jobs import identities, match
+from jobs import calibrate, identities, match
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from tests.jobs.test_match import write_faces
@@ -51,9 +51,45 @@ def test_a_search_clustered_into_identities_scored_against_labels(ray_cluster, t
     # A run that is not a search of one set, or no threshold anywhere: refused with the reason.
     assert identities.main([str(tmp_path), "--search-run-id", "i1", "--output", str(tmp_path)]) == 2
     assert "not a search" in caplog.text
-    assert match.main([*map(str, search[:-2]), "--run-id", "bare", "--log-level", "WARNING"]) == 0
-    assert identities.main([str(tmp_path), "--search-run-id", "bare", "--output", str(tmp_path)]) == 2
+    other = tmp_path / "other"  # embeddings of a model that publishes no threshold, searched without one
+    write_faces(other, vectors.astype(np.float32), uris, model=("an-imported-encoder", "cd" * 32))
+    bare = ["search", "--queries", other, "--output", other, "--per-source", "--k", 10]
+    assert match.main([*map(str, bare), "--run-id", "bare", "--log-level", "WARNING"]) == 0
+    assert identities.main([str(other), "--search-run-id", "bare", "--output", str(other)]) == 2
     assert "pass --threshold" in caplog.text
+
+
+def test_identities_say_when_they_are_unsure(ray_cluster, tmp_path, caplog):
+    """A threshold that links everything merges people: the run says so (one identity holding most items, a
+    threshold keeping every link, identities holding several labels) and its score says what it covers; with a
+    calibrated search, a member held by weak evidence has a confidence below 1."""
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((4, 16))
+    vectors = (np.repeat(centres, 6, axis=0) + 0.6 * rng.standard_normal((24, 16))).astype(np.float32)
+    labels = [f"p{i // 6}" for i in range(20)] + [None] * 4  # four items unlabelled
+    uris = [f"/archive/{i:02d}.jpg" for i in range(24)]
+    write_faces(tmp_path, vectors, uris, labels=labels, model=("an-imported-encoder", "cd" * 32))
+    loose = ["search", "--queries", tmp_path, "--output", tmp_path, "--per-source", "--k", 5, "--threshold", -1]
+    assert match.main([*map(str, loose), "--run-id", "loose", "--log-level", "WARNING"]) == 0
+    argv = [str(tmp_path), "--output", str(tmp_path), "--manifest-run-id", "manifest-test"]
+    assert identities.main([*argv, "--search-run-id", "loose", "--run-id", "everything", "--method", "components"]) == 0
+    summary = _summary(tmp_path, "everything")
+    warnings = " | ".join(summary["warnings"])
+    assert "holds 4 labels" in warnings and "merges people" in warnings
+    assert "one identity holds 24 of 24 items" in warnings and "links nearly everything" in warnings
+    assert all(w in caplog.text for w in summary["warnings"])
+    assert summary["labelled_items"] == 20 and summary["items"] == 24
+    assert "over the 20 labelled items of 24" in caplog.text
+    # Calibrated: links only on evidence for "same", and confidence that says how strong it is.
+    assert calibrate.main([str(tmp_path), "--output", str(tmp_path), "--run-id", "cal", "--log-level", "ERROR"]) == 0
+    record = str(tmp_path / "calibration" / "cal" / "record.json")
+    sure = ["search", "--queries", tmp_path, "--output", tmp_path, "--per-source", "--k", 5, "--calibration", record]
+    assert match.main([*map(str, sure), "--run-id", "sure", "--log-level", "WARNING"]) == 0
+    assert identities.main([*argv, "--search-run-id", "sure", "--run-id", "weighed"]) == 0
+    rows = read_table(resolve(str(tmp_path)), "identities", "weighed").to_pylist()
+    confidence = [r["confidence"] for r in rows if r["size"] > 1]
+    assert confidence and all(0 < c <= 1 for c in confidence) and min(confidence) < 0.99
+    assert all(r["confidence"] == 1.0 for r in rows if r["size"] == 1)
 
 
 def test_the_faces_of_a_video_track_are_one_identity(ray_cluster, tmp_path):

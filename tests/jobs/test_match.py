@@ -194,7 +194,7 @@ def test_verify_scores_every_pair_of_many_chunks_once(ray_cluster, tmp_path):
 def test_verify_without_a_cosine_threshold_says_how_to_get_one(tmp_path, caplog):
     rng = np.random.default_rng(1)
     vectors, uris, _ = identities(rng)
-    write_faces(tmp_path, vectors, uris)
+    write_faces(tmp_path, vectors, uris, model=("an-imported-encoder", SHA))  # no card, nothing published
     (tmp_path / "pairs.csv").write_text(f"a,b\n{uris[0]},{uris[1]}\n")
     assert run("verify", "--queries", tmp_path, "--pairs", tmp_path / "pairs.csv", "--models", tmp_path / "m") == 2
     assert "python -m jobs.calibrate" in caplog.text
@@ -372,3 +372,81 @@ def test_calibration_is_computed_again_only_when_its_sample_changed(tmp_path):
     assert row["record_uri"].endswith("c2/record.json") and row["threshold"] == first["threshold"]
     assert "reused_from" not in calibrate_run("c3", "--recalibrate")
     assert "reused_from" not in calibrate_run("c4", "--target-far", "0.01")  # another target: computed
+
+
+def _record(root) -> dict:
+    (row,) = read_table(resolve(str(root)), "calibrations").to_pylist()
+    return json.loads(resolve(row["record_uri"]).read_bytes())
+
+
+def test_a_calibration_says_what_its_sample_cannot_measure(tmp_path, caplog):
+    """160 different-person pairs cannot measure a false accept rate of 1e-3 (that needs 10,000): the threshold is
+    the model card's published one when it has one, else the one at the lowest rate the sample measures."""
+    rng = np.random.default_rng(5)
+    vectors, uris, labels = identities(rng, people=5, per_person=4, spread=0.3)
+    for model, rule in ((("an-imported-encoder", SHA), "lowest measurable"), (("dlib-resnet-v1", SHA), "model card")):
+        root = tmp_path / rule.replace(" ", "-")
+        write_faces(root, vectors, uris, labels=labels, model=model)
+        assert calibrate.main([str(root), "--output", str(root)]) == 0
+        record = _record(root)
+        assert record["threshold_rule"] == rule and record["different_pairs"] == 160
+        assert "160 different-person pairs" in record["threshold_why"] and "not 0.001" in record["threshold_why"]
+        assert "the threshold is not at --target-far 0.001" in caplog.text
+    assert record["threshold"] == pytest.approx(0.91) and record["threshold_far"] is None  # dlib's 0.6, as a cosine
+    lowest = _record(tmp_path / "lowest-measurable")
+    assert lowest["threshold_far"] == pytest.approx(10 / 160) and lowest["impostor_pairs_above_threshold"] <= 10
+
+
+def test_labels_that_are_not_people_are_refused(tmp_path, caplog):
+    """Labels that are folder names (events, dates) put each person under every label: the scores cannot tell the
+    labels apart, and a calibration of them would state evidence there is not."""
+    rng = np.random.default_rng(6)
+    vectors, uris, _ = identities(rng, people=8, per_person=4, spread=0.3)
+    events = [f"event{i % 3}" for i in range(len(uris))]  # each person's photos spread over three events
+    write_faces(tmp_path, vectors, uris, labels=events)
+    assert calibrate.main([str(tmp_path), "--output", str(tmp_path)]) == 2
+    assert "likely not people" in caplog.text and "No calibration was written" in caplog.text
+    assert not (tmp_path / "calibration").exists() or not any((tmp_path / "calibration").iterdir())
+
+
+def test_no_match_is_given_against_the_evidence(ray_cluster, tmp_path):
+    """A threshold set at a rate the sample can barely measure sits where the evidence favours different people:
+    between it and a log-LR of 0 a pair is 'below the evidence needed', never accepted, matched or identified; every
+    row carries its log-LR in words."""
+    from ops.matching.decisions import BELOW_EVIDENCE
+
+    rng = np.random.default_rng(7)
+    vectors, uris, labels = identities(rng, people=6, per_person=4, spread=0.9)  # people who overlap
+    write_faces(tmp_path, vectors, uris, labels=labels, model=("an-imported-encoder", SHA))
+    assert calibrate.main([str(tmp_path), "--output", str(tmp_path), "--log-level", "WARNING"]) == 0
+    record = _record(tmp_path)
+    assert record["threshold_rule"] == "lowest measurable" and record["llr"]["llr_at_threshold"] < 0
+    calibration = ["--calibration", str(tmp_path / "calibration" / record["run_id"] / "record.json")]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b\n" + "".join(f"{a},{b}\n" for i, a in enumerate(uris) for b in uris[i + 1 :]))
+    common = ["--queries", tmp_path, "--output", tmp_path, *calibration]
+    assert run("verify", *common, "--pairs", pairs, "--run-id", "v") == 0
+    assert run("search", *common, "--k", 5, "--run-id", "s") == 0
+    for run_id, positive in (("v", "accept"), ("s", "match")):
+        rows = read_table(resolve(str(tmp_path)), "matches", run_id).to_pylist()
+        for r in rows:
+            clears = np.float32(r["score"]) >= np.float32(r["threshold"])
+            want = (
+                (positive if r["llr"] > 0 else BELOW_EVIDENCE)
+                if clears
+                else ("reject" if run_id == "v" else "no match")
+            )
+            assert r["decision"] == want and r["verbal"], r
+            assert ("different people" in r["verbal"]) == (r["llr"] < -np.log(2)), r
+        assert sum(r["decision"] == BELOW_EVIDENCE for r in rows) > 0  # the case this test is about happens
+    (marker,) = [m for m in committed_runs(resolve(str(tmp_path))) if m["run_id"] == "v"]
+    summary = marker["summary"]
+    assert summary["accept"] + summary["reject"] + summary["below_evidence"] == summary["pairs"] == 276
+    # Identification: an identity only on evidence for it.
+    enrol = tmp_path / "enrol.csv"
+    enrol.write_text(
+        "uri,label\n" + "".join(f"{u},{lab}\n" for u, lab in zip(uris, labels, strict=True) if u[-5] in "02")
+    )
+    assert run("identify", *common, "--labels", enrol, "--run-id", "i") == 0
+    first = [r for r in read_table(resolve(str(tmp_path)), "matches", "i").to_pylist() if r["rank"] == 1]
+    assert all(r["llr"] > 0 for r in first if r["decision"] not in ("unknown", BELOW_EVIDENCE))
