@@ -18,9 +18,12 @@ speech), the identity's cohesion (mean edge score) and the member's confidence (
 identity, times, where the search carries calibrated log-LRs, the posterior of its strongest link inside). A link is
 a match: above the threshold and, with log-LRs, above --min-llr (0). The run warns (log, summary, report) when an
 identity holds several labels, when one identity holds most items, or when the threshold keeps nearly every link.
-Items with no edge are identities of one. With labels (the manifest's; --manifest-run-id), the clustering is
-scored: BCubed and pairwise precision, recall and F over the labelled items (how many of all, said with them), and
-identities found against the true number. The driver holds counts.
+With --separate-labels (the pipeline's), the threshold is raised just above the strongest link between two
+differently labelled items, so that the labelled sample shows no merge of two labels by a direct link; an identity
+that still holds two (linked through unlabelled items) is warned about as above. Items with no edge are identities
+of one. With labels (the manifest's; --manifest-run-id), the clustering is scored: BCubed and pairwise precision,
+recall and F over the labelled items (how many of all, said with them), and identities found against the true
+number. The driver holds counts.
 
 Night after night: the newest identities run with the same key (table, whole sources or items, method, threshold,
 model) is the previous one. Its items (same key, same content) keep their identities, and whispers moves only the
@@ -88,6 +91,14 @@ class IdentitiesConfig(JobConfig):
         default=False,
         metadata={"run_key": True, "help": "cluster every item again, not only the items new since the last run"},
     )
+    separate_labels: bool = field(
+        default=False,
+        metadata={
+            "run_key": True,
+            "help": "raise the threshold above every link between two differently labelled items (what the pipeline "
+            "does): the labelled sample then shows no merge of two labels by a direct link",
+        },
+    )
 
 
 def _search(root: Store, run_id: str | None) -> dict:
@@ -143,6 +154,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         "method": config.method,
         "threshold": round(float(threshold), 6),
         "min_llr": config.min_llr,
+        "separate_labels": config.separate_labels,
         "model": list(model),
     }
     previous = reusable_run(ctx.output, JOB, key, "identities_key")
@@ -152,6 +164,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
     settings |= {"per_source": search["per_source"], "min_llr": config.min_llr}
+    settings["separate_labels"] = config.separate_labels
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -168,6 +181,13 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         )
     )
     out.add_files("identities", done.pop("files"), IDENTITIES)
+    if "threshold_raised_to" in done:
+        ctx.log.info(
+            "threshold raised from %.4f to %.4f: just above the strongest link between two differently labelled items",
+            threshold,
+            done["threshold_raised_to"],
+        )
+        threshold = done["threshold_raised_to"]
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, **done}
@@ -224,6 +244,9 @@ def cluster_search(
         filter=(pc.field("score") >= threshold) & supported,
     )
     names = items.column("item").combine_chunks()
+    raised = None
+    if settings.get("separate_labels") and labels[1]:
+        lists, raised = _separate_labels(lists, _item_labels(labels[0], labels[1], items), names)
     src = pc.index_in(lists.column("query_item"), value_set=names)
     dst = pc.index_in(lists.column("gallery_item"), value_set=names)
     if src.null_count or dst.null_count:  # the run's own tables disagree: nothing to cluster on a guess
@@ -249,7 +272,11 @@ def cluster_search(
     rows, counts = _members(items, graph, clusters, before, clear, _evidence_map(lists))
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
-    for name, value in {"modality": table, "method": settings["method"], "threshold": threshold}.items():
+    if raised is not None:
+        threshold = raised
+        counts["threshold_raised_to"] = raised  # the rows carry the threshold their links were kept at
+    settings_of_rows = {"modality": table, "method": settings["method"], "threshold": threshold}
+    for name, value in settings_of_rows.items():
         rows = rows.append_column(name, pa.array([value] * rows.num_rows))
     rows = rows.append_column("search_run_id", pa.array([search_run] * rows.num_rows))
     rows = rows.append_column("model_name", pa.array([model[0]] * rows.num_rows))
@@ -262,6 +289,34 @@ def cluster_search(
         counts |= _scores(labels[0], labels[1], items, np.array(rows.column("identity").to_pylist(), object))
     counts["warnings"] = _warnings(counts, len(lists), listed)
     return counts
+
+
+def _item_labels(root: Store, manifest_run: str, items: pa.Table) -> np.ndarray:
+    """Each item's label from the manifest (None when unlabelled)."""
+    labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
+    known = read_table(root, "manifest", manifest_run, ["uri", "label"], filter=labelled)
+    at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks()).to_numpy(
+        zero_copy_only=False
+    )
+    values = np.array(known.column("label").to_pylist() + [None], object)
+    return values[np.where(np.isnan(at), len(values) - 1, at).astype(np.int64)]
+
+
+def _separate_labels(lists: pa.Table, item_labels: np.ndarray, names: pa.Array) -> tuple[pa.Table, float | None]:
+    """The lists above every link between two differently labelled items, and the threshold that keeps them (just
+    above the strongest such link, as stored); None when no link joins two labels."""
+    a = pc.index_in(lists.column("query_item"), value_set=names).to_numpy(zero_copy_only=False)
+    b = pc.index_in(lists.column("gallery_item"), value_set=names).to_numpy(zero_copy_only=False)
+    known = ~(np.isnan(a) | np.isnan(b))
+    la = np.full(len(a), None, object)
+    lb = np.full(len(b), None, object)
+    la[known], lb[known] = item_labels[a[known].astype(np.int64)], item_labels[b[known].astype(np.int64)]
+    crossing = (la != None) & (lb != None) & (la != lb)  # noqa: E711 (element-wise)
+    if not crossing.any():
+        return lists, None
+    score = lists.column("score").to_numpy().astype(np.float32)
+    strongest = score[crossing].max()
+    return lists.filter(pa.array(score > strongest)), float(np.nextafter(strongest, np.float32(np.inf)))
 
 
 def _evidence_map(lists: pa.Table):
@@ -294,8 +349,8 @@ def _warnings(counts: dict, kept: int, listed: int) -> list[str]:
     items, largest = counts["items"], counts["largest"]
     if items >= 10 and largest > MOST * items:
         out.append(
-            f"one identity holds {largest} of {items} items: the threshold links people who differ (raise it, or "
-            "calibrate with labels)"
+            f"one identity holds {largest} of {items} items: check that it is one person (a threshold that links "
+            "people who differ does this: raise it, or calibrate with labels)"
         )
     if listed >= 10 and kept > NEARLY_ALL_LINKS * listed:
         out.append(

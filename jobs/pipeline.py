@@ -236,7 +236,11 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
                 f"identities-{table}",
                 identities,
                 identities.IdentitiesConfig(
-                    results=root, search_run_id=search["run_id"], manifest_run_id=manifest_run, min_llr=config.min_llr
+                    results=root,
+                    search_run_id=search["run_id"],
+                    manifest_run_id=manifest_run,
+                    min_llr=config.min_llr,
+                    separate_labels=config.label_pattern is not None,
                 ),
             )
         if record:

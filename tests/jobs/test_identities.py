@@ -80,6 +80,17 @@ def test_identities_say_when_they_are_unsure(ray_cluster, tmp_path, caplog):
     assert all(w in caplog.text for w in summary["warnings"])
     assert summary["labelled_items"] == 20 and summary["items"] == 24
     assert "over the 20 labelled items of 24" in caplog.text
+    # What the pipeline does with labels: the threshold raised above every link between two labels.
+    assert identities.main([*argv, "--search-run-id", "loose", "--run-id", "apart", "--separate-labels"]) == 0
+    apart = _summary(tmp_path, "apart")
+    assert apart["threshold"] > -1 and "threshold raised from -1.0000" in caplog.text
+    rows = read_table(resolve(str(tmp_path)), "identities", "apart").to_pylist()
+    assert all(abs(r["threshold"] - apart["threshold"]) < 1e-6 for r in rows)
+    labelled = {f"/archive/{i:02d}.jpg": f"p{i // 6}" for i in range(20)}
+    for identity in {r["identity"] for r in rows}:
+        assert len({labelled[r["uri"]] for r in rows if r["identity"] == identity and r["uri"] in labelled}) <= 1 or (
+            any("merges people" in w for w in apart["warnings"])
+        )
     # Calibrated: links only on evidence for "same", and confidence that says how strong it is.
     assert calibrate.main([str(tmp_path), "--output", str(tmp_path), "--run-id", "cal", "--log-level", "ERROR"]) == 0
     record = str(tmp_path / "calibration" / "cal" / "record.json")
