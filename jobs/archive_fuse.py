@@ -32,6 +32,7 @@ from ops.io.errors import JobFailed, UnmatchedPair
 from ops.io.schemas import EVIDENCE
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import DataFile, committed_files, committed_rows, error_table
+from ops.matching.decisions import BELOW_EVIDENCE
 from ops.matching.embeddings import read_labels
 from ops.matching.fusion import Fusion
 from ops.matching.vectors import normalise
@@ -53,6 +54,7 @@ class Evidence:
     calibration: str  # the record's uri
     job_run_id: str
     job: str
+    min_llr: float = 0.0  # accepted or identified only above this log-LR too (``ops.matching.decisions``)
 
     def llrs(self, face: np.ndarray, voice: np.ndarray) -> tuple[np.ndarray, ...]:
         """Per-modality and fused log-LRs, the threshold that applies and the modalities used, for cosine scores
@@ -132,7 +134,7 @@ def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, e
     files = []
     if len(keep):
         face_llr, voice_llr, llr, threshold, modalities = evidence.llrs(scores["face"][keep], scores["voice"][keep])
-        accept = llr >= threshold
+        decision = _decide(llr, threshold, evidence.min_llr, "accept", "reject")
         side = lambda name, what: [  # noqa: E731
             None if picked[name][i] is None else getattr(picked[name][i][0], what)[picked[name][i][1]] for i in keep
         ]
@@ -157,14 +159,23 @@ def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, e
             "voice_llr": _nullable(voice_llr),
             "llr": llr.tolist(),
             "llr_threshold": threshold.tolist(),
-            "decision": np.where(accept, "accept", "reject").tolist(),
+            "decision": decision.tolist(),
         }
         files = rows.write(pa.table(table | evidence.provenance(n), schema=EVIDENCE))
-        counts["accept"] = int(accept.sum())
-        counts["reject"] = n - counts["accept"]
+        counts |= {word: int((decision == word).sum()) for word in ("accept", "reject")}
+        counts["below_evidence"] = int((decision == BELOW_EVIDENCE).sum())
     error_files = errors.write(error_table(unscored, evidence.job_run_id, evidence.job, "match")) if unscored else []
     counts["errors"] = len(unscored)
     return {"files": files, "error_files": error_files, **counts, "failed": None}
+
+
+def _decide(llr: np.ndarray, threshold: np.ndarray, min_llr: float, positive: str, negative: str) -> np.ndarray:
+    """The fused decision (``ops.matching.decisions``, on log-LRs): ``positive`` at or above the record's log-LR
+    threshold and above ``min_llr``; ``BELOW_EVIDENCE`` at or above the threshold only; ``negative`` below it."""
+    clears = llr >= threshold
+    out = np.full(len(llr), negative, dtype=object)
+    out[clears] = np.where(llr[clears] > min_llr, positive, BELOW_EVIDENCE)
+    return out
 
 
 # -- identification ----------------------------------------------------------------------------------------------
@@ -285,7 +296,7 @@ def identify_slice(
             top = usable[np.argsort(-llr[i, usable], kind="stable")[:k]]
             found = (scores, face_llr, voice_llr, llr, threshold, modalities)
             tables.append(_probe_rows(evidence, uri, probes, names, top, found, i))
-            counts["unknown"] += tables[-1]["decision"][0] == "unknown"
+            counts["unknown"] += tables[-1]["decision"][0] in ("unknown", BELOW_EVIDENCE)  # not identified
     if tables:
         merged = {key: [v for t in tables for v in t[key]] for key in tables[0]}
         n = len(merged["rank"])
@@ -321,8 +332,8 @@ def _probe_rows(evidence, uri, probes, names, top, found, i) -> dict:
         return getattr(found, what)[row]
 
     n = len(top)
-    first = llr[i, top[0]] >= threshold[i, top[0]]
-    decision = [names[top[0]] if first else "unknown"] + [None] * (n - 1)
+    first = _decide(llr[i, top[:1]], threshold[i, top[:1]], evidence.min_llr, names[top[0]], "unknown")[0]
+    decision = [first] + [None] * (n - 1)
     return {
         "mode": ["identify"] * n,
         "query": [uri] * n,

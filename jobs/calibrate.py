@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
-from ops.io.errors import JobFailed
+from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.schemas import CALIBRATIONS, FUSIONS
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs
@@ -221,7 +221,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     same = (codes[:, None] == codes[None, :])[upper]
     area = metrics.auc(scores, same)
     if area < MIN_AUC:
-        raise JobFailed(
+        raise UninformativeLabels(
             f"the scores of {len(labelled)} labelled sources barely tell their labels apart (AUC {area:.3f} on "
             f"{int(same.sum())} same-label and {int((~same).sum())} different-label pairs, 0.5 is chance): the labels "
             "are likely not people (folder names such as dates or events: check --label-pattern or --labels), or the "

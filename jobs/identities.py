@@ -157,6 +157,10 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         "separate_labels": config.separate_labels,
         "model": list(model),
     }
+    if config.separate_labels and not search["per_source"]:
+        # A label belongs to a source: the faces of a group photo or a video all carry it, and links between them
+        # are not links between two labelled people.
+        ctx.log.warning("--separate-labels applies to searches of whole sources: the threshold is kept as it is")
     previous = reusable_run(ctx.output, JOB, key, "identities_key")
     ensure_ray()
     import ray
@@ -244,9 +248,9 @@ def cluster_search(
         filter=(pc.field("score") >= threshold) & supported,
     )
     names = items.column("item").combine_chunks()
-    raised = None
-    if settings.get("separate_labels") and labels[1]:
-        lists, raised = _separate_labels(lists, _item_labels(labels[0], labels[1], items), names)
+    raised, kept_before = None, len(lists)
+    if settings.get("separate_labels") and labels[1] and settings["per_source"]:
+        lists, raised = _separate_labels(lists, _item_labels(labels[0], labels[1], items), items, names)
     src = pc.index_in(lists.column("query_item"), value_set=names)
     dst = pc.index_in(lists.column("gallery_item"), value_set=names)
     if src.null_count or dst.null_count:  # the run's own tables disagree: nothing to cluster on a guess
@@ -275,6 +279,7 @@ def cluster_search(
     if raised is not None:
         threshold = raised
         counts["threshold_raised_to"] = raised  # the rows carry the threshold their links were kept at
+        counts["links_dropped_to_separate_labels"] = kept_before - len(lists)
     settings_of_rows = {"modality": table, "method": settings["method"], "threshold": threshold}
     for name, value in settings_of_rows.items():
         rows = rows.append_column(name, pa.array([value] * rows.num_rows))
@@ -288,6 +293,12 @@ def cluster_search(
     if labels[1]:
         counts |= _scores(labels[0], labels[1], items, np.array(rows.column("identity").to_pylist(), object))
     counts["warnings"] = _warnings(counts, len(lists), listed)
+    if raised is not None and counts["links_dropped_to_separate_labels"] > kept_before / 2:
+        counts["warnings"].append(
+            f"keeping the labels apart raised the threshold to {raised:.4f} and dropped "
+            f"{counts['links_dropped_to_separate_labels']} of {kept_before} links: a photo filed under the wrong "
+            "label, or a link between two people who look alike, may be the cause"
+        )
     return counts
 
 
@@ -295,23 +306,28 @@ def _item_labels(root: Store, manifest_run: str, items: pa.Table) -> np.ndarray:
     """Each item's label from the manifest (None when unlabelled)."""
     labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
     known = read_table(root, "manifest", manifest_run, ["uri", "label"], filter=labelled)
-    at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks()).to_numpy(
-        zero_copy_only=False
-    )
+    at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks()).to_numpy(zero_copy_only=False)
     values = np.array(known.column("label").to_pylist() + [None], object)
     return values[np.where(np.isnan(at), len(values) - 1, at).astype(np.int64)]
 
 
-def _separate_labels(lists: pa.Table, item_labels: np.ndarray, names: pa.Array) -> tuple[pa.Table, float | None]:
-    """The lists above every link between two differently labelled items, and the threshold that keeps them (just
-    above the strongest such link, as stored); None when no link joins two labels."""
+def _separate_labels(
+    lists: pa.Table, item_labels: np.ndarray, items: pa.Table, names: pa.Array
+) -> tuple[pa.Table, float | None]:
+    """The lists above every link between two differently labelled items of different content (a duplicate filed
+    under two labels says nothing about two people), and the threshold that keeps them (just above the strongest such
+    link, as stored); None when no link joins two labels."""
     a = pc.index_in(lists.column("query_item"), value_set=names).to_numpy(zero_copy_only=False)
     b = pc.index_in(lists.column("gallery_item"), value_set=names).to_numpy(zero_copy_only=False)
     known = ~(np.isnan(a) | np.isnan(b))
+    ia, ib = a[known].astype(np.int64), b[known].astype(np.int64)
+    shas = np.array(items.column("sha256").to_pylist(), object)
     la = np.full(len(a), None, object)
     lb = np.full(len(b), None, object)
-    la[known], lb[known] = item_labels[a[known].astype(np.int64)], item_labels[b[known].astype(np.int64)]
-    crossing = (la != None) & (lb != None) & (la != lb)  # noqa: E711 (element-wise)
+    la[known], lb[known] = item_labels[ia], item_labels[ib]
+    other = np.zeros(len(a), bool)
+    other[known] = shas[ia] != shas[ib]
+    crossing = (la != None) & (lb != None) & (la != lb) & other  # noqa: E711 (element-wise)
     if not crossing.any():
         return lists, None
     score = lists.column("score").to_numpy().astype(np.float32)
@@ -479,7 +495,8 @@ def _members(
         graph.dst[inside], graph.weight[inside], n
     )
     weight_all = np.bincount(graph.src, graph.weight, n) + np.bincount(graph.dst, graph.weight, n)
-    confidence = np.where(weight_all > 0, weight_in / np.where(weight_all > 0, weight_all, 1), 1.0)
+    share = np.where(weight_all > 0, weight_in / np.where(weight_all > 0, weight_all, 1), 1.0)
+    confidence = share.copy()
     if evidence is not None and inside.any():
         best = np.full(n, -np.inf)
         np.maximum.at(best, graph.src[inside], graph.weight[inside])
@@ -494,7 +511,7 @@ def _members(
     # The representative: among the members mostly linked inside, the clearest (a face's detector score times its
     # eye distance, a voice's seconds of speech), then the most linked, then the surest; one sort of all members.
     clear = np.zeros(n) if clear is None else np.nan_to_num(clear, nan=-1.0)
-    order = np.lexsort((np.arange(n), -confidence, -weight_in, -clear, confidence < 0.5, cluster))
+    order = np.lexsort((np.arange(n), -confidence, -weight_in, -clear, share < 0.5, cluster))
     first = np.r_[True, cluster[order][1:] != cluster[order][:-1]]
     representative = np.zeros(n, bool)
     representative[order[first]] = True

@@ -515,7 +515,9 @@ def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobCo
         raise EmbeddingError(f"no committed faces/ or voices/ rows under {root_uri}: run the embed jobs first")
     fusion = Fusion.from_dict(record["calibration"])
     thresholds = record["llr_thresholds"]
-    return Evidence(sides["faces"], sides["voices"], fusion, record["fusion"], thresholds, where, out.run_id, JOB)
+    return Evidence(
+        sides["faces"], sides["voices"], fusion, record["fusion"], thresholds, where, out.run_id, JOB, config.min_llr
+    )
 
 
 def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
@@ -537,10 +539,11 @@ def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> di
         "pairs": done.pairs,
         "accept": done.accept,
         "reject": done.reject,
+        "below_evidence": done.below_evidence,
         "calibration": evidence.calibration,
         "fusion": evidence.method,
         "llr_thresholds": evidence.thresholds,
-        "evidence": done.accept + done.reject,
+        "evidence": done.accept + done.reject + done.below_evidence,
         "errors": done.unmatched,
     }
 

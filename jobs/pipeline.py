@@ -34,7 +34,7 @@ from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
 from jobs.stages import STAGES
-from ops.io.errors import JobFailed, ModelError
+from ops.io.errors import JobFailed, ModelError, UninformativeLabels
 from ops.io.storage import Store
 from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 from ops.matching.embeddings import read_labels
@@ -210,18 +210,21 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         if reason:
             stages.skip(f"calibrate-{table}", reason)
         else:
-            stages.run(
-                f"calibrate-{table}",
-                calibrate,
-                calibrate.CalibrateConfig(
-                    embeddings=root,
-                    table=table,
-                    embeddings_run_id=embeddings_run,
-                    manifest_run_id=manifest_run,
-                    target_far=config.target_far,
-                ),
-            )
-            record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
+            try:
+                stages.run(
+                    f"calibrate-{table}",
+                    calibrate,
+                    calibrate.CalibrateConfig(
+                        embeddings=root,
+                        table=table,
+                        embeddings_run_id=embeddings_run,
+                        manifest_run_id=manifest_run,
+                        target_far=config.target_far,
+                    ),
+                )
+                record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
+            except UninformativeLabels as exc:  # the labels are not people: match without a calibration
+                stages.skip(f"calibrate-{table}", str(exc))
         # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
         _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
         search = stages.done[f"search-{table}"]

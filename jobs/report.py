@@ -557,7 +557,11 @@ def _llr_words(record: dict) -> str:
         f"Cllr {llr['cllr']:.3f} bits{held} "
         f"(0 is perfect, 1 is no information; {llr['min_cllr']:.3f} is the best any monotone map of these scores "
         f"could do). At the threshold the evidence is {_e(describe(llr['llr_at_threshold']))}"
-        + (": a score there is no match; a match needs a log-LR above 0 too" if llr["llr_at_threshold"] <= 0 else "")
+        + (
+            ": a score there is no match; a match needs a log-LR above --min-llr (0 unless the run sets it) too"
+            if llr["llr_at_threshold"] <= 0
+            else ""
+        )
         + ".</p>"
     )
 

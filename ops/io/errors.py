@@ -131,6 +131,13 @@ class JobFailed(UserError):
     error_type = "job_failed"
 
 
+class UninformativeLabels(JobFailed):
+    """Labels whose scores barely differ (folder names, not people): a calibration of them would state evidence
+    there is not. The pipeline skips its calibration with this reason instead of stopping."""
+
+    error_type = "uninformative_labels"
+
+
 class StorageError(UserError):
     """A storage operation that failed, explained: the object and the fix (credentials redacted)."""
 

@@ -335,7 +335,13 @@ EVIDENCE = _table(
     _f("voice_llr", pa.float64(), nullable=True),
     _f("llr", pa.float64(), doc="the evidence: the fused log-LR, or the one modality's"),
     _f("llr_threshold", pa.float64(), doc="for these modalities, at the calibration's target false accept rate"),
-    _f("decision", pa.string(), nullable=True, doc="verify: accept/reject; identify: identity/unknown at rank 1"),
+    _f(
+        "decision",
+        pa.string(),
+        nullable=True,
+        doc="verify: accept/reject; identify: identity/unknown at rank 1; 'below the evidence needed' at or above "
+        "the threshold on a log-LR not above --min-llr",
+    ),
     _f("face_model_name", pa.string()),
     _f("face_model_sha256", SHA256),
     _f("voice_model_name", pa.string()),

@@ -97,7 +97,7 @@ class ThresholdChoice:
 
     threshold: float
     far: float | None  # the false accept rate it is set at on the sample (None: the model card's)
-    rule: str  # "target", "model card" or "lowest measurable"
+    rule: str  # "target", "model card", "lowest measurable" or "above every impostor"
     why: str
 
 
@@ -138,12 +138,15 @@ def choose_threshold(
     if impostors >= needed:
         why = f"{impostors:,} different-person pairs measure a false accept rate of {target_far:g}"
         return ThresholdChoice(metrics.threshold_at_far(scores, same, target_far), target_far, "target", why)
-    lowest = min(PAIRS_PER_RATE / max(impostors, 1), 1.0)
+    lowest = PAIRS_PER_RATE / max(impostors, 1)
     short = (
-        f"{impostors:,} different-person pairs measure a false accept rate down to about {lowest:.2g}, not "
+        f"{impostors:,} different-person pairs measure a false accept rate down to about {min(lowest, 1):.2g}, not "
         f"{target_far:g} (that needs {needed:,})"
     )
     if card is not None:
         return ThresholdChoice(card, None, "model card", f"{short}: the model card of {model} publishes {card:.4f}")
+    if lowest >= 1:  # too few to measure any rate: no different-person pair of the sample is accepted
+        why = f"{short}, and the model card of {model} publishes no threshold: set above every one of them"
+        return ThresholdChoice(metrics.threshold_at_far(scores, same, 0.0), 0.0, "above every impostor", why)
     why = f"{short}, and the model card of {model} publishes no threshold: set at {lowest:.2g}"
     return ThresholdChoice(metrics.threshold_at_far(scores, same, lowest), lowest, "lowest measurable", why)

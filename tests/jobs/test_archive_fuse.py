@@ -9,7 +9,7 @@ import pytest
 
 from jobs import calibrate, match, synthesize
 from ops.io.storage import resolve
-from ops.io.tables import read_table
+from ops.io.tables import committed_runs, read_table
 
 
 def quiet(*args) -> list[str]:
@@ -54,6 +54,16 @@ def test_verify_fuses_both_modalities_and_accounts_for_every_pair(archive, tmp_p
     llr = np.array([r["llr"] for r in rows])
     assert llr[same].mean() > 0.5 and llr[~same].mean() < -0.5  # evidence points the right way on average
     assert (llr[~same] >= record["llr_thresholds"]["fused"]).mean() < 0.02
+    # Stronger evidence asked for: what clears the record's threshold but not --min-llr is below the evidence needed.
+    assert match.main(quiet(*argv, "--run-id", "strict", "--min-llr", 3)) == 0
+    strict = evidence(out, "strict")
+    for r in strict:
+        clears = r["llr"] >= r["llr_threshold"]
+        assert r["decision"] == (("accept" if r["llr"] > 3 else "below the evidence needed") if clears else "reject")
+    (marker,) = [m for m in committed_runs(resolve(str(out))) if m["run_id"] == "strict"]
+    summary = marker["summary"]
+    assert summary["below_evidence"] == sum(r["decision"] == "below the evidence needed" for r in strict) > 0
+    assert summary["accept"] + summary["reject"] + summary["below_evidence"] == len(strict)
 
 
 def test_a_missing_modality_falls_back_to_the_other(archive, tmp_path):

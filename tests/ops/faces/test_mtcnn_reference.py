@@ -59,3 +59,26 @@ def test_equal_scores_keep_the_first_candidate_as_the_reference_does():
     # In a batch the tie is broken within each image, by its own candidate order.
     idxs = torch.tensor([1, 0, 1])
     assert sorted(_nms(boxes, scores, idxs, 0.5).tolist()) == [0, 1]
+
+
+def test_boxes_beyond_an_images_top_left_do_not_reach_into_another_image():
+    """Boxes squared at an image's edge have negative coordinates; images are still kept apart in NMS."""
+    boxes = torch.tensor([[90.0, 90, 100, 100], [-15, -15, 6, 6]])  # image 0 near its corner, image 1 beyond its own
+    scores = torch.tensor([0.8, 0.9])
+    # Offset naively by the largest coordinate (101), the second would overlap the first by IoU 0.23.
+    assert sorted(_nms(boxes, scores, torch.tensor([0, 1]), 0.2).tolist()) == [0, 1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_area_crops_are_the_references_area_resize_of_each_window(seed):
+    """Each window's whole pixels resized by area averaging, as ``F.interpolate(crop, mode="area")`` does, for windows
+    larger and smaller than the crop."""
+    from ops.faces.mtcnn import _area_crops
+
+    rng = np.random.default_rng(seed)
+    image = torch.from_numpy(rng.integers(0, 256, (3, 90, 120)).astype(np.float32))
+    windows = torch.tensor([[0, 0, 120, 90], [10, 20, 17, 31], [33, 5, 100, 80], [119, 89, 120, 90]])
+    crops = _area_crops(image, windows, 24)
+    for crop, (x0, y0, x1, y1) in zip(crops, windows.tolist(), strict=True):
+        want = torch.nn.functional.interpolate(image[None, :, y0:y1, x0:x1], size=(24, 24), mode="area")[0]
+        torch.testing.assert_close(crop, want, atol=1e-3, rtol=0)

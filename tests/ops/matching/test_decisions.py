@@ -88,3 +88,10 @@ def test_card_thresholds_are_cosines():
     assert card_threshold({"metric": "euclidean", "default_threshold": 0.6, "cosine_threshold": 0.91}) == 0.91
     assert card_threshold({"metric": "euclidean", "default_threshold": 0.6}) is None
     assert card_threshold({}) is None
+
+
+def test_fewer_than_ten_impostors_measure_no_rate_at_all():
+    scores, same = _sample(impostors=6)
+    choice = choose_threshold(scores, same, 1e-2, None, "m")
+    assert choice.rule == "above every impostor" and choice.far == 0.0
+    assert choice.threshold > scores[~same].max() and "above every one of them" in choice.why
