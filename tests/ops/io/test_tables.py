@@ -362,11 +362,12 @@ def test_a_table_made_empty_takes_rows_later(tmp_path):
 
 
 def test_a_table_gains_a_nullable_column_and_every_engine_reads_the_old_rows_as_null(tmp_path):
-    """matches/ written before it had llr, then by a crossmatch that writes it: the table evolves in place."""
+    """matches/ written before it had llr (and verbal, added after it), then by a match that writes them: the table
+    evolves in place."""
     from ops.io.schemas import MATCHES
 
     root = resolve(str(tmp_path))
-    before = pa.schema([f for f in MATCHES if f.name != "llr"], metadata=MATCHES.metadata)
+    before = pa.schema([f for f in MATCHES if f.name not in ("llr", "verbal")], metadata=MATCHES.metadata)
 
     def rows(run_id: str, schema: pa.Schema, llr: float | None = None) -> pa.Table:
         row = {"run_id": run_id, "mode": "verify", "query_uri": "a", "query_sha256": "0" * 64, "query_item": "a"}
