@@ -99,7 +99,8 @@ def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, e
     found = {}
     for modality, verifier in (("face", evidence.faces), ("voice", evidence.voices)):
         named = (set(sides[f"a_{modality}"]) | set(sides[f"b_{modality}"])) - {""}
-        found[modality] = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}))
+        # A source is one face here (its clearest): the fused calibration scored sources so.
+        found[modality] = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}), False)
         if found[modality][2]:
             return {"files": [], "error_files": [], **counts, "failed": found[modality][2]}
     scores = {m: np.full(pairs.num_rows, np.nan) for m in ("face", "voice")}
@@ -111,7 +112,7 @@ def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, e
             index, invalid, _ = found[m]
             x, y = sides[f"a_{m}"][i], sides[f"b_{m}"][i]
             if x in index and y in index:
-                (sa, ia), (sb, ib) = index[x], index[y]
+                (sa, ia), (sb, ib) = index[x][0], index[y][0]
                 scores[m][i] = float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
                 picked[f"a_{m}"][i], picked[f"b_{m}"][i] = (sa, ia), (sb, ib)
             else:
@@ -189,12 +190,12 @@ def enrol_both(evidence: Evidence, labels_csv: str | None, manifest_run: str | N
     identities: dict[str, dict] = {}
     contributed: set[str] = set()  # the sources enrolled: a face, a voice or both
     for modality, verifier in (("face", evidence.faces), ("voice", evidence.voices)):
-        index, _, failed = _embeddings(verifier, sorted(labels))
+        index, _, failed = _embeddings(verifier, sorted(labels), False)
         if failed:
             return {"failed": failed}
         for uri, label in labels.items():
             if uri in index:
-                found, row = index[uri]
+                found, row = index[uri][0]
                 entry = identities.setdefault(label, {"face": [], "voice": []})
                 entry[modality].append(found.vectors[row].astype(np.float64))
                 contributed.add(uri)
@@ -270,7 +271,7 @@ def identify_slice(
         dim = next((len(v) for v in gallery if v is not None), 0)
         vectors[modality] = np.array([v if v is not None else [np.nan] * dim for v in gallery], np.float64)
         vectors[modality] = vectors[modality].reshape(len(gallery), dim)
-        index, _, failed = _embeddings(verifier, uris)
+        index, _, failed = _embeddings(verifier, uris, False)
         if failed:
             return {"files": [], "error_files": [], **counts, "failed": failed}
         probes[modality] = index
@@ -317,7 +318,7 @@ def _block_scores(block: list[str], found: dict, gallery: np.ndarray, identities
     q = np.full((len(block), gallery.shape[1]), np.nan)
     for i, uri in enumerate(block):
         if uri in found:
-            vectors, row = found[uri]
+            vectors, row = found[uri][0]
             q[i] = vectors.vectors[row]
     return q @ gallery.T
 
@@ -328,7 +329,7 @@ def _probe_rows(evidence, uri, probes, names, top, found, i) -> dict:
     def probe(modality: str, what: str):
         if uri not in probes[modality]:
             return None
-        found, row = probes[modality][uri]
+        found, row = probes[modality][uri][0]
         return getattr(found, what)[row]
 
     n = len(top)

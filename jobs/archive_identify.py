@@ -53,10 +53,17 @@ class Enrolled:
 
 
 def enrol(
-    root: Store, gallery: Prepared, labels: str | None, manifest_run: str, same_set: bool, staging: Store
+    root: Store,
+    gallery: Prepared,
+    labels: str | None,
+    manifest_run: str,
+    same_set: bool,
+    staging: Store,
+    pool: Prepared | None = None,
 ) -> Enrolled:
     """Identities from ``gallery``'s labelled items (labels from the CSV ``labels``, else ``manifest_run`` under
-    ``root``); with ``same_set``, its unlabelled items become the probes."""
+    ``root``); with ``same_set``, the unlabelled sources' items of ``pool`` (default: the gallery's) become the
+    probes: every face of a photo and every track of a video, while a labelled source enrols one face."""
     import ray
 
     ledger = Ledger(staging.join("ledger"))
@@ -76,8 +83,10 @@ def enrol(
     slices = _cuts(len(gallery))
     join = ray.remote(num_cpus=0.5)(join_slice)
     item_paths = [path for path, _ in gallery.files]
+    pool_paths = [path for path, _ in (pool or gallery).files]
+    probes_at = staging.join("probes")
     joined = ray.get(
-        [join.remote(lo, hi, item_paths, label_paths, ledger, same_set, staging.join("probes")) for lo, hi in slices]
+        [join.remote(lo, hi, item_paths, label_paths, ledger, same_set, probes_at, pool_paths) for lo, hi in slices]
     )
     conflicts = [j["conflict"] for j in joined if j["conflict"]]
     if conflicts:
@@ -123,14 +132,23 @@ def stage_csv(labels: str, ledger: Ledger) -> dict:
 
 
 def join_slice(
-    lo: int, hi: int, item_paths: list[str], label_paths: list[str], ledger: Ledger, same_set: bool, probes: Store
+    lo: int,
+    hi: int,
+    item_paths: list[str],
+    label_paths: list[str],
+    ledger: Ledger,
+    same_set: bool,
+    probes: Store,
+    pool_paths: list[str] | None = None,
 ) -> dict:
-    """A slice of the uris: its labelled items summed per identity, its unlabelled ones staged as probes."""
+    """A slice of the uris: its labelled items summed per identity, the unlabelled sources' items of the pool
+    (default: the same items) staged as probes."""
     none = {"conflict": None, "enrolled": 0, "sums": "", "probes": "", "probe_count": 0}
     items = ledger.read(item_paths, lo, hi)
     labels = ledger.read(label_paths, lo, hi, ["uri", "label"])
     if items is None or items.num_rows == 0:
         return none
+    pool = items if pool_paths is None else ledger.read(pool_paths, lo, hi)
     by_uri: dict[str, str] = {}
     if labels is not None:
         for uri, label in zip(labels.column("uri").to_pylist(), labels.column("label").to_pylist(), strict=True):
@@ -139,8 +157,9 @@ def join_slice(
     uris = items.column("uri").to_pylist()
     labelled = np.array([u in by_uri for u in uris], bool)
     out = dict(none)
-    if same_set and (~labelled).any():
-        rest = items.filter(pa.array(~labelled)).drop_columns(["bucket"])
+    unlabelled = np.array([u not in by_uri for u in pool.column("uri").to_pylist()], bool) if pool is not None else None
+    if same_set and unlabelled is not None and unlabelled.any():
+        rest = pool.filter(pa.array(unlabelled)).drop_columns(["bucket"])
         target = probes.join(f"{uuid.uuid4().hex}.parquet")
         write_bucketed(rest, target)  # by uri, as every staged item file: a search by difference reads slices
         out |= {"probes": target.path, "probe_count": rest.num_rows}

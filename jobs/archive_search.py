@@ -57,6 +57,9 @@ _COLUMNS = {
         "face_index",
         "face_size",
         "score",
+        "timestamp",
+        "track_id",
+        "eye_distance",
         "embedding",
         "model_name",
         "model_sha256",
@@ -101,10 +104,12 @@ def prepare_items(
     per_source: bool,
     staging: Store,
     through: Projection | None = None,
+    tracks: bool = False,
 ) -> Prepared:
     """The items of ``table`` (one run's, or every committed run's) staged under ``staging`` by Ray tasks: one per
     data file; for one face per source, files first partitioned by uri (a source's faces may lie in several files)
-    and then a task per partition. Plain tasks: Ray Data's hash shuffle cost seconds more on small clusters (as
+    and then a task per partition; the same for faces with ``tracks``, each video's track one item
+    (``items.tracked_faces``). Plain tasks: Ray Data's hash shuffle cost seconds more on small clusters (as
     the manifest found)."""
     import ray
 
@@ -114,11 +119,12 @@ def prepare_items(
     if not paths:
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
     settings = {"table": table, "per_source": per_source, "staging": staging, "through": through}
-    if table == "faces" and per_source:
+    if table == "faces" and (per_source or tracks):
         parts = max(1, min(len(paths), 64))
         split_task = ray.remote(num_cpus=0.5)(partition_faces)
         partitioned: dict[int, list[str]] = {}
-        for found in ray.get([split_task.remote(p, root, committed, parts, staging.join("parts")) for p in paths]):
+        split = [split_task.remote(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]
+        for found in ray.get(split):
             for part, path in found.items():
                 partitioned.setdefault(part, []).append(path)
         task = ray.remote(num_cpus=0.5)(stage_partition)
@@ -143,9 +149,14 @@ def _committed_rows(path: str, root: Store, pairs: set[tuple[str, str]], table: 
     return committed_rows(path, root, pairs, _COLUMNS[table])
 
 
-def partition_faces(path: str, root: Store, pairs: set, parts: int, staging: Store) -> dict[int, str]:
-    """One file's faces, each source's clearest of them, written to the partition of its uri: {partition: path}."""
-    faces = items.clearest_faces(_committed_rows(path, root, pairs, "faces"))
+def partition_faces(
+    path: str, root: Store, pairs: set, parts: int, staging: Store, per_source: bool = True
+) -> dict[int, str]:
+    """One file's faces (with ``per_source``, only each source's clearest of them), written to the partition of
+    their uri: {partition: path}."""
+    faces = _committed_rows(path, root, pairs, "faces")
+    if per_source:
+        faces = items.clearest_faces(faces)
     of = np.array([zlib.crc32(u.encode()) % parts for u in faces.column("uri").to_pylist()], np.int64)
     written = {}
     for part in np.unique(of):
@@ -157,8 +168,10 @@ def partition_faces(path: str, root: Store, pairs: set, parts: int, staging: Sto
 
 
 def stage_partition(paths: list[str], root: Store, settings: dict) -> dict:
-    """A partition's faces (every face of its sources): each source's clearest as an item."""
-    faces = items.clearest_faces(pads.dataset(paths, format="parquet", filesystem=root.arrow).to_table())
+    """A partition's faces (every face of its sources): each source's clearest as an item, or with tracks each
+    photo's faces and each video's tracks."""
+    faces = pads.dataset(paths, format="parquet", filesystem=root.arrow).to_table()
+    faces = items.clearest_faces(faces) if settings["per_source"] else items.tracked_faces(faces)
     return stage_items(faces, **settings)
 
 

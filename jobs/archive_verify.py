@@ -3,10 +3,12 @@
     chunks = ray.get(stage_pairs.remote(pairs_uri, staging))   # one task streams the pairs table into chunk files
     for each chunk: verify_chunk(...)                          # a task: the embeddings its pairs name, scored, written
 
-A side of a pair is a source uri (its per-source embedding: the clearest face, the source's voice) or an item key
-(``uri#...``). Each chunk task reads only the embeddings of the sources its pairs name (streamed, filtered by uri),
-scores every pair whose sides both have one and writes its ``matches/`` rows; a pair with a side that has none is one
-``unmatched_pair`` error row that says why. Every pair ends as exactly one of the two: the driver checks the counts.
+A side of a pair is a source uri or an item key (``uri#...``). A face source is every face of a photo and every track
+of a video: every pair of their items is scored, and the best pair decides and is named in the row (``query_item``,
+``gallery_item``); a voice source is its pooled voice. Each chunk task reads only the embeddings of the sources its
+pairs name (streamed, filtered by uri), scores every pair whose sides both have one and writes its ``matches/`` rows;
+a pair with a side that has none is one ``unmatched_pair`` error row that says why. Every pair ends as exactly one of
+the two: the driver checks the counts.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
                 }
             )
         else:
-            scored.append((index[x], index[y]))
+            scored.append(_deciding_pair(index[x], index[y]))
     rows = _rows(scored, verifier) if scored else None
     files = matches.write(rows) if rows is not None else []
     error_files = errors.write(error_table(unscored, verifier.job_run_id, verifier.job, "match")) if unscored else []
@@ -156,9 +158,10 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     return {"files": files, "error_files": error_files, **counts, "failed": None}
 
 
-def _embeddings(verifier: Verifier, uris: list[str]) -> tuple[dict, dict, str | None]:
-    """{key: (set, row)} for every source and item of ``uris`` that has an embedding, {key: why not} for the invalid
-    ones, and a reason when they come from another model than the job's."""
+def _embeddings(verifier: Verifier, uris: list[str], every_face: bool = True) -> tuple[dict, dict, str | None]:
+    """{key: [(set, row), ...]} for every source and item of ``uris`` that has an embedding, {key: why not} for the
+    invalid ones, and a reason when they come from another model than the job's. A key names one item; a face
+    source names every face of a photo and every track of a video (with ``every_face``; else its clearest face)."""
     if not uris:  # nothing named (a fused table's empty modality): pyarrow refuses an empty isin of strings
         return {}, {}, None
     try:
@@ -166,9 +169,10 @@ def _embeddings(verifier: Verifier, uris: list[str]) -> tuple[dict, dict, str | 
     except EmbeddingError:  # the chunk names nothing embedded: each of its pairs is an error row
         return {}, {}, None
     sets = []
-    for per_source in (True, False):
+    levels = [(True, False), (False, False)] + ([(False, True)] if verifier.table == "faces" else [])
+    for per_source, tracks in levels:
         try:
-            found = embedding_set(data, verifier.table, per_source, verifier.root.uri)
+            found = embedding_set(data, verifier.table, per_source, verifier.root.uri, tracks)
         except EmbeddingError as exc:  # mixed models
             return {}, {}, str(exc)
         if verifier.head is not None:
@@ -184,9 +188,24 @@ def _embeddings(verifier: Verifier, uris: list[str]) -> tuple[dict, dict, str | 
                 ),
             )
         sets.append(found)
-    index = {key: (s, i) for s in reversed(sets) for i, key in enumerate(s.items)}
+    index = {key: [(s, i)] for s in reversed(sets) for i, key in enumerate(s.items)}
+    if verifier.table == "faces" and every_face:
+        index |= _by_source(sets[-1])
     invalid = {r["item"]: r["reason"] for s in sets for r in s.invalid}
     return index, invalid, None
+
+
+def _by_source(found: EmbeddingSet) -> dict[str, list[tuple[EmbeddingSet, int]]]:
+    sides: dict[str, list[tuple[EmbeddingSet, int]]] = {}
+    for i, uri in enumerate(found.uris):
+        sides.setdefault(uri, []).append((found, i))
+    return sides
+
+
+def _deciding_pair(a: list, b: list) -> tuple:
+    """Of every item of one side against every item of the other (the faces of two group photos, the tracks of two
+    videos), the best-scoring pair: it decides, and the row names its two items. The first such pair on a tie."""
+    return max(((x, y) for x in a for y in b), key=lambda pair: _score(*pair[0], *pair[1]))
 
 
 def _score(sa: EmbeddingSet, ia: int, sb: EmbeddingSet, ib: int) -> float:

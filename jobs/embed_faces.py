@@ -52,13 +52,14 @@ from ops.io.errors import ItemTimeout, JobFailed, PreviewError, VideoDecodeError
 from ops.io.schemas import FACE_SOURCES, FACE_THUMBNAILS, faces
 from ops.io.storage import Store, resolve
 from ops.io.tables import DataFile
+from ops.matching.decisions import published_threshold
 from ops.media.images import DEFAULT_MAX_PIXELS, Frame, decode_image, decode_jpegs, sample_video
 from ops.media.preview import face_jpeg
 from ops.media.sniff import sniff
 from ops.models import catalogue
 
 JOB = "embed_faces"
-ROWS_VERSION = 2  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
+ROWS_VERSION = 3  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
 # 2: detections as facenet-pytorch's, chips as dlib's (every box, landmark and embedding moved)
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
 FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
@@ -344,6 +345,10 @@ def write_faces(
 
 
 VIDEO_FACES, FRAMES = "video_faces", "frames"  # the ledger's kinds of this job, besides outcomes
+# How alike two faces of successive samples must be to continue one track, for a recogniser whose card publishes no
+# same-person threshold; with one, that threshold (dlib's 0.91: at 0.7 a cut to the audience continued the singer's
+# track, since two strangers' dlib vectors agree at 0.8-0.9).
+TRACK_AGREEMENT = 0.7
 
 
 def finish(
@@ -355,6 +360,7 @@ def finish(
     per_track: bool,
     writers: dict[str, RowWriter | None],
     provenance: dict,
+    same_face: float = TRACK_AGREEMENT,
 ) -> tuple[list[DataFile], dict]:
     """One slice of the sources, settled: its videos' faces tracked (and only each track's clearest kept with
     ``per_track``) and written, and a ``face_sources/`` row per source that did not fail."""
@@ -367,7 +373,7 @@ def finish(
     files: list[DataFile] = []
     video = ledger.read(paths.get(VIDEO_FACES, []), lo, hi)
     if video is not None and video.num_rows:
-        tracked = _tracked(video.drop_columns(["bucket"]), per_track, failed)
+        tracked = _tracked(video.drop_columns(["bucket"]), per_track, failed, same_face)
         files += writers["faces"].write(tracked.drop_columns(["thumbnail"]))
         if writers["face_thumbnails"] is not None:
             files += writers["face_thumbnails"].write(_thumbnail_table(tracked.to_pylist(), provenance))
@@ -390,7 +396,7 @@ def source_counts(sources: pa.Table) -> dict:
     }
 
 
-def _tracked(video: pa.Table, per_track: bool, failed: set[str]) -> pa.Table:
+def _tracked(video: pa.Table, per_track: bool, failed: set[str], same_face: float = TRACK_AGREEMENT) -> pa.Table:
     """Video face rows with their tracks, each video tracked alone; none for a video that ended as an error row
     after some of its frames had gone on (a change found when the stream ended: its faces came from bytes the
     manifest did not hash)."""
@@ -402,7 +408,7 @@ def _tracked(video: pa.Table, per_track: bool, failed: set[str]) -> pa.Table:
     for end in range(1, len(rows) + 1):
         if end == len(rows) or rows[end]["uri"] != rows[start]["uri"]:
             group = rows[start:end]
-            ids = assign_tracks(group)
+            ids = assign_tracks(group, min_cos=same_face)
             lengths = Counter(ids)
             for row, track in zip(group, ids, strict=True):
                 row["track_id"], row["track_frames"] = track, lengths[track]
@@ -532,6 +538,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
         )
     staged = collect(embedded, sources)
     finish_kwargs = {"per_track": config.per_track, "writers": writers, "provenance": provenance}
+    finish_kwargs["same_face"] = published_threshold(card["name"], config.models) or TRACK_AGREEMENT
     settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
     job.add_settled(staged.files + settled.files, settled.errors_by_type)
     counts = settled.counts + Counter(sources.reused.counts)

@@ -75,7 +75,12 @@ class MatchConfig(JobConfig):
         default=None, metadata={"run_key": True, "help": "this run of the gallery table"}
     )
     per_source: bool = field(
-        default=False, metadata={"run_key": True, "help": "search: one item per source instead of every face/segment"}
+        default=False,
+        metadata={
+            "run_key": True,
+            "help": "search: one item per source instead of every face/segment; identify: each probe source by its "
+            "clearest face instead of every face of a photo and every track of a video",
+        },
     )
     k: int = field(default=10, metadata={"run_key": True, "help": "results per query"})
     pairs: str | None = field(
@@ -414,12 +419,18 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     ensure_ray()
     try:
         gallery = prepare_items(root, config.table, config.gallery_run_id, True, staging.join("g"), head)
+        # A probe is every face of a photo and every track of a video (a source is not one face); a labelled
+        # source enrols its clearest face. Voices: a source's pooled voice.
+        per_face = config.table == "faces" and not config.per_source
+        pool = None
+        if same_set and per_face:
+            pool = prepare_items(root, "faces", config.gallery_run_id, False, staging.join("p"), head, tracks=True)
         manifest_run = None
         if not config.labels:
             manifest_run = (
                 config.manifest_run_id or manifest_of(root, config.gallery_run_id) or newest_manifest_run(root)
             )
-        enrolled = enrol(root, gallery, config.labels, manifest_run, same_set, staging)
+        enrolled = enrol(root, gallery, config.labels, manifest_run, same_set, staging, pool)
         if not enrolled.enrolled_sources:
             raise JobFailed(
                 f"no gallery source under {gallery_root} has a label: run the manifest with --label-pattern, or "
@@ -428,7 +439,13 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         probes = enrolled.probes
         if not same_set:
             probes = prepare_items(
-                resolve(config.queries), config.table, config.queries_run_id, True, staging.join("q"), head
+                resolve(config.queries),
+                config.table,
+                config.queries_run_id,
+                not per_face,
+                staging.join("q"),
+                head,
+                tracks=per_face,
             )
         model = one_model(gallery.models, config.table, gallery_root)
         other = one_model(probes.models, config.table, config.queries) if probes.models else model
@@ -442,7 +459,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
         fields |= {"threshold": threshold, "threshold_source": source, "llr_map": _llr_map(config, model[0])}
         fields["min_llr"] = config.min_llr
-        key = search_key("identify", config.table, True, config.k, same_set, model)
+        key = search_key("identify", config.table, not per_face, config.k, same_set, model)
         previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
         items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
         probe_set = diff_set(probes, "queries", previous, ctx.output, staging.join("dq"), items)

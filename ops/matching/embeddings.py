@@ -84,10 +84,13 @@ def read_committed(root: Store, table: str, run_id: str | None = None, uris: lis
     return data
 
 
-def embedding_set(data: pa.Table, table: str, per_source: bool, where: str) -> EmbeddingSet:
-    """An embedding set from rows already read (see ``read_embeddings``); ``where`` names them in errors."""
+def embedding_set(data: pa.Table, table: str, per_source: bool, where: str, tracks: bool = False) -> EmbeddingSet:
+    """An embedding set from rows already read (see ``read_embeddings``); ``where`` names them in errors. With
+    ``tracks``, a video's faces are one item per track (``items.tracked_faces``)."""
     if table == "faces" and per_source:
         data = items.clearest_faces(data)
+    elif table == "faces" and tracks:
+        data = items.tracked_faces(data)
     found, invalid, models = item_table(data, table, per_source)
     model = one_model(models, table, where)
     vectors = found.column("vector")

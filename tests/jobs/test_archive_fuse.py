@@ -103,7 +103,7 @@ def test_an_identity_without_voices_is_scored_by_faces():
     class Found:
         vectors = np.array([[0.6, 0.8]])
 
-    scores = _block_scores(["x", "y"], {"x": (Found, 0)}, faces, 2)
+    scores = _block_scores(["x", "y"], {"x": [(Found, 0)]}, faces, 2)
     assert scores[0, 0] == pytest.approx(0.6) and np.isnan(scores[0, 1]) and np.isnan(scores[1]).all()
 
 
