@@ -299,7 +299,8 @@ class Previews:
         self.thumbnails: dict[str, bytes] = {}
         for marker in ev.runs:
             if marker["job"] == "embed_faces":
-                columns = ["uri", "frame_index", "face_index", "box", "face_size", "score"]
+                columns = ["uri", "frame_index", "face_index", "box", "face_size", "score", "timestamp", "track_id"]
+                columns += ["eye_distance"]
                 faces += [b for b in _rows(ev.root, marker, "faces", columns, wanted)]
                 cut = ["uri", "frame_index", "face_index", "thumbnail"]
                 for batch in _rows(ev.root, marker, "face_thumbnails", cut, wanted):
@@ -315,6 +316,8 @@ class Previews:
             self.faces = {items.face_key(r["uri"], r["frame_index"], r["face_index"]): r for r in table.to_pylist()}
             # a per-source match names the source: the face it used, as matching chose it
             self.faces |= {r["uri"]: r for r in items.clearest_faces(table).to_pylist()}
+            tracked = items.tracked_faces(table)  # a video's track: its clearest face, and when it was seen
+            self.faces |= dict(zip(items.keys(tracked, "faces"), tracked.to_pylist(), strict=True))
         for r in (r for b in voices for r in b.to_pylist()):
             self.segments[items.segment_key(r["uri"], r["segment_index"])] = r
             current = self.segments.get(r["uri"])
@@ -341,14 +344,14 @@ class Previews:
         if row is None:
             raise PreviewError("no face row for this item")
         cut = self.thumbnails.get(items.face_key(row["uri"], row["frame_index"], row["face_index"]))
+        span = items.parse(item).span
+        seen = f"<small>track seen {span[0]:.1f}-{span[1]:.1f} s</small>" if span else ""
         if cut is not None:  # cut at embed time: the source is not read again
-            return (
-                f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{data_uri("image/jpeg", cut)}">'
-            )
-        # A run embedded without thumbnails (--no-thumbnails, or before they existed): cut from the source.
-        rgb = source_frame(resolve(row["uri"]).read_bytes(), self.ev.category(row["uri"]), row["frame_index"])
-        uri = face_thumbnail(rgb, row["box"], self.thumb_size)
-        return f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{uri}">'
+            image = data_uri("image/jpeg", cut)
+        else:  # A run embedded without thumbnails (--no-thumbnails, or before they existed): cut from the source.
+            rgb = source_frame(resolve(row["uri"]).read_bytes(), self.ev.category(row["uri"]), row["frame_index"])
+            image = face_thumbnail(rgb, row["box"], self.thumb_size)
+        return f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{image}">{seen}'
 
     def _clip(self, item: str) -> str:
         row = self.segments.get(item)

@@ -77,10 +77,7 @@ def keys(table: pa.Table, name: str) -> list[str]:
     if name == "faces" and "track_end" in table.column_names:
         columns = ("frame_index", "face_index", "track_id", "timestamp", "track_end")
         rows = zip(uris, *(table.column(c).to_pylist() for c in columns), strict=True)
-        return [
-            face_key(u, f, i) if end is None else track_key(u, t, start, end)
-            for u, f, i, t, start, end in rows
-        ]
+        return [face_key(u, f, i) if end is None else track_key(u, t, start, end) for u, f, i, t, start, end in rows]
     if name == "faces":
         frames, faces = table.column("frame_index").to_pylist(), table.column("face_index").to_pylist()
         return [face_key(u, f, i) for u, f, i in zip(uris, frames, faces, strict=True)]
@@ -112,16 +109,17 @@ def tracked_faces(faces: pa.Table) -> pa.Table:
     rows = faces.filter(video).to_pylist()
     tracks: dict[tuple[str, str, int], list[dict]] = {}
     for row in rows:
-        tracks.setdefault((row["uri"], row["sha256"], row["track_id"]), []).append(row)
+        tracks.setdefault((row["uri"], row.get("sha256"), row["track_id"]), []).append(row)
     made = []
     for members in tracks.values():
-        vectors = np.array([m["embedding"] for m in members], np.float64)
-        good = np.isfinite(vectors).all(axis=1) & (np.linalg.norm(vectors, axis=1) > 0)
-        unit = vectors[good] / np.linalg.norm(vectors[good], axis=1, keepdims=True)
         clearest = max(members, key=lambda m: (m["score"] or 0) * (m["eye_distance"] or 0))
         times = [m["timestamp"] for m in members if m["timestamp"] is not None] or [0.0]
-        mean = unit.mean(axis=0) if len(unit) else np.zeros(vectors.shape[1])
-        span = {"timestamp": min(times), "track_end": max(times)}
-        made.append(clearest | {"embedding": mean.astype(np.float32).tolist()} | span)
+        made.append(clearest | {"timestamp": min(times), "track_end": max(times)})
+        if "embedding" in clearest:  # a report reads tracks without their vectors
+            vectors = np.array([m["embedding"] for m in members], np.float64)
+            good = np.isfinite(vectors).all(axis=1) & (np.linalg.norm(vectors, axis=1) > 0)
+            unit = vectors[good] / np.linalg.norm(vectors[good], axis=1, keepdims=True)
+            mean = unit.mean(axis=0) if len(unit) else np.zeros(vectors.shape[1])
+            made[-1]["embedding"] = mean.astype(np.float32).tolist()
     schema = photos.schema
     return pa.concat_tables([photos, pa.Table.from_pylist(made, schema=schema)]) if made else photos

@@ -446,3 +446,48 @@ def test_no_match_is_given_against_the_evidence(ray_cluster, tmp_path):
     assert run("identify", *common, "--labels", enrol, "--threshold", 0.1, "--run-id", "i") == 0
     first = [r for r in read_table(resolve(str(tmp_path)), "matches", "i").to_pylist() if r["rank"] == 1]
     assert all(r["llr"] > 0 for r in first if r["decision"] not in ("unknown", BELOW_EVIDENCE))
+
+
+def test_every_face_of_a_photo_and_every_track_of_a_video_is_its_own_item(tmp_path):
+    """A group photo is both its people and a video each of its tracks: identify finds each, with the track's time
+    span in its key, and a 1:1 of two sources is decided by the best pair of their faces, named in the row."""
+    rng = np.random.default_rng(7)
+    people = normalise(rng.standard_normal((4, 16)).astype(np.float32))  # ann, bob, cat, and a stranger
+    face = lambda p: people[p] + 0.03 * rng.standard_normal(16).astype(np.float32)  # noqa: E731
+    sources = [  # uri, person, overrides of the row
+        ("/a/ann.jpg", 0, {}),
+        ("/a/bob.jpg", 1, {}),
+        ("/a/cat.jpg", 2, {}),
+        ("/a/group.jpg", 3, {"face_index": 0, "face_size": 90.0}),  # the stranger is the largest face
+        ("/a/group.jpg", 1, {"face_index": 1}),
+        ("/a/clip.mp4", 2, {"frame_index": 0, "timestamp": 0.0, "track_id": 0}),
+        ("/a/clip.mp4", 2, {"frame_index": 25, "timestamp": 1.0, "track_id": 0}),
+        ("/a/clip.mp4", 0, {"frame_index": 25, "timestamp": 1.0, "face_index": 1, "track_id": 1}),
+        ("/a/clip.mp4", 0, {"frame_index": 50, "timestamp": 2.0, "track_id": 1}),
+    ]
+    sha = {"/a/group.jpg": "1" * 64, "/a/clip.mp4": "2" * 64}
+    frames = [extra | {"sha256": sha.get(uri, f"{i:064x}")} for i, (uri, _, extra) in enumerate(sources)]
+    write_faces(tmp_path, np.stack([face(p) for _, p, _ in sources]), [u for u, _, _ in sources], frames=frames)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("uri,label\n/a/ann.jpg,ann\n/a/bob.jpg,bob\n/a/cat.jpg,cat\n")
+    common = ("--queries", tmp_path, "--output", tmp_path, "--threshold", 0.8)
+    assert run("identify", *common, "--labels", labels, "--run-id", "i") == 0
+    rows = read_table(resolve(str(tmp_path)), "matches", "i").to_pylist()
+    top = {r["query_item"]: r["decision"] for r in rows if r["rank"] == 1}
+    assert top == {
+        "/a/group.jpg#frame=0&face=0": "unknown",
+        "/a/group.jpg#frame=0&face=1": "bob",
+        "/a/clip.mp4#track=0&t=0.00,1.00": "cat",
+        "/a/clip.mp4#track=1&t=1.00,2.00": "ann",
+    }
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("a,b\n/a/group.jpg,/a/bob.jpg\n/a/clip.mp4,/a/ann.jpg\n/a/cat.jpg,/a/ann.jpg\n")
+    assert run("verify", *common, "--pairs", pairs, "--run-id", "v") == 0
+    verified = read_table(resolve(str(tmp_path)), "matches", "v").to_pylist()
+    decided = {(r["query_item"], r["gallery_item"]): r["decision"] for r in verified}
+    assert decided == {
+        ("/a/group.jpg#frame=0&face=1", "/a/bob.jpg#frame=0&face=0"): "accept",  # not the group's largest face
+        ("/a/clip.mp4#track=1&t=1.00,2.00", "/a/ann.jpg#frame=0&face=0"): "accept",
+        ("/a/cat.jpg#frame=0&face=0", "/a/ann.jpg#frame=0&face=0"): "reject",
+    }
+    assert {r["query_uri"] for r in verified} == {"/a/group.jpg", "/a/clip.mp4", "/a/cat.jpg"}

@@ -1,3 +1,5 @@
+import numpy as np
+
 from ops.faces.tracks import assign_tracks, clearest_per_track
 
 
@@ -46,3 +48,11 @@ def test_a_track_unseen_for_more_than_the_gap_ends_and_long_videos_stay_linear()
     # the tracks still live (before: at every track ever made, 86,400 x 86,400 / 2 comparisons).
     rows = [_face(f, 0, [f * 100.0, 0, f * 100.0 + 50, 50], face) for f in range(86_400)]
     assert len(set(assign_tracks(rows))) == 86_400
+
+
+def test_a_cut_to_a_stranger_in_the_same_place_ends_the_track_at_the_same_person_threshold():
+    # Two strangers' dlib vectors agree at 0.8-0.9: at 0.7 a cut to the audience continued the singer's track.
+    singer, stranger = np.array([1.0, 0.0]), np.array([0.85, np.sqrt(1 - 0.85**2)])
+    rows = [_face(0, 0, [10, 10, 60, 60], singer.tolist()), _face(10, 0, [12, 10, 62, 60], stranger.tolist())]
+    assert len(set(assign_tracks(rows))) == 1  # the loose default agrees
+    assert len(set(assign_tracks(rows, min_cos=0.91))) == 2
