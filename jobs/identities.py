@@ -19,8 +19,9 @@ identity, times, where the search carries calibrated log-LRs, the posterior of i
 a match: above the threshold and, with log-LRs, above --min-llr (0). The run warns (log, summary, report) when an
 identity holds several labels, when one identity holds most items, or when the threshold keeps nearly every link.
 With --separate-labels (the pipeline's), the threshold is raised just above the strongest link between two
-differently labelled items, so that the labelled sample shows no merge of two labels by a direct link; an identity
-that still holds two (linked through unlabelled items) is warned about as above. Items with no edge are identities
+differently labelled items (of faces, those alone in their source: a group photo's faces do not all carry its label),
+so that the labelled sample shows no merge of two labels by a direct link; an identity that still holds two (linked
+through unlabelled items) is warned about as above. Items with no edge are identities
 of one. With labels (the manifest's; --manifest-run-id), the clustering is scored: BCubed and pairwise precision,
 recall and F over the labelled items (how many of all, said with them), and identities found against the true
 number. The driver holds counts.
@@ -157,10 +158,6 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         "separate_labels": config.separate_labels,
         "model": list(model),
     }
-    if config.separate_labels and not search["per_source"]:
-        # A label belongs to a source: the faces of a group photo or a video all carry it, and links between them
-        # are not links between two labelled people.
-        ctx.log.warning("--separate-labels applies to searches of whole sources: the threshold is kept as it is")
     previous = reusable_run(ctx.output, JOB, key, "identities_key")
     ensure_ray()
     import ray
@@ -249,8 +246,12 @@ def cluster_search(
     )
     names = items.column("item").combine_chunks()
     raised, kept_before = None, len(lists)
-    if settings.get("separate_labels") and labels[1] and settings["per_source"]:
-        lists, raised = _separate_labels(lists, _item_labels(labels[0], labels[1], items), items, names)
+    known = None
+    if labels[1]:  # of faces, a label names only the one face of its source (not a group photo's, not a video's)
+        known = _item_labels(labels[0], labels[1], items)
+        known = known if settings["per_source"] else _alone(known, items)
+    if settings.get("separate_labels") and known is not None:
+        lists, raised = _separate_labels(lists, known, items, names)
     src = pc.index_in(lists.column("query_item"), value_set=names)
     dst = pc.index_in(lists.column("gallery_item"), value_set=names)
     if src.null_count or dst.null_count:  # the run's own tables disagree: nothing to cluster on a guess
@@ -291,7 +292,7 @@ def cluster_search(
     if group is not None:
         counts["tracks"] = int(len(np.unique(group)) - (np.bincount(group) == 1).sum())
     if labels[1]:
-        counts |= _scores(labels[0], labels[1], items, np.array(rows.column("identity").to_pylist(), object))
+        counts |= _scores(known, np.array(rows.column("identity").to_pylist(), object))
     counts["warnings"] = _warnings(counts, len(lists), listed)
     if raised is not None and counts["links_dropped_to_separate_labels"] > kept_before / 2:
         counts["warnings"].append(
@@ -309,6 +310,14 @@ def _item_labels(root: Store, manifest_run: str, items: pa.Table) -> np.ndarray:
     at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks()).to_numpy(zero_copy_only=False)
     values = np.array(known.column("label").to_pylist() + [None], object)
     return values[np.where(np.isnan(at), len(values) - 1, at).astype(np.int64)]
+
+
+def _alone(item_labels: np.ndarray, items: pa.Table) -> np.ndarray:
+    """Labels of the items that are their source's only item: a label names the one person of a source, not each
+    face of a group photo or each track of a video filed under it."""
+    uris = np.array(items.column("uri").to_pylist(), object)
+    _, at, counts = np.unique(uris, return_inverse=True, return_counts=True)
+    return np.where(counts[at] == 1, item_labels, None)
 
 
 def _separate_labels(
@@ -535,16 +544,12 @@ def _members(
     return rows, counts
 
 
-def _scores(root: Store, manifest_run: str, items: pa.Table, labels: np.ndarray) -> dict:
-    """The clustering against the manifest's labels, over the labelled items."""
-    labelled = pc.is_valid(pc.field("label")) & (pc.field("label") != "")
-    known = read_table(root, "manifest", manifest_run, ["uri", "label"], filter=labelled)
-    at = pc.index_in(items.column("uri"), value_set=known.column("uri").combine_chunks())
-    mine = pc.is_valid(at).to_numpy(zero_copy_only=False)
+def _scores(item_labels: np.ndarray, labels: np.ndarray) -> dict:
+    """The clustering (each item's identity, ``labels``) against the items' labels, over the labelled items."""
+    mine = item_labels != None  # noqa: E711 (element-wise)
     if not mine.any():
         return {}
-    truth = np.array(known.column("label").to_pylist(), object)[at.filter(pa.array(mine)).to_numpy()]
-    found = labels[mine]
+    truth, found = item_labels[mine], labels[mine]
     mixed: dict[str, set[str]] = {}
     for cluster_label, person in zip(found.tolist(), truth.tolist(), strict=True):
         mixed.setdefault(cluster_label, set()).add(person)

@@ -322,7 +322,8 @@ def _match(
             table=table,
             queries_run_id=run_id,
             gallery_run_id=run_id,
-            per_source=mode == "search",
+            # faces: every face of a photo, every track of a video is its own item; voices: a source's pooled voice
+            per_source=mode == "search" and table == "voices",
             manifest_run_id=manifest_run,
             k=config.k,
             calibration=calibration,

@@ -1,12 +1,15 @@
 """The main job end to end over the sample archive: every stage committed, reruns resume, nothing duplicated."""
 
+import shutil
 from pathlib import Path
 
-from jobs import pipeline
+from jobs import match, pipeline
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
+from ops.matching.decisions import is_positive
 from ops.media.encode import encode_image
 from ops.testing.samples import SAMPLE_LAYOUT, portrait
+from tests.conftest import shared_data
 
 OPTIONAL = ("attributes", "crossmatch")  # the stages that need a model the demo does not pass
 RUN = [s for s in pipeline.STAGES if s not in OPTIONAL]
@@ -235,3 +238,63 @@ def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, 
         assert {k: v for k, v in mine.items() if k not in ("reused", "reused_from")} == {
             k: v for k, v in theirs.items() if k not in ("reused", "reused_from")
         }
+
+
+def real_archive(base: Path) -> Path:
+    """``../shared``'s faces as a user's archive: the training photos in a folder per enrolled person, the rest
+    (strangers, group photos, the clip) unlabelled."""
+    faces, archive = shared_data("faces"), base / "archive"
+    for photo in (faces / "knn_examples" / "train").glob("*/*"):
+        (archive / "enrolled" / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, archive / "enrolled" / photo.parent.name / photo.name)
+    (archive / "probes").mkdir()
+    for probe in [*(faces / "knn_examples" / "test").iterdir(), *(p for p in faces.iterdir() if p.is_file())]:
+        shutil.copy(probe, archive / "probes" / probe.name)
+    return archive
+
+
+NOT_A_MATCH = {"unknown", "below the evidence needed"}  # what identify says of a probe it does not identify
+
+
+def test_a_real_archive_gets_the_decisions_its_evidence_supports(ray_cluster, all_models, tmp_path):
+    """Every face its own item, and no decision against the evidence, on real photos and a real clip."""
+    archive = real_archive(tmp_path)
+    results = tmp_path / "results"
+    argv = [str(archive), "--output", str(results), "--models", all_models.uri, "--run-id", "real", "--no-previews"]
+    assert pipeline.main([*argv, "--label-pattern", "enrolled/{label}/*"]) == 0
+    root = resolve(str(results))
+    identify = read_table(root, "matches", "real.identify-faces").to_pylist()
+    top = {r["query_item"].split("/probes/")[1]: r for r in identify if r["rank"] == 1}
+    said = lambda name: {r["decision"] for k, r in top.items() if k.startswith(name + "#")}  # noqa: E731
+    # people who are not enrolled are unknown: Lin-Manuel Miranda's photo, and his track in the clip (4-7 s)
+    assert said("lin-manuel-miranda.png") <= NOT_A_MATCH
+    (singing,) = [k for k in top if k.startswith("short_hamilton_clip.mp4#track=") and k.endswith("t=4.02,7.02")]
+    assert top[singing]["decision"] in NOT_A_MATCH
+    # both people of each two-person photo are found
+    assert {"obama", "biden"} <= said("obama_and_biden.jpg") and said("two_people.jpg") == {"obama", "biden"}
+    assert said("kit_with_rose.jpg") == {"kit_harington", "rose_leslie"}
+    # the clip's tracks: the pianist's (0.85-1.02 s) is nearest Alex Lacamoire, and no track is anyone else
+    (piano,) = [
+        k
+        for k in top
+        if k.startswith("short_hamilton_clip.mp4#track=")
+        and k.endswith("t=0.85,1.02")
+        and top[k]["identity"] == "alex_lacamoire"
+    ]
+    assert said("short_hamilton_clip.mp4") <= NOT_A_MATCH | {"alex_lacamoire"}
+    # no decision that says "same" on evidence that does not (search, identify)
+    for row in read_table(root, "matches").to_pylist():
+        if is_positive(row["decision"]):
+            assert row["llr"] > 0, row
+    # no identity holds two labels, and the figure says what it covers
+    (marker,) = [m for m in committed_runs(root) if m["run_id"] == "real.identities-faces"]
+    assert not [w for w in marker["summary"]["warnings"] if "labels" in w]
+    assert marker["summary"]["labelled_items"] < marker["summary"]["items"]
+    # 1:1 of two sources: every face pair, the deciding pair named (Lin's photo against the clip: his track)
+    pairs = tmp_path / "pairs.csv"
+    probes = archive / "probes"
+    pairs.write_text(f"a,b\n{probes / 'lin-manuel-miranda.png'},{probes / 'short_hamilton_clip.mp4'}\n")
+    common = ["--queries", str(results), "--output", str(results), "--calibration", str(results)]
+    assert match.main(["verify", *common, "--pairs", str(pairs), "--run-id", "v", "--log-level", "WARNING"]) == 0
+    (pair,) = read_table(root, "matches", "v").to_pylist()
+    assert pair["gallery_item"].endswith(singing) and pair["decision"] == "accept" and pair["llr"] > 0
