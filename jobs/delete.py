@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not removed:
-        print(f"nothing of run {args.run_id} under {root.uri}")
-        return 1
+        print(
+            f"error: nothing of run {args.run_id} under {root.uri}: check the run id (`python -m jobs.show`)",
+            file=sys.stderr,
+        )
+        return 2
     verb = "would delete" if args.dry_run else "deleted"
     for uri in removed:
         print(f"{verb} {uri}")

@@ -207,20 +207,28 @@ class Listing:
     bytes: int = 0
 
 
-def list_archive(archive: Store, pattern: str, workers: int) -> Listing:
-    """The archive's objects matching ``pattern``, listed by tasks: one per folder right below the archive and one
-    for the objects at its top, each cutting its objects into blocks balanced by size (``plan.shard``). The driver
-    holds the refs and the counts, never an object's name."""
+def output_inside(archive: Store, output: Store) -> str | None:
+    """Where the output root lies inside the archive (its path relative to the archive), or None when outside: the
+    project's own tables and logs are not archive objects (the archive itself as the output is refused by
+    ``jobs.runtime.launch``, before anything is written)."""
+    top, out = archive.uri.rstrip("/"), output.uri.rstrip("/")
+    return out[len(top) + 1 :] if out.startswith(top + "/") else None
+
+
+def list_archive(archive: Store, pattern: str, workers: int, skip: str | None = None) -> Listing:
+    """The archive's objects matching ``pattern`` (none under the folder ``skip``), listed by tasks: one per folder
+    right below the archive and one for the objects at its top, each cutting its objects into blocks balanced by
+    size (``plan.shard``). The driver holds the refs and the counts, never an object's name."""
     import ray
 
     try:
         folders = ray.get(ray.remote(num_cpus=0.5)(_folders).remote(archive))
     except ray.exceptions.RayTaskError as exc:  # the archive's own message (it does not exist, it is a file)
         raise exc.cause from None
-    parts = [("", True)] + [(name, False) for name in folders]
+    parts = [("", True)] + [(name, False) for name in folders if name != skip]
     share = max(1, -(-workers // len(parts)))
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(list_blocks)
-    generators = [task.remote(archive, pattern, under, top, share) for under, top in parts]
+    generators = [task.remote(archive, pattern, under, top, share, skip) for under, top in parts]
     listing = Listing()
     for generator in generators:
         refs = list(generator)
@@ -235,9 +243,12 @@ def _folders(archive: Store) -> list[str]:
     return archive.folders()
 
 
-def list_blocks(archive: Store, pattern: str, under: str, top_only: bool, workers: int):
-    """One part of the archive listed: its objects in blocks balanced by size, then a summary."""
+def list_blocks(archive: Store, pattern: str, under: str, top_only: bool, workers: int, skip: str | None = None):
+    """One part of the archive listed (nothing under the folder ``skip``): its objects in blocks balanced by size,
+    then a summary."""
     objects = archive.list(pattern, under=under, top_only=top_only)
+    if skip:
+        objects = [o for o in objects if not o.relpath.startswith(skip + "/")]
     for part in shard(objects, workers, MIN_SHARD_BYTES) if objects else []:
         yield pa.table(
             {
@@ -300,7 +311,12 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     import ray
 
     workers = max(int(ray.cluster_resources().get("CPU", 0)), GROWTH)  # room for a cluster that grows
-    listed = list_archive(archive, config.glob, workers)
+    inside = output_inside(archive, ctx.output)
+    if inside:
+        ctx.log.info(
+            "the output root %s lies inside the archive: its objects (%s/) are not listed", ctx.output.uri, inside
+        )
+    listed = list_archive(archive, config.glob, workers, inside)
     if not listed.objects:
         raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
     objects, total_bytes, blocks = listed.objects, listed.bytes, listed.blocks

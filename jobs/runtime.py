@@ -21,6 +21,7 @@ from jobs.cli import JobConfig, default_run_id, parse_config
 from jobs.plan import ensure_ray
 from ops.io.errors import JobFailed, UserError
 from ops.io.redact import redact
+from ops.io.root import claim
 from ops.io.storage import Store, resolve
 from ops.io.tables import check_run_id
 from ops.models.registry import models_root
@@ -49,6 +50,10 @@ def launch(job: str, run: Callable[[C, JobContext], dict], config: C) -> dict:
         raise JobFailed(str(exc)) from None
     output = resolve(config.output)
     check_locations(config)
+    archive = getattr(config, "archive", None)
+    if archive and resolve(archive).uri.rstrip("/") == output.uri.rstrip("/"):  # before anything is written there
+        raise JobFailed(f"--output {output.uri} is the archive itself: write the results beside it, not into it")
+    claim(output)  # a crossmatch root, or refused when it holds another tool's tables
     log.info("job %s, run %s, output %s", job, run_id, output.uri)
     started = time.monotonic()
     marker = run(config, JobContext(job, run_id, output, log))

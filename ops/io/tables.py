@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from ops.io.errors import CommitError, StorageError, canonical, vocabulary
 from ops.io.redact import redact
+from ops.io.root import RUN_FOLDERS, require_ours
 from ops.io.schemas import RUNS, SCHEMA_VERSION, conform, schema_for, stored
 from ops.io.storage import Store, storage_errors
 
@@ -786,9 +787,11 @@ def delete_run(root: Store, run_id: str, dry_run: bool = False) -> list[str]:
     """Erase everything a run wrote under ``root``: its runs row first (readers stop seeing it at once), then its
     files in every table (removed from the table in one transaction each, then deleted from storage for real:
     earlier table versions that listed them can no longer be read, the material is gone), then
-    ``<folder>/<run_id>/`` below every other top-level folder (styled images, report, checkpoints). Returns the
-    URIs removed (or that would be). Safe to repeat: an interrupted deletion is finished by the next one."""
+    ``<folder>/<run_id>/`` below the run folders crossmatch writes (``ops.io.root.RUN_FOLDERS``: styled images,
+    report, checkpoints), never below another's folder. Refuses a root that is not crossmatch's. Returns the URIs
+    removed (or that would be). Safe to repeat: an interrupted deletion is finished by the next one."""
     check_run_id(run_id)
+    require_ours(root)
     doomed: list[str] = []
     tables = tables_under(root)
     for table in sorted(tables, key=lambda t: t != RUNS_TABLE):  # runs first
@@ -808,11 +811,7 @@ def delete_run(root: Store, run_id: str, dry_run: bool = False) -> list[str]:
             doomed.append(orphans.uri)
             if not dry_run:
                 orphans.remove_tree()
-    try:
-        folders = [p.rstrip("/").rsplit("/", 1)[-1] for p in root.fs.ls(root.path, detail=False)]
-    except FileNotFoundError:
-        folders = []
-    for folder in sorted(set(folders) - set(tables)):
+    for folder in sorted(set(RUN_FOLDERS) - set(tables)):
         if (target := root.join(folder, run_id)).exists():
             doomed.append(target.uri)
             if not dry_run:

@@ -24,6 +24,8 @@ def test_a_pipeline_run_goes_whole_and_others_stay(pipeline_run, tmp_path, capsy
     other.write_errors([_error("x"), _error("y")], stage="test")
     other.commit()
     (results / "faces" / "data" / "pl.faces" / "killed-attempt-x.parquet").write_bytes(b"partial")  # a killed run's
+    (results / "exports" / "pl").mkdir(parents=True)  # another tool's folder, named like the run: never touched
+    (results / "exports" / "pl" / "case.zip").write_bytes(b"theirs")
     before = _files(results)
 
     assert delete.main([str(results), "pl", "--dry-run"]) == 0
@@ -31,10 +33,19 @@ def test_a_pipeline_run_goes_whole_and_others_stay(pipeline_run, tmp_path, capsy
 
     assert delete.main([str(results), "pl"]) == 0
     left = _files(results)
-    assert not [f for f in left if "/pl/" in f or "/pl." in f], left
+    assert not [f for f in left if ("/pl/" in f or "/pl." in f) and not f.startswith("exports/")], left
+    assert "exports/pl/case.zip" in left
     assert [m["run_id"] for m in committed_runs(root)] == ["keep-me"]
     assert read_table(root, "errors", "keep-me").num_rows == 2
-    assert delete.main([str(results), "pl"]) == 1  # nothing left to delete
+    assert delete.main([str(results), "pl"]) == 2  # nothing left to delete: the user asked for what is not there
+
+
+def test_a_root_that_is_not_crossmatchs_is_never_deleted_from(tmp_path, capsys):
+    (tmp_path / "report" / "2026-12-05").mkdir(parents=True)  # a scheduled tool's dated output
+    (tmp_path / "report" / "2026-12-05" / "index.html").write_text("theirs")
+    assert delete.main([str(tmp_path), "2026-12-05"]) == 2
+    assert "not a crossmatch output root" in capsys.readouterr().err
+    assert (tmp_path / "report" / "2026-12-05" / "index.html").exists()
 
 
 def test_a_run_on_s3_goes_whole(request, monkeypatch):

@@ -101,6 +101,21 @@ def test_rerun_replaces_instead_of_duplicating(ray_cluster, sample_archive, tmp_
     assert len(read_table(resolve(out), "manifest", run_id="second")) == 7
 
 
+def test_an_output_root_inside_the_archive_is_not_listed_and_the_archive_itself_is_refused(
+    ray_cluster, sample_archive, caplog
+):
+    caplog.set_level(logging.INFO, "crossmatch")
+    out = str(sample_archive / "results")  # as `jobs.manifest .` with the default out/results
+    for run_id in ("first", "again"):  # the second run finds the first's tables and logs inside the archive
+        assert run_manifest(str(sample_archive), out, "--run-id", run_id) == 0
+        rows, errors = read_table(resolve(out), "manifest", run_id), read_table(resolve(out), "errors", run_id)
+        assert rows.num_rows + errors.num_rows == len(SAMPLE_LAYOUT)
+        assert not [u for u in rows.column("uri").to_pylist() if "/results/" in u]
+    assert "lies inside the archive: its objects (results/) are not listed" in caplog.text
+    assert run_manifest(str(sample_archive), str(sample_archive)) == 2
+    assert "is the archive itself" in caplog.text and not (sample_archive / "crossmatch-root.json").exists()
+
+
 def test_glob_selects_objects(ray_cluster, sample_archive, tmp_path):
     assert run_manifest(str(sample_archive), str(tmp_path / "out"), "--glob", "voices/**/*.wav") == 0
     rows, errors = accounted(tmp_path / "out")

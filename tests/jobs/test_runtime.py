@@ -70,3 +70,18 @@ def test_local_paths_are_refused_on_a_cluster_of_many_nodes(monkeypatch, tmp_pat
     monkeypatch.setattr(ray, "cluster_resources", lambda: {})
     with pytest.raises(JobFailed, match="head runs no work"):  # an autoscaling cluster before its workers come
         check_locations(local)
+
+
+def test_a_root_that_holds_another_tools_tables_is_refused_and_an_empty_one_is_marked(caplog, tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "sales" / "_delta_log").mkdir(parents=True)  # another tool's Delta table
+    (theirs / "sales" / "_delta_log" / "00000000000000000000.json").write_text("{}")
+    ran = []
+    assert _run(["in/", "--output", str(theirs)], lambda c, ctx: ran.append(1)) == 2
+    assert not ran and "holds data crossmatch did not write (sales/ (a Delta table))" in caplog.text
+    assert not (theirs / "crossmatch-root.json").exists()
+    ours = tmp_path / "ours"
+    assert _run(["in/", "--output", str(ours)], lambda c, ctx: ran.append(1)) == 0
+    assert ran == [1] and (ours / "crossmatch-root.json").exists()
+    (ours / "exports.parquet").write_bytes(b"PAR1")  # a file the user left there later: the root stays ours
+    assert _run(["in/", "--output", str(ours)], lambda c, ctx: ran.append(2)) == 0

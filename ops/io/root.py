@@ -1,0 +1,72 @@
+"""What an output root is: a folder (or S3 prefix) of crossmatch's tables and run folders, and nobody else's.
+
+A root identifies itself with a small marker, ``crossmatch-root.json``, written by the first job that writes there.
+A job refuses a root that is not crossmatch's and holds another tool's data (Delta tables or Parquet files at its top):
+writing beside them would mix two tools' tables, and ``jobs.delete`` could remove what it never wrote. A root made
+before the marker is known by its ``runs`` table. Jobs write only into the tables and into the run folders named
+here (``<folder>/<run_id>/``), so a deletion touches nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from ops.io.errors import JobFailed
+from ops.io.storage import Store
+
+log = logging.getLogger("crossmatch")
+
+MARKER = "crossmatch-root.json"
+# The folders of a root that hold a run's files outside the tables, ``<folder>/<run_id>/`` each: what a deletion
+# may remove besides the tables' files. A job that writes another must add it here.
+RUN_FOLDERS = ("calibration", "report", "styled-images", "synthetic", "checkpoints", "_staging")
+
+
+def is_ours(root: Store) -> bool:
+    """Whether ``root`` is a crossmatch output root: its marker, or (made before the marker) its runs table."""
+    return root.join(MARKER).exists() or root.join("runs", "_delta_log").exists()
+
+
+def claim(root: Store) -> None:
+    """Make ``root`` a crossmatch root before a job writes there (its marker written once), or refuse it: a root that
+    holds another tool's tables is not written into."""
+    if root.join(MARKER).exists():
+        return
+    if not root.join("runs", "_delta_log").exists():
+        foreign = _foreign_data(root)
+        if foreign:
+            raise JobFailed(
+                f"{root.uri} holds data crossmatch did not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}): pass a new or empty folder (or an earlier crossmatch "
+                "output root) as --output"
+            )
+    record = {"tool": "crossmatch", "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    root.join(MARKER).put_atomic(json.dumps(record).encode())
+    log.debug("marked %s as a crossmatch output root", root.uri)
+
+
+def require_ours(root: Store) -> None:
+    """Refuse to delete from or maintain a root that is not crossmatch's."""
+    if not is_ours(root):
+        raise JobFailed(
+            f"{root.uri} is not a crossmatch output root (no {MARKER} and no runs table): nothing there was written "
+            "by crossmatch, so nothing is deleted"
+        )
+
+
+def _foreign_data(root: Store) -> list[str]:
+    """The top-level Delta tables and Parquet files of ``root`` (another tool's data); [] for none or no root."""
+    try:
+        entries = root.fs.ls(root.path, detail=True)
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in entries:
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry["type"] == "directory" and root.join(name, "_delta_log").exists():
+            found.append(name + "/ (a Delta table)")
+        elif name.endswith(".parquet"):
+            found.append(name)
+    return sorted(found)

@@ -1,0 +1,30 @@
+import pytest
+
+from ops.io.errors import JobFailed
+from ops.io.root import MARKER, claim, is_ours, require_ours
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun
+
+
+def test_a_root_is_ours_by_its_marker_or_its_runs_table(tmp_path):
+    fresh = resolve(str(tmp_path / "fresh"))
+    assert not is_ours(fresh)
+    claim(fresh)
+    assert is_ours(fresh) and fresh.join(MARKER).exists()
+    older = resolve(str(tmp_path / "older"))  # made before the marker: its runs table says whose it is
+    run = OutputRun(older, "r", "manual")
+    run.commit()
+    assert is_ours(older)
+    claim(older)  # adopted, and marked
+    assert older.join(MARKER).exists()
+
+
+def test_parquet_at_the_top_of_a_root_that_is_not_ours_is_refused(tmp_path):
+    (tmp_path / "export.parquet").write_bytes(b"PAR1")
+    (tmp_path / "photos").mkdir()  # plain folders (an archive, inputs) do not make a root another tool's
+    with pytest.raises(JobFailed, match=r"holds data crossmatch did not write \(export.parquet\)"):
+        claim(resolve(str(tmp_path)))
+    with pytest.raises(JobFailed, match="not a crossmatch output root"):
+        require_ours(resolve(str(tmp_path)))
+    (tmp_path / "export.parquet").unlink()
+    claim(resolve(str(tmp_path)))
