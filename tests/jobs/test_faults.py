@@ -117,7 +117,7 @@ def _next_night_killed_and_resumed(archive, results, all_models) -> None:
             for column in ("uri", "query_uri", "gallery_uri"):
                 if column in found.column_names:
                     assert gone.uri not in found.column(column).to_pylist(), (table, run_id)
-    argv = ["search", "--queries", results.uri, "--output", results.uri, "--per-source", "--k", 5]
+    argv = ["search", "--queries", results.uri, "--output", results.uri, "--k", 5]  # every face, as the pipeline
     argv += ["--queries-run-id", "night2.faces", "--gallery-run-id", "night2.faces", "--no-reuse", "--run-id", "full"]
     assert match.main([*map(str, argv), "--log-level", "WARNING"]) == 0
     key = lambda r: (r["query_item"], r["rank"], r["gallery_item"], r["score"])  # noqa: E731
