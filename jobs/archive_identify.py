@@ -19,8 +19,6 @@ The driver holds file lists and counts, never a label, a vector or an identity.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import uuid
 from dataclasses import dataclass
@@ -33,9 +31,9 @@ import pyarrow.compute as pc
 from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
 from jobs.archive_search import Prepared
 from ops.io.errors import EmbeddingError
-from ops.io.storage import Store, resolve
+from ops.io.storage import Store
 from ops.io.tables import committed_files, committed_rows
-from ops.matching.embeddings import item_id
+from ops.matching.embeddings import item_id, labels_csv
 from ops.matching.vectors import normalise
 
 log = logging.getLogger("crossmatch")
@@ -118,11 +116,8 @@ def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) ->
 
 def stage_csv(labels: str, ledger: Ledger) -> dict:
     """A CSV of uri,label, staged (each pair once); a uri given two labels is returned as the conflict."""
-    reader = csv.DictReader(io.StringIO(resolve(labels).read_bytes().decode("utf-8")))
-    if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
-        raise EmbeddingError(f"{labels} needs a header with columns uri and label")
     found: dict[str, str] = {}
-    for row in reader:
+    for row in labels_csv(labels):
         if row["label"] and found.setdefault(row["uri"], row["label"]) != row["label"]:
             return {"path": "", "conflict": (row["uri"], *sorted((found[row["uri"]], row["label"])))}
     if not found:

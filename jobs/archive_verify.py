@@ -67,11 +67,56 @@ def stage_pairs(
         return [], f"cannot read the pairs table {uri}: {exc}"
 
 
+def check_pairs(uri: str, layouts: tuple[tuple[str, ...], ...] = PAIRS) -> None:
+    """Refuse a pairs table that cannot be read, lacks the columns, holds no pair or names relative paths, from its
+    first block alone (on the driver, before the cluster starts: a wrong header is said at once); a fault further
+    down is found by the staging task, with the row."""
+    try:
+        with resolve(uri).open("rb") as f:
+            batches, _ = _pair_batches(f, uri, layouts)
+            first = next(batches, None)
+            while first is not None and first.num_rows == 0:
+                first = next(batches, None)
+    except _BadPairs as exc:
+        raise JobFailed(str(exc)) from None
+    except (StorageError, OSError) as exc:
+        raise JobFailed(f"cannot read the pairs table {uri}: {exc}") from None
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise JobFailed(_unreadable(uri, exc)) from None
+    if first is None:
+        raise JobFailed(f"{uri} has a header but no pairs: one pair of sources or items per row")
+    if why := _relative(first):
+        raise JobFailed(f"{uri}: {why}")
+
+
+def _unreadable(uri: str, exc: BaseException) -> str:
+    text = str(exc).split("\n")[0]
+    if "UTF8" in text or "utf-8" in text.lower() or isinstance(exc, UnicodeDecodeError):
+        return f"{uri} is not UTF-8 text ({text}): save it as UTF-8 (Excel: CSV UTF-8)"
+    return f"cannot read the pairs table {uri}: {text} (a CSV with a header row, or a Parquet file)"
+
+
+def _relative(batch: pa.RecordBatch) -> str | None:
+    """Why a batch of pairs cannot name archive sources: a side that is a relative path (sources are named by the
+    full uri the manifest gives them)."""
+    for column in batch.columns:
+        for side in column.to_pylist():
+            where = (side or "").rsplit("#", 1)[0] if "#" in (side or "") else (side or "")
+            if where and not where.startswith("/") and "://" not in where:
+                return (
+                    f"{side!r} is a relative path: name each source by its full uri, as the manifest has it "
+                    "(`python -m jobs.show ROOT --table manifest`)"
+                )
+    return None
+
+
 def _stage(f, uri: str, staging: Store, size: int, layouts) -> tuple[list[tuple[str, int]], str | None]:
     try:
         batches, schema = _pair_batches(f, uri, layouts)
         chunks, held, count = [], [], 0
         for batch in batches:
+            if why := _relative(batch):
+                return [], f"{uri}: {why}"
             held.append(batch)
             count += batch.num_rows
             while count >= size:
@@ -83,6 +128,8 @@ def _stage(f, uri: str, staging: Store, size: int, layouts) -> tuple[list[tuple[
             chunks.append(_write_chunk(pa.Table.from_batches(held, schema), staging))
     except _BadPairs as exc:
         return [], str(exc)
+    except (pa.ArrowException, UnicodeDecodeError) as exc:  # a bad row or a cut file, past the first block
+        return [], _unreadable(uri, exc)
     return [c for c in chunks if c[1]], None
 
 
@@ -107,8 +154,10 @@ def _pair_batches(f, uri: str, layouts):
     types = {c: pa.string() for layout in layouts for c in layout}
     try:
         reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types))
-    except pa.ArrowInvalid as exc:  # an empty file, or no header
-        raise _BadPairs(f"{uri} needs a header with columns {wanted}: {exc}") from None
+    except pa.ArrowInvalid as exc:  # an empty file, no header, text that is not UTF-8, a bad row in the first block
+        if "UTF8" in str(exc):
+            raise _BadPairs(_unreadable(uri, exc)) from None
+        raise _BadPairs(f"cannot read {uri} as a CSV with a header row of columns {wanted}: {exc}") from None
     layout = next((c for c in layouts if set(c) <= set(reader.schema.names)), None)
     if layout is None:
         raise _BadPairs(f"{uri} needs a header with columns {wanted}; it has {reader.schema.names}")

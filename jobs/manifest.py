@@ -291,11 +291,14 @@ def write_partition(paths: list[str], store: Store, writer: RowWriter) -> dict:
     rows = rows.join(first, "sha256").sort_by("relpath")
     copy = pc.not_equal(rows.column("uri"), rows.column("first_uri"))
     rows = rows.append_column("duplicate_of", pc.if_else(copy, rows.column("first_uri"), pa.scalar(None, pa.string())))
+    labelled = pc.fill_null(pc.not_equal(rows.column("label"), ""), False)
     return {
         "files": writer.write(rows.drop_columns(["first_uri"])),
         "rows": rows.num_rows,
         "duplicates": int(pc.sum(copy).as_py() or 0),
         "kinds": Counter(rows.column("media_kind").to_pylist()),
+        "labelled": int(pc.sum(labelled).as_py() or 0),
+        "unlabelled": rows.filter(pc.invert(labelled)).column("relpath").slice(0, 2).to_pylist(),  # examples
     }
 
 
@@ -393,12 +396,14 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
         task = ray.remote(write_partition)
         done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
-        written, duplicates, kinds = 0, 0, Counter()
+        written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []
         for part in done:
             job.add_files("manifest", part["files"])
             written += part["rows"]
             duplicates += part["duplicates"]
             kinds.update(part["kinds"])
+            labelled += part["labelled"]
+            unlabelled = (unlabelled + part["unlabelled"])[:2]
         if written != staged_rows:
             raise JobFailed(f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written")
         summary = {
@@ -409,6 +414,9 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             "duplicates": duplicates,
             "kinds": dict(kinds),
         }
+        if config.label_pattern:
+            summary["labelled"] = labelled
+            _say_labels(ctx, config.label_pattern, labelled, written, unlabelled)
         if diff is not None:
             summary |= {
                 "previous_manifest": previous.run_id,
@@ -425,6 +433,23 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         )
     finally:
         staging.remove_tree() if staging.exists() else None
+
+
+def _say_labels(ctx: JobContext, pattern: str, labelled: int, rows: int, unlabelled: list[str]) -> None:
+    """How many objects the label pattern named, and two it did not: a pattern that matches nothing leaves every
+    label null, which no later stage can tell from an archive without labels."""
+    if labelled == rows:
+        ctx.log.info("--label-pattern %r gave a label to all %d objects", pattern, rows)
+        return
+    examples = ", ".join(unlabelled)
+    ctx.log.warning(
+        "--label-pattern %r gave a label to %d of %d objects; not matched: %s. The pattern is matched against the "
+        "path below the archive (for ARCHIVE/alice/1.jpg, '{label}/*'; one folder deeper, '*/{label}/*')",
+        pattern,
+        labelled,
+        rows,
+        examples,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,7 +36,7 @@ from jobs.accounting import Ledger
 from jobs.archive_fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
 from jobs.archive_identify import enrol
 from jobs.archive_search import STAGING, Prepared, Projection, Search, prepare_items
-from jobs.archive_verify import Verifier, verify_archive
+from jobs.archive_verify import Verifier, check_pairs, verify_archive
 from jobs.cli import JobConfig
 from jobs.plan import ensure_ray
 from jobs.reuse import reusable_run
@@ -357,6 +357,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         raise JobFailed("verify needs --pairs: a CSV or Parquet table with columns a and b (source uris or items)")
     if config.fuse:
         return run_verify_fused(config, ctx, out)
+    check_pairs(config.pairs)  # before the cluster starts: a wrong file is said at once
     root = resolve(config.queries)
     first = read_table(root, config.table, config.queries_run_id, columns=["model_name", "model_sha256"], limit=1)
     if first.num_rows == 0:
@@ -539,6 +540,7 @@ def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobCo
 
 def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     """Fused verification at archive scale: as verify, each chunk task scoring faces and voices (``fuse_chunk``)."""
+    check_pairs(config.pairs, FUSED_PAIRS)
     evidence = _evidence(config, config.queries, config.queries_run_id, ctx, out)
     staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
     rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)

@@ -181,6 +181,12 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         manifest.ManifestConfig(archive=config.archive, glob=config.glob, label_pattern=config.label_pattern),
     )
     manifest_run = stages.done["manifest"]["run_id"]
+    if config.label_pattern and not stages.done["manifest"]["summary"].get("labelled", 1):
+        raise JobFailed(
+            f"--label-pattern {config.label_pattern!r} matched none of the archive's objects, so nothing is labelled "
+            "(the manifest run's log names two paths it did not match). It is matched against the path below the "
+            "archive: for ARCHIVE/alice/1.jpg use '{label}/*', one folder deeper '*/{label}/*'"
+        )
     voices = stages.run(
         "voices",
         embed_voices,
@@ -355,7 +361,7 @@ def why_not_calibrated(root: Store, table: str, run_id: str, manifest_run: str) 
     if not calibrate.enough_labels(found):
         return (
             f"{len(found)} labelled {table} sources with {len(set(found))} labels: calibration needs two labels "
-            "and a label with two sources (pass --label-pattern)"
+            "and a label with two sources" + ("" if labels else " (no source has a label: pass --label-pattern)")
         )
     return None
 

@@ -193,12 +193,21 @@ def read_labels(
         for batch in iter_table(root, "manifest", run, columns=["uri", "label"], filter=labelled):
             kept.add(zip(batch.column("uri").to_pylist(), batch.column("label").to_pylist(), strict=True), where)
         return kept.found
-    text = resolve(labels).read_bytes().decode("utf-8")
+    kept.add(((row["uri"], row["label"]) for row in labels_csv(labels)), labels)
+    return kept.found
+
+
+def labels_csv(uri: str) -> csv.DictReader:
+    """The rows of a labels CSV (columns uri and label), as a spreadsheet saves it: UTF-8 with or without a byte
+    order mark (Excel's "CSV UTF-8"); anything else refused with the fix."""
+    try:
+        text = resolve(uri).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EmbeddingError(f"{uri} is not UTF-8 text ({exc}): save it as UTF-8 (Excel: CSV UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"uri", "label"} <= set(reader.fieldnames):
-        raise EmbeddingError(f"{labels} needs a header with columns uri and label")
-    kept.add(((row["uri"], row["label"]) for row in reader), labels)
-    return kept.found
+        raise EmbeddingError(f"{uri} needs a header with columns uri and label; it has {reader.fieldnames or []}")
+    return reader
 
 
 class _Sample:

@@ -160,6 +160,22 @@ def test_label_pattern_needs_a_label_field(ray_cluster, sample_archive, tmp_path
     assert "has no {label} field" in caplog.text
 
 
+def test_a_label_pattern_says_how_many_objects_it_named_and_two_it_did_not(
+    ray_cluster, sample_archive, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, "crossmatch")
+    out = str(tmp_path / "out")
+    nowhere = ["--label-pattern", "people/{label}/*"]  # the sample has no people/ folder
+    assert run_manifest(str(sample_archive), out, *nowhere, "--run-id", "none") == 0
+    (marker,) = committed_runs(resolve(out))
+    assert marker["summary"]["labelled"] == 0
+    rows = marker["summary"]["manifest_rows"]
+    assert f"gave a label to 0 of {rows} objects; not matched: " in caplog.text and "'*/{label}/*'" in caplog.text
+    assert run_manifest(str(sample_archive), out, *LABELS, "--run-id", "some") == 0
+    labelled = [m for m in committed_runs(resolve(out)) if m["run_id"] == "some"][0]["summary"]["labelled"]
+    assert 0 < labelled < rows and f"gave a label to {labelled} of {rows} objects" in caplog.text
+
+
 def test_s3_archive_and_output(ray_cluster, s3):
     make_sample_archive(resolve(s3.uri("archive")))
     assert run_manifest(s3.uri("archive"), s3.uri("results"), *LABELS) == 0

@@ -491,3 +491,42 @@ def test_every_face_of_a_photo_and_every_track_of_a_video_is_its_own_item(tmp_pa
         ("/a/cat.jpg#frame=0&face=0", "/a/ann.jpg#frame=0&face=0"): "reject",
     }
     assert {r["query_uri"] for r in verified} == {"/a/group.jpg", "/a/clip.mp4", "/a/cat.jpg"}
+
+
+GOOD_PAIR = "/a/0.jpg,/a/1.jpg\n"
+BAD_PAIRS = {  # file contents -> what the refusal says
+    "header.csv": (b"a,b\n", "has a header but no pairs"),
+    "relative.csv": (b"a,b\nphotos/0.jpg,/a/1.jpg\n", "'photos/0.jpg' is a relative path"),
+    "latin1.csv": (b"a,b\n/a/caf\xe9.jpg,/a/1.jpg\n", "is not UTF-8 text"),
+    "ragged.csv": (b"a,b\n" + GOOD_PAIR.encode() * 70_000 + b"x,y,z\n", "Expected 2 columns, got 3"),  # block 2+
+    "cut.parquet": (None, "cannot read the pairs table"),
+    "wrong.csv": (b"left,right\n" + GOOD_PAIR.encode(), "needs a header with columns a, b; it has"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PAIRS))
+def test_a_pairs_table_that_cannot_be_scored_is_refused_with_the_fix(ray_cluster, tmp_path, caplog, name):
+    rng = np.random.default_rng(4)
+    vectors, uris, _ = identities(rng)
+    write_faces(tmp_path, vectors, [f"/a/{i}.jpg" for i in range(len(uris))])
+    content, said = BAD_PAIRS[name]
+    if content is None:  # a Parquet file cut short (a copy that stopped half way)
+        pq.write_table(pa.table({"a": ["/a/0.jpg"] * 50, "b": ["/a/1.jpg"] * 50}), tmp_path / "whole.parquet")
+        content = (tmp_path / "whole.parquet").read_bytes()[:300]
+    (tmp_path / name).write_bytes(content)
+    args = ["--queries", tmp_path, "--output", tmp_path, "--pairs", tmp_path / name, "--threshold", 0.5]
+    assert run("verify", *args) == 2
+    assert said in caplog.text and "unexpected error" not in caplog.text
+
+
+def test_a_labels_file_saved_by_excel_is_read(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors, uris, labels = identities(rng, spread=0.1)
+    write_faces(tmp_path, vectors, uris)
+    rows = "".join(f"{uris[i]},{labels[i]}\n" for i in (0, 3, 6, 9))
+    (tmp_path / "labels.csv").write_bytes(("uri,label\r\n" + rows).encode("utf-8-sig"))  # Excel's "CSV UTF-8"
+    args = ["--queries", tmp_path, "--output", tmp_path, "--labels", tmp_path / "labels.csv", "--threshold", 0.8]
+    assert run("identify", *args) == 0
+    rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
+    top = {r["query_uri"]: r["decision"] for r in rows if r["rank"] == 1}
+    assert top[uris[1]] == labels[1] and len(top) == 8

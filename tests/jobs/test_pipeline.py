@@ -111,6 +111,15 @@ def test_an_archive_without_speech_or_labels_skips_those_stages_and_says_why(ray
     assert "from model card of dlib-resnet-v1" in report and "No calibration" in report
 
 
+def test_a_label_pattern_that_names_nothing_stops_the_pipeline_after_the_manifest(
+    ray_cluster, all_models, sample_archive, tmp_path, caplog
+):
+    argv = [str(sample_archive), "--output", str(tmp_path / "out"), "--models", all_models.uri]
+    assert pipeline.main([*argv, "--label-pattern", "people/{label}/*"]) == 2
+    assert "matched none of the archive's objects" in caplog.text and "'*/{label}/*'" in caplog.text
+    assert [m["job"] for m in committed_runs(resolve(str(tmp_path / "out")))] == ["manifest"]
+
+
 def test_bad_arguments_fail_clearly(tmp_path, caplog):
     assert pipeline.main([str(tmp_path), "--restart-from", "nope", "--output", str(tmp_path / "o")]) == 2
     assert "unknown stage 'nope'" in caplog.text
