@@ -40,7 +40,7 @@ from jobs.plan import shard
 from jobs.progress import Progress
 from jobs.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
 from jobs.source_job import RowWriter, parse_file_row
-from ops.io.errors import JobFailed
+from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.storage import ObjectInfo, Store, storage_errors
 from ops.io.tables import DataFile, OutputRun, committed_files, committed_rows, committed_runs, error_table
 
@@ -299,7 +299,8 @@ def settle(
         settled.errors_by_type.update(result["errors_by_type"])
     if problems:
         said = ", ".join(f"{n} {what}" for what, n in sorted(problems.items()))
-        raise JobFailed(
+        fixable = all(what == TWICE_LISTED for what in problems)  # the input, not the job: the user's to fix
+        raise (JobFailed if fixable else AccountingMismatch)(
             f"accounting mismatch: {said} (e.g. {sorted(examples)[0]}); nothing was committed, rerun the job"
         )
     return settled
@@ -351,13 +352,16 @@ def _anti_join(
             problems[what] += len(items)
             examples.append(f"{min(items)} ({what})")
 
-    found("uris the manifest lists twice (pass --manifest-run-id)", _repeated(uris))
+    found(TWICE_LISTED, _repeated(uris))
     found("sources reported twice", _repeated(keys))
     expected = {u + s for u in set(uris) for s in suffixes}
     got = set(keys)
     found("sources without a result or an error row", expected - got)
     found("results for sources the manifest does not list", got - expected)
     return problems, examples
+
+
+TWICE_LISTED = "uris the manifest lists twice (pass --manifest-run-id)"
 
 
 def _repeated(values: list[str]) -> set[str]:

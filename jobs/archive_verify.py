@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from jobs.progress import Progress
 from jobs.source_job import RowWriter
-from ops.io.errors import EmbeddingError, JobFailed, StorageError, UnmatchedPair
+from ops.io.errors import AccountingMismatch, EmbeddingError, JobFailed, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, resolve, storage_errors
 from ops.io.tables import DataFile, error_table
@@ -339,7 +339,7 @@ def verify_archive(
     staged = sum(n for _, n in chunks)
     scored = done.accept + done.reject + done.below_evidence
     if scored + done.unmatched != staged or done.pairs != staged:
-        raise JobFailed(
+        raise AccountingMismatch(
             f"accounting mismatch: {staged} pairs read, {done.pairs} in the chunks' answers, "
             f"{scored} scored and {done.unmatched} unmatched; nothing was committed, rerun the job"
         )

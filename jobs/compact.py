@@ -15,6 +15,7 @@ import sys
 
 from jobs.runtime import run_module
 from ops.io.errors import UserError
+from ops.io.root import require_ours
 from ops.io.storage import resolve
 from ops.io.tables import compact, tables_under
 
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         root = resolve(args.output)
+        require_ours(root)
         names = args.table or tables_under(root)
         if not names:
-            print(f"no tables under {root.uri}")
-            return 1
+            print(f"error: no tables under {root.uri}: nothing to compact", file=sys.stderr)
+            return 2
         for name in names:
             done = compact(root, name, args.retain_hours)
             print(f"{root.uri}/{name}: {done['files_merged']} files merged, {done['vacuumed']} files deleted")

@@ -30,7 +30,7 @@ from jobs.plan import GROWTH, ensure_ray, shard
 from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
-from ops.io.errors import EmptyFile, JobFailed, UnknownMediaType, describe, error_type
+from ops.io.errors import AccountingMismatch, EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import Store, glob_regex, resolve, storage_errors
 from ops.io.tables import error_table
@@ -389,7 +389,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
         # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
         if staged_rows + failed != objects:
-            raise JobFailed(
+            raise AccountingMismatch(
                 f"accounting mismatch: {objects} objects listed but {staged_rows + failed} results; "
                 "nothing was committed, rerun the job"
             )
@@ -405,7 +405,9 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             labelled += part["labelled"]
             unlabelled = (unlabelled + part["unlabelled"])[:2]
         if written != staged_rows:
-            raise JobFailed(f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written")
+            raise AccountingMismatch(
+                f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written"
+            )
         summary = {
             "objects": objects,
             "bytes": total_bytes,

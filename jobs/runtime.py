@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from jobs.cli import JobConfig, default_run_id, parse_config
 from jobs.plan import ensure_ray
-from ops.io.errors import JobFailed, UserError
+from ops.io.errors import AccountingMismatch, JobFailed, UserError
 from ops.io.redact import redact
 from ops.io.root import claim
 from ops.io.storage import Store, resolve
@@ -127,6 +127,9 @@ def run_job(
     except UserError as exc:  # fixable by the user: the message says how
         log.error("job %s failed: %s", job, exc)
         return 2
+    except AccountingMismatch as exc:  # a bug, said plainly: nothing was committed
+        log.error("job %s failed: %s (a bug: please report it with this log)", job, exc)
+        return 1
     except KeyboardInterrupt:
         log.error("job %s interrupted: nothing of this attempt was committed", job)
         return 130

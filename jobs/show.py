@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         root = resolve(args.output)
         runs = committed_runs(root)
         if not runs:
-            print(f"nothing committed under {root.uri}")
-            return 1
+            print(f"error: nothing committed under {root.uri}: check the output root", file=sys.stderr)
+            return 2
         for marker in runs:
             if args.run_id and marker["run_id"] != args.run_id:
                 continue

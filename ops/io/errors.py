@@ -131,6 +131,13 @@ class JobFailed(UserError):
     error_type = "job_failed"
 
 
+class AccountingMismatch(CrossmatchError):
+    """The counts of a run do not add up (an input lost or counted twice): nothing is committed. Not the user's to
+    fix: a bug, exit code 1."""
+
+    error_type = "accounting_mismatch"
+
+
 class UninformativeLabels(JobFailed):
     """Labels whose scores barely differ (folder names, not people): a calibration of them would state evidence
     there is not. The pipeline skips its calibration with this reason instead of stopping."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import UTC, datetime
 
 from ops.io.errors import JobFailed
@@ -32,6 +33,8 @@ def is_ours(root: Store) -> bool:
 def claim(root: Store) -> None:
     """Make ``root`` a crossmatch root before a job writes there (its marker written once), or refuse it: a root that
     holds another tool's tables is not written into."""
+    if root.scheme == "file" and os.path.exists(root.path) and not os.path.isdir(root.path):
+        raise JobFailed(f"--output {root.uri} is a file, not a folder: pass a folder (new or crossmatch's)")
     if root.join(MARKER).exists():
         return
     if not root.join("runs", "_delta_log").exists():
@@ -43,7 +46,10 @@ def claim(root: Store) -> None:
                 "output root) as --output"
             )
     record = {"tool": "crossmatch", "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    root.join(MARKER).put_atomic(json.dumps(record).encode())
+    try:
+        root.join(MARKER).put_atomic(json.dumps(record).encode())
+    except OSError as exc:  # a local folder that cannot be made or written (S3's errors are translated already)
+        raise JobFailed(f"cannot write into the output root {root.uri}: {exc}: pass a folder you can write") from None
     log.debug("marked %s as a crossmatch output root", root.uri)
 
 

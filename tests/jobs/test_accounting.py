@@ -5,7 +5,7 @@ from jobs import accounting
 from jobs.accounting import OUTCOMES, Ledger, Staged, buckets, collect, plan_sources, settle
 from jobs.source_job import RowWriter
 from jobs.stylize import finish as count_styled
-from ops.io.errors import JobFailed
+from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.schemas import MANIFEST, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, read_table
@@ -105,7 +105,7 @@ def test_a_lost_a_repeated_or_a_stray_source_fails_the_job(planned, reported, sa
     root, uris, ledger, sources = planned
     paths = [_outcomes(ledger, group) for group in reported(uris)]
     staged = Staged(paths={accounting.LISTED: sources.listed, OUTCOMES: paths}, rows={OUTCOMES: 40})
-    with pytest.raises(JobFailed, match=f"accounting mismatch: {said}.*nothing was committed"):
+    with pytest.raises(AccountingMismatch, match=f"accounting mismatch: {said}.*nothing was committed"):
         _settle(root, ledger, staged)
 
 

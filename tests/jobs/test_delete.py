@@ -2,7 +2,9 @@
 
 import shutil
 
-from jobs import delete
+import pytest
+
+from jobs import compact, delete
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from tests.conftest import new_bucket
@@ -60,3 +62,15 @@ def test_a_run_on_s3_goes_whole(request, monkeypatch):
     data = [o.relpath for o in root.list() if "/data/" in o.relpath or o.relpath.startswith("styled")]
     assert data and all(p.split("/")[2] == "b" for p in data), data
     assert [m["run_id"] for m in committed_runs(root)] == ["b"]
+
+
+@pytest.mark.parametrize("command", ["delete", "compact"])
+def test_s3_without_credentials_is_said_with_the_fix(moto_endpoint, monkeypatch, capsys, caplog, command):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    code = delete.main(["s3://bucket/results", "r"]) if command == "delete" else compact.main(["s3://bucket/results"])
+    assert code == 2
+    said = capsys.readouterr().err + caplog.text
+    assert "no S3 credentials found for s3://bucket/results" in said and "AWS_ACCESS_KEY_ID" in said

@@ -4,7 +4,7 @@ import pytest
 
 from jobs.cli import default_run_id
 from jobs.runtime import run_job
-from ops.io.errors import JobFailed
+from ops.io.errors import AccountingMismatch, JobFailed
 from tests.jobs.test_cli import DemoConfig
 
 
@@ -85,3 +85,11 @@ def test_a_root_that_holds_another_tools_tables_is_refused_and_an_empty_one_is_m
     assert ran == [1] and (ours / "crossmatch-root.json").exists()
     (ours / "exports.parquet").write_bytes(b"PAR1")  # a file the user left there later: the root stays ours
     assert _run(["in/", "--output", str(ours)], lambda c, ctx: ran.append(2)) == 0
+
+
+def test_exit_codes_mean_one_thing_an_accounting_mismatch_is_a_bug(caplog, tmp_path):
+    def loses_a_row(config, ctx):
+        raise AccountingMismatch("accounting mismatch: 3 objects listed but 2 results; nothing was committed")
+
+    assert _run(["in/", "--output", str(tmp_path)], loses_a_row) == 1
+    assert "3 objects listed but 2 results" in caplog.text and "a bug: please report it" in caplog.text

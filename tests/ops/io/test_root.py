@@ -28,3 +28,16 @@ def test_parquet_at_the_top_of_a_root_that_is_not_ours_is_refused(tmp_path):
         require_ours(resolve(str(tmp_path)))
     (tmp_path / "export.parquet").unlink()
     claim(resolve(str(tmp_path)))
+
+
+def test_an_output_that_is_a_file_or_cannot_be_written_is_refused_with_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(JobFailed, match="is a file, not a folder"):
+        claim(resolve(str(tmp_path / "results")))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("os.makedirs", denied)  # as a read-only folder is to anyone but root
+    with pytest.raises(JobFailed, match="cannot write into the output root .*Permission denied"):
+        claim(resolve(str(tmp_path / "new")))
