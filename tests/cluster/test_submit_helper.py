@@ -11,14 +11,16 @@ def test_attempts_of_one_schedule_date_in_order_and_the_next_id():
     assert submit.next_id("nightly-2026-11-22", ["nightly-2026-11-22"]) == "nightly-2026-11-22.2"
 
 
-def test_the_command_passes_the_dated_run_id_and_ships_no_secrets(capsys):
+def test_the_command_passes_the_dated_run_id_and_ships_no_secrets(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "akid-do-not-ship")  # in the submitter's environment, as usual
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-do-not-ship")
     assert (
         submit.main(["--dry-run", "--date", "2026-01-02", "--", "jobs.pipeline", "s3://a/b", "--output", "s3://c"]) == 0
     )
     line = capsys.readouterr().out
     assert "--submission-id=pipeline-2026-01-02" in line and "--no-wait" in line
     assert line.rstrip().endswith("python -m jobs.pipeline s3://a/b --output s3://c --run-id pipeline-2026-01-02")
-    assert "SECRET" not in line
+    assert "do-not-ship" not in line and "AWS_SECRET_ACCESS_KEY" not in line  # neither the values nor the names
 
 
 def test_a_run_id_given_is_kept():

@@ -24,7 +24,6 @@ def mtcnn(tmp_path_factory):
 
 @pytest.mark.cuda
 def test_detections_are_the_references_on_real_photos(mtcnn):
-    pytest.importorskip("facenet_pytorch", reason="facenet-pytorch (the test extra) is the reference")
     from ops.testing.references import FacenetMTCNN
 
     photos = real_photos(shared_data("faces"))
