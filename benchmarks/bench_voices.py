@@ -99,6 +99,7 @@ def job(out: Path, models: str, round_: int | str, *extra: str) -> dict[str, np.
             f"bench{round_}",
             "--log-level",
             "WARNING",
+            "--no-reuse",  # every round embeds every file: a rerun would otherwise reuse the first round's rows
             *VAD,
             *extra,
         ]
@@ -178,12 +179,19 @@ def main() -> None:
         print(f"  ours / Resemblyzer, 1 process each: {rates['ours, 1 process'] / base:.2f}x")
         print(f"  embed_voices job / Resemblyzer:      {rates['embed_voices job'] / base:.2f}x end to end")
         t1, t4 = statistics.median(times["embed_voices job"]), statistics.median(fourfold)
-        steady = 3 * seconds / (t4 - t1)
         print(f"  embed_voices job on 4x the audio: {t4:.2f}s (runs: {', '.join(f'{t:.2f}s' for t in fourfold)})")
-        print(
-            f"  embed_voices job, steady state:    {steady:8.1f} s of audio per s = {steady / base:.2f}x Resemblyzer "
-            f"(fixed cost per run about {t1 - seconds / steady:.1f} s: actor start-up, model load, commit)"
-        )
+        steady = 3 * seconds / (t4 - t1) if t4 > t1 else None
+        fixed = t1 - seconds / steady if steady else None
+        if steady is None or fixed < 0:  # noise larger than the work: no figure is better than a wrong one
+            print(
+                "  embed_voices job, steady state:    not measurable from these runs (4x the audio did not take "
+                "longer by more than the noise): rerun with more --rounds on a quieter machine"
+            )
+        else:
+            print(
+                f"  embed_voices job, steady state:    {steady:8.1f} s of audio per s = {steady / base:.2f}x "
+                f"Resemblyzer (fixed cost per run about {fixed:.1f} s: actor start-up, model load, commit)"
+            )
         total = sum(clock.values())
         print("  where our time goes: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in clock.items()))
         print(
