@@ -9,6 +9,7 @@ import pytest
 import ops.io.tables as tables
 from ops.io.errors import CommitError, StorageError
 from ops.io.schemas import ERRORS, SCHEMA_VERSION, faces
+from ops.io.sql import committed, connect
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, compact, delete_run, open_table, read_table, write_data_files
 from tests.conftest import new_bucket
@@ -248,9 +249,6 @@ def test_compact_merges_each_runs_files_and_vacuums_orphans(tmp_path):
 
 
 def test_duckdb_and_polars_read_the_committed_runs_with_one_statement(request, monkeypatch):
-    import duckdb  # pinned by the test extra: imported, never skipped
-    import duckdb_ext
-
     bucket = new_bucket(request, "moto", monkeypatch)
     root = resolve(bucket.uri("out"))
     for run_id, n in (("a", 2), ("b", 3)):
@@ -267,20 +265,8 @@ def test_duckdb_and_polars_read_the_committed_runs_with_one_statement(request, m
     monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
     rerun.commit()
 
-    extensions = Path(list(duckdb_ext.__path__)[0]) / "extensions" / f"v{duckdb.__version__}" / "linux_amd64"
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    for name in ("httpfs", "delta"):
-        con.execute(f"LOAD '{extensions / f'{name}.duckdb_extension'}'")
-    host = bucket.endpoint.removeprefix("http://")
-    con.execute(
-        f"CREATE SECRET (TYPE s3, KEY_ID 'crossmatch-test-key', SECRET 'crossmatch-test-secret', "
-        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
-    )
-    sql = (
-        f"SELECT e.* FROM delta_scan('{root.uri}/errors') e "
-        f"SEMI JOIN delta_scan('{root.uri}/runs') r USING (run_id, attempt)"
-    )
-    theirs = con.execute(sql).fetch_arrow_table()
+    con = connect()  # the extensions from their packages, S3 from the environment (the test server's keys)
+    theirs = con.execute(committed(root.uri, "errors")).fetch_arrow_table()
     ours = read_table(root, "errors")
     assert sorted(theirs.column("uri").to_pylist()) == sorted(ours.column("uri").to_pylist())
     assert sorted(ours.column("uri").to_pylist()) == ["uagain0", "ub0", "ub1", "ub2"]
@@ -385,12 +371,7 @@ def test_a_table_gains_a_nullable_column_and_every_engine_reads_the_old_rows_as_
         run.write("matches", rows("worse", before), before)
         run.commit()
 
-    import duckdb  # pinned by the test extra: imported, never skipped
-    import duckdb_ext
-
-    extensions = Path(list(duckdb_ext.__path__)[0]) / "extensions" / f"v{duckdb.__version__}" / "linux_amd64"
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    con.execute(f"LOAD '{extensions / 'delta.duckdb_extension'}'")
+    con = connect()
     sql = f"SELECT run_id, llr FROM delta_scan('{tmp_path}/matches') ORDER BY run_id"
     assert con.execute(sql).fetchall() == [("new", 1.5), ("old", None)]
     import polars as pl
