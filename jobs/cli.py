@@ -47,7 +47,10 @@ C = TypeVar("C", bound=JobConfig)
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
     """Build ``cls`` from command-line arguments generated from its fields (``positional`` metadata, ``help``)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    # Raw: a job whose description shows one usage line per mode keeps its lines as written.
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         kind = _base_type(hints[f.name])

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
@@ -63,7 +64,8 @@ MODES = ("search", "verify", "identify", "crossmatch")
 @dataclass
 class MatchConfig(JobConfig):
     mode: str = field(
-        default="search", metadata={"positional": True, "run_key": True, "help": "search, verify or identify"}
+        default="search",
+        metadata={"positional": True, "run_key": True, "help": "search, verify, identify or crossmatch (see above)"},
     )
     queries: str = field(default="out/results", metadata={"run_key": True, "help": "root with the query embeddings"})
     gallery: str | None = field(
@@ -634,7 +636,13 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_job(JOB, MatchConfig, run, argv, description=__doc__.split("\n")[0])
+    usage = __doc__.split("\n\n")[:2]  # the title and one usage line per mode, with what each mode does below
+    modes = (
+        "search: top K of every query item among the gallery's items. verify: each pair of a pairs table decided. "
+        "identify: each probe face, track or voice against identities enrolled from labels. crossmatch: voices "
+        "against faces through a joint model. Options apply to the modes their help names."
+    )
+    return run_job(JOB, MatchConfig, run, argv, description="\n\n".join([*usage, textwrap.fill(modes, 100)]))
 
 
 if __name__ == "__main__":

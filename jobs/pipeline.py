@@ -22,6 +22,7 @@ which lists every stage's run id and is written last.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
@@ -133,8 +134,10 @@ class Stages:
         self.done[stage] = {"run_id": run_id, "state": state, "summary": marker.get("summary", {})}
         return marker
 
-    def skip(self, stage: str, reason: str) -> None:
-        self.ctx.log.warning("stage %s: skipped, %s", stage, reason)
+    def skip(self, stage: str, reason: str, asked: bool = True) -> None:
+        """A stage that cannot run, said as a warning; one nobody asked for (an optional stage without its model) is
+        said at INFO: nothing is wrong."""
+        self.ctx.log.log(logging.WARNING if asked else logging.INFO, "stage %s: skipped, %s", stage, reason)
         self.done[stage] = {"run_id": None, "state": "skipped", "reason": reason}
 
 
@@ -259,7 +262,9 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
 
     if not config.attributes_model:
         stages.skip(
-            "attributes", "no --attributes-model given (train heads with jobs.train_attributes, or import FairFace)"
+            "attributes",
+            "no --attributes-model given (train heads with jobs.train_attributes, or import FairFace)",
+            asked=False,
         )
     elif not faces["tables"].get("faces", {}).get("rows"):
         stages.skip("attributes", "no faces were found in the archive")
@@ -275,7 +280,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             ),
         )
     if not config.joint_model:
-        stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)")
+        stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)", asked=False)
     elif not all(m["tables"].get(t, {}).get("rows") for t, m in (("faces", faces), ("voices", voices))):
         stages.skip("crossmatch", "cross-modal matching needs both faces and voices in the archive")
     else:

@@ -43,23 +43,24 @@ def main(argv: list[str] | None = None) -> int:
             if rows.num_rows:
                 at = f", version {args.as_of}" if args.as_of is not None else ""
                 print(f"\n{table} (first {rows.num_rows} rows{at}):")
-                print(
-                    rows.slice(0, args.rows).drop_columns(["run_id"]).to_pandas().to_string(max_colwidth=60)
-                    if _has_pandas()
-                    else rows.slice(0, args.rows).to_pylist()
-                )
+                print(_readable(rows.slice(0, args.rows).drop_columns(["run_id"])))
     except (UserError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-def _has_pandas() -> bool:
-    try:
-        import pandas  # noqa: F401  - Ray Data brings it; only used for a readable table
-    except ImportError:
-        return False
-    return True
+def _readable(rows) -> str:
+    """Rows as a table a person reads: text whole (a uri or an item key cut short names nothing), vectors as their
+    length (128 numbers say nothing at a glance)."""
+    import pandas as pd  # Ray Data brings it
+
+    frame = rows.to_pandas()
+    for name in frame.columns:
+        if frame[name].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str | bytes)).any():
+            frame[name] = frame[name].map(lambda v: f"[{len(v)} values]" if v is not None else None)
+    with pd.option_context("display.max_colwidth", None, "display.width", None):
+        return frame.to_string()
 
 
 if __name__ == "__main__":

@@ -530,3 +530,12 @@ def test_a_labels_file_saved_by_excel_is_read(tmp_path):
     rows = read_table(resolve(str(tmp_path)), "matches").to_pylist()
     top = {r["query_uri"]: r["decision"] for r in rows if r["rank"] == 1}
     assert top[uris[1]] == labels[1] and len(top) == 8
+
+
+def test_the_help_names_every_mode_with_its_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        match.main(["--help"])
+    assert exc.value.code == 0
+    said = capsys.readouterr().out
+    for mode in match.MODES:
+        assert f"python -m jobs.match {mode}" in said
