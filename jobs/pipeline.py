@@ -118,6 +118,14 @@ class Stages:
     done: dict[str, dict] = field(default_factory=dict)  # stage -> {run_id, state, summary}
     _stale: bool = False
 
+    def interrupted(self, stage: str | None) -> str:
+        """What an interrupted pipeline leaves: the stages committed, and that the same command resumes."""
+        kept = [name for name, entry in self.done.items() if entry["state"] in ("ran", "kept")]
+        return (
+            f"interrupted{f' in stage {stage}' if stage else ''}: stages committed: {', '.join(kept) or 'none'}; "
+            "the same command again keeps them and resumes from the first that is not"
+        )
+
     def run(self, stage: str, module, config: JobConfig) -> dict:
         """Stage ``stage``'s commit marker: the committed one when it is current, else a fresh run's."""
         run_id = f"{self.ctx.run_id}.{stage}"
@@ -129,7 +137,11 @@ class Stages:
             state = "kept"
         else:
             self.ctx.log.info("stage %s: running %s as run %s", stage, module.JOB, run_id)
-            marker = launch(module.JOB, module.run, config)
+            try:
+                marker = launch(module.JOB, module.run, config)
+            except KeyboardInterrupt:
+                self.ctx.log.error("pipeline %s", self.interrupted(stage))
+                raise
             self._stale, state = True, "ran"  # everything after a stage that ran sees new input
         self.done[stage] = {"run_id": run_id, "state": state, "summary": marker.get("summary", {})}
         return marker
@@ -151,6 +163,12 @@ def ensure_models(config: PipelineConfig, log) -> None:
     root = catalogue.models_root(config.models)
     have = {card["name"] for card in catalogue.pulled(root)}
     wanted = [config.voice_model, "silero-vad", config.detector, config.face_model]
+    if not have and config.pull_models:  # a typo in --models would otherwise fill a new root unannounced
+        log.warning(
+            "no model is under %s yet: filling this new models root with the pipeline's models (if you meant "
+            "another root, stop now and pass its --models)",
+            root.uri,
+        )
     for name in (n for n in wanted if n in catalogue.MODEL_MODULES and n not in have):
         if not config.pull_models:
             raise JobFailed(f"model {name} is not under {root.uri}: run `python -m jobs.models pull {name}`")

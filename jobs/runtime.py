@@ -131,7 +131,7 @@ def run_job(
         log.error("job %s failed: %s (a bug: please report it with this log)", job, exc)
         return 1
     except KeyboardInterrupt:
-        log.error("job %s interrupted: nothing of this attempt was committed", job)
+        log.error("job %s interrupted: this attempt of it was not committed (what it committed before stays)", job)
         return 130
     except Exception:  # noqa: BLE001 - a bug: say so, with the traceback, and exit non-zero
         log.exception("job %s failed with an unexpected error (a bug: please report it with this log)", job)

@@ -3,6 +3,8 @@
 import shutil
 from pathlib import Path
 
+import pytest
+
 from jobs import match, pipeline
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
@@ -307,3 +309,22 @@ def test_a_real_archive_gets_the_decisions_its_evidence_supports(ray_cluster, al
     assert match.main(["verify", *common, "--pairs", str(pairs), "--run-id", "v", "--log-level", "WARNING"]) == 0
     (pair,) = read_table(root, "matches", "v").to_pylist()
     assert pair["gallery_item"].endswith(singing) and pair["decision"] == "accept" and pair["llr"] > 0
+
+
+def test_an_interrupted_pipeline_says_which_stages_are_committed_and_that_it_resumes(monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from jobs import embed_faces
+
+    ctx = SimpleNamespace(log=logging.getLogger("crossmatch"), run_id="p", output=SimpleNamespace(uri="/tmp/out"))
+    stages = pipeline.Stages(ctx, None, {})
+    stages.done = {"manifest": {"state": "kept"}, "voices": {"state": "ran"}}
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "launch", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("faces", embed_faces, embed_faces.EmbedFacesConfig(manifest="/tmp/out"))
+    assert "interrupted in stage faces: stages committed: manifest, voices; the same command again" in caplog.text
