@@ -97,17 +97,21 @@ def _unreadable(uri: str, exc: BaseException) -> str:
 
 
 def _relative(batch: pa.RecordBatch) -> str | None:
-    """Why a batch of pairs cannot name archive sources: a side that is a relative path (sources are named by the
-    full uri the manifest gives them)."""
-    for column in batch.columns:
-        for side in column.to_pylist():
-            where = (side or "").rsplit("#", 1)[0] if "#" in (side or "") else (side or "")
-            if where and not where.startswith("/") and "://" not in where:
-                return (
-                    f"{side!r} is a relative path: name each source by its full uri, as the manifest has it "
-                    "(`python -m jobs.show ROOT --table manifest`)"
-                )
+    """Why a batch of pairs cannot name archive sources: every side in it is a relative path (sources are named by
+    the full uri the manifest gives them). One stray relative side is that pair's error row, not the table's."""
+    sides = [side for column in batch.columns for side in column.to_pylist() if side]
+    if sides and all(is_relative(side) for side in sides):
+        return (
+            f"{sides[0]!r} and every other side are relative paths: name each source by its full uri, as the "
+            "manifest has it (`python -m jobs.show ROOT --table manifest`)"
+        )
     return None
+
+
+def is_relative(side: str) -> bool:
+    """Whether a side of a pair is a relative path: neither an absolute path nor a URI (an item key's uri part)."""
+    where = side.rsplit("#", 1)[0] if "#" in side else side
+    return not where.startswith("/") and "://" not in where
 
 
 def _stage(f, uri: str, staging: Store, size: int, layouts) -> tuple[list[tuple[str, int]], str | None]:
@@ -115,8 +119,6 @@ def _stage(f, uri: str, staging: Store, size: int, layouts) -> tuple[list[tuple[
         batches, schema = _pair_batches(f, uri, layouts)
         chunks, held, count = [], [], 0
         for batch in batches:
-            if why := _relative(batch):
-                return [], f"{uri}: {why}"
             held.append(batch)
             count += batch.num_rows
             while count >= size:
@@ -187,7 +189,7 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     for x, y in zip(a, b, strict=True):
         missing = [s for s in (x, y) if s not in index]
         if missing:
-            reason = "; ".join(f"{s}: {invalid.get(s, _UNSCORED)}" if s else "an empty side" for s in missing)
+            reason = "; ".join(_why_unscored(s, invalid) for s in missing)
             unscored.append(
                 {
                     "uri": x,
@@ -205,6 +207,14 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     counts |= {word: decided.count(word) for word in ("accept", "reject")} | {"errors": len(unscored)}
     counts["below_evidence"] = decided.count(BELOW_EVIDENCE)
     return {"files": files, "error_files": error_files, **counts, "failed": None}
+
+
+def _why_unscored(side: str, invalid: dict[str, str]) -> str:
+    if not side:
+        return "an empty side"
+    if is_relative(side):
+        return f"{side}: a relative path (sources are named by their full uri, as in the manifest)"
+    return f"{side}: {invalid.get(side, _UNSCORED)}"
 
 
 def _embeddings(verifier: Verifier, uris: list[str], every_face: bool = True) -> tuple[dict, dict, str | None]:

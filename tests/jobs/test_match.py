@@ -496,7 +496,7 @@ def test_every_face_of_a_photo_and_every_track_of_a_video_is_its_own_item(tmp_pa
 GOOD_PAIR = "/a/0.jpg,/a/1.jpg\n"
 BAD_PAIRS = {  # file contents -> what the refusal says
     "header.csv": (b"a,b\n", "has a header but no pairs"),
-    "relative.csv": (b"a,b\nphotos/0.jpg,/a/1.jpg\n", "'photos/0.jpg' is a relative path"),
+    "relative.csv": (b"a,b\nphotos/0.jpg,photos/1.jpg\n", "'photos/0.jpg' and every other side are relative"),
     "latin1.csv": (b"a,b\n/a/caf\xe9.jpg,/a/1.jpg\n", "is not UTF-8 text"),
     "ragged.csv": (b"a,b\n" + GOOD_PAIR.encode() * 70_000 + b"x,y,z\n", "Expected 2 columns, got 3"),  # block 2+
     "cut.parquet": (None, "cannot read the pairs table"),
@@ -539,3 +539,15 @@ def test_the_help_names_every_mode_with_its_usage(capsys):
     said = capsys.readouterr().out
     for mode in match.MODES:
         assert f"python -m jobs.match {mode}" in said
+
+
+def test_a_stray_relative_side_is_its_pairs_error_row_with_the_reason(tmp_path):
+    rng = np.random.default_rng(6)
+    vectors, uris, _ = identities(rng)
+    write_faces(tmp_path, vectors, [f"/a/{i}.jpg" for i in range(len(uris))])
+    (tmp_path / "pairs.csv").write_text("a,b\n/a/0.jpg,/a/1.jpg\nphotos/2.jpg,/a/3.jpg\n")
+    args = ["--queries", tmp_path, "--output", tmp_path, "--pairs", tmp_path / "pairs.csv", "--threshold", 0.5]
+    assert run("verify", *args) == 0
+    (error,) = read_table(resolve(str(tmp_path)), "errors").to_pylist()
+    assert "photos/2.jpg: a relative path" in error["message"]
+    assert read_table(resolve(str(tmp_path)), "matches").num_rows == 1
