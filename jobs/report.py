@@ -15,6 +15,7 @@ source that cannot be previewed shows the reason instead.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import html
 import json
 import sys
@@ -300,14 +301,14 @@ class Previews:
         for marker in ev.runs:
             if marker["job"] == "embed_faces":
                 columns = ["uri", "frame_index", "face_index", "box", "face_size", "score", "timestamp", "track_id"]
-                columns += ["eye_distance"]
+                columns += ["eye_distance", "sha256"]
                 faces += [b for b in _rows(ev.root, marker, "faces", columns, wanted)]
                 cut = ["uri", "frame_index", "face_index", "thumbnail"]
                 for batch in _rows(ev.root, marker, "face_thumbnails", cut, wanted):
                     for r in batch.to_pylist():
                         self.thumbnails[items.face_key(r["uri"], r["frame_index"], r["face_index"])] = r["thumbnail"]
             elif marker["job"] == "embed_voices":
-                columns = ["uri", "level", "segment_index", "start", "end", "speech_seconds"]
+                columns = ["uri", "sha256", "level", "segment_index", "start", "end", "speech_seconds"]
                 voices += [
                     b for b in _rows(ev.root, marker, "voices", columns, wanted & (pc.field("level") == "segment"))
                 ]
@@ -349,7 +350,7 @@ class Previews:
         if cut is not None:  # cut at embed time: the source is not read again
             image = data_uri("image/jpeg", cut)
         else:  # A run embedded without thumbnails (--no-thumbnails, or before they existed): cut from the source.
-            rgb = source_frame(resolve(row["uri"]).read_bytes(), self.ev.category(row["uri"]), row["frame_index"])
+            rgb = source_frame(_unchanged(row), self.ev.category(row["uri"]), row["frame_index"])
             image = face_thumbnail(rgb, row["box"], self.thumb_size)
         return f'<img class="thumb" data-testid="thumb" alt="face in {_e(item)}" src="{image}">{seen}'
 
@@ -357,11 +358,20 @@ class Previews:
         row = self.segments.get(item)
         if row is None:
             raise PreviewError("no speech segment for this item")
-        uri = speech_clip(resolve(row["uri"]).read_bytes(), row["start"], row["end"], self.clip_seconds)
+        uri = speech_clip(_unchanged(row), row["start"], row["end"], self.clip_seconds)
         span = f"{row['start']:.1f}-{min(row['end'], row['start'] + self.clip_seconds):.1f} s"
         return (
             f'<audio class="clip" data-testid="clip" controls preload="none" src="{uri}"></audio><small>{span}</small>'
         )
+
+
+def _unchanged(row: dict) -> bytes:
+    """The bytes of a row's source, when they are still the ones its scores were made from: a source rewritten
+    since must not show (or play) beside an old score."""
+    data = resolve(row["uri"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise PreviewError("the source has changed since it was embedded (its sha256 differs): not shown")
+    return data
 
 
 def run(config: ReportConfig, ctx: JobContext) -> dict:

@@ -177,3 +177,17 @@ def test_a_score_above_the_threshold_on_evidence_against_is_never_shown_as_a_mat
     # A rank below 1 carries no decision of its own: the card applies the rule to its score and log-LR.
     assert 'class="match undecided"' in card(rank=2, decision=None, llr=-0.2)
     assert 'class="match above"' in card(rank=2, decision=None, llr=0.2)
+
+
+def test_a_source_rewritten_since_it_was_embedded_is_not_shown_beside_its_old_score(tmp_path):
+    import hashlib
+
+    from ops.io.errors import PreviewError
+
+    source = tmp_path / "clip.wav"
+    source.write_bytes(b"the bytes that were embedded")
+    row = {"uri": str(source), "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
+    assert report._unchanged(row) == b"the bytes that were embedded"  # what a clip or a fallback face is cut from
+    source.write_bytes(b"other bytes under the same name")  # cp -p, an edit in place
+    with pytest.raises(PreviewError, match="has changed since it was embedded"):
+        report._unchanged(row)
