@@ -30,7 +30,7 @@ from jobs.archive_verify import Verifier, _embeddings
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed, UnmatchedPair
 from ops.io.schemas import EVIDENCE
-from ops.io.storage import Store, storage_errors
+from ops.io.storage import Store, resolve, storage_errors
 from ops.io.tables import DataFile, committed_files, committed_rows, error_table
 from ops.matching.decisions import BELOW_EVIDENCE
 from ops.matching.embeddings import read_labels
@@ -182,7 +182,7 @@ def _decide(llr: np.ndarray, threshold: np.ndarray, min_llr: float, positive: st
 # -- identification ----------------------------------------------------------------------------------------------
 
 
-def enrol_both(evidence: Evidence, labels_csv: str | None, manifest_run: str | None, staging: Store) -> dict:
+def enrol_both(evidence: Evidence, labels_csv: Store | None, manifest_run: str | None, staging: Store) -> dict:
     """Each gallery label's identity: the unit mean of its sources' faces and of their voices (either may be
     missing), staged as one file; and the enrolled uris (not probes when the gallery is also the queries). One task:
     it holds the labelled sources, never the archive."""
@@ -384,7 +384,8 @@ def identify_fused(
     """Identities enrolled from ``evidence``'s roots (the gallery), probes from ``queries``' roots, by tasks."""
     import ray
 
-    enrolled = ray.get(ray.remote(num_cpus=1)(enrol_both).remote(evidence, labels_csv, manifest_run, staging))
+    labels = resolve(labels_csv) if labels_csv else None  # here: the driver's cwd and S3 endpoint, not the worker's
+    enrolled = ray.get(ray.remote(num_cpus=1)(enrol_both).remote(evidence, labels, manifest_run, staging))
     if enrolled.get("failed"):
         raise JobFailed(enrolled["failed"])
     if not enrolled["identities"]:

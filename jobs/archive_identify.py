@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
 from jobs.archive_search import Prepared
 from ops.io.errors import EmbeddingError
-from ops.io.storage import Store
+from ops.io.storage import Store, resolve
 from ops.io.tables import committed_files, committed_rows
 from ops.matching.embeddings import item_id, labels_csv
 from ops.matching.vectors import normalise
@@ -67,7 +67,7 @@ def enrol(
     ledger = Ledger(staging.join("ledger"))
     where = labels or f"manifest run {manifest_run}"
     if labels:
-        staged = ray.get(ray.remote(stage_csv).remote(labels, ledger))
+        staged = ray.get(ray.remote(stage_csv).remote(resolve(labels), ledger))  # the driver's cwd and endpoint
         if staged["conflict"]:
             raise EmbeddingError(
                 f"{where} gives {staged['conflict'][0]} two identities: {', '.join(staged['conflict'][1:])}"
@@ -114,7 +114,7 @@ def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) ->
     return ledger.stage(LABELS, rows) if rows.num_rows else ""
 
 
-def stage_csv(labels: str, ledger: Ledger) -> dict:
+def stage_csv(labels: Store, ledger: Ledger) -> dict:
     """A CSV of uri,label, staged (each pair once); a uri given two labels is returned as the conflict."""
     found: dict[str, str] = {}
     for row in labels_csv(labels):

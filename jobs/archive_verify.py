@@ -55,13 +55,14 @@ PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; f
 
 
 def stage_pairs(
-    uri: str, staging: Store, chunk: int = CHUNK, layouts: tuple[tuple[str, ...], ...] = PAIRS
+    source: Store, staging: Store, chunk: int = CHUNK, layouts: tuple[tuple[str, ...], ...] = PAIRS
 ) -> tuple[list[tuple[str, int]], str | None]:
     """The pairs table (CSV with a header, or Parquet; the columns of the first of ``layouts`` it has) streamed into
     chunk files of at most ``chunk`` pairs. Returns the chunks (path, pairs) and, for a table that cannot be read,
-    why."""
+    why. ``source`` is resolved by the driver: a worker has another cwd, and maybe no S3 endpoint of its own."""
+    uri = source.uri
     try:
-        with resolve(uri).open("rb") as f:
+        with source.open("rb") as f:
             return _stage(f, uri, staging, chunk, layouts)
     except (StorageError, OSError) as exc:
         return [], f"cannot read the pairs table {uri}: {exc}"
@@ -326,7 +327,8 @@ def verify_archive(
     checked: one row or one error per pair."""
     import ray
 
-    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(pairs_uri, staging, chunk, layouts))
+    source = resolve(pairs_uri)
+    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(source, staging, chunk, layouts))
     if why:
         raise JobFailed(why)
     task = ray.remote(num_cpus=1)(score)

@@ -173,7 +173,7 @@ def check_comparable(a: EmbeddingSet, b: EmbeddingSet) -> None:
 
 def read_labels(
     root: Store,
-    labels: str | None = None,
+    labels: str | Store | None = None,
     manifest_run_id: str | None = None,
     for_run: str | None = None,
     sample: int | None = None,
@@ -193,15 +193,18 @@ def read_labels(
         for batch in iter_table(root, "manifest", run, columns=["uri", "label"], filter=labelled):
             kept.add(zip(batch.column("uri").to_pylist(), batch.column("label").to_pylist(), strict=True), where)
         return kept.found
-    kept.add(((row["uri"], row["label"]) for row in labels_csv(labels)), labels)
+    kept.add(((row["uri"], row["label"]) for row in labels_csv(labels)), getattr(labels, "uri", labels))
     return kept.found
 
 
-def labels_csv(uri: str) -> csv.DictReader:
+def labels_csv(uri: str | Store) -> csv.DictReader:
     """The rows of a labels CSV (columns uri and label), as a spreadsheet saves it: UTF-8 with or without a byte
-    order mark (Excel's "CSV UTF-8"); anything else refused with the fix."""
+    order mark (Excel's "CSV UTF-8"); anything else refused with the fix. A worker is given the Store the driver
+    resolved (its cwd, its S3 endpoint and options), not the string."""
+    source = uri if isinstance(uri, Store) else resolve(uri)
+    uri = source.uri
     try:
-        text = resolve(uri).read_bytes().decode("utf-8-sig")
+        text = source.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EmbeddingError(f"{uri} is not UTF-8 text ({exc}): save it as UTF-8 (Excel: CSV UTF-8)") from None
     reader = csv.DictReader(io.StringIO(text))

@@ -149,7 +149,7 @@ def test_verify_reads_only_the_named_sources_and_a_pair_of_strangers_is_an_error
     reader = embeddings.iter_table
     monkeypatch.setattr(embeddings, "iter_table", lambda *a, **k: asked.append(k["filter"]) or reader(*a, **k))
     root, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staged"))
-    (chunk,), why = stage_pairs(str(pairs), staging)
+    (chunk,), why = stage_pairs(resolve(str(pairs)), staging)
     verifier = Verifier(root, "faces", None, ("dlib-resnet-v1", SHA), None, 0.5, "--threshold", "v", "match")
     writers = [RowWriter(root, t, s, "v", "a") for t, s in (("matches", MATCHES), ("errors", schema_for("errors")))]
     found = verify_chunk(chunk[0], staging, verifier, *writers)
@@ -551,3 +551,17 @@ def test_a_stray_relative_side_is_its_pairs_error_row_with_the_reason(tmp_path):
     (error,) = read_table(resolve(str(tmp_path)), "errors").to_pylist()
     assert "photos/2.jpg: a relative path" in error["message"]
     assert read_table(resolve(str(tmp_path)), "matches").num_rows == 1
+
+
+def test_user_files_named_relative_to_the_driver_are_read_by_the_workers(ray_cluster, tmp_path, monkeypatch):
+    """Tasks read --pairs and --labels as the driver resolved them (its working folder, its S3 endpoint and options):
+    a worker has another working folder, and on a cluster maybe no endpoint of its own."""
+    rng = np.random.default_rng(8)
+    vectors, uris, labels = identities(rng, spread=0.1)
+    write_faces(tmp_path, vectors, uris)
+    (tmp_path / "pairs.csv").write_text(f"a,b\n{uris[0]},{uris[1]}\n")
+    (tmp_path / "labels.csv").write_text("uri,label\n" + "".join(f"{uris[i]},{labels[i]}\n" for i in (0, 3, 6, 9)))
+    monkeypatch.chdir(tmp_path)
+    assert run("verify", "--queries", ".", "--output", ".", "--pairs", "pairs.csv", "--threshold", 0.5) == 0
+    assert run("identify", "--queries", ".", "--output", ".", "--labels", "labels.csv", "--threshold", 0.5) == 0
+    assert read_table(resolve(str(tmp_path)), "matches").num_rows > 1
