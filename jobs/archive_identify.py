@@ -81,7 +81,7 @@ def enrol(
     slices = _cuts(len(gallery))
     join = ray.remote(num_cpus=0.5)(join_slice)
     item_paths = [path for path, _ in gallery.files]
-    pool_paths = [path for path, _ in (pool or gallery).files]
+    pool_paths = [path for path, _ in (pool if pool is not None else gallery).files]
     probes_at = staging.join("probes")
     joined = ray.get(
         [join.remote(lo, hi, item_paths, label_paths, ledger, same_set, probes_at, pool_paths) for lo, hi in slices]
@@ -140,16 +140,16 @@ def join_slice(
     (default: the same items) staged as probes."""
     none = {"conflict": None, "enrolled": 0, "sums": "", "probes": "", "probe_count": 0}
     items = ledger.read(item_paths, lo, hi)
-    labels = ledger.read(label_paths, lo, hi, ["uri", "label"])
-    if items is None or items.num_rows == 0:
-        return none
     pool = items if pool_paths is None else ledger.read(pool_paths, lo, hi)
+    labels = ledger.read(label_paths, lo, hi, ["uri", "label"])
+    if not (items is not None and items.num_rows) and not (pool is not None and pool.num_rows):
+        return none  # (a slice whose clearest faces are all invalid may still hold valid faces and tracks: probes)
     by_uri: dict[str, str] = {}
     if labels is not None:
         for uri, label in zip(labels.column("uri").to_pylist(), labels.column("label").to_pylist(), strict=True):
             if by_uri.setdefault(uri, label) != label:
                 return none | {"conflict": (uri, *sorted((by_uri[uri], label)))}
-    uris = items.column("uri").to_pylist()
+    uris = items.column("uri").to_pylist() if items is not None else []
     labelled = np.array([u in by_uri for u in uris], bool)
     out = dict(none)
     unlabelled = np.array([u not in by_uri for u in pool.column("uri").to_pylist()], bool) if pool is not None else None

@@ -120,7 +120,8 @@ def prepare_items(
         raise EmbeddingError(f"no committed {table}/ rows under {root.uri}: run `python -m jobs.embed_{table}` first")
     settings = {"table": table, "per_source": per_source, "staging": staging, "through": through}
     if table == "faces" and (per_source or tracks):
-        parts = max(1, min(len(paths), 64))
+        # One clearest face per source is small; every face and track is not: about a data file's rows a partition.
+        parts = max(1, min(len(paths), 64 if per_source else 1024))
         split_task = ray.remote(num_cpus=0.5)(partition_faces)
         partitioned: dict[int, list[str]] = {}
         split = [split_task.remote(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]

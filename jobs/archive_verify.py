@@ -4,11 +4,12 @@
     for each chunk: verify_chunk(...)                          # a task: the embeddings its pairs name, scored, written
 
 A side of a pair is a source uri or an item key (``uri#...``). A face source is every face of a photo and every track
-of a video: every pair of their items is scored, and the best pair decides and is named in the row (``query_item``,
-``gallery_item``); a voice source is its pooled voice. Each chunk task reads only the embeddings of the sources its
-pairs name (streamed, filtered by uri), scores every pair whose sides both have one and writes its ``matches/`` rows;
-a pair with a side that has none is one ``unmatched_pair`` error row that says why. Every pair ends as exactly one of
-the two: the driver checks the counts.
+of a video: every pair of their items is scored; the row names the best pair (``query_item``, ``gallery_item``) and
+carries its score, and its log-LR is that of "one of these pairs is the same person" (``source_llr``: the mean of the
+pairs' likelihood ratios), so more faces do not make a chance match likelier to be accepted; a voice source is its
+pooled voice. Each chunk task reads only the embeddings of the sources its pairs name (streamed, filtered by uri),
+scores every pair whose sides both have one and writes its ``matches/`` rows; a pair with a side that has none is one
+``unmatched_pair`` error row that says why. Every pair ends as exactly one of the two: the driver checks the counts.
 """
 
 from __future__ import annotations
@@ -264,17 +265,30 @@ def _by_source(found: EmbeddingSet) -> dict[str, list[tuple[EmbeddingSet, int]]]
 
 def _deciding_pair(a: list, b: list) -> tuple:
     """Of every item of one side against every item of the other (the faces of two group photos, the tracks of two
-    videos), the best-scoring pair: it decides, and the row names its two items. The first such pair on a tie."""
-    return max(((x, y) for x in a for y in b), key=lambda pair: _score(*pair[0], *pair[1]))
+    videos), the best-scoring pair, which the row names (the first such pair on a tie), and every pair's score."""
+    pairs = [(x, y) for x in a for y in b]
+    scores = np.array([_score(*x, *y) for x, y in pairs])
+    best = pairs[int(np.argmax(scores))]
+    return best[0], best[1], scores
 
 
 def _score(sa: EmbeddingSet, ia: int, sb: EmbeddingSet, ib: int) -> float:
     return float(np.dot(sa.vectors[ia].astype(np.float64), sb.vectors[ib].astype(np.float64)))
 
 
+def source_llr(scores: np.ndarray, llr_map: tuple[float, float]) -> float:
+    """The log-LR of "one of these face pairs shows the same person" against "none does", every pair as likely to be
+    the one: the mean of the pairs' likelihood ratios. One pair: its own log-LR. Many: the best pair's evidence less
+    the log of their number, so that two group photos, whose best of a hundred pairs is high by chance, are not
+    accepted on it."""
+    llr = llr_map[0] * np.asarray(scores, np.float64) + llr_map[1]
+    top = llr.max()
+    return float(top + np.log(np.exp(llr - top).mean()))
+
+
 def _rows(scored: list, verifier: Verifier) -> pa.Table:
-    scores = np.array([_score(sa, ia, sb, ib) for (sa, ia), (sb, ib) in scored], np.float32)
-    llr = verifier.llr_map[0] * scores.astype(np.float64) + verifier.llr_map[1] if verifier.llr_map else None
+    scores = np.array([found.max() for _, _, found in scored], np.float32)
+    llr = np.array([source_llr(found, verifier.llr_map) for _, _, found in scored]) if verifier.llr_map else None
     n = len(scored)
     side = lambda which, what: [getattr(pair[which][0], what)[pair[which][1]] for pair in scored]  # noqa: E731
     columns = {

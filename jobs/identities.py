@@ -246,10 +246,13 @@ def cluster_search(
     )
     names = items.column("item").combine_chunks()
     raised, kept_before = None, len(lists)
+    # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
+    tracked = embeddings is not None and table == "faces" and not settings["per_source"]
+    group = track_groups(embeddings[0], embeddings[1], items) if tracked else None
     known = None
-    if labels[1]:  # of faces, a label names only the one face of its source (not a group photo's, not a video's)
+    if labels[1]:  # of faces, a label names only the one face (or track) of its source, not a group photo's
         known = _item_labels(labels[0], labels[1], items)
-        known = known if settings["per_source"] else _alone(known, items)
+        known = known if settings["per_source"] else _alone(known, items, group)
     if settings.get("separate_labels") and known is not None:
         lists, raised = _separate_labels(lists, known, items, names)
     src = pc.index_in(lists.column("query_item"), value_set=names)
@@ -258,9 +261,6 @@ def cluster_search(
         raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
-    # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
-    tracked = embeddings is not None and table == "faces" and not settings["per_source"]
-    group = track_groups(embeddings[0], embeddings[1], items) if tracked else None
     clear = clarity(embeddings[0], embeddings[1], table, settings["per_source"], items) if embeddings else None
     before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
     kept = before != None  # noqa: E711 (element-wise)
@@ -312,12 +312,18 @@ def _item_labels(root: Store, manifest_run: str, items: pa.Table) -> np.ndarray:
     return values[np.where(np.isnan(at), len(values) - 1, at).astype(np.int64)]
 
 
-def _alone(item_labels: np.ndarray, items: pa.Table) -> np.ndarray:
-    """Labels of the items that are their source's only item: a label names the one person of a source, not each
-    face of a group photo or each track of a video filed under it."""
+def _alone(item_labels: np.ndarray, items: pa.Table, group: np.ndarray | None = None) -> np.ndarray:
+    """Labels of the items that are their source's only face (its only track, for a video: ``group`` says which
+    items are one track): a label names the one person of a source, not each face of a group photo or each track of
+    a video filed under it."""
     uris = np.array(items.column("uri").to_pylist(), object)
-    _, at, counts = np.unique(uris, return_inverse=True, return_counts=True)
-    return np.where(counts[at] == 1, item_labels, None)
+    if not len(uris):
+        return item_labels
+    faces = group if group is not None else np.arange(len(uris))
+    pairs = np.unique(np.stack([np.unique(uris, return_inverse=True)[1], faces]), axis=1)  # (source, face) once
+    _, per_source = np.unique(pairs[0], return_counts=True)
+    source = np.unique(uris, return_inverse=True)[1]
+    return np.where(per_source[source] == 1, item_labels, None)
 
 
 def _separate_labels(

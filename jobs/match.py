@@ -477,7 +477,11 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         out.add_files("match_items", probe_set.records + identity_set.records, MATCH_ITEMS)
     finally:
         staging.remove_tree()
-    errors = [_error(r, InvalidEmbedding) for r in gallery.invalid + ([] if same_set else probes.invalid)]
+    invalid = gallery.invalid + ([] if same_set else probes.invalid)
+    if pool is not None:  # every face and track of the probes: their own bad vectors, each its error row once
+        seen = {r["uri"] for r in pool.invalid}
+        invalid = pool.invalid + [r for r in gallery.invalid if r["uri"] not in seen]
+    errors = [_error(r, InvalidEmbedding) for r in invalid]
     out.write_errors(errors, stage="match")
     return {
         "identities": len(enrolled.identities),

@@ -57,7 +57,9 @@ def _readable(rows) -> str:
 
     frame = rows.to_pandas()
     for name in frame.columns:
-        if frame[name].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str | bytes)).any():
+        if frame[name].map(lambda v: isinstance(v, bytes)).any():  # a thumbnail: its size, not its bytes
+            frame[name] = frame[name].map(lambda v: f"[{len(v)} bytes]" if v is not None else None)
+        elif frame[name].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any():
             frame[name] = frame[name].map(lambda v: f"[{len(v)} values]" if v is not None else None)
     with pd.option_context("display.max_colwidth", None, "display.width", None):
         return frame.to_string()

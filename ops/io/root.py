@@ -15,7 +15,7 @@ import os
 from datetime import UTC, datetime
 
 from ops.io.errors import JobFailed
-from ops.io.storage import Store
+from ops.io.storage import Store, storage_errors
 
 log = logging.getLogger("crossmatch")
 
@@ -64,10 +64,12 @@ def require_ours(root: Store) -> None:
 
 def _foreign_data(root: Store) -> list[str]:
     """The top-level Delta tables and Parquet files of ``root`` (another tool's data); [] for none or no root."""
-    try:
-        entries = root.fs.ls(root.path, detail=True)
-    except FileNotFoundError:
+    if root.join("_delta_log").exists():  # the root is itself a Delta table
+        return ["_delta_log/ (the root is a Delta table)"]
+    if not root.exists():
         return []
+    with storage_errors(root.uri):
+        entries = root.fs.ls(root.path, detail=True)
     found = []
     for entry in entries:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
@@ -75,4 +77,6 @@ def _foreign_data(root: Store) -> list[str]:
             found.append(name + "/ (a Delta table)")
         elif name.endswith(".parquet"):
             found.append(name)
+        elif entry["type"] == "directory" and "=" in name:  # a Hive-partitioned dataset: key=value folders
+            found.append(name + "/ (a partition of a dataset)")
     return sorted(found)

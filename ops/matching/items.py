@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 MODALITIES = ("voice", "face")
 _FACE = re.compile(r"frame=(\d+)&face=(\d+)")
 _SEGMENT = re.compile(r"segment=(\d+)")
-_TRACK = re.compile(r"track=(\d+)&t=([0-9.]+),([0-9.]+)")
+_TRACK = re.compile(r"track=(\d+)&t=(-?[0-9.]+),(-?[0-9.]+)")  # a stream may start a little before 0 s
 
 
 @dataclass(frozen=True)

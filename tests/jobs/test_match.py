@@ -565,3 +565,15 @@ def test_user_files_named_relative_to_the_driver_are_read_by_the_workers(ray_clu
     assert run("verify", "--queries", ".", "--output", ".", "--pairs", "pairs.csv", "--threshold", 0.5) == 0
     assert run("identify", "--queries", ".", "--output", ".", "--labels", "labels.csv", "--threshold", 0.5) == 0
     assert read_table(resolve(str(tmp_path)), "matches").num_rows > 1
+
+
+def test_a_source_pairs_evidence_counts_how_many_face_pairs_it_had_to_choose_from():
+    from jobs.archive_verify import source_llr
+
+    line = (10.0, -9.0)  # log-LR = 10 x score - 9
+    assert source_llr(np.array([0.95]), line) == pytest.approx(0.5)  # one pair: its own
+    assert source_llr(np.array([0.95] * 4), line) == pytest.approx(0.5)  # four equally good pairs: the same
+    # the best of a hundred pairs, the rest strangers: about its own evidence less log(100)
+    hundred = source_llr(np.array([0.95] + [0.5] * 99), line)
+    assert hundred == pytest.approx(np.log((np.exp(0.5) + 99 * np.exp(-4.0)) / 100))
+    assert hundred < 0 < 0.5
