@@ -320,9 +320,9 @@ def _alone(item_labels: np.ndarray, items: pa.Table, group: np.ndarray | None = 
     if not len(uris):
         return item_labels
     faces = group if group is not None else np.arange(len(uris))
-    pairs = np.unique(np.stack([np.unique(uris, return_inverse=True)[1], faces]), axis=1)  # (source, face) once
-    _, per_source = np.unique(pairs[0], return_counts=True)
     source = np.unique(uris, return_inverse=True)[1]
+    pairs = np.unique(np.stack([source, faces]), axis=1)  # each (source, face) once
+    per_source = np.bincount(pairs[0], minlength=source.max() + 1)
     return np.where(per_source[source] == 1, item_labels, None)
 
 
