@@ -109,8 +109,8 @@ def hash_objects(
     matcher = glob_regex(labels) if labels else None
     rows, failed, hashed_bytes = [], [], 0
     before = batch.column("previous_sha256").to_pylist() if "previous_sha256" in batch.column_names else None
-    for relpath, uri, modified in zip(
-        *(batch.column(c).to_pylist() for c in ("relpath", "uri", "modified")), strict=True
+    for relpath, uri, modified, etag in zip(
+        *(batch.column(c).to_pylist() for c in ("relpath", "uri", "modified", "etag")), strict=True
     ):
         try:
             digest, size, head = archive.join(relpath).sha256()
@@ -140,6 +140,7 @@ def hash_objects(
                 "relpath": relpath,
                 "size": size,
                 "modified": modified,
+                "etag": etag,
                 "sha256": digest,
                 "media_kind": kind.kind,
                 "media_category": kind.category,
@@ -255,6 +256,7 @@ def list_blocks(archive: Store, pattern: str, under: str, top_only: bool, worker
                 "relpath": [o.relpath for o in part],
                 "uri": [o.uri for o in part],
                 "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
+                "etag": pa.array([o.etag for o in part], pa.string()),
                 "size": pa.array([o.size for o in part], pa.int64()),
             }
         )

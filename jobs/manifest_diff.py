@@ -6,8 +6,9 @@
 
 1. **Staging.** A task per listing block and a task per data file of the previous manifest stage their rows in a
    ledger, sorted by a hash of the uri (``jobs.accounting.Ledger``).
-2. **Joining.** A task per slice of the uris joins the two. An object listed with the same size and modification
-   time as before carries its row over unread (its label taken again from its path), unless it was last modified
+2. **Joining.** A task per slice of the uris joins the two. An object listed with the same size, modification
+   time and etag (S3's ETag; a local file's inode and ctime, which ``cp -p`` and ``rsync -a`` cannot set back) as
+   before carries its row over unread (its label taken again from its path), unless it was last modified
    within ``RACY_SECONDS`` of the moment the previous snapshot began: a rewrite in the same second as that listing
    would keep its time and size, so such an object is read again (as git re-hashes "racily clean" files). Every other
    listed object is hashed: new, changed, or unsure. An object of the previous snapshot no longer listed is a
@@ -21,6 +22,7 @@ as a full run's: every manifest run is a whole snapshot, and no reader has to kn
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -44,6 +46,7 @@ LISTING = pa.schema(
         ("relpath", pa.string()),
         ("uri", pa.string()),
         ("modified", pa.timestamp("ms", tz="UTC")),
+        ("etag", pa.string()),
         ("size", pa.int64()),
     ]
 )
@@ -131,7 +134,7 @@ def stage_listed(block: pa.Table, ledger: Ledger) -> str:
 
 
 def stage_previous(path: str, root: Store, committed: set, ledger: Ledger) -> str:
-    return ledger.stage(PREVIOUS, committed_rows(path, root, committed, _PREVIOUS_COLUMNS))
+    return ledger.stage(PREVIOUS, committed_rows(path, root, committed, _PREVIOUS_COLUMNS, schema=MANIFEST))
 
 
 def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list[str], settings: dict):
@@ -146,15 +149,14 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
     previous: Previous = settings["previous"]
     racy = pa.scalar(previous.started_at - timedelta(seconds=RACY_SECONDS), pa.timestamp("ms", tz="UTC"))
     column = joined.column
-    same = pc.fill_null(
-        pc.and_kleene(
-            pc.and_kleene(pc.is_valid(column("previous_sha256")), pc.equal(column("size"), column("previous_size"))),
-            pc.and_kleene(
-                pc.equal(column("modified"), column("previous_modified")), pc.less(column("previous_modified"), racy)
-            ),
-        ),
-        False,
-    )
+    unchanged = [
+        pc.is_valid(column("previous_sha256")),
+        pc.equal(column("size"), column("previous_size")),
+        pc.equal(column("modified"), column("previous_modified")),
+        pc.less(column("previous_modified"), racy),
+        pc.equal(column("etag"), column("previous_etag")),  # none on either side: read again
+    ]
+    same = pc.fill_null(functools.reduce(pc.and_kleene, unchanged), False)
     if settings["full"]:
         same = pa.array([False] * joined.num_rows)
     carried, to_hash = joined.filter(same), joined.filter(pc.invert(same))
@@ -177,9 +179,9 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
         files = settings["changes"].write(changes)
 
     objects = [
-        ObjectInfo(uri, rel, size, modified)
-        for uri, rel, size, modified in zip(
-            *(to_hash.column(c).to_pylist() for c in ("uri", "relpath", "size", "modified")), strict=True
+        ObjectInfo(uri, rel, size, modified, etag)
+        for uri, rel, size, modified, etag in zip(
+            *(to_hash.column(c).to_pylist() for c in ("uri", "relpath", "size", "modified", "etag")), strict=True
         )
     ]
     known = dict(zip(to_hash.column("uri").to_pylist(), to_hash.column("previous_sha256").to_pylist(), strict=True))
@@ -189,6 +191,7 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
                 "relpath": [o.relpath for o in part],
                 "uri": [o.uri for o in part],
                 "modified": pa.array([o.modified for o in part], pa.timestamp("ms", tz="UTC")),
+                "etag": pa.array([o.etag for o in part], pa.string()),
                 "previous_sha256": pa.array([known[o.uri] for o in part], pa.string()),
             }
         )
@@ -214,6 +217,7 @@ def _carried_rows(carried: pa.Table, settings: dict) -> pa.Table:
         "uri": carried.column("uri"),
         "relpath": carried.column("relpath"),
         "modified": carried.column("modified"),
+        "etag": carried.column("etag"),
         "label": pa.array(labels or [None] * carried.num_rows, pa.string()),
     }
     return pa.table(columns)

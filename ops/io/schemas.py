@@ -37,6 +37,13 @@ MANIFEST = _table(
     _f("mime", pa.string(), doc="MIME type from the content"),
     _f("label", pa.string(), nullable=True, doc="label taken from the path by the job's label pattern"),
     _f("duplicate_of", pa.string(), nullable=True, doc="for repeated content: the first uri (sorted) with it"),
+    _f(
+        "etag",
+        pa.string(),
+        nullable=True,
+        doc="what the store says changes with the content, free with the listing: S3's ETag; a local file's inode "
+        "and status-change time (ctime), which copies that keep the modification time (cp -p, rsync -a) cannot set",
+    ),
 )
 
 CHANGES = _table(

@@ -61,6 +61,7 @@ class ObjectInfo:
     relpath: str  # path below the listed prefix, with "/" separators
     size: int
     modified: datetime | None
+    etag: str | None = None  # changes with the content (see ``_etag``); None where the store gives none
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Store:
                     relpath=rel,
                     size=int(info.get("size") or 0),
                     modified=_modified(info),
+                    etag=_etag(info),
                 )
             )
         return objects
@@ -350,6 +352,17 @@ def _modified(info: dict) -> datetime | None:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
     return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+def _etag(info: dict) -> str | None:
+    """S3's ETag, or for a local file its inode and status-change time: the kernel sets ctime on every write and no
+    copy tool can set it back, so a file rewritten with its old size and modification time (``cp -p``,
+    ``rsync -a``) still shows as changed. Both come free with the listing."""
+    if info.get("ETag"):
+        return str(info["ETag"]).strip('"')
+    if info.get("ino") is not None and info.get("created") is not None:
+        return f"{info['ino']}:{float(info['created']):.9f}"
+    return None
 
 
 def _explain(exc: BaseException, uri: str) -> StorageError:

@@ -707,19 +707,31 @@ def committed_file_rows(root: Store, table: str, run_id: str | None = None) -> t
 
 
 def committed_rows(
-    path: str, root: Store, pairs: set[tuple[str, str]], columns: list[str], filter: pc.Expression | None = None
+    path: str,
+    root: Store,
+    pairs: set[tuple[str, str]],
+    columns: list[str],
+    filter: pc.Expression | None = None,
+    schema: pa.Schema | None = None,
 ) -> pa.Table:
     """A data file's rows of the committed (run_id, attempt) ``pairs`` (``committed_files``), only ``columns`` and
     the rows ``filter`` keeps: what a worker reads of the file it was handed (a file may hold an attempt that never
-    committed)."""
+    committed). With the table's ``schema``, a column added after the file was written is read as nulls."""
     keys = pc.binary_join_element_wise(pc.field("run_id"), pc.field("attempt"), "\x00")
     wanted = pc.is_in(keys, pa.array(sorted(f"{a}\x00{b}" for a, b in pairs), pa.string()))
     if filter is not None:
         wanted = wanted & filter
     try:
-        return pads.dataset(path, format="parquet", filesystem=root.arrow).to_table(columns=columns, filter=wanted)
+        data = pads.dataset(path, format="parquet", filesystem=root.arrow)
+        present = [c for c in columns if schema is None or c in data.schema.names]
+        rows = data.to_table(columns=present, filter=wanted)
     except (FileNotFoundError, OSError) as exc:
         raise CommitError(f"a committed data file {path} under {root.uri} cannot be read: {exc}") from exc
+    if len(present) == len(columns):
+        return rows
+    return pa.table(
+        {c: rows.column(c) if c in present else pa.nulls(rows.num_rows, schema.field(c).type) for c in columns}
+    )
 
 
 def _committed(root: Store, table: str, run_id: str | None):

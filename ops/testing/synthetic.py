@@ -164,6 +164,7 @@ def rows(world: World, rec: Recordings, prefix: str, run_id: str, first_identity
                 "relpath": relpath,
                 "size": 0,
                 "modified": None,
+                "etag": None,
                 "sha256": sha,
                 "media_kind": "synthetic",
                 "media_category": "video",

@@ -38,7 +38,14 @@ def test_hash_objects_reports_each_failure_as_a_row(tmp_path):
     os.symlink(tmp_path / "nowhere", tmp_path / "dangling.wav")
     names = ["ok.png", "empty.jpg", "text.jpg", "dangling.wav", "deleted.mp4"]
     archive, staging = resolve(str(tmp_path)), resolve(str(tmp_path / "staging"))
-    batch = pa.table({"relpath": names, "uri": names, "modified": pa.nulls(5, pa.timestamp("ms", tz="UTC"))})
+    batch = pa.table(
+        {
+            "relpath": names,
+            "uri": names,
+            "modified": pa.nulls(5, pa.timestamp("ms", tz="UTC")),
+            "etag": pa.nulls(5, pa.string()),
+        }
+    )
     errors = RowWriter(archive, "errors", schema_for("errors"), "r", "a1")
     out = manifest.hash_objects(batch, archive, staging, "r", None, errors=errors).to_pylist()
     hashed, staged, written = out

@@ -76,6 +76,60 @@ def test_second_snapshot_reads_only_what_changed_and_equals_a_full_one(ray_clust
     assert _snapshot(out, "n3") == _snapshot(fresh, "full")
 
 
+def test_a_rewrite_that_keeps_size_and_time_is_read_again(ray_cluster, sample_archive, tmp_path):
+    """``cp -p`` and ``rsync -a`` give a rewritten file its old modification time; with the same size, only the
+    etag (a local file's inode and ctime, which no copy tool sets back) says it changed."""
+    _age(sample_archive, 3600)
+    out = tmp_path / "out"
+    _run(sample_archive, out, "a")
+    target = sample_archive / "photos/alice/portrait-2.png"
+    before, other = os.stat(target), (sample_archive / "photos/bob/portrait-2.bmp").read_bytes()
+    copy = tmp_path / "copy"
+    copy.write_bytes(target.read_bytes()[:-1] + bytes([target.read_bytes()[-1] ^ 0xFF]))  # same size, other bytes
+    os.utime(copy, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(copy, target)  # what rsync -a does: a new file with the old time, renamed over the old one
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns and os.stat(target).st_size == before.st_size
+    in_place = sample_archive / "photos/bob/portrait-2.bmp"  # what cp -p does: the same inode rewritten, time set back
+    kept = os.stat(in_place)
+    in_place.write_bytes(other[:-1] + bytes([other[-1] ^ 0xFF]))
+    os.utime(in_place, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+
+    second = _run(sample_archive, out, "b")
+    assert second["modified"] == 2, second
+    changes = read_table(resolve(str(out)), "changes", run_id="b").to_pylist()
+    changed = {r["uri"].split("/archive/", 1)[1] for r in changes}
+    assert changed == {"photos/alice/portrait-2.png", "photos/bob/portrait-2.bmp"}
+    rows = read_table(resolve(str(out)), "manifest", run_id="b", columns=["etag"])
+    assert all(rows.column("etag").to_pylist())  # every local row has one
+
+
+def test_a_snapshot_from_before_etags_is_compared_and_its_objects_read_again(ray_cluster, sample_archive, tmp_path):
+    """A results root whose manifest has no etag column (written before it existed): the next snapshot still
+    compares with it, reads its objects again (nothing says they are unchanged), reports no change, and the table
+    gains the column."""
+    from ops.io.root import claim
+    from ops.io.schemas import MANIFEST
+    from ops.io.tables import OutputRun
+
+    _age(sample_archive, 3600)
+    _run(sample_archive, tmp_path / "now", "now")
+    (config,) = [r["config"] for r in committed_runs(resolve(str(tmp_path / "now")))]
+    before = pa.schema([f for f in MANIFEST if f.name != "etag"], metadata=MANIFEST.metadata)
+    rows = read_table(resolve(str(tmp_path / "now")), "manifest", columns=before.names)
+    root = resolve(str(tmp_path / "out"))
+    claim(root)
+    old = OutputRun(root, "old", "manifest")
+    old.write("manifest", rows.set_column(0, "run_id", pa.array(["old"] * rows.num_rows)).cast(before), before)
+    old.commit(("changes", "errors"), config=config)
+
+    second = _run(sample_archive, tmp_path / "out", "new")
+    assert second["previous_manifest"] == "old" and second["carried"] == 0
+    assert (second["new"], second["modified"], second["removed"]) == (0, 0, 0)
+    by_run = read_table(root, "manifest", columns=["run_id", "etag"]).to_pylist()
+    assert {r["run_id"] for r in by_run if r["etag"] is None} == {"old"}
+    assert all(r["etag"] for r in by_run if r["run_id"] == "new")
+
+
 def test_a_label_pattern_change_relabels_carried_rows(ray_cluster, sample_archive, tmp_path):
     _age(sample_archive, 3600)
     out = tmp_path / "out"
@@ -96,5 +150,7 @@ def test_snapshots_by_difference_on_s3(ray_cluster, s3):
     second = _run(s3.uri("archive"), out, "s2")
     assert (second["new"], second["removed"]) == (1, 1)
     assert second["read"] + second["carried"] == len(SAMPLE_LAYOUT)
+    etags = read_table(resolve(out), "manifest", run_id="s2", columns=["etag"]).column("etag").to_pylist()
+    assert all(etags)  # S3's ETag, from the listing
     _run(s3.uri("archive"), s3.uri("fresh"), "full")
     assert _snapshot(out, "s2") == _snapshot(s3.uri("fresh"), "full")

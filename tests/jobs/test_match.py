@@ -63,6 +63,7 @@ def write_faces(
                         "relpath": u,
                         "size": 1,
                         "modified": None,
+                        "etag": None,
                         "sha256": f"{i:064x}",
                         "media_kind": "jpeg",
                         "media_category": "image",
