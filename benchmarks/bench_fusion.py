@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import calibrate, embed_faces, embed_voices, manifest, synthesize  # noqa: E402
+from ops.io.root import locate
 from ops.io.storage import resolve  # noqa: E402
 from ops.io.tables import read_table  # noqa: E402
 
@@ -67,7 +68,7 @@ def synthetic(work: Path, identities: int, recordings: int) -> Path:
 
 def show(name: str, root: Path) -> None:
     (row,) = read_table(resolve(str(root)), "fusions").to_pylist()[-1:]
-    record = json.loads(resolve(row["record_uri"]).read_bytes())
+    record = json.loads(locate(resolve(str(root)), row["record_uri"]).read_bytes())
     print(
         f"\n{name}: {record['identity_count']} identities ({record['pairing']}), {record['same_trials']} same and "
         f"{record['different_trials']} different trials, held out by identity"

@@ -35,6 +35,7 @@ import pyarrow as pa
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, UninformativeLabels
+from ops.io.root import inside
 from ops.io.schemas import CALIBRATIONS, FUSIONS
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs
@@ -257,7 +258,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     for name, png in _figures(scores, same, threshold, f"{data.model_name}, {config.table}").items():
         folder.join(name).put_atomic(png)
     folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
-    row = record | {"record_uri": folder.join("record.json").uri}
+    row = record | {"record_uri": inside(ctx.output, folder.join("record.json").uri)}
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
     marker = out.commit(config=asdict(config), summary=record | {"sample_sha256": fingerprint})
     ctx.log.info(
@@ -369,7 +370,9 @@ def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobCont
     for name in ("roc.png", "det.png", "scores.png"):
         folder.join(name).put_atomic(source.join(name).read_bytes())
     folder.join("record.json").put_atomic(json.dumps(record | {"reused_from": earlier["run_id"]}, indent=1).encode())
-    row = {k: v for k, v in record.items() if k in CALIBRATIONS.names} | {"record_uri": folder.join("record.json").uri}
+    row = {k: v for k, v in record.items() if k in CALIBRATIONS.names} | {
+        "record_uri": inside(ctx.output, folder.join("record.json").uri)
+    }
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
     summary = record | {"sample_sha256": fingerprint, "reused_from": earlier["run_id"]}
     marker = out.commit(config=asdict(config), summary=summary)
@@ -472,7 +475,7 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
         "fused_tar_at_far_0.001": fused["tar_at_far_0.001"],
         "target_far": config.target_far,
         "llr_threshold": thresholds["fused"],
-        "record_uri": folder.join("record.json").uri,
+        "record_uri": inside(ctx.output, folder.join("record.json").uri),
     }
     out.write("fusions", pa.Table.from_pylist([row], schema=FUSIONS))
     summary = {k: v for k, v in record.items() if k not in ("identities", "systems", "calibration")}

@@ -50,6 +50,7 @@ from jobs.reuse import reusable_run
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
+from ops.io.root import locate
 from ops.io.schemas import IDENTITIES
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -118,7 +119,7 @@ def _search(root: Store, run_id: str | None) -> dict:
     if not summary["search_key"].get("same_set"):
         raise JobFailed(f"run {run_id} searched queries against another gallery: cluster a search of one set")
     # Labels come from the embeddings' own manifest: the one the search named, or the one its embeddings run made.
-    embeddings = resolve(config.get("queries") or root.uri)
+    embeddings = locate(root, config.get("queries"))
     manifest = config.get("manifest_run_id") or manifest_of(embeddings, config.get("queries_run_id"))
     return {
         "table": config.get("table", "faces"),

@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger
 from jobs.plan import shard
 from jobs.source_job import RowWriter
+from ops.io.root import locate
 from ops.io.schemas import CHANGES, MANIFEST
-from ops.io.storage import ObjectInfo, Store, glob_regex
+from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
 from ops.io.tables import committed_files, committed_rows, committed_runs
 
 RACY_SECONDS = 2  # an object modified this close to the previous listing's start is read again
@@ -63,11 +64,12 @@ class Previous:
 def previous_manifest(root: Store, archive: str, glob: str) -> Previous | None:
     """The newest committed manifest run of the same archive and glob under ``root`` (this run's own committed
     attempt, when it runs again: its rows are read before the new attempt replaces it)."""
+    archive = resolve(archive, root.endpoint_url).uri
     found = [
         m
         for m in committed_runs(root)
         if m.get("job") == "manifest"
-        and (m.get("config") or {}).get("archive") == archive
+        and locate(root, (m.get("config") or {}).get("archive")).uri == archive
         and (m.get("config") or {}).get("glob", "**") == glob
     ]
     if not found:

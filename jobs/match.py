@@ -45,6 +45,7 @@ from jobs.runtime import JobContext, run_job, run_module
 from jobs.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
 from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
+from ops.io.root import inside, locate
 from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -140,7 +141,7 @@ def _threshold(config: MatchConfig, model_name: str) -> tuple[float, str]:
         return config.threshold, "--threshold"
     if config.calibration:
         record, where = _calibration(config.calibration, model_name)
-        return float(record["threshold"]), where
+        return float(record["threshold"]), inside(resolve(config.output), where)
     published = published_threshold(model_name, config.models)
     if published is not None:
         return published, f"model card of {model_name}"
@@ -191,7 +192,7 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
         raise JobFailed(f"no committed calibration of {model_name} under {uri}: run `python -m jobs.calibrate` first")
     markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}
     newest = max(rows, key=lambda r: markers.get(r["run_id"], ""))
-    return newest, newest["record_uri"]
+    return newest, locate(resolve(uri), newest["record_uri"]).uri
 
 
 def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict[str, str]) -> Previous | None:
@@ -507,7 +508,7 @@ def _fused_record(uri: str | None) -> tuple[dict, str]:
         if not rows:
             raise JobFailed(f"no committed fused calibration under {uri}: run `python -m jobs.calibrate --fuse` first")
         markers = {m["run_id"]: m["committed_at"] for m in committed_runs(resolve(uri))}
-        uri = max(rows, key=lambda r: markers.get(r["run_id"], ""))["record_uri"]
+        uri = locate(resolve(uri), max(rows, key=lambda r: markers.get(r["run_id"], ""))["record_uri"]).uri
     try:
         record = json.loads(resolve(uri).read_bytes())
     except (StorageError, json.JSONDecodeError) as exc:
@@ -521,6 +522,7 @@ def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobCo
     """The fused scorer over ``root_uri``'s faces and voices, refused when either was embedded by another model
     than the calibration's."""
     record, where = _fused_record(config.calibration)
+    where = inside(ctx.output, where)
     root = resolve(root_uri)
     sides = {}
     for table in ("faces", "voices"):

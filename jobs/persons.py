@@ -41,6 +41,7 @@ from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
+from ops.io.root import locate
 from ops.io.schemas import PERSONS
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -100,7 +101,7 @@ def _side(root: Store, run_id: str | None, table: str) -> Side:
     search = runs.get(summary["search_run_id"]) or {}
     config = search.get("config") or {}
     model = tuple(summary["identities_key"]["model"])
-    return Side(table, run_id, resolve(config.get("queries") or root.uri), config.get("queries_run_id"), model)
+    return Side(table, run_id, locate(root, config.get("queries")), config.get("queries_run_id"), model)
 
 
 def run(config: PersonsConfig, ctx: JobContext) -> dict:

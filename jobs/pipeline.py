@@ -36,6 +36,7 @@ from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
 from jobs.stages import STAGES
 from ops.io.errors import JobFailed, ModelError, UninformativeLabels
+from ops.io.root import locate
 from ops.io.storage import Store
 from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 from ops.matching.embeddings import read_labels
@@ -328,7 +329,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         ctx.run_id,
         ", ".join(f"{name} {entry['state']}" for name, entry in stages.done.items()),
     )
-    ctx.log.info("report: %s", stages.done["report"]["summary"].get("report_uri"))
+    ctx.log.info("report: %s", locate(ctx.output, stages.done["report"]["summary"].get("report_uri")).uri)
     return marker
 
 

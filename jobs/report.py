@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
+from ops.io.root import inside, locate
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, iter_table
 from ops.matching import items
@@ -403,7 +404,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     target = ctx.output.join("report", ctx.run_id, "index.html")
     target.put_atomic(page.encode("utf-8"))
     summary = {
-        "report_uri": target.uri,
+        "report_uri": inside(ctx.output, target.uri),
         "bytes": len(page.encode("utf-8")),
         "runs": [m["run_id"] for m in runs],
         "probes_shown": probes_shown,
@@ -523,7 +524,7 @@ def _calibration_section(root: Store, ev: Evidence) -> str:
         return '<h2>Calibration</h2><p data-testid="calibration">No calibration: the archive has no labels.</p>'
     parts = ["<h2>Calibration</h2>"]
     for marker, row in ev.calibrations:
-        record = _record(row)
+        record = _record(root, row)
         rule = record.get("threshold_why") or f"at FAR {row['target_far']:g}"
         stats = (
             f"{_e(row['model_name'])} ({_e(row['model_sha256'][:12])}) on {_e(row['table'])}: "
@@ -550,10 +551,10 @@ def _plots(root: Store, run_id: str, names: tuple[str, ...]) -> str:
     return "".join(plots)
 
 
-def _record(row: dict) -> dict:
+def _record(root: Store, row: dict) -> dict:
     """A calibrations/ row's record (empty when it cannot be read)."""
     try:
-        return json.loads(resolve(row["record_uri"]).read_bytes())
+        return json.loads(locate(root, row["record_uri"]).read_bytes())
     except (StorageError, ValueError):
         return {}
 
@@ -581,7 +582,7 @@ def _llr_words(record: dict) -> str:
 
 def _fusion_block(root: Store, marker: dict, row: dict) -> str:
     try:
-        record = json.loads(resolve(row["record_uri"]).read_bytes())
+        record = json.loads(locate(root, row["record_uri"]).read_bytes())
     except (StorageError, ValueError) as exc:
         return f'<p class="nopreview">fused calibration {_e(row["record_uri"])} unavailable: {_e(str(exc))}</p>'
     systems = record["systems"]

@@ -21,7 +21,7 @@ from jobs.cli import JobConfig, default_run_id, parse_config
 from jobs.plan import ensure_ray
 from ops.io.errors import AccountingMismatch, JobFailed, UserError
 from ops.io.redact import redact
-from ops.io.root import claim
+from ops.io.root import LOCATIONS, claim
 from ops.io.storage import Store, resolve
 from ops.io.tables import check_run_id
 from ops.models.registry import models_root
@@ -59,24 +59,6 @@ def launch(job: str, run: Callable[[C, JobContext], dict], config: C) -> dict:
     marker = run(config, JobContext(job, run_id, output, log))
     log.info("job %s finished in %.1f s", job, time.monotonic() - started)
     return marker
-
-
-# Config fields that name storage locations, read or written by Ray workers on any node.
-LOCATIONS = (
-    "output",
-    "archive",
-    "manifest",
-    "models",
-    "queries",
-    "gallery",
-    "pairs",
-    "labels",
-    "calibration",
-    "embeddings",
-    "results",
-    "content",
-    "style",
-)
 
 
 def local_locations(config: JobConfig) -> list[tuple[str, str]]:

@@ -44,6 +44,7 @@ from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
+from ops.io.root import inside
 from ops.io.schemas import STYLED
 from ops.io.storage import Store, resolve
 from ops.media.images import DEFAULT_MAX_PIXELS, decode_image
@@ -223,7 +224,7 @@ class StyleActor:
         key = f"{source['sha256'][:32]}-{style.sha256[:16]}-{self.config['method']}.{ext}"
         target = self.out.join("styled-images", self.config["run_id"], key)
         target.put_atomic(buf.getvalue())
-        return target.uri
+        return inside(self.out, target.uri)  # below the root: kept relative to it
 
 
 _OUT = pa.schema(

@@ -29,6 +29,7 @@ from jobs.progress import Progress
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import RowWriter
 from ops.io.errors import JobFailed
+from ops.io.root import inside
 from ops.io.schemas import MANIFEST, faces, voices
 from ops.io.storage import resolve, storage_errors
 from ops.io.tables import DataFile, OutputRun
@@ -94,7 +95,7 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     recordings = config.identities * config.recordings
     summary = {"identities": config.identities, "recordings": recordings, "world": synthetic.fingerprint(world)}
     if config.attributes:
-        summary["attribute_labels"] = ctx.output.join("synthetic", ctx.run_id, "attributes").uri
+        summary["attribute_labels"] = inside(ctx.output, ctx.output.join("synthetic", ctx.run_id, "attributes").uri)
     marker = out.commit(tables=(*schemas, "errors"), config=asdict(config), summary=summary)
     ctx.log.info("%d identities, %d recordings: committed run %s", config.identities, recordings, ctx.run_id)
     return marker

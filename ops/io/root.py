@@ -14,8 +14,8 @@ import logging
 import os
 from datetime import UTC, datetime
 
-from ops.io.errors import JobFailed
-from ops.io.storage import Store, storage_errors
+from ops.io.errors import JobFailed, StorageError
+from ops.io.storage import Store, resolve, storage_errors
 
 log = logging.getLogger("crossmatch")
 
@@ -23,6 +23,52 @@ MARKER = "crossmatch-root.json"
 # The folders of a root that hold a run's files outside the tables, ``<folder>/<run_id>/`` each: what a deletion
 # may remove besides the tables' files. A job that writes another must add it here.
 RUN_FOLDERS = ("calibration", "report", "styled-images", "synthetic", "checkpoints", "_staging")
+# A job's settings that name storage locations; in the runs table those inside the root are kept relative to it.
+LOCATIONS = (
+    "output",
+    "archive",
+    "manifest",
+    "models",
+    "queries",
+    "gallery",
+    "pairs",
+    "labels",
+    "calibration",
+    "embeddings",
+    "results",
+    "content",
+    "style",
+)
+
+
+def inside(root: Store, uri: str) -> str:
+    """``uri`` as the root's tables keep it: relative to ``root`` when below it ("." for the root itself), so that
+    a results folder copied or moved elsewhere still finds its own records, reports and images; else whole (a local
+    path made absolute: a relative one would be read as below the root)."""
+    try:
+        target = resolve(uri, root.endpoint_url)
+    except StorageError:
+        return uri
+    if (target.scheme, target.endpoint_url) != (root.scheme, root.endpoint_url):
+        return target.uri
+    if target.path == root.path:
+        return "."
+    base = root.path.rstrip("/") + "/"
+    return target.path[len(base) :] if target.path.startswith(base) else target.uri
+
+
+def locate(root: Store, stored: str | None) -> Store:
+    """The store a path kept in ``root``'s tables names (see ``inside``): relative ones are below ``root``."""
+    if not stored or stored == ".":
+        return root
+    if "://" in stored or stored.startswith("/"):
+        return resolve(stored, root.endpoint_url if stored.startswith("s3") else None)
+    return root.join(stored)
+
+
+def relative_locations(root: Store, config: dict) -> dict:
+    """A job's settings as its runs row keeps them: the locations inside ``root`` relative to it."""
+    return {k: inside(root, v) if k in LOCATIONS and isinstance(v, str) and v else v for k, v in config.items()}
 
 
 def is_ours(root: Store) -> bool:

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 
 from ops.io.errors import CommitError, StorageError, canonical, vocabulary
 from ops.io.redact import redact
-from ops.io.root import RUN_FOLDERS, require_ours
+from ops.io.root import RUN_FOLDERS, relative_locations, require_ours
 from ops.io.schemas import RUNS, SCHEMA_VERSION, conform, schema_for, stored
 from ops.io.storage import Store, storage_errors
 
@@ -346,6 +346,8 @@ class OutputRun:
         for name, fs in sorted(files.items()):
             _transact(self.root, name, schemas[name], fs, lambda _: [], self.run_id, self.attempt)
         summary = {name: {"rows": sum(f.rows for f in fs), "files": len(fs)} for name, fs in sorted(files.items())}
+        if isinstance(info.get("config"), dict):  # a root copied elsewhere still names its own tables
+            info["config"] = relative_locations(self.root, info["config"])
         record = {
             "run_id": self.run_id,
             "attempt": self.attempt,

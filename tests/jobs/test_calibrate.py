@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jobs import calibrate, synthesize
+from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import read_table
 from tests.conftest import shared_data
@@ -28,7 +29,7 @@ def test_a_record_maps_scores_to_log_lrs(bimodal, tmp_path):
     out = tmp_path / "out"
     assert calibrate.main(quiet(bimodal, "--table", "voices", "--output", out)) == 0
     (row,) = read_table(resolve(str(out)), "calibrations").to_pylist()
-    llr = json.loads(resolve(row["record_uri"]).read_bytes())["llr"]
+    llr = json.loads(locate(resolve(str(out)), row["record_uri"]).read_bytes())["llr"]
     assert llr["slope"] > 0
     assert llr["min_cllr"] <= llr["cllr"] < 1  # better than no information, no better than the best monotone map
     assert llr["cllr_held_out"] < 1
@@ -41,7 +42,7 @@ def test_fused_evidence_beats_either_modality_held_out(bimodal, tmp_path):
     out = tmp_path / "out"
     assert calibrate.main(quiet(bimodal, "--fuse", "--output", out)) == 0
     (row,) = read_table(resolve(str(out)), "fusions").to_pylist()
-    record = json.loads(resolve(row["record_uri"]).read_bytes())
+    record = json.loads(locate(resolve(str(out)), row["record_uri"]).read_bytes())
     assert record["kind"] == "fused" and record["pairing"] == "shared labels" and row["identities"] == 60
     systems = record["systems"]
     assert systems["fused sum"]["eer"] < min(systems["face"]["eer"], systems["voice"]["eer"]) - 0.03
@@ -103,7 +104,7 @@ def test_real_faces_joined_to_real_voices(ray_cluster, models, face_models, tmp_
     assert embed_voices.main(quiet(voices, "--output", voices, "--models", models.uri)) == 0
     assert calibrate.main(quiet(faces, "--fuse", "--voices", voices, "--output", tmp_path / "out")) == 0
     (row,) = read_table(resolve(str(tmp_path / "out")), "fusions").to_pylist()
-    record = json.loads(resolve(row["record_uri"]).read_bytes())
+    record = json.loads(locate(resolve(str(tmp_path / "out")), row["record_uri"]).read_bytes())
     systems = record["systems"]
     assert record["pairing"] == "chimeric" and record["identity_count"] == 4
     assert systems["fused sum"]["eer"] <= min(systems["face"]["eer"], systems["voice"]["eer"])

@@ -1,6 +1,7 @@
 """jobs.match and jobs.calibrate on committed embedding tables made here (and, with ../shared, on real voices)."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -8,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import calibrate, match
+from ops.io.root import locate
 from ops.io.schemas import MANIFEST, faces
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -215,6 +217,8 @@ def test_calibrate_then_identify_open_set(tmp_path):
     )
     assert calibrate.main([str(root), "--output", str(root), "--target-far", "0.01", "--log-level", "WARNING"]) == 0
     (record,) = read_table(resolve(str(root)), "calibrations").to_pylist()
+    assert record["record_uri"] == f"calibration/{record['run_id']}/record.json"  # kept relative to its root
+    record["record_uri"] = locate(resolve(str(root)), record["record_uri"]).uri
     assert record["auc"] > 0.95 and record["same_pairs"] == 5 * 6 and record["different_pairs"] == 190 - 30
     for png in ("roc.png", "det.png", "scores.png"):
         assert resolve(record["record_uri"].rsplit("/", 1)[0]).join(png).read_bytes()[:4] == b"\x89PNG"
@@ -261,8 +265,17 @@ def test_calibrate_then_identify_open_set(tmp_path):
         == 0
     )
     again = read_table(resolve(str(root)), "matches", run_id="identify-by-root").to_pylist()
-    assert {r["threshold_source"] for r in again} == {record["record_uri"]}
+    assert {r["threshold_source"] for r in again} == {f"calibration/{record['run_id']}/record.json"}
     assert all(r["llr"] == pytest.approx(llr["slope"] * r["score"] + llr["offset"]) for r in again)
+    # The results folder moved elsewhere: it still finds its own calibration (kept relative to it), not the old place.
+    moved = tmp_path / "moved"
+    shutil.move(root, moved)
+    argv = ["--queries", moved, "--output", moved, "--labels", labels_csv, "--calibration", moved, "--run-id", "m"]
+    assert run("identify", *argv) == 0
+    after = read_table(resolve(str(moved)), "matches", run_id="m").to_pylist()
+    assert {r["threshold_source"] for r in after} == {f"calibration/{record['run_id']}/record.json"}
+    assert all(r["llr"] == pytest.approx(llr["slope"] * r["score"] + llr["offset"]) for r in after)
+    root = moved
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"a,b\n{uris[0]},{uris[1]}\n")
     assert (
@@ -321,6 +334,7 @@ def test_real_voices_calibrate_and_identify(ray_cluster, models, tmp_path):
     assert embed_voices.main([str(out), "--output", str(out), "--models", models.uri, "--log-level", "WARNING"]) == 0
     assert calibrate.main([str(out), "--table", "voices", "--output", str(out), "--log-level", "WARNING"]) == 0
     (record,) = read_table(resolve(str(out)), "calibrations").to_pylist()
+    record["record_uri"] = locate(resolve(str(out)), record["record_uri"]).uri
     assert record["auc"] > 0.99 and record["sources"] == 50
     labels = tmp_path / "enrol.csv"
     enrol = sorted(p for p in folder.glob("*/*.flac"))[::10]  # the first file of each speaker
@@ -377,7 +391,7 @@ def test_calibration_is_computed_again_only_when_its_sample_changed(tmp_path):
 
 def _record(root) -> dict:
     (row,) = read_table(resolve(str(root)), "calibrations").to_pylist()
-    return json.loads(resolve(row["record_uri"]).read_bytes())
+    return json.loads(locate(resolve(str(root)), row["record_uri"]).read_bytes())
 
 
 def test_a_calibration_says_what_its_sample_cannot_measure(tmp_path, caplog):

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from jobs import match, pipeline
+from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from ops.matching.decisions import is_positive
@@ -52,7 +53,7 @@ def test_every_stage_runs_and_commits_over_the_sample_archive(pipeline_run):
     assert who["items"] == runs["pl.search-faces"]["summary"]["queries"] and who["true_identities"] == 3
     members = read_table(results, "identities", "pl.identities-faces")
     assert members.num_rows == who["items"] and sum(members.column("representative").to_pylist()) == who["identities"]
-    report = Path(marker["summary"]["report_uri"])
+    report = Path(locate(results, marker["summary"]["report_uri"]).path)
     assert report.is_file() and report.read_text().count('data-testid="identity" data-table="faces"') == min(
         who["identities"], 12
     )
@@ -109,7 +110,7 @@ def test_an_archive_without_speech_or_labels_skips_those_stages_and_says_why(ray
     judged = {(round(r["threshold"], 4), r["threshold_source"]) for r in search}
     assert judged == {(0.91, "model card of dlib-resnet-v1")}
     assert {r["decision"] for r in search} <= {"match", "no match"} and {r["llr"] for r in search} == {None}
-    report = Path(stages["report"]["summary"]["report_uri"]).read_text()
+    report = Path(locate(resolve(str(out)), stages["report"]["summary"]["report_uri"]).path).read_text()
     assert "from model card of dlib-resnet-v1" in report and "No calibration" in report
 
 
@@ -176,7 +177,7 @@ def test_a_joint_model_and_attribute_heads_add_their_stages_and_the_report_shows
     assert len(found) == 2 * faces.num_rows and {r["attribute"] for r in found} == {"age", "mood"}
     rows = read_table(results, "matches", "pl.crossmatch").to_pylist()
     assert {r["mode"] for r in rows} == {"crossmatch"} and {r["model_name"] for r in rows} == {"joint-untrained"}
-    page = Path(stages["report"]["summary"]["report_uri"]).read_text()
+    page = Path(locate(results, stages["report"]["summary"]["report_uri"]).path).read_text()
     assert "Cross-modal matches" in page and 'data-mode="crossmatch"' in page
     assert 'data-testid="attributes"' in page
 
@@ -232,7 +233,7 @@ def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, 
         )
     search = read_table(results, "matches", "d2.search-faces")
     assert gone not in search.column("query_uri").to_pylist() + search.column("gallery_uri").to_pylist()
-    page = Path(runs["d2"]["summary"]["report_uri"]).read_text()
+    page = Path(locate(results, runs["d2"]["summary"]["report_uri"]).path).read_text()
     assert 'data-testid="changes"' in page and gone in page  # the report says what changed
     assert "queries searched" in page
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jobs import report
+from ops.io.root import locate
 from ops.io.schemas import schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
@@ -36,7 +37,7 @@ def browser():
 def test_the_report_opens_from_the_file_with_every_part_shown(pipeline_run, browser, tmp_path):
     # The session's pipeline run as it stands now (other tests rerun it with other settings, such as k).
     (marker,) = [m for m in committed_runs(resolve(str(pipeline_run["results"]))) if m["run_id"] == "pl"]
-    report_file = Path(marker["summary"]["report_uri"])
+    report_file = Path(locate(resolve(str(pipeline_run["results"])), marker["summary"]["report_uri"]).path)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -140,7 +141,7 @@ def test_runs_committed_before_the_vocabulary_are_counted_under_todays_names(tmp
         run.commit(tables=("errors",))
     assert report.main([root.uri, "--output", root.uri, "--run-id", "rep", "--no-previews"]) == 0
     (marker,) = [m for m in committed_runs(root) if m["run_id"] == "rep"]
-    page = Path(marker["summary"]["report_uri"]).read_text()
+    page = Path(locate(root, marker["summary"]["report_uri"]).path).read_text()
     for name in ("empty_file", "image_decode_error", "too_large", "audio_decode_error"):
         assert f"<td>{name}</td>" in page
     for name in ("EmptyFile", "decode_error", "TooLarge", "DecodeError"):
