@@ -36,7 +36,7 @@ from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, launch, run_job, run_module
 from jobs.stages import STAGES
 from ops.io.errors import JobFailed, ModelError, UninformativeLabels
-from ops.io.root import locate
+from ops.io.root import locate, relative_locations
 from ops.io.storage import Store
 from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 from ops.matching.embeddings import read_labels
@@ -133,7 +133,8 @@ class Stages:
         config.run_id, config.output, config.shared_paths = run_id, self.ctx.output.uri, self.shared_paths
         self._stale |= stage == self.restart_from
         marker = self.committed.get(run_id)
-        if marker is not None and not self._stale and _settings(marker.get("config", {})) == _settings(asdict(config)):
+        current = relative_locations(self.ctx.output, asdict(config))  # as the runs row keeps them
+        if marker is not None and not self._stale and _settings(marker.get("config", {})) == _settings(current):
             self.ctx.log.info("stage %s: kept committed run %s", stage, run_id)
             state = "kept"
         else:
@@ -146,6 +147,16 @@ class Stages:
             self._stale, state = True, "ran"  # everything after a stage that ran sees new input
         self.done[stage] = {"run_id": run_id, "state": state, "summary": marker.get("summary", {})}
         return marker
+
+    def settled(self, stage: str) -> dict | None:
+        """How the committed run of this pipeline left ``stage`` ({state, reason}), when nothing before it has run
+        again since (so the same inputs): what lets a rerun decide without starting Ray."""
+        if self._stale or stage == self.restart_from:
+            return None
+        earlier = (self.committed.get(self.ctx.run_id) or {}).get("stages", {}).get(stage)
+        if earlier and earlier["state"] != "skipped" and f"{self.ctx.run_id}.{stage}" not in self.committed:
+            return None  # its run was deleted since
+        return earlier
 
     def skip(self, stage: str, reason: str, asked: bool = True) -> None:
         """A stage that cannot run, said as a warning; one nobody asked for (an optional stage without its model) is
@@ -234,7 +245,11 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             continue
         embeddings_run = stages.done[table]["run_id"]
         record = None
-        reason = _why_not_calibrated(ctx, table, embeddings_run, manifest_run)
+        earlier = stages.settled(f"calibrate-{table}")  # a rerun with nothing new decides without Ray
+        if earlier is not None:
+            reason = earlier.get("reason") if earlier["state"] == "skipped" else None
+        else:
+            reason = _why_not_calibrated(ctx, table, embeddings_run, manifest_run)
         if reason:
             stages.skip(f"calibrate-{table}", reason)
         else:

@@ -1,6 +1,9 @@
 """The main job end to end over the sample archive: every stage committed, reruns resume, nothing duplicated."""
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,24 @@ def test_a_rerun_keeps_every_committed_stage(pipeline_run):
     assert {entry["state"] for entry in stages.values()} == {"kept", "skipped"}
     for stage in RUN:  # the same attempts: nothing rewritten, nothing duplicated
         assert after[f"pl.{stage}"]["attempt"] == before[f"pl.{stage}"]["attempt"]
+
+
+def test_a_rerun_of_a_copied_root_with_nothing_new_keeps_every_stage_without_starting_ray(pipeline_run, tmp_path):
+    """The results folder copied elsewhere (its paths are relative to it) and the same command run again as a user
+    would, in a fresh process: every stage is kept, decided from the tables alone, and Ray is never started."""
+    copy = tmp_path / "copied-results"
+    shutil.copytree(pipeline_run["results"], copy)
+    argv = [*pipeline_run["argv"]]
+    argv[argv.index("--output") + 1] = str(copy)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.pipeline", *argv], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting a local Ray cluster" not in done.stderr and "connecting to the Ray cluster" not in done.stderr
+    states = {entry["state"] for entry in _markers(copy)["pl"]["stages"].values()}
+    assert states == {"kept", "skipped"}, done.stderr[-3000:]
+    assert f"report: {copy}/report/" in done.stderr  # the copy's own report, not the original's
 
 
 def test_restart_from_redoes_that_stage_and_every_later_one(pipeline_run):
