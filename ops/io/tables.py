@@ -139,8 +139,7 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
         return None
     for wait in (0.05, 0.1, 0.2, 0.4, None):
         try:
-            with storage_errors(store.uri):
-                dt = DeltaTable(delta_uri(store), storage_options=delta_options(store))
+            dt = delta_call(store.uri, DeltaTable, delta_uri(store), storage_options=delta_options(store))
             break
         except StorageError as exc:
             # A concurrent run has made _delta_log/ but not yet put its first commit in it.
@@ -150,9 +149,36 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
                 return None
             time.sleep(wait)
     if version is not None:
-        with storage_errors(store.uri):
-            dt.load_as_version(version)
+        delta_call(store.uri, dt.load_as_version, version)
     return dt
+
+
+# What delta-rs reports when the store failed a request in passing. It retries a request that gets no answer or a
+# 5xx itself, but not one whose answer stops short of its length: tried again here.
+_TRANSIENT = ("body error", "body from connection", "end of file before", "connection reset", "connection closed")
+
+
+def delta_call(uri: str, fn: Callable, *args, **kwargs):
+    """A delta-rs call on the table at ``uri``, its errors translated, tried again after a transient failure."""
+    for wait in (0.1, 0.4, 1.6, None):
+        try:
+            with storage_errors(uri):
+                return fn(*args, **kwargs)
+        except StorageError as exc:
+            if wait is None or not _is_transient(exc):
+                raise
+            log.info("%s: a transient storage failure, tried again in %.1f s (%s)", uri, wait, _first_line(exc))
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    return any(words in text for words in _TRANSIENT)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
 
 
 def table_schema(dt) -> pa.Schema:
@@ -505,7 +531,9 @@ def _transact(
                     )
             return removed
         except StorageError as exc:
-            if attempt_no + 1 == COMMIT_ATTEMPTS or not _is_conflict(exc):
+            # A conflict, or a store that failed in passing (a commit whose answer was lost may have landed: the
+            # files to remove are chosen again from the table as it is now, and adding a file twice adds it once).
+            if attempt_no + 1 == COMMIT_ATTEMPTS or not (_is_conflict(exc) or _is_transient(exc)):
                 raise
             time.sleep(0.05 * 2**attempt_no + secrets.randbelow(50) / 1000)
     return []
@@ -592,7 +620,7 @@ def committed_runs(root: Store, as_of: datetime | None = None) -> list[dict]:
         return []
     if as_of is not None:  # by the commits' own timestamps, the clock that stamped the other table's version too
         stamp = as_of.timestamp() * 1000
-        versions = [h["version"] for h in dt.history() if h["timestamp"] <= stamp]
+        versions = [h["version"] for h in delta_call(dt.table_uri, dt.history) if h["timestamp"] <= stamp]
         if not versions:
             return []
         with storage_errors(dt.table_uri):

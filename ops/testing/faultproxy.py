@@ -5,8 +5,11 @@
     ...
     proxy.stats  # {"requests": 812, "forwarded": 650, "slow_down": 55, "internal_error": 54, "dropped": 53, ...}
 
-Transient faults, drawn at random per request: 503 SlowDown, 500 InternalError, and a connection closed without an
-answer. Permanent faults: ``deny`` is a regular expression over "METHOD /bucket/key"; matching requests always get
+Transient faults, drawn at random per request: 503 SlowDown, 500 InternalError, a connection closed without an
+answer, and the two that happen after the server acted: ``lost_reply`` (the request is applied, then the connection
+closes before the answer, so the client retries a write that already landed: a conditional put, a commit) and
+``short_body`` (the answer's headers promise the whole body, then the connection closes halfway through it).
+Permanent faults: ``deny`` is a regular expression over "METHOD /bucket/key"; matching requests always get
 403 AccessDenied. The fault-injection tests and the soak benchmark run the jobs through it; nothing else does.
 """
 
@@ -20,7 +23,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-TRANSIENT = ("slow_down", "internal_error", "dropped")
+TRANSIENT = ("slow_down", "internal_error", "dropped", "lost_reply", "short_body")
 _ERRORS = {
     "slow_down": (503, "SlowDown", "Please reduce your request rate."),
     "internal_error": (500, "InternalError", "We encountered an internal error. Please try again."),
@@ -31,10 +34,18 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgra
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, rate: float = 0.1, seed: int = 0, deny: str | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        rate: float = 0.1,
+        seed: int = 0,
+        deny: str | None = None,
+        faults: tuple[str, ...] = TRANSIENT,
+    ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.rate, self.deny = rate, re.compile(deny) if deny else None
+        self.faults = faults  # the transient faults drawn from
         self.random = random.Random(seed)
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
@@ -60,7 +71,7 @@ class FaultProxy:
             if self.deny is not None and self.deny.search(request):
                 outcome = "denied"
             elif self.random.random() < self.rate:
-                outcome = self.random.choice(TRANSIENT)
+                outcome = self.random.choice(self.faults)
             else:
                 outcome = "forwarded"
             self.stats[outcome] += 1
@@ -106,6 +117,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 data = response.read()
             finally:
                 upstream.close()
+            if outcome == "lost_reply":  # applied upstream, and the client never hears so
+                self.close_connection = True
+                self.connection.close()
+                return
             self.send_response(response.status, response.reason)
             for key, value in response.getheaders():
                 # A HEAD answer's length is the object's (no body follows): passed on as the server gave it.
@@ -115,6 +130,12 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if self.command != "HEAD":
+                if outcome == "short_body" and len(data) > 1:  # the length promised, half the bytes sent
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 self.wfile.write(data)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay

@@ -1,6 +1,7 @@
 import base64
 import json
 import threading
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -380,3 +381,36 @@ def test_a_table_gains_a_nullable_column_and_every_engine_reads_the_old_rows_as_
         ("new", 1.5),
         ("old", None),
     ]
+
+
+def test_replies_lost_after_the_write_landed_and_bodies_cut_short_duplicate_nothing(moto_endpoint, monkeypatch):
+    """The faults that corrupt state rather than fail a request: a commit (a conditional put of the next log entry)
+    or a data file applied by the server whose answer never arrives, so the client retries a write that already
+    landed; and answers whose body stops halfway. Every run is still committed once, with each row once."""
+    import s3fs
+
+    from ops.testing.faultproxy import FaultProxy
+
+    bucket = f"lost-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, skip_instance_cache=True).mkdir(bucket)
+    proxy = FaultProxy(moto_endpoint, rate=0.15, seed=5, faults=("lost_reply", "short_body")).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    root = resolve(f"s3://{bucket}/out")
+    try:
+        for i in range(4):
+            run = OutputRun(root, f"run{i}", "test")
+            run.write("errors", errors(5, f"run{i}", tag=str(i)))
+            run.commit()
+        again = OutputRun(root, "run1", "test")  # a rerun replaces its earlier attempt, through the same faults
+        again.write("errors", errors(3, "run1", tag="again"))
+        again.commit()
+    finally:
+        proxy.stop()
+    assert proxy.stats["lost_reply"] >= 5 and proxy.stats["short_body"] >= 5, proxy.stats
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    root = resolve(f"s3://{bucket}/out")
+    assert sorted(m["run_id"] for m in committed_runs(root)) == [f"run{i}" for i in range(4)]
+    rows = read_table(root, "errors").column("uri").to_pylist()
+    assert sorted(rows) == sorted([f"u{i}{j}" for i in (0, 2, 3) for j in range(5)] + [f"uagain{j}" for j in range(3)])
+    files = _files(open_table(root, "errors"))
+    assert len(files) == len(set(files))  # no data file added twice to the table
