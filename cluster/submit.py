@@ -48,6 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="ship the pinned requirements too, for nodes without them (ray_cluster.yaml's nodes have them)",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set for the job's driver, e.g. AWS_ENDPOINT_URL=http://minio:9000 (crossmatch hands its storage "
+        "settings on to every task); never credentials: nodes take those from their AWS chain",
+    )
     parser.add_argument("--no-follow", action="store_true", help="submit and return without following the logs")
     parser.add_argument("--timeout", type=float, default=24 * 3600.0, help="give up waiting after this many seconds")
     parser.add_argument("--dry-run", action="store_true", help="print the `ray job submit` command, run nothing")
@@ -56,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.job = args.job[1:] if args.job[:1] == ["--"] else args.job
     if not args.job or not args.job[0].startswith("jobs."):
         parser.error("name the job after --, e.g. -- jobs.pipeline s3://bucket/archive --output s3://bucket/results")
+    for setting in args.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", setting):
+            parser.error(f"--env {setting!r}: use NAME=VALUE")
     args.name = args.name or args.job[0].removeprefix("jobs.").replace("_", "-")
     if not _NAME.match(args.name):
         parser.error(f"--name {args.name!r}: use up to 64 letters, digits, '_' or '-'")
@@ -98,6 +109,7 @@ def submit_command(args: argparse.Namespace, submission_id: str, run_id: str) ->
         f"--runtime-env-json={json.dumps(env)}",
         "--no-wait",
         "--",
+        *(["env", *args.env] if args.env else []),
         "python",
         "-m",
         *job,

@@ -132,14 +132,18 @@ def ray_state(address: str, env: dict, what: str, *options: str) -> list[dict] |
         return None
 
 
-def submit(address: str, env: dict, *job: str, working_dir: bool = True) -> subprocess.CompletedProcess:
+def submit(
+    address: str, env: dict, *job: str, working_dir: bool = True, driver_env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`ray job submit` of ``python -m <job...>``, with the repository as the job's working directory (as a user
-    submits), or without one (the project is installed in the nodes' environment)."""
+    submits), or without one (the project is installed in the nodes' environment); ``driver_env`` is set on the
+    entrypoint's command line (``env NAME=VALUE python -m ...``): the driver has it, the nodes do not."""
     upload = [f"--working-dir={REPO}"] if working_dir else []
     submission = f"cm-test-{uuid.uuid4().hex[:8]}"
+    prefix = ["env", *(f"{k}={v}" for k, v in driver_env.items())] if driver_env else []
     done = subprocess.run(
         ["ray", "job", "submit", f"--address={address}", *upload, f"--submission-id={submission}", "--"]
-        + ["python", "-m", *job],
+        + [*prefix, "python", "-m", *job],
         env=env,
         capture_output=True,
         text=True,

@@ -23,6 +23,14 @@ def test_the_command_passes_the_dated_run_id_and_ships_no_secrets(capsys, monkey
     assert "do-not-ship" not in line and "AWS_SECRET_ACCESS_KEY" not in line  # neither the values nor the names
 
 
+def test_settings_given_with_env_reach_the_driver_only_through_the_entrypoint():
+    args = submit.parse_args(["--env", "AWS_ENDPOINT_URL=http://minio:9000", "--", "jobs.manifest", "x"])
+    command = submit.submit_command(args, "s", "manifest-today")
+    entrypoint = command[command.index("--") + 1 :]
+    assert entrypoint[:5] == ["env", "AWS_ENDPOINT_URL=http://minio:9000", "python", "-m", "jobs.manifest"]
+    assert not any("AWS_ENDPOINT_URL" in part for part in command[: command.index("--")])  # not in the runtime env
+
+
 def test_a_run_id_given_is_kept():
     args = submit.parse_args(["--", "jobs.manifest", "x", "--run-id", "mine"])
     assert submit.submit_command(args, "s", "manifest-today")[-2:] == ["--run-id", "mine"]
@@ -34,6 +42,7 @@ def test_a_run_id_given_is_kept():
         (["--", "python", "x.py"], "name the job after --"),
         (["--date", "22/11/2026", "--", "jobs.pipeline", "x"], "is not YYYY-MM-DD"),
         (["--name", "a b", "--", "jobs.pipeline", "x"], "--name"),
+        (["--env", "no-equals", "--", "jobs.pipeline", "x"], "use NAME=VALUE"),
     ],
 )
 def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):

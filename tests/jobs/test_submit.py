@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.conftest import (
     VENV_BIN,
     cli_head,
     free_port,
+    kill_processes_mentioning,
     new_bucket,
     ray_state,
     submit,
@@ -32,11 +34,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_head(moto_endpoint):
-    """A separate Ray cluster of two nodes started with the CLI (a head and a worker that joins it), its nodes
-    configured with the S3 endpoint (as a real cluster's would be) and the test credentials inherited from the
-    environment (as an instance role would provide). Two nodes: local paths are refused there, S3 is the way."""
+    """A separate Ray cluster of two nodes started with the CLI (a head and a worker that joins it, each with its
+    own temporary folder), with the test credentials inherited from the environment (as an instance role would
+    provide) but no S3 endpoint: jobs are given it on their command line only, so a worker that needs it has it from
+    the driver. Two nodes: local paths are refused there, S3 is the way."""
     temp, port = tempfile.mkdtemp(prefix="cm-ray-", dir="/tmp"), free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_endpoint}
+    worker_temp = tempfile.mkdtemp(prefix="cm-rw-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
     with cli_head(temp, port, env, "--num-cpus=2", "--num-gpus=1") as (address, log):
         # Ray 2.60 turns token authentication on for `ray start --head`: the client must say so to send the token.
         client_env = {**env, "RAY_AUTH_MODE": "token"}
@@ -48,6 +53,7 @@ def ray_head(moto_endpoint):
                 "--block",
                 "--num-cpus=1",
                 f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={worker_temp}",
                 "--disable-usage-stats",
             ],
             env=client_env,  # the token: the worker joins a cluster that asks for it
@@ -61,6 +67,8 @@ def ray_head(moto_endpoint):
             yield address, client_env
         finally:
             os.killpg(worker.pid, signal.SIGKILL)
+            kill_processes_mentioning(worker_temp)
+            shutil.rmtree(worker_temp, ignore_errors=True)
 
 
 def _wait_for_nodes(address: str, env: dict, count: int, timeout: float = 120.0) -> None:
@@ -92,6 +100,7 @@ def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):
         bucket.uri("results"),
         "--label-pattern",
         "*/{label}/*",
+        driver_env={"AWS_ENDPOINT_URL": bucket.endpoint},
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "succeeded" in (done.stdout + done.stderr).lower()
@@ -115,7 +124,8 @@ def test_manifest_via_ray_job_submit_to_s3(ray_head, request, monkeypatch):
 def test_failed_submission_exits_non_zero_with_the_reason(ray_head, request, monkeypatch):
     address, env = ray_head
     bucket = new_bucket(request, "moto", monkeypatch)
-    done = submit(address, env, "jobs.manifest", bucket.uri("no-such-archive"), "--output", bucket.uri("results"))
+    job = ["jobs.manifest", bucket.uri("no-such-archive"), "--output", bucket.uri("results")]
+    done = submit(address, env, *job, driver_env={"AWS_ENDPOINT_URL": bucket.endpoint})
     assert done.returncode != 0
     assert f"nothing found at {bucket.uri('no-such-archive')}" in done.stdout + done.stderr
 
@@ -145,9 +155,15 @@ def test_the_pipeline_through_the_submit_helper_end_to_end_on_s3(ray_head, all_m
     make_sample_archive(resolve(bucket.uri("archive")))
     job = ["jobs.pipeline", bucket.uri("archive"), "--output", bucket.uri("results")]
     job += ["--models", _upload_models(all_models, bucket), "--label-pattern", "*/{label}/*"]
-    done = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", "--", *job)
+    endpoint = f"--env=AWS_ENDPOINT_URL={bucket.endpoint}"  # on the command line only: no node has it
+    done = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", endpoint, "--", *job)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
+    # Work ran on the node that joined, not only on the head (Ray's state API).
+    (worker_node,) = [n["node_id"] for n in ray_state(address, env, "nodes") if not n["is_head_node"]]
+    (job_id,) = [j["job_id"] for j in ray_state(address, env, "jobs") if j["submission_id"] == "nightly-2026-11-22"]
+    on_worker = ray_state(address, env, "tasks", "--filter", f"node_id={worker_node}", "--filter", f"job_id={job_id}")
+    assert on_worker, "no task of the pipeline ran on the worker node"
     assert "nightly-2026-11-22: SUCCEEDED" in log and "pipeline nightly-2026-11-22:" in log  # the job's own log
 
     results = resolve(bucket.uri("results"))
@@ -172,7 +188,7 @@ def test_the_pipeline_through_the_submit_helper_end_to_end_on_s3(ray_head, all_m
     assert 'class="nopreview"' not in page  # every thumbnail and clip read back from S3
 
     # The scheduler fires again the same day: nothing is submitted, nothing rewritten.
-    again = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", "--", *job)
+    again = _helper(address, env, "--name", "nightly", "--date", "2026-11-22", endpoint, "--", *job)
     assert again.returncode == 0 and "already succeeded" in again.stdout
     assert committed_runs(results)[-1]["committed_at"] == pipeline_marker["committed_at"]
 
@@ -184,10 +200,11 @@ def test_a_failed_scheduled_run_exits_non_zero_and_the_retry_is_a_new_attempt(
     bucket = new_bucket(request, "moto", monkeypatch)
     job = ["jobs.pipeline", bucket.uri("missing"), "--output", bucket.uri("results")]
     job += ["--models", _upload_models(all_models, bucket)]  # two nodes: everything on S3
-    first = _helper(address, env, "--name", "broken", "--date", "2026-11-22", "--", *job)
+    endpoint = f"--env=AWS_ENDPOINT_URL={bucket.endpoint}"
+    first = _helper(address, env, "--name", "broken", "--date", "2026-11-22", endpoint, "--", *job)
     assert first.returncode == 1, first.stdout[-4000:] + first.stderr[-4000:]
     assert "broken-2026-11-22: FAILED" in first.stdout and f"nothing found at {bucket.uri('missing')}" in first.stdout
-    retry = _helper(address, env, "--name", "broken", "--date", "2026-11-22", "--", *job)
+    retry = _helper(address, env, "--name", "broken", "--date", "2026-11-22", endpoint, "--", *job)
     assert retry.returncode == 1 and "submitting broken-2026-11-22.2" in retry.stdout
 
 
