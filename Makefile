@@ -21,12 +21,14 @@ demo: $(VENV)/.installed
 	$(PY) -m jobs.show $(OUT)/results
 
 # The report's browser test drives the system Chromium (Debian's package, not a downloaded browser): installed
-# once, as root or through sudo; where neither can, the test skips and says so.
+# once, as root or through sudo; where neither can, the test skips and says so. In CI (CI=true) a failed install
+# fails `make test`: a browser test that skips there would prove nothing.
 $(CHROMIUM):
-	@if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
-	  echo "warning: cannot install Chromium (not root, no sudo): the report's browser test will skip"; exit 0; fi; \
+	@fail() { echo "$$1"; case "$$CI" in true|1) echo "error: CI=true, where the browser test must run"; exit 1;; esac; }; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif command -v sudo >/dev/null; then sudo=sudo; else \
+	  fail "warning: cannot install Chromium (not root, no sudo): the report's browser test will skip"; exit 0; fi; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null \
-	  || echo "warning: apt-get could not install Chromium: the report's browser test will skip"
+	  || fail "warning: apt-get could not install Chromium: the report's browser test will skip"
 
 test: $(VENV)/.installed $(CHROMIUM)
 	$(PY) -m pytest
