@@ -18,7 +18,9 @@ asks for exactly the committed rows with one join, e.g. DuckDB::
 
 Each data file holds one attempt of one run, so file statistics (min = max run_id) prune a read to one run's files.
 The exact Arrow schema of the schema module (embedding widths, field docs, schema version) is kept in the table's
-description, since Delta's own types cannot say ``fixed_size_list<float32>[D]``.
+description, since Delta's own types cannot say ``fixed_size_list<float32>[D]``: data files hold those columns as
+Delta's variable-length lists, the width in the field's metadata, so that an engine that takes the types from the
+Delta log (Polars refuses a file whose type differs) reads them, and crossmatch's readers cast them back.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ ROW_GROUP_BYTES = 64 << 20
 FILE_BYTES = 512 << 20
 # Concurrent commits to one table (two pipelines into one root) conflict now and then: each retried this often.
 COMMIT_ATTEMPTS = 8
+# A fixed-size list column's width, in its field's metadata in data files, which hold it as a list (see file_schema).
+LIST_SIZE = b"crossmatch.list_size"
 _RUN_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -216,6 +220,7 @@ class TableWriter:
         if schema is None:
             raise ValueError(f"table {table} needs an explicit schema (its width depends on the model)")
         self.schema = stored(schema)
+        self.file_schema = file_schema(self.schema)
         self.store = table_store(root, table)
         self.files: list[DataFile] = []
         self._pending: list[pa.Table] = []
@@ -255,8 +260,8 @@ class TableWriter:
             if self._writer is None:
                 self._path = f"{DATA}/{self.run_id}/{self.attempt}-{uuid.uuid4().hex[:12]}.parquet"
                 self._sink = self.store.join(self._path).open("wb")
-                self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
-            self._writer.write_table(group, row_group_size=group.num_rows)
+                self._writer = pq.ParquetWriter(self._sink, self.file_schema, compression="zstd")
+            self._writer.write_table(group.cast(self.file_schema), row_group_size=group.num_rows)
             self._stats.append(_column_stats(group))
             if self._sink.tell() >= FILE_BYTES:
                 self._finish_file()
@@ -269,6 +274,35 @@ class TableWriter:
         self.files.append(DataFile(self.table, self._path, stats["numRecords"], size, json.dumps(stats)))
         self._writer = self._sink = None
         self._stats = []
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema data files are written with: ``schema``, each fixed-size list a list as in the Delta log (Polars
+    reads a table by the log's types and refuses a file whose Arrow type says a fixed size), its width in the field's
+    metadata for ``exact``."""
+    return pa.schema(
+        [
+            f.with_type(pa.list_(f.type.value_field)).with_metadata(
+                (f.metadata or {}) | {LIST_SIZE: str(f.type.list_size).encode()}
+            )
+            if pa.types.is_fixed_size_list(f.type)
+            else f
+            for f in schema
+        ],
+        metadata=schema.metadata,
+    )
+
+
+def exact(data: pa.Table) -> pa.Table:
+    """Rows read from data files without the table's schema, each column a data file holds as a list for a
+    fixed-size one (``file_schema``) cast back to its width: files written before that hold it fixed already."""
+    for i, f in enumerate(data.schema):
+        if pa.types.is_list(f.type) and f.metadata and LIST_SIZE in f.metadata:
+            fixed = pa.list_(f.type.value_type, int(f.metadata[LIST_SIZE]))
+            metadata = {k: v for k, v in f.metadata.items() if k != LIST_SIZE}
+            field = f.with_type(fixed).with_metadata(metadata) if metadata else f.with_type(fixed).remove_metadata()
+            data = data.set_column(i, field, data.column(i).cast(fixed))
+    return data
 
 
 def _column_stats(data: pa.Table) -> pa.Table:
@@ -754,7 +788,7 @@ def committed_rows(
     try:
         data = pads.dataset(path, format="parquet", filesystem=root.arrow)
         present = [c for c in columns if schema is None or c in data.schema.names]
-        rows = data.to_table(columns=present, filter=wanted)
+        rows = exact(data.to_table(columns=present, filter=wanted))
     except (FileNotFoundError, OSError) as exc:
         raise CommitError(f"a committed data file {path} under {root.uri} cannot be read: {exc}") from exc
     if len(present) == len(columns):

@@ -5,6 +5,7 @@ import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import ops.io.tables as tables
@@ -149,6 +150,38 @@ def test_a_table_holds_one_schema(tmp_path):
     with pytest.raises(CommitError, match="embedding"):
         other.commit()
     assert [m["run_id"] for m in committed_runs(root)] == ["a"]
+
+
+def test_fixed_width_columns_are_the_logs_lists_in_data_files_and_fixed_again_for_crossmatch(tmp_path, monkeypatch):
+    """Delta has no fixed-size list: data files hold embeddings, boxes and landmarks as the log's lists, so that
+    Polars (which reads a table by the log's types and refuses a file that says a fixed size) reads them, and every
+    reader of crossmatch gives them their width back, also from files written before, which hold them fixed."""
+    import polars as pl
+
+    root = resolve(str(tmp_path))
+    run = OutputRun(root, "new", "test")
+    run.write("faces", _faces(4, "new"), faces(4))
+    run.commit()
+    (path,) = tmp_path.glob("faces/data/new/*.parquet")
+    assert pa.types.is_list(pq.read_schema(path).field("embedding").type)
+    assert pl.read_delta(str(tmp_path / "faces"))["embedding"].to_list() == [[0.5] * 4]
+    monkeypatch.setattr(tables, "file_schema", lambda schema: schema)  # as data files were written before
+    run = OutputRun(root, "old", "test")
+    run.write("faces", _faces(4, "old"), faces(4))
+    run.commit()
+    monkeypatch.undo()
+    (path,) = tmp_path.glob("faces/data/old/*.parquet")
+    assert pa.types.is_fixed_size_list(pq.read_schema(path).field("embedding").type)
+
+    fixed = faces(4).field("embedding").type
+    assert read_table(root, "faces").schema == faces(4)
+    assert [b.schema.field("box").type for b in tables.iter_table(root, "faces")] == [pa.list_(pa.float32(), 4)] * 2
+    paths, pairs = tables.committed_files(root, "faces")
+    for path in paths:  # what a worker reads of the file it is handed
+        rows = tables.committed_rows(path, root, pairs, ["uri", "embedding", "landmarks"])
+        assert rows.schema.field("embedding").type == fixed and rows.column("embedding").to_pylist() == [[0.5] * 4]
+        assert rows.schema.field("landmarks").type == pa.list_(pa.float32(), 10)
+        assert rows.schema.field("embedding").metadata == faces(4).field("embedding").metadata  # the doc, no more
 
 
 def _faces(dim: int, run_id: str) -> pa.Table:
