@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ops.io.errors import JobFailed
+from ops.io.redact import redact
 from ops.io.storage import ObjectInfo
 
 log = logging.getLogger("crossmatch")
@@ -21,6 +22,7 @@ def ensure_ray() -> None:
 
     if ray.is_initialized():
         return
+    redact_worker_output()
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to the Ray cluster at %s", address)
@@ -33,6 +35,24 @@ def ensure_ray() -> None:
     # Our own progress lines read better in `ray job logs` than Ray Data's redrawn bars and plan dumps.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def redact_worker_output() -> None:
+    """Redact what Ray prints on this driver's stdout and stderr for its workers: every line they write (a print,
+    a traceback, a library's own log line, whatever the worker's logging) and the errors the cluster reports. Ray
+    prints them itself, past Python logging, and offers no hook for it: its printing function is wrapped (Ray
+    2.60), before ray.init, which hands it to the thread that forwards the workers' lines."""
+    import ray._private.worker as ray_worker
+
+    show = ray_worker.print_to_stdstream
+    if getattr(show, "redacts", False):
+        return
+
+    def redacted(data: dict, ignore_prefix: bool) -> None:
+        show({**data, "lines": [redact(line) for line in data["lines"]]}, ignore_prefix)
+
+    redacted.redacts = True
+    ray_worker.print_to_stdstream = redacted
 
 
 # Several shards per core keep every core busy when sizes vary; shards of at most MAX_SHARD_BYTES keep progress

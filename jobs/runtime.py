@@ -20,7 +20,7 @@ from typing import TypeVar
 from jobs.cli import JobConfig, default_run_id, parse_config
 from jobs.plan import ensure_ray
 from ops.io.errors import AccountingMismatch, JobFailed, UserError
-from ops.io.redact import redact
+from ops.io.redact import redact, redact_log_records
 from ops.io.root import LOCATIONS, claim
 from ops.io.storage import Store, resolve
 from ops.io.tables import check_run_id
@@ -134,8 +134,10 @@ class RedactingFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    """Log the crossmatch logger's lines to stderr (once), leaving the root logger to whoever owns the process."""
+    """Log the crossmatch logger's lines to stderr (once), leaving the root logger to whoever owns the process;
+    every log record of the process is redacted, ours and the libraries' (see ops.io.redact)."""
     log.setLevel(getattr(logging, level.upper(), logging.INFO))
+    redact_log_records()
     if not any(getattr(h, "_crossmatch", False) for h in log.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -10,7 +10,9 @@ answer, and the two that happen after the server acted: ``lost_reply`` (the requ
 closes before the answer, so the client retries a write that already landed: a conditional put, a commit) and
 ``short_body`` (the answer's headers promise the whole body, then the connection closes halfway through it).
 Permanent faults: ``deny`` is a regular expression over "METHOD /bucket/key"; matching requests always get
-403 AccessDenied. The fault-injection tests and the soak benchmark run the jobs through it; nothing else does.
+403 AccessDenied. ``reject`` is one too; matching requests get 403 InvalidAccessKeyId naming the request's access key
+id, as S3 answers a key it does not know (a client that quotes the answer quotes the key). The fault-injection tests
+and the soak benchmark run the jobs through it; nothing else does.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _ERRORS = {
     "slow_down": (503, "SlowDown", "Please reduce your request rate."),
     "internal_error": (500, "InternalError", "We encountered an internal error. Please try again."),
     "denied": (403, "AccessDenied", "Access Denied"),
+    "rejected": (403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."),
 }
 # Hop-by-hop headers are the proxy's own business, not the server's or the client's.
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
@@ -41,10 +44,12 @@ class FaultProxy:
         seed: int = 0,
         deny: str | None = None,
         faults: tuple[str, ...] = TRANSIENT,
+        reject: str | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.rate, self.deny = rate, re.compile(deny) if deny else None
+        self.reject = re.compile(reject) if reject else None
         self.faults = faults  # the transient faults drawn from
         self.random = random.Random(seed)
         self.stats: Counter[str] = Counter()
@@ -65,11 +70,13 @@ class FaultProxy:
         self.server.server_close()
 
     def decide(self, request: str) -> str:
-        """What happens to this request: "forwarded", "denied" or one of TRANSIENT."""
+        """What happens to this request: "forwarded", "denied", "rejected" or one of TRANSIENT."""
         with self.lock:
             self.stats["requests"] += 1
             if self.deny is not None and self.deny.search(request):
                 outcome = "denied"
+            elif self.reject is not None and self.reject.search(request):
+                outcome = "rejected"
             elif self.random.random() < self.rate:
                 outcome = self.random.choice(self.faults)
             else:
@@ -101,6 +108,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if outcome in _ERRORS:
                 status, code, message = _ERRORS[outcome]
                 xml = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message>"
+                if outcome == "rejected":
+                    key = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization") or "")
+                    xml += f"<AWSAccessKeyId>{key.group(1) if key else ''}</AWSAccessKeyId>"
                 payload = f"{xml}<Resource>{urlsplit(self.path).path}</Resource></Error>".encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")

@@ -16,6 +16,7 @@ from jobs import embed_faces, pipeline
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from ops.testing.faultproxy import TRANSIENT, FaultProxy
+from ops.testing.samples import make_sample_archive
 from tests.conftest import REPO, S3_KEY, S3_SECRET, new_bucket
 
 
@@ -256,3 +257,74 @@ def test_a_permanent_s3_error_fails_the_job_naming_the_object(request, monkeypat
         proxy.stop()
     assert f"access denied to {bucket.uri('results')}/" in caplog.text
     assert proxy.stats["denied"] >= 1 and proxy.stats["denied"] <= 3  # refused at once, not retried ten times
+
+
+# A program run as its owner runs a job with botocore's request log on (the owner's handler on the root logger, as
+# logging.basicConfig makes it). Then, on the cluster the job started, a task meets the store's rejection through
+# delta-rs as well: it prints the traceback, logs it on a worker, and fails with nobody fetching its error.
+_OWNERS_PROGRAM = """
+import logging, os, sys, time, traceback
+from pathlib import Path
+import ray
+from deltalake import DeltaTable
+from jobs import manifest
+from ops.io.errors import StorageError
+from ops.io.storage import resolve
+from ops.io.tables import delta_call, delta_options, delta_uri, table_store
+
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("botocore").setLevel(logging.DEBUG)
+print("job exit", manifest.main(sys.argv[1:]), flush=True)
+
+def read_manifest(table, done):
+    try:
+        delta_call(table.uri, DeltaTable, delta_uri(table), storage_options=delta_options(table))
+    except StorageError:
+        traceback.print_exc()
+        logging.getLogger("crossmatch").warning("cannot read %s", table.uri, exc_info=True)
+        raise
+    finally:
+        done.touch()
+
+done = Path(os.environ["TASK_DONE"])
+results = resolve(sys.argv[sys.argv.index("--output") + 1])
+ray.remote(max_retries=0)(read_manifest).remote(table_store(results, "manifest"), done)  # its error fetched by none
+while not done.exists():
+    time.sleep(0.1)
+time.sleep(5)  # Ray prints the worker's lines and the error nobody fetched a moment later
+"""
+
+
+def test_a_rejected_key_shows_nowhere_in_what_a_job_prints(request, monkeypatch, tmp_path):
+    """S3 answers a key it does not know with the key's id in its answer, which delta-rs quotes in its errors;
+    botocore's request log names the key in the Authorization header. Whoever prints it (our log, botocore through
+    the owner's handler, a Ray worker's print and log forwarded by Ray, Ray's own "Unhandled error"), neither the
+    key nor the secret shows: the key shows as [redacted]."""
+    bucket = new_bucket(request, "moto", monkeypatch)
+    make_sample_archive(resolve(bucket.uri("archive")))
+    proxy = FaultProxy(bucket.endpoint, rate=0.0, reject=rf"^(GET|PUT) /{bucket.bucket}/results/manifest/_delta_log/")
+    proxy.start()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
+    env |= {"AWS_ENDPOINT_URL": proxy.url, "TASK_DONE": str(tmp_path / "done")}
+    argv = [bucket.uri("archive"), "--output", bucket.uri("results"), "--log-level", "DEBUG"]
+    command = [sys.executable, "-c", _OWNERS_PROGRAM, *argv]
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        proxy.stop()
+    shown = done.stdout + done.stderr
+    assert done.returncode == 0 and "job exit 2" in done.stdout, shown[-4000:]
+    assert proxy.stats["rejected"] >= 2  # the job's commit and the task's read
+    lines = shown.splitlines()
+
+    def seen(*parts: str) -> list[str]:
+        return [line for line in lines if all(p in line for p in parts)]
+
+    # Each source printed the key, redacted: delta-rs's error in the job's log, botocore's request log, the
+    # worker's traceback and log line as Ray forwards them, the error Ray logs for nobody.
+    assert seen(f"job manifest failed: access denied to {bucket.uri('results')}/manifest")
+    assert seen("<AWSAccessKeyId>[redacted]</AWSAccessKeyId>")
+    assert seen("botocore.endpoint", "Credential=[redacted]/")
+    assert len(seen("read_manifest pid=", "<AWSAccessKeyId>[redacted]</AWSAccessKeyId>")) >= 2  # printed, logged
+    assert seen("Unhandled error")
+    assert S3_KEY not in shown and S3_SECRET not in shown, [line for line in lines if S3_KEY in line][:5]

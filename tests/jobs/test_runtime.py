@@ -40,12 +40,13 @@ def test_the_log_never_shows_a_credential_even_in_a_traceback(caplog, monkeypatc
 
     def leaks(config, ctx):
         ctx.log.info("connecting with do-not-print-me")
-        raise RuntimeError("server said: signature for do-not-print-me is wrong")
+        raise RuntimeError("server said: signature for do-not-print-me is wrong at https://alice:pw@minio.local/b")
 
     assert _run(["in/", "--output", str(tmp_path)], leaks) == 1
     (ours,) = [h for h in logging.getLogger("crossmatch").handlers if getattr(h, "_crossmatch", False)]
     shown = "\n".join(ours.format(record) for record in caplog.records)  # as our stderr handler writes them
     assert "do-not-print-me" not in shown and shown.count("[redacted]") >= 3  # line, message, traceback
+    assert "alice:pw" not in shown and "https://[redacted]@minio.local/b" in shown
 
 
 def test_local_paths_are_refused_on_a_cluster_of_many_nodes(monkeypatch, tmp_path):
