@@ -235,10 +235,11 @@ def resolve(uri: str, endpoint_url: str | None = None) -> Store:
     """Parse a plain path, ``file://`` URI or ``s3://bucket/prefix`` into a :class:`Store`.
 
     An S3 store's endpoint is ``endpoint_url`` when given (workers get the driver's this way), else
-    AWS_ENDPOINT_URL."""
+    AWS_ENDPOINT_URL. Whitespace before the scheme is dropped; whitespace at the end is part of the name (an object
+    key or a file name may end in a space: the uri a listing gave must name that object again)."""
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError("an empty path was given: pass a folder, file:// URI or s3://bucket/prefix")
-    uri = uri.strip()
+    uri = uri.lstrip()
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
     if match is None:
         return Store("file", os.path.abspath(os.path.expanduser(uri)).rstrip("/") or "/")

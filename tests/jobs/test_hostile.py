@@ -1,15 +1,20 @@
 """The hostile corpus (ops/testing/hostile.py) through every job that reads media: no crash, no hang, and every object
 accounted for exactly once per job, as result rows or an error row with a reason."""
 
+import html
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from jobs import embed_faces, embed_voices, manifest, stylize
+from jobs import embed_faces, embed_voices, manifest, pipeline, stylize
 from ops.io.storage import resolve
-from ops.io.tables import read_table
+from ops.io.tables import committed_runs, read_table
+from ops.media.encode import encode_audio, encode_image, encode_video
 from ops.testing.hostile import KINDS, write_corpus
+from ops.testing.samples import portrait, speech
+from tests.conftest import new_bucket
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +126,65 @@ def test_stylize_accounts_for_every_image(corpus, ray_cluster):
     argv += ["--steps", "2", "--max-side", "48", "--output", str(base / "out"), "--run-id", "s"]
     assert stylize.main(argv) == 0
     assert _failures(_accounted(base, "styled", "stylize", "s", ("image",))) == FAILURES["stylize"]
+
+
+# Object keys as people and tools write them: spaces (one at the very end), accents composed and decomposed (as
+# macOS writes them: another key), other scripts, and '#', '?', '%', '+' and '&', which URL handling would read as a
+# fragment, a query, escapes and spaces. Each is a picture, a voice or a video with both, so every job reads some.
+ODD_KEYS = {
+    "café/naïve ü.jpg": "picture",
+    "cafe\u0301/nai\u0308ve u\u0308.png": "picture",
+    "hash#tag/photo #1.png": "picture",
+    "what?/is this?x=1&y=2.wav": "voice",
+    "100% sure/a+b %20 c.mp4": "video",
+    "声音/录音 1.flac": "voice",
+    "trailing space/voice.wav ": "voice",
+}
+
+
+def _odd_media(key: str, what: str, rng: np.random.Generator) -> bytes:
+    kind = key.rstrip().rsplit(".", 1)[-1].replace("jpg", "jpeg")
+    if what == "picture":
+        return encode_image(portrait(rng, 0), kind)
+    if what == "voice":
+        return encode_audio(speech(rng, 140.0, 3.0), 16000, kind)
+    frames = np.stack([np.pad(portrait(rng, 1), ((0, 0), (16, 48), (0, 0)), mode="edge")] * 10)
+    return encode_video(frames, speech(rng, 150.0, 2.0), 16000, kind)
+
+
+def test_s3_keys_with_spaces_unicode_hash_and_question_marks_keep_their_exact_uri_through_every_job(
+    ray_cluster, all_models, request, monkeypatch
+):
+    bucket = new_bucket(request, "moto", monkeypatch)
+    archive, results = resolve(bucket.uri("archive")), resolve(bucket.uri("results"))
+    rng = np.random.default_rng(5)
+    for key, what in ODD_KEYS.items():
+        archive.join(key).put_atomic(_odd_media(key, what, rng))
+    # The pipeline: manifest, voices, faces, search and the report with its previews, each reading the keys again.
+    argv = [archive.uri, "--output", results.uri, "--models", all_models.uri, "--run-id", "odd"]
+    assert pipeline.main(argv) == 0
+    uris = {key: archive.join(key).uri for key in ODD_KEYS}
+    assert len(set(uris.values())) == len(ODD_KEYS)  # the decomposed accents are another key, and stay one
+
+    listed = read_table(results, "manifest", "odd.manifest").to_pylist()
+    assert {r["relpath"]: r["uri"] for r in listed} == uris
+    for run in ("odd.manifest", "odd.faces", "odd.voices"):
+        assert read_table(results, "errors", run).to_pylist() == []  # nothing refused: every key was read again
+    pictures = {uris[k] for k, what in ODD_KEYS.items() if what in ("picture", "video")}
+    voices = {uris[k] for k, what in ODD_KEYS.items() if what in ("voice", "video")}
+    sources = read_table(results, "face_sources", "odd.faces").to_pylist()
+    assert {r["uri"]: (r["status"], r["faces"]) for r in sources} == {u: ("ok", 1) for u in pictures}
+    assert {r["uri"] for r in read_table(results, "faces", "odd.faces").to_pylist()} == pictures
+    segments = read_table(results, "voices", "odd.voices").to_pylist()
+    assert {r["uri"] for r in segments if r["level"] == "source" and r["status"] == "ok"} == voices
+    assert {r["uri"] for r in segments} == voices
+    for stage, found in (("search-faces", pictures), ("search-voices", voices)):
+        matches = read_table(results, "matches", f"odd.{stage}").to_pylist()
+        assert {r["query_uri"] for r in matches} | {r["gallery_uri"] for r in matches} == found
+
+    # The report: every thumbnail and clip made (the clips read from the sources by their uris), every uri shown
+    (marker,) = [m for m in committed_runs(results) if m["run_id"] == "odd.report"]
+    page = results.join(marker["summary"]["report_uri"]).read_bytes().decode()
+    assert marker["summary"]["previews_failed"] == 0 and 'class="nopreview"' not in page
+    assert page.count('data-testid="thumb"') >= len(pictures) and page.count('data-testid="clip"') >= len(voices)
+    assert all(html.escape(u) in page for u in uris.values())

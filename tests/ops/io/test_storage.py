@@ -15,6 +15,12 @@ def test_resolve_plain_and_file_uris(tmp_path):
     assert resolve("relative/dir").path == os.path.abspath("relative/dir")
 
 
+def test_resolve_keeps_a_name_that_ends_in_a_space(tmp_path):
+    # A listing gives such names (file names and object keys may end in whitespace): the uri must name them again.
+    assert resolve(f"  {tmp_path}/voice.wav ").path == f"{tmp_path}/voice.wav "
+    assert resolve("s3://bucket/trailing space/voice.wav\t").path == "bucket/trailing space/voice.wav\t"
+
+
 def test_resolve_s3_takes_endpoint_from_env(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     store = resolve("s3://bucket/some/prefix/")
@@ -147,6 +153,19 @@ def test_s3_a_listing_split_by_folders_is_the_whole_listing(s3):
     assert _split_listing(root) == [o.relpath for o in root.list()] == ["x/a.bin", "x/deep/c.bin", "y.bin", "z/b.bin"]
     with pytest.raises(StorageError, match="does not exist"):
         resolve(s3.uri("no/such")).check_listable()
+
+
+def test_s3_a_listed_uri_reads_its_object_again_whatever_its_key(s3):
+    # Spaces (one at the very end), accents, another script, and characters URL handling reads as a fragment, a
+    # query, an escape or a space: the uri a listing gives is the key as it is, and reading it reads that object.
+    keys = ["café/naïve ü.jpg", "hash#tag/photo #1.png", "what?/is this?x=1&y=2.wav", "100% sure/a+b %20 c.mp4"]
+    keys += ["声音/录音 1.flac", "trailing space/voice.wav "]
+    root = resolve(s3.uri("archive"))
+    for key in keys:
+        root.join(key).put_atomic(key.encode())
+    listed = root.list()
+    assert [(o.relpath, o.uri) for o in listed] == [(k, s3.uri("archive", k)) for k in sorted(keys)]
+    assert [resolve(o.uri).read_bytes() for o in listed] == [k.encode() for k in sorted(keys)]
 
 
 def test_s3_missing_prefix_and_bucket(s3):
