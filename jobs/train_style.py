@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
@@ -26,7 +28,8 @@ from jobs import trainer
 from jobs.plan import ensure_ray
 from jobs.runtime import JobContext, run_job, run_module
 from jobs.source_job import manifest_sources
-from ops.io.errors import ImageError, JobFailed, StorageError
+from ops.io.custody import verified_bytes
+from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall, describe, error_type
 from ops.io.storage import resolve
 from ops.media.images import decode_image
 from ops.models import catalogue
@@ -37,6 +40,7 @@ from ops.style.vgg import VGG16_LAYERS, LossNetwork, from_registry, random_netwo
 JOB = "train_style"
 STYLE_LAYERS = list(VGG16_LAYERS)  # relu1_2, relu2_2, relu3_3, relu4_3
 CONTENT_LAYER = "relu2_2"
+MIN_SIDE = 32  # jobs.stylize's default --min-side: a smaller image (a 1-pixel spacer, a sliver) is no scene to learn
 
 
 @dataclass
@@ -63,12 +67,31 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def _crop(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Shrink the shorter side to ``size`` and take the centre square."""
+    """Shrink the shorter side to ``size`` and take the centre square. Only that square is resampled, from the part
+    of the source it covers: scaled whole first, a long thin image would grow to size x size times its aspect ratio
+    (a 1x4000 sliver at 256: a 786 MB image for a 196 KB crop; a 1x100000 one would not fit in memory)."""
     im = Image.fromarray(rgb)
     scale = size / min(im.size)
-    im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.Resampling.LANCZOS)
-    left, top = (im.width - size) // 2, (im.height - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)))
+    width, height = max(size, round(im.width * scale)), max(size, round(im.height * scale))
+    left, top = (width - size) // 2, (height - size) // 2
+    sx, sy = im.width / width, im.height / height  # source pixels per pixel of the scaled image
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return np.asarray(im.resize((size, size), Image.Resampling.LANCZOS, box=box))
+
+
+def _content(sources: pa.Table, size: int) -> tuple[list[np.ndarray], list[dict]]:
+    """The training crops of ``sources`` (manifest rows), and an error row for each image that gives none, with the
+    reason: training data is accounted for as results are."""
+    crops, skipped = [], []
+    for source in sources.select(["uri", "sha256"]).to_pylist():
+        try:
+            rgb = decode_image(verified_bytes(resolve(source["uri"]), source["sha256"])).rgb
+            if min(rgb.shape[:2]) < MIN_SIDE:
+                raise TooSmall(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than {MIN_SIDE} pixels on a side")
+            crops.append(_crop(rgb, size))
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the training: its error row says why
+            skipped.append(source | {"stage": "content", "error_type": error_type(exc), "message": describe(exc)})
+    return crops, skipped
 
 
 class Objective(torch.nn.Module):
@@ -144,20 +167,23 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         if vgg_model.card["architecture"] != "vgg16-torchvision":  # Johnson et al.'s layers are VGG16's
             raise JobFailed(f"{config.loss_network} is a {vgg_model.card['architecture']}, not vgg16-torchvision")
     sources, _ = manifest_sources(resolve(config.content), config.manifest_run_id, ("image",))
-    crops, skipped = [], 0
-    for uri in sources.column("uri").to_pylist()[: config.max_images]:
-        try:
-            crops.append(_crop(decode_image(resolve(uri).read_bytes()).rgb, config.size))
-        except (StorageError, ImageError, ValueError):
-            skipped += 1  # training data, not results: counted, and the count is in the summary
+    crops, skipped = _content(sources.slice(0, config.max_images), config.size)
+    by_type = dict(Counter(e["error_type"] for e in skipped).most_common())
     if len(crops) < 2:
-        raise JobFailed(f"{len(crops)} readable content images under {config.content}: training needs at least 2")
+        why = f" ({len(skipped)} skipped: {', '.join(f'{n} {t}' for t, n in by_type.items())})" if skipped else ""
+        raise JobFailed(f"{len(crops)} usable content images under {config.content}{why}: training needs at least 2")
     stack = np.stack(crops).transpose(0, 3, 1, 2)
     side = max(style.shape[:2])
     style_img = Image.fromarray(style)
     style_img.thumbnail((max(config.size, min(side, 2 * config.size)),) * 2, Image.Resampling.LANCZOS)
     data = {"train": stack[1:], "test": stack[:1], "style": _to_tensor(np.asarray(style_img))[None].numpy()}
-    ctx.log.info("%d content images (%d unreadable skipped), 1 held out; style %s", len(crops), skipped, config.style)
+    ctx.log.info(
+        "%d content images, 1 held out; %d skipped%s; style %s",
+        len(crops),
+        len(skipped),
+        f" ({', '.join(f'{n} {t}' for t, n in by_type.items())}: errors/)" if skipped else "",
+        config.style,
+    )
     ensure_ray()
     import ray
 
@@ -187,7 +213,10 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
         "training": {"run_id": ctx.run_id, "epochs": last["epoch"] + 1, "images": len(crops) - 1, "size": config.size}
         | {k: v for k, v in last.items() if k.startswith("holdout_")},
     }
-    marker = trainer.finish(ctx, config, state["history"], "transformer-net-pytorch-examples", weights, card)
+    counts = {"content_images": len(crops), "errors": len(skipped), "errors_by_type": by_type}
+    marker = trainer.finish(
+        ctx, config, state["history"], "transformer-net-pytorch-examples", weights, card, counts, skipped
+    )
     first = next((h for h in state["history"] if h["epoch"] == -1), last)
     ctx.log.info(
         "held-out style loss %.4g untrained -> %.4g, content %.4g -> %.4g, after %d epochs",

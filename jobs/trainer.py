@@ -241,9 +241,12 @@ def finish(
     architecture: str,
     weights: dict[str, torch.Tensor],
     card: dict,
+    counts: dict[str, Any] | None = None,
+    errors: list[dict] | None = None,
 ) -> dict:
     """Store the trained model in the registry (``--name``, default the run id, under ``--models``) and commit the
-    run: per-epoch metrics in ``training/``. The model's source is the run's checkpoints."""
+    run: per-epoch metrics in ``training/``, ``counts`` in its summary and ``errors`` (inputs left out, each with
+    uri, sha256, stage, error_type and message) in ``errors/``. The model's source is the run's checkpoints."""
     job, name, models = ctx.job, config.name or ctx.run_id, catalogue.models_root(config.models)
     source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
     stored = store_model(models, name, architecture, weights, source, card)
@@ -255,7 +258,9 @@ def finish(
         if k != "epoch"
     ]
     out.write("training", pa.Table.from_pylist(rows, schema=TRAINING), TRAINING)
+    out.write_errors(errors or [])
     summary: dict[str, Any] = {"model": name, "checkpoint_sha256": stored["checkpoint_sha256"], **history[-1]}
-    marker = out.commit(config=asdict(config), summary=summary, model_card=stored)
+    tables = ("errors",) if errors is not None else ()  # recorded when the job accounts for its inputs, even empty
+    marker = out.commit(tables=tables, config=asdict(config), summary=summary | (counts or {}), model_card=stored)
     ctx.log.info("stored model %s (sha256 %s) under %s", name, stored["checkpoint_sha256"][:12], models.join(name).uri)
     return marker

@@ -1,5 +1,6 @@
 """The hostile corpus (ops/testing/hostile.py) through every job that reads media: no crash, no hang, and every object
-accounted for exactly once per job, as result rows or an error row with a reason."""
+accounted for exactly once per job, as result rows or an error row with a reason; training on them too. Then S3
+keys that URL handling would mangle, through the pipeline, each object named by its exact uri."""
 
 import html
 import time
@@ -7,8 +8,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from jobs import embed_faces, embed_voices, manifest, pipeline, stylize
+from jobs import embed_faces, embed_voices, manifest, pipeline, stylize, train_style
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from ops.media.encode import encode_audio, encode_image, encode_video
@@ -49,6 +51,14 @@ FAILURES = {
         "truncated.mp4": "audio_decode_error",
         "truncated.wav": "audio_decode_error",
         "zero-rate.wav": "audio_decode_error",
+    },
+    "train_style": {  # as stylize: content images are the manifest's images, decoded as stylize decodes them
+        "absurd-size.jpg": "too_large",
+        "bomb.png": "too_large",
+        "one-pixel.png": "too_small",
+        "sliver.png": "too_small",
+        "truncated.jpg": "image_decode_error",
+        "truncated.png": "image_decode_error",
     },
     "stylize": {
         "absurd-size.jpg": "too_large",
@@ -94,12 +104,30 @@ def _accounted(base, table: str, job: str, run_id: str, categories: tuple[str, .
     return {r["uri"].rsplit("/", 1)[-1]: r for r in results + errors}
 
 
-def test_faces_accounts_for_every_image_and_video_within_the_time_limit(corpus, ray_cluster, face_models):
+@pytest.fixture(scope="module")
+def faces_run(corpus, ray_cluster, face_models) -> float:
+    """The faces run over the corpus (run "f"), once: its test checks it, and attributes and the report read it.
+    Returns how long it took."""
     base, _ = corpus
     argv = [str(base / "out"), "--manifest-run-id", "m", "--models", face_models.uri, "--output", str(base / "out")]
     started = time.monotonic()
     assert embed_faces.main([*argv, "--run-id", "f", "--item-timeout", "60"]) == 0
-    assert time.monotonic() - started < 600
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def voices_run(corpus, ray_cluster, models) -> float:
+    """The voices run over the corpus (run "v"), once, as ``faces_run``."""
+    base, _ = corpus
+    argv = [str(base / "out"), "--manifest-run-id", "m", "--models", models.uri, "--output", str(base / "out")]
+    started = time.monotonic()
+    assert embed_voices.main([*argv, "--run-id", "v", "--item-timeout", "60"]) == 0
+    return time.monotonic() - started
+
+
+def test_faces_accounts_for_every_image_and_video_within_the_time_limit(corpus, faces_run):
+    base, _ = corpus
+    assert faces_run < 600
     by_name = _accounted(base, "face_sources", "embed_faces", "f", ("image", "video"))
     assert _failures(by_name) == FAILURES["embed_faces"]
     assert by_name["bomb.png"]["error_type"] and "pixels" in by_name["bomb.png"]["message"]
@@ -107,12 +135,9 @@ def test_faces_accounts_for_every_image_and_video_within_the_time_limit(corpus, 
     assert by_name["cmyk.jpg"].get("status") == "ok" and by_name["grey16.png"].get("status") == "ok"
 
 
-def test_voices_accounts_for_every_audio_and_video_within_the_time_limit(corpus, ray_cluster, models):
+def test_voices_accounts_for_every_audio_and_video_within_the_time_limit(corpus, voices_run):
     base, _ = corpus
-    argv = [str(base / "out"), "--manifest-run-id", "m", "--models", models.uri, "--output", str(base / "out")]
-    started = time.monotonic()
-    assert embed_voices.main([*argv, "--run-id", "v", "--item-timeout", "60"]) == 0
-    assert time.monotonic() - started < 600
+    assert voices_run < 600
     by_name = _accounted(base, "voices", "embed_voices", "v", ("audio", "video"))
     assert _failures(by_name) == FAILURES["embed_voices"]
     assert by_name["nan.wav"].get("status") != "ok" or by_name["nan.wav"].get("speech_seconds") == 0
@@ -126,6 +151,32 @@ def test_stylize_accounts_for_every_image(corpus, ray_cluster):
     argv += ["--steps", "2", "--max-side", "48", "--output", str(base / "out"), "--run-id", "s"]
     assert stylize.main(argv) == 0
     assert _failures(_accounted(base, "styled", "stylize", "s", ("image",))) == FAILURES["stylize"]
+
+
+def test_train_style_leaves_out_every_unusable_content_image_with_its_reason(corpus, ray_cluster, tmp_path):
+    base, _ = corpus
+    style = base / "archive" / "hostile" / "cmyk.jpg"
+    argv = [str(base / "out"), "--manifest-run-id", "m", "--style", str(style), "--random-loss-network", "0"]
+    argv += ["--size", "32", "--epochs", "1", "--batch-size", "4", "--no-gpus", "--models", str(tmp_path / "models")]
+    assert train_style.main([*argv, "--output", str(base / "out"), "--run-id", "ts"]) == 0
+    out = resolve(str(base / "out"))
+    images = {r["uri"] for r in read_table(out, "manifest", "m").to_pylist() if r["media_category"] == "image"}
+    errors = read_table(out, "errors", "ts").to_pylist()
+    assert all(e["job"] == "train_style" and e["error_type"] and e["message"] for e in errors)
+    assert {e["uri"].rsplit("/", 1)[-1]: e["error_type"] for e in errors} == FAILURES["train_style"]
+    (marker,) = [m for m in committed_runs(out) if m["run_id"] == "ts"]
+    summary = marker["summary"]
+    assert summary["content_images"] + summary["errors"] == len(images) and summary["errors"] == len(errors)
+    assert summary["errors_by_type"] == dict(Counter(FAILURES["train_style"].values()))
+
+
+def test_train_style_crops_a_long_thin_image_without_scaling_it_whole(monkeypatch):
+    # 32 x 100000 pixels passes every limit; scaled whole to 256 on its shorter side it would be 256 x 800000 (600
+    # MB) before its centre square is taken.
+    made, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: made.append(size) or resize(im, size, *a, **k))
+    assert train_style._crop(np.full((100_000, 32, 3), 90, np.uint8), 256).shape == (256, 256, 3)
+    assert made == [(256, 256)]
 
 
 # Object keys as people and tools write them: spaces (one at the very end), accents composed and decomposed (as
