@@ -1,8 +1,10 @@
 """The hostile corpus (ops/testing/hostile.py) through every job that reads media: no crash, no hang, and every object
-accounted for exactly once per job, as result rows or an error row with a reason; training on them too. Then S3
-keys that URL handling would mangle, through the pipeline, each object named by its exact uri."""
+accounted for exactly once per job, as result rows or an error row with a reason; the jobs that read sources again
+(attributes, the report's previews) and training on them too. Then S3 keys that URL handling would mangle, through
+the pipeline, each object named by its exact uri."""
 
 import html
+import re
 import time
 from collections import Counter
 
@@ -10,13 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs import embed_faces, embed_voices, manifest, pipeline, stylize, train_style
+from jobs import attributes, embed_faces, embed_voices, manifest, match, pipeline, report, stylize, train_style
+from ops.attributes.fairface import GROUPS
+from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeHead, AttributeSpec
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
+from ops.matching import items
 from ops.media.encode import encode_audio, encode_image, encode_video
+from ops.models import catalogue
+from ops.models.registry import store_model
 from ops.testing.hostile import KINDS, write_corpus
 from ops.testing.samples import portrait, speech
 from tests.conftest import new_bucket
+from tests.ops.attributes.test_fairface import released, saved
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +159,111 @@ def test_stylize_accounts_for_every_image(corpus, ray_cluster):
     argv += ["--steps", "2", "--max-side", "48", "--output", str(base / "out"), "--run-id", "s"]
     assert stylize.main(argv) == 0
     assert _failures(_accounted(base, "styled", "stylize", "s", ("image",))) == FAILURES["stylize"]
+
+
+def _face_items(out) -> set[str]:
+    return set(items.keys(read_table(out, "faces", "f"), "faces"))
+
+
+def _attributes_accounted(out, run_id: str, per_face: int) -> tuple[set[str], dict[str, dict]]:
+    """The faces of run ``run_id`` of attributes/ with their ``per_face`` rows each, and its error rows by the face
+    each names; together every face of the faces run, once."""
+    faces = _face_items(out)
+    made = Counter(r["item"] for r in read_table(out, "attributes", run_id).to_pylist())
+    assert set(made.values()) <= {per_face}, made
+    errors = {}
+    for e in read_table(out, "errors", run_id).to_pylist():
+        assert e["job"] == "attributes" and e["error_type"] and e["message"]
+        (named,) = [f for f in faces if e["message"].startswith(f"{f}: ")]  # every error names its face
+        assert named not in errors
+        errors[named] = e
+    assert set(made) | set(errors) == faces and not set(made) & set(errors)
+    return set(made), errors
+
+
+def test_attributes_accounts_for_every_face_from_the_embeddings_and_from_the_sources_read_again(
+    corpus, faces_run, tmp_path
+):
+    base, _ = corpus
+    out = resolve(str(base / "out"))
+    faces = read_table(out, "faces", "f")
+    models = resolve(str(tmp_path / "models"))
+    # Untrained heads over the embeddings (as the pipeline's tests make them) ...
+    specs = [
+        AttributeSpec("age", "numeric", "gaussian", mean=40, std=15),
+        AttributeSpec("mood", "categorical", "ce", classes=["calm", "glad"]),
+    ]
+    made_by = {c: faces.column(c)[0].as_py() for c in ("model_name", "model_sha256")}
+    card = {"modality": "face", "input": made_by | {"dim": 128, "key": "uri"}}
+    card["attributes"] = [s.to_dict() for s in specs]
+    state = AttributeHead(128, specs).state_dict()
+    store_model(models, "attributes-untrained", ATTRIBUTE_HEAD, state, {"file": "test"}, card)
+    # ... and FairFace's network with random weights, which cuts every face again from its source.
+    (tmp_path / "fairface.pt").write_bytes(saved(released()))
+    catalogue.import_checkpoint(str(tmp_path / "fairface.pt"), "fairface-resnet34", "fairface", models)
+
+    argv = [str(base / "out"), "--embeddings-run-id", "f", "--models", models.uri, "--output", str(base / "out")]
+    assert attributes.main([*argv, "--model", "attributes-untrained", "--run-id", "a-heads"]) == 0
+    with_rows, errors = _attributes_accounted(out, "a-heads", len(specs))
+    assert with_rows == _face_items(out) and not errors  # the corpus's faces all have a usable embedding
+    assert attributes.main([*argv, "--model", "fairface", "--run-id", "a-pictures"]) == 0
+    with_rows, errors = _attributes_accounted(out, "a-pictures", len(GROUPS))
+    assert with_rows == _face_items(out) and not errors  # every source that gave a face gives it again
+    again = {items.parse(item).uri.rsplit("/", 1)[-1] for item in with_rows}
+    assert {"absurd-duration.mp4", "animated.gif", "cmyk.jpg", "grey16.png", "huge-metadata.jpg"} <= again
+
+
+def test_the_reports_previews_of_the_corpus_are_made_or_shown_unavailable_never_a_crash(
+    corpus, faces_run, voices_run, face_models
+):
+    base, _ = corpus
+    out = str(base / "out")
+    # Faces without thumbnails, so that the report cuts each face from its source again, as it does for runs
+    # embedded before thumbnails existed; speech clips are always cut from the sources.
+    argv = [out, "--manifest-run-id", "m", "--models", face_models.uri, "--output", out, "--item-timeout", "60"]
+    assert embed_faces.main([*argv, "--no-thumbnails", "--run-id", "f-bare"]) == 0
+    matches = {}
+    for table, run in (("faces", "f-bare"), ("voices", "v")):
+        search = ["search", "--queries", out, "--table", table, "--queries-run-id", run, "--gallery-run-id", run]
+        search += ["--k", "3", "--output", out, "--run-id", f"search-{table}"]
+        assert match.main([*search, *(["--per-source"] if table == "voices" else [])]) == 0
+        matches[table] = read_table(resolve(out), "matches", f"search-{table}").to_pylist()
+    # Two sources go bad after they were embedded (put back after the report: the other tests read them): the
+    # video with a face and speech is deleted, a photo is cut short in place.
+    gone, cut = base / "archive" / "hostile" / "absurd-duration.mp4", base / "archive" / "hostile" / "cmyk.jpg"
+    kept = {gone: gone.read_bytes(), cut: cut.read_bytes()}
+    try:
+        gone.unlink()
+        cut.write_bytes(kept[cut][:300])
+        # The newest run of each job: the manifest, these runs, and whatever else ran over the corpus before.
+        assert report.main([out, "--output", out, "--run-id", "r", "--max-probes", "1000"]) == 0
+    finally:
+        for path, data in kept.items():
+            path.write_bytes(data)
+    (marker,) = [m for m in committed_runs(resolve(out)) if m["run_id"] == "r"]
+    page = resolve(out).join(marker["summary"]["report_uri"]).read_bytes().decode()
+    assert "Traceback" not in page
+
+    # Every preview place holds a thumbnail, a clip or the reason there is none: one per probe and one per match.
+    places = sum(len(rows) + len({r["query_item"] for r in rows}) for rows in matches.values())
+    made = page.count('data-testid="thumb"') + page.count('data-testid="clip"')
+    reasons = re.findall(r'<span class="nopreview" title="[^"]*">no preview: ([^<]*)</span>', page)
+    assert made + len(reasons) == places and made > 0
+    # Each item of the two bad sources is counted once as a failed preview, and shown with its reason.
+    bad = {str(gone): "not found", str(cut): "changed since it was embedded"}
+    failed = {
+        (table, item)
+        for table, rows in matches.items()
+        for r in rows
+        for item in (r["query_item"], r["gallery_item"])
+        if items.parse(item).uri in bad
+    }
+    assert {t for t, _ in failed} == {"faces", "voices"}  # the video's face and voice, the photo's face
+    assert marker["summary"]["previews_failed"] == len(failed)
+    assert reasons and all(
+        any(words in reason and (words != "not found" or html.escape(uri) in reason) for uri, words in bad.items())
+        for reason in reasons
+    ), reasons
 
 
 def test_train_style_leaves_out_every_unusable_content_image_with_its_reason(corpus, ray_cluster, tmp_path):
