@@ -107,6 +107,8 @@ class Evidence:
     sources: dict[str, dict] = field(default_factory=dict)  # manifest rows of the uris shown
     attribute_runs: list[dict] = field(default_factory=list)  # the attributes runs' markers
     attributes: dict[str, list[str]] = field(default_factory=dict)  # face item -> its attributes, as words
+    # Runs outside the selection that its match runs read (``_referenced``): for the other side's pictures and labels.
+    referenced: list[dict] = field(default_factory=list)
 
     @classmethod
     def read(cls, root: Store, runs: list[dict]) -> Evidence:
@@ -146,8 +148,11 @@ class Evidence:
             elif job == "attributes":
                 ev.attribute_runs.append(marker)
             elif job == "calibrate":
-                ev.calibrations += [(marker, r) for b in _rows(root, marker, "calibrations") for r in b.to_pylist()]
-                ev.fusions += [(marker, r) for b in _rows(root, marker, "fusions") for r in b.to_pylist()]
+                ev._calibration(marker)
+        ev.referenced = _referenced(root, runs, ev.matches)
+        for marker in ev.referenced:
+            if marker["job"] == "calibrate":  # the calibration a match's threshold came from
+                ev._calibration(marker)
         return ev
 
     def _add(self, name: str, value) -> None:
@@ -165,12 +170,16 @@ class Evidence:
             bisect.insort(self.errors_listed, (job, uri, kind, message))
             del self.errors_listed[ERRORS_LISTED:]  # the first by job and uri, however many there are
 
+    def _calibration(self, marker: dict) -> None:
+        self.calibrations += [(marker, r) for b in _rows(self.root, marker, "calibrations") for r in b.to_pylist()]
+        self.fusions += [(marker, r) for b in _rows(self.root, marker, "fusions") for r in b.to_pylist()]
+
     def know(self, uris: set[str]) -> None:
         """Read the manifest rows (label, media category) of these uris, the ones the report shows."""
         if not uris:
             return
         wanted = pc.field("uri").isin(sorted(uris))
-        for marker in self.runs:
+        for marker in self.runs + self.referenced:
             if marker["job"] == "manifest":
                 for batch in _rows(self.root, marker, "manifest", ["uri", "label", "media_category"], wanted):
                     self.sources |= {r["uri"]: r for r in batch.to_pylist()}
@@ -201,6 +210,25 @@ class Evidence:
 
     def label(self, uri: str) -> str | None:
         return self.sources.get(uri, {}).get("label")
+
+
+def _referenced(root: Store, runs: list[dict], matches: list[dict]) -> list[dict]:
+    """The committed runs under ``root`` that the selected match runs read and the selection lacks: the embeddings
+    they searched and the manifests those listed (the other side's pictures and labels), and the calibration their
+    threshold came from. A find searches probes against an archive's faces that its report did not select."""
+    committed = {m["run_id"]: m for m in committed_runs(root)}
+    wanted: list[str | None] = []
+    for marker in matches:
+        config, summary = marker.get("config") or {}, marker.get("summary") or {}
+        for side in ("queries", "gallery"):
+            run_id = config.get(f"{side}_run_id")
+            if run_id and locate(root, config.get(side) or config.get("queries")) == root:
+                wanted += [run_id, (committed.get(run_id, {}).get("config") or {}).get("manifest_run_id")]
+        source = summary.get("threshold_source") or ""
+        if source.startswith("calibration/"):  # a record inside this root (kept relative to it)
+            wanted.append(source.split("/")[1])
+    chosen = {m["run_id"] for m in runs}
+    return [committed[r] for r in dict.fromkeys(wanted) if r and r in committed and r not in chosen]
 
 
 def _rows(root: Store, marker: dict, table: str, columns: list[str] | None = None, filter=None):
@@ -299,7 +327,7 @@ class Previews:
         wanted = pc.field("uri").isin(sorted(uris))
         faces, voices = [], []
         self.thumbnails: dict[str, bytes] = {}
-        for marker in ev.runs:
+        for marker in ev.runs + ev.referenced:
             if marker["job"] == "embed_faces":
                 columns = ["uri", "frame_index", "face_index", "box", "face_size", "score", "timestamp", "track_id"]
                 columns += ["eye_distance", "sha256"]

@@ -309,6 +309,11 @@ def _fsspec_filesystem(
     )
 
 
+def glob_escape(name: str) -> str:
+    """A glob that matches ``name`` alone: its wildcard characters each in a class of its own."""
+    return re.sub(r"[*?\[{]", lambda m: f"[{m.group(0)}]", name)
+
+
 def glob_regex(pattern: str) -> re.Pattern[str]:
     """A glob over relative paths: "*" stays within one folder, "**" crosses folders ("**/" may match none),
     and "{name}" captures one folder or file name as the group ``name`` (as in the label pattern "{label}/*")."""

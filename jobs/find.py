@@ -1,0 +1,214 @@
+"""jobs.find: here is a photo (or a recording, a video) of someone: where else are they in this archive?
+
+    python -m jobs.find PROBE --results ROOT [--k 100] [--run-id ID]
+
+PROBE is a file or a folder of them; ROOT is the archive's results (``jobs.pipeline``'s output root). One command does
+what took four: the probes are listed, their faces and voices embedded with the archive's own models and settings
+(those of its newest committed faces and voices runs), and every probe face (each face of a photo, each track of a
+video) and every probe voice searched against the whole archive's. A hit is every archive item the evidence says is
+the same person: a calibrated log-LR above ``--min-llr`` and the threshold of the archive's newest calibration of
+the model (else the model card's), not a guessed K; ``--k`` only caps how many are kept per probe item.
+
+The stages are committed under ROOT as ``<run id>.<stage>`` (manifest, faces, voices, search-faces, search-voices,
+report) and resumed as the pipeline's are, then the find's own run: ``jobs.show``, DuckDB and ``jobs.report`` read
+them like any other (the hits are the search stages' ``matches/`` rows whose decision is "match"). Writing into the
+archive's own root is what lets the report show the archive side of every hit from its face thumbnails.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field, fields
+
+import pyarrow.compute as pc
+
+from jobs import embed_faces, embed_voices, manifest, match, report
+from jobs.cli import JobConfig
+from jobs.pipeline import Stages
+from jobs.runtime import JobContext, run_job
+from ops.io.errors import JobFailed
+from ops.io.root import locate
+from ops.io.storage import Store, glob_escape, resolve
+from ops.io.tables import OutputRun, committed_runs, read_table
+
+JOB = "find"
+# The archive's settings a probe is embedded with: all but where things are, which runs, and how work is spread.
+_NOT_COPIED = {"manifest", "manifest_run_id", "output", "run_id", "log_level", "shared_paths", "models", "reuse"}
+_NOT_COPIED |= {"pool_size", "max_actors", "gpus_per_actor", "batch_size"}
+
+
+@dataclass
+class FindConfig(JobConfig):
+    probe: str = field(
+        default="",
+        metadata={"positional": True, "run_key": True, "help": "a photo, recording or video, or a folder of them"},
+    )
+    results: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "the archive's results root (jobs.pipeline's --output); default --output"},
+    )
+    k: int = field(default=100, metadata={"run_key": True, "help": "hits kept per probe face or voice at most"})
+    min_llr: float = field(
+        default=0.0, metadata={"run_key": True, "help": "a hit needs a log-LR above this too (0: favours 'same')"}
+    )
+    faces_run_id: str | None = field(
+        default=None, metadata={"run_key": True, "help": "the archive's faces run (default: its newest)"}
+    )
+    voices_run_id: str | None = field(
+        default=None, metadata={"run_key": True, "help": "the archive's voices run (default: its newest)"}
+    )
+    models: str | None = field(default=None, metadata={"help": "models root (default: the archive runs' own)"})
+    previews: bool = field(default=True, metadata={"run_key": True, "help": "the report's thumbnails and clips"})
+
+    def __post_init__(self) -> None:
+        if self.results:  # the find writes beside the archive's results: its report shows both sides
+            self.output = self.results
+
+
+def archive_runs(root: Store, run_id: str, config: FindConfig) -> dict[str, dict]:
+    """The archive's committed faces and voices runs to search (table -> commit marker): those named, else the
+    newest of each job that is no find's probes."""
+    runs = committed_runs(root)
+    probes = {s["run_id"] for m in runs if m["job"] == JOB for s in (m.get("stages") or {}).values() if s["run_id"]}
+    found = {}
+    for table, job, named in (
+        ("faces", embed_faces.JOB, config.faces_run_id),
+        ("voices", embed_voices.JOB, config.voices_run_id),
+    ):
+        mine = [
+            m
+            for m in runs
+            if m["job"] == job and m["run_id"] not in probes and not m["run_id"].startswith(f"{run_id}.")
+        ]
+        if named:
+            mine = [m for m in mine if m["run_id"] == named]
+            if not mine:
+                raise JobFailed(f"no committed {job} run {named} under {root.uri}")
+        if mine and mine[-1]["tables"].get(table, {}).get("rows"):
+            found[table] = mine[-1]
+    if not found:
+        raise JobFailed(
+            f"no committed faces or voices of an archive under {root.uri}: run `python -m jobs.pipeline ARCHIVE "
+            f"--output {root.uri}` first, then find in its results"
+        )
+    return found
+
+
+def _probe_listing(probe: str) -> tuple[str, str]:
+    """The folder to list and the glob: a folder's every object, or a file's own name in its folder."""
+    if not probe:
+        raise JobFailed("no probe given: python -m jobs.find PROBE --results ROOT (a file or a folder)")
+    store = resolve(probe)
+    if store.scheme == "file":
+        import os
+
+        if os.path.isfile(store.path):
+            folder, name = os.path.split(store.path)
+            return folder, glob_escape(name)
+        if not os.path.isdir(store.path):
+            raise JobFailed(f"probe {probe} does not exist: pass a photo, recording or video, or a folder of them")
+        return store.uri, "**"
+    if store.exists() and not store.join("").fs.isdir(store.path):
+        folder, name = store.path.rsplit("/", 1)
+        return store.at(folder).uri, glob_escape(name)
+    return store.uri, "**"
+
+
+def _settings(marker: dict, cls: type) -> dict:
+    """An embedding run's settings, as a probe must be embedded to be compared with its rows."""
+    names = {f.name for f in fields(cls)} - _NOT_COPIED
+    return {k: v for k, v in (marker.get("config") or {}).items() if k in names}
+
+
+def _calibrated(root: Store, model_name: str) -> bool:
+    found = read_table(root, "calibrations", columns=["model_name"], filter=pc.field("model_name") == model_name)
+    return found.num_rows > 0
+
+
+def run(config: FindConfig, ctx: JobContext) -> dict:
+    folder, glob = _probe_listing(config.probe)
+    root = ctx.output
+    archive = archive_runs(root, ctx.run_id, config)
+    out = OutputRun(root, ctx.run_id, JOB)
+    stages = Stages(ctx, None, {m["run_id"]: m for m in committed_runs(root)}, config.shared_paths)
+    stages.run("manifest", manifest, manifest.ManifestConfig(archive=folder, glob=glob))
+    probes = stages.done["manifest"]["run_id"]
+    hits: dict[str, dict] = {}
+    for table, module, cls in (
+        ("faces", embed_faces, embed_faces.EmbedFacesConfig),
+        ("voices", embed_voices, embed_voices.EmbedVoicesConfig),
+    ):
+        if table not in archive:
+            stages.skip(table, f"the archive has no committed {table}", asked=False)
+            stages.skip(f"search-{table}", f"the archive has no committed {table}", asked=False)
+            continue
+        gallery = archive[table]
+        models = config.models or locate(root, (gallery.get("config") or {}).get("models")).uri
+        embedded = stages.run(
+            table,
+            module,
+            cls(manifest=root.uri, manifest_run_id=probes, models=models, **_settings(gallery, cls)),
+        )
+        if not embedded["tables"].get(table, {}).get("rows"):
+            stages.skip(f"search-{table}", f"no {table} were found in the probes", asked=False)
+            continue
+        model_name = (gallery.get("summary") or {}).get("model")
+        stages.run(
+            f"search-{table}",
+            match,
+            match.MatchConfig(
+                mode="search",
+                queries=root.uri,
+                queries_run_id=stages.done[table]["run_id"],
+                gallery=root.uri,
+                gallery_run_id=gallery["run_id"],
+                table=table,
+                per_source=table == "voices",  # a recording's pooled voice, as the archive's voices are searched
+                k=config.k,
+                calibration=root.uri if model_name and _calibrated(root, model_name) else None,
+                min_llr=config.min_llr,
+                models=models,
+            ),
+        )
+        hits[table] = _hits(root, stages.done[f"search-{table}"]["run_id"], ctx)
+    stages.run(
+        "report", report, report.ReportConfig(results=root.uri, pipeline_run_id=ctx.run_id, previews=config.previews)
+    )
+    summary = {
+        "probe": config.probe,
+        "archive_runs": {table: marker["run_id"] for table, marker in archive.items()},
+        "hits": {table: found["hits"] for table, found in hits.items()},
+        "probe_items": {table: found["items"] for table, found in hits.items()},
+        "report_uri": stages.done["report"]["summary"].get("report_uri"),
+    }
+    marker = out.commit(config=asdict(config), stages=stages.done, summary=summary)
+    ctx.log.info("report: %s", locate(root, summary["report_uri"]).uri)
+    return marker
+
+
+def _hits(root: Store, run_id: str, ctx: JobContext) -> dict:
+    """A search stage's hits (rows whose decision is "match"), logged: bounded by the probes times --k."""
+    rows = read_table(
+        root,
+        "matches",
+        run_id,
+        columns=["query_item", "rank", "gallery_item", "score", "llr", "verbal", "decision"],
+    ).to_pylist()
+    found = [r for r in rows if r["decision"] == "match"]
+    items = sorted({r["query_item"] for r in rows})
+    table = "voices" if run_id.endswith("voices") else "faces"
+    for item in items:
+        mine = sorted((r for r in found if r["query_item"] == item), key=lambda r: r["rank"])
+        ctx.log.info("%s probe %s: %d hit(s)", table, item, len(mine))
+        for r in mine:
+            evidence = f", log-LR {r['llr']:+.2f} ({r['verbal']})" if r["llr"] is not None else ""
+            ctx.log.info("  #%d %s score %.3f%s", r["rank"], r["gallery_item"], r["score"], evidence)
+    return {"hits": len(found), "items": len(items)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(JOB, FindConfig, run, argv, __doc__.split("\n")[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

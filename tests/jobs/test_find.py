@@ -1,0 +1,63 @@
+"""jobs.find: a probe photo to every archive face the evidence says is the same person, in one command."""
+
+import shutil
+from pathlib import Path
+
+from jobs import find
+from ops.io.root import locate
+from ops.io.storage import resolve
+from ops.io.tables import committed_runs, read_table
+
+
+def test_one_photo_finds_its_person_across_the_archive_with_both_sides_in_the_report(pipeline_run, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(pipeline_run["results"], results)  # the demo's results, as a user's archive would have them
+    probe = tmp_path / "probe" / "who is this.png"
+    probe.parent.mkdir()
+    probe.write_bytes((pipeline_run["archive"] / "photos" / "alice" / "portrait-2.png").read_bytes())
+    argv = [str(probe), "--results", str(results), "--run-id", "f"]
+    assert find.main(argv) == 0
+
+    root = resolve(str(results))
+    runs = {m["run_id"]: m for m in committed_runs(root)}
+    marker = runs["f"]
+    assert marker["summary"]["archive_runs"] == {"faces": "pl.faces", "voices": "pl.voices"}
+    stages = {name: entry["state"] for name, entry in marker["stages"].items()}
+    assert stages == {
+        "manifest": "ran",
+        "faces": "ran",
+        "voices": "ran",
+        "search-faces": "ran",
+        "search-voices": "skipped",  # a photo has no voice
+        "report": "ran",
+    }
+    # Only the probe was listed, embedded and searched (the archive's runs are not touched).
+    assert read_table(root, "manifest", "f.manifest").column("uri").to_pylist() == [str(probe)]
+    rows = read_table(root, "matches", "f.search-faces").to_pylist()
+    assert {r["query_uri"] for r in rows} == {str(probe)}
+    assert rows and all(r["gallery_uri"].startswith(str(pipeline_run["archive"])) for r in rows)
+    # Every hit is a "match" the calibrated evidence supports, however many there are; no guessed K below --k.
+    hits = [r for r in rows if r["decision"] == "match"]
+    assert marker["summary"]["hits"] == {"faces": len(hits)} and hits
+    assert all(r["llr"] is not None and r["llr"] > 0 for r in hits)
+    assert str(pipeline_run["archive"] / "photos" / "alice" / "portrait-2.png") in {r["gallery_uri"] for r in hits}
+    assert {r["threshold_source"] for r in rows} == {"calibration/pl.calibrate-faces/record.json"}
+
+    # The report shows both sides of every hit (the archive's faces from its own thumbnails) and the calibration
+    # the threshold came from, though neither was made by the find.
+    page = Path(locate(root, marker["summary"]["report_uri"]).path).read_text()
+    assert page.count('data-testid="thumb"') == len(rows) + 1 and "no face row" not in page
+    assert 'data-testid="calibration-faces"' in page and "No calibration" not in page
+
+    # The same command again keeps every stage.
+    assert find.main(argv) == 0
+    again = {m["run_id"]: m for m in committed_runs(root)}["f"]
+    assert {e["state"] for e in again["stages"].values()} <= {"kept", "skipped"}
+
+
+def test_a_root_without_an_archive_or_a_missing_probe_is_refused_with_the_fix(tmp_path, caplog):
+    (tmp_path / "probe.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert find.main([str(tmp_path / "probe.png"), "--results", str(tmp_path / "empty")]) == 2
+    assert "run `python -m jobs.pipeline ARCHIVE" in caplog.text
+    assert find.main([str(tmp_path / "nowhere.png"), "--results", str(tmp_path / "empty")]) == 2
+    assert "does not exist" in caplog.text
