@@ -15,7 +15,7 @@ scores every pair whose sides both have one and writes its ``matches/`` rows; a 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,14 @@ class Verifier:
     job: str
     llr_map: tuple[float, float] | None = None  # (slope, offset): scores as log-LRs, from a calibration record
     min_llr: float = 0.0  # accepted only above this log-LR, where there is one (``ops.matching.decisions``)
+    # Where each pair's second side (b) is, when not beside the first: a probe against an archive's item.
+    gallery: tuple[Store, str | None] | None = None
+
+    def of_gallery(self) -> Verifier:
+        """This verifier reading the second sides' embeddings (the same when they are beside the first's)."""
+        if self.gallery is None:
+            return self
+        return replace(self, root=self.gallery[0], run_id=self.gallery[1], gallery=None)
 
 
 PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; fused verification takes two
@@ -182,16 +190,21 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     pairs = pq.read_table(path, filesystem=staging.arrow)
     a = [x or "" for x in pairs.column("a").to_pylist()]  # an empty side names nothing: the pair is an error row
     b = [x or "" for x in pairs.column("b").to_pylist()]
-    named = (set(a) | set(b)) - {""}
-    index, invalid, failed = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}))
     counts = {"pairs": len(a), "accept": 0, "reject": 0, "errors": 0}
+    if verifier.gallery is None:  # both sides from one root
+        index, invalid, failed = _embeddings(verifier, _named(a + b))
+        index_b, invalid_b = index, invalid
+    else:  # each side from its own root
+        index, invalid, failed = _embeddings(verifier, _named(a))
+        index_b, invalid_b, failed_b = _embeddings(verifier.of_gallery(), _named(b))
+        failed = failed or failed_b
     if failed:
         return {"files": [], "error_files": [], **counts, "failed": failed}
     scored, unscored = [], []
     for x, y in zip(a, b, strict=True):
-        missing = [s for s in (x, y) if s not in index]
+        missing = [(s, why) for s, found, why in ((x, index, invalid), (y, index_b, invalid_b)) if s not in found]
         if missing:
-            reason = "; ".join(_why_unscored(s, invalid) for s in missing)
+            reason = "; ".join(_why_unscored(s, why) for s, why in missing)
             unscored.append(
                 {
                     "uri": x,
@@ -201,7 +214,7 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
                 }
             )
         else:
-            scored.append(_deciding_pair(index[x], index[y]))
+            scored.append(_deciding_pair(index[x], index_b[y]))
     rows = _rows(scored, verifier) if scored else None
     files = matches.write(rows) if rows is not None else []
     error_files = errors.write(error_table(unscored, verifier.job_run_id, verifier.job, "match")) if unscored else []
@@ -209,6 +222,12 @@ def verify_chunk(path: str, staging: Store, verifier: Verifier, matches: RowWrit
     counts |= {word: decided.count(word) for word in ("accept", "reject")} | {"errors": len(unscored)}
     counts["below_evidence"] = decided.count(BELOW_EVIDENCE)
     return {"files": files, "error_files": error_files, **counts, "failed": None}
+
+
+def _named(sides: list[str]) -> list[str]:
+    """The items and sources the sides name, and the source of each item (an item is found among its source's)."""
+    named = set(sides) - {""}
+    return sorted(named | {x.rsplit("#", 1)[0] for x in named})
 
 
 def _why_unscored(side: str, invalid: dict[str, str]) -> str:

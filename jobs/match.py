@@ -1,14 +1,15 @@
 """jobs.match: exact top-K search, 1:1 verification and 1:K identification over committed embeddings.
 
     python -m jobs.match search   [--queries out/results] [--gallery ROOT] [--table faces|voices] [--k 10]
-    python -m jobs.match verify   --pairs pairs.csv [--queries out/results] [--threshold T | --calibration URI]
+    python -m jobs.match verify   --pairs pairs.csv [--queries out/results] [--gallery ROOT] [--calibration URI]
     python -m jobs.match identify [--gallery ROOT] [--queries ROOT] [--labels labels.csv] [--k 5]
     python -m jobs.match crossmatch --joint-model NAME [--queries VOICES_ROOT] [--gallery FACES_ROOT] [--k 10]
     python -m jobs.match verify|identify --fuse --calibration FUSED_RECORD [...]
 
 search: every query item against every gallery item, top K per query, on gallery shards held by actors (pinned to
 GPUs with --gpus-per-shard; the gallery stays in device memory across query batches). verify: a pairs table
-(columns ``a`` and ``b``: source uris or item keys) scored and decided at a threshold. identify: identities enrolled
+(columns ``a`` and ``b``: source uris or item keys; ``b`` from --gallery when given, as a probe against an
+archive's item) scored and decided at a threshold. identify: identities enrolled
 from the gallery's labels (the manifest's, or --labels uri,label), one or more sources each, averaged; each probe
 gets its top-K identities and, at rank 1, the identity or ``unknown`` when below the threshold (open set).
 crossmatch: through a joint voice-face model (jobs.train_crossmodal), every source's voice ranks every source's face
@@ -47,7 +48,7 @@ from jobs.source_job import RowWriter
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
 from ops.io.root import inside, locate
 from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
-from ops.io.storage import resolve
+from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching.decisions import published_threshold
 from ops.matching.embeddings import (
@@ -70,7 +71,8 @@ class MatchConfig(JobConfig):
     )
     queries: str = field(default="out/results", metadata={"run_key": True, "help": "root with the query embeddings"})
     gallery: str | None = field(
-        default=None, metadata={"run_key": True, "help": "root with the gallery (default: queries)"}
+        default=None,
+        metadata={"run_key": True, "help": "root with the gallery (default: queries); verify: the pairs' b side"},
     )
     table: str = field(default="faces", metadata={"run_key": True, "help": "embedding table: faces or voices"})
     queries_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of the query table"})
@@ -386,6 +388,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         JOB,
         llr_map,
         config.min_llr,
+        _gallery_side(config),
     )
     staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
     matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
@@ -408,6 +411,15 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         "matches": done.accept + done.reject + done.below_evidence,
         "errors": done.unmatched,
     }
+
+
+def _gallery_side(config: MatchConfig) -> tuple[Store, str | None] | None:
+    """verify: where the pairs' second sides are, when --gallery (or --gallery-run-id) puts them elsewhere than the
+    first's: a probe's embeddings against an archive's."""
+    gallery = config.gallery or config.queries
+    if resolve(gallery) == resolve(config.queries) and config.gallery_run_id == config.queries_run_id:
+        return None
+    return resolve(gallery), config.gallery_run_id
 
 
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from jobs import find
+from jobs import find, match
 from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
@@ -48,6 +48,22 @@ def test_one_photo_finds_its_person_across_the_archive_with_both_sides_in_the_re
     page = Path(locate(root, marker["summary"]["report_uri"]).path).read_text()
     assert page.count('data-testid="thumb"') == len(rows) + 1 and "no face row" not in page
     assert 'data-testid="calibration-faces"' in page and "No calibration" not in page
+
+    # The probe verified against named archive items, each side read from its own root: the probe's faces from the
+    # find's run here, the archive's from the pipeline's own results.
+    photos = pipeline_run["archive"] / "photos"
+    alice, bob = str(photos / "alice" / "portrait-1.jpg"), str(photos / "bob" / "portrait-1.webp")
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"a,b\n{probe},{alice}\n{probe},{bob}\n{probe},{tmp_path}/not-in-the-archive.jpg\n")
+    argv_verify = ["verify", "--pairs", str(pairs), "--queries", str(results), "--queries-run-id", "f.faces"]
+    argv_verify += ["--gallery", str(pipeline_run["results"]), "--gallery-run-id", "pl.faces"]
+    argv_verify += ["--calibration", str(results), "--output", str(results), "--run-id", "v"]
+    assert match.main(argv_verify) == 0
+    decided = {r["gallery_uri"]: r["decision"] for r in read_table(root, "matches", "v").to_pylist()}
+    assert decided[alice] == "accept" and decided[bob] != "accept" and len(decided) == 2  # the sample's drawn faces
+    # are alike: bob's is above the cosine threshold, but its log-LR says "below the evidence needed"
+    (unmatched,) = read_table(root, "errors", "v").to_pylist()  # the third pair: an error row naming why
+    assert unmatched["error_type"] == "unmatched_pair" and "not-in-the-archive.jpg" in unmatched["message"]
 
     # The same command again keeps every stage.
     assert find.main(argv) == 0
