@@ -340,7 +340,7 @@ def test_an_interrupted_pipeline_says_which_stages_are_committed_and_that_it_res
 
     from jobs import embed_faces
 
-    ctx = SimpleNamespace(log=logging.getLogger("crossmatch"), run_id="p", output=SimpleNamespace(uri="/tmp/out"))
+    ctx = SimpleNamespace(log=logging.getLogger("crossmatch"), run_id="p", output=resolve("/tmp/out"))
     stages = pipeline.Stages(ctx, None, {})
     stages.done = {"manifest": {"state": "kept"}, "voices": {"state": "ran"}}
 
