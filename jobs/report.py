@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs import review
 from jobs.cli import JobConfig
 from jobs.runtime import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
@@ -109,6 +110,8 @@ class Evidence:
     attributes: dict[str, list[str]] = field(default_factory=dict)  # face item -> its attributes, as words
     # Runs outside the selection that its match runs read (``_referenced``): for the other side's pictures and labels.
     referenced: list[dict] = field(default_factory=list)
+    # The newest analyst's mark of each reviewed match row: (match run, query item, gallery item) -> its reviews/ row.
+    reviews: dict[tuple[str, str, str], dict] = field(default_factory=dict)
 
     @classmethod
     def read(cls, root: Store, runs: list[dict]) -> Evidence:
@@ -150,6 +153,7 @@ class Evidence:
             elif job == "calibrate":
                 ev._calibration(marker)
         ev.referenced = _referenced(root, runs, ev.matches)
+        ev.reviews = review.latest(root, {m["run_id"] for m in ev.matches})
         for marker in ev.referenced:
             if marker["job"] == "calibrate":  # the calibration a match's threshold came from
                 ev._calibration(marker)
@@ -829,7 +833,21 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
             if r.get("llr") is not None
             else ""
         )
-        + f"<br><small>{limit}</small></div>"
+        + f"<br><small>{limit}</small>"
+        + _review_html(ev.reviews.get((r["run_id"], r["query_item"], r["gallery_item"] or r["identity"])))
+        + "</div>"
+    )
+
+
+def _review_html(mark: dict | None) -> str:
+    """An analyst's latest verdict on the row: what, who, when and why."""
+    if mark is None:
+        return ""
+    when = mark["reviewed_at"].strftime("%Y-%m-%d %H:%M UTC")
+    note = f": {_e(mark['note'])}" if mark["note"] else ""
+    return (
+        f'<br><small class="review {_e(mark["verdict"])}" data-testid="review">'
+        f"<b>{_e(mark['verdict'])}</b> by {_e(mark['reviewer'])}, {when}{note}</small>"
     )
 
 
@@ -920,7 +938,7 @@ min-width:7em}.count b{display:block;font-size:1.4em}
 .probe-head{display:flex;gap:.6em;min-width:18em;max-width:18em;word-break:break-all}
 .matches{display:flex;flex-wrap:wrap;gap:.6em}.match{border:1px solid #ddd;border-radius:4px;padding:.4em;
 width:11em;word-break:break-all}.match.above{border-color:#2a7;background:#f1fbf5}.match.below{opacity:.8}
-.match.undecided{border-color:#c90;background:#fffaf0}.warnings{color:#a50;font-weight:600}
+.match.undecided{border-color:#c90;background:#fffaf0}.review.confirmed{color:#175}.review.rejected{color:#a33}.warnings{color:#a50;font-weight:600}
 .rank{float:right;color:#888}.thumb{display:block;max-width:96px;max-height:96px;border-radius:3px}
 .clip{width:10em;display:block}.plot{max-width:420px;margin-right:1em}.nopreview{color:#a33;font-size:.85em}
 code{font-size:.85em}

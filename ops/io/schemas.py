@@ -399,6 +399,23 @@ RUNS = _table(
     _f("info", pa.string(), doc="JSON: the job's config, summary, models and their sha256, as the run reported"),
 )
 
+REVIEWS = _table(
+    "reviews",
+    _f("run_id", pa.string(), doc="the review's own run: one mark each"),
+    _f("match_run_id", pa.string(), doc="the match run whose row was reviewed"),
+    _f("query_item", pa.string()),
+    _f("gallery_item", pa.string(), doc="the gallery item, or identify's identity"),
+    _f("query_sha256", SHA256, doc="the sources as they were reviewed"),
+    _f("gallery_sha256", SHA256, nullable=True),
+    _f("score", pa.float32(), doc="the row's score as reviewed"),
+    _f("llr", pa.float64(), nullable=True),
+    _f("decision", pa.string(), nullable=True, doc="the row's decision as reviewed"),
+    _f("verdict", pa.string(), doc="confirmed, rejected or unsure"),
+    _f("reviewer", pa.string(), doc="who reviewed it"),
+    _f("note", pa.string(), doc="why"),
+    _f("reviewed_at", pa.timestamp("ms", tz="UTC")),
+)
+
 ATTEMPT = _f("attempt", pa.string(), doc="the attempt of the run that wrote the row (see the runs table)")
 
 TABLES: dict[str, pa.Schema] = {
@@ -415,6 +432,7 @@ TABLES: dict[str, pa.Schema] = {
     "match_items": MATCH_ITEMS,
     "identities": IDENTITIES,
     "persons": PERSONS,
+    "reviews": REVIEWS,
     "styled": STYLED,
     "training": TRAINING,
     "runs": RUNS,
