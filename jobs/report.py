@@ -834,9 +834,14 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
             else ""
         )
         + f"<br><small>{limit}</small>"
-        + _review_html(ev.reviews.get((r["run_id"], r["query_item"], r["gallery_item"] or r["identity"])))
+        + _review_html(ev.reviews.get(_reviewed(r)) if ev is not None else None)
         + "</div>"
     )
+
+
+def _reviewed(r: dict) -> tuple[str, str, str]:
+    """A match row as a review names it (``jobs.review``): its run, its query item, its gallery item or identity."""
+    return (r["run_id"], *review.reviewed(r))
 
 
 def _review_html(mark: dict | None) -> str:

@@ -41,7 +41,7 @@ def test_schema_for():
     assert schema_for("manifest") is MANIFEST
     known = (
         "known: attributes, calibrations, changes, errors, evidence, face_sources, face_thumbnails, faces, fusions, "
-        "identities, manifest, match_items, matches, persons, runs, styled, training, voices"
+        "identities, manifest, match_items, matches, persons, reviews, runs, styled, training, voices"
     )
     with pytest.raises(KeyError, match=known):
         schema_for("nope")
