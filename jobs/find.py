@@ -17,6 +17,7 @@ archive's own root is what lets the report show the archive side of every hit fr
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 
@@ -100,15 +101,13 @@ def _probe_listing(probe: str) -> tuple[str, str]:
         raise JobFailed("no probe given: python -m jobs.find PROBE --results ROOT (a file or a folder)")
     store = resolve(probe)
     if store.scheme == "file":
-        import os
-
         if os.path.isfile(store.path):
             folder, name = os.path.split(store.path)
             return folder, glob_escape(name)
         if not os.path.isdir(store.path):
             raise JobFailed(f"probe {probe} does not exist: pass a photo, recording or video, or a folder of them")
         return store.uri, "**"
-    if store.exists() and not store.join("").fs.isdir(store.path):
+    if store.exists() and not store.fs.isdir(store.path):
         folder, name = store.path.rsplit("/", 1)
         return store.at(folder).uri, glob_escape(name)
     return store.uri, "**"
@@ -170,7 +169,7 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
                 models=models,
             ),
         )
-        hits[table] = _hits(root, stages.done[f"search-{table}"]["run_id"], ctx)
+        hits[table] = _hits(root, table, stages.done[f"search-{table}"]["run_id"], ctx)
     stages.run(
         "report", report, report.ReportConfig(results=root.uri, pipeline_run_id=ctx.run_id, previews=config.previews)
     )
@@ -186,7 +185,7 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
     return marker
 
 
-def _hits(root: Store, run_id: str, ctx: JobContext) -> dict:
+def _hits(root: Store, table: str, run_id: str, ctx: JobContext) -> dict:
     """A search stage's hits (rows whose decision is "match"), logged: bounded by the probes times --k."""
     rows = read_table(
         root,
@@ -196,7 +195,6 @@ def _hits(root: Store, run_id: str, ctx: JobContext) -> dict:
     ).to_pylist()
     found = [r for r in rows if r["decision"] == "match"]
     items = sorted({r["query_item"] for r in rows})
-    table = "voices" if run_id.endswith("voices") else "faces"
     for item in items:
         mine = sorted((r for r in found if r["query_item"] == item), key=lambda r: r["rank"])
         ctx.log.info("%s probe %s: %d hit(s)", table, item, len(mine))
