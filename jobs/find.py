@@ -30,7 +30,7 @@ from jobs.runtime import JobContext, run_job
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.storage import Store, glob_escape, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 
 JOB = "find"
 # The archive's settings a probe is embedded with: all but where things are, which runs, and how work is spread.
@@ -169,7 +169,8 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
                 models=models,
             ),
         )
-        hits[table] = _hits(root, table, stages.done[f"search-{table}"]["run_id"], ctx)
+        search = stages.done[f"search-{table}"]
+        hits[table] = {"hits": _hits(root, table, search["run_id"], ctx), "items": search["summary"].get("queries")}
     stages.run(
         "report", report, report.ReportConfig(results=root.uri, pipeline_run_id=ctx.run_id, previews=config.previews)
     )
@@ -185,23 +186,26 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
     return marker
 
 
-def _hits(root: Store, table: str, run_id: str, ctx: JobContext) -> dict:
-    """A search stage's hits (rows whose decision is "match"), logged: bounded by the probes times --k."""
-    rows = read_table(
-        root,
-        "matches",
-        run_id,
-        columns=["query_item", "rank", "gallery_item", "score", "llr", "verbal", "decision"],
-    ).to_pylist()
-    found = [r for r in rows if r["decision"] == "match"]
-    items = sorted({r["query_item"] for r in rows})
-    for item in items:
-        mine = sorted((r for r in found if r["query_item"] == item), key=lambda r: r["rank"])
-        ctx.log.info("%s probe %s: %d hit(s)", table, item, len(mine))
-        for r in mine:
+def _hits(root: Store, table: str, run_id: str, ctx: JobContext) -> int:
+    """A search stage's hits (rows whose decision is "match"), logged as they stream by: only the hits are read, a
+    batch at a time, so a folder of many probes holds nothing on the driver but the count."""
+    columns = ["query_item", "rank", "gallery_item", "score", "llr", "verbal"]
+    hits = 0
+    for batch in iter_table(root, "matches", run_id, columns, filter=pc.field("decision") == "match"):
+        for r in batch.to_pylist():
             evidence = f", log-LR {r['llr']:+.2f} ({r['verbal']})" if r["llr"] is not None else ""
-            ctx.log.info("  #%d %s score %.3f%s", r["rank"], r["gallery_item"], r["score"], evidence)
-    return {"hits": len(found), "items": len(items)}
+            ctx.log.info(
+                "%s hit: %s #%d %s score %.3f%s",
+                table,
+                r["query_item"],
+                r["rank"],
+                r["gallery_item"],
+                r["score"],
+                evidence,
+            )
+        hits += batch.num_rows
+    ctx.log.info("%s: %d hit(s)", table, hits)
+    return hits
 
 
 def main(argv: list[str] | None = None) -> int:
