@@ -2,7 +2,7 @@
 
     python -m jobs.delete OUTPUT RUN_ID [--dry-run]
 
-A pipeline run takes its stages' runs (``RUN_ID.<stage>``, committed or not) with it. Each run's row in ``runs``
+A pipeline (or find) run takes its stages' runs (``RUN_ID.<stage>``, committed or not) with it. Each run's row in ``runs``
 goes first, so readers stop seeing it at once; then its files leave every table and are deleted from storage (a
 deleted run's material is gone, from earlier table versions too); an interrupted deletion is finished by running the
 same command again.
@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from jobs.runtime import run_module
-from jobs.stages import STAGES
+from jobs.stages import FIND_STAGES, STAGES
 from ops.io.errors import UserError
 from ops.io.storage import resolve
 from ops.io.tables import delete_run
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         root = resolve(args.output)
         removed = []
         # Stage runs by name, committed or not (a killed pipeline leaves attempts without markers).
-        for run_id in [f"{args.run_id}.{stage}" for stage in STAGES] + [args.run_id]:
+        stages = dict.fromkeys(STAGES + FIND_STAGES)
+        for run_id in [f"{args.run_id}.{stage}" for stage in stages] + [args.run_id]:
             removed += delete_run(root, run_id, dry_run=args.dry_run)
     except (UserError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """jobs.find: here is a photo (or a recording, a video) of someone: where else are they in this archive?
 
     python -m jobs.find PROBE --results ROOT [--k 100] [--run-id ID]
+    python -m jobs.find PROBE --results ROOT --verify ITEM
+
 
 PROBE is a file or a folder of them; ROOT is the archive's results (``jobs.pipeline``'s output root). One command does
 what took four: the probes are listed, their faces and voices embedded with the archive's own models and settings
@@ -13,6 +15,12 @@ The stages are committed under ROOT as ``<run id>.<stage>`` (manifest, faces, vo
 report) and resumed as the pipeline's are, then the find's own run: ``jobs.show``, DuckDB and ``jobs.report`` read
 them like any other (the hits are the search stages' ``matches/`` rows whose decision is "match"). Writing into the
 archive's own root is what lets the report show the archive side of every hit from its face thumbnails.
+
+With ``--verify ITEM`` (an archive source's uri, or an item key as ``jobs.show`` lists it) the probe is not searched
+but verified: every probe file against that one item, in the table that holds it (stage ``verify-faces`` or
+``verify-voices``, ``jobs.match verify`` with each side read from its own run), decided by the same calibrated
+evidence; a probe with no face or voice to compare is an error row that says so. The pairs verified are kept in
+``pairs/<run id>/``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 
+import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from jobs import embed_faces, embed_voices, manifest, match, report
 from jobs.cli import JobConfig
@@ -31,6 +41,7 @@ from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.storage import Store, glob_escape, resolve
 from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
+from ops.matching.items import parse
 
 JOB = "find"
 # The archive's settings a probe is embedded with: all but where things are, which runs, and how work is spread.
@@ -60,6 +71,10 @@ class FindConfig(JobConfig):
     )
     models: str | None = field(default=None, metadata={"help": "models root (default: the archive runs' own)"})
     previews: bool = field(default=True, metadata={"run_key": True, "help": "the report's thumbnails and clips"})
+    verify: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "verify the probe against this archive item (a source uri or item key)"},
+    )
 
     def __post_init__(self) -> None:
         if self.results:  # the find writes beside the archive's results: its report shows both sides
@@ -128,18 +143,21 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
     folder, glob = _probe_listing(config.probe)
     root = ctx.output
     archive = archive_runs(root, ctx.run_id, config)
+    verified = _verified_table(root, archive, config.verify) if config.verify else None
     out = OutputRun(root, ctx.run_id, JOB)
     stages = Stages(ctx, None, {m["run_id"]: m for m in committed_runs(root)}, config.shared_paths)
     stages.run("manifest", manifest, manifest.ManifestConfig(archive=folder, glob=glob))
     probes = stages.done["manifest"]["run_id"]
+    compare = "verify" if verified else "search"
     hits: dict[str, dict] = {}
     for table, module, cls in (
         ("faces", embed_faces, embed_faces.EmbedFacesConfig),
         ("voices", embed_voices, embed_voices.EmbedVoicesConfig),
     ):
-        if table not in archive:
-            stages.skip(table, f"the archive has no committed {table}", asked=False)
-            stages.skip(f"search-{table}", f"the archive has no committed {table}", asked=False)
+        if table not in archive or verified not in (None, table):
+            why = f"the archive has no committed {table}" if table not in archive else f"--verify names {verified}"
+            stages.skip(table, why, asked=False)
+            stages.skip(f"{compare}-{table}", why, asked=False)
             continue
         gallery = archive[table]
         models = config.models or locate(root, (gallery.get("config") or {}).get("models")).uri
@@ -149,28 +167,32 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
             cls(manifest=root.uri, manifest_run_id=probes, models=models, **_settings(gallery, cls)),
         )
         if not embedded["tables"].get(table, {}).get("rows"):
-            stages.skip(f"search-{table}", f"no {table} were found in the probes", asked=False)
+            stages.skip(f"{compare}-{table}", f"no {table} were found in the probes", asked=False)
             continue
         model_name = (gallery.get("summary") or {}).get("model")
-        stages.run(
-            f"search-{table}",
-            match,
-            match.MatchConfig(
-                mode="search",
-                queries=root.uri,
-                queries_run_id=stages.done[table]["run_id"],
-                gallery=root.uri,
-                gallery_run_id=gallery["run_id"],
-                table=table,
-                per_source=table == "voices",  # a recording's pooled voice, as the archive's voices are searched
-                k=config.k,
-                calibration=root.uri if model_name and _calibrated(root, model_name) else None,
-                min_llr=config.min_llr,
-                models=models,
-            ),
-        )
-        search = stages.done[f"search-{table}"]
-        hits[table] = {"hits": _hits(root, table, search["run_id"], ctx), "items": search["summary"].get("queries")}
+        common = {
+            "queries": root.uri,
+            "queries_run_id": stages.done[table]["run_id"],
+            "gallery": root.uri,
+            "gallery_run_id": gallery["run_id"],
+            "table": table,
+            "calibration": root.uri if model_name and _calibrated(root, model_name) else None,
+            "min_llr": config.min_llr,
+            "models": models,
+        }
+        if verified:
+            pairs = _write_pairs(root, ctx.run_id, table, probes, config.verify)
+            stages.run(f"verify-{table}", match, match.MatchConfig(mode="verify", pairs=pairs, **common))
+        else:
+            # A recording's pooled voice is searched, as the archive's voices are.
+            stages.run(
+                f"search-{table}",
+                match,
+                match.MatchConfig(mode="search", per_source=table == "voices", k=config.k, **common),
+            )
+        compared = stages.done[f"{compare}-{table}"]
+        found = _hits(root, table, compared["run_id"], ctx, "accept" if verified else "match")
+        hits[table] = {"hits": found, "items": compared["summary"].get("pairs" if verified else "queries")}
     stages.run(
         "report", report, report.ReportConfig(results=root.uri, pipeline_run_id=ctx.run_id, previews=config.previews)
     )
@@ -178,20 +200,47 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
         "probe": config.probe,
         "archive_runs": {table: marker["run_id"] for table, marker in archive.items()},
         "hits": {table: found["hits"] for table, found in hits.items()},
-        "probe_items": {table: found["items"] for table, found in hits.items()},
+        f"{'pairs' if verified else 'probe_items'}": {table: found["items"] for table, found in hits.items()},
         "report_uri": stages.done["report"]["summary"].get("report_uri"),
     }
+    if verified:
+        summary["verified"] = config.verify
     marker = out.commit(config=asdict(config), stages=stages.done, summary=summary)
     ctx.log.info("report: %s", locate(root, summary["report_uri"]).uri)
     return marker
 
 
-def _hits(root: Store, table: str, run_id: str, ctx: JobContext) -> int:
-    """A search stage's hits (rows whose decision is "match"), logged as they stream by: only the hits are read, a
-    batch at a time, so a folder of many probes holds nothing on the driver but the count."""
+def _verified_table(root: Store, archive: dict[str, dict], item: str) -> str:
+    """The archive table (faces or voices) whose run holds ``item``'s source: what the probe is verified in."""
+    uri = parse(item).uri
+    for table, marker in archive.items():
+        if read_table(root, table, marker["run_id"], ["uri"], filter=pc.field("uri") == uri, limit=1).num_rows:
+            return table
+    runs = ", ".join(f"{table} {marker['run_id']}" for table, marker in archive.items())
+    raise JobFailed(
+        f"--verify {item}: the archive's runs ({runs}) hold no face or voice of {uri}: name a source uri or an item "
+        f"key as `python -m jobs.show {root.uri} --table faces` lists them"
+    )
+
+
+def _write_pairs(root: Store, run_id: str, table: str, probes: str, item: str) -> str:
+    """The pairs a verification scores, every probe file against ``item``, kept as ``pairs/<run id>/<table>.parquet``
+    (streamed from the probe manifest: a folder of many probes is never held)."""
+    target = root.join("pairs", run_id, f"{table}.parquet")
+    schema = pa.schema([("a", pa.string()), ("b", pa.string())])
+    with target.open("wb") as f, pq.ParquetWriter(f, schema) as writer:
+        for batch in iter_table(root, "manifest", probes, ["uri"]):
+            uris = batch.column("uri")
+            writer.write_table(pa.table({"a": uris, "b": pa.array([item] * len(uris), pa.string())}, schema=schema))
+    return target.uri
+
+
+def _hits(root: Store, table: str, run_id: str, ctx: JobContext, positive: str = "match") -> int:
+    """A search or verify stage's hits (rows whose decision is ``positive``), logged as they stream by: only the hits
+    are read, a batch at a time, so a folder of many probes holds nothing on the driver but the count."""
     columns = ["query_item", "rank", "gallery_item", "score", "llr", "verbal"]
     hits = 0
-    for batch in iter_table(root, "matches", run_id, columns, filter=pc.field("decision") == "match"):
+    for batch in iter_table(root, "matches", run_id, columns, filter=pc.field("decision") == positive):
         for r in batch.to_pylist():
             evidence = f", log-LR {r['llr']:+.2f} ({r['verbal']})" if r["llr"] is not None else ""
             ctx.log.info(

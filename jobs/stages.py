@@ -1,4 +1,5 @@
-"""The pipeline's stages, in order: each is one of the suite's jobs, committed under ``<run id>.<stage>``.
+"""The stages of the jobs that compose others, in order: each is one of the suite's jobs, committed under
+``<run id>.<stage>`` (the pipeline's, and ``jobs.find``'s).
 
 Kept apart from ``jobs.pipeline`` so that what only needs the names (``jobs.delete``) imports no job.
 """
@@ -17,5 +18,16 @@ STAGES = (
     "identify-voices",
     "attributes",
     "crossmatch",
+    "report",
+)
+# jobs.find's stages: a probe listed, embedded, then searched for or verified against one archive item.
+FIND_STAGES = (
+    "manifest",
+    "faces",
+    "voices",
+    "search-faces",
+    "search-voices",
+    "verify-faces",
+    "verify-voices",
     "report",
 )

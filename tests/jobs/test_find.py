@@ -70,6 +70,32 @@ def test_one_photo_finds_its_person_across_the_archive_with_both_sides_in_the_re
     again = {m["run_id"]: m for m in committed_runs(root)}["f"]
     assert {e["state"] for e in again["stages"].values()} <= {"kept", "skipped"}
 
+    # find --verify: the probe against one named archive item, in one command, decided by the same evidence.
+    for run_id, item, decision in (("fa", alice, "accept"), ("fb", f"{bob}#frame=0&face=0", "below the evidence")):
+        assert find.main([str(probe), "--results", str(results), "--run-id", run_id, "--verify", item]) == 0
+        verified = {m["run_id"]: m for m in committed_runs(root)}[run_id]
+        states = {name: entry["state"] for name, entry in verified["stages"].items()}
+        assert states == {
+            "manifest": "ran",
+            "faces": "ran",
+            "voices": "skipped",  # the item is a face: no voice is embedded
+            "verify-voices": "skipped",
+            "verify-faces": "ran",
+            "report": "ran",
+        }
+        (row,) = read_table(root, "matches", f"{run_id}.verify-faces").to_pylist()
+        assert (row["query_uri"], row["gallery_uri"]) == (str(probe), bob if run_id == "fb" else alice)
+        assert row["decision"].startswith(decision) and row["llr"] is not None
+        summary = verified["summary"]
+        assert summary["verified"] == item and summary["pairs"] == {"faces": 1}
+        assert summary["hits"] == {"faces": int(decision == "accept")}
+        page = Path(locate(root, summary["report_uri"]).path).read_text()
+        assert "<h2>Verification: faces</h2>" in page and page.count('data-testid="thumb"') == 2  # both sides
+    # An item the archive does not hold is refused before anything is listed or embedded.
+    nowhere = str(tmp_path / "not-in-the-archive.jpg")
+    assert find.main([str(probe), "--results", str(results), "--run-id", "fx", "--verify", nowhere]) == 2
+    assert not [m for m in committed_runs(root) if m["run_id"].startswith("fx")]
+
 
 def test_a_root_without_an_archive_or_a_missing_probe_is_refused_with_the_fix(tmp_path, caplog):
     (tmp_path / "probe.png").write_bytes(b"\x89PNG\r\n\x1a\n")
