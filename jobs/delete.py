@@ -2,8 +2,8 @@
 
     python -m jobs.delete OUTPUT RUN_ID [--dry-run]
 
-A pipeline (or find) run takes its stages' runs (``RUN_ID.<stage>``, committed or not) with it. Each run's row in ``runs``
-goes first, so readers stop seeing it at once; then its files leave every table and are deleted from storage (a
+A pipeline (or find) run takes its stages' runs (``RUN_ID.<stage>``, committed or not) with it. Each run's row in
+``runs`` goes first, so readers stop seeing it at once; then its files leave every table and are deleted from storage (a
 deleted run's material is gone, from earlier table versions too); an interrupted deletion is finished by running the
 same command again.
 """
