@@ -9,7 +9,13 @@ Chinese whispers (the default: a stray link between two people does not merge th
 link merges: for a strict threshold). The threshold is --threshold, else the one the search rows carry (a
 calibration's or the model card's); the job refuses without one. The faces of one video track are must-linked:
 clustered as one node (``clustering.contract``), so a track that turns its head stays one person. A speech segment
-is one item already, so a speaker's turn is never split.
+is one item already, so a speaker's turn is never split. The analysts' verdicts kept under RESULTS (``jobs.review``,
+each pair's newest; --reviews-through RUN: those up to that review run; --no-reviews: none) are constraints: a
+confirmed pair is must-linked as a track is, a rejected pair loses its link and its two sides never end in one
+identity (an identity that holds both is built again from its own links, strongest first, never joining the two:
+``clustering.keep_apart``). A verdict names an item with its content's sha256: a file changed since is not bound by
+it. The summary counts the verdicts applied and the identities they split, and warns where they contradict each
+other (a rejected pair joined by confirmed ones).
 
 A Ray task reads the run's items (``match_items/``) and lists (``matches/``, three columns), clusters, and writes
 ``identities/``: a row per member with the identity (``id-`` and a hash of its sorted members when founded), its size,
@@ -55,9 +61,10 @@ from ops.io.schemas import IDENTITIES
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching import metrics
-from ops.matching.clustering import Graph, cluster, undirected
+from ops.matching.clustering import Graph, cluster, join_groups, keep_apart, undirected
 from ops.matching.embeddings import manifest_of
 from ops.matching.items import clearest_faces, face_key, segment_key
+from ops.matching.reviews import Pair, Verdicts, newest_review, verdicts
 
 JOB = "identities"
 METHODS = ("whispers", "components")
@@ -92,6 +99,18 @@ class IdentitiesConfig(JobConfig):
     full: bool = field(
         default=False,
         metadata={"run_key": True, "help": "cluster every item again, not only the items new since the last run"},
+    )
+    reviews: bool = field(
+        default=True,
+        metadata={
+            "run_key": True,
+            "help": "apply the analysts' reviews kept under RESULTS (jobs.review): confirmed pairs in one identity, "
+            "rejected pairs never",
+        },
+    )
+    reviews_through: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "apply the reviews up to this review run (default: every committed one)"},
     )
     separate_labels: bool = field(
         default=False,
@@ -167,6 +186,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
     settings |= {"per_source": search["per_source"], "min_llr": config.min_llr}
     settings["separate_labels"] = config.separate_labels
+    settings["reviews_through"] = (config.reviews_through or newest_review(root)) if config.reviews else None
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -192,7 +212,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         threshold = done["threshold_raised_to"]
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
-    summary |= {"manifest_run_id": manifest_run, **done}
+    summary |= {"manifest_run_id": manifest_run, "reviews_through": settings["reviews_through"], **done}
     marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
     scored = (
         f", BCubed F {done['bcubed_f']:.3f} over the {done['labelled_items']} labelled items of {done['items']}"
@@ -262,6 +282,14 @@ def cluster_search(
         raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
+    # The analysts' verdicts: a rejected pair's own link is dropped and its sides never end in one identity; a
+    # confirmed pair is must-linked, as a track's faces are.
+    found = verdicts(root, settings["reviews_through"]) if settings.get("reviews_through") else Verdicts()
+    same, different = _reviewed(found.same, items), _reviewed(found.different, items)
+    graph = _without(graph, different)
+    tracks = group
+    if len(same[0]):
+        group = join_groups(np.arange(len(names)) if group is None else group, *same)
     clear = clarity(embeddings[0], embeddings[1], table, settings["per_source"], items) if embeddings else None
     before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
     kept = before != None  # noqa: E711 (element-wise)
@@ -275,6 +303,7 @@ def cluster_search(
             start[i] = firsts.setdefault(before[i], i)
         movable = ~kept
     clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
+    clusters, split = keep_apart(graph, clusters, *different, group)
     rows, counts = _members(items, graph, clusters, before, clear, _evidence_map(lists))
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
     rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
@@ -290,11 +319,24 @@ def cluster_search(
     rows = rows.append_column("model_sha256", pa.array([model[1]] * rows.num_rows))
     files = writer.write(rows.select(IDENTITIES.names).cast(IDENTITIES))
     counts |= {"items": len(names), "edges": len(graph), "files": files}
-    if group is not None:
-        counts["tracks"] = int(len(np.unique(group)) - (np.bincount(group) == 1).sum())
+    if tracks is not None:
+        counts["tracks"] = int(len(np.unique(tracks)) - (np.bincount(tracks) == 1).sum())
+    if found:
+        conflicting = int((group[different[0]] == group[different[1]]).sum()) if group is not None else 0
+        counts |= {
+            "reviewed_same": len(same[0]),
+            "reviewed_different": len(different[0]),
+            "split_by_reviews": split,
+            "reviews_conflicting": conflicting,
+        }
     if labels[1]:
         counts |= _scores(known, np.array(rows.column("identity").to_pylist(), object))
     counts["warnings"] = _warnings(counts, len(lists), listed)
+    if counts.get("reviews_conflicting"):
+        counts["warnings"].append(
+            f"{counts['reviews_conflicting']} rejected pair(s) are joined by confirmed pairs (or one video track): "
+            "the reviews contradict each other, and those pairs stay in one identity; review them again"
+        )
     if raised is not None and counts["links_dropped_to_separate_labels"] > kept_before / 2:
         counts["warnings"].append(
             f"keeping the labels apart raised the threshold to {raised:.4f} and dropped "
@@ -302,6 +344,32 @@ def cluster_search(
             "label, or a link between two people who look alike, may be the cause"
         )
     return counts
+
+
+def _reviewed(pairs: list[Pair], items: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """The reviewed pairs both of whose sides are items here with the content reviewed, as item positions."""
+    sides = [side for pair in pairs for side in pair]
+    if not sides:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    at = pc.index_in(pa.array([s[0] for s in sides], pa.string()), value_set=items.column("item").combine_chunks())
+    at = np.asarray(at.to_numpy(zero_copy_only=False), np.float64)
+    known = ~np.isnan(at)
+    at = np.where(known, at, 0).astype(np.int64)
+    shas = np.array(items.column("sha256").to_pylist(), object)
+    known &= shas[at] == np.array([s[1] for s in sides], object)
+    both = known.reshape(-1, 2).all(axis=1)
+    at = at.reshape(-1, 2)[both]
+    return at[:, 0], at[:, 1]
+
+
+def _without(graph: Graph, pairs: tuple[np.ndarray, np.ndarray]) -> Graph:
+    """The graph without the edges between the two sides of these pairs."""
+    if not len(pairs[0]):
+        return graph
+    n = max(graph.n, 1)
+    gone = np.minimum(*pairs) * n + np.maximum(*pairs)
+    keep = ~np.isin(graph.src * n + graph.dst, gone)
+    return Graph(graph.n, graph.src[keep], graph.dst[keep], graph.weight[keep])
 
 
 def _item_labels(root: Store, manifest_run: str, items: pa.Table) -> np.ndarray:

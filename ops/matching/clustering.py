@@ -184,6 +184,67 @@ def _votes(part, offsets, degree, others, weights, labels) -> np.ndarray:
     return label[pick][first]
 
 
+def join_groups(group: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Must-link groups (``group``: each item's) joined where a pair ``a[i]``, ``b[i]`` of items must be together (an
+    analyst confirmed them the same person): each item's group, labelled by its lowest member."""
+    group = np.asarray(group, np.int64)
+    m = int(group.max()) + 1 if len(group) else 0
+    joined = connected_components(undirected(m, group[a], group[b], np.ones(len(a))))
+    return canonical(joined[group])
+
+
+def keep_apart(
+    graph: Graph, labels: np.ndarray, a: np.ndarray, b: np.ndarray, group: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """``labels`` with no cluster holding both items of a pair ``a[i]``, ``b[i]`` that must stay apart (an analyst
+    rejected them as one person), and how many clusters were split. A cluster that holds such a pair is built again
+    from its own members along its own edges, strongest first (as single linkage), never joining two parts that
+    hold the two sides of a pair; must-link groups stay whole, so a pair inside one group cannot be kept apart (the
+    caller counts those). Clusters holding no such pair are untouched."""
+    labels = np.asarray(labels, np.int64).copy()
+    group = np.arange(graph.n) if group is None else np.asarray(group, np.int64)
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    broken = (labels[a] == labels[b]) & (group[a] != group[b])
+    split = 0
+    for cluster_label in np.unique(labels[a[broken]]):
+        inside = (labels[graph.src] == cluster_label) & (labels[graph.dst] == cluster_label)
+        order = np.argsort(-graph.weight[inside], kind="stable")
+        edges = zip(group[graph.src[inside]][order].tolist(), group[graph.dst[inside]][order].tolist(), strict=True)
+        members = np.flatnonzero(labels == cluster_label)
+        pairs = np.flatnonzero(broken & (labels[a] == cluster_label))
+        apart = zip(group[a[pairs]].tolist(), group[b[pairs]].tolist(), strict=True)
+        part = _linked_apart(group[members].tolist(), edges, apart)
+        parts = np.array([part[g] for g in group[members].tolist()])
+        if len(np.unique(parts)) > 1:
+            split += 1
+            labels[members] = graph.n + parts  # apart from every label in use until renamed below
+    return canonical(labels), split
+
+
+def _linked_apart(groups: list[int], edges, apart_pairs) -> dict[int, int]:
+    """Each group's part when the groups are joined along ``edges`` (strongest first) as single linkage does, except
+    where a join would put the two groups of an ``apart_pairs`` pair in one part."""
+    parent = {g: g for g in groups}
+
+    def root(g: int) -> int:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    apart: dict[int, set[int]] = {g: set() for g in parent}  # a part's root -> groups it must not join
+    for ga, gb in apart_pairs:
+        apart[ga].add(gb)
+        apart[gb].add(ga)
+    for ga, gb in edges:
+        ra, rb = root(ga), root(gb)
+        if ra == rb or any(root(g) == rb for g in apart[ra]) or any(root(g) == ra for g in apart[rb]):
+            continue
+        parent[rb] = ra
+        apart[ra] |= apart.pop(rb)
+    return {g: root(g) for g in parent}
+
+
 def canonical(labels: np.ndarray) -> np.ndarray:
     """Cluster labels renamed to each cluster's lowest member index."""
     labels = np.asarray(labels)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jobs import calibrate, identities, match
+from jobs import calibrate, identities, match, review
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
 from tests.jobs.test_match import write_faces
@@ -164,3 +164,48 @@ def test_the_next_night_joins_new_faces_to_the_identities_it_has(ray_cluster, tm
     # A night with nothing new: nothing moves, nothing is renamed.
     same, summary = night("4", np.concatenate([first, added]), uris + new_uris)
     assert summary["items_new"] == 0 and summary["reclustered"] is False and same == two
+
+
+def test_an_analysts_verdicts_keep_rejected_pairs_apart_and_confirmed_pairs_together(ray_cluster, tmp_path, caplog):
+    rng = np.random.default_rng(7)
+    a, b, c1, c2 = 4 * np.eye(16)[:4]  # four directions far apart
+    people = [a] * 5 + [b] * 5 + [c1] * 3 + [c2] * 3  # C seen twice, so unlike himself that no link joins the two
+    vectors = np.array(people) + 0.25 * rng.standard_normal((16, 16))
+    vectors[4] = (a + b) / 2  # one of A's faces half like B: the link that chains A and B
+    uris = [f"/archive/{i:02d}.jpg" for i in range(16)]
+    write_faces(tmp_path, vectors.astype(np.float32), uris)
+    search = ["search", "--queries", tmp_path, "--output", tmp_path, "--per-source", "--k", 15, "--threshold", 0.6]
+    assert match.main([*map(str, search), "--run-id", "s", "--log-level", "WARNING"]) == 0
+    argv = [str(tmp_path), "--search-run-id", "s", "--output", str(tmp_path), "--method", "components"]
+    root = resolve(str(tmp_path))
+
+    def identity(run: str) -> dict[str, str]:
+        return {r["uri"]: r["identity"] for r in read_table(root, "identities", run).to_pylist()}
+
+    assert identities.main([*argv, "--run-id", "before"]) == 0
+    before = identity("before")
+    assert before[uris[0]] == before[uris[9]]  # A and B chained into one identity
+    assert before[uris[10]] != before[uris[13]]  # C split in two
+
+    def mark(i: int, j: int, verdict: str) -> None:
+        argv = [str(tmp_path), "--match-run", "s", "--query", uris[i], "--gallery", uris[j], "--verdict", verdict]
+        assert review.main([*argv, "--reviewer", "A. Examiner", "--note", "seen side by side"]) == 0
+
+    mark(0, 9, "rejected")
+    first = [m["run_id"] for m in committed_runs(root) if m["job"] == "review"][0]
+    mark(13, 10, "confirmed")
+    assert identities.main([*argv, "--run-id", "after"]) == 0
+    after = identity("after")
+    assert after[uris[0]] != after[uris[9]]  # the rejected pair is never one identity
+    assert {after[uris[i]] for i in range(4)} == {after[uris[0]]} and len({after[uris[i]] for i in range(5, 10)}) == 1
+    assert {after[uris[i]] for i in range(10, 16)} == {after[uris[10]]}  # the confirmed pair joins C's two
+    summary = _summary(tmp_path, "after")
+    assert (summary["reviewed_same"], summary["reviewed_different"], summary["split_by_reviews"]) == (1, 1, 1)
+    assert summary["reviews_through"] != first
+    # Up to the first review only: the rejection applies, the confirmation does not; --no-reviews: neither.
+    assert identities.main([*argv, "--run-id", "first", "--reviews-through", first]) == 0
+    assert identity("first")[uris[10]] != identity("first")[uris[13]]
+    assert identity("first")[uris[0]] != identity("first")[uris[9]]
+    assert identities.main([*argv, "--run-id", "none", "--no-reviews"]) == 0
+    together = lambda ids: sorted(sorted(u for u in ids if ids[u] == i) for i in set(ids.values()))  # noqa: E731
+    assert together(identity("none")) == together(before)  # the same people (ids carry on from run to run)

@@ -10,6 +10,8 @@ from ops.matching.clustering import (
     cluster,
     connected_components,
     contract,
+    join_groups,
+    keep_apart,
     knn_graph,
     undirected,
 )
@@ -111,3 +113,32 @@ def test_whispers_in_slices_finds_what_one_at_a_time_finds():
     truth = np.repeat(np.arange(people), each)
     for batches in (1024, people * each):  # sliced, and one item at a time
         assert bcubed(truth, chinese_whispers(graph, batches=batches))[2] == 1.0
+
+
+def test_a_confirmed_pair_joins_two_groups_into_one():
+    group = np.array([0, 0, 2, 3, 4])  # items 0 and 1 one track already
+    assert join_groups(group, np.array([1, 3]), np.array([3, 4])).tolist() == [0, 0, 2, 0, 0]
+    assert join_groups(group, np.array([], np.int64), np.array([], np.int64)).tolist() == [0, 0, 2, 3, 4]
+
+
+def test_a_rejected_pair_splits_the_chain_that_joined_them_at_its_weakest_link():
+    # Two people chained by one weak link: components merge them; an analyst rejects items 0 and 5 as one person.
+    clique = lambda base: [(base + i, base + j, 0.9) for i in range(3) for j in range(i + 1, 3)]  # noqa: E731
+    g = _graph(7, clique(0) + clique(3) + [(2, 3, 0.5), (5, 6, 0.2)])
+    together = connected_components(g)
+    assert (together == 0).all()
+    apart, split = keep_apart(g, together, np.array([0]), np.array([5]))
+    # Strongest edges first, never joining 0's part with 5's: the weak chain link is the one left out; item 6
+    # joins 5's part by its own edge.
+    assert apart.tolist() == [0, 0, 0, 3, 3, 3, 3] and split == 1
+    # Reviews of pairs already apart, or a cluster left alone, change nothing.
+    same, none = keep_apart(g, apart, np.array([0]), np.array([5]))
+    assert same.tolist() == apart.tolist() and none == 0
+
+
+def test_a_rejected_pair_inside_one_must_link_group_cannot_be_kept_apart():
+    g = _graph(3, [(0, 1, 0.9), (1, 2, 0.8)])
+    group = np.array([0, 0, 2])  # 0 and 1 one track
+    labels = cluster(g, "components", group)
+    kept, split = keep_apart(g, labels, np.array([0, 0]), np.array([1, 2]), group)
+    assert kept.tolist() == [0, 0, 2] and split == 1  # 0 ~ 2 kept apart; 0 ~ 1 is one track: left to the caller
