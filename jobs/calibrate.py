@@ -43,6 +43,7 @@ from ops.matching import fusion, metrics
 from ops.matching.calibration import LinearCalibration, cllr, min_cllr
 from ops.matching.decisions import choose_threshold, published_threshold
 from ops.matching.embeddings import read_embeddings, read_labels, through_head
+from ops.matching.reviews import newest_review, reviewed_scores
 
 JOB = "calibrate"
 FARS = (1e-2, 1e-3, 1e-4)
@@ -77,6 +78,18 @@ class CalibrateConfig(JobConfig):
     )
     max_sources: int = field(
         default=5000, metadata={"help": "score all pairs of at most this many sources (a seeded sample beyond)"}
+    )
+    reviews: bool = field(
+        default=True,
+        metadata={
+            "run_key": True,
+            "help": "add the analysts' confirmed and rejected pairs kept under ROOT (jobs.review) that this model "
+            "scored, as same and different pairs",
+        },
+    )
+    reviews_through: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "those up to this review run (default: every committed one)"},
     )
     fuse: bool = field(default=False, metadata={"run_key": True, "help": "calibrate face and voice evidence together"})
     voices: str | None = field(
@@ -209,7 +222,10 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         config.head,
         config.manifest_run_id,
     )
-    fingerprint = _fingerprint(data, labelled, names, config)
+    root = resolve(config.embeddings)
+    through = (config.reviews_through or newest_review(root)) if config.reviews else None
+    reviewed = reviewed_scores(root, (data.model_name, data.model_sha256), config.table, through) if through else None
+    fingerprint = _fingerprint(data, labelled, names, config, reviewed)
     earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint, ctx.run_id)
     if earlier is not None:
         return _copy(earlier, fingerprint, config, ctx, out)
@@ -220,6 +236,13 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     scores = (vectors @ vectors.T)[upper]
     codes = np.unique(names, return_inverse=True)[1]
     same = (codes[:, None] == codes[None, :])[upper]
+    first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
+    second = np.broadcast_to(codes[None, :].astype(np.int32), upper.shape)[upper]
+    if reviewed is not None and len(reviewed[0]):
+        # Each reviewed pair is a label of its own (two for a rejected one) in the held-out split.
+        fresh = len(set(names)) + 2 * np.arange(len(reviewed[0]), dtype=np.int32)
+        scores, same = np.concatenate([scores, reviewed[0]]), np.concatenate([same, reviewed[1]])
+        first, second = np.concatenate([first, fresh]), np.concatenate([second, fresh + ~reviewed[1]])
     area = metrics.auc(scores, same)
     if area < MIN_AUC:
         raise UninformativeLabels(
@@ -250,9 +273,11 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         "threshold_far": choice.far,
         "threshold_why": choice.why,
         "impostor_pairs_above_threshold": int((scores[~same] >= threshold).sum()),
+        # The analysts' verdicts among those pairs (jobs.review): up to which review run, how many of each.
+        "reviews_through": through,
+        "reviewed_same_pairs": int(reviewed[1].sum()) if reviewed is not None else 0,
+        "reviewed_different_pairs": int((~reviewed[1]).sum()) if reviewed is not None else 0,
     }
-    first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
-    second = np.broadcast_to(codes[None, :].astype(np.int32), upper.shape)[upper]
     record["llr"] = score_to_llr(scores, same, first, second, threshold, config.seed)
     folder = ctx.output.join("calibration", ctx.run_id)
     for name, png in _figures(scores, same, threshold, f"{data.model_name}, {config.table}").items():
@@ -272,6 +297,13 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
         threshold,
         choice.why,
     )
+    if record["reviewed_same_pairs"] or record["reviewed_different_pairs"]:
+        ctx.log.info(
+            "of those, %d same and %d different pairs are analysts' verdicts (reviews through %s)",
+            record["reviewed_same_pairs"],
+            record["reviewed_different_pairs"],
+            through,
+        )
     if choice.rule != "target":
         ctx.log.warning("the threshold is not at --target-far %g: %s", config.target_far, choice.why)
     llr = record["llr"]
@@ -338,15 +370,20 @@ def score_to_llr(
     return out
 
 
-def _fingerprint(data, labelled: list[int], names: np.ndarray, config: CalibrateConfig) -> str:
+def _fingerprint(
+    data, labelled: list[int], names: np.ndarray, config: CalibrateConfig, reviewed: tuple | None = None
+) -> str:
     """What a calibration is computed from, hashed: the sample's labels and exact vectors, the model (or head) that
-    made them, the table and the target. Equal fingerprints give equal records."""
+    made them, the table, the target and the reviewed pairs' scores and verdicts. Equal fingerprints give equal
+    records."""
     digest = hashlib.sha256()
     head = {"model": [data.model_name, data.model_sha256], "table": config.table, "target_far": config.target_far}
     head |= {"record": 3, "seed": config.seed}  # 2: with the score-to-log-LR map; 3: thresholds it can measure
     digest.update(json.dumps(head, sort_keys=True).encode())
     digest.update("\x00".join(str(n) for n in names).encode())
     digest.update(np.ascontiguousarray(data.vectors[labelled], np.float32).tobytes())
+    if reviewed is not None and len(reviewed[0]):  # none: the fingerprint of a calibration made before reviews
+        digest.update(np.ascontiguousarray(reviewed[0], np.float64).tobytes() + reviewed[1].tobytes())
     return digest.hexdigest()
 
 

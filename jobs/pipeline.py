@@ -40,6 +40,7 @@ from ops.io.root import locate, relative_locations
 from ops.io.storage import Store
 from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
 from ops.matching.embeddings import read_labels
+from ops.matching.reviews import newest_review
 from ops.models import catalogue
 
 JOB = "pipeline"
@@ -200,6 +201,8 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
     out.check_writable()
     root = ctx.output.uri
     stages = Stages(ctx, config.restart_from, {m["run_id"]: m for m in committed_runs(ctx.output)}, config.shared_paths)
+    # The analysts' verdicts the calibrations and identities apply, named: a new review runs those stages again.
+    reviewed = newest_review(ctx.output)
     ensure_models(config, ctx.log)
     actors = {
         "pool_size": config.pool_size,
@@ -263,6 +266,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
                         embeddings_run_id=embeddings_run,
                         manifest_run_id=manifest_run,
                         target_far=config.target_far,
+                        reviews_through=reviewed,
                     ),
                 )
                 record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
@@ -287,6 +291,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
                     manifest_run_id=manifest_run,
                     min_llr=config.min_llr,
                     separate_labels=config.label_pattern is not None,
+                    reviews_through=reviewed,
                 ),
             )
         if record:

@@ -68,7 +68,7 @@ def reviewed_scores(
         if first and (first[0]["model_name"], first[0]["model_sha256"]) == tuple(model):
             of_model.add(run_id)
     kept = [m for m in marks if m["match_run_id"] in of_model]
-    return np.array([m["score"] for m in kept], np.float64), np.array([m["verdict"] == "confirmed" for m in kept])
+    return np.array([m["score"] for m in kept], np.float64), np.array([m["verdict"] == "confirmed" for m in kept], bool)
 
 
 def _newest_marks(root: Store, through: str | None) -> dict[Pair, dict]:

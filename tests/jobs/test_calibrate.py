@@ -109,3 +109,38 @@ def test_real_faces_joined_to_real_voices(ray_cluster, models, face_models, tmp_
     assert record["pairing"] == "chimeric" and record["identity_count"] == 4
     assert systems["fused sum"]["eer"] <= min(systems["face"]["eer"], systems["voice"]["eer"])
     assert systems["fused sum"]["cllr"] < 1 and np.isfinite(row["llr_threshold"])
+
+
+def test_an_analysts_verdicts_join_the_labelled_pairs_of_the_next_calibration(ray_cluster, tmp_path):
+    from jobs import match, review
+    from ops.io.tables import committed_runs
+    from tests.jobs.test_match import write_faces
+
+    rng = np.random.default_rng(5)
+    centres = rng.standard_normal((6, 16))
+    vectors = (np.repeat(centres, 4, axis=0) + 0.4 * rng.standard_normal((24, 16))).astype(np.float32)
+    uris = [f"/archive/{i:02d}.jpg" for i in range(24)]
+    write_faces(tmp_path, vectors, uris, labels=[f"p{i // 4}" for i in range(24)])
+    search = ["search", "--queries", tmp_path, "--output", tmp_path, "--per-source", "--k", 23, "--threshold", 0.5]
+    assert match.main(quiet(*search, "--run-id", "s")) == 0
+    root = resolve(str(tmp_path))
+    argv = [tmp_path, "--output", tmp_path, "--manifest-run-id", "manifest-test"]
+    assert calibrate.main(quiet(*argv, "--run-id", "c1")) == 0
+
+    rows = read_table(root, "matches", "s").to_pylist()
+    same = next(r for r in rows if r["query_uri"] == uris[0] and r["gallery_uri"] == uris[1])
+    other = next(r for r in rows if r["query_uri"] == uris[0] and r["gallery_uri"] == uris[4])
+    for row, verdict in ((same, "confirmed"), (other, "rejected")):
+        marked = [str(tmp_path), "--match-run", "s", "--query", row["query_item"], "--gallery", row["gallery_item"]]
+        assert review.main(quiet(*marked, "--verdict", verdict, "--reviewer", "A. Examiner")) == 0
+    assert calibrate.main(quiet(*argv, "--run-id", "c2")) == 0
+    assert calibrate.main(quiet(*argv, "--run-id", "c3", "--no-reviews")) == 0
+
+    runs = {m["run_id"]: m.get("summary") for m in committed_runs(root)}
+    before, after, without = runs["c1"], runs["c2"], runs["c3"]
+    assert (before["reviewed_same_pairs"], before["reviewed_different_pairs"]) == (0, 0)
+    assert (after["reviewed_same_pairs"], after["reviewed_different_pairs"]) == (1, 1)
+    assert after["reviews_through"] == [m["run_id"] for m in committed_runs(root) if m["job"] == "review"][-1]
+    assert after["same_pairs"] == before["same_pairs"] + 1
+    assert after["different_pairs"] == before["different_pairs"] + 1
+    assert after["sample_sha256"] != before["sample_sha256"] == without["sample_sha256"]  # new evidence, new record

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from jobs import report, review
+from jobs import pipeline, report, review
 from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
@@ -47,3 +47,22 @@ def test_verdicts_are_kept_never_rewritten_and_the_report_shows_the_latest(pipel
     assert page.count('data-testid="review"') == 2
     assert "<b>confirmed</b> by A. Examiner" in page and "same scar on the left cheek" in page
     assert "<b>rejected</b> by A. Examiner" in page and "profile only" not in page  # the superseded mark: not shown
+
+    # The verdicts feed back: the same pipeline again calibrates with them (a confirmed pair is a same-person pair,
+    # a rejected one a different-person pair) and clusters with them (together, and never together).
+    argv = [a if a != str(pipeline_run["results"]) else str(results) for a in pipeline_run["argv"]]
+    assert pipeline.main(argv) == 0
+    stages = {m["run_id"]: m for m in committed_runs(root)}["pl"]["stages"]
+    assert stages["manifest"]["state"] == stages["faces"]["state"] == "kept"  # nothing embedded again
+    assert stages["calibrate-faces"]["state"] == stages["identities-faces"]["state"] == "ran"
+    calibration = stages["calibrate-faces"]["summary"]
+    assert (calibration["reviewed_same_pairs"], calibration["reviewed_different_pairs"]) == (1, 1)
+    clustered = stages["identities-faces"]["summary"]
+    assert (clustered["reviewed_same"], clustered["reviewed_different"]) == (1, 1)
+    who = {r["item"]: r["identity"] for r in read_table(root, "identities", "pl.identities-faces").to_pylist()}
+    assert who[first["query_item"]] == who[first["gallery_item"]]
+    assert who[second["query_item"]] != who[second["gallery_item"]]
+    # Nothing new since: the same command keeps every stage.
+    assert pipeline.main(argv) == 0
+    stages = {m["run_id"]: m for m in committed_runs(root)}["pl"]["stages"]
+    assert {e["state"] for e in stages.values()} <= {"kept", "skipped"}
