@@ -331,6 +331,43 @@ def pipeline_run(ray_cluster, all_models, tmp_path_factory) -> dict:
     return {"base": base, "archive": base / "archive", "results": base / "results", "argv": argv, "marker": marker}
 
 
+# What a find on ../shared's real media is asked about: a photo and a recording the real archive does not hold.
+REAL_PROBES = {
+    "face": ("faces", "knn_examples", "test", "obama1.jpg"),
+    "voice": ("voices", "2609", "2609-156975-0000.flac"),
+}
+
+
+def real_archive(base: Path) -> Path:
+    """``../shared``'s faces and voices as a user's archive: the training photos and every speaker's recordings in a
+    folder per enrolled person, the rest of the photos (strangers, group photos, the clip) unlabelled; the two
+    ``REAL_PROBES`` left out."""
+    faces, voices, archive = shared_data("faces"), shared_data("voices"), base / "archive"
+    left_out = {shared_data(*parts) for parts in REAL_PROBES.values()}
+    for member in [*(faces / "knn_examples" / "train").glob("*/*"), *voices.glob("*/*.flac")]:
+        if member not in left_out:
+            (archive / "enrolled" / member.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(member, archive / "enrolled" / member.parent.name / member.name)
+    (archive / "probes").mkdir()
+    for probe in [*(faces / "knn_examples" / "test").iterdir(), *(p for p in faces.iterdir() if p.is_file())]:
+        if probe not in left_out:
+            shutil.copy(probe, archive / "probes" / probe.name)
+    return archive
+
+
+@pytest.fixture(scope="session")
+def real_pipeline(ray_cluster, all_models, tmp_path_factory) -> dict:
+    """The pipeline over ``real_archive`` (skipped without ../shared), once per session: enrolled people labelled."""
+    from jobs import pipeline
+
+    shared_data("faces")
+    base = tmp_path_factory.mktemp("real")
+    archive = real_archive(base)
+    argv = [str(archive), "--output", str(base / "results"), "--models", all_models.uri, "--run-id", "real"]
+    assert pipeline.main([*argv, "--no-previews", "--label-pattern", "enrolled/{label}/*"]) == 0
+    return {"archive": archive, "results": base / "results", "models": all_models}
+
+
 def same_row(a: dict, b: dict, rel: float = 1e-4) -> bool:
     """Two rows equal, floats to ``rel`` (a row made again may differ in the last bits of a float)."""
     if a.keys() != b.keys():

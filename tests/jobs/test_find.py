@@ -103,3 +103,79 @@ def test_a_root_without_an_archive_or_a_missing_probe_is_refused_with_the_fix(tm
     assert "run `python -m jobs.pipeline ARCHIVE" in caplog.text
     assert find.main([str(tmp_path / "nowhere.png"), "--results", str(tmp_path / "empty")]) == 2
     assert "does not exist" in caplog.text
+
+
+def test_the_analysts_loop_on_real_photos_and_voices(real_pipeline, tmp_path, capsys):
+    """../shared's real media: a photo and a recording the archive does not hold, found, verified, reviewed, fed
+    back and exported as a case that checks clean."""
+    from jobs import export, pipeline, review
+    from tests.conftest import REAL_PROBES, shared_data
+
+    results = tmp_path / "results"
+    shutil.copytree(real_pipeline["results"], results)
+    root = resolve(str(results))
+    face, voice = shared_data(*REAL_PROBES["face"]), shared_data(*REAL_PROBES["voice"])
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    for probe in (face, voice):
+        shutil.copy(probe, probes / probe.name)
+    assert find.main([str(probes), "--results", str(results), "--run-id", "q"]) == 0
+    summary = {m["run_id"]: m for m in committed_runs(root)}["q"]["summary"]
+    assert summary["hits"]["faces"] > 0 and summary["hits"]["voices"] > 0
+
+    # Every face hit is Obama: an enrolled photo of him, or a face the pipeline identified as him.
+    identified = {
+        r["query_item"]: r["identity"]
+        for r in read_table(root, "matches", "real.identify-faces").to_pylist()
+        if r["rank"] == 1 and r["decision"] == r["identity"]
+    }
+    hits = [r for r in read_table(root, "matches", "q.search-faces").to_pylist() if r["decision"] == "match"]
+    assert hits and all(
+        "/enrolled/obama/" in r["gallery_uri"] or identified.get(r["gallery_item"]) == "obama" for r in hits
+    )
+    assert all(r["llr"] > 0 for r in hits)
+    # Every voice hit is the same reader's, and most of his other recordings are found.
+    heard = [r for r in read_table(root, "matches", "q.search-voices").to_pylist() if r["decision"] == "match"]
+    assert {Path(r["gallery_uri"]).parent.name for r in heard} == {"2609"} and len(heard) >= 5
+
+    # Verified against one named archive item: the enrolled Obama and Biden photos.
+    enrolled = real_pipeline["archive"] / "enrolled"
+    for run_id, item, accepted in (
+        ("qo", enrolled / "obama" / "obama.jpg", True),
+        ("qb", enrolled / "biden" / "biden.jpg", False),
+    ):
+        assert (
+            find.main([str(probes / face.name), "--results", str(results), "--run-id", run_id, "--verify", str(item)])
+            == 0
+        )
+        (row,) = read_table(root, "matches", f"{run_id}.verify-faces").to_pylist()
+        assert (row["decision"] == "accept") == accepted and (row["llr"] > 0) == accepted
+
+    # Reviewed: the best face hit confirmed; the marks feed the next calibration and identities.
+    best = max(hits, key=lambda r: r["score"])
+    argv = [
+        str(results),
+        "--match-run",
+        "q.search-faces",
+        "--query",
+        best["query_item"],
+        "--gallery",
+        best["gallery_item"],
+    ]
+    assert review.main([*argv, "--verdict", "confirmed", "--reviewer", "A. Examiner", "--note", "same mole"]) == 0
+    rerun = [str(real_pipeline["archive"]), "--output", str(results), "--models", real_pipeline["models"].uri]
+    assert pipeline.main([*rerun, "--run-id", "real", "--no-previews", "--label-pattern", "enrolled/{label}/*"]) == 0
+    stages = {m["run_id"]: m for m in committed_runs(root)}["real"]["stages"]
+    assert stages["faces"]["state"] == "kept" and stages["calibrate-faces"]["state"] == "ran"
+    assert stages["calibrate-faces"]["summary"]["reviewed_same_pairs"] == 1
+
+    # The case exported, checked clean, and caught with one byte changed.
+    case = tmp_path / "case"
+    assert export.main([str(case), "--results", str(results), "--runs", "q,qo"]) == 0
+    assert export.main(["--check", str(case)]) == 0
+    sources = (case / "sources.csv").read_text()
+    assert str(probes / face.name) in sources and str(probes / voice.name) in sources
+    report = case / "report" / "q.report" / "index.html"
+    report.write_bytes(report.read_bytes().replace(b"<html", b"<html ", 1))
+    assert export.main(["--check", str(case)]) == 2
+    assert "changed: report/q.report/index.html" in capsys.readouterr().err

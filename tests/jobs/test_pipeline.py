@@ -15,7 +15,6 @@ from ops.io.tables import committed_runs, read_table
 from ops.matching.decisions import is_positive
 from ops.media.encode import encode_image
 from ops.testing.samples import SAMPLE_LAYOUT, portrait
-from tests.conftest import shared_data
 
 OPTIONAL = ("attributes", "crossmatch")  # the stages that need a model the demo does not pass
 RUN = [s for s in pipeline.STAGES if s not in OPTIONAL]
@@ -273,28 +272,12 @@ def test_a_nightly_run_does_only_what_is_new_and_equals_a_full_run(ray_cluster, 
         }
 
 
-def real_archive(base: Path) -> Path:
-    """``../shared``'s faces as a user's archive: the training photos in a folder per enrolled person, the rest
-    (strangers, group photos, the clip) unlabelled."""
-    faces, archive = shared_data("faces"), base / "archive"
-    for photo in (faces / "knn_examples" / "train").glob("*/*"):
-        (archive / "enrolled" / photo.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(photo, archive / "enrolled" / photo.parent.name / photo.name)
-    (archive / "probes").mkdir()
-    for probe in [*(faces / "knn_examples" / "test").iterdir(), *(p for p in faces.iterdir() if p.is_file())]:
-        shutil.copy(probe, archive / "probes" / probe.name)
-    return archive
-
-
 NOT_A_MATCH = {"unknown", "below the evidence needed"}  # what identify says of a probe it does not identify
 
 
-def test_a_real_archive_gets_the_decisions_its_evidence_supports(ray_cluster, all_models, tmp_path):
-    """Every face its own item, and no decision against the evidence, on real photos and a real clip."""
-    archive = real_archive(tmp_path)
-    results = tmp_path / "results"
-    argv = [str(archive), "--output", str(results), "--models", all_models.uri, "--run-id", "real", "--no-previews"]
-    assert pipeline.main([*argv, "--label-pattern", "enrolled/{label}/*"]) == 0
+def test_a_real_archive_gets_the_decisions_its_evidence_supports(real_pipeline, tmp_path):
+    """Every face its own item, and no decision against the evidence, on real photos, a real clip and real voices."""
+    archive, results = real_pipeline["archive"], real_pipeline["results"]
     root = resolve(str(results))
     identify = read_table(root, "matches", "real.identify-faces").to_pylist()
     top = {r["query_item"].split("/probes/")[1]: r for r in identify if r["rank"] == 1}
