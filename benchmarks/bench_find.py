@@ -1,18 +1,20 @@
 """Probe to answer: `jobs.find` against the four commands it replaces, on the demo archive, in one run, interleaved.
 
-    python benchmarks/bench_find.py [--rounds 3] [--models out/models]
+    python benchmarks/bench_find.py [--rounds 3] [--models out/models] [--warm]
 
 Builds the demo archive and its results once (`jobs.sample`, `jobs.pipeline`), then, each round, one photo of a
 person as a new probe (new bytes each round, so nothing is reused by content): the one command (`python -m
 jobs.find PROBE --results ROOT`) beside the four a user typed before it (`jobs.manifest` of the probe's folder,
 `jobs.embed_faces`, `jobs.match search --queries --gallery`, `jobs.report`), each command a fresh process as a user
-runs it (Ray's start-up included: each starts its own local cluster). Prints each round's wall times and the medians,
-and find's time as a ratio of the four commands'.
+runs it (Ray's start-up included: each starts its own local cluster; with --warm every command joins one local
+cluster started before, through RAY_ADDRESS, as on a workstation that keeps one running). Prints each round's wall
+times and the medians, and find's time as a ratio of the four commands'.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,9 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+ENV = dict(os.environ)
+
+
 def command(*args: str) -> float:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, env=ENV)
     if done.returncode != 0:
         sys.exit(f"{' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
     return time.monotonic() - started
@@ -43,7 +48,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default=str(REPO / "out" / "models"))
+    parser.add_argument("--warm", action="store_true", help="every command joins one local cluster started first")
     args = parser.parse_args()
+    if args.warm:
+        ray = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"], check=True)
+        ENV["RAY_ADDRESS"] = "auto"
+    try:
+        measure(args)
+    finally:
+        if args.warm:
+            subprocess.run([ray, "stop"], check=False)
+
+
+def measure(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-find-"))
     archive, results = base / "archive", base / "results"
     command("jobs.sample", str(archive))

@@ -39,7 +39,7 @@ from jobs.accounting import (
     summed,
 )
 from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
+from jobs.plan import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.progress import ItemClock
 from jobs.reuse import Reuse, reusable_run, reuse_key
 from jobs.runtime import JobContext, run_job, run_module
@@ -447,7 +447,7 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
     jpeg_on_device = config.decode_on == "device" or (config.decode_on == "auto" and plan.gpus_per_actor > 0)
     device = {"inference": "gpu" if plan.gpus_per_actor > 0 else "cpu", "jpeg_on_device": jpeg_on_device}
     key = reuse_key(config, models, ROWS_VERSION, device)
-    previous = reusable_run(ctx.output, JOB, key) if config.reuse else None
+    previous = reusable_run(ctx.output, JOB, key, run_id=ctx.run_id) if config.reuse else None
     reuse = None
     if previous is not None:  # a truncated source (a timeout, a stream cut short) is decoded again, like an error
         reuse = Reuse(previous, writers, "face_sources", pc.field("status") != "truncated", source_counts)
@@ -523,6 +523,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
             decode=decode_frames,
             decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
             what="face",
+            in_process=in_process(config, sources.count - sources.reused.reused),
         )
         embedded = embedded.map_batches(
             write_faces,

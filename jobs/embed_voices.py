@@ -34,7 +34,7 @@ from jobs.accounting import (
     staged_rows,
 )
 from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
+from jobs.plan import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.progress import ItemClock
 from jobs.reuse import Reuse, reusable_run, reuse_key
 from jobs.runtime import JobContext, run_job, run_module
@@ -335,7 +335,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
     plan = actor_plan(config)
     ledger = ledger_of(job.out)
     key = reuse_key(config, models, ROWS_VERSION, {"inference": "gpu" if plan.gpus_per_actor > 0 else "cpu"})
-    previous = reusable_run(ctx.output, JOB, key) if config.reuse else None
+    previous = reusable_run(ctx.output, JOB, key, run_id=ctx.run_id) if config.reuse else None
     reuse = None
     if previous is not None:  # a truncated source (a timeout, a stream cut short) is decoded again, like an error
         done = (pc.field("level") == "source") & (pc.field("status") != "truncated")
@@ -434,6 +434,7 @@ def _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger,
             "vad_folder": vad_folder,
         },
         what="encoder",
+        in_process=in_process(config, sources.count - sources.reused.reused),
     )
     return embedded.map_batches(
         write_segments,

@@ -16,6 +16,11 @@ report) and resumed as the pipeline's are, then the find's own run: ``jobs.show`
 them like any other (the hits are the search stages' ``matches/`` rows whose decision is "match"). Writing into the
 archive's own root is what lets the report show the archive side of every hit from its face thumbnails.
 
+A handful of probes (fewer than 9 files) on a cluster without GPUs is embedded in the find's own process, its models
+loaded once there, with no pool of actors to start (``ActorOptions.in_process_below``: the same rows); more, or a
+GPU cluster, by actors as any embedding job. Set RAY_ADDRESS to a running cluster (``ray start --head``) and the find
+joins it instead of starting one.
+
 With ``--verify ITEM`` (an archive source's uri, or an item key as ``jobs.show`` lists it) the probe is not searched
 but verified: every probe file against that one item, in the table that holds it (stage ``verify-faces`` or
 ``verify-voices``, ``jobs.match verify`` with each side read from its own run), decided by the same calibrated
@@ -46,7 +51,9 @@ from ops.matching.items import parse
 JOB = "find"
 # The archive's settings a probe is embedded with: all but where things are, which runs, and how work is spread.
 _NOT_COPIED = {"manifest", "manifest_run_id", "output", "run_id", "log_level", "shared_paths", "models", "reuse"}
-_NOT_COPIED |= {"pool_size", "max_actors", "gpus_per_actor", "batch_size"}
+_NOT_COPIED |= {"pool_size", "max_actors", "gpus_per_actor", "batch_size", "in_process_below"}
+# A handful of probes is embedded in the find's own process (no pool of actors to start for them); more, by actors.
+IN_PROCESS = 9
 
 
 @dataclass
@@ -164,7 +171,13 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
         embedded = stages.run(
             table,
             module,
-            cls(manifest=root.uri, manifest_run_id=probes, models=models, **_settings(gallery, cls)),
+            cls(
+                manifest=root.uri,
+                manifest_run_id=probes,
+                models=models,
+                in_process_below=IN_PROCESS,
+                **_settings(gallery, cls),
+            ),
         )
         if not embedded["tables"].get(table, {}).get("rows"):
             stages.skip(f"{compare}-{table}", f"no {table} were found in the probes", asked=False)
@@ -188,7 +201,7 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
             stages.run(
                 f"search-{table}",
                 match,
-                match.MatchConfig(mode="search", per_source=table == "voices", k=config.k, **common),
+                match.MatchConfig(mode="search", per_source=table == "voices", k=config.k, reuse=False, **common),
             )
         compared = stages.done[f"{compare}-{table}"]
         found = _hits(root, table, compared["run_id"], ctx, "accept" if verified else "match")

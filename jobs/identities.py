@@ -178,7 +178,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         "separate_labels": config.separate_labels,
         "model": list(model),
     }
-    previous = reusable_run(ctx.output, JOB, key, "identities_key")
+    previous = reusable_run(ctx.output, JOB, key, "identities_key", ctx.run_id)
     ensure_ray()
     import ray
 

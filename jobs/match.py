@@ -200,7 +200,7 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
 def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict[str, str]) -> Previous | None:
     """The previous run to search by difference from (``jobs.search_diff``), its items and rows staged; None: a
     full search (--no-reuse, or no committed run with the same key)."""
-    run = reusable_run(ctx.output, JOB, key, "search_key") if config.reuse else None
+    run = reusable_run(ctx.output, JOB, key, "search_key", ctx.run_id) if config.reuse else None
     if run is None:
         return None
     ctx.log.info("searching by difference: what changed since run %s", run)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from ops.io.errors import JobFailed
 from ops.io.redact import redact
@@ -93,6 +95,23 @@ class ActorOptions:
             "when the cluster has none yet"
         },
     )
+    in_process_below: int = field(
+        default=0,
+        metadata={
+            "help": "fewer sources than this (at most 16) on a cluster without GPUs: the model runs in this process, "
+            "no pool of actors started (what jobs.find does for a handful of probes)"
+        },
+    )
+
+
+# The most sources a job runs in its driver's process (``in_process_below``): a handful, so the driver's memory stays
+# that of one model and a few frames, whatever the archive.
+IN_PROCESS_MOST = 16
+
+
+def in_process(options: ActorOptions, sources: int) -> bool:
+    """Whether a job with ``sources`` to run (none reused) runs its model in its own process (see ActorOptions)."""
+    return 0 < sources < min(options.in_process_below, IN_PROCESS_MOST + 1)
 
 
 @dataclass(frozen=True)
@@ -185,12 +204,20 @@ def model_pipeline(
     decode: Callable | None = None,
     decode_kwargs: dict | None = None,
     what: str = "model",
+    in_process: bool = False,
 ):
     """Planned blocks of sources (object refs, see jobs.accounting.plan_sources) as a Ray Data pipeline: an optional
     CPU decode stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on GPUs
-    when the plan has them). Returns the dataset; iterating it runs the job."""
+    when the plan has them). Returns the dataset; iterating it runs the job. ``in_process`` (a handful of sources,
+    no GPUs planned): the same stages on the same rows in this process, with no pool to start (``InProcess``)."""
     import ray
 
+    if in_process and not plan.gpus_per_actor:
+        log.info("%s: in this process (a handful of sources: no pool of actors to start)", what)
+        data = InProcess(ray.get(block) for block in blocks)
+        if decode is not None:
+            data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_size=1)
+        return data.map_batches(actor, fn_constructor_kwargs=actor_kwargs)
     data = ray.data.from_arrow_refs(blocks)
     if decode is not None:
         data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_format="pyarrow", batch_size=1)
@@ -199,3 +226,50 @@ def model_pipeline(
     )
     log.info("%d CPUs now; %s: %s", plan.cpus, what, plan.describe())
     return data
+
+
+class InProcess:
+    """The part of a Ray Data pipeline the jobs use (``map_batches``, ``iter_batches``), run lazily in this process,
+    a batch after another: for a handful of sources, where starting a pool of actors (a process each, the models
+    loaded in each) costs more than the work. The same functions and actor class see the same rows; a function that
+    yields several tables (a decoder) is followed through."""
+
+    def __init__(self, batches: Iterable[pa.Table]) -> None:
+        self._batches = batches
+
+    def map_batches(
+        self,
+        fn: Callable,
+        fn_kwargs: dict | None = None,
+        fn_constructor_kwargs: dict | None = None,
+        batch_size: int | None = None,
+        **_ray_options,
+    ) -> InProcess:
+        def mapped() -> Iterator[pa.Table]:
+            call = fn(**(fn_constructor_kwargs or {})) if isinstance(fn, type) else fn  # an actor: its models once
+            for batch in _rebatched(self._batches, batch_size):
+                out = call(batch, **(fn_kwargs or {}))
+                yield from [out] if isinstance(out, pa.Table) else out
+
+        return InProcess(mapped())
+
+    def iter_batches(self, **_options) -> Iterator[pa.Table]:
+        return iter(self._batches)
+
+
+def _rebatched(batches: Iterable[pa.Table], size: int | None) -> Iterator[pa.Table]:
+    """The rows of ``batches`` in tables of ``size`` rows (the last may be shorter); as they come for None."""
+    if size is None:
+        yield from (b for b in batches if b.num_rows)
+        return
+    pending: list[pa.Table] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= size:
+            table = pa.concat_tables(pending)
+            yield table.slice(0, size)
+            pending, count = [table.slice(size)], count - size
+    if count:
+        yield pa.concat_tables(pending)

@@ -1,7 +1,7 @@
 """Reuse: a source whose content was already embedded by the same models with the same settings is not decoded or
 embedded again; its rows are copied from the run that made them, under this run's id.
 
-    previous = reusable_run(root, JOB, key)                  # the newest committed run of the job with the same key
+    previous = reusable_run(root, JOB, key, run_id=...)      # a committed run of the job with the same key
     sources = plan_sources(..., reuse=Reuse(previous, ...))  # jobs.accounting: reused sources planned out
 
 **The key** (``reuse_key``, kept in each run's summary): the models' names and checkpoint sha256, and every setting
@@ -53,6 +53,7 @@ NOT_SHAPING = frozenset(
         "pool_size",
         "max_actors",
         "gpus_per_actor",
+        "in_process_below",
         "batch_size",
         "decode_on",
         "item_timeout",
@@ -71,14 +72,19 @@ def reuse_key(config, models: dict[str, str], rows_version: int, device: dict) -
     return {"models": dict(sorted(models.items())), "versions": versions, "device": device, "settings": settings}
 
 
-def reusable_run(root: Store, job: str, key: dict, field: str = "reuse_key") -> str | None:
-    """The newest committed run of ``job`` under ``root`` whose summary holds the same key under ``field`` (a reuse
-    key; a search key): another run, or this run's own committed attempt when it runs again (its rows are read
-    before the new attempt replaces it)."""
-    found = [
-        m["run_id"] for m in committed_runs(root) if m.get("job") == job and (m.get("summary") or {}).get(field) == key
-    ]
-    return found[-1] if found else None
+def reusable_run(
+    root: Store, job: str, key: dict, field: str = "reuse_key", run_id: str | None = None
+) -> str | None:
+    """A committed run of ``job`` under ``root`` whose summary holds the same key under ``field`` (a reuse key; a
+    search key): this run's own committed attempt when it runs again (its rows are read before the new attempt
+    replaces it), else of the others the one of the most sources, the newest of those. Not simply the newest: a
+    handful of probes embedded by ``jobs.find`` beside an archive's run has the same key, and reusing it would embed
+    the whole archive again."""
+    found = [m for m in committed_runs(root) if m.get("job") == job and (m.get("summary") or {}).get(field) == key]
+    own = [m for m in found if m["run_id"] == run_id]
+    if own or not found:
+        return own[-1]["run_id"] if own else None
+    return max(enumerate(found), key=lambda at: ((at[1]["summary"].get("sources") or 0), at[0]))[1]["run_id"]
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,48 @@ def test_a_second_run_embeds_only_new_content_and_equals_a_full_run(ray_cluster,
         assert same_row(r, made[k]), k
     assert rows("face_sources", "f2", ("uri",)) == rows("face_sources", "full", ("uri",))
     assert rows("face_thumbnails", "f2", face_key).keys() == reused.keys()
+
+
+def test_a_handful_of_sources_in_process_gives_the_actors_rows_and_is_not_reused_for_an_archive(
+    ray_cluster, face_models, sample_archive, tmp_path, caplog
+):
+    """What jobs.find does for its probes: a photo, a video and a broken file embedded in the driver's process
+    (no pool of actors) give the rows the actors give; a later run of the archive reuses the archive's run, not the
+    newer handful."""
+    out = resolve(str(tmp_path / "out"))
+    args = [out.uri, "--output", out.uri, "--models", face_models.uri, "--log-level", "WARNING"]
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in ("photos/alice/portrait-2.png", "videos/interview.mp4"):
+        (few / name.replace("/", "-")).write_bytes((sample_archive / name).read_bytes())
+    (few / "cut-short.jpg").write_bytes((sample_archive / "photos/alice/portrait-1.jpg").read_bytes()[:400])
+    for folder, run_id in ((sample_archive, "m-all"), (few, "m-few")):
+        assert manifest.main([str(folder), "--output", out.uri, "--run-id", run_id, "--log-level", "WARNING"]) == 0
+    assert embed_faces.main([*args, "--manifest-run-id", "m-all", "--run-id", "all"]) == 0
+    common = [*args, "--manifest-run-id", "m-few", "--no-reuse", "--gpus-per-actor", "0"]  # the test cluster has a GPU
+    assert embed_faces.main([*common, "--run-id", "actors"]) == 0
+    assert "in this process" not in caplog.text
+    assert embed_faces.main([*common, "--run-id", "here", "--in-process-below", "9", "--log-level", "INFO"]) == 0
+    assert "face: in this process" in caplog.text
+    for table, key in (
+        ("faces", ("uri", "frame_index", "face_index")),
+        ("face_sources", ("uri",)),
+        ("errors", ("uri",)),
+    ):
+        here, actors = (
+            {
+                tuple(r[k] for k in key): r
+                for r in read_table(out, table, run_id=run).drop_columns(["run_id"]).to_pylist()
+            }
+            for run in ("here", "actors")
+        )
+        assert here.keys() == actors.keys() and here, table
+        for k, r in here.items():
+            for column in ("embedding", "landmarks", "box"):
+                if column in r:
+                    np.testing.assert_allclose(r.pop(column), actors[k].pop(column), atol=1e-5)
+            assert same_row(r, actors[k]), (table, k)
+    # The archive again under a new run id: its own run of 15 sources is reused, not the newer run of three.
+    assert embed_faces.main([*args, "--manifest-run-id", "m-all", "--run-id", "night-2"]) == 0
+    summary = {m["run_id"]: m for m in committed_runs(out)}["night-2"]["summary"]
+    assert summary["reused_from"] == "all" and summary["reused"] == summary["sources"]

@@ -273,3 +273,34 @@ def test_a_second_run_on_s3_embeds_only_new_content_and_equals_a_full_run(ray_cl
         a, b = r.pop("embedding"), made[k].pop("embedding")
         assert (a is None) == (b is None) and (a is None or np.allclose(a, b, atol=1e-5)), k
         assert same_row(r, made[k]), k
+
+
+def test_a_handful_of_sources_in_process_gives_the_actors_rows(ray_cluster, models, tmp_path, caplog):
+    """jobs.find's probes: the hard cases embedded in the driver's process (no pool of actors) give the actors'
+    rows, errors included."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    expected = hard_archive(archive)
+    assert len(expected) <= 16
+    out = str(tmp_path / "out")
+    common = ["--output", out, "--models", models.uri, "--no-reuse", "--gpus-per-actor", "0"]
+    assert run_both(archive, out, models, *common[4:], "--run-id", "actors") == 0
+    assert "in this process" not in caplog.text
+    assert embed_voices.main([out, *common, "--run-id", "here", "--in-process-below", "17"]) == 0
+    assert "encoder: in this process" in caplog.text
+    root = resolve(out)
+    for table, key in (("voices", ("uri", "level", "start")), ("errors", ("uri", "error_type"))):
+        here, actors = (
+            {
+                tuple(r[k] for k in key): r
+                for r in read_table(root, table, run_id=run).drop_columns(["run_id"]).to_pylist()
+            }
+            for run in ("here", "actors")
+        )
+        assert here.keys() == actors.keys() and here, table
+        for k, r in here.items():
+            a, b = r.pop("embedding", None), actors[k].pop("embedding", None)
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_allclose(a, b, atol=1e-5)
+            assert same_row(r, actors[k]), (table, k)

@@ -51,3 +51,31 @@ def test_actor_pools_start_with_the_cluster_and_grow(monkeypatch, resources, opt
     strategy = plan.map_args(64)["compute"]
     assert (strategy.min_size, strategy.max_size) == (plan.min_size, plan.max_size or float("inf"))
     assert plan.parallelism >= max(plan.cpus, plan.max_size or 0)
+
+
+def test_in_process_runs_the_stages_on_the_same_rows_with_the_actor_made_once():
+    import pyarrow as pa
+
+    from jobs.plan import InProcess, in_process
+
+    made = []
+
+    class Doubler:  # an actor: constructed once, called per batch
+        def __init__(self, factor: int) -> None:
+            made.append(factor)
+            self.factor = factor
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            return pa.table({"x": pa.compute.multiply(batch.column("x"), self.factor)})
+
+    def split(batch: pa.Table, copies: int):  # a decoder: several tables per input
+        for _ in range(copies):
+            yield batch
+
+    blocks = [pa.table({"x": [1, 2, 3]}), pa.table({"x": [4]})]
+    data = InProcess(iter(blocks)).map_batches(split, fn_kwargs={"copies": 2}, batch_size=1)
+    data = data.map_batches(Doubler, fn_constructor_kwargs={"factor": 10}, batch_size=3, compute="ignored")
+    out = [b.column("x").to_pylist() for b in data.iter_batches(batch_format="pyarrow")]
+    assert out == [[10, 10, 20], [20, 30, 30], [40, 40]] and made == [10]
+    assert in_process(ActorOptions(in_process_below=9), 8) and not in_process(ActorOptions(in_process_below=9), 9)
+    assert not in_process(ActorOptions(in_process_below=100), 17) and not in_process(ActorOptions(), 1)
