@@ -52,13 +52,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.warm:
         ray = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"], check=True)
+        start = [ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
+        subprocess.run(start, check=True, capture_output=True)
         ENV["RAY_ADDRESS"] = "auto"
     try:
         measure(args)
     finally:
         if args.warm:
-            subprocess.run([ray, "stop"], check=False)
+            subprocess.run([ray, "stop"], check=False, capture_output=True)
 
 
 def measure(args: argparse.Namespace) -> None:

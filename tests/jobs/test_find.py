@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from jobs import find, match
+from jobs import delete, find, match
 from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
@@ -91,6 +91,11 @@ def test_one_photo_finds_its_person_across_the_archive_with_both_sides_in_the_re
         assert summary["hits"] == {"faces": int(decision == "accept")}
         page = Path(locate(root, summary["report_uri"]).path).read_text()
         assert "<h2>Verification: faces</h2>" in page and page.count('data-testid="thumb"') == 2  # both sides
+    # Deleting a find takes its stages and the pairs it verified.
+    assert (results / "pairs" / "fb" / "faces.parquet").exists()
+    assert delete.main([str(results), "fb"]) == 0
+    assert not (results / "pairs" / "fb").exists()
+    assert not [m for m in committed_runs(root) if m["run_id"].split(".")[0] == "fb"]
     # An item the archive does not hold is refused before anything is listed or embedded.
     nowhere = str(tmp_path / "not-in-the-archive.jpg")
     assert find.main([str(probe), "--results", str(results), "--run-id", "fx", "--verify", nowhere]) == 2
