@@ -156,6 +156,15 @@ def test_the_analysts_loop_on_real_photos_and_voices(real_pipeline, tmp_path, ca
         (row,) = read_table(root, "matches", f"{run_id}.verify-faces").to_pylist()
         assert (row["decision"] == "accept") == accepted and (row["llr"] > 0) == accepted
 
+    # A recording verified against a named recording of the same reader: the voices are compared, not the faces.
+    same_reader = sorted((enrolled / "2609").glob("*.flac"))[0]
+    argv = [str(probes / voice.name), "--results", str(results), "--run-id", "qv", "--verify", str(same_reader)]
+    assert find.main(argv) == 0
+    states = {name: e["state"] for name, e in {m["run_id"]: m for m in committed_runs(root)}["qv"]["stages"].items()}
+    assert states["verify-voices"] == "ran" and states["faces"] == "skipped"
+    (row,) = read_table(root, "matches", "qv.verify-voices").to_pylist()
+    assert row["decision"] == "accept" and row["llr"] > 0
+
     # Reviewed: the best face hit confirmed; the marks feed the next calibration and identities.
     best = max(hits, key=lambda r: r["score"])
     argv = [
