@@ -45,7 +45,7 @@ def add_photos(folder: Path, first: int, n: int) -> None:
     for i in range(first, first + n):
         path = folder / f"p{i:06d}.jpg"
         path.write_bytes(faces[i % 7] + i.to_bytes(4, "big"))
-        old = time.time() - 3600  # not written "just now": see jobs/manifest_diff.py on racily clean objects
+        old = time.time() - 3600  # not written "just now": see jobs/archive/manifest_diff.py on racily clean objects
         os.utime(path, (old, old))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import manifest  # noqa: E402
-from jobs.plan import ensure_ray  # noqa: E402
+from jobs.runtime.cluster import ensure_ray  # noqa: E402
 from ops.io.storage import resolve  # noqa: E402
 from ops.io.tables import read_table  # noqa: E402
 

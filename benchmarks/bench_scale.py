@@ -51,7 +51,7 @@ SYNTHETIC_JOBS = (
     "identities",
     "report",
 )
-BARE = "import torch, jobs.embed_faces, jobs.match; from jobs.plan import ensure_ray; ensure_ray()"
+BARE = "import torch, jobs.embed_faces, jobs.match; from jobs.runtime.cluster import ensure_ray; ensure_ray()"
 
 
 def make_archive(folder: Path, n: int) -> None:

@@ -110,10 +110,10 @@ def main() -> None:
 
 
 def staged(store, name: str, vectors: np.ndarray, files: int) -> list[tuple[str, int]]:
-    """Vectors as the item files ``jobs.archive_search`` stages (key, uri, sha256, id, unit vector)."""
+    """Vectors as the item files ``jobs.archive.search`` stages (key, uri, sha256, id, unit vector)."""
     import pyarrow as pa
 
-    from jobs.accounting import write_bucketed
+    from jobs.runtime.accounting import write_bucketed
     from ops.matching.embeddings import item_id
 
     out = []
@@ -136,7 +136,7 @@ def staged(store, name: str, vectors: np.ndarray, files: int) -> list[tuple[str,
 
 
 def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int, rounds: int) -> None:
-    """The archive search of jobs.match (``jobs.archive_search``: shard actors that read their own slice, query
+    """The archive search of jobs.match (``jobs.archive.search``: shard actors that read their own slice, query
     blocks searched, merged and written by tasks) on local Ray with 1, 2, 4 ... shard actors (one CPU, or one GPU,
     each), over staged item files in a scratch folder."""
     import shutil
@@ -144,8 +144,8 @@ def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int,
 
     import ray
 
-    from jobs.archive_search import Prepared, Search, search_archive
-    from jobs.source_job import RowWriter
+    from jobs.archive.search import Prepared, Search, search_archive
+    from jobs.runtime.output import RowWriter
     from ops.io.schemas import MATCHES
     from ops.io.storage import resolve
 

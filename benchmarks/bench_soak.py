@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import embed_faces, embed_voices, manifest  # noqa: E402
-from jobs.plan import ensure_ray  # noqa: E402
+from jobs.runtime.cluster import ensure_ray  # noqa: E402
 from ops.io.storage import resolve  # noqa: E402
 from ops.io.tables import read_table  # noqa: E402
 from ops.media.encode import encode_audio, encode_image  # noqa: E402

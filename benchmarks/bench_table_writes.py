@@ -91,7 +91,7 @@ def main() -> None:
         import ray
         import s3fs
 
-        from jobs.source_job import WRITE_ROWS, RowWriter
+        from jobs.runtime.output import WRITE_ROWS, RowWriter
         from ops.io.schemas import faces
         from ops.io.storage import resolve
         from ops.io.tables import OutputRun, read_table
@@ -143,13 +143,13 @@ def main() -> None:
 def _describe(files):
     import pyarrow as pa
 
-    from jobs.source_job import file_row
+    from jobs.runtime.output import file_row
 
     return pa.table({"file": [file_row(f) for f in files]})
 
 
 def _parse(text):
-    from jobs.source_job import parse_file_row
+    from jobs.runtime.output import parse_file_row
 
     return parse_file_row(text)
 

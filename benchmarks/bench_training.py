@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs import train_face, trainer  # noqa: E402
-from jobs.plan import ensure_ray  # noqa: E402
-from jobs.runtime import JobContext  # noqa: E402
+from jobs.runtime.cluster import ensure_ray  # noqa: E402
+from jobs.runtime.launch import JobContext  # noqa: E402
 from ops.io.storage import resolve  # noqa: E402
 from ops.matching.heads import ProjectionHead  # noqa: E402
 from ops.testing import synthetic  # noqa: E402

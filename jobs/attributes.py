@@ -34,11 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray
-from jobs.progress import Progress
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, file_row, parse_file_row
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import WRITE_ROWS, RowWriter, file_row, parse_file_row
+from jobs.runtime.progress import Progress
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
 from ops.io.custody import verified_bytes, verified_copy

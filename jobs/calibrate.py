@@ -32,15 +32,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext, run_job, run_module
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.root import inside
 from ops.io.schemas import CALIBRATIONS, FUSIONS
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs
 from ops.matching import fusion, metrics
-from ops.matching.calibration import LinearCalibration, cllr, min_cllr
+from ops.matching.calibration import LinearCalibration, cllr, enough_labels, min_cllr
 from ops.matching.decisions import choose_threshold, published_threshold
 from ops.matching.embeddings import read_embeddings, read_labels, through_head
 from ops.matching.reviews import newest_review, reviewed_scores
@@ -173,11 +173,6 @@ def labelled_sources(uris: list[str], labels: dict[str, str], max_sources: int) 
         rank = {i: hashlib.sha256(uris[i].encode()).digest() for i in labelled}
         labelled = sorted(sorted(labelled, key=rank.__getitem__)[:max_sources])
     return labelled, np.array([labels[uris[i]] for i in labelled])
-
-
-def enough_labels(names: np.ndarray) -> bool:
-    """Genuine and impostor pairs both exist: two labels or more, and a label with two sources."""
-    return len(set(names)) >= 2 and any((names == n).sum() >= 2 for n in set(names))
 
 
 def _labelled(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.runtime import run_module
+from jobs.runtime.launch import run_module
 from ops.io.errors import UserError
 from ops.io.root import require_ours
 from ops.io.storage import resolve

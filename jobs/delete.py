@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.runtime import run_module
-from jobs.stages import FIND_STAGES, STAGES
+from jobs.runtime.launch import run_module
+from jobs.runtime.stages import FIND_STAGES, STAGES
 from ops.io.errors import UserError
 from ops.io.storage import resolve
 from ops.io.tables import delete_run

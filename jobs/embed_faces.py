@@ -11,7 +11,7 @@ it only reads their bytes, and the actors decode them in batches on the GPU (nvJ
 they come; video faces are staged and tracked per video when the accounting settles their slice of the sources.
 ``face_sources/`` gets a row per source (frames, faces, status ok / no_face / truncated), ``errors/`` a row per
 source that could not be decoded. Every source ends as exactly one face_sources row or one error row, checked by
-workers (jobs/accounting.py): the driver holds paths and counts, never a row per source.
+workers (jobs/runtime/accounting.py): the driver holds paths and counts, never a row per source.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from jobs.accounting import (
+from jobs.runtime.accounting import (
     OUTCOME_FIELDS,
     OUTCOMES,
     Ledger,
@@ -38,12 +38,12 @@ from jobs.accounting import (
     staged_rows,
     summed,
 )
-from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
-from jobs.progress import ItemClock
-from jobs.reuse import Reuse, reusable_run, reuse_key
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.progress import ItemClock
+from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
 from ops.faces.mtcnn import DetectorConfig
 from ops.faces.pipeline import FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track

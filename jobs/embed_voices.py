@@ -6,8 +6,8 @@ Sources are the committed manifest's audio and video objects. A CPU stage decode
 downmixes, resamples to 16 kHz (torchaudio), normalises loudness and cuts the speech into segments (webrtcvad);
 encoder actors pinned to GPUs batch the segments of many sources together. ``voices/`` gets a row per segment and
 a row per source (the pooled embedding, or status no_speech); a source that cannot be decoded at all is a row in
-``errors/``. Every source ends as exactly one source row or one error row, checked by workers (jobs/accounting.py):
-the driver holds paths and counts, never a row per source.
+``errors/``. Every source ends as exactly one source row or one error row, checked by workers
+(jobs/runtime/accounting.py): the driver holds paths and counts, never a row per source.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.accounting import (
+from jobs.runtime.accounting import (
     OUTCOME_FIELDS,
     OUTCOMES,
     Ledger,
@@ -33,12 +33,12 @@ from jobs.accounting import (
     settle,
     staged_rows,
 )
-from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
-from jobs.progress import ItemClock
-from jobs.reuse import Reuse, reusable_run, reuse_key
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.progress import ItemClock
+from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
 from ops.io.custody import open_verified
 from ops.io.errors import AudioError, ItemTimeout, JobFailed
 from ops.io.schemas import voices

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext, run_job, setup_logging
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext, run_job, setup_logging
 from ops.io.errors import JobFailed, StorageError, UserError
 from ops.io.root import locate
 from ops.io.storage import Store, resolve

@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs import embed_faces, embed_voices, manifest, match, report
-from jobs.cli import JobConfig
-from jobs.pipeline import Stages
-from jobs.runtime import JobContext, run_job
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext, run_job
+from jobs.runtime.stages import Stages
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.storage import Store, glob_escape, resolve

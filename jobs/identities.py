@@ -50,11 +50,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.cli import JobConfig
-from jobs.plan import ensure_ray
-from jobs.reuse import reusable_run
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import RowWriter
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import RowWriter
+from jobs.runtime.reuse import reusable_run
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.schemas import IDENTITIES
@@ -62,7 +62,7 @@ from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
 from ops.matching import metrics
 from ops.matching.clustering import Graph, cluster, join_groups, keep_apart, undirected
-from ops.matching.embeddings import manifest_of
+from ops.matching.embeddings import identity_of, manifest_of
 from ops.matching.items import clearest_faces, face_key, segment_key
 from ops.matching.reviews import Pair, Verdicts, newest_review, verdicts
 
@@ -477,14 +477,6 @@ def track_groups(root: Store, run_id: str | None, items: pa.Table) -> np.ndarray
     names, shas = items.column("item").to_pylist(), items.column("sha256").to_pylist()
     keys = [track_of.get((n, s), f"\1{n}") for n, s in zip(names, shas, strict=True)]
     return np.unique(np.array(keys, object), return_inverse=True)[1].astype(np.int64)
-
-
-def identity_of(root: Store, run_id: str) -> dict[tuple[str, str], str]:
-    """(item, sha256) -> identity, for every member of an identities run."""
-    rows = read_table(root, "identities", run_id, ["item", "sha256", "identity"])
-    return {
-        (n, s): i for n, s, i in zip(*(rows.column(c).to_pylist() for c in ("item", "sha256", "identity")), strict=True)
-    }
 
 
 def previous_identities(root: Store, run_id: str, items: pa.Table) -> np.ndarray:

@@ -23,13 +23,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.accounting import Ledger
-from jobs.cli import JobConfig
-from jobs.manifest_diff import diff_archive, previous_manifest
-from jobs.plan import GROWTH, ensure_ray, shard
-from jobs.progress import Progress
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
+from jobs.archive.manifest_diff import diff_archive, previous_manifest
+from jobs.runtime.accounting import Ledger
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import GROWTH, ensure_ray, shard
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
+from jobs.runtime.progress import Progress
 from ops.io.errors import AccountingMismatch, EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import Store, glob_regex, resolve, storage_errors
@@ -104,8 +104,8 @@ def hash_objects(
     """Stream each object once: sha256, size and media kind (and its label from the path), or the reason it could
     not be read or recognised. The manifest rows go to staging files, one per partition of the content hashes (so
     that every copy of a content meets in one partition), the error rows to the errors table; the driver gets
-    their paths and counts. A block made by difference (``jobs.manifest_diff``) names each object's content in the
-    previous snapshot: its ``new`` and ``modified`` rows go to ``changes``."""
+    their paths and counts. A block made by difference (``jobs.archive.manifest_diff``) names each object's content in
+    the previous snapshot: its ``new`` and ``modified`` rows go to ``changes``."""
     matcher = glob_regex(labels) if labels else None
     rows, failed, hashed_bytes = [], [], 0
     before = batch.column("previous_sha256").to_pylist() if "previous_sha256" in batch.column_names else None
@@ -211,7 +211,7 @@ class Listing:
 def output_inside(archive: Store, output: Store) -> str | None:
     """Where the output root lies inside the archive (its path relative to the archive), or None when outside: the
     project's own tables and logs are not archive objects (the archive itself as the output is refused by
-    ``jobs.runtime.launch``, before anything is written)."""
+    ``jobs.runtime.launch.launch``, before anything is written)."""
     top, out = archive.uri.rstrip("/"), output.uri.rstrip("/")
     return out[len(top) + 1 :] if out.startswith(top + "/") else None
 

@@ -17,8 +17,9 @@ and every face ranks every voice (items ``uri#voice`` and ``uri#face``; a video'
 other). Thresholds come from --threshold, else a calibration record (jobs.calibrate), else the model card, else the job
 refuses. Everything lands in ``matches/``; pairs or probes that cannot be scored land in ``errors/`` with a reason.
 Search, identify and crossmatch record the items they compared in ``match_items/``, and a run after an earlier one
-with the same settings searches only what changed, merging the rest (``jobs.search_diff``; --no-reuse: everything).
-verify and identify with --fuse compare faces and voices together (``jobs.archive_fuse``): each side's face and voice
+with the same settings searches only what changed, merging the rest (``jobs.archive.search_diff``; --no-reuse:
+everything).
+verify and identify with --fuse compare faces and voices together (``jobs.archive.fuse``): each side's face and voice
 (a pairs table's ``a_face, a_voice, b_face, b_voice``, or sources with both as ``a, b``; identify: every source of the
 queries against identities enrolled with the mean of their faces and of their voices), scored as calibrated
 log-likelihood ratios by a fused calibration record (``jobs.calibrate --fuse``) and decided at its threshold; one
@@ -34,17 +35,17 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
 
-from jobs.accounting import Ledger
-from jobs.archive_fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
-from jobs.archive_identify import enrol
-from jobs.archive_search import STAGING, Prepared, Projection, Search, prepare_items
-from jobs.archive_verify import Verifier, check_pairs, verify_archive
-from jobs.cli import JobConfig
-from jobs.plan import ensure_ray
-from jobs.reuse import reusable_run
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
-from jobs.source_job import RowWriter
+from jobs.archive.fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
+from jobs.archive.identify import enrol
+from jobs.archive.search import STAGING, Prepared, Projection, Search, prepare_items
+from jobs.archive.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
+from jobs.archive.verify import Verifier, check_pairs, verify_archive
+from jobs.runtime.accounting import Ledger
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import RowWriter
+from jobs.runtime.reuse import reusable_run
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
 from ops.io.root import inside, locate
 from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
@@ -198,7 +199,7 @@ def _calibration(uri: str, model_name: str) -> tuple[dict, str]:
 
 
 def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict[str, str]) -> Previous | None:
-    """The previous run to search by difference from (``jobs.search_diff``), its items and rows staged; None: a
+    """The previous run to search by difference from (``jobs.archive.search_diff``), its items and rows staged; None: a
     full search (--no-reuse, or no committed run with the same key)."""
     run = reusable_run(ctx.output, JOB, key, "search_key", ctx.run_id) if config.reuse else None
     if run is None:
@@ -225,7 +226,7 @@ def _how(config: MatchConfig, ctx: JobContext, k: int, keep: int, same_set: bool
 
 
 def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    """Search at archive scale (``jobs.archive_search``): items staged by workers, shards that read their own
+    """Search at archive scale (``jobs.archive.search``): items staged by workers, shards that read their own
     slice, query blocks searched, merged and written by tasks; the driver holds file lists and counts."""
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
@@ -288,7 +289,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
 def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     """Cross-modal search at archive scale: each source's voice and each source's face mapped into the joint space
     by the staging tasks (``uri#voice``, ``uri#face``), then voices searched over faces and faces over voices on
-    shard actors, rows written by workers (``jobs.archive_search``)."""
+    shard actors, rows written by workers (``jobs.archive.search``)."""
     if not config.joint_model:
         raise JobFailed("crossmatch needs --joint-model: a model trained by `python -m jobs.train_crossmodal`")
     model = catalogue.load(config.joint_model, config.models, expect="voice-face-model")
@@ -355,7 +356,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
 
 
 def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    """Verification at archive scale (``jobs.archive_verify``): tasks read the pairs a chunk at a time, each reads
+    """Verification at archive scale (``jobs.archive.verify``): tasks read the pairs a chunk at a time, each reads
     only the embeddings its pairs name, scores, decides and writes; the driver holds the model, the threshold and
     counts."""
     if not config.pairs:
@@ -423,7 +424,7 @@ def _gallery_side(config: MatchConfig) -> tuple[Store, str | None] | None:
 
 
 def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    """Identification at archive scale (``jobs.archive_identify``): identities enrolled by tasks from the gallery's
+    """Identification at archive scale (``jobs.archive.identify``): identities enrolled by tasks from the gallery's
     labelled items, probes searched against them on shard actors, rows written by workers."""
     if config.fuse:
         return run_identify_fused(config, ctx, out)
@@ -588,7 +589,7 @@ def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> di
 
 
 def run_identify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
-    """Fused identification at archive scale (``jobs.archive_fuse.identify_fused``)."""
+    """Fused identification at archive scale (``jobs.archive.fuse.identify_fused``)."""
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
     gallery = _evidence(config, gallery_root, config.gallery_run_id, ctx, out)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from jobs.runtime import log, run_module, setup_logging
+from jobs.runtime.launch import log, run_module, setup_logging
 from ops.io.errors import UserError
 from ops.models import catalogue
 

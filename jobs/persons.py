@@ -35,16 +35,16 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.cli import JobConfig
-from jobs.identities import identity_of
-from jobs.plan import ensure_ray
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import RowWriter
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import RowWriter
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.schemas import PERSONS
 from ops.io.storage import Store, resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching.embeddings import identity_of
 from ops.matching.items import face_key, segment_key
 
 JOB = "persons"

@@ -27,9 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import review
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext, run_job, run_module
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext, run_job, run_module
 from ops.io.errors import JobFailed, PreviewError, StorageError, canonical
 from ops.io.root import inside, locate
 from ops.io.storage import Store, resolve
@@ -37,6 +36,7 @@ from ops.io.tables import OutputRun, committed_runs, iter_table
 from ops.matching import items
 from ops.matching.calibration import describe
 from ops.matching.decisions import BELOW_EVIDENCE, decide, is_positive, verbal
+from ops.matching.reviews import latest, reviewed
 from ops.media.preview import data_uri, face_thumbnail, source_frame, speech_clip
 
 JOB = "report"
@@ -153,7 +153,7 @@ class Evidence:
             elif job == "calibrate":
                 ev._calibration(marker)
         ev.referenced = _referenced(root, runs, ev.matches)
-        ev.reviews = review.latest(root, {m["run_id"] for m in ev.matches})
+        ev.reviews = latest(root, {m["run_id"] for m in ev.matches})
         for marker in ev.referenced:
             if marker["job"] == "calibrate":  # the calibration a match's threshold came from
                 ev._calibration(marker)
@@ -841,7 +841,7 @@ def _match_card(r: dict, table: str, mode: str, ev: Evidence, previews: Previews
 
 def _reviewed(r: dict) -> tuple[str, str, str]:
     """A match row as a review names it (``jobs.review``): its run, its query item, its gallery item or identity."""
-    return (r["run_id"], *review.reviewed(r))
+    return (r["run_id"], *reviewed(r))
 
 
 def _review_html(mark: dict | None) -> str:

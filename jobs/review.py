@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext, run_job
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext, run_job
 from ops.io.errors import JobFailed
 from ops.io.schemas import REVIEWS
 from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.matching.reviews import reviewed
 
 JOB = "review"
 VERDICTS = ("confirmed", "rejected", "unsure")
@@ -47,11 +48,6 @@ class ReviewConfig(JobConfig):
             self.output = self.results
         if not self.run_id:  # every mark is a run of its own, even the same verdict again later
             self.run_id = f"review-{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
-
-
-def reviewed(row: dict) -> tuple[str, str]:
-    """The pair a match row names, as a review names it: its query item, and its gallery item or identity."""
-    return row["query_item"], row["gallery_item"] or row["identity"]
 
 
 def run(config: ReviewConfig, ctx: JobContext) -> dict:
@@ -94,17 +90,6 @@ def run(config: ReviewConfig, ctx: JobContext) -> dict:
     marker = out.commit(config=asdict(config), summary={"verdict": config.verdict, "match_run": config.match_run})
     ctx.log.info("%s: %s ~ %s %s by %s", config.match_run, query, gallery, config.verdict, mark["reviewer"])
     return marker
-
-
-def latest(root, match_runs: set[str]) -> dict[tuple[str, str, str], dict]:
-    """The newest mark of each (match run, query item, gallery item) of these match runs (earlier marks stay)."""
-    if not match_runs:
-        return {}
-    found = read_table(root, "reviews", filter=pc.field("match_run_id").isin(sorted(match_runs))).to_pylist()
-    marks: dict[tuple[str, str, str], dict] = {}
-    for mark in sorted(found, key=lambda m: m["reviewed_at"]):
-        marks[mark["match_run_id"], mark["query_item"], mark["gallery_item"]] = mark
-    return marks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.runtime import log, run_module, setup_logging
+from jobs.runtime.launch import log, run_module, setup_logging
 from ops.io.errors import StorageError
 from ops.io.storage import resolve
 from ops.testing.samples import make_sample_archive

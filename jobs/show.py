@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.runtime import run_module
+from jobs.runtime.launch import run_module
 from ops.io.errors import UserError
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table

@@ -37,11 +37,11 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from jobs.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_sources, settle, staged_rows
-from jobs.cli import JobConfig
-from jobs.plan import ActorOptions, actor_plan, ensure_ray, model_pipeline
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_sources, settle, staged_rows
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, model_pipeline
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
 from ops.io.root import inside

@@ -23,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.cli import JobConfig
-from jobs.plan import ensure_ray
-from jobs.progress import Progress
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import RowWriter
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import RowWriter
+from jobs.runtime.progress import Progress
 from ops.io.errors import JobFailed
 from ops.io.root import inside
 from ops.io.schemas import MANIFEST, faces, voices

@@ -27,9 +27,9 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import torch
 
-from jobs import trainer
-from jobs.plan import ensure_ray
-from jobs.runtime import JobContext, run_job, run_module
+from jobs.runtime import trainer
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
 from ops.attributes import metrics
 from ops.attributes.heads import (
     ATTRIBUTE_HEAD,

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from jobs import trainer
-from jobs.plan import ensure_ray
-from jobs.runtime import JobContext, run_job, run_module
+from jobs.runtime import trainer
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels

@@ -24,10 +24,10 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from jobs import trainer
-from jobs.plan import ensure_ray
-from jobs.runtime import JobContext, run_job, run_module
-from jobs.source_job import manifest_sources
+from jobs.runtime import trainer
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import manifest_sources
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall, describe, error_type
 from ops.io.storage import resolve

@@ -153,3 +153,8 @@ def describe(llr: float, same: str = "it is the same person", different: str = "
         times = f"{ratio:,.0f}" if ratio >= 10 else f"{ratio:.1f}"
     first, second = (same, different) if llr >= 0 else (different, same)
     return f"{times} times more likely if {first} than if {second}"
+
+
+def enough_labels(names: np.ndarray) -> bool:
+    """Genuine and impostor pairs both exist: two labels or more, and a label with two sources."""
+    return len(set(names)) >= 2 and any((names == n).sum() >= 2 for n in set(names))

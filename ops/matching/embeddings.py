@@ -273,3 +273,11 @@ def through_head(data: EmbeddingSet, head_ref: str, models: str | None = None, d
         )
     vectors = project(catalogue.build(head, device), data.vectors).numpy()
     return EmbeddingSet(data.uris, data.sha256, data.items, vectors, head.name, head.sha256, data.invalid)
+
+
+def identity_of(root: Store, run_id: str) -> dict[tuple[str, str], str]:
+    """(item, sha256) -> identity, for every member of an identities run."""
+    rows = read_table(root, "identities", run_id, ["item", "sha256", "identity"])
+    return {
+        (n, s): i for n, s, i in zip(*(rows.column(c).to_pylist() for c in ("item", "sha256", "identity")), strict=True)
+    }

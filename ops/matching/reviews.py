@@ -91,3 +91,19 @@ def _newest_marks(root: Store, through: str | None) -> dict[Pair, dict]:
         if a != b:
             newest[min(a, b), max(a, b)] = mark
     return newest
+
+
+def latest(root: Store, match_runs: set[str]) -> dict[tuple[str, str, str], dict]:
+    """The newest mark of each (match run, query item, gallery item) of these match runs (earlier marks stay)."""
+    if not match_runs:
+        return {}
+    found = read_table(root, "reviews", filter=pc.field("match_run_id").isin(sorted(match_runs))).to_pylist()
+    marks: dict[tuple[str, str, str], dict] = {}
+    for mark in sorted(found, key=lambda m: m["reviewed_at"]):
+        marks[mark["match_run_id"], mark["query_item"], mark["gallery_item"]] = mark
+    return marks
+
+
+def reviewed(row: dict) -> tuple[str, str]:
+    """The pair a match row names, as a review names it: its query item, and its gallery item or identity."""
+    return row["query_item"], row["gallery_item"] or row["identity"]

@@ -255,7 +255,7 @@ class ExactSearch:
     def _exact(self, q: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         # On the host whatever the device: one summation order, so every path gives bit-identical scores. Rounded
         # to float32, the precision rows store them in: lists are ranked by the score a reader sees (then by id),
-        # so that lists merged from stored rows (jobs.search_diff) and any cut of the gallery rank the same.
+        # so that lists merged from stored rows (jobs.archive.search_diff) and any cut of the gallery rank the same.
         exact = np.einsum("ij,ij->i", q[rows].astype(np.float64), self.gallery[cols].astype(np.float64))
         return exact.astype(np.float32).astype(np.float64)
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from cluster import CLUSTER_CONFIG, REPO, requirements, submit
-from jobs.cli import parse_config
 from jobs.pipeline import PipelineConfig
+from jobs.runtime.cli import parse_config
 from ops.io.tables import check_run_id
 
 KUBERAY = REPO / "cluster" / "kuberay"

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 import ops.io.tables as tables
 from jobs import match
-from jobs.runtime import launch
+from jobs.runtime.launch import launch
 from ops.io.root import LOCATIONS, locate
 from ops.io.sql import committed, connect
 from ops.io.storage import resolve

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import manifest
-from jobs.source_job import RowWriter, parse_file_row
+from jobs.runtime.output import RowWriter, parse_file_row
 from ops.io.schemas import schema_for
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table, table_store

@@ -137,8 +137,8 @@ def test_verify_decides_and_reports_pairs_it_cannot_score(tmp_path):
 
 
 def test_verify_reads_only_the_named_sources_and_a_pair_of_strangers_is_an_error_row(tmp_path, monkeypatch):
-    from jobs.archive_verify import Verifier, stage_pairs, verify_chunk
-    from jobs.source_job import RowWriter
+    from jobs.archive.verify import Verifier, stage_pairs, verify_chunk
+    from jobs.runtime.output import RowWriter
     from ops.io.schemas import MATCHES, schema_for
     from ops.matching import embeddings
 
@@ -583,7 +583,7 @@ def test_user_files_named_relative_to_the_driver_are_read_by_the_workers(ray_clu
 
 
 def test_a_source_pairs_evidence_counts_how_many_face_pairs_it_had_to_choose_from():
-    from jobs.archive_verify import source_llr
+    from jobs.archive.verify import source_llr
 
     line = (10.0, -9.0)  # log-LR = 10 x score - 9
     assert source_llr(np.array([0.95]), line) == pytest.approx(0.5)  # one pair: its own

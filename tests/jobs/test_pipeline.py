@@ -322,15 +322,17 @@ def test_an_interrupted_pipeline_says_which_stages_are_committed_and_that_it_res
     from types import SimpleNamespace
 
     from jobs import embed_faces
+    from jobs.runtime import stages as stages_module
+    from jobs.runtime.stages import Stages
 
     ctx = SimpleNamespace(log=logging.getLogger("crossmatch"), run_id="p", output=resolve("/tmp/out"))
-    stages = pipeline.Stages(ctx, None, {})
+    stages = Stages(ctx, None, {})
     stages.done = {"manifest": {"state": "kept"}, "voices": {"state": "ran"}}
 
     def ctrl_c(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "launch", ctrl_c)
+    monkeypatch.setattr(stages_module, "launch", ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         stages.run("faces", embed_faces, embed_faces.EmbedFacesConfig(manifest="/tmp/out"))
     assert "interrupted in stage faces: stages committed: manifest, voices; the same command again" in caplog.text

@@ -7,6 +7,7 @@ from jobs import pipeline, report, review
 from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import committed_runs, read_table
+from ops.matching import reviews
 
 
 def test_verdicts_are_kept_never_rewritten_and_the_report_shows_the_latest(pipeline_run, tmp_path, caplog):
@@ -32,7 +33,7 @@ def test_verdicts_are_kept_never_rewritten_and_the_report_shows_the_latest(pipel
         first["gallery_sha256"],
         first["score"],
     )  # what was reviewed, as it was
-    latest = review.latest(root, {"pl.search-faces"})
+    latest = reviews.latest(root, {"pl.search-faces"})
     assert latest["pl.search-faces", first["query_item"], first["gallery_item"]]["verdict"] == "confirmed"
 
     # A verdict on evidence that does not exist, or without a name, is refused with the fix.

@@ -1,5 +1,6 @@
-"""The shape of the code: no import circle in ops/ or jobs/, each ops sub-package imports alone (without Ray and
-without the test aids), and loading one model imports only its own module."""
+"""The shape of the code: no import circle in ops/ or jobs/, jobs/ as commands over two rooms of machinery (runtime,
+archive), each ops sub-package imports alone (without Ray and without the test aids), and loading one model imports
+only its own module."""
 
 import ast
 import json
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("io", "media", "models", "faces", "voices", "matching", "training", "style", "testing")
+SUBPACKAGES = ("io", "media", "models", "faces", "voices", "matching", "attributes", "training", "style", "testing")
 
 
 def _module_name(path: Path) -> str:
@@ -75,8 +76,27 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circle_in_ops_or_jobs():
     graph = import_graph()
-    assert "ops.models.registry" in graph and "jobs.source_job" in graph
+    assert "ops.models.registry" in graph and "jobs.runtime.output" in graph
     assert cycles(graph) == []
+
+
+COMPOSERS = {"jobs.pipeline", "jobs.find"}  # they run other commands as stages, through their JOB, config and run
+
+
+def test_jobs_holds_commands_over_two_rooms_of_machinery():
+    graph = import_graph()
+    rooms = {"jobs.runtime", "jobs.archive"}
+    commands = {m for m in graph if m.startswith("jobs.") and m.count(".") == 1 and m not in rooms}
+    for path in (ROOT / "jobs").glob("*.py"):  # every module at the top is a command: `python -m jobs.<name>`
+        if path.stem != "__init__":
+            assert "main" in {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}, path
+    for module in sorted(commands - COMPOSERS):
+        assert graph[module] & commands == set(), f"{module} imports a command: {sorted(graph[module] & commands)}"
+    for module in (m for m in graph if m.startswith("jobs.runtime.")):
+        assert all(d.startswith(("ops.", "jobs.runtime")) for d in graph[module]), (module, graph[module])
+    for module in (m for m in graph if m.startswith("jobs.archive.")):
+        allowed = ("ops.", "jobs.runtime", "jobs.archive")
+        assert all(d.startswith(allowed) for d in graph[module]), (module, graph[module])
 
 
 def test_the_product_never_imports_the_test_aids():

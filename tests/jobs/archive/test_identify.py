@@ -1,4 +1,4 @@
-"""jobs.archive_identify: identities enrolled by tasks a slice of the uris at a time, the same whatever the slices;
+"""jobs.archive.identify: identities enrolled by tasks a slice of the uris at a time, the same whatever the slices;
 probes searched against them as a search is, decided at rank 1."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import pyarrow.dataset as pads
 import pytest
 
 from jobs import archive_identify
-from jobs.archive_identify import enrol
-from jobs.archive_search import Search, prepare_items, search_archive
-from jobs.source_job import RowWriter
+from jobs.archive.identify import enrol
+from jobs.archive.search import Search, prepare_items, search_archive
+from jobs.runtime.output import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
 from ops.io.storage import resolve

@@ -1,6 +1,6 @@
 import logging
 
-from jobs.progress import Progress
+from jobs.runtime.progress import Progress
 
 
 def test_progress_reports(caplog):

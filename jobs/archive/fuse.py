@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger
-from jobs.archive_verify import Verifier, _embeddings
-from jobs.source_job import RowWriter
+from jobs.archive.verify import Verifier, _embeddings
+from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.runtime.output import RowWriter
 from ops.io.errors import JobFailed, UnmatchedPair
 from ops.io.schemas import EVIDENCE
 from ops.io.storage import Store, resolve, storage_errors

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from jobs.progress import Progress
-from jobs.source_job import RowWriter
+from jobs.runtime.output import RowWriter
+from jobs.runtime.progress import Progress
 from ops.io.errors import AccountingMismatch, EmbeddingError, JobFailed, StorageError, UnmatchedPair
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, resolve, storage_errors

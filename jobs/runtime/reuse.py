@@ -2,7 +2,7 @@
 embedded again; its rows are copied from the run that made them, under this run's id.
 
     previous = reusable_run(root, JOB, key, run_id=...)      # a committed run of the job with the same key
-    sources = plan_sources(..., reuse=Reuse(previous, ...))  # jobs.accounting: reused sources planned out
+    sources = plan_sources(..., reuse=Reuse(previous, ...))  # jobs.runtime.accounting: reused sources planned out
 
 **The key** (``reuse_key``, kept in each run's summary): the models' names and checkpoint sha256, and every setting
 that shapes the rows. A run made before keys existed is never reused.
@@ -28,8 +28,8 @@ from itertools import pairwise
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.plan import shard
-from jobs.source_job import RowWriter
+from jobs.runtime.cluster import shard
+from jobs.runtime.output import RowWriter
 from ops.io.schemas import SCHEMA_VERSION
 from ops.io.storage import ObjectInfo, Store
 from ops.io.tables import DataFile, committed_files, committed_rows, committed_runs
@@ -72,9 +72,7 @@ def reuse_key(config, models: dict[str, str], rows_version: int, device: dict) -
     return {"models": dict(sorted(models.items())), "versions": versions, "device": device, "settings": settings}
 
 
-def reusable_run(
-    root: Store, job: str, key: dict, field: str = "reuse_key", run_id: str | None = None
-) -> str | None:
+def reusable_run(root: Store, job: str, key: dict, field: str = "reuse_key", run_id: str | None = None) -> str | None:
     """A committed run of ``job`` under ``root`` whose summary holds the same key under ``field`` (a reuse key; a
     search key): this run's own committed attempt when it runs again (its rows are read before the new attempt
     replaces it), else of the others the one of the most sources, the newest of those. Not simply the newest: a

@@ -2,7 +2,7 @@
 
     gallery = prepare_items(root, "faces", run_id, True, staging)            # items, sorted by uri bucket
     enrolled = enrol(root, gallery, labels, manifest_run, same_set, staging)  # tasks: identities and probes staged
-    search_sets(probes, identities, previous, how)                         # as search (jobs.search_diff)
+    search_sets(probes, identities, previous, how)                         # as search (jobs.archive.search_diff)
 
 1. **Labels** (one manifest run's, or a CSV of uri,label) are staged in a ledger sorted by uri bucket: a task per
    manifest data file (the CSV by one task).
@@ -28,8 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
-from jobs.archive_search import Prepared
+from jobs.archive.search import Prepared
+from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
 from ops.io.errors import EmbeddingError
 from ops.io.storage import Store, resolve
 from ops.io.tables import committed_files, committed_rows

@@ -2,7 +2,7 @@
 
     job = SourceJob(ctx, config, {"faces": schema})      # the output run, checked writable before any work
     writer = job.row_writer("faces")                       # Ray workers write the rows (RowWriter), hand on files
-    job.add_settled(files, errors_by_type)                 # what they wrote, once accounted (jobs/accounting.py)
+    job.add_settled(files, errors_by_type)                 # what they wrote, once accounted (runtime/accounting.py)
     job.write("runs_of_a_few_rows", rows)                  # small tables, from the driver
     return job.commit(summary, "12 sources: ...")          # errors and errors_by_type added, one closing log line
 
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext
 from ops.io.errors import JobFailed, describe, error_type
 from ops.io.schemas import schema_for
 from ops.io.storage import Store
@@ -54,7 +54,7 @@ class SourceJob:
 
     def add_settled(self, files: list[DataFile], errors_by_type: Counter) -> None:
         """Data files the workers wrote (of the job's tables and its errors) and the error rows among them, by
-        type (see jobs.accounting)."""
+        type (see jobs.runtime.accounting)."""
         for file in files:
             self.out.add_files(file.table, [file], self.tables.get(file.table) or schema_for(file.table))
         self.errors_by_type.update(errors_by_type)

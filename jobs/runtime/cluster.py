@@ -206,10 +206,11 @@ def model_pipeline(
     what: str = "model",
     in_process: bool = False,
 ):
-    """Planned blocks of sources (object refs, see jobs.accounting.plan_sources) as a Ray Data pipeline: an optional
-    CPU decode stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on GPUs
-    when the plan has them). Returns the dataset; iterating it runs the job. ``in_process`` (a handful of sources,
-    no GPUs planned): the same stages on the same rows in this process, with no pool to start (``InProcess``)."""
+    """Planned blocks of sources (object refs, see jobs.runtime.accounting.plan_sources) as a Ray Data pipeline: an
+    optional CPU decode stage called on one source at a time, then the pool of ``actor`` (models loaded once each, on
+    GPUs when the plan has them). Returns the dataset; iterating it runs the job. ``in_process`` (a handful of
+    sources, no GPUs planned): the same stages on the same rows in this process, with no pool to start
+    (``InProcess``)."""
     import ray
 
     if in_process and not plan.gpus_per_actor:

@@ -1,6 +1,6 @@
 import pytest
 
-from jobs.plan import ActorOptions, actor_plan, shard
+from jobs.runtime.cluster import ActorOptions, actor_plan, shard
 from ops.io.storage import ObjectInfo
 
 
@@ -56,7 +56,7 @@ def test_actor_pools_start_with_the_cluster_and_grow(monkeypatch, resources, opt
 def test_in_process_runs_the_stages_on_the_same_rows_with_the_actor_made_once():
     import pyarrow as pa
 
-    from jobs.plan import InProcess, in_process
+    from jobs.runtime.cluster import InProcess, in_process
 
     made = []
 

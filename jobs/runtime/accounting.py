@@ -36,10 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.plan import shard
-from jobs.progress import Progress
-from jobs.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
-from jobs.source_job import RowWriter, parse_file_row
+from jobs.runtime.cluster import shard
+from jobs.runtime.output import RowWriter, parse_file_row
+from jobs.runtime.progress import Progress
+from jobs.runtime.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
 from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.storage import ObjectInfo, Store, storage_errors
 from ops.io.tables import DataFile, OutputRun, committed_files, committed_rows, committed_runs, error_table
@@ -123,7 +123,7 @@ class Sources:
     listed: list[str] = field(default_factory=list)
     count: int = 0
     manifest_rows: int = 0
-    reused: Planned = field(default_factory=Planned)  # sources reused from an earlier run (``jobs.reuse``)
+    reused: Planned = field(default_factory=Planned)  # sources reused from an earlier run (``jobs.runtime.reuse``)
 
 
 def plan_sources(
@@ -139,7 +139,7 @@ def plan_sources(
     """The committed manifest's sources of these categories (one manifest run's, or every committed one's), planned
     by a task per manifest data file. Its blocks carry ``columns`` and are balanced by size over about
     ``parallelism`` workers. With ``reuse``, the sources an earlier run already embedded are planned out (their
-    rows copied, see ``jobs.reuse``) by a task per slice of the content hashes."""
+    rows copied, see ``jobs.runtime.reuse``) by a task per slice of the content hashes."""
     import ray
 
     runs = [r for r in committed_runs(root) if "manifest" in r["tables"] and run_id in (None, r["run_id"])]
@@ -185,7 +185,7 @@ def plan_file(
     by_content: bool = False,
 ) -> Iterator:
     """One manifest data file's sources: blocks balanced by size (see ``plan.shard``), then a summary. With
-    ``by_content`` no blocks: the sources are staged by content hash for the reuse planning (``jobs.reuse``)."""
+    ``by_content`` no blocks: the sources are staged by content hash for the reuse planning (``jobs.runtime.reuse``)."""
     wanted = pc.field("media_category").isin(list(categories))
     rows = committed_rows(path, root, pairs, SOURCE_COLUMNS, wanted)
     staged = ledger.stage(LISTED, rows.select(["uri", "sha256", "media_category"])) if rows.num_rows else ""

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from jobs.cli import JobConfig, default_run_id, parse_config
+from jobs.runtime.cli import JobConfig, default_run_id, parse_config
 
 
 @dataclass

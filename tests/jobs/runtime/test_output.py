@@ -1,8 +1,8 @@
 import logging
 
-from jobs.cli import JobConfig
-from jobs.runtime import JobContext
-from jobs.source_job import SourceJob, error_row
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.launch import JobContext
+from jobs.runtime.output import SourceJob, error_row
 from ops.io.errors import TooLarge
 from ops.io.schemas import MANIFEST
 from ops.io.storage import resolve

@@ -1,6 +1,6 @@
 """How a job runs: one launcher for the command line and for pipeline stages, logging, and exit codes.
 
-A job module defines a config dataclass (subclass of :class:`jobs.cli.JobConfig`), a ``run(config, ctx)``
+A job module defines a config dataclass (subclass of :class:`jobs.runtime.cli.JobConfig`), a ``run(config, ctx)``
 function returning its commit marker, and ``main(argv) = run_job(JOB, Config, run, argv, ...)``. Exit codes: 0
 done, 2 a failure the user can fix (any ``UserError``: the message says how), 1 a bug (with a traceback).
 """
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from jobs.cli import JobConfig, default_run_id, parse_config
-from jobs.plan import ensure_ray
+from jobs.runtime.cli import JobConfig, default_run_id, parse_config
+from jobs.runtime.cluster import ensure_ray
 from ops.io.errors import AccountingMismatch, JobFailed, UserError
 from ops.io.redact import redact, redact_log_records
 from ops.io.root import LOCATIONS, claim

@@ -36,8 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
-from jobs.archive_search import (
+from jobs.archive.search import (
     Candidates,
     Prepared,
     Search,
@@ -48,7 +47,8 @@ from jobs.archive_search import (
     run_windowed,
     search_block,
 )
-from jobs.source_job import RowWriter
+from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
+from jobs.runtime.output import RowWriter
 from ops.io.schemas import MATCH_ITEMS, SCHEMA_VERSION
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import DataFile, committed_files, committed_rows
@@ -272,7 +272,7 @@ def search_sets(
     shards = open_shards(parts, how)
     try:
         calls = []
-        block = ray.remote(num_cpus=0)(search_block)  # no CPU: see jobs.archive_search.search_archive
+        block = ray.remote(num_cpus=0)(search_block)  # no CPU: see jobs.archive.search.search_archive
         for path, n in queries.added.files:
             for a in range(0, n, how.query_batch):
                 b = min(a + how.query_batch, n)

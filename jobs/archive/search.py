@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.accounting import write_bucketed
-from jobs.plan import ensure_ray, shard_plan
-from jobs.progress import Progress
-from jobs.source_job import RowWriter
+from jobs.runtime.accounting import write_bucketed
+from jobs.runtime.cluster import ensure_ray, shard_plan
+from jobs.runtime.output import RowWriter
+from jobs.runtime.progress import Progress
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
@@ -186,7 +186,7 @@ def stage_items(rows: pa.Table, table: str, per_source: bool, staging: Store, th
     if through is not None:
         found, models = through(found, table, models)
     path = ""
-    if found.num_rows:  # sorted by uri bucket: enrolment reads a slice of the uris at a time (jobs.archive_identify)
+    if found.num_rows:  # sorted by uri bucket: enrolment reads a slice of the uris at a time (jobs.archive.identify)
         target = staging.join(f"{uuid.uuid4().hex}.parquet")
         write_bucketed(found, target)
         path = target.path
@@ -248,7 +248,8 @@ def _read(paths: list[str], store: Store) -> pa.Table:
 class GalleryShard:
     """One shard of staged galleries, read by the actor itself and held on its device; answers query blocks with
     each query's top K and the names of what it found. ``parts`` names the galleries it holds: a search holds one
-    ("all"); a search by difference (``jobs.search_diff``) may also hold the items added since the previous run."""
+    ("all"); a search by difference (``jobs.archive.search_diff``) may also hold the items added since the previous
+    run."""
 
     def __init__(self, parts: dict[str, list[str]], store: Store, precision: str) -> None:
         device = best_device()
@@ -318,7 +319,7 @@ def match_rows(
 ) -> tuple[pa.Table, int]:
     """Each query's best ``keep`` candidates as ``matches/`` rows (a query found in its own gallery skipped), and the
     number of unknowns. Ordered as every search orders: by the score as stored (float32) descending, then by the
-    gallery id, so that lists merged from a previous run's rows (``jobs.search_diff``) rank exactly as a full
+    gallery id, so that lists merged from a previous run's rows (``jobs.archive.search_diff``) rank exactly as a full
     search; a decision compares the stored score with the threshold, as a reader of the table would. In
     ``identify`` mode the gallery items are enrolled identities: each row names the identity, and rank 1 decides
     (the identity, or ``unknown`` below ``fields["threshold"]``); in ``crossmatch`` mode each row is accepted or

@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
-from jobs.cli import default_run_id
-from jobs.runtime import run_job
+from jobs.runtime.cli import default_run_id
+from jobs.runtime.launch import run_job
 from ops.io.errors import AccountingMismatch, JobFailed
 from tests.jobs.test_cli import DemoConfig
 
@@ -53,7 +53,7 @@ def test_local_paths_are_refused_on_a_cluster_of_many_nodes(monkeypatch, tmp_pat
     import ray
 
     from jobs.embed_faces import EmbedFacesConfig
-    from jobs.runtime import check_locations
+    from jobs.runtime.launch import check_locations
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})

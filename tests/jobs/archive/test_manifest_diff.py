@@ -1,5 +1,5 @@
-"""jobs.manifest_diff: a new snapshot of an archive reads only what changed since the last one, and equals a full
-snapshot of the archive as it is now."""
+"""jobs.archive.manifest_diff: a new snapshot of an archive reads only what changed since the last one, and equals a
+full snapshot of the archive as it is now."""
 
 import os
 import time

@@ -1,12 +1,12 @@
-"""jobs.archive_search: items staged by workers, shards that read their own slice, query blocks merged and written
+"""jobs.archive.search: items staged by workers, shards that read their own slice, query blocks merged and written
 by tasks; exact against brute force however the gallery is cut."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.archive_search import Prepared, Search, prepare_items, search_archive, split, stage_items
-from jobs.source_job import RowWriter
+from jobs.archive.search import Prepared, Search, prepare_items, search_archive, split, stage_items
+from jobs.runtime.output import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
 from ops.io.storage import resolve

@@ -2,8 +2,8 @@ import pyarrow as pa
 import pytest
 
 from jobs import accounting
-from jobs.accounting import OUTCOMES, Ledger, Staged, buckets, collect, plan_sources, settle
-from jobs.source_job import RowWriter
+from jobs.runtime.accounting import OUTCOMES, Ledger, Staged, buckets, collect, plan_sources, settle
+from jobs.runtime.output import RowWriter
 from jobs.stylize import finish as count_styled
 from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.schemas import MANIFEST, schema_for

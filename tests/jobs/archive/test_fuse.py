@@ -1,4 +1,4 @@
-"""Fused verification and identification (jobs.match --fuse, jobs.archive_fuse) on synthetic people whose every
+"""Fused verification and identification (jobs.match --fuse, jobs.archive.fuse) on synthetic people whose every
 recording has a face and a voice."""
 
 import json
@@ -94,7 +94,7 @@ def test_a_missing_modality_falls_back_to_the_other(archive, tmp_path):
 
 
 def test_an_identity_without_voices_is_scored_by_faces():
-    from jobs.archive_fuse import _block_scores
+    from jobs.archive.fuse import _block_scores
 
     gallery = np.zeros((3, 0))
     assert np.isnan(_block_scores(["x", "y"], {}, gallery, 3)).all()

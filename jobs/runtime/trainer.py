@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from jobs.cli import JobConfig
-from jobs.plan import ensure_ray
-from jobs.runtime import JobContext
+from jobs.runtime.cli import JobConfig
+from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.launch import JobContext
 from ops.io.errors import JobFailed
 from ops.io.schemas import TRAINING
 from ops.io.tables import OutputRun

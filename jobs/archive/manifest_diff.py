@@ -5,7 +5,7 @@
     # then the hashing tasks read diff.blocks only, as a full run reads every object
 
 1. **Staging.** A task per listing block and a task per data file of the previous manifest stage their rows in a
-   ledger, sorted by a hash of the uri (``jobs.accounting.Ledger``).
+   ledger, sorted by a hash of the uri (``jobs.runtime.accounting.Ledger``).
 2. **Joining.** A task per slice of the uris joins the two. An object listed with the same size, modification
    time and etag (S3's ETag; a local file's inode and ctime, which ``cp -p`` and ``rsync -a`` cannot set back) as
    before carries its row over unread (its label taken again from its path), unless it was last modified
@@ -30,9 +30,9 @@ from itertools import pairwise
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.accounting import BUCKETS, SLICE_SOURCES, Ledger
-from jobs.plan import shard
-from jobs.source_job import RowWriter
+from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.runtime.cluster import shard
+from jobs.runtime.output import RowWriter
 from ops.io.root import locate
 from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
