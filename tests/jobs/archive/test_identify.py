@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from jobs import archive_identify
+from jobs.archive import identify
 from jobs.archive.identify import enrol
 from jobs.archive.search import Search, prepare_items, search_archive
 from jobs.runtime.output import RowWriter
@@ -14,7 +14,7 @@ from ops.io.schemas import MATCHES, faces
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, read_table
 from ops.matching.search import normalise
-from tests.jobs.test_archive_search import SHA, _faces
+from tests.jobs.archive.test_search import SHA, _faces
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     assert enrolled.enrolled_sources == 18 and len(enrolled.identities) == 6 and len(enrolled.probes) == 16
     got = pads.dataset([p for p, _ in enrolled.identities.files], filesystem=root.arrow).to_table()
     want = {f"p{p}": normalise(vectors[[p * 5 + i for i in range(3)]].sum(0, keepdims=True))[0] for p in range(6)}
-    for label, vector in zip(got.column("item").to_pylist(), archive_identify._vectors(got), strict=True):
+    for label, vector in zip(got.column("item").to_pylist(), identify._vectors(got), strict=True):
         np.testing.assert_allclose(vector, want[label], atol=1e-6)
 
     writer = RowWriter(root, "matches", MATCHES, "identify", "a1")

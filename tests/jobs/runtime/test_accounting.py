@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from jobs import accounting
+from jobs.runtime import accounting
 from jobs.runtime.accounting import OUTCOMES, Ledger, Staged, buckets, collect, plan_sources, settle
 from jobs.runtime.output import RowWriter
 from jobs.stylize import finish as count_styled

@@ -5,7 +5,7 @@ import pytest
 from jobs.runtime.cli import default_run_id
 from jobs.runtime.launch import run_job
 from ops.io.errors import AccountingMismatch, JobFailed
-from tests.jobs.test_cli import DemoConfig
+from tests.jobs.runtime.test_cli import DemoConfig
 
 
 def _run(argv, body):
