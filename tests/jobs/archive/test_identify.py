@@ -39,7 +39,7 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     ray_cluster, gallery, monkeypatch, slice_sources
 ):
     root, uris, vectors, labels = gallery
-    monkeypatch.setattr(archive_identify, "SLICE_SOURCES", slice_sources)
+    monkeypatch.setattr(identify, "SLICE_SOURCES", slice_sources)
     staging = root.join("_staging", "t")
     items = prepare_items(root, "faces", "embed", True, staging.join("g"))
     enrolled = enrol(root, items, str(labels), None, True, staging)
