@@ -1,12 +1,12 @@
 """How any job runs on Ray, whatever it does: the machinery the commands in ``jobs/`` share. Imports ``ops`` only.
 
-    launch       a job's run: its run id, logging, exit codes (``run_job``, ``launch``, ``JobContext``)
-    cli          a job's command line, generated from its config dataclass (``JobConfig``)
-    cluster      Ray started or joined, sources cut into shards, the pool of model actors (``ActorOptions``)
-    output       how a job over sources writes and commits its run (``SourceJob``, ``RowWriter``)
-    accounting   every source ends as one outcome: planned, staged, settled, checked (``Ledger``)
-    reuse        a source embedded before with the same models and settings is copied, not embedded again
-    progress     progress lines for long work
-    stages       a job that composes others (pipeline, find) runs each as a resumable stage
-    trainer      the Ray Train skeleton the training jobs share
+launch       a job's run: its run id, logging, exit codes (``run_job``, ``launch``, ``JobContext``)
+cli          a job's command line, generated from its config dataclass (``JobConfig``)
+cluster      Ray started or joined, sources cut into shards, the pool of model actors (``ActorOptions``)
+output       how a job over sources writes and commits its run (``SourceJob``, ``RowWriter``)
+accounting   every source ends as one outcome: planned, staged, settled, checked (``Ledger``)
+reuse        a source embedded before with the same models and settings is copied, not embedded again
+progress     progress lines for long work
+stages       a job that composes others (pipeline, find) runs each as a resumable stage
+trainer      the Ray Train skeleton the training jobs share
 """
