@@ -40,7 +40,6 @@ JOB = "manifest"
 # Shards of at least MIN_SHARD_BYTES keep Ray's per-task overhead (tens of ms) small next to hashing (about 1 GB/s
 # per core with SHA extensions).
 MIN_SHARD_BYTES = 64 << 20
-STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: hashed rows between the hashing and the duplicate pass
 
 
 @dataclass
@@ -326,7 +325,7 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
     objects, total_bytes, blocks = listed.objects, listed.bytes, listed.blocks
     ctx.log.info("listed %d objects (%.1f MiB) under %s", objects, total_bytes / 2**20, archive.uri)
-    staging = ctx.output.join(STAGING, ctx.run_id, job.out.attempt)
+    staging = job.out.staging()
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
     partitions = max(1, -(-objects // WRITE_ROWS))
     errors = job.row_writer("errors")

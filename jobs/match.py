@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from jobs.archive.fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
 from jobs.archive.identify import enrol
-from jobs.archive.search import STAGING, Prepared, Projection, Search, prepare_items
+from jobs.archive.search import Prepared, Projection, Search, prepare_items
 from jobs.archive.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
 from jobs.archive.verify import Verifier, check_pairs, verify_archive
 from jobs.runtime.accounting import Ledger
@@ -230,7 +230,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     slice, query blocks searched, merged and written by tasks; the driver holds file lists and counts."""
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    staging = out.staging()
     head = Projection(config.head, config.models) if config.head else None
     ensure_ray()
     try:
@@ -294,7 +294,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         raise JobFailed("crossmatch needs --joint-model: a model trained by `python -m jobs.train_crossmodal`")
     model = catalogue.load(config.joint_model, config.models, expect="voice-face-model")
     joint = (model.name, model.sha256)
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    staging = out.staging()
     sets = {
         "voices": (config.queries, config.queries_run_id),
         "faces": (config.gallery or config.queries, config.gallery_run_id),
@@ -391,7 +391,7 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         config.min_llr,
         _gallery_side(config),
     )
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
+    staging = out.staging("pairs")
     matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
     errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
     ensure_ray()
@@ -430,7 +430,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         return run_identify_fused(config, ctx, out)
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt)
+    staging = out.staging()
     head = Projection(config.head, config.models) if config.head else None
     root = resolve(gallery_root)
     ensure_ray()
@@ -563,7 +563,7 @@ def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> di
     """Fused verification at archive scale: as verify, each chunk task scoring faces and voices (``fuse_chunk``)."""
     check_pairs(config.pairs, FUSED_PAIRS)
     evidence = _evidence(config, config.queries, config.queries_run_id, ctx, out)
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "pairs")
+    staging = out.staging("pairs")
     rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
     errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
     ensure_ray()
@@ -598,7 +598,7 @@ def run_identify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> 
     if not config.labels:
         root = resolve(gallery_root)
         manifest_run = config.manifest_run_id or manifest_of(root, config.gallery_run_id) or newest_manifest_run(root)
-    staging = ctx.output.join(STAGING, out.run_id, out.attempt, "fused")
+    staging = out.staging("fused")
     rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
     errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
     ensure_ray()

@@ -47,7 +47,6 @@ from ops.matching.search import ExactSearch
 from ops.models.device import best_device
 
 log = logging.getLogger("crossmatch")
-STAGING = "_staging"  # <root>/_staging/<run_id>/<attempt>/: items between their preparation and the search
 
 _COLUMNS = {
     "faces": [

@@ -44,7 +44,6 @@ from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.storage import ObjectInfo, Store, storage_errors
 from ops.io.tables import DataFile, OutputRun, committed_files, committed_rows, committed_runs, error_table
 
-STAGING = "_staging"  # <output>/_staging/<run_id>/<attempt>/: what workers stage between the stages of a run
 BUCKETS = 1 << 16  # uris hash into this many buckets; a settling task takes a range of them
 SLICE_SOURCES = 100_000  # sources per settling task at most: its slice of the ledger fits a worker easily
 SLICE_ROWS = 200_000  # and staged rows per settling task at most (a video's faces, say)
@@ -108,7 +107,7 @@ def write_bucketed(rows: pa.Table, target: Store, by: str = "uri") -> None:
 
 def ledger_of(out: OutputRun) -> Ledger:
     """The ledger of a run attempt, beside its other staged files."""
-    return Ledger(out.root.join(STAGING, out.run_id, out.attempt, "ledger"))
+    return Ledger(out.staging("ledger"))
 
 
 # -- planning ----------------------------------------------------------------------------------------------------

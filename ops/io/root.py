@@ -22,7 +22,9 @@ log = logging.getLogger("crossmatch")
 MARKER = "crossmatch-root.json"
 # The folders of a root that hold a run's files outside the tables, ``<folder>/<run_id>/`` each: what a deletion
 # may remove besides the tables' files. A job that writes another must add it here.
-RUN_FOLDERS = ("calibration", "report", "styled-images", "synthetic", "checkpoints", "pairs", "_staging")
+# ``<root>/_staging/<run_id>/<attempt>/``: what a run's workers stage between its steps (ledgers, items, pairs).
+STAGING = "_staging"
+RUN_FOLDERS = ("calibration", "report", "styled-images", "synthetic", "checkpoints", "pairs", STAGING)
 # A job's settings that name storage locations; in the runs table those inside the root are kept relative to it.
 LOCATIONS = (
     "output",

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from ops.io.errors import CommitError, StorageError, canonical, vocabulary
 from ops.io.redact import redact
-from ops.io.root import RUN_FOLDERS, relative_locations, require_ours
+from ops.io.root import RUN_FOLDERS, STAGING, relative_locations, require_ours
 from ops.io.schemas import RUNS, SCHEMA_VERSION, conform, schema_for, stored
 from ops.io.storage import Store, storage_errors
 
@@ -350,6 +350,10 @@ class OutputRun:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
+
+    def staging(self, *parts: str) -> Store:
+        """Where this attempt's workers stage what passes between its steps: ``<root>/_staging/<run>/<attempt>/``."""
+        return self.root.join(STAGING, self.run_id, self.attempt, *parts)
 
     def check_writable(self) -> None:
         """Fail now, not after hours of work, when the output root cannot be written."""
