@@ -311,20 +311,8 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     archive = resolve(config.archive)
     job = SourceJob(ctx, config, {"manifest": MANIFEST, "changes": CHANGES})
     archive.check_listable()  # a missing prefix or a denied read said here, before any task starts
-    ensure_ray()
-    import ray
-
-    workers = max(int(ray.cluster_resources().get("CPU", 0)), GROWTH)  # room for a cluster that grows
-    inside = output_inside(archive, ctx.output)
-    if inside:
-        ctx.log.info(
-            "the output root %s lies inside the archive: its objects (%s/) are not listed", ctx.output.uri, inside
-        )
-    listed = list_archive(archive, config.glob, workers, inside)
-    if not listed.objects:
-        raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
+    workers, listed = _listed(archive, config, ctx)
     objects, total_bytes, blocks = listed.objects, listed.bytes, listed.blocks
-    ctx.log.info("listed %d objects (%.1f MiB) under %s", objects, total_bytes / 2**20, archive.uri)
     staging = job.out.staging()
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
     partitions = max(1, -(-objects // WRITE_ROWS))
@@ -336,30 +324,12 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         staged: dict[int, list[str]] = {}
         staged_rows, failed, to_hash, hash_bytes = 0, 0, objects, total_bytes
         if previous is not None:
-            carry = {
-                "staging": staging,
-                "partitions": partitions,
-                "run_id": ctx.run_id,
-                "labels": config.label_pattern,
-                "changes": changes,
-                "stage_rows": stage_manifest_rows,
-                "workers": workers,
-                "min_bytes": MIN_SHARD_BYTES,
-            }
-            diff = diff_archive(
-                blocks, objects, previous, ctx.output, Ledger(staging.join("ledger")), carry, config.full
-            )
+            carry = {"staging": staging, "partitions": partitions, "run_id": ctx.run_id, "changes": changes}
+            carry |= {"labels": config.label_pattern, "stage_rows": stage_manifest_rows, "workers": workers}
+            diff = _by_difference(blocks, objects, previous, ctx, job, carry | {"min_bytes": MIN_SHARD_BYTES}, config)
             for row in diff.staged:
                 staged.setdefault(int(row["stage"]), []).append(row["uri"])
-            job.add_files("changes", diff.files)
             blocks, staged_rows, to_hash, hash_bytes = diff.blocks, diff.carried, diff.to_hash, diff.to_hash_bytes
-            ctx.log.info(
-                "against manifest run %s: %d objects carried over unread, %d to read, %d removed",
-                previous.run_id,
-                diff.carried,
-                diff.to_hash,
-                diff.removed,
-            )
         changed: Counter = Counter()
         hashed = _hashed(
             blocks,
@@ -373,20 +343,8 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
             previous_run_id=previous.run_id if previous is not None else None,
         )
         progress = Progress("hashed objects", to_hash, hash_bytes)
-        for batch in hashed:
-            for row in batch.to_pylist():
-                if row["kind"] == "staged":
-                    if row["uri"]:
-                        staged.setdefault(int(row["stage"]), []).append(row["uri"])
-                    staged_rows += int(row["relpath"])
-                    progress.update(int(row["relpath"]), row["size"])
-                elif row["kind"] == "changes":  # a file of new and modified objects' rows, and how many of each
-                    job.add_files("changes", [parse_file_row(row["uri"])])
-                    changed.update(json.loads(row["message"]))
-                else:  # a file of error rows the task wrote, and how many of each type
-                    job.add_settled([parse_file_row(row["uri"])], Counter(json.loads(row["message"])))
-                    failed += int(row["relpath"])
-                    progress.update(int(row["relpath"]), 0)
+        hashed_rows, failed = _gather_hashed(hashed, job, staged, changed, progress)
+        staged_rows += hashed_rows
         # The promise: every listed object exactly once, as a manifest row or an error row. Checked before anything
         # is committed, so that a lost or repeated shard fails the run instead of publishing a wrong count.
         if staged_rows + failed != objects:
@@ -394,41 +352,19 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
                 f"accounting mismatch: {objects} objects listed but {staged_rows + failed} results; "
                 "nothing was committed, rerun the job"
             )
-        writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
-        task = ray.remote(write_partition)
-        done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
-        written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []
-        for part in done:
-            job.add_files("manifest", part["files"])
-            written += part["rows"]
-            duplicates += part["duplicates"]
-            kinds.update(part["kinds"])
-            labelled += part["labelled"]
-            unlabelled = (unlabelled + part["unlabelled"])[:2]
+        written, duplicates, kinds, labelled, unlabelled = _write_manifest(staged, ctx, job)
         if written != staged_rows:
             raise AccountingMismatch(
                 f"accounting mismatch: {staged_rows} objects hashed but {written} manifest rows written"
             )
-        summary = {
-            "objects": objects,
-            "bytes": total_bytes,
-            "manifest_rows": written,
-            "error_rows": failed,
-            "duplicates": duplicates,
-            "kinds": dict(kinds),
-        }
+        summary = {"objects": objects, "bytes": total_bytes, "manifest_rows": written, "error_rows": failed}
+        summary |= {"duplicates": duplicates, "kinds": dict(kinds)}
         if config.label_pattern:
             summary["labelled"] = labelled
             _say_labels(ctx, config.label_pattern, labelled, written, unlabelled)
         if diff is not None:
-            summary |= {
-                "previous_manifest": previous.run_id,
-                "read": diff.to_hash,
-                "carried": diff.carried,
-                "new": changed["new"],
-                "modified": changed["modified"],
-                "removed": diff.removed,
-            }
+            summary |= {"previous_manifest": previous.run_id, "read": diff.to_hash, "carried": diff.carried}
+            summary |= {"new": changed["new"], "modified": changed["modified"], "removed": diff.removed}
         by_type = dict(job.errors_by_type) or ""
         return job.commit(
             summary,
@@ -436,6 +372,82 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         )
     finally:
         staging.remove_tree() if staging.exists() else None
+
+
+def _listed(archive: Store, config: ManifestConfig, ctx: JobContext):
+    """The archive listed by tasks (the output root left out when it lies inside), and how many workers the
+    listing was cut for."""
+    ensure_ray()
+    import ray
+
+    workers = max(int(ray.cluster_resources().get("CPU", 0)), GROWTH)  # room for a cluster that grows
+    inside = output_inside(archive, ctx.output)
+    if inside:
+        ctx.log.info(
+            "the output root %s lies inside the archive: its objects (%s/) are not listed", ctx.output.uri, inside
+        )
+    listed = list_archive(archive, config.glob, workers, inside)
+    if not listed.objects:
+        raise JobFailed(f"no objects under {archive.uri} match {config.glob!r}: check the prefix and --glob")
+    ctx.log.info("listed %d objects (%.1f MiB) under %s", listed.objects, listed.bytes / 2**20, archive.uri)
+    return workers, listed
+
+
+def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: SourceJob, carry: dict, config):
+    """The listing against the previous snapshot (``jobs.archive.manifest_diff``): what is carried over unread, what
+    is read again, what was removed; its change rows added to the run."""
+    diff = diff_archive(
+        blocks, objects, previous, ctx.output, Ledger(carry["staging"].join("ledger")), carry, config.full
+    )
+    job.add_files("changes", diff.files)
+    ctx.log.info(
+        "against manifest run %s: %d objects carried over unread, %d to read, %d removed",
+        previous.run_id,
+        diff.carried,
+        diff.to_hash,
+        diff.removed,
+    )
+    return diff
+
+
+def _gather_hashed(hashed, job: SourceJob, staged: dict[int, list[str]], changed: Counter, progress: Progress):
+    """What the hashing tasks report, as it streams by: their staged files (by partition), their changes and error
+    files added to the run; how many rows they staged and how many objects failed."""
+    staged_rows = failed = 0
+    for batch in hashed:
+        for row in batch.to_pylist():
+            if row["kind"] == "staged":
+                if row["uri"]:
+                    staged.setdefault(int(row["stage"]), []).append(row["uri"])
+                staged_rows += int(row["relpath"])
+                progress.update(int(row["relpath"]), row["size"])
+            elif row["kind"] == "changes":  # a file of new and modified objects' rows, and how many of each
+                job.add_files("changes", [parse_file_row(row["uri"])])
+                changed.update(json.loads(row["message"]))
+            else:  # a file of error rows the task wrote, and how many of each type
+                job.add_settled([parse_file_row(row["uri"])], Counter(json.loads(row["message"])))
+                failed += int(row["relpath"])
+                progress.update(int(row["relpath"]), 0)
+    return staged_rows, failed
+
+
+def _write_manifest(staged: dict[int, list[str]], ctx: JobContext, job: SourceJob):
+    """A task per partition of the staged rows writes its manifest rows (duplicates flagged there); their files
+    added to the run; the counts: rows written, duplicates, kinds, labelled rows, two unlabelled paths."""
+    import ray
+
+    writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
+    task = ray.remote(write_partition)
+    done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
+    written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []
+    for part in done:
+        job.add_files("manifest", part["files"])
+        written += part["rows"]
+        duplicates += part["duplicates"]
+        kinds.update(part["kinds"])
+        labelled += part["labelled"]
+        unlabelled = (unlabelled + part["unlabelled"])[:2]
+    return written, duplicates, kinds, labelled, unlabelled
 
 
 def _say_labels(ctx: JobContext, pattern: str, labelled: int, rows: int, unlabelled: list[str]) -> None:

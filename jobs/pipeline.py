@@ -170,97 +170,10 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         if not marker["tables"].get(table, {}).get("rows"):
             for stage in (f"calibrate-{table}", f"search-{table}", f"identities-{table}", f"identify-{table}"):
                 stages.skip(stage, f"no {table} were found in the archive")
-            continue
-        embeddings_run = stages.done[table]["run_id"]
-        record = None
-        earlier = stages.settled(f"calibrate-{table}")  # a rerun with nothing new decides without Ray
-        if earlier is not None:
-            reason = earlier.get("reason") if earlier["state"] == "skipped" else None
         else:
-            reason = _why_not_calibrated(ctx, table, embeddings_run, manifest_run)
-        if reason:
-            stages.skip(f"calibrate-{table}", reason)
-        else:
-            try:
-                stages.run(
-                    f"calibrate-{table}",
-                    calibrate,
-                    calibrate.CalibrateConfig(
-                        embeddings=root,
-                        table=table,
-                        embeddings_run_id=embeddings_run,
-                        manifest_run_id=manifest_run,
-                        target_far=config.target_far,
-                        reviews_through=reviewed,
-                    ),
-                )
-                record = ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
-            except UninformativeLabels as exc:  # the labels are not people: match without a calibration
-                stages.skip(f"calibrate-{table}", str(exc))
-        # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
-        _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
-        search = stages.done[f"search-{table}"]
-        first = read_table(ctx.output, "matches", search["run_id"], ["threshold"], limit=1)
-        if first.num_rows == 0:
-            stages.skip(f"identities-{table}", f"the search found no two {table} sources to link")
-        elif first.column("threshold")[0].as_py() is None:
-            reason = "no threshold links two sources: no calibration (no labels) and the model card gives none"
-            stages.skip(f"identities-{table}", reason)
-        else:  # who is in the archive: the search's lists above its threshold, clustered
-            stages.run(
-                f"identities-{table}",
-                identities,
-                identities.IdentitiesConfig(
-                    results=root,
-                    search_run_id=search["run_id"],
-                    manifest_run_id=manifest_run,
-                    min_llr=config.min_llr,
-                    separate_labels=config.label_pattern is not None,
-                    reviews_through=reviewed,
-                ),
-            )
-        if record:
-            _match(stages, "identify", table, root, embeddings_run, manifest_run, config, record)
-        else:
-            stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
-
-    if not config.attributes_model:
-        stages.skip(
-            "attributes",
-            "no --attributes-model given (train heads with jobs.train_attributes, or import FairFace)",
-            asked=False,
-        )
-    elif not faces["tables"].get("faces", {}).get("rows"):
-        stages.skip("attributes", "no faces were found in the archive")
-    else:
-        stages.run(
-            "attributes",
-            attributes,
-            attributes.AttributesConfig(
-                embeddings=root,
-                model=config.attributes_model,
-                embeddings_run_id=stages.done["faces"]["run_id"],
-                **actors,
-            ),
-        )
-    if not config.joint_model:
-        stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)", asked=False)
-    elif not all(m["tables"].get(t, {}).get("rows") for t, m in (("faces", faces), ("voices", voices))):
-        stages.skip("crossmatch", "cross-modal matching needs both faces and voices in the archive")
-    else:
-        stages.run(
-            "crossmatch",
-            match,
-            match.MatchConfig(
-                mode="crossmatch",
-                queries=root,
-                queries_run_id=stages.done["voices"]["run_id"],
-                gallery_run_id=stages.done["faces"]["run_id"],
-                joint_model=config.joint_model,
-                k=config.k,
-                models=config.models,
-            ),
-        )
+            _match_stages(stages, config, table, manifest_run, reviewed)
+    _attributes_stage(stages, config, faces, actors)
+    _crossmatch_stage(stages, config, faces, voices)
     stages.run(
         "report",
         report,
@@ -276,6 +189,116 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
     )
     ctx.log.info("report: %s", locate(ctx.output, stages.done["report"]["summary"].get("report_uri")).uri)
     return marker
+
+
+def _match_stages(stages: Stages, config: PipelineConfig, table: str, manifest_run: str, reviewed: str | None) -> None:
+    """One modality's matching: calibrate (with labels), search, who is in the archive, identify (calibrated)."""
+    ctx, root = stages.ctx, stages.ctx.output.uri
+    embeddings_run = stages.done[table]["run_id"]
+    record = _calibrate_stage(stages, config, table, manifest_run, reviewed)
+    # Search ranks either way; with a calibration its rows also carry the threshold they are judged by.
+    _match(stages, "search", table, root, embeddings_run, manifest_run, config, record)
+    search = stages.done[f"search-{table}"]
+    first = read_table(ctx.output, "matches", search["run_id"], ["threshold"], limit=1)
+    if first.num_rows == 0:
+        stages.skip(f"identities-{table}", f"the search found no two {table} sources to link")
+    elif first.column("threshold")[0].as_py() is None:
+        reason = "no threshold links two sources: no calibration (no labels) and the model card gives none"
+        stages.skip(f"identities-{table}", reason)
+    else:  # who is in the archive: the search's lists above its threshold, clustered
+        stages.run(
+            f"identities-{table}",
+            identities,
+            identities.IdentitiesConfig(
+                results=root,
+                search_run_id=search["run_id"],
+                manifest_run_id=manifest_run,
+                min_llr=config.min_llr,
+                separate_labels=config.label_pattern is not None,
+                reviews_through=reviewed,
+            ),
+        )
+    if record:
+        _match(stages, "identify", table, root, embeddings_run, manifest_run, config, record)
+    else:
+        stages.skip(f"identify-{table}", f"no calibrated threshold (see calibrate-{table})")
+
+
+def _calibrate_stage(
+    stages: Stages, config: PipelineConfig, table: str, manifest_run: str, reviewed: str | None
+) -> str | None:
+    """The calibration of one modality from the labels (and the analysts' verdicts): its record's uri, or None
+    when there is none to make (the reason recorded as the stage's skip)."""
+    ctx = stages.ctx
+    embeddings_run = stages.done[table]["run_id"]
+    earlier = stages.settled(f"calibrate-{table}")  # a rerun with nothing new decides without Ray
+    if earlier is not None:
+        reason = earlier.get("reason") if earlier["state"] == "skipped" else None
+    else:
+        reason = _why_not_calibrated(ctx, table, embeddings_run, manifest_run)
+    if reason:
+        stages.skip(f"calibrate-{table}", reason)
+        return None
+    try:
+        stages.run(
+            f"calibrate-{table}",
+            calibrate,
+            calibrate.CalibrateConfig(
+                embeddings=ctx.output.uri,
+                table=table,
+                embeddings_run_id=embeddings_run,
+                manifest_run_id=manifest_run,
+                target_far=config.target_far,
+                reviews_through=reviewed,
+            ),
+        )
+    except UninformativeLabels as exc:  # the labels are not people: match without a calibration
+        stages.skip(f"calibrate-{table}", str(exc))
+        return None
+    return ctx.output.join("calibration", stages.done[f"calibrate-{table}"]["run_id"], "record.json").uri
+
+
+def _attributes_stage(stages: Stages, config: PipelineConfig, faces: dict, actors: dict) -> None:
+    if not config.attributes_model:
+        stages.skip(
+            "attributes",
+            "no --attributes-model given (train heads with jobs.train_attributes, or import FairFace)",
+            asked=False,
+        )
+    elif not faces["tables"].get("faces", {}).get("rows"):
+        stages.skip("attributes", "no faces were found in the archive")
+    else:
+        stages.run(
+            "attributes",
+            attributes,
+            attributes.AttributesConfig(
+                embeddings=stages.ctx.output.uri,
+                model=config.attributes_model,
+                embeddings_run_id=stages.done["faces"]["run_id"],
+                **actors,
+            ),
+        )
+
+
+def _crossmatch_stage(stages: Stages, config: PipelineConfig, faces: dict, voices: dict) -> None:
+    if not config.joint_model:
+        stages.skip("crossmatch", "no --joint-model given (train one with jobs.train_crossmodal)", asked=False)
+    elif not all(m["tables"].get(t, {}).get("rows") for t, m in (("faces", faces), ("voices", voices))):
+        stages.skip("crossmatch", "cross-modal matching needs both faces and voices in the archive")
+    else:
+        stages.run(
+            "crossmatch",
+            match,
+            match.MatchConfig(
+                mode="crossmatch",
+                queries=stages.ctx.output.uri,
+                queries_run_id=stages.done["voices"]["run_id"],
+                gallery_run_id=stages.done["faces"]["run_id"],
+                joint_model=config.joint_model,
+                k=config.k,
+                models=config.models,
+            ),
+        )
 
 
 def _match(
