@@ -224,20 +224,7 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     earlier = None if config.recalibrate else _calibrated(ctx.output, fingerprint, ctx.run_id)
     if earlier is not None:
         return _copy(earlier, fingerprint, config, ctx, out)
-    vectors = data.vectors[labelled].astype(np.float64)
-    # Each pair once (the upper triangle) by a boolean mask and integer labels: index arrays and label strings per
-    # pair held 1 GB at 5,000 sources.
-    upper = np.triu(np.ones((len(labelled), len(labelled)), bool), 1)
-    scores = (vectors @ vectors.T)[upper]
-    codes = np.unique(names, return_inverse=True)[1]
-    same = (codes[:, None] == codes[None, :])[upper]
-    first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
-    second = np.broadcast_to(codes[None, :].astype(np.int32), upper.shape)[upper]
-    if reviewed is not None and len(reviewed[0]):
-        # Each reviewed pair is a label of its own (two for a rejected one) in the held-out split.
-        fresh = len(set(names)) + 2 * np.arange(len(reviewed[0]), dtype=np.int32)
-        scores, same = np.concatenate([scores, reviewed[0]]), np.concatenate([same, reviewed[1]])
-        first, second = np.concatenate([first, fresh]), np.concatenate([second, fresh + ~reviewed[1]])
+    scores, same, first, second = _scored_pairs(data.vectors[labelled], names, reviewed)
     area = metrics.auc(scores, same)
     if area < MIN_AUC:
         raise UninformativeLabels(
@@ -281,33 +268,56 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     row = record | {"record_uri": inside(ctx.output, folder.join("record.json").uri)}
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
     marker = out.commit(config=asdict(config), summary=record | {"sample_sha256": fingerprint})
+    _log_record(ctx, record)
+    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def _scored_pairs(vectors: np.ndarray, names: np.ndarray, reviewed: tuple | None):
+    """Every pair of the labelled sample scored once, whether it is one label, and each side's label code (for the
+    held-out split); then the analysts' reviewed pairs, each a label of its own (two for a rejected pair)."""
+    vectors = vectors.astype(np.float64)
+    # Each pair once (the upper triangle) by a boolean mask and integer labels: index arrays and label strings per
+    # pair held 1 GB at 5,000 sources.
+    upper = np.triu(np.ones((len(vectors), len(vectors)), bool), 1)
+    scores = (vectors @ vectors.T)[upper]
+    codes = np.unique(names, return_inverse=True)[1]
+    same = (codes[:, None] == codes[None, :])[upper]
+    first = np.broadcast_to(codes[:, None].astype(np.int32), upper.shape)[upper]
+    second = np.broadcast_to(codes[None, :].astype(np.int32), upper.shape)[upper]
+    if reviewed is not None and len(reviewed[0]):
+        fresh = len(set(names)) + 2 * np.arange(len(reviewed[0]), dtype=np.int32)
+        scores, same = np.concatenate([scores, reviewed[0]]), np.concatenate([same, reviewed[1]])
+        first, second = np.concatenate([first, fresh]), np.concatenate([second, fresh + ~reviewed[1]])
+    return scores, same, first, second
+
+
+def _log_record(ctx: JobContext, record: dict) -> None:
     ctx.log.info(
         "%s on %d sources (%d same, %d different pairs): AUC %.4f, EER %.4f, threshold %.4f (%s)",
-        data.model_name,
-        len(labelled),
+        record["model_name"],
+        record["sources"],
         record["same_pairs"],
         record["different_pairs"],
         record["auc"],
         record["eer"],
-        threshold,
-        choice.why,
+        record["threshold"],
+        record["threshold_why"],
     )
     if record["reviewed_same_pairs"] or record["reviewed_different_pairs"]:
         ctx.log.info(
             "of those, %d same and %d different pairs are analysts' verdicts (reviews through %s)",
             record["reviewed_same_pairs"],
             record["reviewed_different_pairs"],
-            through,
+            record["reviews_through"],
         )
-    if choice.rule != "target":
-        ctx.log.warning("the threshold is not at --target-far %g: %s", config.target_far, choice.why)
+    if record["threshold_rule"] != "target":
+        ctx.log.warning("the threshold is not at --target-far %g: %s", record["target_far"], record["threshold_why"])
     llr = record["llr"]
     if "why_not" in llr:
         ctx.log.warning("no score-to-log-LR map: %s", llr["why_not"])
     else:
         _log_llr(ctx, llr)
-    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
-    return marker
 
 
 def _log_llr(ctx: JobContext, llr: dict) -> None:
@@ -485,36 +495,44 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
     for name, png in _fused_figures(curves, evaluation.same, thresholds["fused"], pairing).items():
         folder.join(name).put_atomic(png)
     folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
-    fused = systems[decider]
-    row = {
-        "run_id": ctx.run_id,
-        "face_model_name": faces.model_name,
-        "face_model_sha256": faces.model_sha256,
-        "voice_model_name": voices.model_name,
-        "voice_model_sha256": voices.model_sha256,
-        "pairing": pairing,
-        "identities": len(identities),
-        "same_trials": record["same_trials"],
-        "different_trials": record["different_trials"],
-        "fusion": config.fusion,
-        "face_eer": systems["face"]["eer"],
-        "voice_eer": systems["voice"]["eer"],
-        "fused_eer": fused["eer"],
-        "face_cllr": systems["face"]["cllr"],
-        "voice_cllr": systems["voice"]["cllr"],
-        "fused_cllr": fused["cllr"],
-        "fused_tar_at_far_0.01": fused["tar_at_far_0.01"],
-        "fused_tar_at_far_0.001": fused["tar_at_far_0.001"],
-        "target_far": config.target_far,
-        "llr_threshold": thresholds["fused"],
-        "record_uri": inside(ctx.output, folder.join("record.json").uri),
-    }
+    row = _fusions_row(record, systems[decider], ctx.output, folder.join("record.json").uri)
     out.write("fusions", pa.Table.from_pylist([row], schema=FUSIONS))
     summary = {k: v for k, v in record.items() if k not in ("identities", "systems", "calibration")}
     summary |= {f"{name.replace(' ', '_')}_eer": fig["eer"] for name, fig in systems.items()}
     summary |= {f"{name.replace(' ', '_')}_cllr": fig["cllr"] for name, fig in systems.items()}
     marker = out.commit(config=asdict(config), summary=summary)
-    for name, fig in systems.items():
+    _log_fused(ctx, record)
+    ctx.log.info("fused calibration record: %s (ROC and DET of the three beside it)", folder.join("record.json").uri)
+    return marker
+
+
+def _fusions_row(record: dict, fused: dict, root, record_uri: str) -> dict:
+    """The ``fusions/`` row of a fused calibration record: models, trials, each system's EER and Cllr."""
+    systems, models = record["systems"], record["models"]
+    row = {
+        "run_id": record["run_id"],
+        "face_model_name": models["faces"]["model_name"],
+        "face_model_sha256": models["faces"]["model_sha256"],
+        "voice_model_name": models["voices"]["model_name"],
+        "voice_model_sha256": models["voices"]["model_sha256"],
+        "pairing": record["pairing"],
+        "identities": record["identity_count"],
+        "same_trials": record["same_trials"],
+        "different_trials": record["different_trials"],
+        "fusion": record["fusion"],
+        "fused_eer": fused["eer"],
+        "fused_cllr": fused["cllr"],
+        "fused_tar_at_far_0.01": fused["tar_at_far_0.01"],
+        "fused_tar_at_far_0.001": fused["tar_at_far_0.001"],
+        "target_far": record["target_far"],
+        "llr_threshold": record["llr_thresholds"]["fused"],
+        "record_uri": inside(root, record_uri),
+    }
+    return row | {f"{m}_{k}": systems[m][k] for m in ("face", "voice") for k in ("eer", "cllr")}
+
+
+def _log_fused(ctx: JobContext, record: dict) -> None:
+    for name, fig in record["systems"].items():
         ctx.log.info(
             "%-12s held out: EER %.4f, TAR %.4f at FAR 1e-2, %.4f at 1e-3, Cllr %.3f bits (min %.3f)",
             name,
@@ -526,16 +544,14 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
         )
     ctx.log.info(
         "%d %s identities, %d same and %d different trials; fused (%s) log-LR threshold %.2f at FAR %g",
-        len(identities),
-        pairing,
+        record["identity_count"],
+        record["pairing"],
         record["same_trials"],
         record["different_trials"],
-        config.fusion,
-        thresholds["fused"],
-        config.target_far,
+        record["fusion"],
+        record["llr_thresholds"]["fused"],
+        record["target_far"],
     )
-    ctx.log.info("fused calibration record: %s (ROC and DET of the three beside it)", folder.join("record.json").uri)
-    return marker
 
 
 def _fused_figures(curves: dict[str, np.ndarray], same: np.ndarray, threshold: float, pairing: str) -> dict:
