@@ -214,6 +214,11 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, "reviews_through": settings["reviews_through"], **done}
     marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
+    _log_done(ctx, done, config.method, threshold)
+    return marker
+
+
+def _log_done(ctx: JobContext, done: dict, method: str, threshold: float) -> None:
     scored = (
         f", BCubed F {done['bcubed_f']:.3f} over the {done['labelled_items']} labelled items of {done['items']}"
         if "bcubed_f" in done
@@ -225,13 +230,12 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         done["identities"],
         done["singletons"],
         done["largest"],
-        config.method,
+        method,
         threshold,
         scored,
     )
     for warning in done["warnings"]:
         ctx.log.warning("%s", warning)
-    return marker
 
 
 def cluster_search(
@@ -282,68 +286,61 @@ def cluster_search(
         raise JobFailed(f"search run {search_run} lists items its match_items/ does not hold: search again")
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
-    # The analysts' verdicts: a rejected pair's own link is dropped and its sides never end in one identity; a
-    # confirmed pair is must-linked, as a track's faces are.
-    found = verdicts(root, settings["reviews_through"]) if settings.get("reviews_through") else Verdicts()
-    same, different = _reviewed(found.same, items), _reviewed(found.different, items)
-    graph = _without(graph, different)
     tracks = group
-    if len(same[0]):
-        group = join_groups(np.arange(len(names)) if group is None else group, *same)
+    found = verdicts(root, settings["reviews_through"]) if settings.get("reviews_through") else Verdicts()
+    graph, group, same, different = _constrained(graph, group, found, items)
     clear = clarity(embeddings[0], embeddings[1], table, settings["per_source"], items) if embeddings else None
     before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
     kept = before != None  # noqa: E711 (element-wise)
-    start = movable = None
-    if settings["method"] == "whispers" and not settings["full"] and kept.any():
-        # Each previous identity starts as its lowest kept member's label; only the new items move.
-        start = np.arange(len(names))
-        order = np.flatnonzero(kept)
-        firsts = {}
-        for i in order:
-            start[i] = firsts.setdefault(before[i], i)
-        movable = ~kept
+    going_on = settings["method"] == "whispers" and not settings["full"]
+    start, movable = _going_on(before, kept) if going_on else (None, None)
     clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
     clusters, split = keep_apart(graph, clusters, *different, group)
     rows, counts = _members(items, graph, clusters, before, clear, _evidence_map(lists))
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
-    rows = rows.append_column("run_id", pa.array([writer.run_id] * rows.num_rows))
     if raised is not None:
         threshold = raised
         counts["threshold_raised_to"] = raised  # the rows carry the threshold their links were kept at
         counts["links_dropped_to_separate_labels"] = kept_before - len(lists)
-    settings_of_rows = {"modality": table, "method": settings["method"], "threshold": threshold}
-    for name, value in settings_of_rows.items():
+    stamp = {"run_id": writer.run_id, "modality": table, "method": settings["method"], "threshold": threshold}
+    stamp |= {"search_run_id": search_run, "model_name": model[0], "model_sha256": model[1]}
+    for name, value in stamp.items():
         rows = rows.append_column(name, pa.array([value] * rows.num_rows))
-    rows = rows.append_column("search_run_id", pa.array([search_run] * rows.num_rows))
-    rows = rows.append_column("model_name", pa.array([model[0]] * rows.num_rows))
-    rows = rows.append_column("model_sha256", pa.array([model[1]] * rows.num_rows))
     files = writer.write(rows.select(IDENTITIES.names).cast(IDENTITIES))
     counts |= {"items": len(names), "edges": len(graph), "files": files}
     if tracks is not None:
         counts["tracks"] = int(len(np.unique(tracks)) - (np.bincount(tracks) == 1).sum())
     if found:
         conflicting = int((group[different[0]] == group[different[1]]).sum()) if group is not None else 0
-        counts |= {
-            "reviewed_same": len(same[0]),
-            "reviewed_different": len(different[0]),
-            "split_by_reviews": split,
-            "reviews_conflicting": conflicting,
-        }
+        counts |= {"reviewed_same": len(same[0]), "reviewed_different": len(different[0])}
+        counts |= {"split_by_reviews": split, "reviews_conflicting": conflicting}
     if labels[1]:
         counts |= _scores(known, np.array(rows.column("identity").to_pylist(), object))
-    counts["warnings"] = _warnings(counts, len(lists), listed)
-    if counts.get("reviews_conflicting"):
-        counts["warnings"].append(
-            f"{counts['reviews_conflicting']} rejected pair(s) are joined by confirmed pairs (or one video track): "
-            "the reviews contradict each other, and those pairs stay in one identity; review them again"
-        )
-    if raised is not None and counts["links_dropped_to_separate_labels"] > kept_before / 2:
-        counts["warnings"].append(
-            f"keeping the labels apart raised the threshold to {raised:.4f} and dropped "
-            f"{counts['links_dropped_to_separate_labels']} of {kept_before} links: a photo filed under the wrong "
-            "label, or a link between two people who look alike, may be the cause"
-        )
+    counts["warnings"] = _warnings(counts, len(lists), listed, kept_before)
     return counts
+
+
+def _going_on(before: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Whispers going on from a previous clustering: each previous identity starts as its lowest kept member's
+    label, and only the new items move (None, None: nothing kept, cluster everything)."""
+    if not kept.any():
+        return None, None
+    start = np.arange(len(before))
+    firsts: dict = {}
+    for i in np.flatnonzero(kept):
+        start[i] = firsts.setdefault(before[i], i)
+    return start, ~kept
+
+
+def _constrained(graph: Graph, group: np.ndarray | None, found: Verdicts, items: pa.Table):
+    """The analysts' verdicts on these items: a rejected pair's own link dropped from the graph (``keep_apart`` keeps
+    its sides apart after), a confirmed pair must-linked as a track's faces are. The graph, the must-link groups,
+    and the confirmed and rejected pairs as item positions."""
+    same, different = _reviewed(found.same, items), _reviewed(found.different, items)
+    graph = _without(graph, different)
+    if len(same[0]):
+        group = join_groups(np.arange(len(items)) if group is None else group, *same)
+    return graph, group, same, different
 
 
 def _reviewed(pairs: list[Pair], items: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -438,9 +435,10 @@ NEARLY_ALL_LINKS = 0.9
 SHOWN = 10  # identities named in the warnings at most
 
 
-def _warnings(counts: dict, kept: int, listed: int) -> list[str]:
+def _warnings(counts: dict, kept: int, listed: int, kept_before: int | None = None) -> list[str]:
     """What a reader must know before trusting the identities: merges of labelled people, one identity holding most
-    items, a threshold that keeps nearly every link."""
+    items, a threshold that keeps nearly every link, analysts' verdicts that contradict each other, labels kept apart
+    at the cost of most links (``kept_before``: the links before that)."""
     out = []
     for identity, names in counts.pop("mixed", {}).items():
         out.append(f"identity {identity} holds {len(names)} labels ({', '.join(names[:5])}): it merges people")
@@ -456,6 +454,17 @@ def _warnings(counts: dict, kept: int, listed: int) -> list[str]:
         out.append(
             f"the threshold keeps {kept} of the search's {listed} links ({kept / listed:.0%}): it links nearly "
             "everything, and the identities say little"
+        )
+    if counts.get("reviews_conflicting"):
+        out.append(
+            f"{counts['reviews_conflicting']} rejected pair(s) are joined by confirmed pairs (or one video track): "
+            "the reviews contradict each other, and those pairs stay in one identity; review them again"
+        )
+    dropped, raised = counts.get("links_dropped_to_separate_labels", 0), counts.get("threshold_raised_to")
+    if raised is not None and kept_before and dropped > kept_before / 2:
+        out.append(
+            f"keeping the labels apart raised the threshold to {raised:.4f} and dropped {dropped} of {kept_before} "
+            "links: a photo filed under the wrong label, or a link between two people who look alike, may be the cause"
         )
     return out
 
