@@ -464,13 +464,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
                 head,
                 tracks=per_face,
             )
-        model = one_model(gallery.models, config.table, gallery_root)
-        other = one_model(probes.models, config.table, config.queries) if probes.models else model
-        if model != other or (probes.dim and gallery.dim and probes.dim != gallery.dim):
-            raise EmbeddingError(
-                f"cannot compare {other[0]} ({other[1][:12]}, {probes.dim}-d) with {model[0]} ({model[1][:12]}, "
-                f"{gallery.dim}-d) embeddings: match sets made by the same model"
-            )
+        model = _one_model_of_both(probes, gallery, config, gallery_root)
         threshold, source = _threshold(config, model[0])
         k = min(config.k, len(enrolled.identities))
         fields = {"run_id": out.run_id, "model_name": model[0], "model_sha256": model[1]}
@@ -491,11 +485,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         out.add_files("match_items", probe_set.records + identity_set.records, MATCH_ITEMS)
     finally:
         staging.remove_tree()
-    invalid = gallery.invalid + ([] if same_set else probes.invalid)
-    if pool is not None:  # every face and track of the probes: their own bad vectors, each its error row once
-        seen = {r["uri"] for r in pool.invalid}
-        invalid = pool.invalid + [r for r in gallery.invalid if r["uri"] not in seen]
-    errors = [_error(r, InvalidEmbedding) for r in invalid]
+    errors = _invalid_errors(gallery, probes, pool, same_set)
     out.write_errors(errors, stage="match")
     return {
         "identities": len(enrolled.identities),
@@ -510,6 +500,28 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         "merged_from": previous.run_id if previous else None,
         **counts,
     }
+
+
+def _one_model_of_both(probes: Prepared, gallery: Prepared, config: MatchConfig, gallery_root: str) -> tuple[str, str]:
+    """The one model (name, sha256) both sets were embedded by; refused when they differ, in model or width."""
+    model = one_model(gallery.models, config.table, gallery_root)
+    other = one_model(probes.models, config.table, config.queries) if probes.models else model
+    if model != other or (probes.dim and gallery.dim and probes.dim != gallery.dim):
+        raise EmbeddingError(
+            f"cannot compare {other[0]} ({other[1][:12]}, {probes.dim}-d) with {model[0]} ({model[1][:12]}, "
+            f"{gallery.dim}-d) embeddings: match sets made by the same model"
+        )
+    return model
+
+
+def _invalid_errors(gallery: Prepared, probes: Prepared, pool: Prepared | None, same_set: bool) -> list[dict]:
+    """An error row for each item whose vector is unusable, once: the gallery's and the probes'; with a pool of
+    every face and track of the probes, their own bad vectors."""
+    invalid = gallery.invalid + ([] if same_set else probes.invalid)
+    if pool is not None:
+        seen = {r["uri"] for r in pool.invalid}
+        invalid = pool.invalid + [r for r in gallery.invalid if r["uri"] not in seen]
+    return [_error(r, InvalidEmbedding) for r in invalid]
 
 
 def _fused_record(uri: str | None) -> tuple[dict, str]:
