@@ -257,23 +257,7 @@ def run(config: TrainAttributesConfig, ctx: JobContext) -> dict:
     if config.batch < 2 or config.hidden < 1:
         raise JobFailed("--batch must be at least 2 and --hidden at least 1")
     x, columns, people, faces, key = _labelled_faces(config, ctx)
-    try:
-        learn, test = training.split_identities(people, config.holdout, config.seed)
-        # A share of the training people is kept back to recalibrate the predicted spreads on.
-        inner_train, inner_calib = training.split_identities(people[learn], CALIBRATION_SHARE, config.seed + 1)
-        train, calib = np.zeros(len(x), bool), np.zeros(len(x), bool)
-        train[np.flatnonzero(learn)[inner_train]] = True
-        calib[np.flatnonzero(learn)[inner_calib]] = True
-        specs = specs_from_labels(
-            {n: v[train] for n, v in columns.items()}, config.numeric_loss, config.label_smoothing
-        )
-    except ValueError as exc:
-        raise JobFailed(str(exc)) from None
-    ys = targets(specs, columns)
-    data = {"train_x": x[train], "calib_x": x[calib], "test_x": x[test]}
-    for spec in specs:
-        for part, rows in (("train", train), ("calib", calib), ("test", test)):
-            data[f"{part}_{spec.name}"] = ys[spec.name][rows]
+    train, calib, test, specs, data = _split(x, columns, people, config)
     ctx.log.info(
         "%d labelled faces (%s) of %d people from %s (%s): %d faces trained on, %d of %d people held out; %s",
         len(x),
@@ -335,6 +319,28 @@ def run(config: TrainAttributesConfig, ctx: JobContext) -> dict:
             base.get(name, float("nan")),
         )
     return marker
+
+
+def _split(x: np.ndarray, columns: dict, people: np.ndarray, config: TrainAttributesConfig):
+    """The labelled faces split by person: trained on, kept back to recalibrate the predicted spreads on, held
+    out; the attributes' specs (from the training rows' labels) and each part's inputs and targets."""
+    try:
+        learn, test = training.split_identities(people, config.holdout, config.seed)
+        inner_train, inner_calib = training.split_identities(people[learn], CALIBRATION_SHARE, config.seed + 1)
+        train, calib = np.zeros(len(x), bool), np.zeros(len(x), bool)
+        train[np.flatnonzero(learn)[inner_train]] = True
+        calib[np.flatnonzero(learn)[inner_calib]] = True
+        specs = specs_from_labels(
+            {n: v[train] for n, v in columns.items()}, config.numeric_loss, config.label_smoothing
+        )
+    except ValueError as exc:
+        raise JobFailed(str(exc)) from None
+    ys = targets(specs, columns)
+    data = {"train_x": x[train], "calib_x": x[calib], "test_x": x[test]}
+    for spec in specs:
+        for part, rows in (("train", train), ("calib", calib), ("test", test)):
+            data[f"{part}_{spec.name}"] = ys[spec.name][rows]
+    return train, calib, test, specs, data
 
 
 def main(argv: list[str] | None = None) -> int:

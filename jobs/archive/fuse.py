@@ -86,27 +86,13 @@ def _nullable(values: np.ndarray) -> list:
 # -- verification ------------------------------------------------------------------------------------------------
 
 
-def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, errors: RowWriter) -> dict:
-    """One chunk of pairs scored by face, voice or both, decided and written by this worker (as ``verify_chunk``)."""
-    pairs = pq.read_table(path, filesystem=staging.arrow)
-    column = lambda name: [x or "" for x in pairs.column(name).to_pylist()]  # noqa: E731
-    if "a" in pairs.column_names:  # sources with both modalities: each side names its face and its voice
-        a, b = column("a"), column("b")
-        sides = {"a_face": a, "a_voice": a, "b_face": b, "b_voice": b}
-    else:
-        sides = {name: column(name) for name in FUSED_PAIRS[0]}
-    counts = {"pairs": pairs.num_rows, "accept": 0, "reject": 0, "errors": 0}
-    found = {}
-    for modality, verifier in (("face", evidence.faces), ("voice", evidence.voices)):
-        named = (set(sides[f"a_{modality}"]) | set(sides[f"b_{modality}"])) - {""}
-        # A source is one face here (its clearest): the fused calibration scored sources so.
-        found[modality] = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}), False)
-        if found[modality][2]:
-            return {"files": [], "error_files": [], **counts, "failed": found[modality][2]}
-    scores = {m: np.full(pairs.num_rows, np.nan) for m in ("face", "voice")}
-    picked: dict[str, list] = {f"{s}_{m}": [None] * pairs.num_rows for s in ("a", "b") for m in ("face", "voice")}
+def _scored(sides: dict[str, list[str]], found: dict, n: int) -> tuple[dict, dict, list[dict]]:
+    """Each pair's face and voice scores (NaN where a side has none), the embeddings each side was scored by, and
+    an ``unmatched_pair`` error row for each pair with no modality both sides have, saying why."""
+    scores = {m: np.full(n, np.nan) for m in ("face", "voice")}
+    picked: dict[str, list] = {f"{s}_{m}": [None] * n for s in ("a", "b") for m in ("face", "voice")}
     unscored = []
-    for i in range(pairs.num_rows):
+    for i in range(n):
         why = []
         for m in ("face", "voice"):
             index, invalid, _ = found[m]
@@ -131,6 +117,27 @@ def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, e
                     "message": f"pair ({a_name}, {b_name}) has no modality to compare: {' | '.join(why)}",
                 }
             )
+    return scores, picked, unscored
+
+
+def fuse_chunk(path: str, staging: Store, evidence: Evidence, rows: RowWriter, errors: RowWriter) -> dict:
+    """One chunk of pairs scored by face, voice or both, decided and written by this worker (as ``verify_chunk``)."""
+    pairs = pq.read_table(path, filesystem=staging.arrow)
+    column = lambda name: [x or "" for x in pairs.column(name).to_pylist()]  # noqa: E731
+    if "a" in pairs.column_names:  # sources with both modalities: each side names its face and its voice
+        a, b = column("a"), column("b")
+        sides = {"a_face": a, "a_voice": a, "b_face": b, "b_voice": b}
+    else:
+        sides = {name: column(name) for name in FUSED_PAIRS[0]}
+    counts = {"pairs": pairs.num_rows, "accept": 0, "reject": 0, "errors": 0}
+    found = {}
+    for modality, verifier in (("face", evidence.faces), ("voice", evidence.voices)):
+        named = (set(sides[f"a_{modality}"]) | set(sides[f"b_{modality}"])) - {""}
+        # A source is one face here (its clearest): the fused calibration scored sources so.
+        found[modality] = _embeddings(verifier, sorted(named | {x.rsplit("#", 1)[0] for x in named}), False)
+        if found[modality][2]:
+            return {"files": [], "error_files": [], **counts, "failed": found[modality][2]}
+    scores, picked, unscored = _scored(sides, found, pairs.num_rows)
     keep = np.flatnonzero(~(np.isnan(scores["face"]) & np.isnan(scores["voice"])))
     files = []
     if len(keep):

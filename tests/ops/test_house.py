@@ -173,3 +173,12 @@ def test_loading_vgg19_imports_only_its_own_model_module(vgg19_root):
     assert "torchaudio" not in loaded and "ops.faces.dlib_format" not in loaded
     model_modules = {"ops.faces.mtcnn", "ops.faces.dlib_resnet", "ops.faces.adapters", "ops.voices.ge2e"}
     assert model_modules.isdisjoint(loaded) and "ops.voices.silero" not in loaded
+
+
+def test_no_function_over_80_lines_in_jobs_or_ops():
+    long = []
+    for path in (p for folder in ("ops", "jobs") for p in (ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})")
+    assert long == []
