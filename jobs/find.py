@@ -162,7 +162,9 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
         ("voices", embed_voices, embed_voices.EmbedVoicesConfig),
     ):
         if table not in archive or verified not in (None, table):
-            why = f"the archive has no committed {table}" if table not in archive else f"--verify names {verified}"
+            why = f"the archive has no committed {table}"
+            if table in archive:
+                why = f"the item to verify is one of the archive's {verified}"
             stages.skip(table, why, asked=False)
             stages.skip(f"{compare}-{table}", why, asked=False)
             continue
