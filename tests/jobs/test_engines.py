@@ -14,7 +14,7 @@ from jobs.runtime.launch import launch
 from ops.io.root import LOCATIONS, locate
 from ops.io.sql import committed, connect
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun, committed_runs, open_table, read_table, table_schema
+from ops.io.tables import OutputRun, commit, committed_runs, open_table, read_table, table_schema
 
 # Each table's rows sorted by a key that is unique in it, so that rows are compared one to one.
 KEYS = {
@@ -52,7 +52,7 @@ def uncommitted(root, run_id: str, table: str, rows: pa.Table, monkeypatch) -> s
     rows = rows.set_column(rows.schema.get_field_index("run_id"), "run_id", pa.array([run_id] * rows.num_rows))
     run.write(table, rows, table_schema(open_table(root, table)))
     with monkeypatch.context() as patch:
-        patch.setattr(tables, "_replace_run_row", lambda *a, **k: None)
+        patch.setattr(commit, "_replace_run_row", lambda *a, **k: None)
         run.commit()
     return run.attempt
 

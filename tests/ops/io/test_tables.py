@@ -10,10 +10,22 @@ import pytest
 
 import ops.io.tables as tables
 from ops.io.errors import CommitError, StorageError
-from ops.io.schemas import ERRORS, SCHEMA_VERSION, faces
+from ops.io.schemas import ERRORS, SCHEMA_VERSION, faces, stored
 from ops.io.sql import committed, connect
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun, committed_runs, compact, delete_run, open_table, read_table, write_data_files
+from ops.io.tables import (
+    OutputRun,
+    commit,
+    committed_runs,
+    compact,
+    delete_run,
+    files,
+    location,
+    maintain,
+    open_table,
+    read_table,
+    write_data_files,
+)
 from tests.conftest import new_bucket
 
 
@@ -96,7 +108,7 @@ def test_a_driver_killed_between_table_commits_shows_the_old_run_whole(tmp_path,
     second = OutputRun(root, "r", "test")
     second.write("errors", errors(4, "r", "new"))
     second.write("training", pa.table({"run_id": ["r"], "job": ["t"], "epoch": [1], "metric": ["m"], "value": [2.0]}))
-    monkeypatch.setattr(tables, "_replace_run_row", killed)
+    monkeypatch.setattr(commit, "_replace_run_row", killed)
     with pytest.raises(KeyboardInterrupt):
         second.commit()
     # Both tables committed the new attempt's files; the runs row still names the old attempt.
@@ -165,7 +177,7 @@ def test_fixed_width_columns_are_the_logs_lists_in_data_files_and_fixed_again_fo
     (path,) = tmp_path.glob("faces/data/new/*.parquet")
     assert pa.types.is_list(pq.read_schema(path).field("embedding").type)
     assert pl.read_delta(str(tmp_path / "faces"))["embedding"].to_list() == [[0.5] * 4]
-    monkeypatch.setattr(tables, "file_schema", lambda schema: schema)  # as data files were written before
+    monkeypatch.setattr(files, "file_schema", lambda schema: schema)  # as data files were written before
     run = OutputRun(root, "old", "test")
     run.write("faces", _faces(4, "old"), faces(4))
     run.commit()
@@ -202,8 +214,8 @@ def test_empty_tables_are_recorded(tmp_path):
 
 
 def test_files_rotate_and_row_counts_add_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(tables, "ROW_GROUP_BYTES", 1)  # a row group per write
-    monkeypatch.setattr(tables, "FILE_BYTES", 1)  # a file per row group
+    monkeypatch.setattr(files, "ROW_GROUP_BYTES", 1)  # a row group per write
+    monkeypatch.setattr(files, "FILE_BYTES", 1)  # a file per row group
     root = resolve(str(tmp_path))
     run = OutputRun(root, "r", "test")
     for i in range(3):
@@ -291,7 +303,7 @@ def test_duckdb_and_polars_read_the_committed_runs_with_one_statement(request, m
         run.commit()
     uncommitted = OutputRun(root, "c", "test")  # committed to errors, never to runs: the driver died
     uncommitted.write("errors", errors(4, "c"))
-    monkeypatch.setattr(tables, "_replace_run_row", lambda *a, **k: None)
+    monkeypatch.setattr(commit, "_replace_run_row", lambda *a, **k: None)
     uncommitted.commit()
     rerun = OutputRun(root, "a", "test")
     rerun.write("errors", errors(1, "a", "again"))
@@ -335,7 +347,7 @@ def test_an_older_attempt_finishing_last_leaves_the_newer_one_alone(tmp_path):
     second.commit()
     first.commit()  # replaces second's runs row: first is the run now
     assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["ua0", "ua1"]
-    tables._transact(root, "errors", tables.stored(ERRORS), [], second._superseded, "r", second.attempt)
+    commit._transact(root, "errors", stored(ERRORS), [], second._superseded, "r", second.attempt)
     assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["ua0", "ua1"]  # second's cleanup: none
 
 
@@ -345,7 +357,7 @@ def test_infinite_values_keep_a_files_statistics(tmp_path):
     row = {"run_id": "r", "job": "t", "epoch": 0, "metric": "loss", "value": float("inf")}
     run.write("training", pa.Table.from_pylist([row]))
     run.commit()
-    (f,) = tables._file_index(open_table(root, "training"))
+    (f,) = location._file_index(open_table(root, "training"))
     assert (f["run_id"], f["attempt"]) == ("r", run.attempt)
     assert read_table(root, "training").column("value").to_pylist() == [float("inf")]
 
@@ -358,13 +370,13 @@ def test_a_compaction_never_brings_back_a_deleted_run(tmp_path, monkeypatch):
             "errors", write_data_files(root, "errors", errors(2, "gone", str(part)), None, "gone", run.attempt)
         )
     run.commit()
-    real = tables._all_or_raise
+    real = maintain._all_or_raise
 
     def delete_first(files, chosen):  # the run is deleted while the compaction merges its files
         delete_run(root, "gone")
-        return real(tables._file_index(open_table(root, "errors")), chosen)
+        return real(location._file_index(open_table(root, "errors")), chosen)
 
-    monkeypatch.setattr(tables, "_all_or_raise", delete_first)
+    monkeypatch.setattr(maintain, "_all_or_raise", delete_first)
     assert compact(root, "errors", retain_hours=0)["files_merged"] == 0
     assert read_table(root, "errors").num_rows == 0
     assert not list((tmp_path / "errors" / "data").rglob("*.parquet"))
