@@ -54,7 +54,10 @@ def test_verdicts_are_kept_never_rewritten_and_the_report_shows_the_latest(pipel
     argv = [a if a != str(pipeline_run["results"]) else str(results) for a in pipeline_run["argv"]]
     assert pipeline.main(argv) == 0
     stages = {m["run_id"]: m for m in committed_runs(root)}["pl"]["stages"]
-    assert stages["manifest"]["state"] == stages["faces"]["state"] == "kept"  # nothing embedded again
+    for table in ("faces", "voices"):  # nothing embedded again (a stage other tests ran with other settings runs
+        # again, reusing every source)
+        done = stages[table]
+        assert done["state"] == "kept" or done["summary"]["reused"] == done["summary"]["sources"], done
     assert stages["calibrate-faces"]["state"] == stages["identities-faces"]["state"] == "ran"
     calibration = stages["calibrate-faces"]["summary"]
     assert (calibration["reviewed_same_pairs"], calibration["reviewed_different_pairs"]) == (1, 1)
