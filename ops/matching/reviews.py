@@ -31,7 +31,6 @@ class Verdicts:
 
     same: list[Pair] = field(default_factory=list)
     different: list[Pair] = field(default_factory=list)
-    through: str | None = None  # the newest review run taken into account
 
     def __bool__(self) -> bool:
         return bool(self.same or self.different)
@@ -49,7 +48,7 @@ def verdicts(root: Store, through: str | None = None) -> Verdicts:
     newest = _newest_marks(root, through)
     same = [pair for pair, mark in newest.items() if mark["verdict"] == "confirmed"]
     different = [pair for pair, mark in newest.items() if mark["verdict"] == "rejected"]
-    return Verdicts(same, different, through or newest_review(root))
+    return Verdicts(same, different)
 
 
 def reviewed_scores(
@@ -58,8 +57,9 @@ def reviewed_scores(
     """The scores of the confirmed and rejected pairs that a match run of ``model`` (name, sha256) on ``table``
     scored, as they were reviewed, and whether each is the same person: labels a calibration of that model adds to
     its labelled sample's pairs. Pairs another model scored (or a head) say nothing of this model's scores."""
-    marks = [m for m in _newest_marks(root, through).values() if m["verdict"] in ("confirmed", "rejected")]
-    runs = {m["run_id"]: m for m in committed_runs(root) if m["job"] == "match"}
+    markers = committed_runs(root)
+    marks = [m for m in _newest_marks(root, through, markers).values() if m["verdict"] in ("confirmed", "rejected")]
+    runs = {m["run_id"]: m for m in markers if m["job"] == "match"}
     of_model = set()
     for run_id in {m["match_run_id"] for m in marks}:
         if run_id not in runs or (runs[run_id].get("config") or {}).get("table", "faces") != table:
@@ -71,9 +71,10 @@ def reviewed_scores(
     return np.array([m["score"] for m in kept], np.float64), np.array([m["verdict"] == "confirmed" for m in kept], bool)
 
 
-def _newest_marks(root: Store, through: str | None) -> dict[Pair, dict]:
-    """The newest mark of each reviewed pair of items (in either order), of the review runs up to ``through``."""
-    runs = [m["run_id"] for m in committed_runs(root) if m["job"] == "review"]
+def _newest_marks(root: Store, through: str | None, markers: list[dict] | None = None) -> dict[Pair, dict]:
+    """The newest mark of each reviewed pair of items (in either order), of the review runs up to ``through``
+    (``markers``: the root's committed runs, when the caller has them)."""
+    runs = [m["run_id"] for m in (committed_runs(root) if markers is None else markers) if m["job"] == "review"]
     if through is not None:
         if through not in runs:
             raise JobFailed(f"no committed review run {through} under {root.uri} (`python -m jobs.show` lists runs)")
