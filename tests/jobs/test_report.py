@@ -15,6 +15,7 @@ from ops.io.root import locate
 from ops.io.schemas import schema_for
 from ops.io.storage import resolve
 from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.report import read
 
 # The system's Chromium (Debian's package: `make test` installs it); Playwright only drives it.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -94,10 +95,10 @@ def test_the_report_opens_from_the_file_with_every_part_shown(pipeline_run, brow
 
 def test_select_runs_takes_a_pipeline_runs_stages_or_the_newest_of_each_job(pipeline_run):
     root = resolve(str(pipeline_run["results"]))
-    stages = report.select_runs(root, "pl")
+    stages = read.select_runs(root, "pl")
     assert {m["run_id"] for m in stages} >= {"pl.manifest", "pl.faces", "pl.search-faces"}
     assert all(m["job"] != "report" for m in stages)
-    newest = report.select_runs(root, None)
+    newest = read.select_runs(root, None)
     kinds = [(m["job"], m["config"].get("mode"), m["config"].get("table") or m["summary"].get("table")) for m in newest]
     assert len(kinds) == len(set(kinds))
     assert len(committed_runs(root)) > len(newest)
@@ -158,41 +159,8 @@ def test_face_thumbnails_come_from_the_embed_run_not_the_sources(pipeline_run, t
     def no_decoding(*args, **kwargs):
         raise AssertionError("the report decoded a source to show a face")
 
-    monkeypatch.setattr(report, "source_frame", no_decoding)
+    monkeypatch.setattr(read, "source_frame", no_decoding)
     argv = [str(pipeline_run["results"]), "--pipeline-run-id", "pl", "--output", str(tmp_path), "--run-id", "cut"]
     assert report.main(argv) == 0
     page = (tmp_path / "report" / "cut" / "index.html").read_text()
     assert page.count('data-testid="thumb"') > 13 and "no preview" not in page
-
-
-def test_a_score_above_the_threshold_on_evidence_against_is_never_shown_as_a_match():
-    from jobs.report import _match_card
-    from ops.matching.decisions import BELOW_EVIDENCE
-
-    row = {"rank": 1, "score": 0.86, "threshold": 0.8, "identity": "ann", "gallery_uri": None, "gallery_item": "ann"}
-
-    def card(**change) -> str:
-        return _match_card(row | {"verbal": None} | change, "faces", "identify", None, None)
-
-    below = card(decision=BELOW_EVIDENCE, llr=-0.9)
-    assert 'class="match undecided"' in below and "weak support for different people" in below
-    assert "above the threshold 0.800, below the evidence needed" in below
-    matched = card(decision="ann", llr=2.5)
-    assert 'class="match above"' in matched and "moderate support for the same person" in matched
-    # A rank below 1 carries no decision of its own: the card applies the rule to its score and log-LR.
-    assert 'class="match undecided"' in card(rank=2, decision=None, llr=-0.2)
-    assert 'class="match above"' in card(rank=2, decision=None, llr=0.2)
-
-
-def test_a_source_rewritten_since_it_was_embedded_is_not_shown_beside_its_old_score(tmp_path):
-    import hashlib
-
-    from ops.io.errors import PreviewError
-
-    source = tmp_path / "clip.wav"
-    source.write_bytes(b"the bytes that were embedded")
-    row = {"uri": str(source), "sha256": hashlib.sha256(source.read_bytes()).hexdigest()}
-    assert report._unchanged(row) == b"the bytes that were embedded"  # what a clip or a fallback face is cut from
-    source.write_bytes(b"other bytes under the same name")  # cp -p, an edit in place
-    with pytest.raises(PreviewError, match="has changed since it was embedded"):
-        report._unchanged(row)

@@ -12,7 +12,19 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("io", "media", "models", "faces", "voices", "matching", "attributes", "training", "style", "testing")
+SUBPACKAGES = (
+    "io",
+    "media",
+    "models",
+    "faces",
+    "voices",
+    "matching",
+    "attributes",
+    "training",
+    "style",
+    "report",
+    "testing",
+)
 
 
 def _module_name(path: Path) -> str:
