@@ -7,7 +7,7 @@ import heapq
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
@@ -219,6 +219,9 @@ def model_pipeline(
         if decode is not None:
             data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_size=1)
         return data.map_batches(actor, fn_constructor_kwargs=actor_kwargs)
+    # No more actors at the start than blocks to run: a handful of sources on a large cluster starts one or two
+    # actors (each loads the models), not one per GPU or CPU; the pool still grows to its ceiling if it can use it.
+    plan = replace(plan, min_size=max(1, min(plan.min_size, len(blocks))))
     data = ray.data.from_arrow_refs(blocks)
     if decode is not None:
         data = data.map_batches(decode, fn_kwargs=decode_kwargs or {}, batch_format="pyarrow", batch_size=1)
