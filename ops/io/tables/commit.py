@@ -43,6 +43,9 @@ log = logging.getLogger("crossmatch")
 
 # Concurrent commits to one table (two pipelines into one root) conflict now and then: each retried this often.
 COMMIT_ATTEMPTS = 8
+# Every this many commits a table gets a checkpoint, so that opening it reads the checkpoint and the commits since,
+# not every commit ever made (the runs table gains one per run and is opened many times by every job).
+CHECKPOINT_EVERY = 10
 
 
 @dataclass
@@ -225,6 +228,17 @@ def _evolve(dt, store: Store, table: str, schema: pa.Schema, added: list[pa.Fiel
     log.info("table %s under %s now holds column(s) %s", table, store.uri, ", ".join(f.name for f in added))
 
 
+def _checkpoint(dt, store: Store) -> None:
+    """A checkpoint of the table as it is now (this commit and any concurrent one). Only a shortcut for readers:
+    a store that fails it leaves the table as it was, readable commit by commit."""
+    try:
+        with storage_errors(store.uri):
+            dt.update_incremental()  # the table object still holds the version read before this commit
+            dt.create_checkpoint()
+    except StorageError as exc:
+        log.warning("%s: no checkpoint this time (%s); the table reads as before", store.uri, redact(str(exc))[:200])
+
+
 def _transact(
     root: Store,
     table: str,
@@ -277,6 +291,8 @@ def _transact(
                     dt.create_write_transaction(
                         [*added, *gone], mode="append", schema=_delta_schema(schema), commit_properties=props
                     )
+                    if (dt.version() + 1) % CHECKPOINT_EVERY == 0:
+                        _checkpoint(dt, store)
             return removed
         except StorageError as exc:
             # A conflict, or a store that failed in passing (a commit whose answer was lost may have landed: the

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -31,8 +33,42 @@ def committed_runs(root: Store, as_of: datetime | None = None) -> list[dict]:
         with storage_errors(dt.table_uri):
             dt.load_as_version(max(versions))
     with storage_errors(dt.table_uri):
-        rows = _scan(root, RUNS_TABLE, dt, None, None).to_pylist()
+        rows = _runs_rows(root, dt)
     return [_as_marker(r) for r in sorted(rows, key=lambda r: r["committed_at"])]
+
+
+# A data file is never rewritten (it holds one attempt of one run under a name of its own), so the runs table's
+# rows are read once per process and file: a job looks at the runs table hundreds of times (every stage, every
+# reuse and reviews lookup), and each look then reads only the files committed since, not every run's file again
+# (on S3, two requests per run per look). Bounded: the rows of this many files at most, the oldest looked at dropped.
+_RUN_FILES: OrderedDict[tuple[str, str], list[dict]] = OrderedDict()
+_RUN_FILES_MOST = 20_000
+_RUN_FILES_LOCK = threading.Lock()
+
+
+def _runs_rows(root: Store, dt) -> list[dict]:
+    """The rows of the runs table's current files (``dt``'s version), each file read once per process."""
+    schema = table_schema(dt)
+    shape = schema.to_string()  # a file's rows read under an evolved schema gain the new columns: read again
+    store = table_store(root, RUNS_TABLE)
+    stores = [store.join(p) for p in pa.table(dt.get_add_actions(flatten=True))["path"].to_pylist()]
+    files = {f.uri: f.path for f in stores}
+    keys = [(uri, shape) for uri in files]
+    with _RUN_FILES_LOCK:
+        found = {k: _RUN_FILES[k] for k in keys if k in _RUN_FILES}
+        for k in found:
+            _RUN_FILES.move_to_end(k)
+    for key in (k for k in keys if k not in found):
+        try:
+            dataset = pads.dataset([files[key[0]]], schema=schema, format="parquet", filesystem=root.arrow)
+            found[key] = dataset.to_table().to_pylist()
+        except (FileNotFoundError, OSError) as exc:
+            raise CommitError(f"a committed file of {RUNS_TABLE} under {root.uri} cannot be read: {exc}") from exc
+        with _RUN_FILES_LOCK:
+            _RUN_FILES[key] = found[key]
+            while len(_RUN_FILES) > _RUN_FILES_MOST:
+                _RUN_FILES.popitem(last=False)
+    return [dict(row) for key in keys for row in found[key]]
 
 
 def _as_marker(row: dict) -> dict:
@@ -48,7 +84,8 @@ def _run_record(root: Store, run_id: str) -> dict | None:
     dt = open_table(root, RUNS_TABLE)
     if dt is None:
         return None
-    rows = _scan(root, RUNS_TABLE, dt, None, pc.field("run_id") == run_id).to_pylist()
+    with storage_errors(dt.table_uri):
+        rows = [r for r in _runs_rows(root, dt) if r["run_id"] == run_id]
     return rows[0] if rows else None
 
 

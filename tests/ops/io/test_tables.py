@@ -23,6 +23,7 @@ from ops.io.tables import (
     location,
     maintain,
     open_table,
+    read,
     read_table,
     write_data_files,
 )
@@ -459,3 +460,32 @@ def test_replies_lost_after_the_write_landed_and_bodies_cut_short_duplicate_noth
     assert sorted(rows) == sorted([f"u{i}{j}" for i in (0, 2, 3) for j in range(5)] + [f"uagain{j}" for j in range(3)])
     files = _files(open_table(root, "errors"))
     assert len(files) == len(set(files))  # no data file added twice to the table
+
+
+def test_a_long_history_is_checkpointed_and_each_runs_file_is_read_once(tmp_path, monkeypatch):
+    """The runs table gains a commit per run: every CHECKPOINT_EVERY commits it gets a checkpoint, so opening it
+    reads the checkpoint and the commits since; a look at the runs reads only the files committed since the last
+    look. DuckDB reads the checkpointed tables as before."""
+    root = resolve(str(tmp_path / "out"))
+    count = commit.CHECKPOINT_EVERY + 3
+    for i in range(count):
+        run = OutputRun(root, f"r{i}", "test")
+        run.write("errors", errors(1, f"r{i}", str(i)))
+        run.commit()
+    log = Path(root.join("runs", "_delta_log").path)
+    assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) and (log / "_last_checkpoint").exists()
+    assert [m["run_id"] for m in committed_runs(root)] == [f"r{i}" for i in range(count)]
+
+    opened = []
+    real = read.pads.dataset
+    monkeypatch.setattr(read.pads, "dataset", lambda paths, **kw: opened.append(paths) or real(paths, **kw))
+    run = OutputRun(root, "last", "test")
+    run.write("errors", errors(1, "last", "z"))
+    run.commit()
+    assert [m["run_id"] for m in committed_runs(root)][-1] == "last"
+    runs_files = [p for paths in opened for p in paths if "/runs/" in p]
+    assert len(runs_files) == 1 and "/runs/data/last/" in runs_files[0]  # only the new run's file was read
+    monkeypatch.undo()
+
+    theirs = connect().execute(committed(root.uri, "errors")).fetch_arrow_table()
+    assert sorted(theirs.column("uri").to_pylist()) == sorted(read_table(root, "errors").column("uri").to_pylist())
