@@ -41,7 +41,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
 from ops.faces.mtcnn import DetectorConfig
@@ -427,7 +427,12 @@ def run(config: EmbedFacesConfig, ctx: JobContext) -> dict:
         raise JobFailed(f"--decode-on must be auto, cpu or device, not {config.decode_on!r}")
     dim = int(card["output_dim"])
     schema = faces(dim)
-    job = SourceJob(ctx, config, {"faces": schema, "face_sources": FACE_SOURCES, "face_thumbnails": FACE_THUMBNAILS})
+    job = JobOutput(
+        ctx,
+        config,
+        {"faces": schema, "face_sources": FACE_SOURCES, "face_thumbnails": FACE_THUMBNAILS},
+        errors="counted",
+    )
     provenance = {
         "run_id": ctx.run_id,
         "detector_name": detector_card["name"],

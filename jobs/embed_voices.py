@@ -36,7 +36,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
 from ops.io.custody import open_verified
@@ -329,7 +329,7 @@ def run(config: EmbedVoicesConfig, ctx: JobContext) -> dict:
         vad_folder, vad_card = catalogue.verified(config.vad_model, config.models, "speech-detection")
         models[vad_card["name"]] = vad_card["checkpoint_sha256"]
     dim = int(card["output_dim"])
-    job = SourceJob(ctx, config, {"voices": voices(dim)})
+    job = JobOutput(ctx, config, {"voices": voices(dim)}, errors="counted")
     writer = job.row_writer("voices")
     ensure_ray()
     plan = actor_plan(config)

@@ -28,7 +28,7 @@ from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import GROWTH, ensure_ray, shard
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
+from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
 from ops.io.errors import AccountingMismatch, EmptyFile, JobFailed, UnknownMediaType, describe, error_type
 from ops.io.schemas import CHANGES, MANIFEST
@@ -309,11 +309,11 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
     if config.label_pattern and "label" not in glob_regex(config.label_pattern).groupindex:
         raise JobFailed(f"--label-pattern {config.label_pattern!r} has no {{label}} field, e.g. '{{label}}/*'")
     archive = resolve(config.archive)
-    job = SourceJob(ctx, config, {"manifest": MANIFEST, "changes": CHANGES})
+    job = JobOutput(ctx, config, {"manifest": MANIFEST, "changes": CHANGES}, errors="counted")
     archive.check_listable()  # a missing prefix or a denied read said here, before any task starts
     workers, listed = _listed(archive, config, ctx)
     objects, total_bytes, blocks = listed.objects, listed.bytes, listed.blocks
-    staging = job.out.staging()
+    staging = job.staging()
     # Partitions of the content hashes of about a data file's rows each: every copy of a content meets in one.
     partitions = max(1, -(-objects // WRITE_ROWS))
     errors = job.row_writer("errors")
@@ -393,7 +393,7 @@ def _listed(archive: Store, config: ManifestConfig, ctx: JobContext):
     return workers, listed
 
 
-def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: SourceJob, carry: dict, config):
+def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: JobOutput, carry: dict, config):
     """The listing against the previous snapshot (``jobs.archive.manifest_diff``): what is carried over unread, what
     is read again, what was removed; its change rows added to the run."""
     diff = diff_archive(
@@ -410,7 +410,7 @@ def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: SourceJ
     return diff
 
 
-def _gather_hashed(hashed, job: SourceJob, staged: dict[int, list[str]], changed: Counter, progress: Progress):
+def _gather_hashed(hashed, job: JobOutput, staged: dict[int, list[str]], changed: Counter, progress: Progress):
     """What the hashing tasks report, as it streams by: their staged files (by partition), their changes and error
     files added to the run; how many rows they staged and how many objects failed."""
     staged_rows = failed = 0
@@ -431,12 +431,12 @@ def _gather_hashed(hashed, job: SourceJob, staged: dict[int, list[str]], changed
     return staged_rows, failed
 
 
-def _write_manifest(staged: dict[int, list[str]], ctx: JobContext, job: SourceJob):
+def _write_manifest(staged: dict[int, list[str]], ctx: JobContext, job: JobOutput):
     """A task per partition of the staged rows writes its manifest rows (duplicates flagged there); their files
     added to the run; the counts: rows written, duplicates, kinds, labelled rows, two unlabelled paths."""
     import ray
 
-    writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
+    writer = job.row_writer("manifest")
     task = ray.remote(write_partition)
     done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
     written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []

@@ -41,7 +41,7 @@ from jobs.runtime.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_s
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
+from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
 from ops.io.root import inside
@@ -331,7 +331,7 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
     if config.method == "gatys" and config.loss_network:
         catalogue.verified(config.loss_network, config.models, "style-loss-network")
     root = resolve(config.manifest)
-    job = SourceJob(ctx, config, {"styled": STYLED})
+    job = JobOutput(ctx, config, {"styled": STYLED}, errors="counted")
     ensure_ray()
     plan = actor_plan(config)
     ledger = ledger_of(job.out)

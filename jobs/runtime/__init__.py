@@ -3,7 +3,7 @@
 launch       a job's run: its run id, logging, exit codes (``run_job``, ``launch``, ``JobContext``)
 cli          a job's command line, generated from its config dataclass (``JobConfig``)
 cluster      Ray started or joined, sources cut into shards, the pool of model actors (``ActorOptions``)
-output       how a job over sources writes and commits its run (``SourceJob``, ``RowWriter``)
+output       how every job writes and commits its run (``JobOutput``, ``RowWriter``)
 accounting   every source ends as one outcome: planned, staged, settled, checked (``Ledger``)
 reuse        a source embedded before with the same models and settings is copied, not embedded again
 progress     progress lines for long work
