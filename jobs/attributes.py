@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -37,16 +37,15 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import WRITE_ROWS, RowWriter, file_row, parse_file_row
+from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
 from ops.io.custody import verified_bytes, verified_copy
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, VideoDecodeError, describe, error_type
-from ops.io.schemas import ATTRIBUTES, schema_for
+from ops.io.schemas import ATTRIBUTES
 from ops.io.storage import Store, resolve
 from ops.io.tables import (
-    OutputRun,
     committed_file_rows,
     committed_files,
     committed_rows,
@@ -116,11 +115,9 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
                 f"{root.uri} holds {have[0]} ({have[1][:12]}): embed with that model, or train heads on these "
                 "embeddings"
             )
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config, {"attributes": ATTRIBUTES}, errors="table")  # the summary counts its errors
     applier = Applier(folder, model.name, model.sha256, backbone, ctx.run_id)
-    rows = RowWriter(ctx.output, "attributes", ATTRIBUTES, out.run_id, out.attempt)
-    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    rows, errors = out.row_writer("attributes"), out.row_writer("errors")
     ensure_ray()
     if architecture == ATTRIBUTE_HEAD:
         attributes = [a["name"] for a in model.card["attributes"]]
@@ -136,18 +133,9 @@ def run(config: AttributesConfig, ctx: JobContext) -> dict:
             f"{faces_run['run_id']}: nothing committed"
         )
     summary = {"model": model.name, "model_sha256": model.sha256, "faces": faces, "errors": bad}
-    marker = out.commit(
-        tables=("attributes", "errors"), config=asdict(config), summary=summary | {"attributes": attributes}
-    )
-    ctx.log.info(
-        "%s: %d faces, %d attributes each (%s); %d errors",
-        model.name,
-        faces,
-        len(attributes),
-        ", ".join(attributes),
-        bad,
-    )
-    return marker
+    each = f"{len(attributes)} attributes each ({', '.join(attributes)})"
+    headline = f"{model.name}: {faces} faces, {each}; {bad} errors"
+    return out.commit(summary | {"attributes": attributes}, headline)
 
 
 def _faces_run(root: Store, run_id: str | None, ctx: JobContext) -> dict:
@@ -180,7 +168,7 @@ def _apply_heads(paths, root, pairs, applier: Applier, rows: RowWriter, errors: 
         found = ray.get(ready)
         if found["failed"]:
             raise JobFailed(found["failed"])
-        out.add_files("attributes", found["files"], ATTRIBUTES)
+        out.add_files("attributes", found["files"])
         out.add_files("errors", found["error_files"])
         faces, bad = faces + found["faces"], bad + found["errors"]
         progress.update(1)
@@ -348,7 +336,7 @@ def _apply_pictures(config, root, faces_run, applier, rows, errors, out) -> tupl
             *(batch.column(c).to_pylist() for c in ("table", "file", "faces", "errors")), strict=True
         ):
             if made is not None:
-                out.add_files(table, [parse_file_row(made)], ATTRIBUTES if table == "attributes" else None)
+                out.add_files(table, [parse_file_row(made)])
             faces, bad = faces + n_faces, bad + n_errors
             if n_faces or n_errors:
                 progress.update(n_faces + n_errors)

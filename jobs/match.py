@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
@@ -44,13 +44,13 @@ from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import RowWriter
+from jobs.runtime.output import JobOutput
 from jobs.runtime.reuse import reusable_run
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
 from ops.io.root import inside, locate
-from ops.io.schemas import EVIDENCE, MATCH_ITEMS, MATCHES, schema_for
+from ops.io.schemas import EVIDENCE, MATCHES
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import committed_runs, read_table
 from ops.matching.decisions import published_threshold
 from ops.matching.embeddings import (
     manifest_of,
@@ -209,7 +209,7 @@ def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict
 
 
 def _how(config: MatchConfig, ctx: JobContext, k: int, keep: int, same_set: bool, fields: dict, out, mode: str):
-    writer = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
+    writer = out.row_writer("matches")
     return Search(
         ctx.output,
         k,
@@ -225,7 +225,7 @@ def _how(config: MatchConfig, ctx: JobContext, k: int, keep: int, same_set: bool
     )
 
 
-def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_search(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Search at archive scale (``jobs.archive.search``): items staged by workers, shards that read their own
     slice, query blocks searched, merged and written by tasks; the driver holds file lists and counts."""
     gallery_root = config.gallery or config.queries
@@ -258,7 +258,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         key = search_key("search", config.table, config.per_source, config.k, same_set, model)
         sides = ("both",) if same_set else ("queries", "gallery")
         previous = _previous(config, ctx, key, staging, dict.fromkeys(sides, "uri"))
-        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        items = out.row_writer("match_items")
         query_set = diff_set(queries, sides[0], previous, ctx.output, staging.join("dq"), items)
         gallery_set = (
             query_set if same_set else diff_set(gallery, sides[1], previous, ctx.output, staging.join("dg"), items)
@@ -266,8 +266,8 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         k = config.k + 1 if same_set else config.k  # a query found in its own gallery is skipped, not counted
         how = _how(config, ctx, k, config.k, same_set, fields, out, "search")
         files, matches, _, counts = search_sets(query_set, gallery_set, previous, how)
-        out.add_files("matches", files, MATCHES)
-        out.add_files("match_items", query_set.records + ([] if same_set else gallery_set.records), MATCH_ITEMS)
+        out.add_files("matches", files)
+        out.add_files("match_items", query_set.records + ([] if same_set else gallery_set.records))
     finally:
         staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in queries.invalid + ([] if same_set else gallery.invalid)]
@@ -286,7 +286,7 @@ def run_search(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
     }
 
 
-def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_crossmatch(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Cross-modal search at archive scale: each source's voice and each source's face mapped into the joint space
     by the staging tasks (``uri#voice``, ``uri#face``), then voices searched over faces and faces over voices on
     shard actors, rows written by workers (``jobs.archive.search``)."""
@@ -322,7 +322,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
         fields |= {"threshold": threshold, "threshold_source": source if threshold is not None else None}
         key = search_key("crossmatch", "both", True, config.k, False, joint)
         previous = _previous(config, ctx, key, staging, dict.fromkeys(prepared, "uri"))
-        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        items = out.row_writer("match_items")
         diffed = {
             table: diff_set(found, table, previous, ctx.output, staging.join(f"d{table}"), items)
             for table, found in prepared.items()
@@ -333,11 +333,11 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
             if not len(prepared[queries]) or not len(prepared[gallery]):
                 continue
             files, rows, _, found = search_sets(diffed[queries], diffed[gallery], previous, how)
-            out.add_files("matches", files, MATCHES)
+            out.add_files("matches", files)
             matches += rows
             counts |= {f"{queries}_{name}": n for name, n in found.items() if name.startswith("queries")}
             counts |= {f"{gallery}_{name}": n for name, n in found.items() if name.startswith("gallery")}
-        out.add_files("match_items", [f for d in diffed.values() for f in d.records], MATCH_ITEMS)
+        out.add_files("match_items", [f for d in diffed.values() for f in d.records])
     finally:
         staging.remove_tree()
     errors = [_error(r, InvalidEmbedding) for r in prepared["voices"].invalid + prepared["faces"].invalid]
@@ -355,7 +355,7 @@ def run_crossmatch(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict
     }
 
 
-def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_verify(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Verification at archive scale (``jobs.archive.verify``): tasks read the pairs a chunk at a time, each reads
     only the embeddings its pairs name, scores, decides and writes; the driver holds the model, the threshold and
     counts."""
@@ -392,14 +392,14 @@ def run_verify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         _gallery_side(config),
     )
     staging = out.staging("pairs")
-    matches = RowWriter(ctx.output, "matches", MATCHES, out.run_id, out.attempt)
-    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    matches = out.row_writer("matches")
+    errors = out.row_writer("errors")
     ensure_ray()
     try:
         done = verify_archive(config.pairs, staging, verifier, matches, errors, config.pairs_per_task)
     finally:
         staging.remove_tree()
-    out.add_files("matches", done.matches, MATCHES)
+    out.add_files("matches", done.matches)
     out.add_files("errors", done.errors)
     return {
         "pairs": done.pairs,
@@ -423,7 +423,7 @@ def _gallery_side(config: MatchConfig) -> tuple[Store, str | None] | None:
     return resolve(gallery), config.gallery_run_id
 
 
-def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_identify(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Identification at archive scale (``jobs.archive.identify``): identities enrolled by tasks from the gallery's
     labelled items, probes searched against them on shard actors, rows written by workers."""
     if config.fuse:
@@ -472,7 +472,7 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         fields["min_llr"] = config.min_llr
         key = search_key("identify", config.table, not per_face, config.k, same_set, model)
         previous = _previous(config, ctx, key, staging, {"queries": "uri", "gallery": "item"})
-        items = RowWriter(ctx.output, "match_items", MATCH_ITEMS, out.run_id, out.attempt)
+        items = out.row_writer("match_items")
         probe_set = diff_set(probes, "queries", previous, ctx.output, staging.join("dq"), items)
         identity_set = diff_set(
             enrolled.identities, "gallery", previous, ctx.output, staging.join("dg"), items, identities=True
@@ -481,8 +481,8 @@ def run_identify(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
         if len(probes):
             how = _how(config, ctx, k, k, False, fields, out, "identify")
             files, matches, unknown, counts = search_sets(probe_set, identity_set, previous, how)
-        out.add_files("matches", files, MATCHES)
-        out.add_files("match_items", probe_set.records + identity_set.records, MATCH_ITEMS)
+        out.add_files("matches", files)
+        out.add_files("match_items", probe_set.records + identity_set.records)
     finally:
         staging.remove_tree()
     errors = _invalid_errors(gallery, probes, pool, same_set)
@@ -543,7 +543,7 @@ def _fused_record(uri: str | None) -> tuple[dict, str]:
     return record, uri
 
 
-def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobContext, out: OutputRun) -> Evidence:
+def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobContext, out: JobOutput) -> Evidence:
     """The fused scorer over ``root_uri``'s faces and voices, refused when either was embedded by another model
     than the calibration's."""
     record, where = _fused_record(config.calibration)
@@ -571,13 +571,13 @@ def _evidence(config: MatchConfig, root_uri: str, run_id: str | None, ctx: JobCo
     )
 
 
-def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_verify_fused(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Fused verification at archive scale: as verify, each chunk task scoring faces and voices (``fuse_chunk``)."""
     check_pairs(config.pairs, FUSED_PAIRS)
     evidence = _evidence(config, config.queries, config.queries_run_id, ctx, out)
     staging = out.staging("pairs")
-    rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
-    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    rows = out.row_writer("evidence")
+    errors = out.row_writer("errors")
     ensure_ray()
     try:
         done = verify_archive(
@@ -585,7 +585,7 @@ def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> di
         )
     finally:
         staging.remove_tree()
-    out.add_files("evidence", done.matches, EVIDENCE)
+    out.add_files("evidence", done.matches)
     out.add_files("errors", done.errors)
     return {
         "pairs": done.pairs,
@@ -600,7 +600,7 @@ def run_verify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> di
     }
 
 
-def run_identify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_identify_fused(config: MatchConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Fused identification at archive scale (``jobs.archive.fuse.identify_fused``)."""
     gallery_root = config.gallery or config.queries
     same_set = gallery_root == config.queries and config.gallery_run_id == config.queries_run_id
@@ -611,14 +611,14 @@ def run_identify_fused(config: MatchConfig, ctx: JobContext, out: OutputRun) -> 
         root = resolve(gallery_root)
         manifest_run = config.manifest_run_id or manifest_of(root, config.gallery_run_id) or newest_manifest_run(root)
     staging = out.staging("fused")
-    rows = RowWriter(ctx.output, "evidence", EVIDENCE, out.run_id, out.attempt)
-    errors = RowWriter(ctx.output, "errors", schema_for("errors"), out.run_id, out.attempt)
+    rows = out.row_writer("evidence")
+    errors = out.row_writer("errors")
     ensure_ray()
     try:
         done = identify_fused(gallery, queries, config.labels, manifest_run, same_set, config.k, staging, rows, errors)
     finally:
         staging.remove_tree()
-    out.add_files("evidence", done.rows, EVIDENCE)
+    out.add_files("evidence", done.rows)
     out.add_files("errors", done.errors)
     return {
         "identities": done.identities,
@@ -655,15 +655,12 @@ def run(config: MatchConfig, ctx: JobContext) -> dict:
         raise JobFailed(
             "--fuse reads every committed faces/ and voices/ run: drop --queries-run-id, --gallery-run-id and --head"
         )
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    # Each mode's own errors count is in its summary; match_items/ is committed by the modes that record items.
+    out = JobOutput(ctx, config, {"evidence": EVIDENCE} if config.fuse else {"matches": MATCHES}, errors="table")
     modes = {"search": run_search, "verify": run_verify, "identify": run_identify, "crossmatch": run_crossmatch}
     summary = modes[config.mode](config, ctx, out)
-    tables = ("evidence", "errors") if config.fuse else ("matches", "errors")
-    marker = out.commit(tables=tables, config=asdict(config), summary={"mode": config.mode, **summary})
-    ctx.log.info("%s: %s", config.mode, ", ".join(f"{k} {v}" for k, v in summary.items()))
-    ctx.log.info("committed run %s (tables %s/, errors/)", ctx.run_id, tables[0])
-    return marker
+    headline = f"{config.mode}: {', '.join(f'{k} {v}' for k, v in summary.items())}"
+    return out.commit({"mode": config.mode, **summary}, headline)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ population is the same however large the chunks); the driver holds file lists.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import RowWriter
+from jobs.runtime.output import JobOutput, RowWriter
 from jobs.runtime.progress import Progress
 from ops.io.errors import JobFailed
 from ops.io.root import inside
 from ops.io.schemas import MANIFEST, faces, voices
 from ops.io.storage import resolve, storage_errors
-from ops.io.tables import DataFile, OutputRun
+from ops.io.tables import DataFile
 from ops.testing import synthetic
 
 JOB = "synthesize"
@@ -75,10 +75,9 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     if config.identities < 2 or config.recordings < 1:
         raise JobFailed("--identities must be at least 2 and --recordings at least 1")
     world = synthetic.World(seed=config.world_seed, attributes=config.attributes)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
     schemas = {"manifest": MANIFEST, "faces": faces(world.face_dim), "voices": voices(world.voice_dim)}
-    writers = {t: RowWriter(ctx.output, t, s, ctx.run_id, out.attempt) for t, s in schemas.items()}
+    out = JobOutput(ctx, config, schemas, errors="table")  # errors/ listed, and empty: made rows never fail
+    writers = {table: out.row_writer(table) for table in schemas}
     prefix = ctx.output.join("synthetic", ctx.run_id).uri
     ensure_ray()
     import ray
@@ -90,15 +89,13 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)
         for file in ray.get(done):
-            out.add_files(file.table, [file], schemas[file.table])
+            out.add_files(file.table, [file])
         progress.update(pending.pop(done))
     recordings = config.identities * config.recordings
     summary = {"identities": config.identities, "recordings": recordings, "world": synthetic.fingerprint(world)}
     if config.attributes:
         summary["attribute_labels"] = inside(ctx.output, ctx.output.join("synthetic", ctx.run_id, "attributes").uri)
-    marker = out.commit(tables=(*schemas, "errors"), config=asdict(config), summary=summary)
-    ctx.log.info("%d identities, %d recordings: committed run %s", config.identities, recordings, ctx.run_id)
-    return marker
+    return out.commit(summary, f"{config.identities} identities, {recordings} recordings")
 
 
 def main(argv: list[str] | None = None) -> int:
