@@ -27,18 +27,19 @@ import hashlib
 import io
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.root import inside
 from ops.io.schemas import CALIBRATIONS, FUSIONS
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun, committed_runs
+from ops.io.tables import committed_runs
 from ops.matching import fusion, metrics
 from ops.matching.calibration import LinearCalibration, cllr, enough_labels, min_cllr
 from ops.matching.decisions import choose_threshold, published_threshold
@@ -204,8 +205,7 @@ def _labelled(
 def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     if not 0 < config.target_far < 1:
         raise JobFailed("--target-far must be between 0 and 1")
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config, {"fusions": FUSIONS} if config.fuse else {"calibrations": CALIBRATIONS})
     if config.fuse:
         return run_fused(config, ctx, out)
     data, labelled, names = _labelled(
@@ -267,10 +267,11 @@ def run(config: CalibrateConfig, ctx: JobContext) -> dict:
     folder.join("record.json").put_atomic(json.dumps(record, indent=1).encode())
     row = record | {"record_uri": inside(ctx.output, folder.join("record.json").uri)}
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
-    marker = out.commit(config=asdict(config), summary=record | {"sample_sha256": fingerprint})
     _log_record(ctx, record)
-    ctx.log.info("calibration record: %s (ROC, DET and score PNGs beside it)", folder.join("record.json").uri)
-    return marker
+    where = folder.join("record.json").uri
+    return out.commit(
+        record | {"sample_sha256": fingerprint}, f"calibration record: {where} (ROC, DET and score PNGs beside it)"
+    )
 
 
 def _scored_pairs(vectors: np.ndarray, names: np.ndarray, reviewed: tuple | None):
@@ -404,7 +405,7 @@ def _calibrated(root, fingerprint: str, run_id: str) -> dict | None:
     return None
 
 
-def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
+def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobContext, out: JobOutput) -> dict:
     """An earlier calibration of the same sample, committed as this run's: its record and figures copied (this run
     id, ``reused_from`` naming the earlier one), nothing scored again."""
     source, folder = ctx.output.join("calibration", earlier["run_id"]), ctx.output.join("calibration", ctx.run_id)
@@ -417,17 +418,14 @@ def _copy(earlier: dict, fingerprint: str, config: CalibrateConfig, ctx: JobCont
     }
     out.write("calibrations", pa.Table.from_pylist([row], schema=CALIBRATIONS))
     summary = record | {"sample_sha256": fingerprint, "reused_from": earlier["run_id"]}
-    marker = out.commit(config=asdict(config), summary=summary)
-    ctx.log.info(
-        "the labelled sample, its embeddings and the target are those of calibration run %s: its record copied, "
-        "threshold %.4f (--recalibrate computes it again)",
-        earlier["run_id"],
-        record["threshold"],
+    return out.commit(
+        summary,
+        f"the labelled sample, its embeddings and the target are those of calibration run {earlier['run_id']}: its "
+        f"record copied, threshold {record['threshold']:.4f} (--recalibrate computes it again)",
     )
-    return marker
 
 
-def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
+def run_fused(config: CalibrateConfig, ctx: JobContext, out: JobOutput) -> dict:
     """Face and voice evidence calibrated together (``ops.matching.fusion``): the record, figures and row."""
     if config.fusion not in ("sum", "linear"):
         raise JobFailed(f"--fusion {config.fusion!r}: use sum or linear")
@@ -500,10 +498,9 @@ def run_fused(config: CalibrateConfig, ctx: JobContext, out: OutputRun) -> dict:
     summary = {k: v for k, v in record.items() if k not in ("identities", "systems", "calibration")}
     summary |= {f"{name.replace(' ', '_')}_eer": fig["eer"] for name, fig in systems.items()}
     summary |= {f"{name.replace(' ', '_')}_cllr": fig["cllr"] for name, fig in systems.items()}
-    marker = out.commit(config=asdict(config), summary=summary)
     _log_fused(ctx, record)
-    ctx.log.info("fused calibration record: %s (ROC and DET of the three beside it)", folder.join("record.json").uri)
-    return marker
+    where = folder.join("record.json").uri
+    return out.commit(summary, f"fused calibration record: {where} (ROC and DET of the three beside it)")
 
 
 def _fusions_row(record: dict, fused: dict, root, record_uri: str) -> dict:

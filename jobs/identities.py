@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -53,13 +53,13 @@ import pyarrow.compute as pc
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import RowWriter
+from jobs.runtime.output import JobOutput, RowWriter
 from jobs.runtime.reuse import reusable_run
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.schemas import IDENTITIES
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import committed_runs, read_table
 from ops.matching import metrics
 from ops.matching.clustering import Graph, cluster, join_groups, keep_apart, undirected
 from ops.matching.embeddings import identity_of, manifest_of
@@ -152,8 +152,7 @@ def _search(root: Store, run_id: str | None) -> dict:
 def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     if config.method not in METHODS:
         raise JobFailed(f"unknown --method {config.method!r}: use {' or '.join(METHODS)}")
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config, {"identities": IDENTITIES})
     root = resolve(config.results)
     search = _search(root, config.search_run_id)
     first = read_table(root, "matches", config.search_run_id, ["threshold", "model_name", "model_sha256"], limit=1)
@@ -182,7 +181,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     ensure_ray()
     import ray
 
-    writer = RowWriter(ctx.output, "identities", IDENTITIES, out.run_id, out.attempt)
+    writer = out.row_writer("identities")
     settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
     settings |= {"per_source": search["per_source"], "min_llr": config.min_llr}
     settings["separate_labels"] = config.separate_labels
@@ -202,7 +201,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
             (ctx.output, previous) if previous else None,
         )
     )
-    out.add_files("identities", done.pop("files"), IDENTITIES)
+    out.add_files("identities", done.pop("files"))
     if "threshold_raised_to" in done:
         ctx.log.info(
             "threshold raised from %.4f to %.4f: just above the strongest link between two differently labelled items",
@@ -213,9 +212,8 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
     summary |= {"manifest_run_id": manifest_run, "reviews_through": settings["reviews_through"], **done}
-    marker = out.commit(tables=("identities",), config=asdict(config), summary=summary)
     _log_done(ctx, done, config.method, threshold)
-    return marker
+    return out.commit(summary)
 
 
 def _log_done(ctx: JobContext, done: dict, method: str, threshold: float) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,12 +38,12 @@ import pyarrow.compute as pc
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.output import RowWriter
+from jobs.runtime.output import JobOutput, RowWriter
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.schemas import PERSONS
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import committed_runs, read_table
 from ops.matching.embeddings import identity_of
 from ops.matching.items import face_key, segment_key
 
@@ -108,20 +108,18 @@ def run(config: PersonsConfig, ctx: JobContext) -> dict:
     if config.min_videos < 1 or not 0.5 <= config.min_share < 1:
         # Below a half, one face could be the main partner of two voices: a person would not be one.
         raise JobFailed("--min-videos must be at least 1 and --min-share in [0.5, 1)")
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config, {"persons": PERSONS})
     root = resolve(config.results)
     faces, voices = _side(root, config.faces_run_id, "faces"), _side(root, config.voices_run_id, "voices")
     joint = _joint(config, faces, voices) if config.joint_model else None
     ensure_ray()
     import ray
 
-    writer = RowWriter(ctx.output, "persons", PERSONS, out.run_id, out.attempt)
+    writer = out.row_writer("persons")
     rules = {"min_videos": config.min_videos, "min_share": config.min_share, "joint_margin": config.joint_margin}
     done = ray.get(ray.remote(num_cpus=1)(link_persons).remote(root, faces, voices, rules, writer, joint))
-    out.add_files("persons", done.pop("files"), PERSONS)
+    out.add_files("persons", done.pop("files"))
     summary = {"faces_run_id": faces.run_id, "voices_run_id": voices.run_id, **done}
-    marker = out.commit(tables=("persons",), config=asdict(config), summary=summary)
     ctx.log.info(
         "%d persons from %d candidates; speech segments in videos: %d decided (%d by the joint model), %d with "
         "several faces (undecided), %d with nobody on screen",
@@ -132,7 +130,7 @@ def run(config: PersonsConfig, ctx: JobContext) -> dict:
         done["segments_undecided"],
         done["segments_unseen"],
     )
-    return marker
+    return out.commit(summary)
 
 
 def _joint(config: PersonsConfig, faces: Side, voices: Side) -> Store:

@@ -12,7 +12,7 @@ is no row of the match run is refused (exit 2): a verdict always names evidence 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -20,9 +20,10 @@ import pyarrow.compute as pc
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job
+from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed
 from ops.io.schemas import REVIEWS
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import committed_runs, read_table
 from ops.matching.reviews import reviewed
 
 JOB = "review"
@@ -85,11 +86,10 @@ def run(config: ReviewConfig, ctx: JobContext) -> dict:
         "note": config.note,
         "reviewed_at": datetime.now(UTC),
     }
-    out = OutputRun(root, ctx.run_id, JOB)
+    out = JobOutput(ctx, config, {"reviews": REVIEWS})  # ctx.output is the match run's root: the review beside it
     out.write("reviews", pa.Table.from_pylist([mark], schema=REVIEWS))
-    marker = out.commit(config=asdict(config), summary={"verdict": config.verdict, "match_run": config.match_run})
-    ctx.log.info("%s: %s ~ %s %s by %s", config.match_run, query, gallery, config.verdict, mark["reviewer"])
-    return marker
+    summary = {"verdict": config.verdict, "match_run": config.match_run}
+    return out.commit(summary, f"{config.match_run}: {query} ~ {gallery} {config.verdict} by {mark['reviewer']}")
 
 
 def main(argv: list[str] | None = None) -> int:

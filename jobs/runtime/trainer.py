@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,9 +32,9 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext
+from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed
 from ops.io.schemas import TRAINING
-from ops.io.tables import OutputRun
 from ops.models import catalogue
 from ops.models.registry import store_model
 
@@ -250,17 +250,16 @@ def finish(
     job, name, models = ctx.job, config.name or ctx.run_id, catalogue.models_root(config.models)
     source = {"file": ctx.output.join("checkpoints", ctx.run_id).uri, "sha256": None}
     stored = store_model(models, name, architecture, weights, source, card)
-    out = OutputRun(ctx.output, ctx.run_id, job)
+    # errors/ is listed when the job accounts for its inputs, even empty; their count is in the job's ``counts``.
+    out = JobOutput(ctx, config, {"training": TRAINING}, errors="table" if errors is not None else None)
     rows = [
         {"run_id": ctx.run_id, "job": job, "epoch": int(h["epoch"]), "metric": k, "value": float(v)}
         for h in history
         for k, v in h.items()
         if k != "epoch"
     ]
-    out.write("training", pa.Table.from_pylist(rows, schema=TRAINING), TRAINING)
+    out.write("training", pa.Table.from_pylist(rows, schema=TRAINING))
     out.write_errors(errors or [])
     summary: dict[str, Any] = {"model": name, "checkpoint_sha256": stored["checkpoint_sha256"], **history[-1]}
-    tables = ("errors",) if errors is not None else ()  # recorded when the job accounts for its inputs, even empty
-    marker = out.commit(tables=tables, config=asdict(config), summary=summary | (counts or {}), model_card=stored)
-    ctx.log.info("stored model %s (sha256 %s) under %s", name, stored["checkpoint_sha256"][:12], models.join(name).uri)
-    return marker
+    headline = f"stored model {name} (sha256 {stored['checkpoint_sha256'][:12]}) under {models.join(name).uri}"
+    return out.commit(summary | (counts or {}), headline, model_card=stored)
