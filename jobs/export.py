@@ -29,7 +29,7 @@ import io
 import json
 import sys
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -38,10 +38,11 @@ import pyarrow.parquet as pq
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, setup_logging
+from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed, StorageError, UserError
 from ops.io.root import locate
 from ops.io.storage import Store, resolve
-from ops.io.tables import OutputRun, committed_runs, read_table
+from ops.io.tables import committed_runs, read_table
 
 JOB = "export"
 MANIFEST = "MANIFEST.sha256"
@@ -76,6 +77,8 @@ def run(config: ExportConfig, ctx: JobContext) -> dict:
     if _holds_files(case):
         raise JobFailed(f"{case.uri} already holds files: a case is never overwritten, export to a new name")
     root = ctx.output
+    # No table of its own; the root checked writable before a case is written that could never be written again.
+    out = JobOutput(ctx, config)
     markers = _runs(root, [r.strip() for r in config.runs.split(",") if r.strip()])
     rows = sum(t.get("rows", 0) for m in markers for t in m["tables"].values())
     if rows > config.max_rows:
@@ -121,7 +124,6 @@ def run(config: ExportConfig, ctx: JobContext) -> dict:
         "reviews": reviews.num_rows,
         "manifest_sha256": digest,
     }
-    marker = OutputRun(root, ctx.run_id, JOB).commit(config=asdict(config), summary=summary)
     ctx.log.info(
         "case %s: %d files, %d rows of %d runs, %d sources, %d reviews",
         case.uri,
@@ -131,8 +133,8 @@ def run(config: ExportConfig, ctx: JobContext) -> dict:
         len(bundle.sources),
         reviews.num_rows,
     )
-    ctx.log.info("manifest sha256 %s (kept in this root's runs table: `python -m jobs.export --check CASE`)", digest)
-    return marker
+    headline = f"manifest sha256 {digest} (kept in this root's runs table: `python -m jobs.export --check CASE`)"
+    return out.commit(summary, headline)
 
 
 @dataclass

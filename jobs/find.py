@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,11 +41,12 @@ import pyarrow.parquet as pq
 from jobs import embed_faces, embed_voices, manifest, match, report
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job
+from jobs.runtime.output import JobOutput
 from jobs.runtime.stages import Stages
 from ops.io.errors import JobFailed
 from ops.io.root import locate
 from ops.io.storage import Store, glob_escape, resolve
-from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
+from ops.io.tables import committed_runs, iter_table, read_table
 from ops.matching.items import parse
 
 JOB = "find"
@@ -151,7 +152,7 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
     root = ctx.output
     archive = archive_runs(root, ctx.run_id, config)
     verified = _verified_table(root, archive, config.verify) if config.verify else None
-    out = OutputRun(root, ctx.run_id, JOB)
+    out = JobOutput(ctx, config)  # no table of its own: its stages commit theirs
     stages = Stages(ctx, None, {m["run_id"]: m for m in committed_runs(root)}, config.shared_paths)
     stages.run("manifest", manifest, manifest.ManifestConfig(archive=folder, glob=glob))
     probes = stages.done["manifest"]["run_id"]
@@ -220,9 +221,7 @@ def run(config: FindConfig, ctx: JobContext) -> dict:
     }
     if verified:
         summary["verified"] = config.verify
-    marker = out.commit(config=asdict(config), stages=stages.done, summary=summary)
-    ctx.log.info("report: %s", locate(root, summary["report_uri"]).uri)
-    return marker
+    return out.commit(summary, f"report: {locate(root, summary['report_uri']).uri}", stages=stages.done)
 
 
 def _verified_table(root: Store, archive: dict[str, dict], item: str) -> str:

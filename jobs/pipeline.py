@@ -22,7 +22,7 @@ which lists every stage's run id and is written last.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -32,11 +32,12 @@ from jobs import attributes, calibrate, embed_faces, embed_voices, identities, m
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import JobOutput
 from jobs.runtime.stages import STAGES, Stages
 from ops.io.errors import JobFailed, ModelError, UninformativeLabels
 from ops.io.root import locate
 from ops.io.storage import Store
-from ops.io.tables import OutputRun, committed_runs, iter_table, read_table
+from ops.io.tables import committed_runs, iter_table, read_table
 from ops.matching.calibration import enough_labels
 from ops.matching.embeddings import read_labels
 from ops.matching.reviews import newest_review
@@ -122,8 +123,7 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
         raise JobFailed("no archive given: python -m jobs.pipeline ARCHIVE (a folder or s3://bucket/prefix)")
     if config.restart_from and config.restart_from not in STAGES:
         raise JobFailed(f"unknown stage {config.restart_from!r} for --restart-from: use one of {', '.join(STAGES)}")
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config)  # no table of its own: its stages commit theirs
     root = ctx.output.uri
     stages = Stages(ctx, config.restart_from, {m["run_id"]: m for m in committed_runs(ctx.output)}, config.shared_paths)
     # The analysts' verdicts the calibrations and identities apply, named: a new review runs those stages again.
@@ -181,14 +181,13 @@ def run(config: PipelineConfig, ctx: JobContext) -> dict:
             results=root, pipeline_run_id=ctx.run_id, max_probes=config.max_probes, previews=config.previews
         ),
     )
-    marker = out.commit(config=asdict(config), stages=stages.done, summary=_summary(stages.done))
     ctx.log.info(
         "pipeline %s: %s",
         ctx.run_id,
         ", ".join(f"{name} {entry['state']}" for name, entry in stages.done.items()),
     )
-    ctx.log.info("report: %s", locate(ctx.output, stages.done["report"]["summary"].get("report_uri")).uri)
-    return marker
+    report_uri = locate(ctx.output, stages.done["report"]["summary"].get("report_uri")).uri
+    return out.commit(_summary(stages.done), f"report: {report_uri}", stages=stages.done)
 
 
 def _match_stages(stages: Stages, config: PipelineConfig, table: str, manifest_run: str, reviewed: str | None) -> None:

@@ -17,14 +17,14 @@ The command only composes: ``ops.report.read`` reads what the report shows, ``op
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed
 from ops.io.root import inside
 from ops.io.storage import resolve
-from ops.io.tables import OutputRun
 from ops.report import html
 from ops.report.read import read_report, select_runs
 
@@ -56,8 +56,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
     if config.max_probes < 0:
         raise JobFailed("--max-probes must be 0 or more")
     root = resolve(config.results)
-    out = OutputRun(ctx.output, ctx.run_id, JOB)
-    out.check_writable()
+    out = JobOutput(ctx, config)  # no table of its own: the page, and its row in runs
     runs = select_runs(root, config.pipeline_run_id)
     shown = read_report(
         root,
@@ -81,9 +80,7 @@ def run(config: ReportConfig, ctx: JobContext) -> dict:
         "probes_shown": probes_shown,
         "previews_failed": previews.failed,
     }
-    marker = out.commit(config=asdict(config), summary=summary)
-    ctx.log.info("report of %d runs, %d probes shown: %s", len(runs), probes_shown, target.uri)
-    return marker
+    return out.commit(summary, f"report of {len(runs)} runs, {probes_shown} probes shown: {target.uri}")
 
 
 def main(argv: list[str] | None = None) -> int:
