@@ -174,7 +174,33 @@ def _frame_row(uri: str, sha: str, category: str, frame: Frame) -> dict:
     }
 
 
-def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
+@dataclass(frozen=True)
+class FrameDecoding:
+    """How the decode stage turns a source into frames: video sampling (``fps``, at most ``max_frames``), the
+    image limits, the time allowed per source, and whether JPEG photos go to the face actors undecoded. Frozen and
+    small: it travels to every decode task."""
+
+    fps: float
+    max_frames: int
+    max_pixels: int
+    max_side: int
+    item_timeout: float
+    jpeg_on_device: bool
+
+    @classmethod
+    def of(cls, config: EmbedFacesConfig, jpeg_on_device: bool) -> FrameDecoding:
+        """The job's decoding options; ``jpeg_on_device`` is settled with the actor plan (``--decode-on``)."""
+        return cls(
+            fps=config.fps,
+            max_frames=config.max_frames,
+            max_pixels=config.max_pixels,
+            max_side=config.max_side,
+            item_timeout=config.item_timeout,
+            jpeg_on_device=jpeg_on_device,
+        )
+
+
+def decode_frames(batch: pa.Table, endpoint_url: str | None, decoding: FrameDecoding) -> Iterator[pa.Table]:
     """Each source of the batch as frame rows, then one source row; or one error row."""
     for uri, sha, category, size in zip(
         *(batch.column(c).to_pylist() for c in ("uri", "sha256", "media_category", "size")), strict=True
@@ -184,23 +210,23 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
             source = {"kind": "source", "uri": uri, "sha256": sha, "media_category": category, "status": "ok"}
             if category == "image":
                 data = verified_bytes(resolve(uri, endpoint_url), sha)
-                if params["jpeg_on_device"] and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
+                if decoding.jpeg_on_device and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
                     # Only the bytes travel: the face actor decodes them on its device and makes the source row.
                     yield pa.Table.from_pylist(
                         [{"kind": "jpeg", "uri": uri, "sha256": sha, "media_category": category, "pixels": data}],
                         schema=_STAGED,
                     )
                     continue
-                frame = decode_image(data, params["max_pixels"], params["max_side"])
+                frame = decode_image(data, decoding.max_pixels, decoding.max_side)
                 rows.append(_frame_row(uri, sha, category, frame))
                 h, w = frame.rgb.shape[:2]
                 source |= {"frames": 1, "height": round(h * frame.scale), "width": round(w * frame.scale)}
             else:
-                count, size, clock = 0, None, ItemClock(params["item_timeout"])
+                count, size, clock = 0, None, ItemClock(decoding.item_timeout)
                 try:
                     with open_verified(resolve(uri, endpoint_url), sha, size) as f:
                         for frame in sample_video(
-                            f, params["fps"], params["max_frames"], params["max_pixels"], params["max_side"]
+                            f, decoding.fps, decoding.max_frames, decoding.max_pixels, decoding.max_side
                         ):
                             rows.append(_frame_row(uri, sha, category, frame))
                             count += 1
@@ -500,9 +526,8 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
     """Run the pipeline (over the sources not reused), settle the accounting a slice of the sources at a time,
     commit."""
     provenance, card, writers = fixed.provenance, fixed.card, fixed.writers
-    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
-    params["jpeg_on_device"] = fixed.key["device"]["jpeg_on_device"]
-    ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
+    decoding = FrameDecoding.of(config, fixed.key["device"]["jpeg_on_device"])
+    ctx.log.info("JPEG photos decoded %s", "by the face actors" if decoding.jpeg_on_device else "by Pillow")
     writers = {"face_thumbnails": None} | writers
     embedded = None
     if sources.blocks:  # none when every source was reused
@@ -521,7 +546,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
             },
             config.batch_size,
             decode=decode_frames,
-            decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
+            decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "decoding": decoding},
             what="face",
             in_process=in_process(config, sources.count - sources.reused.reused),
         )
