@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsRoot, tailored
 from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.root import inside
 from ops.io.schemas import CALIBRATIONS, FUSIONS
@@ -52,7 +53,8 @@ MIN_AUC = 0.6
 
 
 @dataclass
-class CalibrateConfig(JobConfig):
+class CalibrateConfig(ModelsRoot, JobConfig):
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for --head")
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the embeddings"}
     )
@@ -71,7 +73,6 @@ class CalibrateConfig(JobConfig):
     head: str | None = field(
         default=None, metadata={"run_key": True, "help": "a trained face head (jobs.train_face), name or URI"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for --head"})
     recalibrate: bool = field(
         default=False,
         metadata={"help": "compute it again even when an earlier calibration had the same sample, vectors and target"},

@@ -20,7 +20,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +40,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
@@ -66,8 +66,7 @@ FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: boun
 
 
 @dataclass
-class EmbedFacesConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
+class EmbedFacesConfig(ModelsOnWorkers, ActorOptions, JobConfig):
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
@@ -77,9 +76,6 @@ class EmbedFacesConfig(ActorOptions, JobConfig):
         default="dlib-resnet-v1", metadata={"run_key": True, "help": "face recogniser: registry name or URI"}
     )
     detector: str = field(default="mtcnn", metadata={"run_key": True, "help": "face detector: registry name or URI"})
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
-    )
     min_face: float = field(default=20.0, metadata={"run_key": True, "help": "smallest face side searched, pixels"})
     min_score: float = field(default=0.7, metadata={"run_key": True, "help": "detector threshold (O-Net stage)"})
     fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second (0: all)"})

@@ -17,7 +17,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +35,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
@@ -57,8 +57,7 @@ ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded
 
 
 @dataclass
-class EmbedVoicesConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
+class EmbedVoicesConfig(ModelsOnWorkers, ActorOptions, JobConfig):
     manifest: str = field(
         default="out/results",
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
@@ -67,9 +66,6 @@ class EmbedVoicesConfig(ActorOptions, JobConfig):
     model: str = field(
         default="ge2e-resemblyzer",
         metadata={"run_key": True, "help": "speaker encoder: registry name or URI of a pulled model"},
-    )
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
     )
     min_segment_seconds: float = field(default=0.5, metadata={"help": "drop segments with less speech"})
     max_segment_seconds: float = field(default=10.0, metadata={"help": "seconds of speech per segment at most"})

@@ -44,6 +44,7 @@ from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsRoot, tailored
 from jobs.runtime.output import RowWriter
 from jobs.runtime.reuse import reusable_run
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
@@ -65,7 +66,8 @@ MODES = ("search", "verify", "identify", "crossmatch")
 
 
 @dataclass
-class MatchConfig(JobConfig):
+class MatchConfig(ModelsRoot, JobConfig):
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for the model card's threshold")
     mode: str = field(
         default="search",
         metadata={"positional": True, "run_key": True, "help": "search, verify, identify or crossmatch (see above)"},
@@ -123,7 +125,6 @@ class MatchConfig(JobConfig):
         default=False,
         metadata={"run_key": True, "help": "verify, identify: faces and voices together, by a fused --calibration"},
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for the model card's threshold"})
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})

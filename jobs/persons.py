@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsRoot, tailored
 from jobs.runtime.output import RowWriter
 from ops.io.errors import JobFailed
 from ops.io.root import locate
@@ -51,7 +52,8 @@ JOB = "persons"
 
 
 @dataclass
-class PersonsConfig(JobConfig):
+class PersonsConfig(ModelsRoot, JobConfig):
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for --joint-model")
     results: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with both identities runs"}
     )
@@ -67,7 +69,6 @@ class PersonsConfig(JobConfig):
     joint_margin: float = field(
         default=0.1, metadata={"run_key": True, "help": "joint model: the speaker's lead over the next face, cosine"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for --joint-model"})
 
 
 @dataclass(frozen=True)

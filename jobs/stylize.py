@@ -29,7 +29,6 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +40,7 @@ from jobs.runtime.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_s
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsOnWorkers, tailored
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
@@ -62,8 +62,8 @@ MIN_SHARD_BYTES = 1 << 20
 
 
 @dataclass
-class StylizeConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
+class StylizeConfig(ModelsOnWorkers, ActorOptions, JobConfig):
+    models: str | None = tailored(ModelsOnWorkers, "models", help="models root")
     manifest: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
     )
@@ -79,7 +79,6 @@ class StylizeConfig(ActorOptions, JobConfig):
     random_loss_network: int | None = field(
         default=None, metadata={"run_key": True, "help": "gatys: use a seeded random VGG19 instead (labelled)"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root"})
     steps: int = field(default=300, metadata={"run_key": True, "help": "gatys: optimiser evaluations"})
     scales: str = field(default="1", metadata={"run_key": True, "help": "gatys: coarse to fine, e.g. 0.5,1"})
     coarse_steps: int | None = field(

@@ -32,6 +32,7 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext
+from jobs.runtime.options import ModelsRoot, tailored
 from ops.io.errors import JobFailed
 from ops.io.schemas import TRAINING
 from ops.io.tables import OutputRun
@@ -43,8 +44,10 @@ DIGEST = "state.pt.sha256"  # written beside it: a checkpoint that changed since
 
 
 @dataclass
-class TrainingConfig(JobConfig):
+class TrainingConfig(ModelsRoot, JobConfig):
     """Options every training job takes."""
+
+    models: str | None = tailored(ModelsRoot, "models", help="models root: models are read from and stored there")
 
     epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
     lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
@@ -52,7 +55,6 @@ class TrainingConfig(JobConfig):
     workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
     gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
     name: str | None = field(default=None, metadata={"help": "registry name of the trained model (default: run id)"})
-    models: str | None = field(default=None, metadata={"help": "models root: models are read from and stored there"})
 
     def check(self) -> None:
         """Options every training job refuses the same way, before reading any data."""

@@ -1,0 +1,45 @@
+"""Option groups that several jobs' configs share, each defined once as a mixin dataclass: an option of a group has
+one name, type, ``run_key`` mark and meaning in every job that takes it.
+
+A job that words an option for its own use (``--models``: "models root, for --head") or needs another default (P and
+K of a batch) redeclares that field with :func:`tailored`, which keeps the mixin's marks (``positional``,
+``run_key``): the option parses, and counts in the run id, as it does everywhere else. A redeclared field keeps the
+mixin's place among the config's fields; a mixin's fields come after JobConfig's and before the config's own (so in
+--help too).
+
+    @dataclass
+    class PersonsConfig(ModelsRoot, JobConfig):
+        models: str | None = tailored(ModelsRoot, "models", help="models root, for --joint-model")
+        ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+def tailored(mixin: type, name: str, *, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """The field ``name`` of ``mixin`` with this job's own ``default`` or ``help``; ``positional`` and ``run_key``
+    stay the mixin's, so the option parses the same way and counts in the run id as it does in every other job."""
+    shared = mixin.__dataclass_fields__[name]
+    metadata = dict(shared.metadata) | ({"help": help} if help is not None else {})
+    return field(default=shared.default if default is dataclasses.MISSING else default, metadata=metadata)
+
+
+@dataclass
+class ModelsRoot:
+    """The models root that a job's model names (registry names; a URI is taken as it is) are looked up under."""
+
+    models: str | None = field(
+        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
+    )
+
+
+@dataclass
+class ModelsOnWorkers(ModelsRoot):
+    """A models root that the job's Ray workers load their models from, not only its driver: when unset it is the
+    default root, which a cluster of many nodes must see too (``jobs.runtime.launch.check_locations``)."""
+
+    MODELS_ON_WORKERS: ClassVar[bool] = True
