@@ -40,7 +40,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import ModelsOnWorkers
+from jobs.runtime.options import ManifestInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
@@ -66,12 +66,7 @@ FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: boun
 
 
 @dataclass
-class EmbedFacesConfig(ModelsOnWorkers, ActorOptions, JobConfig):
-    manifest: str = field(
-        default="out/results",
-        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
-    )
-    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+class EmbedFacesConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
     model: str = field(
         default="dlib-resnet-v1", metadata={"run_key": True, "help": "face recogniser: registry name or URI"}
     )

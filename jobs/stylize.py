@@ -40,7 +40,7 @@ from jobs.runtime.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_s
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import ModelsOnWorkers, tailored
+from jobs.runtime.options import ManifestInput, ModelsOnWorkers, tailored
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
@@ -62,12 +62,9 @@ MIN_SHARD_BYTES = 1 << 20
 
 
 @dataclass
-class StylizeConfig(ModelsOnWorkers, ActorOptions, JobConfig):
+class StylizeConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
+    manifest: str = tailored(ManifestInput, "manifest", help="root with the manifest")
     models: str | None = tailored(ModelsOnWorkers, "models", help="models root")
-    manifest: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
-    )
-    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
     style: str = field(
         default="",
         metadata={"run_key": True, "help": "comma-separated: style image URIs (gatys) or TransformerNet models"},

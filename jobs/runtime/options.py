@@ -43,3 +43,15 @@ class ModelsOnWorkers(ModelsRoot):
     default root, which a cluster of many nodes must see too (``jobs.runtime.launch.check_locations``)."""
 
     MODELS_ON_WORKERS: ClassVar[bool] = True
+
+
+@dataclass
+class ManifestInput:
+    """A job over the sources of a committed manifest (jobs.manifest): the root holding it, the command's argument,
+    and which of its runs."""
+
+    manifest: str = field(
+        default="out/results",
+        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
+    )
+    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
