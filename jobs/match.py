@@ -44,7 +44,7 @@ from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import ModelsRoot, tailored
+from jobs.runtime.options import LabelledInput, ModelsRoot, tailored
 from jobs.runtime.output import RowWriter
 from jobs.runtime.reuse import reusable_run
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
@@ -66,7 +66,10 @@ MODES = ("search", "verify", "identify", "crossmatch")
 
 
 @dataclass
-class MatchConfig(ModelsRoot, JobConfig):
+class MatchConfig(LabelledInput, ModelsRoot, JobConfig):
+    labels: str | None = tailored(
+        LabelledInput, "labels", help="identify: CSV uri,label (default: the manifest's labels)"
+    )
     models: str | None = tailored(ModelsRoot, "models", help="models root, for the model card's threshold")
     mode: str = field(
         default="search",
@@ -93,13 +96,6 @@ class MatchConfig(ModelsRoot, JobConfig):
     k: int = field(default=10, metadata={"run_key": True, "help": "results per query"})
     pairs: str | None = field(
         default=None, metadata={"run_key": True, "help": "verify: CSV or Parquet with columns a, b"}
-    )
-    labels: str | None = field(
-        default=None, metadata={"run_key": True, "help": "identify: CSV uri,label (default: the manifest's labels)"}
-    )
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
     )
     threshold: float | None = field(default=None, metadata={"run_key": True, "help": "cosine threshold to decide at"})
     calibration: str | None = field(

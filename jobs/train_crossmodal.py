@@ -32,6 +32,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import LabelledInput
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels
@@ -45,17 +46,12 @@ LOSSES = ("triplet", "infonce")
 
 
 @dataclass
-class TrainCrossmodalConfig(trainer.TrainingConfig):
+class TrainCrossmodalConfig(LabelledInput, trainer.TrainingConfig):
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/, voices/"}
     )
     faces_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of voices/"})
-    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
-    )
     mode: str = field(default="supervised", metadata={"run_key": True, "help": "supervised (labels) or video"})
     loss: str = field(default="infonce", metadata={"run_key": True, "help": "infonce or triplet"})
     margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})

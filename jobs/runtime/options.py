@@ -55,3 +55,15 @@ class ManifestInput:
         metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
     )
     manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+
+
+@dataclass
+class LabelledInput:
+    """Who is who, for a job that learns or scores against identities: a CSV of uri,label, or else the labels a
+    manifest run took from the archive's paths (jobs.manifest --label-pattern)."""
+
+    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
+    manifest_run_id: str | None = field(
+        default=None,
+        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
+    )
