@@ -32,7 +32,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import LabelledInput
+from jobs.runtime.options import LabelledInput, PKBatches, tailored
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels
@@ -46,7 +46,9 @@ LOSSES = ("triplet", "infonce")
 
 
 @dataclass
-class TrainCrossmodalConfig(LabelledInput, trainer.TrainingConfig):
+class TrainCrossmodalConfig(LabelledInput, PKBatches, trainer.TrainingConfig):
+    identities_per_batch: int = tailored(PKBatches, "identities_per_batch", default=64, help="P: identities or videos")
+    per_identity: int = tailored(PKBatches, "per_identity", default=2, help="K: faces and voices each (triplet)")
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/, voices/"}
     )
@@ -57,9 +59,6 @@ class TrainCrossmodalConfig(LabelledInput, trainer.TrainingConfig):
     margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})
     temperature: float = field(default=0.2, metadata={"run_key": True, "help": "InfoNCE temperature"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities (videos) held out"})
-    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
-    identities_per_batch: int = field(default=64, metadata={"run_key": True, "help": "P: identities or videos"})
-    per_identity: int = field(default=2, metadata={"run_key": True, "help": "K: faces and voices each (triplet)"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "joint space dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width of each head"})
 

@@ -25,7 +25,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import LabelledInput
+from jobs.runtime.options import LabelledInput, PKBatches
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import read_embeddings, read_labels
@@ -38,7 +38,7 @@ LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
 
 
 @dataclass
-class TrainFaceConfig(LabelledInput, trainer.TrainingConfig):
+class TrainFaceConfig(LabelledInput, PKBatches, trainer.TrainingConfig):
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
     )
@@ -46,9 +46,6 @@ class TrainFaceConfig(LabelledInput, trainer.TrainingConfig):
     loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
     margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})
-    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
-    identities_per_batch: int = field(default=32, metadata={"run_key": True, "help": "P of P x K"})
-    per_identity: int = field(default=4, metadata={"run_key": True, "help": "K of P x K"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "output dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width"})
 

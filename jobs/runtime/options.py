@@ -67,3 +67,14 @@ class LabelledInput:
         default=None,
         metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
     )
+
+
+@dataclass
+class PKBatches:
+    """Training batches of P identities with K samples each, so that every anchor has positives and negatives in
+    its batch to mine (Hermans, Beyer and Leibe 2017, "In Defense of the Triplet Loss for Person
+    Re-Identification"), and how many of them make an epoch."""
+
+    identities_per_batch: int = field(default=32, metadata={"run_key": True, "help": "P of P x K"})
+    per_identity: int = field(default=4, metadata={"run_key": True, "help": "K of P x K"})
+    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
