@@ -36,7 +36,7 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import ModelsOnWorkers
+from jobs.runtime.options import EmbeddingsInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
@@ -67,14 +67,10 @@ MAX_SIDE = 4096  # jobs.embed_faces' default --max-side, for a faces run that do
 
 
 @dataclass
-class AttributesConfig(ModelsOnWorkers, ActorOptions, JobConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
+class AttributesConfig(EmbeddingsInput, ModelsOnWorkers, ActorOptions, JobConfig):
     model: str | None = field(
         default=None, metadata={"run_key": True, "help": "attribute heads or a picture network: name or URI"}
     )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
 
 
 @dataclass(frozen=True)

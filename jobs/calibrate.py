@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import LabelledInput, ModelsRoot, tailored
+from jobs.runtime.options import EmbeddingsInput, LabelledInput, ModelsRoot, tailored
 from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.root import inside
 from ops.io.schemas import CALIBRATIONS, FUSIONS
@@ -53,14 +53,12 @@ MIN_AUC = 0.6
 
 
 @dataclass
-class CalibrateConfig(LabelledInput, ModelsRoot, JobConfig):
+class CalibrateConfig(EmbeddingsInput, LabelledInput, ModelsRoot, JobConfig):
+    embeddings: str = tailored(EmbeddingsInput, "embeddings", help="root with the embeddings")
+    embeddings_run_id: str | None = tailored(EmbeddingsInput, "embeddings_run_id", help="this run of the table")
     labels: str | None = tailored(LabelledInput, "labels", help="CSV uri,label (default: the manifest's labels)")
     models: str | None = tailored(ModelsRoot, "models", help="models root, for --head")
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the embeddings"}
-    )
     table: str = field(default="faces", metadata={"run_key": True, "help": "embedding table: faces or voices"})
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of the table"})
     target_far: float = field(
         default=1e-3, metadata={"run_key": True, "help": "false accept rate to set the threshold at"}
     )

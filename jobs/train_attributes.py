@@ -31,6 +31,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import EmbeddingsInput
 from ops.attributes import metrics
 from ops.attributes.heads import (
     ATTRIBUTE_HEAD,
@@ -52,17 +53,13 @@ CALIBRATION_SHARE = 0.15  # of the training people: where the predicted spreads 
 
 
 @dataclass
-class TrainAttributesConfig(trainer.TrainingConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
+class TrainAttributesConfig(EmbeddingsInput, trainer.TrainingConfig):
     labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "CSV or Parquet: uri or item, then one column per attribute"}
     )
     attributes: str | None = field(
         default=None, metadata={"run_key": True, "help": "comma-separated columns to learn (default: all of them)"}
     )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     identity_labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "CSV uri,label of people (default: the manifest's labels)"}
     )

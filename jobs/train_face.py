@@ -26,7 +26,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
-from jobs.runtime.options import LabelledInput, PKBatches
+from jobs.runtime.options import EmbeddingsInput, LabelledInput, PKBatches
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import read_embeddings, read_labels
@@ -39,11 +39,7 @@ LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
 
 
 @dataclass
-class TrainFaceConfig(LabelledInput, PKBatches, trainer.TrainingConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
+class TrainFaceConfig(EmbeddingsInput, LabelledInput, PKBatches, trainer.TrainingConfig):
     loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
     margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})

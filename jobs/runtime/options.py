@@ -58,6 +58,17 @@ class ManifestInput:
 
 
 @dataclass
+class EmbeddingsInput:
+    """A job over a committed embeddings run (jobs.embed_faces, or jobs.embed_voices where the job takes voices):
+    the root holding it, the command's argument, and which of its runs."""
+
+    embeddings: str = field(
+        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
+    )
+    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
+
+
+@dataclass
 class LabelledInput:
     """Who is who, for a job that learns or scores against identities: a CSV of uri,label, or else the labels a
     manifest run took from the archive's paths (jobs.manifest --label-pattern)."""
