@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import train_face, trainer  # noqa: E402
+from jobs import train_face  # noqa: E402
+from jobs.runtime import trainer  # noqa: E402
 from jobs.runtime.cluster import ensure_ray  # noqa: E402
 from jobs.runtime.launch import JobContext  # noqa: E402
 from ops.io.storage import resolve  # noqa: E402
@@ -60,18 +61,22 @@ def bare(data: dict, steps: int, threads: int, device: str) -> float:
 def ray_train(data_ref, steps: int, workers: int, gpus: bool, folder: str, tag: str) -> tuple[float, float]:
     """(samples per second in the second epoch, seconds from fit() to the end) for ``workers`` workers."""
     ctx = JobContext("bench", f"bench-{tag}", resolve(folder), logging.getLogger("bench"))
-    config = {
-        "data": data_ref,
-        "data_sha256": tag,
-        "seed": 0,
-        "dim": 128,
-        "hidden": 256,
-        "loss": "batch-hard",
-        "margin": 0.2,
-    }
-    config |= {"lr": 1e-3, "epochs": 2, "steps": steps, "p": P, "k": K}
+    settings = train_face.FaceLoop(
+        data=data_ref,
+        data_sha256=tag,
+        seed=0,
+        epochs=2,
+        lr=1e-3,
+        dim=128,
+        hidden=256,
+        loss="batch-hard",
+        margin=0.2,
+        steps=steps,
+        p=P,
+        k=K,
+    )
     start = time.perf_counter()
-    state = trainer.fit(train_face._loop, config, ctx, trainer.TrainingConfig(workers=workers, gpus=gpus))
+    state = trainer.fit(train_face._loop, settings, ctx, trainer.TrainingConfig(workers=workers, gpus=gpus))
     return state["history"][-1]["samples_per_s"], time.perf_counter() - start
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +36,7 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import EmbeddingsInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
@@ -66,17 +66,9 @@ MAX_SIDE = 4096  # jobs.embed_faces' default --max-side, for a faces run that do
 
 
 @dataclass
-class AttributesConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
+class AttributesConfig(EmbeddingsInput, ModelsOnWorkers, ActorOptions, JobConfig):
     model: str | None = field(
         default=None, metadata={"run_key": True, "help": "attribute heads or a picture network: name or URI"}
-    )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
     )
 
 

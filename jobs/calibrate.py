@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import EmbeddingsInput, LabelledInput, ModelsRoot, tailored
 from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed, UninformativeLabels
 from ops.io.root import inside
@@ -53,26 +54,18 @@ MIN_AUC = 0.6
 
 
 @dataclass
-class CalibrateConfig(JobConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the embeddings"}
-    )
+class CalibrateConfig(EmbeddingsInput, LabelledInput, ModelsRoot, JobConfig):
+    embeddings: str = tailored(EmbeddingsInput, "embeddings", help="root with the embeddings")
+    embeddings_run_id: str | None = tailored(EmbeddingsInput, "embeddings_run_id", help="this run of the table")
+    labels: str | None = tailored(LabelledInput, "labels", help="CSV uri,label (default: the manifest's labels)")
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for --head")
     table: str = field(default="faces", metadata={"run_key": True, "help": "embedding table: faces or voices"})
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of the table"})
-    labels: str | None = field(
-        default=None, metadata={"run_key": True, "help": "CSV uri,label (default: the manifest's labels)"}
-    )
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
-    )
     target_far: float = field(
         default=1e-3, metadata={"run_key": True, "help": "false accept rate to set the threshold at"}
     )
     head: str | None = field(
         default=None, metadata={"run_key": True, "help": "a trained face head (jobs.train_face), name or URI"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for --head"})
     recalibrate: bool = field(
         default=False,
         metadata={"help": "compute it again even when an earlier calibration had the same sample, vectors and target"},

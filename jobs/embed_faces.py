@@ -20,7 +20,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +40,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ManifestInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
@@ -66,20 +66,11 @@ FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: boun
 
 
 @dataclass
-class EmbedFacesConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
-    manifest: str = field(
-        default="out/results",
-        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
-    )
-    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+class EmbedFacesConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
     model: str = field(
         default="dlib-resnet-v1", metadata={"run_key": True, "help": "face recogniser: registry name or URI"}
     )
     detector: str = field(default="mtcnn", metadata={"run_key": True, "help": "face detector: registry name or URI"})
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
-    )
     min_face: float = field(default=20.0, metadata={"run_key": True, "help": "smallest face side searched, pixels"})
     min_score: float = field(default=0.7, metadata={"run_key": True, "help": "detector threshold (O-Net stage)"})
     fps: float = field(default=1.0, metadata={"run_key": True, "help": "video frames examined per second (0: all)"})
@@ -174,7 +165,33 @@ def _frame_row(uri: str, sha: str, category: str, frame: Frame) -> dict:
     }
 
 
-def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> Iterator[pa.Table]:
+@dataclass(frozen=True)
+class FrameDecoding:
+    """How the decode stage turns a source into frames: video sampling (``fps``, at most ``max_frames``), the
+    image limits, the time allowed per source, and whether JPEG photos go to the face actors undecoded. Frozen and
+    small: it travels to every decode task."""
+
+    fps: float
+    max_frames: int
+    max_pixels: int
+    max_side: int
+    item_timeout: float
+    jpeg_on_device: bool
+
+    @classmethod
+    def of(cls, config: EmbedFacesConfig, jpeg_on_device: bool) -> FrameDecoding:
+        """The job's decoding options; ``jpeg_on_device`` is settled with the actor plan (``--decode-on``)."""
+        return cls(
+            fps=config.fps,
+            max_frames=config.max_frames,
+            max_pixels=config.max_pixels,
+            max_side=config.max_side,
+            item_timeout=config.item_timeout,
+            jpeg_on_device=jpeg_on_device,
+        )
+
+
+def decode_frames(batch: pa.Table, endpoint_url: str | None, decoding: FrameDecoding) -> Iterator[pa.Table]:
     """Each source of the batch as frame rows, then one source row; or one error row."""
     for uri, sha, category, size in zip(
         *(batch.column(c).to_pylist() for c in ("uri", "sha256", "media_category", "size")), strict=True
@@ -184,23 +201,23 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, params: dict) -> It
             source = {"kind": "source", "uri": uri, "sha256": sha, "media_category": category, "status": "ok"}
             if category == "image":
                 data = verified_bytes(resolve(uri, endpoint_url), sha)
-                if params["jpeg_on_device"] and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
+                if decoding.jpeg_on_device and (kind := sniff(data[:16])) is not None and kind.kind == "jpeg":
                     # Only the bytes travel: the face actor decodes them on its device and makes the source row.
                     yield pa.Table.from_pylist(
                         [{"kind": "jpeg", "uri": uri, "sha256": sha, "media_category": category, "pixels": data}],
                         schema=_STAGED,
                     )
                     continue
-                frame = decode_image(data, params["max_pixels"], params["max_side"])
+                frame = decode_image(data, decoding.max_pixels, decoding.max_side)
                 rows.append(_frame_row(uri, sha, category, frame))
                 h, w = frame.rgb.shape[:2]
                 source |= {"frames": 1, "height": round(h * frame.scale), "width": round(w * frame.scale)}
             else:
-                count, size, clock = 0, None, ItemClock(params["item_timeout"])
+                count, size, clock = 0, None, ItemClock(decoding.item_timeout)
                 try:
                     with open_verified(resolve(uri, endpoint_url), sha, size) as f:
                         for frame in sample_video(
-                            f, params["fps"], params["max_frames"], params["max_pixels"], params["max_side"]
+                            f, decoding.fps, decoding.max_frames, decoding.max_pixels, decoding.max_side
                         ):
                             rows.append(_frame_row(uri, sha, category, frame))
                             count += 1
@@ -505,9 +522,8 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
     """Run the pipeline (over the sources not reused), settle the accounting a slice of the sources at a time,
     commit."""
     provenance, card, writers = fixed.provenance, fixed.card, fixed.writers
-    params = {k: getattr(config, k) for k in ("fps", "max_frames", "max_pixels", "max_side", "item_timeout")}
-    params["jpeg_on_device"] = fixed.key["device"]["jpeg_on_device"]
-    ctx.log.info("JPEG photos decoded %s", "by the face actors" if params["jpeg_on_device"] else "by Pillow")
+    decoding = FrameDecoding.of(config, fixed.key["device"]["jpeg_on_device"])
+    ctx.log.info("JPEG photos decoded %s", "by the face actors" if decoding.jpeg_on_device else "by Pillow")
     writers = {"face_thumbnails": None} | writers
     embedded = None
     if sources.blocks:  # none when every source was reused
@@ -526,7 +542,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: _Fixed) -> dict:
             },
             config.batch_size,
             decode=decode_frames,
-            decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "params": params},
+            decode_kwargs={"endpoint_url": resolve(config.manifest).endpoint_url, "decoding": decoding},
             what="face",
             in_process=in_process(config, sources.count - sources.reused.reused),
         )

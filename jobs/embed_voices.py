@@ -17,7 +17,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +35,7 @@ from jobs.runtime.accounting import (
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ManifestInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
@@ -57,19 +57,10 @@ ROWS_PER_YIELD = 32  # segments per block handed on by the decode stage: bounded
 
 
 @dataclass
-class EmbedVoicesConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
-    manifest: str = field(
-        default="out/results",
-        metadata={"positional": True, "run_key": True, "help": "output root holding the committed manifest"},
-    )
-    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+class EmbedVoicesConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
     model: str = field(
         default="ge2e-resemblyzer",
         metadata={"run_key": True, "help": "speaker encoder: registry name or URI of a pulled model"},
-    )
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
     )
     min_segment_seconds: float = field(default=0.5, metadata={"help": "drop segments with less speech"})
     max_segment_seconds: float = field(default=10.0, metadata={"help": "seconds of speech per segment at most"})
@@ -123,11 +114,43 @@ _STAGED = pa.schema(
 )
 
 
-def speech_detector(params: dict, model_folder: Store | None):
+@dataclass(frozen=True)
+class SegmentDecoding:
+    """How the decode stage cuts a source into speech segments: the speech detector and its settings, the
+    segments' bounds, how much of a source is read and the time allowed for it. Frozen and small: it travels to
+    every decode task."""
+
+    vad: str  # silero or webrtc
+    vad_mode: int
+    vad_threshold: float
+    vad_low: float
+    min_segment_seconds: float
+    max_segment_seconds: float
+    max_gap_seconds: float
+    max_source_seconds: float
+    item_timeout: float
+
+    @classmethod
+    def of(cls, config: EmbedVoicesConfig) -> SegmentDecoding:
+        """The job's decoding options."""
+        return cls(
+            vad=config.vad,
+            vad_mode=config.vad_mode,
+            vad_threshold=config.vad_threshold,
+            vad_low=config.vad_low,
+            min_segment_seconds=config.min_segment_seconds,
+            max_segment_seconds=config.max_segment_seconds,
+            max_gap_seconds=config.max_gap_seconds,
+            max_source_seconds=config.max_source_seconds,
+            item_timeout=config.item_timeout,
+        )
+
+
+def speech_detector(decoding: SegmentDecoding, model_folder: Store | None) -> WebRTCDetector | SileroDetector:
     """The detector the job's settings name (the Silero model loaded once per worker process)."""
-    if params["vad"] == "webrtc":
-        return WebRTCDetector(params["vad_mode"])
-    return SileroDetector(_silero(model_folder), params["vad_threshold"], params["vad_low"])
+    if decoding.vad == "webrtc":
+        return WebRTCDetector(decoding.vad_mode)
+    return SileroDetector(_silero(model_folder), decoding.vad_threshold, decoding.vad_low)
 
 
 @functools.lru_cache(maxsize=4)
@@ -137,22 +160,22 @@ def _silero(model_folder: Store):
 
 
 def decode_segments(
-    batch: pa.Table, endpoint_url: str | None, params: dict, vad_folder: Store | None = None
+    batch: pa.Table, endpoint_url: str | None, decoding: SegmentDecoding, vad_folder: Store | None = None
 ) -> Iterator[pa.Table]:
     """Decode each source of the batch into speech segments, then one source row; or one error row."""
-    detector = speech_detector(params, vad_folder)
+    detector = speech_detector(decoding, vad_folder)
     for uri, sha, size in zip(*(batch.column(c).to_pylist() for c in ("uri", "sha256", "size")), strict=True):
         rows: list[dict] = []
         segmenter = SpeechSegmenter(
-            params["min_segment_seconds"],
-            params["max_segment_seconds"],
-            params["max_gap_seconds"],
+            decoding.min_segment_seconds,
+            decoding.max_segment_seconds,
+            decoding.max_gap_seconds,
             detector=detector,
         )
-        status, message, clock = "ok", None, ItemClock(params["item_timeout"])
+        status, message, clock = "ok", None, ItemClock(decoding.item_timeout)
         try:
             with open_verified(resolve(uri, endpoint_url), sha, size) as f:
-                _, chunks = decode_mono(f, max_seconds=params["max_source_seconds"])
+                _, chunks = decode_mono(f, max_seconds=decoding.max_source_seconds)
                 try:
                     for chunk in chunks:
                         rows += [_segment_row(uri, sha, s) for s in segmenter.push(chunk)]
@@ -374,25 +397,11 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: tuple) -> dict:
     """Run the pipeline (over the sources not reused), settle the accounting a slice of the sources at a time,
     commit."""
     folder, vad_folder, card, writer, key, previous = fixed
-    params = {
-        k: getattr(config, k)
-        for k in (
-            "min_segment_seconds",
-            "max_segment_seconds",
-            "max_gap_seconds",
-            "vad",
-            "vad_mode",
-            "vad_threshold",
-            "vad_low",
-            "max_source_seconds",
-            "item_timeout",
-        )
-    }
     dim = int(card["output_dim"])
     provenance = {"run_id": ctx.run_id, "model_name": card["name"], "model_sha256": card["checkpoint_sha256"]}
     embedded = None
     if sources.blocks:  # none when every source was reused
-        embedded = _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger, provenance, dim)
+        embedded = _pipeline(config, plan, sources, folder, vad_folder, writer, ledger, provenance, dim)
     staged = collect(embedded, sources)
     finish_kwargs = {"writer": writer, "provenance": provenance, "dim": dim}
     settled = settle(ledger, staged, finish, finish_kwargs, job.row_writer("errors"), JOB)
@@ -419,7 +428,7 @@ def _embed(config, ctx, job, plan, sources, ledger, fixed: tuple) -> dict:
     )
 
 
-def _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger, provenance, dim: int):
+def _pipeline(config, plan, sources, folder, vad_folder, writer, ledger, provenance, dim: int):
     """The Ray Data pipeline over the sources to embed: decode and VAD, the encoder actors, the writing stage."""
     embedded = model_pipeline(
         sources.blocks,
@@ -430,7 +439,7 @@ def _pipeline(config, plan, sources, folder, vad_folder, params, writer, ledger,
         decode=decode_segments,
         decode_kwargs={
             "endpoint_url": resolve(config.manifest).endpoint_url,
-            "params": params,
+            "decoding": SegmentDecoding.of(config),
             "vad_folder": vad_folder,
         },
         what="encoder",

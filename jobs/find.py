@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from jobs import embed_faces, embed_voices, manifest, match, report
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.launch import JobContext, run_job
+from jobs.runtime.options import ModelsRoot, tailored
 from jobs.runtime.output import JobOutput
 from jobs.runtime.stages import Stages
 from ops.io.errors import JobFailed
@@ -58,7 +59,8 @@ IN_PROCESS = 9
 
 
 @dataclass
-class FindConfig(JobConfig):
+class FindConfig(ModelsRoot, JobConfig):
+    models: str | None = tailored(ModelsRoot, "models", help="models root (default: the archive runs' own)")
     probe: str = field(
         default="",
         metadata={"positional": True, "run_key": True, "help": "a photo, recording or video, or a folder of them"},
@@ -77,7 +79,6 @@ class FindConfig(JobConfig):
     voices_run_id: str | None = field(
         default=None, metadata={"run_key": True, "help": "the archive's voices run (default: its newest)"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root (default: the archive runs' own)"})
     previews: bool = field(default=True, metadata={"run_key": True, "help": "the report's thumbnails and clips"})
     verify: str | None = field(
         default=None,

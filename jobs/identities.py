@@ -122,6 +122,37 @@ class IdentitiesConfig(JobConfig):
     )
 
 
+@dataclass(frozen=True)
+class Clustering:
+    """How the clustering task links and clusters the search's items: the method, its passes and seed, whether it
+    clusters every item again (``full``), whether the search's items are whole sources, the log-LR a link needs
+    too, whether links between differently labelled items are dropped, and the analysts' reviews applied (up to
+    this review run; None: none). Frozen and small: it travels to the task."""
+
+    method: str
+    iterations: int
+    seed: int
+    full: bool
+    per_source: bool
+    min_llr: float
+    separate_labels: bool
+    reviews_through: str | None
+
+    @classmethod
+    def of(cls, config: IdentitiesConfig, per_source: bool, reviews_through: str | None) -> Clustering:
+        """The job's options, with the search's ``per_source`` and the review run settled on the driver."""
+        return cls(
+            method=config.method,
+            iterations=config.iterations,
+            seed=config.seed,
+            full=config.full,
+            per_source=per_source,
+            min_llr=config.min_llr,
+            separate_labels=config.separate_labels,
+            reviews_through=reviews_through,
+        )
+
+
 def _search(root: Store, run_id: str | None) -> dict:
     """The committed search run to cluster: one set searched against itself."""
     if not run_id:
@@ -182,10 +213,8 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
     import ray
 
     writer = out.row_writer("identities")
-    settings = {"method": config.method, "iterations": config.iterations, "seed": config.seed, "full": config.full}
-    settings |= {"per_source": search["per_source"], "min_llr": config.min_llr}
-    settings["separate_labels"] = config.separate_labels
-    settings["reviews_through"] = (config.reviews_through or newest_review(root)) if config.reviews else None
+    reviews_through = (config.reviews_through or newest_review(root)) if config.reviews else None
+    clustering = Clustering.of(config, search["per_source"], reviews_through)
     task = ray.remote(num_cpus=1)(cluster_search)
     done = ray.get(
         task.remote(
@@ -193,7 +222,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
             config.search_run_id,
             search["table"],
             float(threshold),
-            settings,
+            clustering,
             (labels_root, manifest_run),
             model,
             writer,
@@ -211,7 +240,7 @@ def run(config: IdentitiesConfig, ctx: JobContext) -> dict:
         threshold = done["threshold_raised_to"]
     summary = {"search_run_id": config.search_run_id, "table": search["table"], "threshold": round(threshold, 6)}
     summary |= {"method": config.method, "identities_key": key, "previous_run_id": previous}
-    summary |= {"manifest_run_id": manifest_run, "reviews_through": settings["reviews_through"], **done}
+    summary |= {"manifest_run_id": manifest_run, "reviews_through": clustering.reviews_through, **done}
     _log_done(ctx, done, config.method, threshold)
     return out.commit(summary)
 
@@ -241,7 +270,7 @@ def cluster_search(
     search_run: str,
     table: str,
     threshold: float,
-    settings: dict,
+    settings: Clustering,
     labels: tuple[Store, str | None],
     model: tuple[str, str],
     writer: RowWriter,
@@ -258,7 +287,7 @@ def cluster_search(
     items = read_table(root, "match_items", search_run, ["item", "uri", "sha256"])
     # A link is a match: above the threshold and, where the search carries calibrated log-LRs, on evidence that
     # favours "same" (``ops.matching.decisions``).
-    supported = pc.field("llr").is_null() | (pc.field("llr") > settings.get("min_llr", 0.0))
+    supported = pc.field("llr").is_null() | (pc.field("llr") > settings.min_llr)
     listed = read_table(root, "matches", search_run, ["score"]).num_rows
     lists = read_table(
         root,
@@ -270,13 +299,13 @@ def cluster_search(
     names = items.column("item").combine_chunks()
     raised, kept_before = None, len(lists)
     # Face rows of one video track are one face: clustered together (a search of whole sources has no tracks).
-    tracked = embeddings is not None and table == "faces" and not settings["per_source"]
+    tracked = embeddings is not None and table == "faces" and not settings.per_source
     group = track_groups(embeddings[0], embeddings[1], items) if tracked else None
     known = None
     if labels[1]:  # of faces, a label names only the one face (or track) of its source, not a group photo's
         known = _item_labels(labels[0], labels[1], items)
-        known = known if settings["per_source"] else _alone(known, items, group)
-    if settings.get("separate_labels") and known is not None:
+        known = known if settings.per_source else _alone(known, items, group)
+    if settings.separate_labels and known is not None:
         lists, raised = _separate_labels(lists, known, items, names)
     src = pc.index_in(lists.column("query_item"), value_set=names)
     dst = pc.index_in(lists.column("gallery_item"), value_set=names)
@@ -285,14 +314,14 @@ def cluster_search(
     score = lists.column("score").to_numpy().astype(np.float64)
     graph = undirected(len(names), _ints(src), _ints(dst), score)
     tracks = group
-    found = verdicts(root, settings["reviews_through"]) if settings.get("reviews_through") else Verdicts()
+    found = verdicts(root, settings.reviews_through) if settings.reviews_through else Verdicts()
     graph, group, same, different = _constrained(graph, group, found, items)
-    clear = clarity(embeddings[0], embeddings[1], table, settings["per_source"], items) if embeddings else None
+    clear = clarity(embeddings[0], embeddings[1], table, settings.per_source, items) if embeddings else None
     before = previous_identities(previous[0], previous[1], items) if previous else np.full(len(names), None, object)
     kept = before != None  # noqa: E711 (element-wise)
-    going_on = settings["method"] == "whispers" and not settings["full"]
+    going_on = settings.method == "whispers" and not settings.full
     start, movable = _going_on(before, kept) if going_on else (None, None)
-    clusters = cluster(graph, settings["method"], group, settings["iterations"], settings["seed"], start, movable)
+    clusters = cluster(graph, settings.method, group, settings.iterations, settings.seed, start, movable)
     clusters, split = keep_apart(graph, clusters, *different, group)
     rows, counts = _members(items, graph, clusters, before, clear, _evidence_map(lists))
     counts |= {"items_kept": int(kept.sum()), "items_new": int((~kept).sum()), "reclustered": movable is None}
@@ -300,7 +329,7 @@ def cluster_search(
         threshold = raised
         counts["threshold_raised_to"] = raised  # the rows carry the threshold their links were kept at
         counts["links_dropped_to_separate_labels"] = kept_before - len(lists)
-    stamp = {"run_id": writer.run_id, "modality": table, "method": settings["method"], "threshold": threshold}
+    stamp = {"run_id": writer.run_id, "modality": table, "method": settings.method, "threshold": threshold}
     stamp |= {"search_run_id": search_run, "model_name": model[0], "model_sha256": model[1]}
     for name, value in stamp.items():
         rows = rows.append_column(name, pa.array([value] * rows.num_rows))

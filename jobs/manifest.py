@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.archive.manifest_diff import diff_archive, previous_manifest
+from jobs.archive.manifest_diff import CarryOver, diff_archive, previous_manifest
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import GROWTH, ensure_ray, shard
@@ -324,9 +324,17 @@ def run(config: ManifestConfig, ctx: JobContext) -> dict:
         staged: dict[int, list[str]] = {}
         staged_rows, failed, to_hash, hash_bytes = 0, 0, objects, total_bytes
         if previous is not None:
-            carry = {"staging": staging, "partitions": partitions, "run_id": ctx.run_id, "changes": changes}
-            carry |= {"labels": config.label_pattern, "stage_rows": stage_manifest_rows, "workers": workers}
-            diff = _by_difference(blocks, objects, previous, ctx, job, carry | {"min_bytes": MIN_SHARD_BYTES}, config)
+            carry = CarryOver(
+                run_id=ctx.run_id,
+                staging=staging,
+                partitions=partitions,
+                labels=config.label_pattern,
+                changes=changes,
+                stage_rows=stage_manifest_rows,
+                workers=workers,
+                min_bytes=MIN_SHARD_BYTES,
+            )
+            diff = _by_difference(blocks, objects, previous, ctx, job, carry, config)
             for row in diff.staged:
                 staged.setdefault(int(row["stage"]), []).append(row["uri"])
             blocks, staged_rows, to_hash, hash_bytes = diff.blocks, diff.carried, diff.to_hash, diff.to_hash_bytes
@@ -393,12 +401,10 @@ def _listed(archive: Store, config: ManifestConfig, ctx: JobContext):
     return workers, listed
 
 
-def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: JobOutput, carry: dict, config):
+def _by_difference(blocks, objects: int, previous, ctx: JobContext, job: JobOutput, carry: CarryOver, config):
     """The listing against the previous snapshot (``jobs.archive.manifest_diff``): what is carried over unread, what
     is read again, what was removed; its change rows added to the run."""
-    diff = diff_archive(
-        blocks, objects, previous, ctx.output, Ledger(carry["staging"].join("ledger")), carry, config.full
-    )
+    diff = diff_archive(blocks, objects, previous, ctx.output, Ledger(carry.staging.join("ledger")), carry, config.full)
     job.add_files("changes", diff.files)
     ctx.log.info(
         "against manifest run %s: %d objects carried over unread, %d to read, %d removed",

@@ -44,6 +44,7 @@ from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import LabelledInput, ModelsRoot, tailored
 from jobs.runtime.output import JobOutput
 from jobs.runtime.reuse import reusable_run
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, StorageError
@@ -65,7 +66,11 @@ MODES = ("search", "verify", "identify", "crossmatch")
 
 
 @dataclass
-class MatchConfig(JobConfig):
+class MatchConfig(LabelledInput, ModelsRoot, JobConfig):
+    labels: str | None = tailored(
+        LabelledInput, "labels", help="identify: CSV uri,label (default: the manifest's labels)"
+    )
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for the model card's threshold")
     mode: str = field(
         default="search",
         metadata={"positional": True, "run_key": True, "help": "search, verify, identify or crossmatch (see above)"},
@@ -92,13 +97,6 @@ class MatchConfig(JobConfig):
     pairs: str | None = field(
         default=None, metadata={"run_key": True, "help": "verify: CSV or Parquet with columns a, b"}
     )
-    labels: str | None = field(
-        default=None, metadata={"run_key": True, "help": "identify: CSV uri,label (default: the manifest's labels)"}
-    )
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
-    )
     threshold: float | None = field(default=None, metadata={"run_key": True, "help": "cosine threshold to decide at"})
     calibration: str | None = field(
         default=None,
@@ -123,7 +121,6 @@ class MatchConfig(JobConfig):
         default=False,
         metadata={"run_key": True, "help": "verify, identify: faces and voices together, by a fused --calibration"},
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for the model card's threshold"})
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})

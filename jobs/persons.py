@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsRoot, tailored
 from jobs.runtime.output import JobOutput, RowWriter
 from ops.io.errors import JobFailed
 from ops.io.root import locate
@@ -51,7 +52,8 @@ JOB = "persons"
 
 
 @dataclass
-class PersonsConfig(JobConfig):
+class PersonsConfig(ModelsRoot, JobConfig):
+    models: str | None = tailored(ModelsRoot, "models", help="models root, for --joint-model")
     results: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with both identities runs"}
     )
@@ -67,7 +69,23 @@ class PersonsConfig(JobConfig):
     joint_margin: float = field(
         default=0.1, metadata={"run_key": True, "help": "joint model: the speaker's lead over the next face, cosine"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root, for --joint-model"})
+
+
+@dataclass(frozen=True)
+class LinkRules:
+    """What a face identity and a voice identity need to be linked as one person: evidence from ``min_videos``
+    videos, each the other's main partner (more than ``min_share`` of its decided seconds); and the joint model's
+    lead over the next face (``joint_margin``, cosine) to decide a segment with several faces. Frozen and small: it
+    travels to the linking task."""
+
+    min_videos: int
+    min_share: float
+    joint_margin: float
+
+    @classmethod
+    def of(cls, config: PersonsConfig) -> LinkRules:
+        """The job's options."""
+        return cls(min_videos=config.min_videos, min_share=config.min_share, joint_margin=config.joint_margin)
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,7 @@ def run(config: PersonsConfig, ctx: JobContext) -> dict:
     import ray
 
     writer = out.row_writer("persons")
-    rules = {"min_videos": config.min_videos, "min_share": config.min_share, "joint_margin": config.joint_margin}
+    rules = LinkRules.of(config)
     done = ray.get(ray.remote(num_cpus=1)(link_persons).remote(root, faces, voices, rules, writer, joint))
     out.add_files("persons", done.pop("files"))
     summary = {"faces_run_id": faces.run_id, "voices_run_id": voices.run_id, **done}
@@ -150,7 +168,7 @@ def _joint(config: PersonsConfig, faces: Side, voices: Side) -> Store:
 
 
 def link_persons(
-    root: Store, faces: Side, voices: Side, rules: dict, writer: RowWriter, joint: Store | None = None
+    root: Store, faces: Side, voices: Side, rules: LinkRules, writer: RowWriter, joint: Store | None = None
 ) -> dict:
     """One worker: who is seen during each speech segment (among several faces, the joint model's choice, when it
     is given and sure), the candidates with their evidence, the links."""
@@ -175,7 +193,7 @@ def link_persons(
         else:
             several.append((span, voice, segment, on_screen))
     if several and joint is not None:
-        left = _speakers(root, faces, voices, joint, several, rules["joint_margin"], evidence)
+        left = _speakers(root, faces, voices, joint, several, rules.joint_margin, evidence)
         counts["segments_by_joint_model"] = len(several) - len(left)
         counts["segments_decided"] += counts["segments_by_joint_model"]
         several = left
@@ -309,7 +327,7 @@ def _heard(root: Store, voices: Side) -> list[tuple[str, str, float, float, str,
     return sorted(heard.values())
 
 
-def _candidates(evidence: dict[tuple[str, str], list[dict]], rules: dict) -> list[dict]:
+def _candidates(evidence: dict[tuple[str, str], list[dict]], rules: LinkRules) -> list[dict]:
     """A row per (face identity, voice identity) with evidence: shares, videos, and the decision with its reason."""
     seconds = {pair: sum(s["end"] - s["start"] for s in spans) for pair, spans in evidence.items()}
     face_total: dict[str, float] = defaultdict(float)
@@ -324,10 +342,10 @@ def _candidates(evidence: dict[tuple[str, str], list[dict]], rules: dict) -> lis
         voice_share = s / voice_total[voice] if voice_total[voice] > 0 else 0.0
         videos = len({span["sha256"] for span in spans})
         reason = None
-        if min(face_share, voice_share) <= rules["min_share"]:
+        if min(face_share, voice_share) <= rules.min_share:
             reason = f"not each other's main partner (shares {face_share:.2f}, {voice_share:.2f})"
-        elif videos < rules["min_videos"]:
-            reason = f"seen together in {videos} video(s), fewer than {rules['min_videos']}"
+        elif videos < rules.min_videos:
+            reason = f"seen together in {videos} video(s), fewer than {rules.min_videos}"
         person = "person-" + hashlib.sha256(f"{face}\n{voice}".encode()).hexdigest()[:16] if reason is None else None
         rows.append(
             {

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import pyarrow.compute as pc
@@ -32,6 +31,7 @@ from jobs import attributes, calibrate, embed_faces, embed_voices, identities, m
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ModelsOnWorkers
 from jobs.runtime.output import JobOutput
 from jobs.runtime.stages import STAGES, Stages
 from ops.io.errors import JobFailed, ModelError, UninformativeLabels
@@ -47,8 +47,7 @@ JOB = "pipeline"
 
 
 @dataclass
-class PipelineConfig(JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
+class PipelineConfig(ModelsOnWorkers, JobConfig):
     archive: str = field(
         default="",
         metadata={"positional": True, "run_key": True, "help": "the archive: a folder or s3://bucket/prefix"},
@@ -57,9 +56,6 @@ class PipelineConfig(JobConfig):
     label_pattern: str | None = field(
         default=None,
         metadata={"run_key": True, "help": "identity labels from paths, e.g. '*/{label}/*' (enables calibration)"},
-    )
-    models: str | None = field(
-        default=None, metadata={"help": "models root (default $CROSSMATCH_MODELS or out/models)"}
     )
     pull_models: bool = field(
         default=True, metadata={"help": "fetch registry models missing from the models root (--no-pull-models: refuse)"}

@@ -28,8 +28,7 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +40,7 @@ from jobs.runtime.accounting import OUTCOMES, Ledger, collect, ledger_of, plan_s
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import ManifestInput, ModelsOnWorkers, tailored
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from ops.io.custody import verified_bytes
 from ops.io.errors import ImageError, JobFailed, StorageError, TooSmall
@@ -62,12 +62,9 @@ MIN_SHARD_BYTES = 1 << 20
 
 
 @dataclass
-class StylizeConfig(ActorOptions, JobConfig):
-    MODELS_ON_WORKERS: ClassVar[bool] = True  # its Ray workers load models from --models
-    manifest: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with the manifest"}
-    )
-    manifest_run_id: str | None = field(default=None, metadata={"help": "use only this manifest run"})
+class StylizeConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
+    manifest: str = tailored(ManifestInput, "manifest", help="root with the manifest")
+    models: str | None = tailored(ModelsOnWorkers, "models", help="models root")
     style: str = field(
         default="",
         metadata={"run_key": True, "help": "comma-separated: style image URIs (gatys) or TransformerNet models"},
@@ -79,7 +76,6 @@ class StylizeConfig(ActorOptions, JobConfig):
     random_loss_network: int | None = field(
         default=None, metadata={"run_key": True, "help": "gatys: use a seeded random VGG19 instead (labelled)"}
     )
-    models: str | None = field(default=None, metadata={"help": "models root"})
     steps: int = field(default=300, metadata={"run_key": True, "help": "gatys: optimiser evaluations"})
     scales: str = field(default="1", metadata={"run_key": True, "help": "gatys: coarse to fine, e.g. 0.5,1"})
     coarse_steps: int | None = field(
@@ -108,21 +104,95 @@ class Style:
     model: str | None  # feedforward: the registry folder of its TransformerNet
 
 
+@dataclass(frozen=True)
+class StyleSettings:
+    """What a style actor takes of the job's options: the networks it loads, how it decodes, styles and writes each
+    image, and the run it writes under. Frozen and small: it travels to every style actor."""
+
+    run_id: str
+    method: str  # gatys or feedforward
+    loss_network: str | None
+    random_loss_network: int | None
+    models: str | None
+    min_side: int
+    max_side: int
+    max_pixels: int
+    steps: int
+    scales: str
+    coarse_steps: int | None
+    optimizer: str
+    alpha: float
+    beta: float
+    tv: float
+    preserve_colour: bool
+    seed: int
+    tile: int
+    format: str
+    quality: int
+    batch_size: int
+
+    @classmethod
+    def of(cls, config: StylizeConfig, run_id: str) -> StyleSettings:
+        """The job's styling options, for the run ``run_id``."""
+        return cls(
+            run_id=run_id,
+            method=config.method,
+            loss_network=config.loss_network,
+            random_loss_network=config.random_loss_network,
+            models=config.models,
+            min_side=config.min_side,
+            max_side=config.max_side,
+            max_pixels=config.max_pixels,
+            steps=config.steps,
+            scales=config.scales,
+            coarse_steps=config.coarse_steps,
+            optimizer=config.optimizer,
+            alpha=config.alpha,
+            beta=config.beta,
+            tv=config.tv,
+            preserve_colour=config.preserve_colour,
+            seed=config.seed,
+            tile=config.tile,
+            format=config.format,
+            quality=config.quality,
+            batch_size=config.batch_size,
+        )
+
+    def gatys_settings(self) -> gatys.Settings:
+        """The Gatys optimisation these options ask for."""
+        return gatys.Settings(
+            alpha=self.alpha,
+            beta=self.beta,
+            tv=self.tv,
+            steps=self.steps,
+            optimizer=self.optimizer,
+            preserve_colour=self.preserve_colour,
+            scales=[float(v) for v in self.scales.split(",")],
+            coarse_steps=self.coarse_steps,
+            seed=self.seed,
+        )
+
+    def parameters(self) -> dict:
+        """What every ``styled/`` row records as its parameters (the seed has a column of its own)."""
+        names = ("steps", "scales", "coarse_steps", "optimizer", "alpha", "beta", "tv", "preserve_colour")
+        return {k: getattr(self, k) for k in (*names, "max_side", "tile", "format", "quality")}
+
+
 class StyleActor:
     """Loads the networks once; styles each content image of a batch with every style and writes the results."""
 
-    def __init__(self, config: dict, styles: list[Style], out: Store) -> None:
-        self.config, self.styles = config, styles
+    def __init__(self, settings: StyleSettings, styles: list[Style], out: Store) -> None:
+        self.settings, self.styles = settings, styles
         self.out = out  # the driver's Store: its endpoint and encryption settings travel with it
         self.device = best_device()
         if not log.handlers:  # an actor's own process: progress lines go to its stderr, which Ray shows the driver
             log.addHandler(logging.StreamHandler())
             log.setLevel(logging.INFO)
-        if config["method"] == "gatys":
-            if config["random_loss_network"] is not None:
-                self.net = random_network("vgg19", config["random_loss_network"]).to(self.device)
+        if settings.method == "gatys":
+            if settings.random_loss_network is not None:
+                self.net = random_network("vgg19", settings.random_loss_network).to(self.device)
             else:
-                vgg = catalogue.load(config["loss_network"], config["models"], expect="style-loss-network")
+                vgg = catalogue.load(settings.loss_network, settings.models, expect="style-loss-network")
                 self.net = catalogue.build(vgg, self.device)
             self.provenance = (self.net.name, self.net.sha256, self.net.random)
         else:
@@ -149,45 +219,35 @@ class StyleActor:
 
     def _decode(self, source: dict) -> np.ndarray:
         data = verified_bytes(resolve(source["uri"], self.out.endpoint_url), source["sha256"])
-        cfg = self.config
-        rgb = decode_image(data, max_pixels=cfg["max_pixels"]).rgb
-        if min(rgb.shape[:2]) < cfg["min_side"]:
-            raise TooSmall(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than --min-side {cfg['min_side']}")
-        if cfg["max_side"] and max(rgb.shape[:2]) > cfg["max_side"]:
+        settings = self.settings
+        rgb = decode_image(data, max_pixels=settings.max_pixels).rgb
+        if min(rgb.shape[:2]) < settings.min_side:
+            raise TooSmall(f"{rgb.shape[1]}x{rgb.shape[0]} is smaller than --min-side {settings.min_side}")
+        if settings.max_side and max(rgb.shape[:2]) > settings.max_side:
             im = Image.fromarray(rgb)
-            im.thumbnail((cfg["max_side"], cfg["max_side"]), Image.Resampling.LANCZOS)
+            im.thumbnail((settings.max_side, settings.max_side), Image.Resampling.LANCZOS)
             rgb = np.asarray(im)
         return rgb
 
     def _style_group(self, group: list[tuple[dict, np.ndarray, float]], style: Style) -> list[dict]:
-        cfg, started = self.config, time.perf_counter()
+        settings, started = self.settings, time.perf_counter()
         x = torch.tensor(np.stack([g[1] for g in group])).permute(0, 3, 1, 2).float().to(self.device)
         losses: dict = {}
-        if cfg["method"] == "gatys":
+        if settings.method == "gatys":
             side = max(x.shape[-2:])
             style_img = Image.fromarray(style.image)
             style_img.thumbnail((side, side), Image.Resampling.LANCZOS)
             s = torch.tensor(np.asarray(style_img)).permute(2, 0, 1)[None].float().to(self.device) / 255
-            settings = gatys.Settings(
-                alpha=cfg["alpha"],
-                beta=cfg["beta"],
-                tv=cfg["tv"],
-                steps=cfg["steps"],
-                optimizer=cfg["optimizer"],
-                preserve_colour=cfg["preserve_colour"],
-                scales=[float(v) for v in cfg["scales"].split(",")],
-                coarse_steps=cfg["coarse_steps"],
-                seed=cfg["seed"],
-            )
-            out, losses = gatys.transfer(self.net, x / 255, s, settings, _progress(len(group), style.uri))
+            progress = _progress(len(group), style.uri)
+            out, losses = gatys.transfer(self.net, x / 255, s, settings.gatys_settings(), progress)
             out = out * 255
             name, sha, random = self.provenance
         else:
             net, name, sha = self.transformers[style.uri]
-            if max(x.shape[-2:]) <= cfg["tile"]:  # whole images, --batch-size at a time (GPUs like batches)
-                out = torch.cat([stylize(net, chunk) for chunk in x.split(cfg["batch_size"])])
+            if max(x.shape[-2:]) <= settings.tile:  # whole images, --batch-size at a time (GPUs like batches)
+                out = torch.cat([stylize(net, chunk) for chunk in x.split(settings.batch_size)])
             else:
-                out = torch.stack([stylize_tiled(net, image, tile=cfg["tile"]) for image in x])
+                out = torch.stack([stylize_tiled(net, image, tile=settings.tile) for image in x])
             random = False
         per_image = (time.perf_counter() - started) / len(group)
         rows = []
@@ -217,12 +277,12 @@ class StyleActor:
         return rows
 
     def _write(self, source: dict, style: Style, pixels: np.ndarray) -> str:
-        fmt, ext = FORMATS[self.config["format"]]
+        fmt, ext = FORMATS[self.settings.format]
         buf = io.BytesIO()
-        options = {"quality": self.config["quality"]} if fmt in ("JPEG", "WEBP") else {}
+        options = {"quality": self.settings.quality} if fmt in ("JPEG", "WEBP") else {}
         Image.fromarray(pixels).save(buf, format=fmt, **options)
-        key = f"{source['sha256'][:32]}-{style.sha256[:16]}-{self.config['method']}.{ext}"
-        target = self.out.join("styled-images", self.config["run_id"], key)
+        key = f"{source['sha256'][:32]}-{style.sha256[:16]}-{self.settings.method}.{ext}"
+        target = self.out.join("styled-images", self.settings.run_id, key)
         target.put_atomic(buf.getvalue())
         return inside(self.out, target.uri)  # below the root: kept relative to it
 
@@ -356,21 +416,17 @@ def run(config: StylizeConfig, ctx: JobContext) -> dict:
 
 def _stylize(config, ctx, job, plan, sources, ledger, styles) -> dict:
     """Run the pipeline, settle the accounting a slice of the images at a time, commit."""
-    actor_config = asdict(config) | {"run_id": ctx.run_id}
+    settings = StyleSettings.of(config, ctx.run_id)
     styled = model_pipeline(
         sources.blocks,
         plan,
         StyleActor,
-        {"config": actor_config, "styles": styles, "out": ctx.output},
+        {"settings": settings, "styles": styles, "out": ctx.output},
         config.batch_size,
         what="style",
     )
-    params = {
-        k: actor_config[k]
-        for k in ("steps", "scales", "coarse_steps", "optimizer", "alpha", "beta", "tv", "preserve_colour")
-    }
-    params |= {k: actor_config[k] for k in ("max_side", "tile", "format", "quality")}
-    fields = {"run_id": ctx.run_id, "method": config.method, "parameters": json.dumps(params, sort_keys=True)}
+    parameters = json.dumps(settings.parameters(), sort_keys=True)
+    fields = {"run_id": ctx.run_id, "method": config.method, "parameters": parameters}
     fields["seed"] = config.seed
     styled = styled.map_batches(
         write_styled,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import EmbeddingsInput
 from ops.attributes import metrics
 from ops.attributes.heads import (
     ATTRIBUTE_HEAD,
@@ -51,17 +53,13 @@ CALIBRATION_SHARE = 0.15  # of the training people: where the predicted spreads 
 
 
 @dataclass
-class TrainAttributesConfig(trainer.TrainingConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
+class TrainAttributesConfig(EmbeddingsInput, trainer.TrainingConfig):
     labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "CSV or Parquet: uri or item, then one column per attribute"}
     )
     attributes: str | None = field(
         default=None, metadata={"run_key": True, "help": "comma-separated columns to learn (default: all of them)"}
     )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     identity_labels: str | None = field(
         default=None, metadata={"run_key": True, "help": "CSV uri,label of people (default: the manifest's labels)"}
     )
@@ -102,15 +100,43 @@ class Objective(torch.nn.Module):
         return self.head.loss(self.head(x), dict(zip(names, ys, strict=True)))
 
 
+@dataclass(frozen=True)
+class AttributesLoop(trainer.LoopSettings):
+    """The training loop's settings: the attributes (as ``AttributeSpec.to_dict``: each worker builds its own, which
+    its evaluation recalibrates), the trunk's width, the batch and the reported tolerance."""
+
+    specs: tuple[dict, ...]
+    hidden: int
+    batch: int
+    within: float
+
+    @classmethod
+    def of(
+        cls, config: TrainAttributesConfig, data: Any, data_sha256: str, specs: list[AttributeSpec]
+    ) -> AttributesLoop:
+        """The job's options, with the data put in Ray's object store and the attributes to learn."""
+        return cls(
+            data=data,
+            data_sha256=data_sha256,
+            seed=config.seed,
+            epochs=config.epochs,
+            lr=config.lr,
+            specs=tuple(s.to_dict() for s in specs),
+            hidden=config.hidden,
+            batch=config.batch,
+            within=config.within,
+        )
+
+
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: shuffled batches of its share of the training faces; rank 0 evaluates."""
     import ray.train.torch
 
-    data, worker = trainer.start_worker(cfg)
-    specs = [AttributeSpec(**s) for s in cfg["specs"]]
-    head = AttributeHead(data["train_x"].shape[1], specs, cfg["hidden"])
+    settings, data, worker = trainer.start_worker(cfg, AttributesLoop)
+    specs = [AttributeSpec(**s) for s in settings.specs]
+    head = AttributeHead(data["train_x"].shape[1], specs, settings.hidden)
     model = ray.train.torch.prepare_model(Objective(head))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     # Every worker the same number of faces, so the same number of steps: DDP's all-reduces stay in step.
     mine = np.arange(len(data["train_x"]))[worker.rank :: worker.world][: len(data["train_x"]) // worker.world]
     x = torch.tensor(data["train_x"])
@@ -118,12 +144,12 @@ def _loop(cfg: dict) -> None:
 
     def batches(rng: np.random.Generator):
         order = rng.permutation(mine)
-        for start in range(0, len(order), cfg["batch"]):
-            rows = torch.from_numpy(order[start : start + cfg["batch"]])
+        for start in range(0, len(order), settings.batch):
+            rows = torch.from_numpy(order[start : start + settings.batch])
             yield (x[rows].to(worker.device), *(y[rows].to(worker.device) for y in ys))
 
-    evaluate = lambda: evaluation(head, specs, data, cfg["within"], worker.device)  # noqa: E731
-    trainer.train_epochs(model, optimizer, cfg, worker, batches, evaluate)
+    evaluate = lambda: evaluation(head, specs, data, settings.within, worker.device)  # noqa: E731
+    trainer.train_epochs(model, optimizer, settings, worker, batches, evaluate)
 
 
 def evaluation(head: AttributeHead, specs: list[AttributeSpec], data: dict, within: float, device=None) -> dict:
@@ -273,18 +299,8 @@ def run(config: TrainAttributesConfig, ctx: JobContext) -> dict:
     ensure_ray()
     import ray
 
-    loop_config = {
-        "data": ray.put(data),
-        "data_sha256": trainer.fingerprint(data),
-        "seed": config.seed,
-        "specs": [s.to_dict() for s in specs],
-        "hidden": config.hidden,
-        "lr": config.lr,
-        "epochs": config.epochs,
-        "batch": config.batch,
-        "within": config.within,
-    }
-    state = trainer.fit(_loop, loop_config, ctx, config)
+    settings = AttributesLoop.of(config, ray.put(data), trainer.fingerprint(data), specs)
+    state = trainer.fit(_loop, settings, ctx, config)
     last = state["history"][-1]
     untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
     weights = {k.removeprefix("head."): v for k, v in state["model"].items() if k.startswith("head.")}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import LabelledInput, PKBatches, tailored
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import EmbeddingSet, read_embeddings, read_labels
@@ -45,25 +47,19 @@ LOSSES = ("triplet", "infonce")
 
 
 @dataclass
-class TrainCrossmodalConfig(trainer.TrainingConfig):
+class TrainCrossmodalConfig(LabelledInput, PKBatches, trainer.TrainingConfig):
+    identities_per_batch: int = tailored(PKBatches, "identities_per_batch", default=64, help="P: identities or videos")
+    per_identity: int = tailored(PKBatches, "per_identity", default=2, help="K: faces and voices each (triplet)")
     embeddings: str = field(
         default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/, voices/"}
     )
     faces_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
     voices_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of voices/"})
-    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
-    )
     mode: str = field(default="supervised", metadata={"run_key": True, "help": "supervised (labels) or video"})
     loss: str = field(default="infonce", metadata={"run_key": True, "help": "infonce or triplet"})
     margin: float = field(default=0.3, metadata={"run_key": True, "help": "triplet margin"})
     temperature: float = field(default=0.2, metadata={"run_key": True, "help": "InfoNCE temperature"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities (videos) held out"})
-    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
-    identities_per_batch: int = field(default=64, metadata={"run_key": True, "help": "P: identities or videos"})
-    per_identity: int = field(default=2, metadata={"run_key": True, "help": "K: faces and voices each (triplet)"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "joint space dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width of each head"})
 
@@ -84,22 +80,57 @@ class Objective(torch.nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class JointLoop(trainer.LoopSettings):
+    """The training loop's settings: the joint model's shape, its loss, and the batches of an epoch (P groups,
+    K of each side per group for the triplet loss)."""
+
+    dim: int
+    hidden: int
+    loss: str
+    margin: float
+    temperature: float
+    steps: int  # batches per epoch, per worker
+    p: int
+    k: int
+
+    @classmethod
+    def of(cls, config: TrainCrossmodalConfig, data: Any, data_sha256: str, loss: str, steps: int) -> JointLoop:
+        """The job's options, with the data put in Ray's object store, the loss the mode takes and the batches an
+        epoch takes."""
+        return cls(
+            data=data,
+            data_sha256=data_sha256,
+            seed=config.seed,
+            epochs=config.epochs,
+            lr=config.lr,
+            dim=config.dim,
+            hidden=config.hidden,
+            loss=loss,
+            margin=config.margin,
+            temperature=config.temperature,
+            steps=steps,
+            p=config.identities_per_batch,
+            k=config.per_identity,
+        )
+
+
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: batches of P groups (identities or videos) from its share; rank 0 evaluates."""
     import ray.train.torch
 
-    data, worker = trainer.start_worker(cfg)
-    joint = JointModel(data["face_x"].shape[1], data["voice_x"].shape[1], cfg["dim"], cfg["hidden"])
-    model = ray.train.torch.prepare_model(Objective(joint, cfg["loss"], cfg["margin"], cfg["temperature"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    settings, data, worker = trainer.start_worker(cfg, JointLoop)
+    joint = JointModel(data["face_x"].shape[1], data["voice_x"].shape[1], settings.dim, settings.hidden)
+    model = ray.train.torch.prepare_model(Objective(joint, settings.loss, settings.margin, settings.temperature))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     face_x, voice_x = torch.tensor(data["face_x"]), torch.tensor(data["voice_x"])  # copies: ray.get is read-only
     face_groups, voice_groups = _members(data["face_g"]), _members(data["voice_g"])
     shared = sorted(set(face_groups) & set(voice_groups))[worker.rank :: worker.world]  # each worker its own groups
-    k = 1 if cfg["loss"] == "infonce" else cfg["k"]
+    k = 1 if settings.loss == "infonce" else settings.k
 
     def batches(rng: np.random.Generator):
-        for _ in range(cfg["steps"]):
-            chosen = rng.choice(len(shared), min(cfg["p"], len(shared)), replace=False)
+        for _ in range(settings.steps):
+            chosen = rng.choice(len(shared), min(settings.p, len(shared)), replace=False)
             f_rows, v_rows, groups = [], [], []
             for c in chosen:
                 g = shared[c]
@@ -109,7 +140,7 @@ def _loop(cfg: dict) -> None:
             device = worker.device
             yield face_x[f_rows].to(device), voice_x[v_rows].to(device), torch.tensor(groups, device=device)
 
-    trainer.train_epochs(model, optimizer, cfg, worker, batches, lambda: _evaluate(joint, data, worker.device))
+    trainer.train_epochs(model, optimizer, settings, worker, batches, lambda: _evaluate(joint, data, worker.device))
 
 
 def _members(groups: np.ndarray) -> dict[int, np.ndarray]:
@@ -199,22 +230,8 @@ def run(config: TrainCrossmodalConfig, ctx: JobContext) -> dict:
     import ray
 
     steps = config.steps or max(1, len(data["face_x"]) // (config.identities_per_batch * config.workers))
-    loop_config = {
-        "data": ray.put(data),
-        "data_sha256": trainer.fingerprint(data),
-        "seed": config.seed,
-        "dim": config.dim,
-        "hidden": config.hidden,
-        "loss": loss,
-        "margin": config.margin,
-        "temperature": config.temperature,
-        "lr": config.lr,
-        "epochs": config.epochs,
-        "steps": steps,
-        "p": config.identities_per_batch,
-        "k": config.per_identity,
-    }
-    state = trainer.fit(_loop, loop_config, ctx, config)
+    settings = JointLoop.of(config, ray.put(data), trainer.fingerprint(data), loss, steps)
+    state = trainer.fit(_loop, settings, ctx, config)
     last = state["history"][-1]
     untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
     weights = {k.removeprefix("model."): v for k, v in state["model"].items() if k.startswith("model.")}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from jobs.runtime import trainer
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
+from jobs.runtime.options import EmbeddingsInput, LabelledInput, PKBatches
 from ops.io.errors import JobFailed
 from ops.io.storage import resolve
 from ops.matching.embeddings import read_embeddings, read_labels
@@ -37,22 +39,10 @@ LOSSES = ("batch-hard", "semi-hard", "contrastive", "softmax")
 
 
 @dataclass
-class TrainFaceConfig(trainer.TrainingConfig):
-    embeddings: str = field(
-        default="out/results", metadata={"positional": True, "run_key": True, "help": "root with faces/"}
-    )
-    embeddings_run_id: str | None = field(default=None, metadata={"run_key": True, "help": "this run of faces/"})
-    labels: str | None = field(default=None, metadata={"run_key": True, "help": "CSV uri,label (default: manifest)"})
-    manifest_run_id: str | None = field(
-        default=None,
-        metadata={"run_key": True, "help": "labels from this manifest run (default: the newest under the root)"},
-    )
+class TrainFaceConfig(EmbeddingsInput, LabelledInput, PKBatches, trainer.TrainingConfig):
     loss: str = field(default="batch-hard", metadata={"run_key": True, "help": f"one of {', '.join(LOSSES)}"})
     margin: float = field(default=0.2, metadata={"run_key": True, "help": "triplet or contrastive margin"})
     holdout: float = field(default=0.2, metadata={"run_key": True, "help": "share of identities held out"})
-    steps: int | None = field(default=None, metadata={"help": "batches per epoch (default: one pass of the rows)"})
-    identities_per_batch: int = field(default=32, metadata={"run_key": True, "help": "P of P x K"})
-    per_identity: int = field(default=4, metadata={"run_key": True, "help": "K of P x K"})
     dim: int = field(default=128, metadata={"run_key": True, "help": "output dimension"})
     hidden: int = field(default=256, metadata={"run_key": True, "help": "hidden width"})
 
@@ -78,23 +68,55 @@ class Objective(torch.nn.Module):
         return self.classifier(z, y)
 
 
+@dataclass(frozen=True)
+class FaceLoop(trainer.LoopSettings):
+    """The training loop's settings: the head's shape, its loss, and the P x K batches of an epoch."""
+
+    dim: int
+    hidden: int
+    loss: str
+    margin: float
+    steps: int  # batches per epoch, per worker
+    p: int
+    k: int
+
+    @classmethod
+    def of(cls, config: TrainFaceConfig, data: Any, data_sha256: str, steps: int) -> FaceLoop:
+        """The job's options, with the data put in Ray's object store and the batches an epoch takes."""
+        return cls(
+            data=data,
+            data_sha256=data_sha256,
+            seed=config.seed,
+            epochs=config.epochs,
+            lr=config.lr,
+            dim=config.dim,
+            hidden=config.hidden,
+            loss=config.loss,
+            margin=config.margin,
+            steps=steps,
+            p=config.identities_per_batch,
+            k=config.per_identity,
+        )
+
+
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: P x K batches from its share of the training identities; rank 0 evaluates."""
     import ray.train.torch
 
-    data, worker = trainer.start_worker(cfg)
-    head = ProjectionHead(data["train_x"].shape[1], cfg["dim"], cfg["hidden"])
-    model = ray.train.torch.prepare_model(Objective(head, cfg["loss"], cfg["margin"], int(data["train_y"].max()) + 1))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    settings, data, worker = trainer.start_worker(cfg, FaceLoop)
+    head = ProjectionHead(data["train_x"].shape[1], settings.dim, settings.hidden)
+    objective = Objective(head, settings.loss, settings.margin, int(data["train_y"].max()) + 1)
+    model = ray.train.torch.prepare_model(objective)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     groups = training.groups(data["train_y"])[worker.rank :: worker.world]  # each worker its own identities
     x, y = torch.tensor(data["train_x"]), torch.tensor(data["train_y"])  # copies: ray.get gives read-only arrays
 
     def batches(rng: np.random.Generator):
-        for _ in range(cfg["steps"]):
-            rows = torch.from_numpy(training.pk_batch(groups, cfg["p"], cfg["k"], rng))
+        for _ in range(settings.steps):
+            rows = torch.from_numpy(training.pk_batch(groups, settings.p, settings.k, rng))
             yield x[rows].to(worker.device), y[rows].to(worker.device)
 
-    trainer.train_epochs(model, optimizer, cfg, worker, batches, lambda: _evaluate(head, data, worker.device))
+    trainer.train_epochs(model, optimizer, settings, worker, batches, lambda: _evaluate(head, data, worker.device))
 
 
 def _evaluate(head: torch.nn.Module, data: dict, device: torch.device) -> dict:
@@ -136,21 +158,8 @@ def run(config: TrainFaceConfig, ctx: JobContext) -> dict:
     data = {"train_x": x[train], "train_y": train_y.astype(np.int64), "test_x": x[test], "test_y": y[test]}
     batch = config.identities_per_batch * config.per_identity
     steps = config.steps or max(1, int(train.sum()) // (batch * config.workers))
-    loop_config = {
-        "data": ray.put(data),
-        "data_sha256": trainer.fingerprint(data),
-        "seed": config.seed,
-        "dim": config.dim,
-        "hidden": config.hidden,
-        "loss": config.loss,
-        "margin": config.margin,
-        "lr": config.lr,
-        "epochs": config.epochs,
-        "steps": steps,
-        "p": config.identities_per_batch,
-        "k": config.per_identity,
-    }
-    state = trainer.fit(_loop, loop_config, ctx, config)
+    settings = FaceLoop.of(config, ray.put(data), trainer.fingerprint(data), steps)
+    state = trainer.fit(_loop, settings, ctx, config)
     last = state["history"][-1]
     untrained = next((h for h in state["history"] if h["epoch"] == -1), {})
     card = {

@@ -18,6 +18,7 @@ import hashlib
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -121,31 +122,56 @@ class Objective(torch.nn.Module):
         return self.weights[0] * content + self.weights[1] * style
 
 
+@dataclass(frozen=True)
+class StyleLoop(trainer.LoopSettings):
+    """The training loop's settings: the loss network (a seeded random VGG16, or else the one in the data), the
+    content and style weights, the images per step."""
+
+    random_loss_network: int | None
+    weights: tuple[float, float]  # content, style
+    batch: int
+
+    @classmethod
+    def of(cls, config: TrainStyleConfig, data: Any, data_sha256: str) -> StyleLoop:
+        """The job's options, with the data (and the loss network) put in Ray's object store."""
+        return cls(
+            data=data,
+            data_sha256=data_sha256,
+            seed=config.seed,
+            epochs=config.epochs,
+            lr=config.lr,
+            random_loss_network=config.random_loss_network,
+            weights=(config.content_weight, config.style_weight),
+            batch=config.batch_size,
+        )
+
+
 def _loop(cfg: dict) -> None:
     """One Ray Train worker: the content images of its share, in a new order each epoch; rank 0 scores the
     held-out image."""
     import ray.train.torch
 
-    data, worker = trainer.start_worker(cfg)
-    vgg = random_network("vgg16", cfg["random"]) if cfg["random"] is not None else from_registry(data["vgg"])
-    objective = Objective(TransformerNet(), vgg, torch.tensor(data["style"]), cfg["weights"])
+    settings, data, worker = trainer.start_worker(cfg, StyleLoop)
+    random_seed = settings.random_loss_network
+    vgg = random_network("vgg16", random_seed) if random_seed is not None else from_registry(data["vgg"])
+    objective = Objective(TransformerNet(), vgg, torch.tensor(data["style"]), settings.weights)
     model = ray.train.torch.prepare_model(objective)
-    optimizer = torch.optim.Adam(objective.net.parameters(), lr=cfg["lr"])  # the loss network stays frozen
+    optimizer = torch.optim.Adam(objective.net.parameters(), lr=settings.lr)  # the loss network stays frozen
     images = torch.tensor(data["train"])  # (N, 3, S, S) uint8; copies: ray.get gives read-only arrays
     mine = np.arange(len(images))[worker.rank :: worker.world]
     held = torch.tensor(data["test"]).float().to(worker.device)
 
     def batches(rng: np.random.Generator):
         order = rng.permutation(mine)
-        for start in range(0, len(order), cfg["batch"]):
-            yield (images[order[start : start + cfg["batch"]]].float().to(worker.device),)
+        for start in range(0, len(order), settings.batch):
+            yield (images[order[start : start + settings.batch]].float().to(worker.device),)
 
     def holdout() -> dict:
         with torch.no_grad():
             content, style, _ = objective.losses(held)
         return {"holdout_content_loss": content.item(), "holdout_style_loss": style.item()}
 
-    trainer.train_epochs(model, optimizer, cfg, worker, batches, holdout)
+    trainer.train_epochs(model, optimizer, settings, worker, batches, holdout)
 
 
 def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
@@ -189,17 +215,8 @@ def run(config: TrainStyleConfig, ctx: JobContext) -> dict:
 
     payload = data | ({"vgg": vgg_model} if vgg_model else {})
     vgg_id = vgg_model.sha256 if vgg_model else f"random-{config.random_loss_network}"  # part of what was trained on
-    loop_config = {
-        "data": ray.put(payload),
-        "data_sha256": hashlib.sha256((trainer.fingerprint(data) + vgg_id).encode()).hexdigest(),
-        "seed": config.seed,
-        "random": config.random_loss_network,
-        "weights": (config.content_weight, config.style_weight),
-        "lr": config.lr,
-        "epochs": config.epochs,
-        "batch": config.batch_size,
-    }
-    state = trainer.fit(_loop, loop_config, ctx, config)
+    data_sha256 = hashlib.sha256((trainer.fingerprint(data) + vgg_id).encode()).hexdigest()
+    state = trainer.fit(_loop, StyleLoop.of(config, ray.put(payload), data_sha256), ctx, config)
     weights = {k.removeprefix("net."): v for k, v in state["model"].items() if k.startswith("net.")}
     last = state["history"][-1]
     vgg_name = vgg_model.name if vgg_model else f"random-vgg16-seed{config.random_loss_network}"

@@ -23,6 +23,7 @@ as a full run's: every manifest run is a whole snapshot, and no reader has to kn
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -51,6 +52,23 @@ LISTING = pa.schema(
         ("size", pa.int64()),
     ]
 )
+
+
+@dataclass(frozen=True)
+class CarryOver:
+    """What the joining tasks take from the manifest job: this run's id and staging folder, the partitions of the
+    content hashes its rows are staged in (by ``stage_rows``, the job's own staging, so that carried rows meet the
+    hashed ones in the duplicate pass), the label pattern taken again from each path, the writer of ``changes/``,
+    and how to cut the objects to hash into blocks (``workers``, ``min_bytes``). Frozen: it travels to every task."""
+
+    run_id: str
+    staging: Store
+    partitions: int
+    labels: str | None  # the --label-pattern
+    changes: RowWriter
+    stage_rows: Callable[[pa.Table, Store, int], list[dict]]
+    workers: int
+    min_bytes: int
 
 
 @dataclass(frozen=True)
@@ -97,14 +115,12 @@ def diff_archive(
     previous: Previous,
     root: Store,
     ledger: Ledger,
-    carry: dict,
+    carry: CarryOver,
     full: bool = False,
 ) -> Diff:
     """The listing (blocks of relpath, uri, modified, size) against the previous snapshot, by tasks. ``carry``:
-    what carrying rows over needs (``staging``, ``partitions``, ``run_id``, ``labels``, the ``changes`` writer,
-    ``stage_rows``: how the manifest job stages its rows for the duplicate pass) and how to cut the blocks to hash
-    (``workers``, ``min_bytes``); ``full``: every listed object is read again (the diff still finds the removed
-    ones)."""
+    what carrying rows over needs, and how to cut the blocks to hash; ``full``: every listed object is read again
+    (the diff still finds the removed ones)."""
     import ray
 
     stage = ray.remote(num_cpus=0.5)(stage_listed)
@@ -115,8 +131,7 @@ def diff_archive(
     slices = max(1, -(-max(objects, 1) // SLICE_SOURCES))
     bounds = [BUCKETS * i // slices for i in range(slices + 1)]
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(diff_slice)
-    settings = {"previous": previous, "full": full, **carry}
-    generators = [task.remote(lo, hi, ledger, listed, before, settings) for lo, hi in pairwise(bounds)]
+    generators = [task.remote(lo, hi, ledger, listed, before, previous, carry, full) for lo, hi in pairwise(bounds)]
     diff = Diff()
     for generator in generators:
         refs = list(generator)
@@ -139,7 +154,16 @@ def stage_previous(path: str, root: Store, committed: set, ledger: Ledger) -> st
     return ledger.stage(PREVIOUS, committed_rows(path, root, committed, _PREVIOUS_COLUMNS, schema=MANIFEST))
 
 
-def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list[str], settings: dict):
+def diff_slice(
+    lo: int,
+    hi: int,
+    ledger: Ledger,
+    listed: list[str],
+    before: list[str],
+    previous: Previous,
+    carry: CarryOver,
+    full: bool,
+) -> Iterator[pa.Table | dict]:
     """One slice of the uris: carried rows staged for the duplicate pass, removed objects written to ``changes/``,
     the objects to hash yielded as blocks balanced by size, then a summary."""
     now = ledger.read(listed, lo, hi)
@@ -148,7 +172,6 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
     then = (MANIFEST.empty_table() if then is None else then).select(_PREVIOUS_COLUMNS)
     then = then.rename_columns([f"previous_{c}" for c in _PREVIOUS_COLUMNS])
     joined = now.join(then, "uri", "previous_uri", join_type="left outer")
-    previous: Previous = settings["previous"]
     racy = pa.scalar(previous.started_at - timedelta(seconds=RACY_SECONDS), pa.timestamp("ms", tz="UTC"))
     column = joined.column
     unchanged = [
@@ -159,17 +182,17 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
         pc.equal(column("etag"), column("previous_etag")),  # none on either side: read again
     ]
     same = pc.fill_null(functools.reduce(pc.and_kleene, unchanged), False)
-    if settings["full"]:
+    if full:
         same = pa.array([False] * joined.num_rows)
     carried, to_hash = joined.filter(same), joined.filter(pc.invert(same))
-    staged = settings["stage_rows"](_carried_rows(carried, settings), settings["staging"], settings["partitions"])
+    staged = carry.stage_rows(_carried_rows(carried, carry), carry.staging, carry.partitions)
 
     gone = then.filter(pc.invert(pc.is_in(then.column("previous_uri"), value_set=now.column("uri"))))
     files = []
     if gone.num_rows:
         changes = pa.table(
             {
-                "run_id": [settings["run_id"]] * gone.num_rows,
+                "run_id": [carry.run_id] * gone.num_rows,
                 "uri": gone.column("previous_uri"),
                 "change": ["removed"] * gone.num_rows,
                 "sha256": pa.nulls(gone.num_rows, pa.string()),
@@ -178,7 +201,7 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
             },
             schema=CHANGES,
         )
-        files = settings["changes"].write(changes)
+        files = carry.changes.write(changes)
 
     objects = [
         ObjectInfo(uri, rel, size, modified, etag)
@@ -187,7 +210,7 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
         )
     ]
     known = dict(zip(to_hash.column("uri").to_pylist(), to_hash.column("previous_sha256").to_pylist(), strict=True))
-    for part in shard(objects, settings["workers"], settings["min_bytes"]) if objects else []:
+    for part in shard(objects, carry.workers, carry.min_bytes) if objects else []:
         yield pa.table(
             {
                 "relpath": [o.relpath for o in part],
@@ -207,15 +230,15 @@ def diff_slice(lo: int, hi: int, ledger: Ledger, listed: list[str], before: list
     }
 
 
-def _carried_rows(carried: pa.Table, settings: dict) -> pa.Table:
+def _carried_rows(carried: pa.Table, carry: CarryOver) -> pa.Table:
     """The previous snapshot's rows of unchanged objects, as this run's: its run id, the listing's path and time,
     the label taken from the path again (the label pattern may have changed)."""
-    matcher = glob_regex(settings["labels"]) if settings["labels"] else None
+    matcher = glob_regex(carry.labels) if carry.labels else None
     relpaths = carried.column("relpath").to_pylist()
     labels = [(m.group("label") if (m := matcher.fullmatch(r)) else None) for r in relpaths] if matcher else None
     columns = {c: carried.column(f"previous_{c}") for c in _PREVIOUS_COLUMNS if c not in ("uri", "relpath")}
     columns |= {
-        "run_id": pa.array([settings["run_id"]] * carried.num_rows, pa.string()),
+        "run_id": pa.array([carry.run_id] * carried.num_rows, pa.string()),
         "uri": carried.column("uri"),
         "relpath": carried.column("relpath"),
         "modified": carried.column("modified"),

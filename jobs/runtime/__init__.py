@@ -2,6 +2,7 @@
 
 launch       a job's run: its run id, logging, exit codes (``run_job``, ``launch``, ``JobContext``)
 cli          a job's command line, generated from its config dataclass (``JobConfig``)
+options      option groups several configs share, each defined once (``ModelsRoot``, ``ManifestInput``, ...)
 cluster      Ray started or joined, sources cut into shards, the pool of model actors (``ActorOptions``)
 output       how every job writes and commits its run (``JobOutput``, ``RowWriter``)
 accounting   every source ends as one outcome: planned, staged, settled, checked (``Ledger``)

@@ -2,11 +2,12 @@
 epoch loop, the checkpoint each epoch ends with, resuming from the last one, and the model and metrics a finished
 run leaves.
 
-A training job gives ``fit`` a loop function that runs on every worker. That function is three steps:
+A training job gives ``fit`` a loop function that runs on every worker, and the loop's settings: a frozen
+``LoopSettings`` of the job's own kind. The loop is three steps:
 
-    data, worker = start_worker(cfg)                     # the job's arrays, rank, world size, device; seeded
+    settings, data, worker = start_worker(cfg, FaceLoop)   # the loop's settings and arrays, rank, device; seeded
     model = ray.train.torch.prepare_model(Objective(...))  # the job's model and loss as one module (DDP)
-    train_epochs(model, optimizer, cfg, worker, batches, evaluate)
+    train_epochs(model, optimizer, settings, worker, batches, evaluate)
 
 ``train_epochs`` resumes from the run's newest checkpoint, scores the untrained model (epoch -1), then per epoch
 runs the job's batches through ``loss = model(*batch)``, evaluates on rank 0 and calls ``end_epoch``, which writes
@@ -23,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,7 @@ import torch
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext
+from jobs.runtime.options import ModelsRoot, tailored
 from jobs.runtime.output import JobOutput
 from ops.io.errors import JobFailed
 from ops.io.schemas import TRAINING
@@ -43,8 +45,10 @@ DIGEST = "state.pt.sha256"  # written beside it: a checkpoint that changed since
 
 
 @dataclass
-class TrainingConfig(JobConfig):
+class TrainingConfig(ModelsRoot, JobConfig):
     """Options every training job takes."""
+
+    models: str | None = tailored(ModelsRoot, "models", help="models root: models are read from and stored there")
 
     epochs: int = field(default=10, metadata={"help": "epochs in all (a rerun with more trains on)"})
     lr: float = field(default=1e-3, metadata={"run_key": True, "help": "Adam's learning rate"})
@@ -52,7 +56,6 @@ class TrainingConfig(JobConfig):
     workers: int = field(default=1, metadata={"help": "Ray Train workers (one per GPU on GPU clusters)"})
     gpus: bool | None = field(default=None, metadata={"help": "train on GPUs (default: when the cluster has them)"})
     name: str | None = field(default=None, metadata={"help": "registry name of the trained model (default: run id)"})
-    models: str | None = field(default=None, metadata={"help": "models root: models are read from and stored there"})
 
     def check(self) -> None:
         """Options every training job refuses the same way, before reading any data."""
@@ -60,9 +63,25 @@ class TrainingConfig(JobConfig):
             raise JobFailed("--workers and --epochs must be at least 1")
 
 
-def fit(loop: Callable[[dict], None], loop_config: dict, ctx: JobContext, config: TrainingConfig) -> dict:
-    """Run ``loop`` on ``--workers`` Ray Train workers (on GPUs when the cluster has them, or as ``--gpus`` says);
-    returns the state of the newest checkpoint (``model``, ``history``, ...)."""
+@dataclass(frozen=True)
+class LoopSettings:
+    """What a training loop takes to its Ray Train workers: the job's arrays (put in Ray's object store once, read
+    by every worker), their fingerprint (a checkpoint made from other data is not resumed), the seed, the epochs in
+    all and Adam's learning rate. A job subclasses it with its loop's own settings."""
+
+    data: Any  # a ray.ObjectRef of the job's dict of arrays
+    data_sha256: str
+    seed: int
+    epochs: int
+    lr: float
+
+
+S = TypeVar("S", bound=LoopSettings)
+
+
+def fit(loop: Callable[[dict], None], settings: LoopSettings, ctx: JobContext, config: TrainingConfig) -> dict:
+    """Run ``loop`` on ``--workers`` Ray Train workers (on GPUs when the cluster has them, or as ``--gpus`` says),
+    with ``settings``; returns the state of the newest checkpoint (``model``, ``history``, ...)."""
     workers, gpus = config.workers, config.gpus
     ensure_ray()
     import ray
@@ -73,7 +92,7 @@ def fit(loop: Callable[[dict], None], loop_config: dict, ctx: JobContext, config
     storage = ctx.output.join("checkpoints")  # not training/: that prefix is the committed metrics table
     trainer = TorchTrainer(
         loop,
-        train_loop_config=loop_config,
+        train_loop_config={"settings": settings},  # Ray Train hands its workers a dict: the settings are its entry
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=ctx.run_id,
@@ -103,23 +122,28 @@ class Worker:
     device: torch.device
 
 
-def start_worker(cfg: dict) -> tuple[dict, Worker]:
-    """On a worker: the job's data (from Ray's object store; arrays read-only), who this worker is, and the seed
-    set, so that every worker starts from the same weights (DDP also broadcasts them)."""
+def start_worker(cfg: dict, kind: type[S]) -> tuple[S, dict, Worker]:
+    """On a worker: the loop's settings (``fit``'s, of the job's ``kind``), the job's data (from Ray's object store;
+    arrays read-only), who this worker is, and the seed set, so that every worker starts from the same weights (DDP
+    also broadcasts them)."""
     import ray
     import ray.train
     import ray.train.torch
 
-    data = ray.get(cfg["data"])
+    settings = cfg["settings"]
+    if not isinstance(settings, kind):
+        raise TypeError(f"the loop expects {kind.__name__} settings, not {type(settings).__name__}")
+    data = ray.get(settings.data)
     context = ray.train.get_context()
-    torch.manual_seed(cfg["seed"])
-    return data, Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+    torch.manual_seed(settings.seed)
+    worker = Worker(context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device())
+    return settings, data, worker
 
 
 def train_epochs(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    cfg: dict,
+    settings: LoopSettings,
     worker: Worker,
     batches: Callable[[np.random.Generator], Iterable[tuple[torch.Tensor, ...]]],
     evaluate: Callable[[], dict],
@@ -127,11 +151,11 @@ def train_epochs(
     """The epoch loop of every training job, on a worker. ``batches(rng)`` yields one epoch's batches (tensors on
     the worker's device, the first one a row per sample); ``model(*batch)`` is the loss; ``evaluate()`` gives the
     held-out metrics, on rank 0 only. Epoch -1 is the untrained model, scored before any step."""
-    first, history = resume(model, optimizer, cfg["data_sha256"])
+    first, history = resume(model, optimizer, settings.data_sha256)
     if first == 0 and worker.rank == 0:
         history = [{"epoch": -1, **evaluate()}]
-    for epoch in range(first, cfg["epochs"]):
-        rng = np.random.default_rng([cfg["seed"], worker.rank, epoch])  # each worker its own order, reproducibly
+    for epoch in range(first, settings.epochs):
+        rng = np.random.default_rng([settings.seed, worker.rank, epoch])  # each worker its own order, reproducibly
         speed, total, steps = Throughput(), 0.0, 0
         model.train()
         for batch in batches(rng):
@@ -145,7 +169,7 @@ def train_epochs(
         if worker.rank == 0:
             metrics |= evaluate()
         history.append(metrics)
-        end_epoch(model, optimizer, epoch, history, cfg["data_sha256"])
+        end_epoch(model, optimizer, epoch, history, settings.data_sha256)
 
 
 def load_state(folder: str) -> dict:

@@ -1,6 +1,7 @@
 """jobs.stylize over a manifest of good and bad images, both methods, as a user runs it."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -154,3 +155,26 @@ def test_a_trained_style_network_lowers_its_style_loss_and_stylize_takes_it(ray_
     assert stylize.main([*styled, "--output", str(out), "--run-id", "ff"]) == 0
     rows, _ = _rows(out, "ff")
     assert len(rows) == 3 and {r["model_name"] for r in rows} == {"stripes"}
+
+
+def test_the_actors_get_the_styling_options_and_each_row_records_them():
+    config = stylize.StylizeConfig(style="s.png", steps=10, scales="0.5,1", coarse_steps=3, tile=64, format="png")
+    settings = stylize.StyleSettings.of(config, "run-1")
+    assert settings.run_id == "run-1" and settings.method == "gatys" and settings.batch_size == 4
+    assert settings.parameters() == {
+        "steps": 10,
+        "scales": "0.5,1",
+        "coarse_steps": 3,
+        "optimizer": "lbfgs",
+        "alpha": 1.0,
+        "beta": 1e5,
+        "tv": 1e-4,
+        "preserve_colour": False,
+        "max_side": 512,
+        "tile": 64,
+        "format": "png",
+        "quality": 92,
+    }
+    gatys = settings.gatys_settings()
+    assert (gatys.steps, gatys.scales, gatys.coarse_steps, gatys.seed) == (10, [0.5, 1.0], 3, 0)
+    assert pickle.loads(pickle.dumps(settings)) == settings  # it travels to every style actor
