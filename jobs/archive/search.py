@@ -402,22 +402,33 @@ def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
     return [s for s in shards if s]
 
 
-@dataclass(frozen=True)
-class Search:
-    """How a run searches: where its staged files are, K asked of the shards and ranks kept, the rows' fields and
-    writer, the shard layout and the query blocks' size; ``mode``: see ``match_rows``."""
+QUERY_BATCH = 8192  # queries a block task sends to every shard at once (``jobs.match --query-batch``)
 
-    store: Store
+
+@dataclass(frozen=True, kw_only=True)
+class ShardLayout:
+    """How the gallery sits on shard actors (``open_shards``) and how many queries a block task sends them."""
+
+    shards: int | None = None  # None: one per GPU, else one on CPUs (``jobs.runtime.cluster.shard_plan``)
+    gpus_per_shard: float | None = None  # None: 1 when the cluster has GPUs
+    precision: str = "fp32"  # of the CUDA products: fp32, fp16 or bf16 (the exact re-scoring keeps results equal)
+    query_batch: int = QUERY_BATCH
+
+
+@dataclass(frozen=True, kw_only=True)
+class Search:
+    """How a run searches: K asked of the shards and the ranks kept, whether the queries are the gallery (a query
+    found in its own gallery is skipped) and the ``mode`` (see ``match_rows``); where its staged files are, its rows'
+    fields and their writer; the shard layout. Frozen and picklable: it travels to every block task."""
+
     k: int
     keep: int
     same_set: bool
+    mode: str = "search"
+    store: Store
     fields: dict
     writer: RowWriter
-    shards: int | None
-    gpus_per_shard: float | None
-    precision: str
-    query_batch: int
-    mode: str = "search"
+    layout: ShardLayout = ShardLayout()
 
 
 def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
@@ -427,12 +438,15 @@ def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
     galleries = {name: g for name, g in galleries.items() if g.files}
     if not galleries:
         return []
-    n_shards, per_shard = shard_plan(how.shards, how.gpus_per_shard, max(len(g.files) for g in galleries.values()))
+    layout = how.layout
+    n_shards, per_shard = shard_plan(
+        layout.shards, layout.gpus_per_shard, max(len(g.files) for g in galleries.values())
+    )
     shares = {name: split(g.files, n_shards) for name, g in galleries.items()}
     n_shards = max(len(s) for s in shares.values())
     actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
     held = [
-        actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, how.precision)
+        actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, layout.precision)
         for i in range(n_shards)
     ]
     sizes = ", ".join(f"{len(g)} {name}" for name, g in galleries.items())
@@ -473,10 +487,11 @@ def search_archive(queries: Prepared, gallery: Prepared, how: Search) -> tuple[l
     # Block tasks ask for no CPU: they wait on the shards most of their life, the window bounds how many run, and
     # a CPU they held could be the one a CPU shard needs (shards on every CPU would leave them waiting forever).
     task = ray.remote(num_cpus=0)(search_block)
+    batch = how.layout.query_batch
     calls = [
-        (partial(task.remote, path, a, min(a + how.query_batch, n), held, how), min(how.query_batch, n - a))
+        (partial(task.remote, path, a, min(a + batch, n), held, how), min(batch, n - a))
         for path, n in queries.files
-        for a in range(0, n, how.query_batch)
+        for a in range(0, n, batch)
     ]
     try:
         results = run_windowed(calls, 2 * len(held) + 2, len(queries))

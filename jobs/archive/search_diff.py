@@ -274,8 +274,8 @@ def search_sets(
         calls = []
         block = ray.remote(num_cpus=0)(search_block)  # no CPU: see jobs.archive.search.search_archive
         for path, n in queries.added.files:
-            for a in range(0, n, how.query_batch):
-                b = min(a + how.query_batch, n)
+            for a in range(0, n, how.layout.query_batch):
+                b = min(a + how.layout.query_batch, n)
                 calls.append((partial(block.remote, path, a, b, shards, how), b - a))
         merge = ray.remote(num_cpus=0)(merge_slice)
         ledger = Ledger(how.store)
@@ -356,8 +356,8 @@ def merge_slice(
         )
     else:
         carried = Candidates.concat([])
-    for a in range(0, clean.num_rows, how.query_batch):
-        chunk = clean.slice(a, how.query_batch)
+    for a in range(0, clean.num_rows, how.layout.query_batch):
+        chunk = clean.slice(a, how.layout.query_batch)
         mine = (carried.query >= a) & (carried.query < a + chunk.num_rows)
         old = Candidates(
             carried.query[mine] - a, carried.score[mine], carried.gallery[mine], carried.names.filter(pa.array(mine))
@@ -367,8 +367,8 @@ def merge_slice(
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     # Kept queries that lost an item of their list: searched in full.
     again = queries.filter(pa.array(stale))
-    for a in range(0, again.num_rows, how.query_batch):
-        chunk = again.slice(a, how.query_batch)
+    for a in range(0, again.num_rows, how.layout.query_batch):
+        chunk = again.slice(a, how.layout.query_batch)
         written, count, unknowns = _write(chunk, ask(shards, chunk, how.k), how)
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     return files, rows, unknown, again.num_rows
