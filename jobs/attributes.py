@@ -39,6 +39,7 @@ from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import WRITE_ROWS, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
+from jobs.runtime.slices import even_parts
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
 from ops.io.custody import verified_bytes, verified_copy
@@ -373,7 +374,7 @@ def read_frames(batch: pa.Table, root: Store, pairs: set, limits: Limits) -> Ite
         key = pc.binary_join_element_wise(data.column("uri"), data.column("sha256"), "\x00")
         starts = [0] + (np.flatnonzero(pc.not_equal(key[1:], key[:-1]).to_numpy()) + 1).tolist()
         bounds = starts + [data.num_rows]
-        first, last = part * len(starts) // parts, (part + 1) * len(starts) // parts
+        first, last = even_parts(len(starts), parts)[part]
         mine = data.slice(bounds[first], bounds[last] - bounds[first])
         rows = [r | {"item": k} for r, k in zip(mine.to_pylist(), items.keys(mine, "faces"), strict=True)]
         sources: dict[tuple[str, str], list[dict]] = {}

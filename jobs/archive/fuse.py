@@ -19,15 +19,15 @@ task (uris staged by bucket, so a source's face and voice meet in one task), top
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.archive.verify import Verifier, _embeddings
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.runtime.accounting import Ledger
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import bucket_slices
 from ops.io.errors import JobFailed, UnmatchedPair
 from ops.io.schemas import EVIDENCE
 from ops.io.storage import Store, resolve, storage_errors
@@ -408,15 +408,13 @@ def identify_fused(
         pending += [task.remote(p, verifier.root, pairs, ledger) for p in paths]
     probe_paths = [p for p in ray.get(pending) if p]
     staged_uris = sum(pq.read_metadata(p, filesystem=ledger.folder.arrow).num_rows for p in probe_paths)
-    slices = max(1, -(-staged_uris // SLICE_SOURCES))
-    edges = np.linspace(0, BUCKETS, slices + 1).astype(int).tolist()
     score = ray.remote(num_cpus=1)(identify_slice)
     enrolled_path = enrolled["uris_path"] if same_set else None
     done = Identified([], [], enrolled["identities"], enrolled["enrolled"], 0, 0, 0)
     for found in ray.get(
         [
             score.remote(lo, hi, probe_paths, ledger, queries, enrolled["path"], enrolled_path, k, rows, errors)
-            for lo, hi in pairwise(edges)
+            for lo, hi in bucket_slices(staged_uris)
         ]
     ):
         if found["failed"]:

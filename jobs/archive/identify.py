@@ -22,14 +22,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.archive.search import Prepared
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
+from jobs.runtime.accounting import Ledger, write_bucketed
+from jobs.runtime.slices import bucket_slices
 from ops.io.errors import EmbeddingError
 from ops.io.storage import Store, resolve
 from ops.io.tables import committed_files, committed_rows
@@ -78,7 +78,7 @@ def enrol(
         task = ray.remote(num_cpus=0.5)(stage_manifest_labels)
         label_paths = [p for p in ray.get([task.remote(p, root, pairs, ledger) for p in paths]) if p]
     log.info("labels from %s under %s", where, root.uri)
-    slices = _cuts(len(gallery))
+    slices = bucket_slices(len(gallery))
     join = ray.remote(num_cpus=0.5)(join_slice)
     item_paths = [path for path, _ in gallery.files]
     pool_paths = [path for path, _ in (pool if pool is not None else gallery).files]
@@ -95,16 +95,12 @@ def enrol(
     probes.models, probes.dim = gallery.models, gallery.dim
     sums = [j["sums"] for j in joined if j["sums"]]
     centroid = ray.remote(num_cpus=0.5)(centroid_slice)
-    made = ray.get([centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in _cuts(enrolled)])
+    made = ray.get(
+        [centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in bucket_slices(enrolled)]
+    )
     identities = Prepared(files=sorted((m["path"], m["rows"]) for m in made if m["rows"]))
     identities.models, identities.dim = gallery.models, gallery.dim
     return Enrolled(identities, probes, enrolled)
-
-
-def _cuts(count: int) -> list[tuple[int, int]]:
-    slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
-    cuts = [i * BUCKETS // slices for i in range(slices + 1)]
-    return list(pairwise(cuts))
 
 
 def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) -> str:

@@ -25,14 +25,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.runtime.accounting import Ledger
 from jobs.runtime.cluster import shard
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import bucket_slices
 from ops.io.root import locate
 from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
@@ -112,11 +112,9 @@ def diff_archive(
     paths, committed = committed_files(root, "manifest", previous.run_id)
     stage_previous_task = ray.remote(num_cpus=0.5)(stage_previous)
     before = ray.get([stage_previous_task.remote(p, root, committed, ledger) for p in paths])
-    slices = max(1, -(-max(objects, 1) // SLICE_SOURCES))
-    bounds = [BUCKETS * i // slices for i in range(slices + 1)]
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(diff_slice)
     settings = {"previous": previous, "full": full, **carry}
-    generators = [task.remote(lo, hi, ledger, listed, before, settings) for lo, hi in pairwise(bounds)]
+    generators = [task.remote(lo, hi, ledger, listed, before, settings) for lo, hi in bucket_slices(objects)]
     diff = Diff()
     for generator in generators:
         refs = list(generator)

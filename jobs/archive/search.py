@@ -36,6 +36,7 @@ from jobs.runtime.accounting import write_bucketed
 from jobs.runtime.cluster import ensure_ray, shard_plan
 from jobs.runtime.output import RowWriter
 from jobs.runtime.progress import Progress
+from jobs.runtime.slices import balanced, blocks
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
@@ -393,13 +394,8 @@ def ask(shards: list, queries: pa.Table, k: int, part: str = "all") -> Candidate
 
 
 def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
-    """Files into ``n`` shards of about equal item counts (largest first, each to the lightest shard)."""
-    loads, shards = [0] * n, [[] for _ in range(n)]
-    for path, rows in sorted(files, key=lambda f: (-f[1], f[0])):
-        i = int(np.argmin(loads))
-        shards[i].append(path)
-        loads[i] += rows
-    return [s for s in shards if s]
+    """Files (path, items) into ``n`` shards of about equal item counts: their paths (``slices.balanced``)."""
+    return [[path for path, _ in share] for share in balanced(files, n, lambda f: f[1], lambda f: f[0])]
 
 
 QUERY_BATCH = 8192  # queries a block task sends to every shard at once (``jobs.match --query-batch``)
@@ -487,11 +483,10 @@ def search_archive(queries: Prepared, gallery: Prepared, how: Search) -> tuple[l
     # Block tasks ask for no CPU: they wait on the shards most of their life, the window bounds how many run, and
     # a CPU they held could be the one a CPU shard needs (shards on every CPU would leave them waiting forever).
     task = ray.remote(num_cpus=0)(search_block)
-    batch = how.layout.query_batch
     calls = [
-        (partial(task.remote, path, a, min(a + batch, n), held, how), min(batch, n - a))
+        (partial(task.remote, path, a, b, held, how), b - a)
         for path, n in queries.files
-        for a in range(0, n, batch)
+        for a, b in blocks(n, how.layout.query_batch)
     ]
     try:
         results = run_windowed(calls, 2 * len(held) + 2, len(queries))

@@ -29,7 +29,6 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +46,9 @@ from jobs.archive.search import (
     run_windowed,
     search_block,
 )
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
+from jobs.runtime.accounting import Ledger, write_bucketed
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import blocks, bucket_slices
 from ops.io.schemas import MATCH_ITEMS, SCHEMA_VERSION
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import DataFile, committed_files, committed_rows
@@ -119,12 +119,6 @@ def stage_previous_file(path: str, root: Store, pairs: set, ledger: Ledger, by: 
     return staged
 
 
-def slices(count: int) -> list[tuple[int, int]]:
-    """Bucket ranges of about SLICE_SOURCES items each."""
-    n = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
-    return list(pairwise([i * BUCKETS // n for i in range(n + 1)]))
-
-
 @dataclass
 class ItemSet:
     """One staged item set, recorded in ``match_items/``, and what it is against the previous run's: the added
@@ -159,14 +153,12 @@ def diff_set(
     paths = [p for p, _ in prepared.files]
     before = previous.items.get(side, []) if previous else None
     task = ray.remote(num_cpus=0.5)(diff_slice)
+    slices = bucket_slices(len(prepared))
     done = ray.get(
-        [
-            task.remote(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities)
-            for lo, hi in slices(len(prepared))
-        ]
+        [task.remote(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities) for lo, hi in slices]
     )
     found = ItemSet(prepared, side, compared=previous is not None)
-    for (lo, hi), d in zip(slices(len(prepared)), done, strict=True):
+    for (lo, hi), d in zip(slices, done, strict=True):
         found.records += d["records"]
         if d["added"][1]:
             found.added.files.append(d["added"])
@@ -274,8 +266,7 @@ def search_sets(
         calls = []
         block = ray.remote(num_cpus=0)(search_block)  # no CPU: see jobs.archive.search.search_archive
         for path, n in queries.added.files:
-            for a in range(0, n, how.layout.query_batch):
-                b = min(a + how.layout.query_batch, n)
+            for a, b in blocks(n, how.layout.query_batch):
                 calls.append((partial(block.remote, path, a, b, shards, how), b - a))
         merge = ray.remote(num_cpus=0)(merge_slice)
         ledger = Ledger(how.store)
@@ -356,9 +347,9 @@ def merge_slice(
         )
     else:
         carried = Candidates.concat([])
-    for a in range(0, clean.num_rows, how.layout.query_batch):
-        chunk = clean.slice(a, how.layout.query_batch)
-        mine = (carried.query >= a) & (carried.query < a + chunk.num_rows)
+    for a, b in blocks(clean.num_rows, how.layout.query_batch):
+        chunk = clean.slice(a, b - a)
+        mine = (carried.query >= a) & (carried.query < b)
         old = Candidates(
             carried.query[mine] - a, carried.score[mine], carried.gallery[mine], carried.names.filter(pa.array(mine))
         )
@@ -367,8 +358,8 @@ def merge_slice(
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     # Kept queries that lost an item of their list: searched in full.
     again = queries.filter(pa.array(stale))
-    for a in range(0, again.num_rows, how.layout.query_batch):
-        chunk = again.slice(a, how.layout.query_batch)
+    for a, b in blocks(again.num_rows, how.layout.query_batch):
+        chunk = again.slice(a, b - a)
         written, count, unknowns = _write(chunk, ask(shards, chunk, how.k), how)
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     return files, rows, unknown, again.num_rows

@@ -3,7 +3,6 @@ the pool of model actors beside the decoding tasks."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from jobs.runtime.slices import balanced
 from ops.io.errors import JobFailed
 from ops.io.redact import redact
 from ops.io.storage import ObjectInfo
@@ -69,13 +69,7 @@ def shard(objects: list[ObjectInfo], cpus: int, min_bytes: int) -> list[list[Obj
     total = sum(o.size for o in objects)
     n = min(cpus * SHARDS_PER_CPU, total // max(min_bytes, 1))
     n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
-    heap = [(0, i) for i in range(n)]
-    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
-    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
-        load, i = heapq.heappop(heap)
-        shards[i].append(obj)
-        heapq.heappush(heap, (load + max(obj.size, 1), i))
-    return [s for s in shards if s]
+    return balanced(objects, n, lambda o: o.size, lambda o: o.relpath)
 
 
 @dataclass

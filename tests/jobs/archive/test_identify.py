@@ -8,6 +8,7 @@ import pytest
 from jobs.archive import identify
 from jobs.archive.identify import enrol
 from jobs.archive.search import Search, ShardLayout, prepare_items, search_archive
+from jobs.runtime import slices
 from jobs.runtime.output import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -39,7 +40,7 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     ray_cluster, gallery, monkeypatch, slice_sources
 ):
     root, uris, vectors, labels = gallery
-    monkeypatch.setattr(identify, "SLICE_SOURCES", slice_sources)
+    monkeypatch.setattr(slices, "SLICE_SOURCES", slice_sources)
     staging = root.join("_staging", "t")
     items = prepare_items(root, "faces", "embed", True, staging.join("g"))
     enrolled = enrol(root, items, str(labels), None, True, staging)
