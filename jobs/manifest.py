@@ -27,6 +27,7 @@ from jobs.archive.manifest_diff import diff_archive, previous_manifest
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import GROWTH, ensure_ray, shard
+from jobs.runtime.gather import add_up, gather
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
 from jobs.runtime.progress import Progress
@@ -434,20 +435,12 @@ def _gather_hashed(hashed, job: SourceJob, staged: dict[int, list[str]], changed
 def _write_manifest(staged: dict[int, list[str]], ctx: JobContext, job: SourceJob):
     """A task per partition of the staged rows writes its manifest rows (duplicates flagged there); their files
     added to the run; the counts: rows written, duplicates, kinds, labelled rows, two unlabelled paths."""
-    import ray
-
     writer = RowWriter(ctx.output, "manifest", MANIFEST, ctx.run_id, job.out.attempt)
-    task = ray.remote(write_partition)
-    done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
-    written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []
+    done = gather(write_partition, [(paths, ctx.output, writer) for _, paths in sorted(staged.items())], cpus=1)
     for part in done:
         job.add_files("manifest", part["files"])
-        written += part["rows"]
-        duplicates += part["duplicates"]
-        kinds.update(part["kinds"])
-        labelled += part["labelled"]
-        unlabelled = (unlabelled + part["unlabelled"])[:2]
-    return written, duplicates, kinds, labelled, unlabelled
+    total = add_up(done, {"rows": 0, "duplicates": 0, "kinds": Counter(), "labelled": 0, "unlabelled": []})
+    return total["rows"], total["duplicates"], total["kinds"], total["labelled"], total["unlabelled"][:2]
 
 
 def _say_labels(ctx: JobContext, pattern: str, labelled: int, rows: int, unlabelled: list[str]) -> None:

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cluster import shard
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.slices import bucket_slices
 from ops.io.root import locate
@@ -107,11 +108,9 @@ def diff_archive(
     ones)."""
     import ray
 
-    stage = ray.remote(num_cpus=0.5)(stage_listed)
-    listed = ray.get([stage.remote(block, ledger) for block in blocks])
+    listed = gather(stage_listed, [(block, ledger) for block in blocks])
     paths, committed = committed_files(root, "manifest", previous.run_id)
-    stage_previous_task = ray.remote(num_cpus=0.5)(stage_previous)
-    before = ray.get([stage_previous_task.remote(p, root, committed, ledger) for p in paths])
+    before = gather(stage_previous, [(p, root, committed, ledger) for p in paths])
     task = ray.remote(num_cpus=0.5, num_returns="streaming")(diff_slice)
     settings = {"previous": previous, "full": full, **carry}
     generators = [task.remote(lo, hi, ledger, listed, before, settings) for lo, hi in bucket_slices(objects)]

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from jobs.runtime.accounting import write_bucketed
 from jobs.runtime.cluster import ensure_ray, shard_plan
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.progress import Progress
 from jobs.runtime.slices import balanced, blocks
@@ -111,8 +112,6 @@ def prepare_items(
     and then a task per partition; the same for faces with ``tracks``, each video's track one item
     (``items.tracked_faces``). Plain tasks: Ray Data's hash shuffle cost seconds more on small clusters (as
     the manifest found)."""
-    import ray
-
     if table not in EMBEDDING_TABLES:
         raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
     paths, committed = committed_files(root, table, run_id)
@@ -122,17 +121,16 @@ def prepare_items(
     if table == "faces" and (per_source or tracks):
         # One clearest face per source is small; every face and track is not: about a data file's rows a partition.
         parts = max(1, min(len(paths), 64 if per_source else 1024))
-        split_task = ray.remote(num_cpus=0.5)(partition_faces)
         partitioned: dict[int, list[str]] = {}
-        split = [split_task.remote(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]
-        for found in ray.get(split):
+        written = gather(
+            partition_faces, [(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]
+        )
+        for found in written:
             for part, path in found.items():
                 partitioned.setdefault(part, []).append(path)
-        task = ray.remote(num_cpus=0.5)(stage_partition)
-        summaries = ray.get([task.remote(files, root, settings) for _, files in sorted(partitioned.items())])
+        summaries = gather(stage_partition, [(files, root, settings) for _, files in sorted(partitioned.items())])
     else:
-        task = ray.remote(num_cpus=0.5)(stage_file)
-        summaries = ray.get([task.remote(p, root, committed, settings) for p in paths])
+        summaries = gather(stage_file, [(p, root, committed, settings) for p in paths])
     prepared = Prepared()
     for summary in summaries:
         if summary["rows"]:

@@ -47,6 +47,7 @@ from jobs.archive.search import (
     search_block,
 )
 from jobs.runtime.accounting import Ledger, write_bucketed
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.slices import blocks, bucket_slices
 from ops.io.schemas import MATCH_ITEMS, SCHEMA_VERSION
@@ -87,15 +88,10 @@ class Previous:
 def stage_previous(root: Store, run_id: str, by: dict[str, str], ledger: Ledger) -> Previous:
     """The previous run's ``match_items/`` of each side (bucketed by ``by[side]``) and its ``matches/`` rows, staged
     by tasks: one per data file."""
-    import ray
-
-    task = ray.remote(num_cpus=0.5)(stage_previous_file)
     item_paths, pairs = committed_files(root, "match_items", run_id)
     row_paths, row_pairs = committed_files(root, "matches", run_id)
-    staged = ray.get(
-        [task.remote(p, root, pairs, ledger, by) for p in item_paths]
-        + [task.remote(p, root, row_pairs, ledger, None) for p in row_paths]
-    )
+    calls = [(p, root, pairs, ledger, by) for p in item_paths] + [(p, root, row_pairs, ledger, None) for p in row_paths]
+    staged = gather(stage_previous_file, calls)
     items: dict[str, list[str]] = {side: [] for side in by}
     rows: list[str] = []
     for found in staged:
@@ -148,14 +144,11 @@ def diff_set(
     identities: bool = False,
 ) -> ItemSet:
     """``prepared`` recorded as ``side`` and compared with the previous run's ``side`` (tasks, a slice each)."""
-    import ray
-
     paths = [p for p, _ in prepared.files]
     before = previous.items.get(side, []) if previous else None
-    task = ray.remote(num_cpus=0.5)(diff_slice)
     slices = bucket_slices(len(prepared))
-    done = ray.get(
-        [task.remote(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities) for lo, hi in slices]
+    done = gather(
+        diff_slice, [(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities) for lo, hi in slices]
     )
     found = ItemSet(prepared, side, compared=previous is not None)
     for (lo, hi), d in zip(slices, done, strict=True):

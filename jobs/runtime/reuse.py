@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.runtime.cluster import shard
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.slices import bucket_slices
 from ops.io.schemas import SCHEMA_VERSION
@@ -124,15 +125,14 @@ def plan_reusing(
     most rows of one previous table (a slice holds its share of every table's rows)."""
     import ray
 
-    stage = ray.remote(num_cpus=0.5)(stage_previous)
-    pending = []
+    calls, tables = [], []
     for table, writer in reuse.writers.items():
         paths, committed = committed_files(root, table, reuse.run_id)
-        pending += [(table, stage.remote(p, root, committed, table, writer.schema.names, ledger)) for p in paths]
+        calls += [(p, root, committed, table, writer.schema.names, ledger) for p in paths]
+        tables += [table] * len(paths)
     previous: dict[str, list[str]] = {}
     rows: Counter = Counter()
-    for table, ref in pending:
-        path, count = ray.get(ref)
+    for table, (path, count) in zip(tables, gather(stage_previous, calls), strict=True):
         if path:
             previous.setdefault(table, []).append(path)
             rows[table] += count
