@@ -35,13 +35,14 @@ import pyarrow.compute as pc
 import torch
 
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
+from jobs.runtime.cluster import FRAMES_PER_BLOCK, ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import WRITE_ROWS, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
 from jobs.runtime.slices import even_parts
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
+from ops.faces.pipeline import DETECT_MAX_SIDE
 from ops.io.custody import verified_bytes, verified_copy
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, VideoDecodeError, describe, error_type
 from ops.io.schemas import ATTRIBUTES, schema_for
@@ -64,7 +65,6 @@ JOB = "attributes"
 COLUMNS = ["uri", "sha256", "frame_index", "face_index", "embedding", "model_name", "model_sha256"]
 PICTURE_COLUMNS = ["uri", "sha256", "frame_index", "face_index", "timestamp", "landmarks"]
 PICTURE_COLUMNS += ["detector_name", "detector_sha256"]
-MAX_SIDE = 4096  # jobs.embed_faces' default --max-side, for a faces run that does not say its own
 
 
 @dataclass
@@ -296,7 +296,6 @@ _MADE_ROWS = pa.schema(
 _MADE = pa.schema([("table", pa.string()), ("file", pa.string()), ("faces", pa.int64()), ("errors", pa.int64())])
 PICTURE_SPECS = [AttributeSpec(name, "categorical", "ce", list(classes)) for name, classes in GROUPS.items()]
 FACES_PER_PART = 1000  # faces a decode task reads again: a large data file of faces/ is cut into parts of this many
-FRAMES_PER_BLOCK = 8  # frames a decode task hands on at once: bounded memory for long videos
 FRAME_BATCH = 16  # frames per model-actor batch on a GPU (4K frames: 48 MB each)
 CUT_FRAMES = 8  # frames of one size cut in one call: its float copy of them bounds the memory it takes
 CHIP_BATCH = 256  # chips per forward pass
@@ -314,7 +313,7 @@ class Limits:
     @classmethod
     def of(cls, run: dict) -> Limits:
         config = run.get("config") or {}
-        return cls(int(config.get("max_pixels") or DEFAULT_MAX_PIXELS), config.get("max_side", MAX_SIDE))
+        return cls(int(config.get("max_pixels") or DEFAULT_MAX_PIXELS), config.get("max_side", DETECT_MAX_SIDE))
 
 
 def _apply_pictures(config, root, faces_run, applier, rows, errors, out) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from jobs.archive.manifest_diff import diff_archive, previous_manifest
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import GROWTH, ensure_ray, shard
+from jobs.runtime.cluster import GROWTH, TASK_CPUS, ensure_ray, shard
 from jobs.runtime.gather import add_up, gather
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import WRITE_ROWS, RowWriter, SourceJob, file_row, parse_file_row
@@ -223,12 +223,12 @@ def list_archive(archive: Store, pattern: str, workers: int, skip: str | None = 
     import ray
 
     try:
-        folders = ray.get(ray.remote(num_cpus=0.5)(_folders).remote(archive))
+        folders = ray.get(ray.remote(num_cpus=TASK_CPUS)(_folders).remote(archive))
     except ray.exceptions.RayTaskError as exc:  # the archive's own message (it does not exist, it is a file)
         raise exc.cause from None
     parts = [("", True)] + [(name, False) for name in folders if name != skip]
     share = max(1, -(-workers // len(parts)))
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(list_blocks)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(list_blocks)
     generators = [task.remote(archive, pattern, under, top, share, skip) for under, top in parts]
     listing = Listing()
     for generator in generators:

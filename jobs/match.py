@@ -39,7 +39,7 @@ from jobs.archive.fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
 from jobs.archive.identify import enrol
 from jobs.archive.search import QUERY_BATCH, Prepared, Projection, Search, ShardLayout, prepare_items
 from jobs.archive.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
-from jobs.archive.verify import Verifier, check_pairs, verify_archive
+from jobs.archive.verify import PAIRS_PER_TASK, Verifier, check_pairs, verify_archive
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
@@ -127,7 +127,7 @@ class MatchConfig(JobConfig):
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
-    pairs_per_task: int = field(default=100_000, metadata={"help": "verify: pairs each task reads and scores"})
+    pairs_per_task: int = field(default=PAIRS_PER_TASK, metadata={"help": "verify: pairs each task reads and scores"})
     query_batch: int = field(default=QUERY_BATCH, metadata={"help": "queries sent to the shards at a time"})
     reuse: bool = field(
         default=True,

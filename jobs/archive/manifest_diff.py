@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.runtime.accounting import Ledger
-from jobs.runtime.cluster import shard
+from jobs.runtime.cluster import TASK_CPUS, shard
 from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.slices import bucket_slices
@@ -111,7 +111,7 @@ def diff_archive(
     listed = gather(stage_listed, [(block, ledger) for block in blocks])
     paths, committed = committed_files(root, "manifest", previous.run_id)
     before = gather(stage_previous, [(p, root, committed, ledger) for p in paths])
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(diff_slice)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(diff_slice)
     settings = {"previous": previous, "full": full, **carry}
     generators = [task.remote(lo, hi, ledger, listed, before, settings) for lo, hi in bucket_slices(objects)]
     diff = Diff()

@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.runtime.accounting import write_bucketed
-from jobs.runtime.cluster import ensure_ray, shard_plan
+from jobs.runtime.cluster import GPU_ACTOR_CPUS, ensure_ray, shard_plan
 from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.progress import Progress
@@ -438,7 +438,7 @@ def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
     )
     shares = {name: split(g.files, n_shards) for name, g in galleries.items()}
     n_shards = max(len(s) for s in shares.values())
-    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
+    actor = ray.remote(num_gpus=per_shard, num_cpus=GPU_ACTOR_CPUS if per_shard else 1)(GalleryShard)
     held = [
         actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, layout.precision)
         for i in range(n_shards)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.runtime.cluster import shard
+from jobs.runtime.cluster import TASK_CPUS, shard
 from jobs.runtime.output import RowWriter, parse_file_row
 from jobs.runtime.progress import Progress
 from jobs.runtime.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
@@ -137,7 +137,7 @@ def plan_sources(
         raise JobFailed(f"no committed manifest under {root.uri}: run `python -m jobs.manifest` first")
     paths, pairs = committed_files(root, "manifest", run_id)
     cpus = max(1, -(-parallelism // max(len(paths), 1)))
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(plan_file)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(plan_file)
     by_content = reuse is not None
     generators = [task.remote(p, root, pairs, categories, columns, cpus, min_bytes, ledger, by_content) for p in paths]
     sources, planned = Sources(manifest_rows=total), []

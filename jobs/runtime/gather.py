@@ -17,12 +17,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from jobs.runtime.cluster import TASK_CPUS
+
 T = TypeVar("T")
 
-PART_CPUS = 0.5  # what the jobs' staging and slice tasks ask: they read and write files more than they compute
 
-
-def gather(fn: Callable[..., T], calls: Iterable[tuple], cpus: float = PART_CPUS) -> list[T]:
+def gather(fn: Callable[..., T], calls: Iterable[tuple], cpus: float = TASK_CPUS) -> list[T]:
     """``fn(*args)`` as a Ray task of ``cpus`` CPUs for each ``args`` in ``calls``, all submitted at once; their
     results in the order of ``calls``."""
     import ray

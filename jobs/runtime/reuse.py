@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime.cluster import shard
+from jobs.runtime.cluster import TASK_CPUS, shard
 from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.slices import bucket_slices
@@ -136,7 +136,7 @@ def plan_reusing(
         if path:
             previous.setdefault(table, []).append(path)
             rows[table] += count
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(reuse_slice)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(reuse_slice)
     generators = [
         task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes)
         for lo, hi in bucket_slices(sources, max(rows.values(), default=0))
