@@ -144,7 +144,7 @@ def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int,
 
     import ray
 
-    from jobs.archive.search import Prepared, Search, search_archive
+    from jobs.archive.search import Prepared, Search, ShardLayout, search_archive
     from jobs.runtime.output import RowWriter
     from ops.io.schemas import MATCHES
     from ops.io.storage import resolve
@@ -165,7 +165,8 @@ def scaling(shard_counts: list[int], queries: int, gallery: int, d: int, k: int,
             for n in shard_counts:
                 writer = RowWriter(store, "matches", MATCHES, "bench", f"{r}-{n}")
                 t = time.perf_counter()
-                how = Search(store, k, k, False, fields, writer, n, 1.0 if gpus >= n else 0.0, "fp32", 8192)
+                layout = ShardLayout(shards=n, gpus_per_shard=1.0 if gpus >= n else 0.0)
+                how = Search(k=k, keep=k, same_set=False, store=store, fields=fields, writer=writer, layout=layout)
                 search_archive(q, g, how)
                 times[n].append(time.perf_counter() - t)
     finally:

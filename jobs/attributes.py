@@ -34,13 +34,15 @@ import pyarrow.compute as pc
 import torch
 
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray
+from jobs.runtime.cluster import FRAMES_PER_BLOCK, ActorOptions, actor_plan, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.options import EmbeddingsInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
+from jobs.runtime.slices import even_parts
 from ops.attributes.fairface import FAIRFACE, GROUPS, cut_frames
 from ops.attributes.heads import ATTRIBUTE_HEAD, AttributeSpec, interval
+from ops.faces.pipeline import DETECT_MAX_SIDE
 from ops.io.custody import verified_bytes, verified_copy
 from ops.io.errors import EmbeddingError, InvalidEmbedding, JobFailed, VideoDecodeError, describe, error_type
 from ops.io.schemas import ATTRIBUTES
@@ -62,7 +64,6 @@ JOB = "attributes"
 COLUMNS = ["uri", "sha256", "frame_index", "face_index", "embedding", "model_name", "model_sha256"]
 PICTURE_COLUMNS = ["uri", "sha256", "frame_index", "face_index", "timestamp", "landmarks"]
 PICTURE_COLUMNS += ["detector_name", "detector_sha256"]
-MAX_SIDE = 4096  # jobs.embed_faces' default --max-side, for a faces run that does not say its own
 
 
 @dataclass
@@ -275,7 +276,6 @@ _MADE_ROWS = pa.schema(
 _MADE = pa.schema([("table", pa.string()), ("file", pa.string()), ("faces", pa.int64()), ("errors", pa.int64())])
 PICTURE_SPECS = [AttributeSpec(name, "categorical", "ce", list(classes)) for name, classes in GROUPS.items()]
 FACES_PER_PART = 1000  # faces a decode task reads again: a large data file of faces/ is cut into parts of this many
-FRAMES_PER_BLOCK = 8  # frames a decode task hands on at once: bounded memory for long videos
 FRAME_BATCH = 16  # frames per model-actor batch on a GPU (4K frames: 48 MB each)
 CUT_FRAMES = 8  # frames of one size cut in one call: its float copy of them bounds the memory it takes
 CHIP_BATCH = 256  # chips per forward pass
@@ -293,7 +293,7 @@ class Limits:
     @classmethod
     def of(cls, run: dict) -> Limits:
         config = run.get("config") or {}
-        return cls(int(config.get("max_pixels") or DEFAULT_MAX_PIXELS), config.get("max_side", MAX_SIDE))
+        return cls(int(config.get("max_pixels") or DEFAULT_MAX_PIXELS), config.get("max_side", DETECT_MAX_SIDE))
 
 
 def _apply_pictures(config, root, faces_run, applier, rows, errors, out) -> tuple[int, int]:
@@ -353,7 +353,7 @@ def read_frames(batch: pa.Table, root: Store, pairs: set, limits: Limits) -> Ite
         key = pc.binary_join_element_wise(data.column("uri"), data.column("sha256"), "\x00")
         starts = [0] + (np.flatnonzero(pc.not_equal(key[1:], key[:-1]).to_numpy()) + 1).tolist()
         bounds = starts + [data.num_rows]
-        first, last = part * len(starts) // parts, (part + 1) * len(starts) // parts
+        first, last = even_parts(len(starts), parts)[part]
         mine = data.slice(bounds[first], bounds[last] - bounds[first])
         rows = [r | {"item": k} for r, k in zip(mine.to_pylist(), items.keys(mine, "faces"), strict=True)]
         sources: dict[tuple[str, str], list[dict]] = {}

@@ -38,14 +38,14 @@ from jobs.runtime.accounting import (
     summed,
 )
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
+from jobs.runtime.cluster import FRAMES_PER_BLOCK, ActorOptions, actor_plan, ensure_ray, in_process, model_pipeline
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.options import ManifestInput, ModelsOnWorkers
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, error_row, file_row
 from jobs.runtime.progress import ItemClock
 from jobs.runtime.reuse import Reuse, reusable_run, reuse_key
 from ops.faces.mtcnn import DetectorConfig
-from ops.faces.pipeline import FacePipeline
+from ops.faces.pipeline import DETECT_MAX_SIDE, FacePipeline
 from ops.faces.tracks import assign_tracks, clearest_per_track
 from ops.io.custody import open_verified, verified_bytes
 from ops.io.errors import ItemTimeout, JobFailed, PreviewError, VideoDecodeError
@@ -62,7 +62,6 @@ JOB = "embed_faces"
 ROWS_VERSION = 3  # bump when a code change alters the rows this job makes: no earlier run's rows are reused then
 # 2: detections as facenet-pytorch's, chips as dlib's (every box, landmark and embedding moved)
 MIN_SHARD_BYTES = 1 << 20  # a shard of about this many bytes of photos is a second or so of decoding
-FRAMES_PER_YIELD = 8  # decoded frames per block handed to the face actors: bounded memory for long videos
 
 
 @dataclass
@@ -78,7 +77,7 @@ class EmbedFacesConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
     item_timeout: float = field(default=900.0, metadata={"help": "seconds of decoding per source at most (0: none)"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images declaring more pixels"})
     max_side: int = field(
-        default=4096,
+        default=DETECT_MAX_SIDE,
         metadata={"help": "shrink larger images to this side before detection (boxes stay in source pixels)"},
     )
     thumbnails: bool = field(
@@ -223,7 +222,7 @@ def decode_frames(batch: pa.Table, endpoint_url: str | None, decoding: FrameDeco
                             count += 1
                             clock.check(f"decoding {count} frames")
                             size = (round(frame.rgb.shape[0] * frame.scale), round(frame.rgb.shape[1] * frame.scale))
-                            if len(rows) >= FRAMES_PER_YIELD:
+                            if len(rows) >= FRAMES_PER_BLOCK:
                                 yield pa.Table.from_pylist(rows, schema=_STAGED)
                                 rows = []
                 except (VideoDecodeError, ItemTimeout) as exc:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 from jobs.archive.manifest_diff import CarryOver, diff_archive, previous_manifest
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import GROWTH, ensure_ray, shard
+from jobs.runtime.cluster import GROWTH, TASK_CPUS, ensure_ray, shard
+from jobs.runtime.gather import add_up, gather
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import WRITE_ROWS, JobOutput, RowWriter, file_row, parse_file_row
 from jobs.runtime.progress import Progress
@@ -222,12 +223,12 @@ def list_archive(archive: Store, pattern: str, workers: int, skip: str | None = 
     import ray
 
     try:
-        folders = ray.get(ray.remote(num_cpus=0.5)(_folders).remote(archive))
+        folders = ray.get(ray.remote(num_cpus=TASK_CPUS)(_folders).remote(archive))
     except ray.exceptions.RayTaskError as exc:  # the archive's own message (it does not exist, it is a file)
         raise exc.cause from None
     parts = [("", True)] + [(name, False) for name in folders if name != skip]
     share = max(1, -(-workers // len(parts)))
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(list_blocks)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(list_blocks)
     generators = [task.remote(archive, pattern, under, top, share, skip) for under, top in parts]
     listing = Listing()
     for generator in generators:
@@ -440,20 +441,12 @@ def _gather_hashed(hashed, job: JobOutput, staged: dict[int, list[str]], changed
 def _write_manifest(staged: dict[int, list[str]], ctx: JobContext, job: JobOutput):
     """A task per partition of the staged rows writes its manifest rows (duplicates flagged there); their files
     added to the run; the counts: rows written, duplicates, kinds, labelled rows, two unlabelled paths."""
-    import ray
-
     writer = job.row_writer("manifest")
-    task = ray.remote(write_partition)
-    done = ray.get([task.remote(paths, ctx.output, writer) for _, paths in sorted(staged.items())])
-    written, duplicates, kinds, labelled, unlabelled = 0, 0, Counter(), 0, []
+    done = gather(write_partition, [(paths, ctx.output, writer) for _, paths in sorted(staged.items())], cpus=1)
     for part in done:
         job.add_files("manifest", part["files"])
-        written += part["rows"]
-        duplicates += part["duplicates"]
-        kinds.update(part["kinds"])
-        labelled += part["labelled"]
-        unlabelled = (unlabelled + part["unlabelled"])[:2]
-    return written, duplicates, kinds, labelled, unlabelled
+    total = add_up(done, {"rows": 0, "duplicates": 0, "kinds": Counter(), "labelled": 0, "unlabelled": []})
+    return total["rows"], total["duplicates"], total["kinds"], total["labelled"], total["unlabelled"][:2]
 
 
 def _say_labels(ctx: JobContext, pattern: str, labelled: int, rows: int, unlabelled: list[str]) -> None:

@@ -37,9 +37,9 @@ import pyarrow.compute as pc
 
 from jobs.archive.fuse import FUSED_PAIRS, Evidence, fuse_chunk, identify_fused
 from jobs.archive.identify import enrol
-from jobs.archive.search import Prepared, Projection, Search, prepare_items
+from jobs.archive.search import QUERY_BATCH, Prepared, Projection, Search, ShardLayout, prepare_items
 from jobs.archive.search_diff import Previous, diff_set, search_key, search_sets, stage_previous
-from jobs.archive.verify import Verifier, check_pairs, verify_archive
+from jobs.archive.verify import PAIRS_PER_TASK, Verifier, check_pairs, verify_archive
 from jobs.runtime.accounting import Ledger
 from jobs.runtime.cli import JobConfig
 from jobs.runtime.cluster import ensure_ray
@@ -124,8 +124,8 @@ class MatchConfig(LabelledInput, ModelsRoot, JobConfig):
     shards: int | None = field(default=None, metadata={"help": "gallery shards, one actor each (default: GPUs, or 1)"})
     gpus_per_shard: float | None = field(default=None, metadata={"help": "default: 1 when the cluster has GPUs"})
     precision: str = field(default="fp32", metadata={"help": "CUDA products: fp32, fp16 or bf16 (results identical)"})
-    pairs_per_task: int = field(default=100_000, metadata={"help": "verify: pairs each task reads and scores"})
-    query_batch: int = field(default=8192, metadata={"help": "queries sent to the shards at a time"})
+    pairs_per_task: int = field(default=PAIRS_PER_TASK, metadata={"help": "verify: pairs each task reads and scores"})
+    query_batch: int = field(default=QUERY_BATCH, metadata={"help": "queries sent to the shards at a time"})
     reuse: bool = field(
         default=True,
         metadata={
@@ -207,18 +207,14 @@ def _previous(config: MatchConfig, ctx: JobContext, key: dict, staging, by: dict
 
 def _how(config: MatchConfig, ctx: JobContext, k: int, keep: int, same_set: bool, fields: dict, out, mode: str):
     writer = out.row_writer("matches")
+    layout = ShardLayout(
+        shards=config.shards,
+        gpus_per_shard=config.gpus_per_shard,
+        precision=config.precision,
+        query_batch=config.query_batch,
+    )
     return Search(
-        ctx.output,
-        k,
-        keep,
-        same_set,
-        fields,
-        writer,
-        config.shards,
-        config.gpus_per_shard,
-        config.precision,
-        config.query_batch,
-        mode,
+        k=k, keep=keep, same_set=same_set, mode=mode, store=ctx.output, fields=fields, writer=writer, layout=layout
     )
 
 

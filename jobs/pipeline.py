@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from jobs import attributes, calibrate, embed_faces, embed_voices, identities, manifest, match, report
 from jobs.runtime.cli import JobConfig
-from jobs.runtime.cluster import ensure_ray
+from jobs.runtime.cluster import TASK_CPUS, ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.options import ModelsOnWorkers
 from jobs.runtime.output import JobOutput
@@ -332,7 +332,7 @@ def _why_not_calibrated(ctx: JobContext, table: str, run_id: str, manifest_run: 
     ensure_ray()
     import ray
 
-    task = ray.remote(num_cpus=0.5)(why_not_calibrated)
+    task = ray.remote(num_cpus=TASK_CPUS)(why_not_calibrated)
     return ray.get(task.remote(ctx.output, table, run_id, manifest_run))
 
 

@@ -51,7 +51,7 @@ from ops.media.images import DEFAULT_MAX_PIXELS, decode_image
 from ops.models import catalogue
 from ops.models.device import best_device
 from ops.style import gatys
-from ops.style.transformer_net import stylize, stylize_tiled
+from ops.style.transformer_net import MIN_SIDE, stylize, stylize_tiled
 from ops.style.vgg import random_network
 
 JOB = "stylize"
@@ -88,7 +88,7 @@ class StylizeConfig(ModelsOnWorkers, ManifestInput, ActorOptions, JobConfig):
     preserve_colour: bool = field(default=False, metadata={"run_key": True, "help": "gatys: luminance only"})
     seed: int = field(default=0, metadata={"run_key": True, "help": "gatys: noise init and tie-breaking"})
     max_side: int = field(default=512, metadata={"run_key": True, "help": "longer side of the output (0: as is)"})
-    min_side: int = field(default=32, metadata={"help": "refuse images with a shorter side than this"})
+    min_side: int = field(default=MIN_SIDE, metadata={"help": "refuse images with a shorter side than this"})
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={"help": "refuse images declaring more pixels"})
     tile: int = field(default=1024, metadata={"run_key": True, "help": "feedforward: tile side for large images"})
     format: str = field(default="jpeg", metadata={"run_key": True, "help": "jpeg, png or webp"})

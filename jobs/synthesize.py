@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +27,7 @@ from jobs.runtime.cluster import ensure_ray
 from jobs.runtime.launch import JobContext, run_job, run_module
 from jobs.runtime.output import JobOutput, RowWriter
 from jobs.runtime.progress import Progress
+from jobs.runtime.slices import blocks
 from ops.io.errors import JobFailed
 from ops.io.root import inside
 from ops.io.schemas import MANIFEST, faces, voices
@@ -83,8 +83,7 @@ def run(config: SynthesizeConfig, ctx: JobContext) -> dict:
     import ray
 
     task = ray.remote(make_chunk)
-    cuts = list(range(0, config.identities, CHUNK)) + [config.identities]
-    pending = {task.remote(config, a, b, prefix, writers): b - a for a, b in pairwise(cuts)}
+    pending = {task.remote(config, a, b, prefix, writers): b - a for a, b in blocks(config.identities, CHUNK)}
     progress = Progress("identities", config.identities)
     while pending:
         (done,), _ = ray.wait(list(pending), num_returns=1)

@@ -35,13 +35,12 @@ from ops.io.storage import resolve
 from ops.media.images import decode_image
 from ops.models import catalogue
 from ops.style.gatys import gram
-from ops.style.transformer_net import TransformerNet
+from ops.style.transformer_net import MIN_SIDE, TransformerNet
 from ops.style.vgg import VGG16_LAYERS, LossNetwork, from_registry, random_network
 
 JOB = "train_style"
 STYLE_LAYERS = list(VGG16_LAYERS)  # relu1_2, relu2_2, relu3_3, relu4_3
 CONTENT_LAYER = "relu2_2"
-MIN_SIDE = 32  # jobs.stylize's default --min-side: a smaller image (a 1-pixel spacer, a sliver) is no scene to learn
 
 
 @dataclass

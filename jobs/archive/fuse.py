@@ -19,15 +19,16 @@ task (uris staged by bucket, so a source's face and voice meet in one task), top
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.archive.verify import Verifier, _embeddings
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
+from jobs.runtime.accounting import Ledger
+from jobs.runtime.gather import add_up, gather
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import bucket_slices
 from ops.io.errors import JobFailed, UnmatchedPair
 from ops.io.schemas import EVIDENCE
 from ops.io.storage import Store, resolve, storage_errors
@@ -401,29 +402,31 @@ def identify_fused(
             "(the manifest's --label-pattern, or --labels uri,label)"
         )
     ledger = Ledger(staging.join("ledger"))
-    task = ray.remote(num_cpus=0.5)(stage_probe_uris)
-    pending = []
+    calls = []
     for verifier in (queries.faces, queries.voices):
         paths, pairs = committed_files(verifier.root, verifier.table, verifier.run_id)
-        pending += [task.remote(p, verifier.root, pairs, ledger) for p in paths]
-    probe_paths = [p for p in ray.get(pending) if p]
+        calls += [(p, verifier.root, pairs, ledger) for p in paths]
+    probe_paths = [p for p in gather(stage_probe_uris, calls) if p]
     staged_uris = sum(pq.read_metadata(p, filesystem=ledger.folder.arrow).num_rows for p in probe_paths)
-    slices = max(1, -(-staged_uris // SLICE_SOURCES))
-    edges = np.linspace(0, BUCKETS, slices + 1).astype(int).tolist()
-    score = ray.remote(num_cpus=1)(identify_slice)
     enrolled_path = enrolled["uris_path"] if same_set else None
-    done = Identified([], [], enrolled["identities"], enrolled["enrolled"], 0, 0, 0)
-    for found in ray.get(
+    found = gather(
+        identify_slice,
         [
-            score.remote(lo, hi, probe_paths, ledger, queries, enrolled["path"], enrolled_path, k, rows, errors)
-            for lo, hi in pairwise(edges)
-        ]
-    ):
-        if found["failed"]:
-            raise JobFailed(found["failed"])
-        done.rows += found["files"]
-        done.errors += found["error_files"]
-        done.probes += found["probes"]
-        done.unknown += found["unknown"]
-        done.unmatched += found["errors"]
-    return done
+            (lo, hi, probe_paths, ledger, queries, enrolled["path"], enrolled_path, k, rows, errors)
+            for lo, hi in bucket_slices(staged_uris)
+        ],
+        cpus=1,
+    )
+    failed = next((f["failed"] for f in found if f["failed"]), None)
+    if failed:
+        raise JobFailed(failed)
+    total = add_up(found, {"files": [], "error_files": [], "probes": 0, "unknown": 0, "errors": 0})
+    return Identified(
+        rows=total["files"],
+        errors=total["error_files"],
+        identities=enrolled["identities"],
+        enrolled=enrolled["enrolled"],
+        probes=total["probes"],
+        unknown=total["unknown"],
+        unmatched=total["errors"],
+    )

@@ -22,14 +22,15 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.archive.search import Prepared
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
+from jobs.runtime.accounting import Ledger, write_bucketed
+from jobs.runtime.gather import gather
+from jobs.runtime.slices import bucket_slices
 from ops.io.errors import EmbeddingError
 from ops.io.storage import Store, resolve
 from ops.io.tables import committed_files, committed_rows
@@ -75,16 +76,14 @@ def enrol(
         label_paths = [staged["path"]] if staged["path"] else []
     else:
         paths, pairs = committed_files(root, "manifest", manifest_run)
-        task = ray.remote(num_cpus=0.5)(stage_manifest_labels)
-        label_paths = [p for p in ray.get([task.remote(p, root, pairs, ledger) for p in paths]) if p]
+        label_paths = [p for p in gather(stage_manifest_labels, [(p, root, pairs, ledger) for p in paths]) if p]
     log.info("labels from %s under %s", where, root.uri)
-    slices = _cuts(len(gallery))
-    join = ray.remote(num_cpus=0.5)(join_slice)
+    slices = bucket_slices(len(gallery))
     item_paths = [path for path, _ in gallery.files]
     pool_paths = [path for path, _ in (pool if pool is not None else gallery).files]
     probes_at = staging.join("probes")
-    joined = ray.get(
-        [join.remote(lo, hi, item_paths, label_paths, ledger, same_set, probes_at, pool_paths) for lo, hi in slices]
+    joined = gather(
+        join_slice, [(lo, hi, item_paths, label_paths, ledger, same_set, probes_at, pool_paths) for lo, hi in slices]
     )
     conflicts = [j["conflict"] for j in joined if j["conflict"]]
     if conflicts:
@@ -94,17 +93,12 @@ def enrol(
     probes = Prepared(files=sorted((j["probes"], j["probe_count"]) for j in joined if j["probe_count"]))
     probes.models, probes.dim = gallery.models, gallery.dim
     sums = [j["sums"] for j in joined if j["sums"]]
-    centroid = ray.remote(num_cpus=0.5)(centroid_slice)
-    made = ray.get([centroid.remote(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in _cuts(enrolled)])
+    made = gather(
+        centroid_slice, [(lo, hi, sums, ledger, staging.join("identities")) for lo, hi in bucket_slices(enrolled)]
+    )
     identities = Prepared(files=sorted((m["path"], m["rows"]) for m in made if m["rows"]))
     identities.models, identities.dim = gallery.models, gallery.dim
     return Enrolled(identities, probes, enrolled)
-
-
-def _cuts(count: int) -> list[tuple[int, int]]:
-    slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
-    cuts = [i * BUCKETS // slices for i in range(slices + 1)]
-    return list(pairwise(cuts))
 
 
 def stage_manifest_labels(path: str, root: Store, pairs: set, ledger: Ledger) -> str:

@@ -26,14 +26,15 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger
-from jobs.runtime.cluster import shard
+from jobs.runtime.accounting import Ledger
+from jobs.runtime.cluster import TASK_CPUS, shard
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import bucket_slices
 from ops.io.root import locate
 from ops.io.schemas import CHANGES, MANIFEST
 from ops.io.storage import ObjectInfo, Store, glob_regex, resolve
@@ -123,15 +124,13 @@ def diff_archive(
     (the diff still finds the removed ones)."""
     import ray
 
-    stage = ray.remote(num_cpus=0.5)(stage_listed)
-    listed = ray.get([stage.remote(block, ledger) for block in blocks])
+    listed = gather(stage_listed, [(block, ledger) for block in blocks])
     paths, committed = committed_files(root, "manifest", previous.run_id)
-    stage_previous_task = ray.remote(num_cpus=0.5)(stage_previous)
-    before = ray.get([stage_previous_task.remote(p, root, committed, ledger) for p in paths])
-    slices = max(1, -(-max(objects, 1) // SLICE_SOURCES))
-    bounds = [BUCKETS * i // slices for i in range(slices + 1)]
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(diff_slice)
-    generators = [task.remote(lo, hi, ledger, listed, before, previous, carry, full) for lo, hi in pairwise(bounds)]
+    before = gather(stage_previous, [(p, root, committed, ledger) for p in paths])
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(diff_slice)
+    generators = [
+        task.remote(lo, hi, ledger, listed, before, previous, carry, full) for lo, hi in bucket_slices(objects)
+    ]
     diff = Diff()
     for generator in generators:
         refs = list(generator)

@@ -33,9 +33,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from jobs.runtime.accounting import write_bucketed
-from jobs.runtime.cluster import ensure_ray, shard_plan
+from jobs.runtime.cluster import GPU_ACTOR_CPUS, ensure_ray, shard_plan
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
 from jobs.runtime.progress import Progress
+from jobs.runtime.slices import balanced, blocks
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES
 from ops.io.storage import Store, storage_errors
@@ -110,8 +112,6 @@ def prepare_items(
     and then a task per partition; the same for faces with ``tracks``, each video's track one item
     (``items.tracked_faces``). Plain tasks: Ray Data's hash shuffle cost seconds more on small clusters (as
     the manifest found)."""
-    import ray
-
     if table not in EMBEDDING_TABLES:
         raise EmbeddingError(f"table {table!r} holds no embeddings: use one of {', '.join(EMBEDDING_TABLES)}")
     paths, committed = committed_files(root, table, run_id)
@@ -121,17 +121,16 @@ def prepare_items(
     if table == "faces" and (per_source or tracks):
         # One clearest face per source is small; every face and track is not: about a data file's rows a partition.
         parts = max(1, min(len(paths), 64 if per_source else 1024))
-        split_task = ray.remote(num_cpus=0.5)(partition_faces)
         partitioned: dict[int, list[str]] = {}
-        split = [split_task.remote(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]
-        for found in ray.get(split):
+        written = gather(
+            partition_faces, [(p, root, committed, parts, staging.join("parts"), per_source) for p in paths]
+        )
+        for found in written:
             for part, path in found.items():
                 partitioned.setdefault(part, []).append(path)
-        task = ray.remote(num_cpus=0.5)(stage_partition)
-        summaries = ray.get([task.remote(files, root, settings) for _, files in sorted(partitioned.items())])
+        summaries = gather(stage_partition, [(files, root, settings) for _, files in sorted(partitioned.items())])
     else:
-        task = ray.remote(num_cpus=0.5)(stage_file)
-        summaries = ray.get([task.remote(p, root, committed, settings) for p in paths])
+        summaries = gather(stage_file, [(p, root, committed, settings) for p in paths])
     prepared = Prepared()
     for summary in summaries:
         if summary["rows"]:
@@ -393,31 +392,37 @@ def ask(shards: list, queries: pa.Table, k: int, part: str = "all") -> Candidate
 
 
 def split(files: list[tuple[str, int]], n: int) -> list[list[str]]:
-    """Files into ``n`` shards of about equal item counts (largest first, each to the lightest shard)."""
-    loads, shards = [0] * n, [[] for _ in range(n)]
-    for path, rows in sorted(files, key=lambda f: (-f[1], f[0])):
-        i = int(np.argmin(loads))
-        shards[i].append(path)
-        loads[i] += rows
-    return [s for s in shards if s]
+    """Files (path, items) into ``n`` shards of about equal item counts: their paths (``slices.balanced``)."""
+    return [[path for path, _ in share] for share in balanced(files, n, lambda f: f[1], lambda f: f[0])]
 
 
-@dataclass(frozen=True)
+QUERY_BATCH = 8192  # queries a block task sends to every shard at once (``jobs.match --query-batch``)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardLayout:
+    """How the gallery sits on shard actors (``open_shards``) and how many queries a block task sends them."""
+
+    shards: int | None = None  # None: one per GPU, else one on CPUs (``jobs.runtime.cluster.shard_plan``)
+    gpus_per_shard: float | None = None  # None: 1 when the cluster has GPUs
+    precision: str = "fp32"  # of the CUDA products: fp32, fp16 or bf16 (the exact re-scoring keeps results equal)
+    query_batch: int = QUERY_BATCH
+
+
+@dataclass(frozen=True, kw_only=True)
 class Search:
-    """How a run searches: where its staged files are, K asked of the shards and ranks kept, the rows' fields and
-    writer, the shard layout and the query blocks' size; ``mode``: see ``match_rows``."""
+    """How a run searches: K asked of the shards and the ranks kept, whether the queries are the gallery (a query
+    found in its own gallery is skipped) and the ``mode`` (see ``match_rows``); where its staged files are, its rows'
+    fields and their writer; the shard layout. Frozen and picklable: it travels to every block task."""
 
-    store: Store
     k: int
     keep: int
     same_set: bool
+    mode: str = "search"
+    store: Store
     fields: dict
     writer: RowWriter
-    shards: int | None
-    gpus_per_shard: float | None
-    precision: str
-    query_batch: int
-    mode: str = "search"
+    layout: ShardLayout = ShardLayout()
 
 
 def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
@@ -427,12 +432,15 @@ def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
     galleries = {name: g for name, g in galleries.items() if g.files}
     if not galleries:
         return []
-    n_shards, per_shard = shard_plan(how.shards, how.gpus_per_shard, max(len(g.files) for g in galleries.values()))
+    layout = how.layout
+    n_shards, per_shard = shard_plan(
+        layout.shards, layout.gpus_per_shard, max(len(g.files) for g in galleries.values())
+    )
     shares = {name: split(g.files, n_shards) for name, g in galleries.items()}
     n_shards = max(len(s) for s in shares.values())
-    actor = ray.remote(num_gpus=per_shard, num_cpus=0.5 if per_shard else 1)(GalleryShard)
+    actor = ray.remote(num_gpus=per_shard, num_cpus=GPU_ACTOR_CPUS if per_shard else 1)(GalleryShard)
     held = [
-        actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, how.precision)
+        actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, layout.precision)
         for i in range(n_shards)
     ]
     sizes = ", ".join(f"{len(g)} {name}" for name, g in galleries.items())
@@ -474,9 +482,9 @@ def search_archive(queries: Prepared, gallery: Prepared, how: Search) -> tuple[l
     # a CPU they held could be the one a CPU shard needs (shards on every CPU would leave them waiting forever).
     task = ray.remote(num_cpus=0)(search_block)
     calls = [
-        (partial(task.remote, path, a, min(a + how.query_batch, n), held, how), min(how.query_batch, n - a))
+        (partial(task.remote, path, a, b, held, how), b - a)
         for path, n in queries.files
-        for a in range(0, n, how.query_batch)
+        for a, b in blocks(n, how.layout.query_batch)
     ]
     try:
         results = run_windowed(calls, 2 * len(held) + 2, len(queries))

@@ -29,7 +29,6 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +46,10 @@ from jobs.archive.search import (
     run_windowed,
     search_block,
 )
-from jobs.runtime.accounting import BUCKETS, SLICE_SOURCES, Ledger, write_bucketed
+from jobs.runtime.accounting import Ledger, write_bucketed
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import blocks, bucket_slices
 from ops.io.schemas import MATCH_ITEMS, SCHEMA_VERSION
 from ops.io.storage import Store, storage_errors
 from ops.io.tables import DataFile, committed_files, committed_rows
@@ -87,15 +88,10 @@ class Previous:
 def stage_previous(root: Store, run_id: str, by: dict[str, str], ledger: Ledger) -> Previous:
     """The previous run's ``match_items/`` of each side (bucketed by ``by[side]``) and its ``matches/`` rows, staged
     by tasks: one per data file."""
-    import ray
-
-    task = ray.remote(num_cpus=0.5)(stage_previous_file)
     item_paths, pairs = committed_files(root, "match_items", run_id)
     row_paths, row_pairs = committed_files(root, "matches", run_id)
-    staged = ray.get(
-        [task.remote(p, root, pairs, ledger, by) for p in item_paths]
-        + [task.remote(p, root, row_pairs, ledger, None) for p in row_paths]
-    )
+    calls = [(p, root, pairs, ledger, by) for p in item_paths] + [(p, root, row_pairs, ledger, None) for p in row_paths]
+    staged = gather(stage_previous_file, calls)
     items: dict[str, list[str]] = {side: [] for side in by}
     rows: list[str] = []
     for found in staged:
@@ -117,12 +113,6 @@ def stage_previous_file(path: str, root: Store, pairs: set, ledger: Ledger, by: 
         if mine.num_rows:
             staged[side] = ledger.stage(f"items-{side}", mine.drop_columns(["side"]), by=column)
     return staged
-
-
-def slices(count: int) -> list[tuple[int, int]]:
-    """Bucket ranges of about SLICE_SOURCES items each."""
-    n = min(BUCKETS, max(1, -(-count // SLICE_SOURCES)))
-    return list(pairwise([i * BUCKETS // n for i in range(n + 1)]))
 
 
 @dataclass
@@ -154,19 +144,14 @@ def diff_set(
     identities: bool = False,
 ) -> ItemSet:
     """``prepared`` recorded as ``side`` and compared with the previous run's ``side`` (tasks, a slice each)."""
-    import ray
-
     paths = [p for p, _ in prepared.files]
     before = previous.items.get(side, []) if previous else None
-    task = ray.remote(num_cpus=0.5)(diff_slice)
-    done = ray.get(
-        [
-            task.remote(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities)
-            for lo, hi in slices(len(prepared))
-        ]
+    slices = bucket_slices(len(prepared))
+    done = gather(
+        diff_slice, [(lo, hi, paths, before, Ledger(staging), side, writer, staging, identities) for lo, hi in slices]
     )
     found = ItemSet(prepared, side, compared=previous is not None)
-    for (lo, hi), d in zip(slices(len(prepared)), done, strict=True):
+    for (lo, hi), d in zip(slices, done, strict=True):
         found.records += d["records"]
         if d["added"][1]:
             found.added.files.append(d["added"])
@@ -274,8 +259,7 @@ def search_sets(
         calls = []
         block = ray.remote(num_cpus=0)(search_block)  # no CPU: see jobs.archive.search.search_archive
         for path, n in queries.added.files:
-            for a in range(0, n, how.query_batch):
-                b = min(a + how.query_batch, n)
+            for a, b in blocks(n, how.layout.query_batch):
                 calls.append((partial(block.remote, path, a, b, shards, how), b - a))
         merge = ray.remote(num_cpus=0)(merge_slice)
         ledger = Ledger(how.store)
@@ -356,9 +340,9 @@ def merge_slice(
         )
     else:
         carried = Candidates.concat([])
-    for a in range(0, clean.num_rows, how.query_batch):
-        chunk = clean.slice(a, how.query_batch)
-        mine = (carried.query >= a) & (carried.query < a + chunk.num_rows)
+    for a, b in blocks(clean.num_rows, how.layout.query_batch):
+        chunk = clean.slice(a, b - a)
+        mine = (carried.query >= a) & (carried.query < b)
         old = Candidates(
             carried.query[mine] - a, carried.score[mine], carried.gallery[mine], carried.names.filter(pa.array(mine))
         )
@@ -367,8 +351,8 @@ def merge_slice(
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     # Kept queries that lost an item of their list: searched in full.
     again = queries.filter(pa.array(stale))
-    for a in range(0, again.num_rows, how.query_batch):
-        chunk = again.slice(a, how.query_batch)
+    for a, b in blocks(again.num_rows, how.layout.query_batch):
+        chunk = again.slice(a, b - a)
         written, count, unknowns = _write(chunk, ask(shards, chunk, how.k), how)
         files, rows, unknown = files + written, rows + count, unknown + unknowns
     return files, rows, unknown, again.num_rows

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from jobs.runtime.cluster import TASK_CPUS
 from jobs.runtime.output import RowWriter
 from jobs.runtime.progress import Progress
 from ops.io.errors import AccountingMismatch, EmbeddingError, JobFailed, StorageError, UnmatchedPair
@@ -31,7 +32,9 @@ from ops.io.tables import DataFile, error_table
 from ops.matching.decisions import BELOW_EVIDENCE, decide, verbal_array
 from ops.matching.embeddings import EmbeddingSet, embedding_set, read_committed, through_head
 
-CHUNK = 100_000  # pairs per task: their named embeddings (two sides, every item of a source) fit a worker easily
+# Pairs per chunk task (``jobs.match --pairs-per-task``): their named embeddings (two sides, every item of a source)
+# fit a worker easily.
+PAIRS_PER_TASK = 100_000
 _UNSCORED = "no embedding (not in the embeddings, no face/speech found, or not a source)"
 
 
@@ -64,7 +67,7 @@ PAIRS = (("a", "b"),)  # the columns a pairs table must have: one layout here; f
 
 
 def stage_pairs(
-    source: Store, staging: Store, chunk: int = CHUNK, layouts: tuple[tuple[str, ...], ...] = PAIRS
+    source: Store, staging: Store, chunk: int = PAIRS_PER_TASK, layouts: tuple[tuple[str, ...], ...] = PAIRS
 ) -> tuple[list[tuple[str, int]], str | None]:
     """The pairs table (CSV with a header, or Parquet; the columns of the first of ``layouts`` it has) streamed into
     chunk files of at most ``chunk`` pairs. Returns the chunks (path, pairs) and, for a table that cannot be read,
@@ -352,7 +355,7 @@ def verify_archive(
     verifier,
     matches: RowWriter,
     errors: RowWriter,
-    chunk: int = CHUNK,
+    chunk: int = PAIRS_PER_TASK,
     layouts: tuple[tuple[str, ...], ...] = PAIRS,
     score=verify_chunk,
 ) -> Verified:
@@ -361,7 +364,7 @@ def verify_archive(
     import ray
 
     source = resolve(pairs_uri)
-    chunks, why = ray.get(ray.remote(num_cpus=0.5)(stage_pairs).remote(source, staging, chunk, layouts))
+    chunks, why = ray.get(ray.remote(num_cpus=TASK_CPUS)(stage_pairs).remote(source, staging, chunk, layouts))
     if why:
         raise JobFailed(why)
     task = ray.remote(num_cpus=1)(score)

@@ -24,29 +24,25 @@ memory grows with the number of files written, never with the number of sources.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from jobs.runtime.cluster import shard
+from jobs.runtime.cluster import TASK_CPUS, shard
 from jobs.runtime.output import RowWriter, parse_file_row
 from jobs.runtime.progress import Progress
 from jobs.runtime.reuse import PLANNED, REUSED, Planned, Reuse, plan_reusing
+from jobs.runtime.slices import bucket_slices, buckets
 from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.storage import ObjectInfo, Store, storage_errors
 from ops.io.tables import DataFile, OutputRun, committed_files, committed_rows, committed_runs, error_table
 
-BUCKETS = 1 << 16  # uris hash into this many buckets; a settling task takes a range of them
-SLICE_SOURCES = 100_000  # sources per settling task at most: its slice of the ledger fits a worker easily
-SLICE_ROWS = 200_000  # and staged rows per settling task at most (a video's faces, say)
 ROW_GROUPS = 64  # a ledger file's row groups: a task reading 1/n of the buckets reads about 1/n + 1/64 of it
 LISTED = "listed"  # the ledger's kind for the manifest's sources
 OUTCOMES = "outcomes"  # and for each source's outcome: a result ("source") or an error row ("error")
@@ -62,12 +58,6 @@ OUTCOME_FIELDS = [
     ("error_type", pa.string()),
     ("message", pa.string()),
 ]
-
-
-def buckets(uris: pa.Array | pa.ChunkedArray | list[str]) -> pa.Array:
-    """Each uri's bucket: the first two bytes of its sha256 (stable across processes and runs, unlike hash())."""
-    values = uris.to_pylist() if not isinstance(uris, list) else uris
-    return pa.array([int.from_bytes(hashlib.sha256(u.encode()).digest()[:2], "big") for u in values], pa.int32())
 
 
 @dataclass(frozen=True)
@@ -147,7 +137,7 @@ def plan_sources(
         raise JobFailed(f"no committed manifest under {root.uri}: run `python -m jobs.manifest` first")
     paths, pairs = committed_files(root, "manifest", run_id)
     cpus = max(1, -(-parallelism // max(len(paths), 1)))
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(plan_file)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(plan_file)
     by_content = reuse is not None
     generators = [task.remote(p, root, pairs, categories, columns, cpus, min_bytes, ledger, by_content) for p in paths]
     sources, planned = Sources(manifest_rows=total), []
@@ -160,14 +150,8 @@ def plan_sources(
             sources.listed.append(summary["path"])
             planned += [summary["planned"]] if by_content else []
     if by_content:
-        count = sources.count
-
-        def cut(heaviest: int) -> list[int]:  # slices of at most SLICE_SOURCES sources and SLICE_ROWS rows a table
-            slices = min(BUCKETS, max(1, -(-count // SLICE_SOURCES), -(-heaviest // SLICE_ROWS)))
-            return [BUCKETS * i // slices for i in range(slices + 1)]
-
-        cpus = max(1, -(-parallelism // (len(cut(0)) - 1)))
-        sources.reused = plan_reusing(root, ledger, planned, reuse, columns, cpus, min_bytes, cut)
+        cpus = max(1, -(-parallelism // len(bucket_slices(sources.count))))
+        sources.reused = plan_reusing(root, ledger, planned, reuse, columns, cpus, min_bytes, sources.count)
         sources.blocks = sources.reused.blocks
     return sources
 
@@ -267,22 +251,21 @@ def settle(
     errors: RowWriter,
     job: str,
     suffixes: tuple[str, ...] = ("",),
-    slice_rows: int = SLICE_ROWS,
+    slice_rows: int | None = None,
 ) -> Settled:
     """Check the accounting and write the per-source rows, a task per slice of the uris; raise ``JobFailed``
     (nothing committed) when a source has no outcome, two, or an outcome nobody listed. A source is expected once
-    under each key ``uri + suffix``."""
+    under each key ``uri + suffix``. A slice holds at most ``SLICE_SOURCES`` sources and ``slice_rows`` (default
+    ``SLICE_ROWS``) staged rows of any one kind."""
     import ray
 
     heaviest = max([staged.rows[k] for k in staged.rows if k not in (LISTED, OUTCOMES)], default=0)
     most = max(staged.rows[LISTED], staged.rows[OUTCOMES])
-    slices = max(1, -(-most // SLICE_SOURCES), -(-heaviest // slice_rows))
-    slices = min(slices, BUCKETS)
     paths = ray.put(staged.paths)
     task = ray.remote(settle_slice)
-    cuts = [i * BUCKETS // slices for i in range(slices + 1)]
     pending = [
-        task.remote(lo, hi, ledger, paths, suffixes, finish, finish_kwargs, errors, job) for lo, hi in pairwise(cuts)
+        task.remote(lo, hi, ledger, paths, suffixes, finish, finish_kwargs, errors, job)
+        for lo, hi in bucket_slices(most, heaviest, slice_rows)
     ]
     settled, problems = Settled(), Counter()
     examples: list[str] = []

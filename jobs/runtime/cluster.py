@@ -3,7 +3,6 @@ the pool of model actors beside the decoding tasks."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
+from jobs.runtime.slices import balanced
 from ops.io.errors import JobFailed
 from ops.io.redact import redact
 from ops.io.storage import ObjectInfo
@@ -57,6 +57,11 @@ def redact_worker_output() -> None:
     ray_worker.print_to_stdstream = redacted
 
 
+TASK_CPUS = 0.5  # what a staging, listing, planning or slice task asks: it reads and writes files more than it computes
+# What an actor beside a GPU asks (a model actor, a gallery shard): whole CPUs per actor would starve the decode tasks
+# on small nodes.
+GPU_ACTOR_CPUS = 0.5
+
 # Several shards per core keep every core busy when sizes vary; shards of at most MAX_SHARD_BYTES keep progress
 # and retries fine-grained on huge archives.
 SHARDS_PER_CPU = 4
@@ -69,13 +74,7 @@ def shard(objects: list[ObjectInfo], cpus: int, min_bytes: int) -> list[list[Obj
     total = sum(o.size for o in objects)
     n = min(cpus * SHARDS_PER_CPU, total // max(min_bytes, 1))
     n = max(1, min(len(objects), max(n, -(-total // MAX_SHARD_BYTES))))
-    heap = [(0, i) for i in range(n)]
-    shards: list[list[ObjectInfo]] = [[] for _ in range(n)]
-    for obj in sorted(objects, key=lambda o: (-o.size, o.relpath)):
-        load, i = heapq.heappop(heap)
-        shards[i].append(obj)
-        heapq.heappush(heap, (load + max(obj.size, 1), i))
-    return [s for s in shards if s]
+    return balanced(objects, n, lambda o: o.size, lambda o: o.relpath)
 
 
 @dataclass
@@ -103,6 +102,9 @@ class ActorOptions:
         },
     )
 
+
+# Decoded video frames a decode stage hands the model actors at once: a long video never sits decoded in memory whole.
+FRAMES_PER_BLOCK = 8
 
 # The most sources a job runs in its driver's process (``in_process_below``): a handful, so the driver's memory stays
 # that of one model and a few frames, whatever the archive.
@@ -142,8 +144,7 @@ class ActorPlan:
         return {
             "compute": ray.data.ActorPoolStrategy(min_size=self.min_size, max_size=self.max_size),
             "num_gpus": self.gpus_per_actor,
-            # Beside a GPU, a fraction of a CPU: whole ones per actor would starve the decode tasks on small nodes.
-            "num_cpus": 0.5 if self.gpus_per_actor else 1,
+            "num_cpus": GPU_ACTOR_CPUS if self.gpus_per_actor else 1,
             # Fused with decoding (no GPUs), a batch size would bundle that many *sources* per task, leaving actors
             # idle on a few large tasks; there each decoded block goes to the model as it comes.
             "batch_size": gpu_batch_size if self.gpus_per_actor else None,

@@ -23,13 +23,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from itertools import pairwise
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs.runtime.cluster import shard
+from jobs.runtime.cluster import TASK_CPUS, shard
+from jobs.runtime.gather import gather
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import bucket_slices
 from ops.io.schemas import SCHEMA_VERSION
 from ops.io.storage import ObjectInfo, Store
 from ops.io.tables import DataFile, committed_files, committed_rows, committed_runs
@@ -117,29 +118,28 @@ def plan_reusing(
     columns: list[str],
     cpus: int,
     min_bytes: int,
-    cut: Callable[[int], list[int]],
+    sources: int,
 ) -> Planned:
-    """The listed sources (staged by content hash in ``planned``) against the previous run, by tasks: one per data
-    file of its tables, then one per slice of the content hashes; ``cut`` gives the slices' bounds for the most rows
-    of one previous table (a slice holds its share of every table's rows)."""
+    """The listed sources (staged by content hash in ``planned``, ``sources`` of them) against the previous run, by
+    tasks: one per data file of its tables, then one per slice of the content hashes, cut for the sources and the
+    most rows of one previous table (a slice holds its share of every table's rows)."""
     import ray
 
-    stage = ray.remote(num_cpus=0.5)(stage_previous)
-    pending = []
+    calls, tables = [], []
     for table, writer in reuse.writers.items():
         paths, committed = committed_files(root, table, reuse.run_id)
-        pending += [(table, stage.remote(p, root, committed, table, writer.schema.names, ledger)) for p in paths]
+        calls += [(p, root, committed, table, writer.schema.names, ledger) for p in paths]
+        tables += [table] * len(paths)
     previous: dict[str, list[str]] = {}
     rows: Counter = Counter()
-    for table, ref in pending:
-        path, count = ray.get(ref)
+    for table, (path, count) in zip(tables, gather(stage_previous, calls), strict=True):
         if path:
             previous.setdefault(table, []).append(path)
             rows[table] += count
-    bounds = cut(max(rows.values(), default=0))
-    task = ray.remote(num_cpus=0.5, num_returns="streaming")(reuse_slice)
+    task = ray.remote(num_cpus=TASK_CPUS, num_returns="streaming")(reuse_slice)
     generators = [
-        task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes) for lo, hi in pairwise(bounds)
+        task.remote(lo, hi, ledger, planned, previous, reuse, columns, cpus, min_bytes)
+        for lo, hi in bucket_slices(sources, max(rows.values(), default=0))
     ]
     done = Planned()
     for generator in generators:

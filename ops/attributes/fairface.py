@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from ops.faces.align import dlib_template, warp
-from ops.models.registry import Architecture, read_state_dict
+from ops.models.registry import IMAGENET_MEAN, IMAGENET_STD, Architecture, read_state_dict
 
 GROUPS = {
     "race": ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"),
@@ -28,8 +28,6 @@ GROUPS = {
 OUTPUTS = sum(len(c) for c in GROUPS.values())  # 18
 # FairFace's predict.py: dlib.get_face_chips(img, shapes, size=300, padding=0.25), then transforms.Resize((224, 224)).
 CUT, PADDING, SIZE = 300, 0.25, 224
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 class FairFace(nn.Module):
@@ -39,8 +37,8 @@ class FairFace(nn.Module):
         super().__init__()
         self.net = torchvision.models.resnet34(weights=None)
         self.net.fc = nn.Linear(self.net.fc.in_features, OUTPUTS)
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         return self.net((chips - self.mean) / self.std)

@@ -21,6 +21,9 @@ from ops.models.device import memory_budget
 # MTCNN's working memory per input pixel, measured loosely (pyramid of about twice the pixels, P-Net's feature maps
 # in float32, padding of mixed sizes) and rounded up: what sizes a detection pass from the device's free memory.
 DETECT_BYTES_PER_PIXEL = 1024
+# Pictures larger than this on their longer side are shrunk to it before detection (boxes stay in source pixels):
+# jobs.embed_faces' default --max-side, and what jobs.attributes assumes of a faces run that does not record its own.
+DETECT_MAX_SIDE = 4096
 
 
 @dataclass

@@ -12,11 +12,10 @@ import numpy as np
 from PIL import Image
 
 from ops.io.errors import PreviewError
-from ops.media.audio import decode_mono
+from ops.media.audio import TARGET_RATE, decode_mono
 from ops.media.encode import encode_audio
 from ops.media.images import decode_image, sample_video
 
-SAMPLE_RATE = 16000  # what decode_mono gives
 CLIP_BIT_RATE = 24000  # Opus at 24 kb/s is transparent enough for listening to speech
 MARGIN = 0.3  # context around a face box, as a fraction of its size on each side
 
@@ -69,7 +68,7 @@ def speech_clip(data: bytes, start: float, end: float, max_seconds: float = 4.0)
     end = min(end, start + max_seconds)
     if end <= start:
         raise PreviewError(f"empty span {start:.2f}-{end:.2f} s")
-    first, last = int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)
+    first, last = int(start * TARGET_RATE), int(end * TARGET_RATE)
     pieces, have = [], 0
     try:
         _, chunks = decode_mono(io.BytesIO(data), max_seconds=end + 1.0)
@@ -83,4 +82,4 @@ def speech_clip(data: bytes, start: float, end: float, max_seconds: float = 4.0)
     wav = np.concatenate(pieces)[first:last] if pieces else np.zeros(0, np.float32)
     if len(wav) == 0:
         raise PreviewError(f"no audio at {start:.2f} s")
-    return data_uri("audio/ogg", encode_audio(wav, SAMPLE_RATE, "opus", bit_rate=CLIP_BIT_RATE))
+    return data_uri("audio/ogg", encode_audio(wav, TARGET_RATE, "opus", bit_rate=CLIP_BIT_RATE))

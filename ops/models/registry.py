@@ -31,6 +31,10 @@ CARD = "card.json"
 CHECKPOINT = "model.pt"
 MODELS_ENV = "CROSSMATCH_MODELS"
 DEFAULT_MODELS = "out/models"
+# The channel statistics torchvision's ImageNet backbones (VGG, ResNet) normalise RGB in [0, 1] by; a model trained
+# from one of them (FairFace's ResNet-34) keeps them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

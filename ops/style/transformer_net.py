@@ -19,6 +19,9 @@ from torch import Tensor, nn
 from ops.models.registry import Architecture, LoadedModel, read_state_dict
 
 LEGACY_KEYS = ("running_mean", "running_var")  # InstanceNorm statistics old checkpoints carry and never used
+# A picture with a shorter side is no scene (a 1-pixel spacer, a sliver): jobs.stylize refuses it by default
+# (--min-side), jobs.train_style leaves it out of the training images.
+MIN_SIDE = 32
 
 
 class Norm(nn.Module):

@@ -15,11 +15,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from ops.models.registry import Architecture, LoadedModel, read_state_dict
+from ops.models.registry import IMAGENET_MEAN, IMAGENET_STD, Architecture, LoadedModel, read_state_dict
 
-# ImageNet statistics torchvision's VGG weights expect, on RGB in 0..1.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 # Rectified outputs by Gatys et al.'s names: the index in ``features`` of the ReLU after each convolution.
 VGG19_LAYERS = {"conv1_1": 1, "conv2_1": 6, "conv3_1": 11, "conv4_1": 20, "conv4_2": 22, "conv5_1": 29}
 VGG16_LAYERS = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
@@ -41,8 +38,8 @@ class LossNetwork(nn.Module):
         self.features = features(kind)
         self.features.load_state_dict(state, strict=True)
         self.requires_grad_(False).eval()
-        self.register_buffer("mean", torch.tensor(MEAN)[None, :, None, None])
-        self.register_buffer("std", torch.tensor(STD)[None, :, None, None])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN)[None, :, None, None])
+        self.register_buffer("std", torch.tensor(IMAGENET_STD)[None, :, None, None])
 
     @property
     def random(self) -> bool:
@@ -88,7 +85,7 @@ def _card(kind: str) -> dict:
         "modality": "image",
         "task": "style-loss-network",
         "input": "RGB in 0..1",
-        "normalisation": f"ImageNet mean {MEAN} and std {STD}",
+        "normalisation": f"ImageNet mean {IMAGENET_MEAN} and std {IMAGENET_STD}",
         "layers": KINDS[kind],
         "note": "the convolutional part only (classifier dropped)",
     }

@@ -261,7 +261,10 @@ def convert_speechbrain(data: bytes) -> dict[str, torch.Tensor]:
 def _card(state: dict[str, torch.Tensor]) -> dict:
     return {
         "modality": "voice",
-        "input": {"sample_rate": 16000, "features": "80 log-mel fbank (SpeechBrain Fbank), per-utterance mean removed"},
+        "input": {
+            "sample_rate": SAMPLE_RATE,
+            "features": "80 log-mel fbank (SpeechBrain Fbank), per-utterance mean removed",
+        },
         "output_dim": int(state["fc.conv.weight"].shape[0]),
         "metric": "cosine",
         "default_threshold": 0.25,  # SpeechBrain's SpeakerRecognition.verify_batch default

@@ -7,7 +7,8 @@ import pytest
 
 from jobs.archive import identify
 from jobs.archive.identify import enrol
-from jobs.archive.search import Search, prepare_items, search_archive
+from jobs.archive.search import Search, ShardLayout, prepare_items, search_archive
+from jobs.runtime import slices
 from jobs.runtime.output import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -39,7 +40,7 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     ray_cluster, gallery, monkeypatch, slice_sources
 ):
     root, uris, vectors, labels = gallery
-    monkeypatch.setattr(identify, "SLICE_SOURCES", slice_sources)
+    monkeypatch.setattr(slices, "SLICE_SOURCES", slice_sources)
     staging = root.join("_staging", "t")
     items = prepare_items(root, "faces", "embed", True, staging.join("g"))
     enrolled = enrol(root, items, str(labels), None, True, staging)
@@ -52,7 +53,8 @@ def test_enrolment_is_the_mean_of_each_identitys_sources_whatever_the_slices(
     writer = RowWriter(root, "matches", MATCHES, "identify", "a1")
     fields = {"run_id": "identify", "model_name": "dlib-resnet-v1", "model_sha256": SHA, "threshold": 0.6}
     fields["threshold_source"] = "--threshold"
-    how = Search(root, 2, 2, False, fields, writer, 2, 0, "fp32", 5, mode="identify")
+    layout = ShardLayout(shards=2, gpus_per_shard=0, query_batch=5)
+    how = Search(k=2, keep=2, same_set=False, mode="identify", store=root, fields=fields, writer=writer, layout=layout)
     files, rows, unknown = search_archive(enrolled.probes, enrolled.identities, how)
     out = OutputRun(root, "identify", "match", attempt="a1")
     out.add_files("matches", files, MATCHES)

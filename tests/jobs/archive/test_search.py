@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs.archive.search import Prepared, Search, prepare_items, search_archive, split, stage_items
+from jobs.archive.search import Prepared, Search, ShardLayout, prepare_items, search_archive, split, stage_items
 from jobs.runtime.output import RowWriter
 from ops.io.errors import EmbeddingError
 from ops.io.schemas import MATCHES, faces
@@ -70,7 +70,8 @@ def _search(root, tmp_path, per_source: bool, shards: int, query_batch: int, k: 
     out = OutputRun(root, "search", "match")
     writer = RowWriter(root, "matches", MATCHES, "search", out.attempt)
     fields = {"run_id": "search", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    how = Search(root, k + 1, k, True, fields, writer, shards, 0, "fp32", query_batch)
+    layout = ShardLayout(shards=shards, gpus_per_shard=0, query_batch=query_batch)
+    how = Search(k=k + 1, keep=k, same_set=True, store=root, fields=fields, writer=writer, layout=layout)
     files, rows, _ = search_archive(items, items, how)
     out.add_files("matches", files, MATCHES)
     out.commit()
@@ -119,7 +120,9 @@ def test_cpu_shards_on_every_cpu_still_finish(ray_cluster, tmp_path):
         gallery.files.append((summary["path"], summary["rows"]))
     writer = RowWriter(root, "matches", MATCHES, "s", "a")
     fields = {"run_id": "s", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    _, rows, _ = search_archive(gallery, gallery, Search(root, 3, 2, True, fields, writer, cpus, 0, "fp32", 4))
+    layout = ShardLayout(shards=cpus, gpus_per_shard=0, query_batch=4)
+    how = Search(k=3, keep=2, same_set=True, store=root, fields=fields, writer=writer, layout=layout)
+    _, rows, _ = search_archive(gallery, gallery, how)
     assert rows == 5 * cpus * 2
 
 

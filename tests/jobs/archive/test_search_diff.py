@@ -81,7 +81,7 @@ def night(tmp_path):
 
 @pytest.mark.parametrize("slice_sources", [100_000, 16])
 def test_search_by_difference_equals_a_full_search(ray_cluster, night, slice_sources, monkeypatch):
-    monkeypatch.setattr("jobs.archive.search_diff.SLICE_SOURCES", slice_sources)  # 16: six slices of the uris
+    monkeypatch.setattr("jobs.runtime.slices.SLICE_SOURCES", slice_sources)  # 16: six slices of the uris
     root, uris = night
     first = run(
         root,

@@ -1,9 +1,10 @@
 import pyarrow as pa
 import pytest
 
-from jobs.runtime import accounting
-from jobs.runtime.accounting import OUTCOMES, Ledger, Staged, buckets, collect, plan_sources, settle
+from jobs.runtime import accounting, slices
+from jobs.runtime.accounting import OUTCOMES, Ledger, Staged, collect, plan_sources, settle
 from jobs.runtime.output import RowWriter
+from jobs.runtime.slices import buckets
 from jobs.stylize import finish as count_styled
 from ops.io.errors import AccountingMismatch, JobFailed
 from ops.io.schemas import MANIFEST, schema_for
@@ -80,7 +81,7 @@ def _nothing_staged(batch: pa.Table) -> pa.Table:
 
 def test_every_source_once_settles_and_writes_the_error_rows(planned, monkeypatch):
     root, uris, ledger, sources = planned
-    monkeypatch.setattr(accounting, "SLICE_SOURCES", 7)  # several slices: each source meets its rows in one
+    monkeypatch.setattr(slices, "SLICE_SOURCES", 7)  # several slices: each source meets its rows in one
     reported = [_outcomes(ledger, uris[:30]), _outcomes(ledger, uris[30:], "error")]
     staged = Staged(paths={accounting.LISTED: sources.listed, OUTCOMES: reported}, rows={OUTCOMES: 40})
     settled = _settle(root, ledger, staged)
@@ -124,4 +125,4 @@ def test_a_uri_listed_by_two_manifests_is_refused(ray_cluster, tmp_path):
 def test_buckets_are_stable_and_spread():
     got = buckets([f"s3://a/{i}.jpg" for i in range(4096)]).to_pylist()
     assert got[:2] == buckets(["s3://a/0.jpg", "s3://a/1.jpg"]).to_pylist()
-    assert 0 <= min(got) and max(got) < accounting.BUCKETS and len(set(got)) > 3900
+    assert 0 <= min(got) and max(got) < slices.BUCKETS and len(set(got)) > 3900
