@@ -116,11 +116,7 @@ class AttributesLoop(trainer.LoopSettings):
     ) -> AttributesLoop:
         """The job's options, with the data put in Ray's object store and the attributes to learn."""
         return cls(
-            data=data,
-            data_sha256=data_sha256,
-            seed=config.seed,
-            epochs=config.epochs,
-            lr=config.lr,
+            **cls.shared(config, data, data_sha256),
             specs=tuple(s.to_dict() for s in specs),
             hidden=config.hidden,
             batch=config.batch,

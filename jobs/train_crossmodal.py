@@ -99,11 +99,7 @@ class JointLoop(trainer.LoopSettings):
         """The job's options, with the data put in Ray's object store, the loss the mode takes and the batches an
         epoch takes."""
         return cls(
-            data=data,
-            data_sha256=data_sha256,
-            seed=config.seed,
-            epochs=config.epochs,
-            lr=config.lr,
+            **cls.shared(config, data, data_sha256),
             dim=config.dim,
             hidden=config.hidden,
             loss=loss,

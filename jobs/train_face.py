@@ -84,11 +84,7 @@ class FaceLoop(trainer.LoopSettings):
     def of(cls, config: TrainFaceConfig, data: Any, data_sha256: str, steps: int) -> FaceLoop:
         """The job's options, with the data put in Ray's object store and the batches an epoch takes."""
         return cls(
-            data=data,
-            data_sha256=data_sha256,
-            seed=config.seed,
-            epochs=config.epochs,
-            lr=config.lr,
+            **cls.shared(config, data, data_sha256),
             dim=config.dim,
             hidden=config.hidden,
             loss=config.loss,

@@ -134,11 +134,7 @@ class StyleLoop(trainer.LoopSettings):
     def of(cls, config: TrainStyleConfig, data: Any, data_sha256: str) -> StyleLoop:
         """The job's options, with the data (and the loss network) put in Ray's object store."""
         return cls(
-            data=data,
-            data_sha256=data_sha256,
-            seed=config.seed,
-            epochs=config.epochs,
-            lr=config.lr,
+            **cls.shared(config, data, data_sha256),
             random_loss_network=config.random_loss_network,
             weights=(config.content_weight, config.style_weight),
             batch=config.batch_size,

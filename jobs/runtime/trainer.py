@@ -75,6 +75,11 @@ class LoopSettings:
     epochs: int
     lr: float
 
+    @staticmethod
+    def shared(config: TrainingConfig, data: Any, data_sha256: str) -> dict:
+        """The fields every loop takes: the data, its fingerprint, and the training options every job shares."""
+        return {"data": data, "data_sha256": data_sha256, "seed": config.seed, "epochs": config.epochs, "lr": config.lr}
+
 
 S = TypeVar("S", bound=LoopSettings)
 
