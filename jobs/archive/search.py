@@ -9,7 +9,8 @@
    files' faces are first partitioned by uri, so that a source's faces meet in one task. The driver gets one line per
    file: its path, its item count, the models seen, and the rare invalid embedding (an error row).
 2. **Shards.** Each actor reads its share of the staged gallery files itself and keeps the vectors in its device's
-   memory (``ExactSearch``); a gallery larger than one node's memory takes more shards.
+   memory (``ExactSearch``); a gallery larger than one node's memory takes more shards. A small gallery
+   (``SMALL_GALLERY`` items) starts no actor: each query task reads it and searches it itself (``InTask``).
 3. **Queries.** A task per block of query items (``query_batch`` of one staged file) puts the block in the object
    store once, asks every shard for its top K, merges the lists exactly (score, then item id: the same answer however
    the gallery is cut), names the winners from the shards' answers and writes the block's ``matches/`` rows. The
@@ -262,6 +263,30 @@ class GalleryShard:
         return held.search(queries, k)
 
 
+# A gallery of at most this many items is read by each query task itself (``InTask``): a shard actor is a process to
+# start and its imports to pay (about 2 s), while reading a few MB of vectors and searching them takes milliseconds.
+SMALL_GALLERY = 4096
+
+
+@dataclass(frozen=True)
+class InTask:
+    """A small gallery (``SMALL_GALLERY``) that the query tasks read and search themselves, in place of shard actors:
+    its parts' staged files. The same ``GalleryShard`` answers, on the task's CPU, so the lists are the same."""
+
+    parts: tuple[tuple[str, tuple[str, ...]], ...]
+    store: Store
+
+    def held(self) -> GalleryShard:
+        """The gallery read once per worker process (the blocks of one run share it; staged paths are unique)."""
+        if _IN_TASK.get("key") != self:
+            _IN_TASK.clear()
+            _IN_TASK.update(key=self, shard=GalleryShard({n: list(p) for n, p in self.parts}, self.store, "fp32"))
+        return _IN_TASK["shard"]
+
+
+_IN_TASK: dict = {}  # the last InTask gallery this process read
+
+
 class _Held:
     """A gallery in a device's memory, and the names of its items by id."""
 
@@ -387,6 +412,8 @@ def ask(shards: list, queries: pa.Table, k: int, part: str = "all") -> Candidate
 
     if not shards or not queries.num_rows:
         return Candidates.concat([])
+    if isinstance(shards[0], InTask):
+        return Candidates.of_answers([shards[0].held().search(_vectors(queries), k, part)])
     vectors = ray.put(_vectors(queries))
     return Candidates.of_answers(ray.get([s.search.remote(vectors, k, part) for s in shards]))
 
@@ -433,6 +460,10 @@ def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
     if not galleries:
         return []
     layout = how.layout
+    sizes = ", ".join(f"{len(g)} {name}" for name, g in galleries.items())
+    if layout.shards is None and layout.gpus_per_shard is None and sum(map(len, galleries.values())) <= SMALL_GALLERY:
+        log.info("gallery items (%s) read by each query task: no shard actors for at most %d", sizes, SMALL_GALLERY)
+        return [InTask(tuple((name, tuple(path for path, _ in g.files)) for name, g in galleries.items()), how.store)]
     n_shards, per_shard = shard_plan(
         layout.shards, layout.gpus_per_shard, max(len(g.files) for g in galleries.values())
     )
@@ -443,7 +474,6 @@ def open_shards(galleries: dict[str, Prepared], how: Search) -> list:
         actor.remote({name: s[i] if i < len(s) else [] for name, s in shares.items()}, how.store, layout.precision)
         for i in range(n_shards)
     ]
-    sizes = ", ".join(f"{len(g)} {name}" for name, g in galleries.items())
     log.info("gallery items (%s) in %d shard(s), %g GPU each", sizes, len(held), per_shard)
     return held
 
@@ -452,7 +482,8 @@ def close_shards(held: list) -> None:
     import ray
 
     for s in held:
-        ray.kill(s)
+        if not isinstance(s, InTask):
+            ray.kill(s)
 
 
 def run_windowed(calls: list[tuple[Callable[[], object], int]], window: int, total: int, what: str = "queries") -> list:

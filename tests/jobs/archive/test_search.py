@@ -70,7 +70,8 @@ def _search(root, tmp_path, per_source: bool, shards: int, query_batch: int, k: 
     out = OutputRun(root, "search", "match")
     writer = RowWriter(root, "matches", MATCHES, "search", out.attempt)
     fields = {"run_id": "search", "model_name": "dlib-resnet-v1", "model_sha256": SHA}
-    layout = ShardLayout(shards=shards, gpus_per_shard=0, query_batch=query_batch)
+    # No shards asked: a gallery this small is read by each query task (jobs.archive.search.InTask), no actor.
+    layout = ShardLayout(shards=shards, gpus_per_shard=None if shards is None else 0, query_batch=query_batch)
     how = Search(k=k + 1, keep=k, same_set=True, store=root, fields=fields, writer=writer, layout=layout)
     files, rows, _ = search_archive(items, items, how)
     out.add_files("matches", files, MATCHES)
@@ -78,7 +79,7 @@ def _search(root, tmp_path, per_source: bool, shards: int, query_batch: int, k: 
     return items, rows
 
 
-@pytest.mark.parametrize(("shards", "query_batch"), [(1, 1000), (3, 7)])
+@pytest.mark.parametrize(("shards", "query_batch"), [(1, 1000), (3, 7), (None, 7)])
 def test_per_source_search_is_exact_whatever_the_shards_and_batches(
     ray_cluster, archive, tmp_path, shards, query_batch
 ):
