@@ -39,6 +39,11 @@ TEST_ENV = {
     "AWS_CONFIG_FILE": "/nonexistent/crossmatch-test-config",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/crossmatch-test-credentials",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray Train's controller checks its workers every 2 s and starts a preemption watcher (an actor, a process) per
+    # run: on a cluster that lives for hours that is nothing, but the suite's training runs last seconds, and each
+    # spent about 4 of them starting the watcher and waiting for the next check to see its workers had finished.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
 os.environ.update(TEST_ENV)
 for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "RAY_ADDRESS"):
