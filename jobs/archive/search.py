@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 import pyarrow as pa
@@ -278,13 +278,12 @@ class InTask:
 
     def held(self) -> GalleryShard:
         """The gallery read once per worker process (the blocks of one run share it; staged paths are unique)."""
-        if _IN_TASK.get("key") != self:
-            _IN_TASK.clear()
-            _IN_TASK.update(key=self, shard=GalleryShard({n: list(p) for n, p in self.parts}, self.store, "fp32"))
-        return _IN_TASK["shard"]
+        return _read_in_task(self)
 
 
-_IN_TASK: dict = {}  # the last InTask gallery this process read
+@lru_cache(maxsize=1)  # the last small gallery this process read
+def _read_in_task(gallery: InTask) -> GalleryShard:
+    return GalleryShard({name: list(paths) for name, paths in gallery.parts}, gallery.store, "fp32")
 
 
 class _Held:
