@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
+import gc
 import json
 import logging
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 
@@ -88,30 +93,85 @@ def delta_options(store: Store) -> dict[str, str]:
     return options
 
 
+# A table opened in this process is kept and brought up to date by reading only the commits made since (on S3 two
+# requests when there are none), not opened again (a listing, the last checkpoint and every commit since it, each read
+# twice by delta-rs): a job looks at the runs table and the tables it writes dozens of times, and on S3 each fresh
+# open cost a third of a second. Time travel opens a table of its own, never this one. Bounded: a large table's
+# state is its file list.
+_OPENED: OrderedDict[tuple, Any] = OrderedDict()
+_OPENED_MOST = 16
+_OPENED_LOCK = threading.Lock()
+
+
+def _drop_opened() -> None:
+    """The kept tables freed before the interpreter tears down, the cycles holding them too: an S3 table freed
+    during finalization aborted a process now and then ("terminate called without an active exception", 1 exit in
+    16), after a job that had succeeded."""
+    _OPENED.clear()
+    gc.collect()
+
+
+atexit.register(_drop_opened)
+
+
 def open_table(root: Store, table: str, version: int | datetime | None = None):
     """The Delta table ``table`` under ``root`` (at ``version``: a number or a time), or None when there is none.
-    A folder holding files but no Delta log is refused: it is not output of this crossmatch."""
+    A folder holding files but no Delta log is refused: it is not output of this crossmatch. The latest version is
+    shared within the process (see _OPENED): a caller that wants another version asks for it here."""
+    store = table_store(root, table)
+    key = (store.uri, tuple(sorted(delta_options(store).items())))
+    if not _is_delta(store):
+        with _OPENED_LOCK:
+            _OPENED.pop(key, None)  # removed since: a table made again under its name starts afresh
+        return None
+    if version is None:
+        with _OPENED_LOCK:
+            dt = _OPENED.get(key)
+            if dt is not None:
+                try:
+                    delta_call(store.uri, dt.update_incremental)
+                    _OPENED.move_to_end(key)
+                    return dt
+                except StorageError:
+                    del _OPENED[key]  # opened afresh below
+    dt = _open(store)
+    if dt is None:
+        return None
+    if version is not None:
+        delta_call(store.uri, dt.load_as_version, version)
+        return dt
+    with _OPENED_LOCK:
+        _OPENED[key] = dt
+        while len(_OPENED) > _OPENED_MOST:
+            _OPENED.popitem(last=False)
+    return dt
+
+
+def _is_delta(store: Store) -> bool:
+    """Whether ``store`` is a Delta table (False when there is nothing there, or only a first run's data files not
+    committed yet); a folder holding anything else is refused."""
+    with storage_errors(store.uri):
+        if store.join("_delta_log").exists():
+            return True
+        held = [] if not store.exists() else store.fs.ls(store.path, detail=False)
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in held}
+    if "_delta_log" in names:  # created by a concurrent run since the first look
+        return True
+    # Data files of a first run not committed yet are ours; anything else is not a table we wrote.
+    if names - {DATA}:
+        raise CommitError(
+            f"{store.uri} holds files but is not a Delta table (no _delta_log/): output of an older "
+            "crossmatch or of another tool; write to a new output root"
+        )
+    return False
+
+
+def _open(store: Store):
     from deltalake import DeltaTable
 
-    store = table_store(root, table)
-    with storage_errors(store.uri):
-        is_delta = store.join("_delta_log").exists()
-        held = [] if is_delta or not store.exists() else store.fs.ls(store.path, detail=False)
-        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in held}
-        is_delta = is_delta or "_delta_log" in names  # created by a concurrent run since the first look
-    if not is_delta:
-        # Data files of a first run not committed yet are ours; anything else is not a table we wrote.
-        foreign = names - {DATA}
-        if foreign:
-            raise CommitError(
-                f"{store.uri} holds files but is not a Delta table (no _delta_log/): output of an older "
-                "crossmatch or of another tool; write to a new output root"
-            )
-        return None
     for wait in (0.05, 0.1, 0.2, 0.4, None):
         try:
-            dt = delta_call(store.uri, DeltaTable, delta_uri(store), storage_options=delta_options(store))
-            break
+            return delta_call(store.uri, DeltaTable, delta_uri(store), storage_options=delta_options(store))
         except StorageError as exc:
             # A concurrent run has made _delta_log/ but not yet put its first commit in it.
             if "no files in log segment" not in str(exc).lower():
@@ -119,9 +179,7 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
             if wait is None:
                 return None
             time.sleep(wait)
-    if version is not None:
-        delta_call(store.uri, dt.load_as_version, version)
-    return dt
+    return None
 
 
 # What delta-rs reports when the store failed a request in passing. It retries a request that gets no answer or a

@@ -30,8 +30,7 @@ def committed_runs(root: Store, as_of: datetime | None = None) -> list[dict]:
         versions = [h["version"] for h in delta_call(dt.table_uri, dt.history) if h["timestamp"] <= stamp]
         if not versions:
             return []
-        with storage_errors(dt.table_uri):
-            dt.load_as_version(max(versions))
+        dt = open_table(root, RUNS_TABLE, max(versions))  # a table of its own: the shared one stays the latest
     with storage_errors(dt.table_uri):
         rows = _runs_rows(root, dt)
     return [_as_marker(r) for r in sorted(rows, key=lambda r: r["committed_at"])]

@@ -1,7 +1,10 @@
 import base64
 import json
+import subprocess
+import sys
 import threading
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,7 +30,8 @@ from ops.io.tables import (
     read_table,
     write_data_files,
 )
-from tests.conftest import new_bucket
+from ops.testing.faultproxy import FaultProxy
+from tests.conftest import REPO, new_bucket
 
 
 def errors(n: int, run_id: str, tag: str = "") -> pa.Table:
@@ -435,8 +439,6 @@ def test_replies_lost_after_the_write_landed_and_bodies_cut_short_duplicate_noth
     landed; and answers whose body stops halfway. Every run is still committed once, with each row once."""
     import s3fs
 
-    from ops.testing.faultproxy import FaultProxy
-
     bucket = f"lost-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, skip_instance_cache=True).mkdir(bucket)
     proxy = FaultProxy(moto_endpoint, rate=0.15, seed=5, faults=("lost_reply", "short_body")).start()
@@ -489,3 +491,51 @@ def test_a_long_history_is_checkpointed_and_each_runs_file_is_read_once(tmp_path
 
     theirs = connect().execute(committed(root.uri, "errors")).fetch_arrow_table()
     assert sorted(theirs.column("uri").to_pylist()) == sorted(read_table(root, "errors").column("uri").to_pylist())
+
+
+_THEIR_RUN = """
+import sys
+import pyarrow as pa
+from ops.io.storage import resolve
+from ops.io.tables import OutputRun
+run = OutputRun(resolve(sys.argv[1]), "theirs", "test")
+run.write("errors", pa.table({"run_id": ["theirs"], "job": ["test"], "uri": ["t"], "sha256": [None],
+                              "stage": ["read"], "error_type": ["E"], "message": ["m"]}))
+run.commit()
+"""
+
+
+def test_a_table_looked_at_again_reads_only_the_commits_since_and_sees_every_writer(request, monkeypatch):
+    """A table is opened once per process and then brought up to date (on S3 a few requests, not a listing and
+    every commit since the checkpoint): what another process committed since is seen, a time-travelled look leaves
+    the next look at the latest, and a table removed since reads as none."""
+    bucket = new_bucket(request, "moto", monkeypatch)
+    proxy = FaultProxy(bucket.endpoint, rate=0.0).start()  # to count the requests
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    try:
+        counted = resolve(bucket.uri("out"))
+        for i in range(4):
+            run = OutputRun(counted, f"r{i}", "test")
+            run.write("errors", errors(1, f"r{i}", str(i)))
+            run.commit()
+        first = committed_runs(counted)
+        before = proxy.stats["requests"]
+        assert committed_runs(counted) == first
+        assert proxy.stats["requests"] - before <= 4, proxy.stats["requests"] - before  # a fresh open: 15 or more
+    finally:
+        proxy.stop()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.endpoint)
+    root = resolve(bucket.uri("out"))
+    assert committed_runs(root) == first
+
+    done = subprocess.run([sys.executable, "-c", _THEIR_RUN, root.uri], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [m["run_id"] for m in committed_runs(root)] == ["r0", "r1", "r2", "r3", "theirs"]
+    assert sorted(read_table(root, "errors").column("uri").to_pylist()) == ["t", "u00", "u10", "u20", "u30"]
+
+    as_of = datetime.fromisoformat(first[1]["committed_at"])  # after r0's commit, before r1's
+    assert [m["run_id"] for m in committed_runs(root, as_of)] == ["r0"]
+    assert len(committed_runs(root)) == 5  # the time-travelled look did not move the shared table
+
+    root.join("runs").remove_tree()
+    assert committed_runs(root) == []
