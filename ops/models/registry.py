@@ -19,13 +19,17 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ops.io.errors import ModelError, StorageError
 from ops.io.storage import Store, resolve
 from ops.models.sources import PackageSource, source_members
+
+# torch is imported where weights are written or read, not here: every job imports this module (for the models
+# root), and so every Ray worker that runs one of its tasks, most of which never touch a model; torch cost each of
+# them 1.4 s of start.
+if TYPE_CHECKING:
+    import torch
 
 CARD = "card.json"
 CHECKPOINT = "model.pt"
@@ -70,6 +74,8 @@ def store_model(
 ) -> dict:
     """Store ``state`` as model ``name`` under ``root`` with its card (checkpoint sha256 and parameter count added);
     the card is written last, so a half-written model is never taken for a whole one. Returns the card."""
+    import torch
+
     if "/" in name or name in ("", ".", ".."):
         raise ModelError(f"invalid model name {name!r}: use letters, digits, '-', '_' and '.'")
     buf = io.BytesIO()
@@ -187,6 +193,8 @@ def load_folder(folder: Store, pin: Callable[[str], str | None] = lambda name: N
 def read_state_dict(data: bytes) -> dict[str, torch.Tensor]:
     """Checkpoint bytes as a state dict: unpickled with ``weights_only`` (tensors and plain values, never code), and
     refused unless the file holds a dict. Every architecture's converter reads the user's file through this."""
+    import torch
+
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
