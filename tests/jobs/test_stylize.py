@@ -105,7 +105,7 @@ def test_real_content_gets_each_real_style(ray_cluster, tmp_path):
     (tmp_path / "archive" / "amber.jpg").write_bytes(content.read_bytes())
     assert manifest.main([str(tmp_path / "archive"), "--output", str(tmp_path / "results")]) == 0
     argv = [str(tmp_path / "results"), "--style", ",".join(str(s) for s in styles), "--random-loss-network", "0"]
-    argv += ["--steps", "30", "--max-side", "128", "--output", str(tmp_path / "out"), "--run-id", "real"]
+    argv += ["--steps", "15", "--max-side", "128", "--output", str(tmp_path / "out"), "--run-id", "real"]
     assert stylize.main(argv) == 0
     rows, _ = _rows(tmp_path / "out", "real")
     assert len(rows) == len(styles)
