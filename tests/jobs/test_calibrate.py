@@ -10,7 +10,6 @@ from jobs import calibrate, synthesize
 from ops.io.root import locate
 from ops.io.storage import resolve
 from ops.io.tables import read_table
-from tests.conftest import shared_data
 
 
 def quiet(*args) -> list[str]:
@@ -93,16 +92,11 @@ def test_too_few_identities_is_a_clear_error(ray_cluster, tmp_path, caplog):
     assert "--fusion 'max'" in caplog.text
 
 
-def test_real_faces_joined_to_real_voices(ray_cluster, models, face_models, tmp_path):
-    """knn_examples' four people with two photos and the five LibriSpeech speakers, as chimeric identities."""
-    from jobs import embed_faces, embed_voices, manifest
-
-    faces, voices = tmp_path / "faces", tmp_path / "voices"
-    for folder, out in ((shared_data("faces", "knn_examples", "train"), faces), (shared_data("voices"), voices)):
-        assert manifest.main(quiet(folder, "--output", out, "--label-pattern", "{label}/*")) == 0
-    assert embed_faces.main(quiet(faces, "--output", faces, "--models", face_models.uri)) == 0
-    assert embed_voices.main(quiet(voices, "--output", voices, "--models", models.uri)) == 0
-    assert calibrate.main(quiet(faces, "--fuse", "--voices", voices, "--output", tmp_path / "out")) == 0
+def test_real_faces_joined_to_real_voices(real_pipeline, tmp_path):
+    """knn_examples' four people with two photos and the five LibriSpeech speakers, as chimeric identities: the
+    faces and voices the real archive's pipeline embedded."""
+    results = real_pipeline["results"]
+    assert calibrate.main(quiet(results, "--fuse", "--voices", results, "--output", tmp_path / "out")) == 0
     (row,) = read_table(resolve(str(tmp_path / "out")), "fusions").to_pylist()
     record = json.loads(locate(resolve(str(tmp_path / "out")), row["record_uri"]).read_bytes())
     systems = record["systems"]
