@@ -97,7 +97,9 @@ def delta_options(store: Store) -> dict[str, str]:
 # requests when there are none), not opened again (a listing, the last checkpoint and every commit since it, each read
 # twice by delta-rs): a job looks at the runs table and the tables it writes dozens of times, and on S3 each fresh
 # open cost a third of a second. Time travel opens a table of its own, never this one. Bounded: a large table's
-# state is its file list.
+# state is its file list. Seen: a table removed since (the look checks _delta_log/ first). Not seen: a table another
+# process removes and makes again between two looks of this one; its old state would then name files that are gone,
+# and reading them fails loudly.
 _OPENED: OrderedDict[tuple, Any] = OrderedDict()
 _OPENED_MOST = 16
 _OPENED_LOCK = threading.Lock()
