@@ -93,14 +93,14 @@ def delta_options(store: Store) -> dict[str, str]:
     return options
 
 
-# A table opened in this process is kept and brought up to date by reading only the commits made since (on S3 two
-# requests when there are none), not opened again (a listing, the last checkpoint and every commit since it, each read
-# twice by delta-rs): a job looks at the runs table and the tables it writes dozens of times, and on S3 each fresh
-# open cost a third of a second. Time travel opens a table of its own, never this one. Bounded: a large table's
-# state is its file list. Seen: a table removed since (the look checks _delta_log/ first). Not seen: a table another
-# process removes and makes again between two looks of this one; its old state would then name files that are gone,
-# and reading them fails loudly.
-_OPENED: OrderedDict[tuple, Any] = OrderedDict()
+# A table opened in this process is kept and brought up to date by reading only the commits made since, not opened
+# again (a listing, the last checkpoint and every commit since it, each read twice by delta-rs: about 15 requests on
+# S3, a third of a second): a job looks at the runs table and the tables it writes dozens of times. Each look first
+# checks that the newest commit the kept table read is still the one in the store (its size and ETag or mtime: one
+# request), so a table removed since, or removed and made again, is opened afresh; then reads what came after it
+# (two requests when nothing did). Time travel opens a table of its own, never this one. Bounded: a large table's
+# state is its file list.
+_OPENED: OrderedDict[tuple, tuple[Any, tuple | None]] = OrderedDict()  # key -> (table, stamp of its newest commit)
 _OPENED_MOST = 16
 _OPENED_LOCK = threading.Lock()
 
@@ -122,20 +122,10 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
     shared within the process (see _OPENED): a caller that wants another version asks for it here."""
     store = table_store(root, table)
     key = (store.uri, tuple(sorted(delta_options(store).items())))
+    if version is None and (dt := _kept(store, key)) is not None:
+        return dt
     if not _is_delta(store):
-        with _OPENED_LOCK:
-            _OPENED.pop(key, None)  # removed since: a table made again under its name starts afresh
         return None
-    if version is None:
-        with _OPENED_LOCK:
-            dt = _OPENED.get(key)
-            if dt is not None:
-                try:
-                    delta_call(store.uri, dt.update_incremental)
-                    _OPENED.move_to_end(key)
-                    return dt
-                except StorageError:
-                    del _OPENED[key]  # opened afresh below
     dt = _open(store)
     if dt is None:
         return None
@@ -143,10 +133,38 @@ def open_table(root: Store, table: str, version: int | datetime | None = None):
         delta_call(store.uri, dt.load_as_version, version)
         return dt
     with _OPENED_LOCK:
-        _OPENED[key] = dt
+        _OPENED[key] = (dt, _stamp(store, dt.version()))
         while len(_OPENED) > _OPENED_MOST:
             _OPENED.popitem(last=False)
     return dt
+
+
+def _kept(store: Store, key: tuple):
+    """The kept table brought up to date, or None (and no longer kept) when its newest commit is not in the store
+    as it was read: removed, made again, or the log cleaned up since."""
+    with _OPENED_LOCK:
+        dt, stamp = _OPENED.pop(key, (None, None))
+        if dt is None or stamp is None or _stamp(store, dt.version()) != stamp:
+            return None
+        try:
+            seen = dt.version()
+            delta_call(store.uri, dt.update_incremental)
+        except StorageError:
+            return None
+        _OPENED[key] = (dt, stamp if dt.version() == seen else _stamp(store, dt.version()))
+        return dt
+
+
+def _stamp(store: Store, version: int) -> tuple | None:
+    """What tells the commit file of ``version`` apart from any other under its name: size and ETag (S3) or
+    modification time (a folder). None when there is none."""
+    commit = store.join("_delta_log", f"{version:020d}.json")
+    try:
+        with storage_errors(commit.uri):
+            info = commit.fs.info(commit.path)
+    except (FileNotFoundError, StorageError):
+        return None
+    return (info.get("size"), info.get("ETag") or info.get("mtime") or info.get("LastModified"))
 
 
 def _is_delta(store: Store) -> bool:
